@@ -1,0 +1,385 @@
+"""Settings (environment) and rules (YAML) — validated at start, with file, line and fix on error.
+
+Ops configure the process through `SFSIGN_*` variables, a `.env` file or a secrets directory (Docker
+and Kubernetes secrets); admins configure *what* gets signed in one rules file. A mistake in either
+must stop the daemon before it touches Salesforce, with a message that says where and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sfsign.metadata import MetadataError, load_schema
+
+# Fields sfsign itself writes: a rule watching one of them could re-trigger on our own write-back.
+SFSIGN_OWNED_FIELDS = frozenset(
+    {
+        "Sign_Transaction_Id__c",
+        "Sign_Status__c",
+        "Signed_Document_Id__c",
+        "Signed_Document_Url__c",
+        "Signed_At__c",
+        "Sign_Error__c",
+        "Sign_Document_Hash__c",
+        "Sign_Level__c",
+    }
+)
+
+# Standard fields a rule may watch. Salesforce's own schema is not in our SFDX package, so the list of
+# sensible trigger fields of the supported objects lives here; custom fields come from the package.
+STANDARD_TRIGGER_FIELDS: dict[str, frozenset[str]] = {
+    "Opportunity": frozenset(
+        {"StageName", "Type", "ForecastCategoryName", "IsClosed", "IsWon", "Probability", "LeadSource"}
+    ),
+    "Quote": frozenset({"Status", "IsSyncing"}),
+}
+
+BUILTIN_TEMPLATES = frozenset({"proposal", "quote"})
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, phrased for the person who has to fix it."""
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment (`SFSIGN_*`), `.env` and a secrets directory."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SFSIGN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    login_url: str = Field(
+        "https://login.salesforce.com",
+        description="https://login.salesforce.com, https://test.salesforce.com, a My Domain URL or the emulator",
+    )
+    auth_flow: Literal["jwt", "client_credentials", "password"] = "jwt"
+    consumer_key: str = ""
+    username: str = ""
+    private_key_file: Path | None = None
+    consumer_secret: SecretStr | None = None
+    password: SecretStr | None = None
+    api_version: str = "62.0"
+    ca_bundle: Path | None = Field(None, description="extra CA to trust (corporate proxy, the emulator)")
+    data_dir: Path = Path(".sfsign")
+    rules_file: Path = Path("config/rules.yaml")
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    workers: int = Field(4, ge=1, le=64, description="jobs processed concurrently")
+    cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
+    max_attempts: int = Field(8, ge=1, le=100)
+    shutdown_grace_s: float = Field(20.0, ge=0)
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        v = v.removeprefix("v")
+        if not re.fullmatch(r"\d{2}\.0", v):
+            raise ValueError("api_version must look like 62.0")
+        return v
+
+    @field_validator("login_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("login_url must be an https:// URL")
+        return v.rstrip("/")
+
+    def missing_credentials(self) -> list[str]:
+        """Names of the settings the chosen auth flow still needs."""
+        need: dict[str, list[str]] = {
+            "jwt": ["consumer_key", "username", "private_key_file"],
+            "client_credentials": ["consumer_key", "consumer_secret"],
+            "password": ["consumer_key", "consumer_secret", "username", "password"],
+        }
+        return [f"SFSIGN_{n.upper()}" for n in need[self.auth_flow] if not getattr(self, n)]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with the secrets directory (`SFSIGN_SECRETS_DIR`, default /run/secrets) if it exists."""
+    secrets_dir = os.environ.get("SFSIGN_SECRETS_DIR", "/run/secrets")
+    kwargs: dict[str, Any] = dict(overrides)
+    if Path(secrets_dir).is_dir():
+        kwargs["_secrets_dir"] = secrets_dir
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError(_settings_message(exc)) from None
+
+
+def _settings_message(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        name = "SFSIGN_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {name}: {err['msg']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyConfig(_Strict):
+    """Where the signing key lives. Passphrases are named, never written in the file."""
+
+    pkcs12: Path | None = None
+    pem_key: Path | None = None
+    pem_cert: Path | None = None
+    chain: list[Path] = Field(default_factory=list)
+    passphrase_env: str | None = Field(
+        None, description="environment variable (or secrets file) holding the passphrase"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        if bool(self.pkcs12) == bool(self.pem_key):
+            raise ValueError("give exactly one of `pkcs12` or `pem_key` (+ `pem_cert`)")
+        if self.pem_key and not self.pem_cert:
+            raise ValueError("`pem_key` needs `pem_cert`")
+        return self
+
+
+class AppearanceConfig(_Strict):
+    name: str
+    reason: str = "Approved for signature"
+    location: str = ""
+    contact: str = ""
+
+
+class ProfileConfig(_Strict):
+    key: KeyConfig
+    level: Literal["B-B"] = "B-B"
+    appearance: AppearanceConfig
+    trust_roots: list[Path] = Field(default_factory=list)
+
+
+class SellerConfig(_Strict):
+    """The company printed in the document header; it is the org's legal entity, not a record."""
+
+    name: str
+    street: str = ""
+    postal_code: str = ""
+    city: str = ""
+    state: str = ""
+    country: str = ""
+    vat_id: str = ""
+    email: str = ""
+    phone: str = ""
+
+
+class RuleConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    object: str
+    field: str
+    values: list[str] = Field(min_length=1)
+    template: str
+    profile: str
+    file_name: str = "{kind} {number}.pdf"
+    title: str | None = None
+    terms: list[str] = Field(default_factory=list)
+    valid_days: int = Field(30, ge=0, le=3650)
+
+
+class RulesFile(_Strict):
+    version: Literal[1] = 1
+    seller: SellerConfig
+    signing_profiles: dict[str, ProfileConfig]
+    rules: list[RuleConfig] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The validated rules file, with template and key paths resolved."""
+
+    source: Path
+    seller: SellerConfig
+    profiles: dict[str, ProfileConfig]
+    rules: list[RuleConfig]
+    templates: dict[str, Path | str]  # rule name -> builtin template name or file path
+
+    def for_object(self, sobject: str) -> list[RuleConfig]:
+        return [r for r in self.rules if r.object == sobject]
+
+    def by_name(self, name: str) -> RuleConfig | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+    def channels(self) -> list[str]:
+        """CDC channels the rules need, plus the on-demand platform event channel."""
+        objects = sorted({r.object for r in self.rules})
+        return [f"/data/{o}ChangeEvent" for o in objects] + ["/event/Sign_Request__e"]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every mapping key and sequence item."""
+
+
+def _yaml_with_lines(text: str, source: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else str(source)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = k.value
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+                lines[(*path, key)] = k.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    data = yaml.load(text, Loader=yaml.SafeLoader)
+    return data, lines
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _known_fields(metadata_dir: Path | None) -> dict[str, set[str]]:
+    known = {obj: set(fields) for obj, fields in STANDARD_TRIGGER_FIELDS.items()}
+    try:
+        schema = load_schema(metadata_dir)
+    except MetadataError:
+        return known
+    for obj, fields in known.items():
+        if obj in schema.objects:
+            fields.update(schema.objects[obj].fields)
+    return known
+
+
+def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
+    """Parse and check the rules file; every error names the file, the line and the fix."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the rules file ({exc.strerror}); set SFSIGN_RULES_FILE") from None
+    data, lines = _yaml_with_lines(text, path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the rules file must be a mapping with `seller`, `signing_profiles`, `rules`")
+    try:
+        parsed = RulesFile.model_validate(data)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            msgs.append(f"{path}:{_line_for(lines, loc)}: {dotted}: {err['msg']}")
+        raise ConfigError("\n".join(msgs)) from None
+
+    errors: list[str] = []
+    known = _known_fields(metadata_dir)
+    names: set[str] = set()
+    templates: dict[str, Path | str] = {}
+    for i, rule in enumerate(parsed.rules):
+
+        def at(key: str, _i: int = i) -> str:
+            return f"{path}:{_line_for(lines, ('rules', _i, key))}"
+
+        if rule.name in names:
+            errors.append(f"{at('name')}: rule name {rule.name!r} is used twice; rule names must be unique")
+        names.add(rule.name)
+        if rule.object not in known:
+            errors.append(
+                f"{at('object')}: unknown object {rule.object!r}; supported: {', '.join(sorted(known))}"
+            )
+        elif rule.field in SFSIGN_OWNED_FIELDS:
+            errors.append(
+                f"{at('field')}: rule watches {rule.field!r}, which sfsign writes itself; "
+                "it would re-trigger on every write-back. Watch a business field such as StageName"
+            )
+        elif rule.field not in known[rule.object]:
+            errors.append(
+                f"{at('field')}: unknown field {rule.field!r} on {rule.object}; "
+                f"use one of: {', '.join(sorted(known[rule.object]))}"
+            )
+        if rule.profile not in parsed.signing_profiles:
+            errors.append(
+                f"{at('profile')}: unknown signing profile {rule.profile!r}; "
+                f"defined: {', '.join(sorted(parsed.signing_profiles))}"
+            )
+        if rule.template in BUILTIN_TEMPLATES:
+            templates[rule.name] = rule.template
+        else:
+            tpath = (path.parent / rule.template).resolve()
+            if not tpath.is_file():
+                errors.append(
+                    f"{at('template')}: unknown template {rule.template!r}: no file {tpath}; "
+                    f"use a built-in template ({', '.join(sorted(BUILTIN_TEMPLATES))}) or a .typ path "
+                    "relative to the rules file"
+                )
+            templates[rule.name] = tpath
+        try:
+            rule.file_name.format(kind="x", number="x", name="x", date="x", transaction_id="x", record_id="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            errors.append(
+                f"{at('file_name')}: bad placeholder {exc} in file_name; "
+                "use {kind}, {number}, {name}, {date}, {transaction_id}, {record_id}"
+            )
+    profiles: dict[str, ProfileConfig] = {}
+    for pname, profile in parsed.signing_profiles.items():
+        key = profile.key
+        resolved: dict[str, Any] = {}
+        for attr in ("pkcs12", "pem_key", "pem_cert"):
+            value = getattr(key, attr)
+            if value is not None:
+                resolved[attr] = (path.parent / value).resolve()
+        resolved["chain"] = [(path.parent / c).resolve() for c in key.chain]
+        profiles[pname] = profile.model_copy(
+            update={
+                "key": key.model_copy(update=resolved),
+                "trust_roots": [(path.parent / c).resolve() for c in profile.trust_roots],
+            }
+        )
+        if key.passphrase_env is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key.passphrase_env):
+            line = _line_for(lines, ("signing_profiles", pname, "key", "passphrase_env"))
+            errors.append(f"{path}:{line}: passphrase_env must be an environment variable name")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Rules(
+        source=path,
+        seller=parsed.seller,
+        profiles=profiles,
+        rules=list(parsed.rules),
+        templates=templates,
+    )
+
+
+def read_secret(name: str) -> SecretStr | None:
+    """A secret by name: the environment first, then the secrets directory (Docker/Kubernetes)."""
+    value = os.environ.get(name)
+    if value is None:
+        secrets_dir = Path(os.environ.get("SFSIGN_SECRETS_DIR", "/run/secrets"))
+        candidate = secrets_dir / name
+        if candidate.is_file():
+            value = candidate.read_text(encoding="utf-8").rstrip("\n")
+    return SecretStr(value) if value is not None else None

@@ -1,0 +1,359 @@
+"""The SQLite outbox: jobs, their states, and the replay position of every channel.
+
+The outbox is what makes sfsign exactly-once. An event's jobs and the channel's new replay id are
+written in one SQLite transaction, so after a crash either both exist or the event is replayed; the
+transaction id is derived from the trigger, so a replayed event maps onto the job it already created.
+All access goes through one thread: SQLite serialises writers anyway, and the event loop never waits
+on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+T = TypeVar("T")
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    FETCHED = "fetched"
+    RENDERED = "rendered"
+    SIGNED = "signed"
+    UPLOADED = "uploaded"
+    DONE = "done"
+    ERROR = "error"  # permanent: reason written on the record; `sfsign retry` re-queues it
+    DEAD = "dead"  # attempts exhausted on transient failures
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED, JobState.UPLOADED)
+# After these, the same record entering the trigger state again starts a new transaction.
+REENTRY_STATES = (JobState.ERROR, JobState.DEAD)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    transaction_id: str
+    rule: str
+    sobject: str
+    record_id: str
+    source: str  # cdc | event | gap | reconcile
+    event_time_ms: int | None = None
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    transaction_id: str
+    rule: str
+    sobject: str
+    record_id: str
+    source: str
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    event_time_ms: int | None = None
+    requested_by: str | None = None
+    channel: str | None = None
+    replay_id: int | None = None
+    last_error: str | None = None
+    error_code: str | None = None
+    document_json: str | None = None
+    file_name: str | None = None
+    content_version_id: str | None = None
+    content_document_id: str | None = None
+    upload_uncertain: int = 0
+    sha256: str | None = None
+    level: str | None = None
+    signer_subject: str | None = None
+    signer_serial: str | None = None
+    signed_at: str | None = None
+    done_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in row.items() if k in names}
+        data["state"] = JobState(data["state"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    created: list[Job]
+    duplicates: list[tuple[NewJob, str]]  # (job, why it was not created)
+
+
+_JOB_COLUMNS: dict[str, type] = {
+    "id": int,
+    "transaction_id": str,
+    "rule": str,
+    "sobject": str,
+    "record_id": str,
+    "source": str,
+    "state": str,
+    "attempts": int,
+    "next_attempt_at": float,
+    "created_at": float,
+    "updated_at": float,
+    "event_time_ms": int,
+    "requested_by": str,
+    "channel": str,
+    "replay_id": int,
+    "last_error": str,
+    "error_code": str,
+    "document_json": str,
+    "file_name": str,
+    "content_version_id": str,
+    "content_document_id": str,
+    "upload_uncertain": int,
+    "sha256": str,
+    "level": str,
+    "signer_subject": str,
+    "signer_serial": str,
+    "signed_at": str,
+    "done_at": float,
+}
+
+
+class OutboxStore:
+    """Synchronous SQLite access; use it from one thread (see `Outbox` for the async face)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        jobs = self.db["jobs"]
+        if not jobs.exists():
+            self.db.create_table(
+                "jobs",
+                _JOB_COLUMNS,
+                pk="id",
+                not_null={"transaction_id", "rule", "sobject", "record_id", "state", "attempts"},
+                defaults={"attempts": 0, "upload_uncertain": 0},
+            )
+            self.db.table("jobs").create_index(["transaction_id"], unique=True)
+            self.db.table("jobs").create_index(["state", "next_attempt_at"])
+            self.db.table("jobs").create_index(["sobject", "record_id", "rule"])
+        if not self.db["replay"].exists():
+            self.db.create_table("replay", {"channel": str, "replay_id": int, "updated_at": float}, pk="channel")
+        if not self.db["meta"].exists():
+            self.db.create_table("meta", {"key": str, "value": str}, pk="key")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------------------------- intake
+
+    def commit_event(self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob]) -> CommitResult:
+        """Insert an event's jobs and advance the channel's replay id, atomically."""
+        now = time.time()
+        created: list[Job] = []
+        duplicates: list[tuple[NewJob, str]] = []
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                reason = self._duplicate_reason(job)
+                if reason:
+                    duplicates.append((job, reason))
+                    continue
+                row = {
+                    "transaction_id": job.transaction_id,
+                    "rule": job.rule,
+                    "sobject": job.sobject,
+                    "record_id": job.record_id,
+                    "source": job.source,
+                    "state": JobState.QUEUED.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                    "event_time_ms": job.event_time_ms,
+                    "requested_by": job.requested_by,
+                    "channel": channel,
+                    "replay_id": replay_id,
+                    "upload_uncertain": 0,
+                }
+                cur = conn.execute(
+                    f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                    list(row.values()),
+                )
+                created.append(Job.from_row({**row, "id": cur.lastrowid}))
+            if channel is not None and replay_id is not None:
+                conn.execute(
+                    "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
+                    "updated_at = excluded.updated_at",
+                    (channel, replay_id, now),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return CommitResult(created, duplicates)
+
+    def _duplicate_reason(self, job: NewJob) -> str | None:
+        same = self.db.execute(
+            "SELECT state FROM jobs WHERE transaction_id = ?", (job.transaction_id,)
+        ).fetchone()
+        if same:
+            return f"transaction {job.transaction_id} already exists ({same[0]})"
+        placeholders = ", ".join("?" for _ in REENTRY_STATES)
+        other = self.db.execute(
+            f"SELECT transaction_id, state FROM jobs WHERE sobject = ? AND record_id = ? AND rule = ? "
+            f"AND state NOT IN ({placeholders}) ORDER BY id DESC LIMIT 1",
+            (job.sobject, job.record_id, job.rule, *[s.value for s in REENTRY_STATES]),
+        ).fetchone()
+        if other:
+            return f"record already has transaction {other[0]} ({other[1]}) for rule {job.rule}"
+        return None
+
+    def replay_id(self, channel: str) -> int | None:
+        row = self.db.execute("SELECT replay_id FROM replay WHERE channel = ?", (channel,)).fetchone()
+        return int(row[0]) if row else None
+
+    def reset_replay(self, channel: str) -> None:
+        self.db.execute("DELETE FROM replay WHERE channel = ?", (channel,))
+
+    # ------------------------------------------------------------------------------------- workers
+
+    def claim_due(self, now: float, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
+        excluded = list(exclude)
+        states = [s.value for s in ACTIVE_STATES]
+        sql = (
+            f"SELECT * FROM jobs WHERE state IN ({', '.join('?' for _ in states)}) AND next_attempt_at <= ?"
+            + (f" AND id NOT IN ({', '.join('?' for _ in excluded)})" if excluded else "")
+            + " ORDER BY next_attempt_at, id LIMIT ?"
+        )
+        rows = self.db.execute(sql, [*states, now, *excluded, limit]).fetchall()
+        cols = [d[0] for d in self.db.execute("SELECT * FROM jobs LIMIT 0").description]
+        return [Job.from_row(dict(zip(cols, r, strict=True))) for r in rows]
+
+    def next_due_at(self) -> float | None:
+        states = [s.value for s in ACTIVE_STATES]
+        row = self.db.execute(
+            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({', '.join('?' for _ in states)})", states
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def update(self, job_id: int, **changes: Any) -> Job:
+        if "state" in changes and isinstance(changes["state"], JobState):
+            changes["state"] = changes["state"].value
+        changes["updated_at"] = time.time()
+        unknown = set(changes) - set(_JOB_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown job columns: {sorted(unknown)}")
+        self.db.table("jobs").update(job_id, changes)
+        return self.get(job_id)
+
+    def get(self, job_id: int) -> Job:
+        return Job.from_row(self.db.table("jobs").get(job_id))
+
+    def by_transaction(self, transaction_id: str) -> Job | None:
+        rows = list(self.db.table("jobs").rows_where("transaction_id = ?", [transaction_id]))
+        return Job.from_row(rows[0]) if rows else None
+
+    def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
+        where, args = ("state = ?", [state.value]) if state else (None, [])
+        return [
+            Job.from_row(r)
+            for r in self.db.table("jobs").rows_where(where, args, order_by="id", limit=limit)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            row[0]: row[1] for row in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        }
+
+    def requeue(self, job_id: int) -> Job:
+        """Put an `error`/`dead` job back in the queue, keeping its artifacts and upload guard."""
+        job = self.get(job_id)
+        if job.state not in REENTRY_STATES:
+            raise ValueError(f"job {job.transaction_id} is {job.state}, only error/dead jobs can be retried")
+        resume = JobState.QUEUED
+        if job.content_version_id:
+            resume = JobState.UPLOADED
+        return self.update(job_id, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+class Outbox:
+    """The async face of `OutboxStore`: every call runs on one dedicated thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfsign-outbox")
+        self._store: OutboxStore | None = None
+        self._replay: dict[str, int] = {}
+
+    async def open(self) -> None:
+        self._store = await self._run(lambda: OutboxStore(self.path))
+        rows = await self.call(lambda s: s.db.execute("SELECT channel, replay_id FROM replay").fetchall())
+        self._replay = {str(c): int(r) for c, r in rows}
+
+    def committed_replay_id(self, channel: str) -> int | None:
+        """The last replay id committed for `channel` (cached; safe to call from the event loop)."""
+        return self._replay.get(channel)
+
+    @property
+    def store(self) -> OutboxStore:
+        if self._store is None:
+            raise RuntimeError("outbox is not open")
+        return self._store
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def call(self, fn: Callable[[OutboxStore], T]) -> T:
+        store = self.store
+        return await self._run(lambda: fn(store))
+
+    async def commit_event(
+        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob]
+    ) -> CommitResult:
+        jobs = list(jobs)
+        result = await self.call(lambda s: s.commit_event(channel, replay_id, jobs))
+        if channel is not None and replay_id is not None:
+            self._replay[channel] = replay_id
+        return result
+
+    async def reset_replay(self, channel: str) -> None:
+        await self.call(lambda s: s.reset_replay(channel))
+        self._replay.pop(channel, None)
+
+    async def update(self, job_id: int, **changes: Any) -> Job:
+        return await self.call(lambda s: s.update(job_id, **changes))
+
+    async def close(self) -> None:
+        if self._store is not None:
+            store = self._store
+            await self._run(store.close)
+            self._store = None
+        self._executor.shutdown(wait=True)

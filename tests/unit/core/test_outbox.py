@@ -1,0 +1,98 @@
+"""Outbox transitions on a real SQLite file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from sfsign.outbox import JobState, NewJob, Outbox, OutboxStore
+
+
+def _job(tx: str = "tx-1", record: str = "006000000000001AAA", rule: str = "r") -> NewJob:
+    return NewJob(transaction_id=tx, rule=rule, sobject="Opportunity", record_id=record, source="cdc",
+                  event_time_ms=1_700_000_000_000)
+
+
+def test_event_jobs_and_replay_id_commit_together(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    result = store.commit_event("/data/OpportunityChangeEvent", 41, [_job()])
+    assert [j.transaction_id for j in result.created] == ["tx-1"]
+    assert store.replay_id("/data/OpportunityChangeEvent") == 41
+    job = store.by_transaction("tx-1")
+    assert job is not None and job.state is JobState.QUEUED and job.replay_id == 41
+
+
+def test_failed_commit_rolls_back_the_replay_id(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    store.commit_event("/c", 1, [])
+
+    bad = _job()
+    object.__setattr__(bad, "rule", None)  # NOT NULL violation inside the transaction
+    with pytest.raises(Exception):  # noqa: B017 - sqlite3.IntegrityError
+        store.commit_event("/c", 2, [_job("ok", record="006000000000002AAA"), bad])
+    assert store.replay_id("/c") == 1
+    assert store.by_transaction("ok") is None
+
+
+def test_replayed_event_is_a_noop(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    store.commit_event("/c", 1, [_job()])
+    again = store.commit_event("/c", 1, [_job()])
+    assert again.created == [] and "already exists" in again.duplicates[0][1]
+    assert store.counts() == {"queued": 1}
+
+
+def test_second_trigger_for_an_active_record_is_a_noop_but_reentry_after_error_is_not(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    first = store.commit_event("/c", 1, [_job("tx-1")]).created[0]
+    dup = store.commit_event("/c", 2, [_job("tx-2")])
+    assert dup.created == [] and "already has transaction tx-1" in dup.duplicates[0][1]
+    store.update(first.id, state=JobState.ERROR, last_error="no line items")
+    again = store.commit_event("/c", 3, [_job("tx-3")])
+    assert [j.transaction_id for j in again.created] == ["tx-3"]
+
+
+def test_claim_due_respects_time_and_exclusions(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    a = store.commit_event(None, None, [_job("a", record="006000000000001AAA")]).created[0]
+    b = store.commit_event(None, None, [_job("b", record="006000000000002AAA")]).created[0]
+    store.update(b.id, next_attempt_at=time.time() + 3600)
+    assert [j.transaction_id for j in store.claim_due(time.time(), 10)] == ["a"]
+    assert store.claim_due(time.time(), 10, exclude=[a.id]) == []
+    store.update(a.id, state=JobState.DONE)
+    assert store.claim_due(time.time() + 7200, 10)[0].transaction_id == "b"
+
+
+def test_requeue_only_error_or_dead_and_resume_after_upload(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    job = store.commit_event(None, None, [_job()]).created[0]
+    with pytest.raises(ValueError, match="only error/dead"):
+        store.requeue(job.id)
+    store.update(job.id, state=JobState.DEAD, attempts=8, content_version_id="068000000000001AAA")
+    again = store.requeue(job.id)
+    assert again.state is JobState.UPLOADED and again.attempts == 0
+
+
+def test_outbox_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    store = OutboxStore(path)
+    store.commit_event("/c", 7, [_job()])
+    store.close()
+    reopened = OutboxStore(path)
+    assert reopened.replay_id("/c") == 7 and reopened.by_transaction("tx-1") is not None
+
+
+async def test_async_outbox_caches_committed_replay_ids(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    await outbox.open()
+    try:
+        assert outbox.committed_replay_id("/c") is None
+        await outbox.commit_event("/c", 12, [_job()])
+        assert outbox.committed_replay_id("/c") == 12
+        await outbox.reset_replay("/c")
+        assert outbox.committed_replay_id("/c") is None
+        assert await outbox.call(lambda s: s.replay_id("/c")) is None
+    finally:
+        await outbox.close()
