@@ -183,6 +183,7 @@ class SellerConfig(_Strict):
     vat_id: str = ""
     email: str = ""
     phone: str = ""
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="for single-currency orgs")
 
 
 class RuleConfig(_Strict):

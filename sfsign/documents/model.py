@@ -65,8 +65,12 @@ class Totals(BaseModel):
         return str(v)
 
 
-class SignatureBox(BaseModel):
-    """Who signs for the seller; the template draws the box, the signer fills it."""
+class Signatory(BaseModel):
+    """Who signs for the seller; the template draws the box, the signer fills it.
+
+    Named `Signatory` so it is not confused with `render.SignatureBox` (the box's position);
+    `SignatureBox` below stays as an alias for code written against the first version.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -74,6 +78,9 @@ class SignatureBox(BaseModel):
     signer_title: str = ""
     location: str = ""
     reason: str = ""
+
+
+SignatureBox = Signatory  # backwards-compatible alias; prefer Signatory
 
 
 class ContractDocument(BaseModel):
@@ -95,5 +102,119 @@ class ContractDocument(BaseModel):
     totals: Totals
     terms: list[str] = Field(default_factory=list)
     notes: str = ""
-    signature: SignatureBox
+    signature: Signatory
     transaction_id: str  # printed in the footer so paper and record can be matched
+
+
+def sample_contract(
+    *,
+    kind: str = "quote",
+    currency: str = "EUR",
+    line_count: int = 30,
+    locale: str = "en",
+    transaction_id: str = "sfs-demo-0000000000000001",
+    variant: int = 0,
+) -> ContractDocument:
+    """Realistic demo data (fictitious companies) for `sfsign demo`, template previews and tests.
+
+    Totals are computed from the lines exactly as the worker's mapping is expected to: subtotal is
+    list price x quantity, discount the difference to the net line totals, tax 19 % (EUR) or
+    8.25 % (other currencies) of the net amount. `variant` shuffles products and quantities so
+    benchmarks can render many different documents.
+    """
+    catalogue = [
+        ("Platform licence, Enterprise", "Annual subscription per named user", "PLT-ENT", "1200.00"),
+        ("Implementation services", "Remote consulting, per day", "SRV-IMP", "1450.00"),
+        ("Premium support", "24/7 support with 1-hour response time, per year", "SUP-PRM", "9800.00"),
+        ("Data migration", "Fixed-price migration of legacy records", "SRV-MIG", "7500.00"),
+        ("Training workshop", "On-site, up to 12 participants, per day", "TRN-WS", "2200.00"),
+        ("Sandbox environment", "Full-copy sandbox, per year", "PLT-SBX", "3600.00"),
+        ("API add-on", "Additional 1,000,000 API calls per month", "PLT-API", "450.00"),
+        ("Archive storage", "Long-term storage, per TB and year", "STO-ARC", "980.00"),
+    ]
+    lines: list[LineItem] = []
+    subtotal = net = Decimal("0")
+    for i in range(line_count):
+        name, description, code, price = catalogue[(i + variant) % len(catalogue)]
+        quantity = Decimal((i * 7 + variant * 3) % 40 + 1)
+        unit_price = Decimal(price)
+        discount = Decimal((0, 5, 10, 12.5)[i % 4]).quantize(Decimal("0.1"))
+        gross = quantity * unit_price
+        total = (gross * (Decimal(100) - discount) / Decimal(100)).quantize(Decimal("0.01"))
+        subtotal += gross
+        net += total
+        lines.append(
+            LineItem(
+                name=name,
+                description=description,
+                product_code=f"{code}-{i + 1:03d}",
+                quantity=quantity,
+                unit_price=unit_price,
+                discount_percent=discount,
+                total=total,
+            )
+        )
+    tax_rate = Decimal("0.19") if currency == "EUR" else Decimal("0.0825")
+    tax = (net * tax_rate).quantize(Decimal("0.01"))
+    issue = date(2025, 11, 27)
+    seller = (
+        Party(
+            name="Nordlicht Software GmbH",
+            street="Hafenstraße 12",
+            city="Hamburg",
+            postal_code="20457",
+            country="Germany",
+            vat_id="DE123456789",
+            email="sales@nordlicht.example",
+            phone="+49 40 1234567",
+        )
+        if currency == "EUR"
+        else Party(
+            name="Bluefin Analytics Inc.",
+            street="500 Market Street, Suite 300",
+            city="San Francisco",
+            postal_code="94105",
+            state="CA",
+            country="United States",
+            email="sales@bluefin.example",
+            phone="+1 415 555 0100",
+        )
+    )
+    return ContractDocument(
+        kind=kind,
+        title="Customer data platform rollout" if kind == "proposal" else "Platform subscription and services",
+        number="Q-2025-00042" if kind == "quote" else "OPP-2025-0815",
+        issue_date=issue,
+        valid_until=date(2025, 12, 31),
+        currency=currency,
+        locale=locale,
+        seller=seller,
+        customer=Party(
+            name="Müller & Söhne Logistik AG",
+            street="Industriestraße 7",
+            city="München",
+            postal_code="80331",
+            country="Germany",
+            vat_id="DE987654321",
+        ),
+        contact=Contact(
+            name="Dr. Jana Novák",
+            title="Head of Procurement",
+            email="j.novak@mueller-soehne.example",
+            phone="+49 89 7654321",
+        ),
+        lines=lines,
+        totals=Totals(subtotal=subtotal, discount=subtotal - net, tax=tax, total=net + tax),
+        terms=[
+            "Prices are exclusive of statutory VAT unless stated otherwise.",
+            "Payment within 30 days of invoice date without deduction.",
+            "Subscriptions renew annually unless cancelled three months before the end of the term.",
+            "This offer is subject to our General Terms and Conditions (version 2025-01).",
+        ],
+        notes="Implementation days are scheduled jointly after order confirmation. "
+        "Travel expenses for on-site work are invoiced at cost.",
+        signature=Signatory(
+            signer_name="Katrin Albers", signer_title="Head of Sales", location="Hamburg", reason="Binding offer"
+        ),
+        transaction_id=transaction_id,
+    )

@@ -1,0 +1,144 @@
+"""What rendering and signing one contract costs on this machine.
+
+Run: python benchmarks/bench_documents.py [--rounds 30] [--pool-docs 60]
+
+Measures, with a generated demo PKI (nothing is written outside a temporary directory):
+- first render in a fresh process (fonts parsed, compiler built) and warm renders,
+- B-B signing with RSA-3072 (PKCS#12) and ECDSA P-256 (PEM), warm signer cache,
+- render + sign per document, and offline validation,
+- throughput of a forkserver process pool as the daemon would use it (one worker per core).
+Numbers are medians (and p90) of wall-clock time; they vary with the machine, which is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from sfsign.documents.model import ContractDocument, sample_contract
+from sfsign.documents.pki import create_demo_pki
+from sfsign.documents.render import POOL_START_METHOD, render_pdf
+from sfsign.documents.sign import Appearance, KeySpec, SignedPdf, sign_pdf_bytes
+from sfsign.documents.verify import validate_signed_pdf
+
+APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
+
+
+def _timed(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.9) - 1] * 1000
+
+
+def _distinct_docs(count: int) -> list[ContractDocument]:
+    """Different data per document: Typst memoises, so re-rendering one document would flatter it."""
+    return [
+        sample_contract(kind="quote", currency="EUR", line_count=30, transaction_id=f"sfs-bench-{i:016d}", variant=i)
+        for i in range(count)
+    ]
+
+
+def _render_and_sign(doc: ContractDocument, spec: KeySpec) -> SignedPdf:
+    rendered = render_pdf(doc, "quote")
+    return sign_pdf_bytes(rendered.pdf, rendered.signature_box, spec, APPEARANCE)
+
+
+def _cold_render_ms() -> float:
+    code = (
+        "import time; t=time.perf_counter();"
+        "from sfsign.documents.model import sample_contract;"
+        "from sfsign.documents.render import render_pdf;"
+        "t1=time.perf_counter(); render_pdf(sample_contract(), 'quote');"
+        "print((time.perf_counter()-t1)*1000)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="render + sign cost per document")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--pool-docs", type=int, default=60)
+    args = parser.parse_args()
+
+    doc = sample_contract(kind="quote", currency="EUR", line_count=30)
+    with tempfile.TemporaryDirectory() as tmp:
+        rsa = create_demo_pki(Path(tmp) / "rsa", passphrase="bench-only")
+        ec = create_demo_pki(Path(tmp) / "ec", passphrase="bench-only", key_algorithm="ec-p256")
+        rsa_spec, ec_spec = rsa.pkcs12_key_spec(), ec.pem_key_spec()
+
+        rendered = render_pdf(doc, "quote")  # warm caches
+        sign_pdf_bytes(rendered.pdf, rendered.signature_box, rsa_spec, APPEARANCE)
+        sign_pdf_bytes(rendered.pdf, rendered.signature_box, ec_spec, APPEARANCE)
+        signed = _render_and_sign(doc, rsa_spec)
+
+        rows: list[tuple[str, float, float]] = []
+        rows.append(("render, first in a fresh process", _cold_render_ms(), float("nan")))
+        docs = iter(_distinct_docs(args.rounds * 2))
+        rows.append(
+            ("render 30-line quote (2 pages), warm", *_timed(lambda: render_pdf(next(docs), "quote"), args.rounds))
+        )
+        rows.append(
+            ("render the same document again (memoised)", *_timed(lambda: render_pdf(doc, "quote"), args.rounds))
+        )
+        rows.append(
+            (
+                "sign B-B, RSA-3072 PKCS#12",
+                *_timed(
+                    lambda: sign_pdf_bytes(rendered.pdf, rendered.signature_box, rsa_spec, APPEARANCE), args.rounds
+                ),
+            )
+        )
+        rows.append(
+            (
+                "sign B-B, ECDSA P-256 PEM",
+                *_timed(lambda: sign_pdf_bytes(rendered.pdf, rendered.signature_box, ec_spec, APPEARANCE), args.rounds),
+            )
+        )
+        rows.append(
+            ("render + sign (RSA), one document", *_timed(lambda: _render_and_sign(next(docs), rsa_spec), args.rounds))
+        )
+        rows.append(
+            (
+                "validate (offline, pyHanko)",
+                *_timed(lambda: validate_signed_pdf(signed.pdf, [rsa.root_cert_pem_path]), args.rounds),
+            )
+        )
+
+        workers = os.cpu_count() or 1
+        context = multiprocessing.get_context(POOL_START_METHOD)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            list(pool.map(_render_and_sign, [doc] * workers, [rsa_spec] * workers))  # warm every worker
+            start = time.perf_counter()
+            batch = _distinct_docs(args.pool_docs)
+            results = list(pool.map(_render_and_sign, batch, [rsa_spec] * args.pool_docs))
+            elapsed = time.perf_counter() - start
+        assert len(results) == args.pool_docs
+
+    print(f"sfsign documents benchmark - {workers} cores, Python {sys.version.split()[0]}")
+    print(f"{'operation':45} {'median ms':>10} {'p90 ms':>8}")
+    for name, median, p90 in rows:
+        print(f"{name:45} {median:10.1f} {p90:8.1f}")
+    print(
+        f"pool ({workers} forkserver workers): {args.pool_docs} documents in {elapsed:.2f} s "
+        f"= {args.pool_docs / elapsed:.1f} documents/s"
+    )
+    print(f"sizes: rendered {len(rendered.pdf) / 1024:.0f} KiB, signed {len(signed.pdf) / 1024:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

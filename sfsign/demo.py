@@ -1,0 +1,272 @@
+"""`sfsign demo`: the whole product in one command, against the embedded Salesforce emulator.
+
+It starts the emulator on its own thread (a separate event loop, like a remote org), generates a
+demo signing PKI, starts the real daemon with the JWT bearer flow, then acts as sales reps would:
+three opportunities move to "Proposal/Price Quote", one quote is approved and one "Send for
+signature" platform event is published. It waits for the five records to show `Signed`, downloads
+each signed file through the REST API, checks it is the file the daemon signed, writes it to
+`./demo-output/` and prints a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from sfsign.config import Rules, Settings, load_rules
+from sfsign.daemon import Daemon, auth_config
+from sfsign.documents.pki import create_demo_pki
+from sfsign.emulator.control_client import ControlClient
+from sfsign.emulator.server import EmulatorThread
+from sfsign.ops.logging import configure_logging
+from sfsign.outbox import JobState
+from sfsign.salesforce.auth import Authenticator
+from sfsign.salesforce.rest import SalesforceRest
+
+log = structlog.get_logger("sfsign.demo")
+
+PASSPHRASE_ENV = "SFSIGN_DEMO_SIGNER_PASSPHRASE"
+
+# (object, seeded record name, acting rep, how the record gets to signature)
+SCENARIO: list[tuple[str, str, str, str]] = [
+    ("Opportunity", "Acme Industries - Platform Renewal 2027", "marc.dubois@northwind.example", "stage"),
+    ("Opportunity", "Globex - Enterprise Rollout", "emily.carter@northwind.example", "stage"),
+    ("Opportunity", "Initech - Onboarding Package", "emily.carter@northwind.example", "stage"),
+    ("Quote", "Enterprise Upgrade - Angebot", "lena.hoffmann@northwind.example", "status"),
+    ("Opportunity", "Acme Industries - API Add-on", "marc.dubois@northwind.example", "event"),
+]
+
+RULES_TEMPLATE = """\
+version: 1
+seller:
+  name: Northwind Cloud GmbH
+  street: Friedrichstrasse 68
+  postal_code: "10117"
+  city: Berlin
+  country: Germany
+  vat_id: DE 312 456 789
+  email: contracts@northwind.example
+  phone: +49 30 1234 5678
+signing_profiles:
+  company-seal:
+    key:
+      pkcs12: {p12}
+      passphrase_env: {passphrase_env}
+    trust_roots: [{root}]
+    appearance:
+      name: Northwind Cloud GmbH
+      reason: Offer approved and signed by Northwind Cloud GmbH
+      location: Berlin, Germany
+rules:
+  - name: opportunity-proposal
+    object: Opportunity
+    field: StageName
+    values: ["Proposal/Price Quote"]
+    template: proposal
+    profile: company-seal
+    file_name: "Proposal {{number}} {{date}}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+      - Payment within 30 days of invoice date.
+  - name: quote-approved
+    object: Quote
+    field: Status
+    values: ["Approved"]
+    template: quote
+    profile: company-seal
+    file_name: "Quote {{number}} {{date}}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+"""
+
+
+@dataclass
+class DemoRow:
+    sobject: str
+    record_id: str
+    name: str
+    trigger: str
+    status: str = ""
+    transaction_id: str = ""
+    document_id: str = ""
+    file: str = ""
+    ms: int | None = None
+    error: str = ""
+
+
+def write_demo_config(work: Path) -> tuple[Rules, Path]:
+    """Demo PKI and rules under `work`; the passphrase lives only in this process's environment."""
+    passphrase = secrets.token_urlsafe(24)
+    os.environ[PASSPHRASE_ENV] = passphrase
+    pki = create_demo_pki(work / "pki", org_name="Northwind Cloud GmbH", passphrase=passphrase)
+    rules_file = work / "rules.yaml"
+    rules_file.write_text(
+        RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    )
+    return load_rules(rules_file), pki.root_cert_pem_path
+
+
+def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path) -> Settings:
+    login = emulator.login
+    return Settings(
+        login_url=emulator.url,
+        auth_flow="jwt",
+        consumer_key=login.consumer_key,
+        username=login.username,
+        private_key_file=login.private_key_file,
+        ca_bundle=emulator.ca_file,
+        data_dir=work / "daemon",
+        rules_file=rules_file,
+        log_level=os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"),
+        log_format="console",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+async def _find(control: ControlClient, sobject: str, name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    rows = await control.query(f"SELECT Id FROM {sobject} WHERE Name = '{escaped}'")
+    if len(rows) != 1:
+        raise RuntimeError(f"the emulator's seed data has no single {sobject} named {name!r}")
+    return str(rows[0]["Id"])
+
+
+async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
+    if row.trigger == "stage":
+        await control.update("Opportunity", row.record_id, {"StageName": "Proposal/Price Quote"}, user=user)
+    elif row.trigger == "status":
+        await control.update("Quote", row.record_id, {"Status": "Approved"}, user=user)
+    else:
+        await control.publish(
+            "Sign_Request__e",
+            {"RecordId__c": row.record_id, "Reason__c": "Customer asked for the signed proposal today"},
+            user=user,
+        )
+
+
+async def run_scenario(
+    emulator: EmulatorThread, settings: Settings, rules: Rules, output_dir: Path, timeout_s: float = 120.0
+) -> list[DemoRow]:
+    daemon = Daemon(settings, rules)
+    runner = asyncio.create_task(daemon.run(), name="daemon")
+    control = ControlClient(emulator.url, emulator.control_token, emulator.ca_file)
+    rows: list[DemoRow] = []
+    try:
+        ready = asyncio.create_task(daemon.ready.wait())
+        done, _ = await asyncio.wait({ready, runner}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()  # raises what stopped the daemon
+            raise RuntimeError("the daemon stopped before it subscribed")
+        if ready not in done:
+            raise RuntimeError("the daemon did not subscribe to the emulator within 60 s")
+        for sobject, name, user, trigger in SCENARIO:
+            row = DemoRow(sobject, await _find(control, sobject, name), name, trigger)
+            rows.append(row)
+            await _act(control, row, user)
+        deadline = time.monotonic() + timeout_s
+        pending = list(rows)
+        while pending and time.monotonic() < deadline:
+            if runner.done():
+                runner.result()
+                raise RuntimeError("the daemon stopped unexpectedly")
+            for row in list(pending):
+                record = await control.get(
+                    row.sobject, row.record_id,
+                    ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Sign_Error__c"],
+                )
+                if record.get("Sign_Status__c") in ("Signed", "Error"):
+                    row.status = str(record["Sign_Status__c"])
+                    row.transaction_id = str(record.get("Sign_Transaction_Id__c") or "")
+                    row.document_id = str(record.get("Signed_Document_Id__c") or "")
+                    row.error = str(record.get("Sign_Error__c") or "")
+                    pending.remove(row)
+            await asyncio.sleep(0.1)
+        for row in pending:
+            row.status = "Timeout"
+        await _collect_files(daemon, settings, rows, output_dir)
+    finally:
+        await control.aclose()
+        daemon.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(runner, 60)
+    return rows
+
+
+async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:
+    """Download each signed file through REST and check it is byte for byte what the daemon signed."""
+    jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
+    authenticator = Authenticator(auth_config(settings))
+    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
+        for row in rows:
+            job = jobs.get(row.transaction_id)
+            if row.status != "Signed" or job is None or not job.content_version_id:
+                continue
+            data = await rest.download_version_data(job.content_version_id)
+            if hashlib.sha256(data).hexdigest() != job.sha256:
+                raise RuntimeError(f"the file on {row.record_id} is not the document sfsign signed")
+            target = output_dir / (job.file_name or f"{row.transaction_id}.pdf")
+            await asyncio.to_thread(target.write_bytes, data)
+            row.file = str(target)
+            if job.state is JobState.DONE and job.event_time_ms and job.done_at:
+                row.ms = round(job.done_at * 1000 - job.event_time_ms)
+    finally:
+        await rest.close()
+        await authenticator.aclose()
+
+
+def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
+    headers = ("record", "name", "via", "status", "transaction id", "file id", "ms")
+    table = [
+        (r.record_id, r.name[:40], r.trigger, r.status, r.transaction_id, r.document_id,
+         "" if r.ms is None else str(r.ms))
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line, file=out)  # type: ignore[call-overload]
+    print("  ".join("-" * w for w in widths), file=out)  # type: ignore[call-overload]
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)), file=out)  # type: ignore[call-overload]
+    for r in rows:
+        if r.error:
+            print(f"  {r.record_id}: {r.error}", file=out)  # type: ignore[call-overload]
+
+
+def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
+    configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
+    work = keep_dir or Path(tempfile.mkdtemp(prefix="sfsign-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    emulator = EmulatorThread(data_dir=work / "emulator")
+    try:
+        print("starting the embedded Salesforce emulator ...", flush=True)
+        emulator.start()
+        print(f"  {emulator.url} (CA {emulator.ca_file})", flush=True)
+        rules, _root = write_demo_config(work)
+        settings = daemon_settings(emulator, work, rules.source)
+        print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
+        rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        emulator.stop()
+        if keep_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print_table(rows)
+    signed = [r for r in rows if r.status == "Signed" and r.file]
+    print(f"\n{len(signed)} of {len(rows)} documents signed; files in {output_dir.resolve()}")
+    return 0 if len(signed) == len(rows) else 1

@@ -1,0 +1,381 @@
+"""ContractDocument -> PDF/A-2b with Typst, plus where the template drew the seller's signature box.
+
+Why Typst: 20-odd ms per document, PDF/A built in, fonts bundled, and data goes in as JSON via
+`sys.inputs` so nothing a customer types can become template code. The template marks its
+signature boxes with labelled `metadata` carrying `here().position()`; a query reads them back
+so the signer can put the visible signature exactly on the drawn box.
+
+`render_pdf` is a plain function with picklable arguments and result so the daemon can run it in a
+`ProcessPoolExecutor`; the Typst compiler (fonts parsed, files cached) is kept per process. The pool
+must not fork from a process that has rendered (Typst's runtime does not survive fork()): create
+it with `multiprocessing.get_context(POOL_START_METHOD)` ("forkserver"), or "spawn".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import threading
+from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Final
+
+import typst
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sfsign.documents.model import ContractDocument
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+BUILTIN_TEMPLATES = ("proposal", "quote")
+PDF_STANDARD: Final = "a-2b"
+SIGNATURE_FIELD_LABEL = "<sfsign-signature-field>"
+TEMPLATE_DATA_SCHEMA = 1
+
+
+class RenderError(Exception):
+    """A template could not be turned into a PDF; says which template and what Typst reported.
+
+    Both parts are passed to `Exception.__init__` so the error survives pickling across a process
+    pool boundary unchanged.
+    """
+
+    def __init__(self, template: str, diagnostic: str) -> None:
+        super().__init__(template, diagnostic)
+        self.template = template
+        self.diagnostic = diagnostic
+
+    def __str__(self) -> str:
+        return f"template {self.template}: {self.diagnostic}"
+
+
+class SignatureBox(BaseModel):
+    """A rectangle on a page, in PDF points with the origin at the page's bottom-left corner.
+
+    (Not to be confused with `model.Signatory`, which says *who* signs.)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    page: int  # 0-based
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+class RenderedPdf(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pdf: bytes
+    signature_box: SignatureBox  # where the seller signs
+    pages: int
+    customer_box: SignatureBox | None = None  # reserved for a later counter-signature
+    warnings: tuple[str, ...] = ()  # Typst warnings, worth showing to template authors
+
+
+# ---------------------------------------------------------------------------------------------
+# Template lookup
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_template(template: str | Path, template_dirs: Sequence[Path] = ()) -> Path:
+    """Find a template by path, or by name in `template_dirs` (admin overrides) then the package.
+
+    A bare name such as "quote" is looked up as `<dir>/quote.typ`; anything with a suffix or a
+    directory part is taken as a path.
+    """
+    candidate = Path(template)
+    is_name = candidate.suffix == "" and len(candidate.parts) == 1
+    if not is_name:
+        if candidate.is_file():
+            return candidate.resolve()
+        raise RenderError(str(template), "template file not found")
+    for directory in (*template_dirs, TEMPLATES_DIR):
+        path = directory / f"{candidate.name}.typ"
+        if path.is_file():
+            return path.resolve()
+    searched = ", ".join(str(d) for d in (*template_dirs, TEMPLATES_DIR))
+    raise RenderError(
+        str(template),
+        f"no template named {candidate.name!r} in {searched} (built-in: {', '.join(BUILTIN_TEMPLATES)})",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Display formatting: done here (Decimal, exact) so templates never do arithmetic or rounding.
+# ---------------------------------------------------------------------------------------------
+
+_CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "INR": "₹"}
+_ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "ISK", "VND"})
+_MINUS = "\u2212"
+_NBSP = "\u00a0"
+_NNBSP = "\u202f"
+
+
+class _NumberStyle(BaseModel):
+    group: str
+    decimal: str
+    symbol_after: bool  # "1.234,50 €" rather than "€1,234.50"
+    percent: str  # text between number and "%"
+
+
+_STYLES = {
+    "en": _NumberStyle(group=",", decimal=".", symbol_after=False, percent=""),
+    "de": _NumberStyle(group=".", decimal=",", symbol_after=True, percent=_NBSP),
+    "fr": _NumberStyle(group=_NNBSP, decimal=",", symbol_after=True, percent=_NNBSP),
+}
+
+_MONTHS = {
+    "en": "January February March April May June July August September October November December",
+    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
+    "fr": "janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
+}
+
+_LOCALE_RE = re.compile(r"^(?P<lang>[A-Za-z]{2,3})(?:[-_](?P<region>[A-Za-z]{2}))?")
+
+
+def _lang_region(locale: str) -> tuple[str, str | None]:
+    match = _LOCALE_RE.match(locale.strip())
+    if not match:
+        return "en", None
+    region = match.group("region")
+    return match.group("lang").lower(), region.upper() if region else None
+
+
+def _group_digits(digits: str, sep: str) -> str:
+    head = len(digits) % 3 or 3
+    parts = [digits[:head]] + [digits[i : i + 3] for i in range(head, len(digits), 3)]
+    return sep.join(parts)
+
+
+def _format_number(value: Decimal, style: _NumberStyle, places: int | None) -> str:
+    """places=None keeps the significant decimals (quantities); otherwise round half-up."""
+    if places is not None:
+        value = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        text = f"{abs(value):.{places}f}"
+    else:
+        text = format(abs(value).normalize(), "f")
+    integer, _, fraction = text.partition(".")
+    out = _group_digits(integer, style.group)
+    if fraction:
+        out += style.decimal + fraction
+    return (_MINUS if value < 0 else "") + out
+
+
+def format_money(value: Decimal, currency: str, locale: str = "en") -> str:
+    """ "€1,234.50" (en), "1.234,50 €" (de), "CHF 1,234.50" for currencies without a known symbol."""
+    lang, _ = _lang_region(locale)
+    style = _STYLES.get(lang, _STYLES["en"])
+    code = currency.upper()
+    places = 0 if code in _ZERO_DECIMAL_CURRENCIES else 2
+    rounded = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    sign = _MINUS if rounded < 0 else ""
+    number = _format_number(abs(rounded), style, places)
+    symbol = _CURRENCY_SYMBOLS.get(code)
+    if style.symbol_after:
+        return f"{sign}{number}{_NBSP}{symbol or code}"
+    if symbol:
+        return f"{sign}{symbol}{number}"
+    return f"{sign}{code}{_NBSP}{number}"
+
+
+def format_quantity(value: Decimal, locale: str = "en") -> str:
+    style = _STYLES.get(_lang_region(locale)[0], _STYLES["en"])
+    return _format_number(value, style, None)
+
+
+def format_percent(value: Decimal, locale: str = "en") -> str:
+    if value == 0:
+        return "\u2013"  # en dash: no discount
+    style = _STYLES.get(_lang_region(locale)[0], _STYLES["en"])
+    return f"{_format_number(value, style, None)}{style.percent}%"
+
+
+def format_date(value: dt.date, locale: str = "en") -> str:
+    lang, _ = _lang_region(locale)
+    months = _MONTHS.get(lang)
+    if months is None:
+        return value.isoformat()
+    month = months.split()[value.month - 1]
+    if lang == "de":
+        return f"{value.day}. {month} {value.year}"
+    return f"{value.day} {month} {value.year}"
+
+
+def build_template_data(doc: ContractDocument) -> dict[str, Any]:
+    """The JSON a template receives: the model's fields plus display strings under `fmt`."""
+    data: dict[str, Any] = doc.model_dump(mode="json")
+    loc = doc.locale
+    lang, region = _lang_region(loc)
+    for raw, line in zip(data["lines"], doc.lines, strict=True):
+        raw["fmt"] = {
+            "quantity": format_quantity(line.quantity, loc),
+            "unit_price": format_money(line.unit_price, doc.currency, loc),
+            "discount_percent": format_percent(line.discount_percent, loc),
+            "total": format_money(line.total, doc.currency, loc),
+        }
+    totals = doc.totals
+    data["totals"]["fmt"] = {
+        "subtotal": format_money(totals.subtotal, doc.currency, loc),
+        "discount": format_money(-totals.discount, doc.currency, loc),
+        "tax": format_money(totals.tax, doc.currency, loc),
+        "total": format_money(totals.total, doc.currency, loc),
+    }
+    data["fmt"] = {
+        "issue_date": format_date(doc.issue_date, loc),
+        "valid_until": format_date(doc.valid_until, loc) if doc.valid_until else None,
+        "currency_symbol": _CURRENCY_SYMBOLS.get(doc.currency.upper(), doc.currency.upper()),
+        "lang": lang,
+        "region": region,
+    }
+    data["schema"] = TEMPLATE_DATA_SCHEMA
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation
+# ---------------------------------------------------------------------------------------------
+
+_compilers: dict[tuple[Path, tuple[Path, ...]], tuple[typst.Compiler, threading.Lock]] = {}
+_compilers_lock = threading.Lock()
+# Process that first ran Typst. Typst's Rust side keeps global thread pools and locks that do not
+# survive fork(): a child forked after the parent rendered hangs forever, even with a new compiler.
+_typst_pid: int | None = None
+# Use this multiprocessing start method for render pools (Python 3.11 defaults to "fork").
+POOL_START_METHOD = "forkserver"
+
+
+def _check_not_forked(template: Path) -> None:
+    global _typst_pid
+    pid = os.getpid()
+    if _typst_pid is None:
+        _typst_pid = pid
+    elif _typst_pid != pid:
+        raise RenderError(
+            str(template),
+            "Typst was already used in the parent of this forked process and would hang here; "
+            f"create the process pool with multiprocessing.get_context({POOL_START_METHOD!r})",
+        )
+
+
+def _compiler_for(template: Path, font_dirs: tuple[Path, ...]) -> tuple[typst.Compiler, threading.Lock]:
+    """One compiler per (template, fonts) per process: fonts are parsed once and Typst's
+    incremental caches make the next document of the same template cheap. Typst re-reads files
+    on every compile, so edited templates are picked up without a restart."""
+    key = (template, font_dirs)
+    with _compilers_lock:
+        entry = _compilers.get(key)
+        if entry is None:
+            fonts = typst.Fonts(include_system_fonts=False, font_paths=[str(p) for p in font_dirs])
+            compiler = typst.Compiler(template, root=template.parent, font_paths=fonts, ignore_system_fonts=True)
+            entry = _compilers[key] = (compiler, threading.Lock())
+        return entry
+
+
+def _diagnostic(exc: typst.TypstError | typst.TypstWarning) -> str:
+    text = (getattr(exc, "diagnostic", "") or getattr(exc, "message", "") or str(exc)).strip()
+    hints = getattr(exc, "hints", None) or []
+    return "\n".join([text, *(f"hint: {h}" for h in hints)])
+
+
+def _page_count(pdf: bytes) -> int:
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    reader = PdfFileReader(BytesIO(pdf))
+    return int(reader.root["/Pages"]["/Count"])
+
+
+def _signature_boxes(raw: str, template: Path) -> dict[str, SignatureBox]:
+    """Typst reports positions from the page's top-left corner; PDF wants bottom-left."""
+    boxes: dict[str, SignatureBox] = {}
+    for item in json.loads(raw):
+        try:
+            name = str(item["field"])
+            page_height = float(item["page-height"])
+            x, y = float(item["x"]), float(item["y"])
+            width, height = float(item["width"]), float(item["height"])
+            page = int(item["page"]) - 1
+        except (KeyError, TypeError, ValueError):
+            raise RenderError(
+                str(template),
+                f"malformed {SIGNATURE_FIELD_LABEL} metadata {item!r}: expected field, page, x, y, "
+                "width, height and page-height (use signature-field() from common.typ)",
+            ) from None
+        if name in boxes:
+            raise RenderError(str(template), f"signature field {name!r} is marked more than once")
+        boxes[name] = SignatureBox(
+            page=page,
+            x1=round(x, 3),
+            y1=round(page_height - y - height, 3),
+            x2=round(x + width, 3),
+            y2=round(page_height - y, 3),
+        )
+    return boxes
+
+
+def render_pdf(
+    doc: ContractDocument | dict[str, Any],
+    template: str | Path,
+    *,
+    template_dirs: Sequence[Path] = (),
+    font_dirs: Sequence[Path] = (),
+    timestamp: dt.datetime | None = None,
+) -> RenderedPdf:
+    """Render `doc` with `template` (name or path) to PDF/A-2b.
+
+    `font_dirs` adds fonts (e.g. Noto CJK) to the bundled Libertinus/New Computer Modern/DejaVu
+    Mono; system fonts are ignored so output does not depend on the host. `timestamp` fixes the
+    PDF creation date (reproducible output); by default it is the current time.
+    """
+    path = resolve_template(template, template_dirs)
+    if not isinstance(doc, ContractDocument):
+        try:
+            doc = ContractDocument.model_validate(doc)
+        except ValidationError as exc:  # pydantic errors do not pickle; keep the text
+            raise RenderError(str(path), f"invalid contract document: {exc}") from None
+    data = json.dumps(build_template_data(doc), ensure_ascii=False)
+    _check_not_forked(path)
+    compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
+    with lock:
+        try:
+            pdf, warnings = compiler.compile_with_warnings(
+                sys_inputs={"data": data},
+                format="pdf",
+                pdf_standards=[PDF_STANDARD],
+                timestamp=(timestamp or dt.datetime.now(dt.UTC)).replace(microsecond=0),
+            )
+            raw_boxes = compiler.query(SIGNATURE_FIELD_LABEL, field="value")
+        except typst.TypstError as exc:
+            raise RenderError(str(path), _diagnostic(exc)) from None
+    if not isinstance(pdf, bytes):
+        raise RenderError(str(path), "Typst returned no PDF")
+    boxes = _signature_boxes(raw_boxes, path)
+    seller = boxes.get("seller")
+    if seller is None:
+        raise RenderError(
+            str(path),
+            'the template marks no seller signature box: use signature-field("seller") from common.typ '
+            f'or a metadata((field: "seller", ...)) {SIGNATURE_FIELD_LABEL}',
+        )
+    return RenderedPdf(
+        pdf=pdf,
+        signature_box=seller,
+        customer_box=boxes.get("customer"),
+        pages=_page_count(pdf),
+        warnings=tuple(_diagnostic(w) for w in warnings),
+    )

@@ -1,0 +1,354 @@
+"""`/_control/`: what a test, a benchmark or `sfsign demo` does to the org from outside the API.
+
+A sales rep moving a stage, an admin publishing an event, an ops person reading API usage, and the
+fault switches (errors, latency, forgotten Bayeux clients, revoked tokens, dropped or half-open long
+polls, shrunk retention, gap and overflow events). The server binds 127.0.0.1 only and every call
+needs the `X-Control-Token` generated at start, so nothing here is reachable from elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from sfsign.emulator.bus import GAP_TYPES
+from sfsign.emulator.cometd import BayeuxServer
+from sfsign.emulator.errors import ApiError
+from sfsign.emulator.org import Org
+from sfsign.emulator.soql import QueryResult
+
+TOKEN_HEADER = "X-Control-Token"
+LOOPBACK = {"127.0.0.1", "::1"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ControlError(400, "body must be a JSON object") from exc
+    if not isinstance(data, dict):
+        raise ControlError(400, "body must be a JSON object")
+    return data
+
+
+class Control:
+    """Handlers of the control API; `default_user` acts when a call names no user."""
+
+    def __init__(self, org: Org, bayeux: BayeuxServer, token: str, *, default_user: str | None = None) -> None:
+        self.org = org
+        self.bayeux = bayeux
+        self._token = token
+        self.default_user = default_user
+
+    def routes(self) -> list[web.RouteDef]:
+        g = self._guard
+        return [
+            web.get("/_control/records/{sobject}/{id}", g(self.get_record)),
+            web.post("/_control/records/{sobject}/{id}", g(self.update_record)),
+            web.delete("/_control/records/{sobject}/{id}", g(self.delete_record)),
+            web.post("/_control/records/{sobject}", g(self.create_record)),
+            web.post("/_control/query", g(self.query)),
+            web.post("/_control/events/{name}", g(self.publish_event)),
+            web.get("/_control/api-usage", g(self.api_usage)),
+            web.post("/_control/api-usage", g(self.set_api_usage)),
+            web.get("/_control/files", g(self.files)),
+            web.get("/_control/faults", g(self.faults)),
+            web.delete("/_control/faults", g(self.clear_faults)),
+            web.post("/_control/faults/errors", g(self.add_error_fault)),
+            web.post("/_control/faults/latency", g(self.add_latency_fault)),
+            web.delete("/_control/faults/{id}", g(self.remove_fault)),
+            web.post("/_control/auth/revoke", g(self.revoke_tokens)),
+            web.get("/_control/streaming/clients", g(self.streaming_clients)),
+            web.get("/_control/streaming/subscriptions", g(self.subscriptions)),
+            web.get("/_control/streaming/events", g(self.streaming_events)),
+            web.post("/_control/streaming/forget-clients", g(self.forget_clients)),
+            web.post("/_control/streaming/revoke-tokens", g(self.revoke_tokens)),
+            web.post("/_control/streaming/drop-connections", g(self.drop_connections)),
+            web.post("/_control/streaming/hold-connects", g(self.hold_connects)),
+            web.post("/_control/streaming/retention", g(self.retention)),
+            web.post("/_control/streaming/purge", g(self.purge)),
+            web.post("/_control/streaming/gap", g(self.gap)),
+            web.post("/_control/streaming/overflow", g(self.overflow)),
+            web.post("/_control/streaming/cdc-entities", g(self.cdc_entities)),
+        ]
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if request.remote not in LOOPBACK:
+                return _error(403, "the control API answers loopback clients only")
+            given = request.headers.get(TOKEN_HEADER, "")
+            if not hmac.compare_digest(given.encode(), self._token.encode()):
+                return _error(403, f"missing or wrong {TOKEN_HEADER} header")
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return web.json_response(exc.body(), status=exc.status)
+            except ControlError as exc:
+                return _error(exc.status, exc.message)
+
+        return guarded
+
+    def _user(self, body: dict[str, Any]) -> dict[str, Any]:
+        username = body.get("user") or self.default_user
+        if not username:
+            raise ControlError(400, "name the acting user: {\"user\": \"<username>\"}")
+        user = self.org.store.user_by_username(str(username))
+        if user is None:
+            raise ControlError(404, f"no user with username {username!r}")
+        return user
+
+    @staticmethod
+    def _fields(body: dict[str, Any]) -> dict[str, Any]:
+        fields = body.get("fields", {})
+        if not isinstance(fields, dict):
+            raise ControlError(400, "fields must be an object")
+        return fields
+
+    # -- records and events
+
+    async def get_record(self, request: web.Request) -> web.Response:
+        fields = request.query.get("fields")
+        record = self.org.store.get(
+            request.match_info["sobject"],
+            request.match_info["id"],
+            fields.split(",") if fields else None,
+        )
+        return web.json_response(record)
+
+    async def update_record(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        self.org.store.update(
+            request.match_info["sobject"], request.match_info["id"], self._fields(body), user_id=user["Id"]
+        )
+        return web.json_response({"id": request.match_info["id"], "success": True})
+
+    async def delete_record(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        self.org.store.delete(request.match_info["sobject"], request.match_info["id"], user_id=user["Id"])
+        return web.json_response({"id": request.match_info["id"], "success": True})
+
+    async def create_record(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        record_id = self.org.store.insert(request.match_info["sobject"], self._fields(body), user_id=user["Id"])
+        return web.json_response({"id": record_id, "success": True}, status=201)
+
+    async def query(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        soql = body.get("q")
+        if not isinstance(soql, str):
+            raise ControlError(400, "q (a SOQL string) is required")
+        result = self.org.store.query(soql, include_deleted=bool(body.get("all", False)))
+        return web.json_response(result.as_json())
+
+    async def publish_event(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        before = self.org.bus.last_replay_id
+        event_id = self.org.store.insert(request.match_info["name"], self._fields(body), user_id=user["Id"])
+        published = [e for e in self.org.bus.retained(f"/event/{request.match_info['name']}")
+                     if e.replay_id > before]
+        uuid = published[-1].data["event"].get("EventUuid") if published else None
+        return web.json_response({"id": event_id, "success": True, "eventUuid": uuid}, status=201)
+
+    # -- API usage and files
+
+    async def api_usage(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "used": self.org.api_calls,
+                "max": self.org.daily_api_max,
+                "perApp": dict(self.org.api_calls_per_app),
+                "limitInfo": self.org.limit_info_header(),
+            }
+        )
+
+    async def set_api_usage(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        maximum = body.get("max")
+        self.org.reset_api_usage(int(body.get("used", 0)), int(maximum) if maximum is not None else None)
+        return await self.api_usage(request)
+
+    async def files(self, request: web.Request) -> web.Response:
+        store = self.org.store
+        versions = _records(
+            store.query(
+                "SELECT Id, ContentDocumentId, Title, PathOnClient, VersionNumber, IsLatest, ContentSize, "
+                "Checksum, FileExtension, FileType, FirstPublishLocationId, ReasonForChange, "
+                "Sign_Transaction_Id__c, CreatedDate FROM ContentVersion"
+            )
+        )
+        out = []
+        for version in versions:
+            version.pop("attributes", None)
+            links = _records(
+                store.query(
+                    "SELECT Id, LinkedEntityId, ShareType, Visibility FROM ContentDocumentLink "
+                    f"WHERE ContentDocumentId = '{version['ContentDocumentId']}'"
+                )
+            )
+            for link in links:
+                link.pop("attributes", None)
+            data = store.version_data(version["Id"])
+            out.append({**version, "links": links, "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+        return web.json_response({"files": out})
+
+    # -- faults
+
+    async def faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.org.faults.describe())
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.org.faults.clear()
+        self.bayeux.wake_all("fault")
+        return web.json_response(self.org.faults.describe())
+
+    async def add_error_fault(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            fault = self.org.faults.add_error(
+                str(body.get("prefix", "/")),
+                status=int(body.get("status", 503)),
+                error_code=str(body.get("errorCode", "SERVER_UNAVAILABLE")),
+                message=str(body.get("message", "Server Unavailable")),
+                method=body.get("method"),
+                count=int(body["count"]) if body.get("count") is not None else None,
+                rate=float(body["rate"]) if body.get("rate") is not None else None,
+                mode=str(body.get("mode", "respond")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ControlError(400, str(exc)) from exc
+        return web.json_response({"id": fault.id}, status=201)
+
+    async def add_latency_fault(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            fault = self.org.faults.add_latency(
+                str(body.get("prefix", "/")), float(body.get("ms", 0)) / 1000, method=body.get("method")
+            )
+        except (TypeError, ValueError) as exc:
+            raise ControlError(400, str(exc)) from exc
+        return web.json_response({"id": fault.id}, status=201)
+
+    async def remove_fault(self, request: web.Request) -> web.Response:
+        if not self.org.faults.remove(request.match_info["id"]):
+            raise ControlError(404, "no such fault")
+        return web.json_response({"removed": request.match_info["id"]})
+
+    # -- streaming
+
+    async def streaming_clients(self, request: web.Request) -> web.Response:
+        return web.json_response({"clients": self.bayeux.describe()})
+
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        return web.json_response({"subscriptions": list(self.bayeux.subscribe_log)})
+
+    async def streaming_events(self, request: web.Request) -> web.Response:
+        channel = request.query.get("channel")
+        events = self.org.bus.retained(channel)
+        return web.json_response(
+            {
+                "lastReplayId": self.org.bus.last_replay_id,
+                "retentionSeconds": self.org.bus.retention_s,
+                "events": [{"replayId": e.replay_id, "channels": list(e.channels), "data": e.data}
+                           for e in events],
+            }
+        )
+
+    async def forget_clients(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        client_id = body.get("clientId")
+        return web.json_response({"forgotten": self.bayeux.forget(str(client_id) if client_id else None)})
+
+    async def revoke_tokens(self, request: web.Request) -> web.Response:
+        """Revoke one token (`token`) or all; `mode` says how CometD reports it from now on."""
+        body = await _json(request)
+        mode = body.get("mode")
+        if mode is not None:
+            if mode not in ("bayeux", "http"):
+                raise ControlError(400, "mode must be 'bayeux' or 'http'")
+            self.org.faults.cometd_auth_failure = mode
+        token = body.get("token")
+        return web.json_response({"revoked": self.org.revoke(str(token) if token else None)})
+
+    async def drop_connections(self, request: web.Request) -> web.Response:
+        return web.json_response({"dropped": self.bayeux.drop_connections()})
+
+    async def hold_connects(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        self.org.faults.cometd_hold_connects = bool(body.get("enabled", True))
+        self.bayeux.wake_all("fault")
+        return web.json_response({"holdConnects": self.org.faults.cometd_hold_connects})
+
+    async def retention(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        try:
+            seconds = float(body["seconds"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlError(400, "seconds (a number) is required") from exc
+        purged = self.org.bus.set_retention(seconds)
+        return web.json_response({"retentionSeconds": seconds, "purged": purged})
+
+    async def purge(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        up_to = body.get("upToReplayId")
+        limit = int(up_to) if up_to is not None else self.org.bus.last_replay_id
+        return web.json_response({"purged": self.org.bus.purge(up_to_replay_id=limit)})
+
+    async def gap(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        change_type = str(body.get("changeType", "GAP_UPDATE"))
+        record_ids = body.get("recordIds")
+        if change_type not in GAP_TYPES or not isinstance(record_ids, list) or not record_ids:
+            raise ControlError(400, f"recordIds (a list) and changeType in {GAP_TYPES} are required")
+        event = self.org.bus.inject_gap(
+            str(body.get("entity", "Opportunity")), [str(r) for r in record_ids],
+            change_type=change_type, user_id=user["Id"],
+        )
+        return web.json_response({"replayId": event.replay_id}, status=201)
+
+    async def overflow(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        user = self._user(body)
+        event = self.org.bus.inject_gap(
+            str(body.get("entity", "Opportunity")), [], change_type="GAP_OVERFLOW", user_id=user["Id"]
+        )
+        return web.json_response({"replayId": event.replay_id}, status=201)
+
+    async def cdc_entities(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        entities = body.get("entities")
+        if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities):
+            raise ControlError(400, "entities (a list of object names) is required")
+        try:
+            self.org.bus.select_entities(entities)
+        except ValueError as exc:
+            raise ControlError(400, str(exc)) from exc
+        return web.json_response({"entities": sorted(self.org.bus.cdc_entities)})
+
+
+def _records(result: QueryResult) -> list[dict[str, Any]]:
+    return list(result.as_json()["records"])

@@ -1,0 +1,68 @@
+"""A small async client for the emulator's control API (`/_control/...`, see docs/emulator.md).
+
+The demo and the end-to-end tests act on the org the way a sales rep would — change a stage, publish
+a "Send for signature" event — through this client, over the same HTTPS the daemon uses.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TOKEN_HEADER = "X-Control-Token"
+
+
+class ControlClient:
+    def __init__(self, base_url: str, token: str, ca_file: Path) -> None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        self._http = httpx.AsyncClient(
+            base_url=base_url, verify=context, headers={TOKEN_HEADER: token}, timeout=30.0
+        )
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = await self._http.request(method, path, json=body)
+        if response.status_code >= 400:
+            raise RuntimeError(f"control API {method} {path}: HTTP {response.status_code}: {response.text}")
+        return response.json()
+
+    async def query(self, soql: str) -> list[dict[str, Any]]:
+        result = await self._json("POST", "/_control/query", {"q": soql})
+        return list(result["records"])
+
+    async def get(self, sobject: str, record_id: str, fields: list[str] | None = None) -> dict[str, Any]:
+        path = f"/_control/records/{sobject}/{record_id}"
+        if fields:
+            path += "?fields=" + ",".join(fields)
+        return dict(await self._json("GET", path))
+
+    async def update(self, sobject: str, record_id: str, fields: dict[str, Any], *, user: str) -> None:
+        await self._json("POST", f"/_control/records/{sobject}/{record_id}", {"user": user, "fields": fields})
+
+    async def create(self, sobject: str, fields: dict[str, Any], *, user: str) -> str:
+        result = await self._json("POST", f"/_control/records/{sobject}", {"user": user, "fields": fields})
+        return str(result["id"])
+
+    async def publish(self, event: str, fields: dict[str, Any], *, user: str) -> dict[str, Any]:
+        return dict(await self._json("POST", f"/_control/events/{event}", {"user": user, "fields": fields}))
+
+    async def files(self) -> list[dict[str, Any]]:
+        result = await self._json("GET", "/_control/files")
+        return list(result["files"] if isinstance(result, dict) else result)
+
+    async def api_usage(self) -> dict[str, Any]:
+        return dict(await self._json("GET", "/_control/api-usage"))
+
+    async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await self._json("POST", path, body or {})

@@ -1,0 +1,177 @@
+"""Salesforce records → the neutral `ContractDocument` a template prints.
+
+This is where "can this record become a contract?" is decided. A record without line items, without
+a customer or without a contact cannot be rendered; the reason is written on the record for the sales
+rep, phrased as what to do, and the job stays retryable once the record is fixed.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sfsign.config import RuleConfig, Rules
+from sfsign.documents.model import Contact, ContractDocument, LineItem, Party, SignatureBox, Totals
+from sfsign.salesforce.records import AccountInfo, Address, LineItemInfo, OpportunityRecord, QuoteRecord
+
+CENT = Decimal("0.01")
+
+
+class NotRenderable(ValueError):
+    """The record lacks data the document needs; the message tells the rep what to add."""
+
+
+def _party(name: str | None, address: Address | None, phone: str | None = None) -> Party:
+    address = address or Address()
+    return Party(
+        name=name or "",
+        street=address.street or "",
+        city=address.city or "",
+        postal_code=address.postal_code or "",
+        state=address.state or "",
+        country=address.country or "",
+        phone=phone or "",
+    )
+
+
+def _lines(items: list[LineItemInfo], what: str) -> list[LineItem]:
+    if not items:
+        raise NotRenderable(
+            f"The {what} has no products (line items). Add at least one product, then set the stage again "
+            "or run `sfsign retry`."
+        )
+    out = []
+    for i, item in enumerate(items, 1):
+        if item.quantity is None or item.unit_price is None:
+            raise NotRenderable(f"Line {i} of the {what} has no quantity or sales price.")
+        discount = item.discount_percent or Decimal("0")
+        total = item.total_price
+        if total is None:
+            total = item.quantity * item.unit_price * (1 - discount / 100)
+        out.append(
+            LineItem(
+                name=item.name or item.product_code or f"Item {i}",
+                description=item.description or "",
+                product_code=item.product_code or "",
+                quantity=item.quantity,
+                unit_price=item.unit_price,
+                discount_percent=discount,
+                total=total.quantize(CENT),
+            )
+        )
+    return out
+
+
+def _customer(account: AccountInfo | None, what: str) -> Party:
+    if account is None or not account.name:
+        raise NotRenderable(f"The {what} has no account, so there is no customer to address the document to.")
+    return _party(account.name, account.billing_address, account.phone)
+
+
+def build_document(
+    record: OpportunityRecord | QuoteRecord,
+    rule: RuleConfig,
+    rules: Rules,
+    transaction_id: str,
+    now: datetime,
+) -> ContractDocument:
+    profile = rules.profiles[rule.profile]
+    seller = rules.seller
+    seller_party = Party(**seller.model_dump(exclude={"currency"}))
+    signature = SignatureBox(
+        signer_name=profile.appearance.name,
+        location=profile.appearance.location,
+        reason=profile.appearance.reason,
+    )
+    today = now.date()
+    if isinstance(record, OpportunityRecord):
+        what = "opportunity"
+        lines = _lines(record.lines, what)
+        customer = _customer(record.account, what)
+        contact = record.primary_contact
+        if contact is None or not contact.name:
+            raise NotRenderable(
+                "The opportunity has no primary contact. Add a contact role marked Primary, then set the "
+                "stage again or run `sfsign retry`."
+            )
+        subtotal = sum((li.quantity * li.unit_price for li in lines), Decimal("0")).quantize(CENT)
+        total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
+        return ContractDocument(
+            kind="proposal",
+            title=rule.title or "Proposal",
+            number=record.name or record.id,
+            issue_date=today,
+            valid_until=today + timedelta(days=rule.valid_days) if rule.valid_days else None,
+            currency=record.currency or seller.currency,
+            seller=seller_party,
+            customer=customer,
+            contact=Contact(name=contact.name, title=contact.title or "", email=contact.email or "",
+                            phone=contact.phone or ""),
+            lines=lines,
+            totals=Totals(subtotal=subtotal, discount=subtotal - total, total=total),
+            terms=list(rule.terms),
+            notes=record.description or "",
+            signature=signature,
+            transaction_id=transaction_id,
+        )
+    what = "quote"
+    lines = _lines(record.lines, what)
+    if record.contact is None or not record.contact.name:
+        raise NotRenderable("The quote has no contact. Choose a contact on the quote, then approve it again.")
+    customer = (
+        _party(record.billing.name, record.billing.address)
+        if record.billing.name
+        else _customer(record.account, what)
+    )
+    quote_subtotal = (
+        record.subtotal
+        if record.subtotal is not None
+        else sum((li.quantity * li.unit_price for li in lines), Decimal("0"))
+    )
+    net = record.total_price if record.total_price is not None else sum((li.total for li in lines), Decimal("0"))
+    tax = record.tax or Decimal("0")
+    grand = record.grand_total if record.grand_total is not None else net + tax
+    return ContractDocument(
+        kind="quote",
+        title=rule.title or "Quote",
+        number=record.quote_number or record.name or record.id,
+        issue_date=today,
+        valid_until=record.expiration_date
+        or (today + timedelta(days=rule.valid_days) if rule.valid_days else None),
+        currency=record.currency or seller.currency,
+        seller=seller_party,
+        customer=customer,
+        contact=Contact(name=record.contact.name, title=record.contact.title or "",
+                        email=record.contact.email or "", phone=record.contact.phone or ""),
+        lines=lines,
+        totals=Totals(
+            subtotal=quote_subtotal.quantize(CENT),
+            discount=(quote_subtotal - net).quantize(CENT),
+            tax=tax.quantize(CENT),
+            total=grand.quantize(CENT),
+        ),
+        terms=list(rule.terms),
+        notes=record.description or "",
+        signature=signature,
+        transaction_id=transaction_id,
+    )
+
+
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+
+
+def file_name_for(rule: RuleConfig, document: ContractDocument, record_id: str) -> str:
+    """The file name reps see in Files, from the rule's pattern; never a path."""
+    name = rule.file_name.format(
+        kind=document.title,
+        number=document.number,
+        name=document.customer.name,
+        date=document.issue_date.isoformat(),
+        transaction_id=document.transaction_id,
+        record_id=record_id,
+    )
+    name = _UNSAFE.sub("-", name).strip(" .-") or f"{document.transaction_id}.pdf"
+    if not name.lower().endswith(".pdf"):
+        name += ".pdf"
+    return name[:255]

@@ -1,0 +1,488 @@
+"""Async REST access to one org, on simple-salesforce.
+
+simple-salesforce is synchronous (requests), so every call runs in a small bounded thread pool
+(`loop.run_in_executor`) and the event loop never waits on the network. The token comes from the
+shared `Authenticator`; simple-salesforce is used in direct-session mode, so it never logs in by
+itself: on a 401 `INVALID_SESSION_ID` this class asks `Authenticator.refresh` for a new token once
+and retries once.
+
+Every failure leaves as `SalesforceError` (classified transient/permanent); a write that failed
+after it was sent leaves as `UncertainOutcome`, so the caller looks before writing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import certifi
+import requests
+import simple_salesforce
+import structlog
+from requests.adapters import BaseAdapter, HTTPAdapter
+from simple_salesforce.exceptions import SalesforceError as SimpleSalesforceError
+from simple_salesforce.exceptions import SalesforceExpiredSession
+from simple_salesforce.util import exception_handler
+from urllib3.exceptions import NewConnectionError
+from urllib3.fields import RequestField
+from urllib3.filepost import encode_multipart_formdata
+
+from sfsign.salesforce.auth import AccessToken, TokenProvider
+from sfsign.salesforce.errors import SalesforceError, UncertainOutcome
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+COLLECTION_LIMIT = 200  # sObject Collections: at most 200 records per request
+_ID_RE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_API_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FIELD_PATH_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*$")
+_SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+# --------------------------------------------------------------------------------------------- SOQL
+
+
+def validate_id(value: str) -> str:
+    """Return `value` if it is a 15/18-character Salesforce id, else raise ValueError.
+
+    Ids go into SOQL and URL paths; refusing anything else closes both injection routes.
+    """
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(f"not a Salesforce id: {value!r}")
+    return value
+
+
+def validate_api_name(value: str) -> str:
+    """An sObject or field API name (`Opportunity`, `Sign_Status__c`, `Sign_Request__e`)."""
+    if not isinstance(value, str) or not _API_NAME_RE.match(value):
+        raise ValueError(f"not a Salesforce API name: {value!r}")
+    return value
+
+
+def validate_field_path(value: str) -> str:
+    """A field reference, possibly through relationships (`Account.Name`)."""
+    if not isinstance(value, str) or not _FIELD_PATH_RE.match(value):
+        raise ValueError(f"not a SOQL field reference: {value!r}")
+    return value
+
+
+def soql_quote(value: str) -> str:
+    """A SOQL string literal: quoted, with backslash, quote and control characters escaped."""
+    return "'" + "".join(_SOQL_ESCAPES.get(ch, ch) for ch in str(value)) + "'"
+
+
+def soql_id_list(ids: Iterable[str]) -> str:
+    """`('006…','006…')` from validated ids."""
+    return "(" + ",".join(f"'{validate_id(i)}'" for i in ids) + ")"
+
+
+def soql_datetime(value: datetime) -> str:
+    """A SOQL datetime literal (unquoted, UTC, `Z`)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot send {type(value).__name__} to Salesforce")
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, default=_json_default)
+
+
+# -------------------------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """Outcome of one record of an sObject Collections call."""
+
+    sobject: str
+    id: str
+    success: bool
+    error: SalesforceError | None = None
+
+
+Result = RecordResult
+
+
+@dataclass(frozen=True)
+class ContentVersionRef:
+    id: str
+    content_document_id: str | None
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    records: list[dict[str, Any]]
+    total_size: int
+    next_records_url: str | None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+class _DefaultTimeoutAdapter(HTTPAdapter):
+    """requests has no session-wide timeout; without one a dead peer hangs a pool thread forever.
+
+    It also pins `verify`: requests lets `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` override a session's
+    `verify` (psf/requests#3829), which would silently drop the CA the operator configured.
+    """
+
+    def __init__(self, timeout: tuple[float, float], pool_maxsize: int, verify: str | bool = True) -> None:
+        super().__init__(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+        self._timeout = timeout
+        self._verify = verify
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        if self._verify is not True:
+            kwargs["verify"] = self._verify
+        return super().send(request, *args, **kwargs)
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly did not reach Salesforce (connect phase failed)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError
+                  | requests.exceptions.ProxyError | requests.exceptions.InvalidURL):
+        return True
+    first = exc.args[0] if exc.args else None
+    reason = getattr(first, "reason", first)
+    return isinstance(reason, NewConnectionError)
+
+
+def map_exception(exc: BaseException, *, write: bool) -> SalesforceError:
+    """simple-salesforce / requests exceptions → our SalesforceError (UncertainOutcome for writes)."""
+    if isinstance(exc, SalesforceError):
+        return exc
+    if isinstance(exc, SimpleSalesforceError):
+        return SalesforceError.from_response_body(exc.status, exc.content)
+    if isinstance(exc, requests.RequestException):
+        what = f"{type(exc).__name__}: {exc}"[:500]
+        if write and not _never_sent(exc):
+            return UncertainOutcome(f"request may have been applied: {what}")
+        return SalesforceError(None, None, what, transient=True)
+    return SalesforceError(None, None, f"unexpected {type(exc).__name__}: {exc}"[:500], transient=False)
+
+
+def _ca_verify(ca_bundle: Path | None) -> tuple[str | bool, Path | None]:
+    """requests' `verify`: certifi alone, or certifi + the extra CA in a temporary file.
+
+    requests takes a path, not an SSLContext; the combined file keeps the public roots trusted
+    when a corporate proxy CA (or the emulator's) is added. CA certificates are public data.
+    """
+    if ca_bundle is None:
+        return True, None
+    combined = Path(certifi.where()).read_bytes() + b"\n" + ca_bundle.read_bytes() + b"\n"
+    fd, name = tempfile.mkstemp(prefix="sfsign-ca-", suffix=".pem")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(combined)
+    return name, Path(name)
+
+
+# --------------------------------------------------------------------------------------------- REST
+
+
+class SalesforceRest:
+    """REST calls for the daemon. One instance per org; safe to use from many tasks at once."""
+
+    def __init__(
+        self,
+        authenticator: TokenProvider,
+        *,
+        api_version: str = "62.0",
+        ca_bundle: Path | None = None,
+        max_workers: int = 4,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        call_client_name: str | None = "sfsign",
+        adapter: BaseAdapter | None = None,
+    ) -> None:
+        """`ca_bundle` defaults to the authenticator's (`AuthConfig.ca_bundle`), so REST trusts what
+        OAuth and streaming trust. `adapter` replaces the HTTPS transport (tests only)."""
+        if ca_bundle is None:
+            ca_bundle = getattr(getattr(authenticator, "config", None), "ca_bundle", None)
+        self._auth = authenticator
+        self.api_version = api_version.removeprefix("v")
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sf-rest")
+        self._session = requests.Session()
+        verify, self._ca_temp = _ca_verify(ca_bundle)
+        self._session.verify = verify
+        self._session.mount("https://", adapter or _DefaultTimeoutAdapter(timeout, max_workers, verify))
+        if call_client_name:
+            self._session.headers["Sforce-Call-Options"] = f"client={call_client_name}"
+        self._sf: simple_salesforce.Salesforce | None = None
+        self._sf_token: AccessToken | None = None
+        self._api_usage: tuple[int, int] | None = None
+        self.calls = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, max) from the last `Sforce-Limit-Info: api-usage=used/max` seen, or None."""
+        return self._api_usage
+
+    def _client_for(self, token: AccessToken) -> simple_salesforce.Salesforce:
+        if self._sf is None or self._sf_token is not token:
+            self._sf = simple_salesforce.Salesforce(
+                session_id=token.access_token.get_secret_value(),
+                instance_url=token.instance_url,
+                version=self.api_version,
+                session=self._session,
+                parse_float=Decimal,
+                object_pairs_hook=dict,
+            )
+            self._sf_token = token
+        return self._sf
+
+    def _note_usage(self, sf: simple_salesforce.Salesforce) -> None:
+        usage = sf.api_usage.get("api-usage")
+        if usage is not None:
+            self._api_usage = (usage.used, usage.total)
+
+    async def _call(self, fn: Callable[[simple_salesforce.Salesforce], T], *, write: bool = False) -> T:
+        """Run `fn(sf)` in the pool; one token refresh + retry on INVALID_SESSION_ID."""
+        loop = asyncio.get_running_loop()
+        token = await self._auth.token()
+        for attempt in range(2):
+            sf = self._client_for(token)
+            self.calls += 1
+            try:
+                return await loop.run_in_executor(self._executor, fn, sf)
+            except SalesforceExpiredSession as exc:
+                if attempt == 0:
+                    log.info("salesforce.rest.session_expired", action="refresh")
+                    token = await self._auth.refresh(token)
+                    continue
+                raise map_exception(exc, write=write) from None
+            except Exception as exc:
+                raise map_exception(exc, write=write) from exc
+            finally:
+                self._note_usage(sf)
+        raise AssertionError("unreachable")
+
+    def _raw(self, sf: simple_salesforce.Salesforce, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request whose body is not JSON; errors routed like simple-salesforce does."""
+        headers = dict(sf.headers)
+        headers.update(kwargs.pop("headers", {}))
+        response = sf.session.request(method, sf.base_url + path, headers=headers, **kwargs)
+        limit_info = response.headers.get("Sforce-Limit-Info")
+        if limit_info:
+            sf.api_usage = sf.parse_api_usage(limit_info)
+        if response.status_code >= 300:
+            exception_handler(response, name=path)
+        return response
+
+    # ------------------------------------------------------------------ queries
+
+    async def query(self, soql: str) -> list[dict[str, Any]]:
+        """All records of a SOQL query, following `nextRecordsUrl`."""
+        return await self._call(lambda sf: list(sf.query_all_iter(soql)))
+
+    async def query_page(self, soql: str | None = None, *, next_records_url: str | None = None) -> QueryPage:
+        """One batch: start with `soql`, continue with the previous page's `next_records_url`."""
+        if (soql is None) == (next_records_url is None):
+            raise ValueError("give exactly one of soql / next_records_url")
+
+        def run(sf: simple_salesforce.Salesforce) -> Any:
+            if next_records_url is not None:
+                return sf.query_more(next_records_url, identifier_is_url=True)
+            return sf.query(soql or "")
+
+        body = await self._call(run)
+        return QueryPage(
+            records=list(body.get("records") or []),
+            total_size=int(body.get("totalSize") or 0),
+            next_records_url=None if body.get("done", True) else body.get("nextRecordsUrl"),
+        )
+
+    async def get(self, sobject: str, record_id: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        path = f"sobjects/{validate_api_name(sobject)}/{validate_id(record_id)}"
+        params = {"fields": ",".join(validate_field_path(f) for f in fields)} if fields else None
+        result = await self._call(lambda sf: sf.restful(path, params=params))
+        return dict(result or {})
+
+    async def describe(self, sobject: str) -> dict[str, Any]:
+        path = f"sobjects/{validate_api_name(sobject)}/describe"
+        return dict(await self._call(lambda sf: sf.restful(path)) or {})
+
+    async def limits(self) -> dict[str, Any]:
+        return dict(await self._call(lambda sf: sf.limits()) or {})
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(self, sobject: str, fields: Mapping[str, Any]) -> str:
+        path = f"sobjects/{validate_api_name(sobject)}/"
+        body = dump_json(dict(fields))
+        result = await self._call(lambda sf: sf.restful(path, method="POST", data=body), write=True)
+        return _created_id(result)
+
+    async def update(self, sobject: str, record_id: str, fields: Mapping[str, Any]) -> None:
+        path = f"sobjects/{validate_api_name(sobject)}/{validate_id(record_id)}"
+        body = dump_json(dict(fields))
+        await self._call(lambda sf: sf.restful(path, method="PATCH", data=body), write=True)
+
+    async def update_many(
+        self, records: Sequence[tuple[str, str, Mapping[str, Any]]]
+    ) -> list[RecordResult]:
+        """Update many records through sObject Collections (≤ 200 per call, allOrNone=false).
+
+        Results come back in the input order, one per record; a per-record failure is a
+        `RecordResult(success=False, error=SalesforceError)`. A failure of a whole call (network,
+        5xx, 401 after refresh) raises, since none of its records can be known to be written.
+        """
+        results: list[RecordResult] = []
+        for start in range(0, len(records), COLLECTION_LIMIT):
+            results.extend(await self._update_chunk(records[start : start + COLLECTION_LIMIT]))
+        return results
+
+    async def _update_chunk(self, chunk: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[RecordResult]:
+        # Salesforce processes consecutive same-type records in chunks, at most 10 per request:
+        # group by type (stable) and map the results back to the caller's order.
+        order = sorted(range(len(chunk)), key=lambda i: chunk[i][0])
+        payload = []
+        for i in order:
+            sobject, record_id, fields = chunk[i]
+            payload.append(
+                {"attributes": {"type": validate_api_name(sobject)}, "id": validate_id(record_id), **fields}
+            )
+        body = dump_json({"allOrNone": False, "records": payload})
+        raw = await self._call(
+            lambda sf: sf.restful("composite/sobjects", method="PATCH", data=body), write=True
+        )
+        if not isinstance(raw, list) or len(raw) != len(payload):
+            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "sObject Collections returned a result "
+                                  f"list of the wrong shape ({type(raw).__name__})", transient=False)
+        out: list[RecordResult | None] = [None] * len(chunk)
+        for pos, i in enumerate(order):
+            sobject, record_id, _ = chunk[i]
+            entry = raw[pos] if isinstance(raw[pos], Mapping) else {}
+            if entry.get("success"):
+                out[i] = RecordResult(sobject, record_id, True)
+                continue
+            errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
+            out[i] = RecordResult(sobject, record_id, False, SalesforceError.from_record_error(errors[0]))
+        return [r for r in out if r is not None]
+
+    # ------------------------------------------------------------------ files
+
+    async def insert_content_version(
+        self,
+        *,
+        title: str,
+        path_on_client: str,
+        data: bytes,
+        first_publish_location_id: str | None,
+        transaction_id: str,
+        content_type: str = "application/pdf",
+    ) -> str:
+        """Upload a file as a new ContentVersion (multipart, up to 2 GB) and return its 068 id.
+
+        The transaction id lands in `Sign_Transaction_Id__c`, so after an `UncertainOutcome` the
+        caller can `find_content_version(transaction_id)` instead of uploading twice.
+        """
+        entity: dict[str, Any] = {
+            "Title": title,
+            "PathOnClient": path_on_client,
+            "Sign_Transaction_Id__c": transaction_id,
+        }
+        if first_publish_location_id is not None:
+            entity["FirstPublishLocationId"] = validate_id(first_publish_location_id)
+        meta = RequestField(name="entity_content", data=dump_json(entity).encode())
+        meta.make_multipart(content_type="application/json")
+        blob = RequestField(name="VersionData", data=data, filename=path_on_client)
+        blob.make_multipart(content_type=content_type)
+        body, multipart_type = encode_multipart_formdata([meta, blob], boundary=f"sfsign-{uuid.uuid4().hex}")
+
+        result = await self._call(
+            lambda sf: sf.restful(
+                "sobjects/ContentVersion/", method="POST", data=body, headers={"Content-Type": multipart_type}
+            ),
+            write=True,
+        )
+        return _created_id(result)
+
+    async def find_content_version(self, transaction_id: str) -> ContentVersionRef | None:
+        """The latest ContentVersion carrying this transaction id, if an upload already happened."""
+        soql = (
+            "SELECT Id, ContentDocumentId FROM ContentVersion WHERE Sign_Transaction_Id__c = "
+            f"{soql_quote(transaction_id)} AND IsLatest = true"
+        )
+        rows = await self.query(soql)
+        if not rows:
+            return None
+        return ContentVersionRef(id=str(rows[0]["Id"]), content_document_id=rows[0].get("ContentDocumentId"))
+
+    async def content_document_id(self, content_version_id: str) -> str | None:
+        """The 069 ContentDocument id of a ContentVersion (the insert response carries only the 068)."""
+        soql = f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{validate_id(content_version_id)}'"
+        rows = await self.query(soql)
+        return str(rows[0]["ContentDocumentId"]) if rows and rows[0].get("ContentDocumentId") else None
+
+    async def download_version_data(self, content_version_id: str) -> bytes:
+        path = f"sobjects/ContentVersion/{validate_id(content_version_id)}/VersionData"
+        return await self._call(lambda sf: self._raw(sf, "GET", path).content)
+
+    # ------------------------------------------------------------------ events
+
+    async def publish_event(self, name: str, fields: Mapping[str, Any]) -> str:
+        """Publish a platform event; return its EventUuid (from the OPERATION_ENQUEUED entry).
+
+        Falls back to the returned record id when the org does not report an EventUuid.
+        """
+        if not validate_api_name(name).endswith("__e"):
+            raise ValueError(f"not a platform event: {name!r}")
+        body = dump_json(dict(fields))
+        result = await self._call(lambda sf: sf.restful(f"sobjects/{name}/", method="POST", data=body),
+                                  write=True)
+        if not isinstance(result, Mapping):
+            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "publish returned no body", transient=False)
+        errors = [e for e in result.get("errors") or [] if isinstance(e, Mapping)]
+        for entry in errors:
+            if entry.get("statusCode") == "OPERATION_ENQUEUED" and entry.get("message"):
+                return str(entry["message"])
+        if not result.get("success", False):
+            raise SalesforceError.from_record_error(errors[0] if errors else {"statusCode": "UNKNOWN"})
+        return str(result.get("id") or "")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        """Wait for in-flight calls (bounded by the request timeout), then release everything."""
+        await asyncio.to_thread(self._executor.shutdown, True)
+        self._session.close()
+        if self._ca_temp is not None:
+            self._ca_temp.unlink(missing_ok=True)
+            self._ca_temp = None
+
+
+def _created_id(result: Any) -> str:
+    if not isinstance(result, Mapping):
+        raise SalesforceError(200, "UNEXPECTED_RESPONSE", "create returned no body", transient=False)
+    if not result.get("success", True) or not result.get("id"):
+        errors = [e for e in result.get("errors") or [] if isinstance(e, Mapping)]
+        raise SalesforceError.from_record_error(errors[0] if errors else {"statusCode": "UNKNOWN"})
+    return str(result["id"])

@@ -1,0 +1,138 @@
+"""Event → jobs: which rules an event fires, and the deterministic transaction id of each job.
+
+The transaction id is a UUIDv5 of (org, object, record, rule, trigger identity). The identity is the
+CDC transaction key (plus the record, as one transaction can change many records) or the platform
+event's EventUuid, so a replayed event always yields the same id and the outbox's unique index turns
+it into a no-op. Replay ids are not used: Salesforce says they are not stable across org migrations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sfsign.config import RuleConfig, Rules
+from sfsign.outbox import NewJob
+from sfsign.salesforce.events import ChangeEvent, PlatformEvent
+
+_NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
+
+KEY_PREFIXES = {"006": "Opportunity", "0Q0": "Quote"}
+
+SIGN_REQUEST_EVENT = "Sign_Request__e"
+
+
+def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identity: str) -> str:
+    """Stable id of one trigger; 36 characters, fits `Sign_Transaction_Id__c` (Text 64)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{org_id[:15]}/{sobject}/{record_id[:15]}/{rule}/{identity}"))
+
+
+@dataclass
+class Decision:
+    """What an event asks for: jobs to create, records to re-read, and whether to reconcile."""
+
+    jobs: list[NewJob] = field(default_factory=list)
+    reread: list[tuple[str, str]] = field(default_factory=list)  # (sobject, record id) from gap events
+    reconcile: list[str] = field(default_factory=list)  # sobjects whose overflow asks for reconciliation
+    ignored: list[str] = field(default_factory=list)  # why parts of the event were not acted upon
+
+
+def _fires(rule: RuleConfig, event: ChangeEvent) -> bool:
+    if event.change_type in ("CREATE", "UNDELETE"):
+        return event.fields.get(rule.field) in rule.values
+    if event.change_type == "UPDATE":
+        return rule.field in event.changed_fields and event.fields.get(rule.field) in rule.values
+    return False
+
+
+def decide_change(event: ChangeEvent, rules: Rules, org_id: str) -> Decision:
+    decision = Decision()
+    object_rules = rules.for_object(event.entity)
+    if not object_rules:
+        decision.ignored.append(f"no rule for {event.entity}")
+        return decision
+    if event.is_overflow:
+        decision.reconcile.append(event.entity)
+        return decision
+    if event.is_gap:
+        decision.reread.extend((event.entity, rid) for rid in event.record_ids)
+        return decision
+    for rule in object_rules:
+        if not _fires(rule, event):
+            continue
+        for record_id in event.record_ids:
+            identity = f"cdc:{event.transaction_key}:{event.sequence_number}"
+            decision.jobs.append(
+                NewJob(
+                    transaction_id=transaction_id(org_id, event.entity, record_id, rule.name, identity),
+                    rule=rule.name,
+                    sobject=event.entity,
+                    record_id=record_id,
+                    source="cdc",
+                    event_time_ms=event.commit_timestamp_ms,
+                    requested_by=event.commit_user,
+                )
+            )
+    return decision
+
+
+def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Decision:
+    """`Sign_Request__e`: sign this record now with the named rule (or the object's first rule)."""
+    decision = Decision()
+    record_id = str(event.fields.get("RecordId__c") or "").strip()
+    sobject = KEY_PREFIXES.get(record_id[:3])
+    if len(record_id) not in (15, 18) or not record_id.isalnum() or sobject is None:
+        decision.ignored.append(f"RecordId__c {record_id!r} is not an Opportunity or Quote id")
+        return decision
+    wanted = str(event.fields.get("Rule__c") or "").strip()
+    if wanted:
+        rule = rules.by_name(wanted)
+        if rule is None or rule.object != sobject:
+            decision.ignored.append(f"Rule__c {wanted!r} is not a rule for {sobject}")
+            return decision
+    else:
+        candidates = rules.for_object(sobject)
+        if not candidates:
+            decision.ignored.append(f"no rule for {sobject}")
+            return decision
+        rule = candidates[0]
+    identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
+    created_ms = int(event.created_date.timestamp() * 1000) if event.created_date else None
+    decision.jobs.append(
+        NewJob(
+            transaction_id=transaction_id(org_id, sobject, record_id, rule.name, f"pe:{identity}"),
+            rule=rule.name,
+            sobject=sobject,
+            record_id=record_id,
+            source="event",
+            event_time_ms=created_ms,
+            requested_by=str(event.fields.get("RequestedById__c") or event.created_by_id or "") or None,
+        )
+    )
+    return decision
+
+
+def decide_current_state(
+    sobject: str, record_id: str, values: dict[str, object], rules: Rules, org_id: str, identity: str
+) -> list[NewJob]:
+    """Jobs for a record read back after a gap event or during reconciliation.
+
+    Only records in a trigger state *without* a transaction id qualify, so a record sfsign already
+    handled is never signed twice by a re-read.
+    """
+    if values.get("Sign_Transaction_Id__c"):
+        return []
+    jobs = []
+    for rule in rules.for_object(sobject):
+        if values.get(rule.field) in rule.values:
+            jobs.append(
+                NewJob(
+                    transaction_id=transaction_id(org_id, sobject, record_id, rule.name, identity),
+                    rule=rule.name,
+                    sobject=sobject,
+                    record_id=record_id,
+                    source="gap" if identity.startswith("gap:") else "reconcile",
+                )
+            )
+            break
+    return jobs

@@ -1,0 +1,425 @@
+"""The job state machine: queued → fetched → rendered → signed → uploaded → done.
+
+Each step reads what the previous step persisted (outbox row and artifact files) and persists its own
+result before the next begins, so a crash at any point resumes at the step that was interrupted and
+never signs twice (a second signature would carry another time and hash). Failures are classified:
+transient ones are retried with exponential backoff and jitter up to `max_attempts` (then `dead`);
+permanent ones write the reason on the record (`Sign_Status__c = Error`) and park the job as `error`
+until `sfsign retry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from sfsign.config import ProfileConfig, Rules, read_secret
+from sfsign.documents import jobs as doc_jobs
+from sfsign.documents.sign import Appearance, KeySpec
+from sfsign.mapping import NotRenderable, build_document, file_name_for
+from sfsign.outbox import Job, JobState, Outbox, OutboxStore
+from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.records import fetch_records
+from sfsign.salesforce.rest import SalesforceRest
+
+log = structlog.get_logger("sfsign.worker")
+
+STATUS_SIGNED = "Signed"
+STATUS_ERROR = "Error"
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help; a person must fix the record, the template or the configuration."""
+
+    def __init__(self, reason: str, code: str = "PERMANENT") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class TransientFailure(Exception):
+    """Worth retrying later (Salesforce unavailable, row lock, timeout...)."""
+
+    def __init__(self, reason: str, code: str = "TRANSIENT", long_backoff: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.long_backoff = long_backoff
+
+
+def _transient_sf(exc: BaseException) -> bool:
+    return isinstance(exc, SalesforceError) and exc.transient and not exc.uncertain
+
+
+@dataclass
+class WorkerConfig:
+    artifacts_dir: Path
+    concurrency: int = 4
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 600.0
+    long_backoff_s: float = 900.0  # REQUEST_LIMIT_EXCEEDED: the org's allocation needs time to recover
+    poll_interval_s: float = 5.0
+    alert_after_attempts: int = 3
+
+
+class Worker:
+    """Claims due jobs from the outbox and drives each through its steps, a bounded number at once."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        rest: SalesforceRest,
+        rules: Rules,
+        cpu_pool: Executor,
+        config: WorkerConfig,
+        instance_url: Callable[[], str],
+    ) -> None:
+        self.outbox = outbox
+        self.rest = rest
+        self.rules = rules
+        self.cpu_pool = cpu_pool
+        self.config = config
+        self.instance_url = instance_url
+        self._wake = asyncio.Event()
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._steps: dict[JobState, Callable[[Job], Awaitable[Job]]] = {
+            JobState.QUEUED: self._fetch,
+            JobState.FETCHED: self._render,
+            JobState.RENDERED: self._sign,
+            JobState.SIGNED: self._upload,
+            JobState.UPLOADED: self._write_back,
+        }
+        config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------------------- dispatching
+
+    def wake(self) -> None:
+        """Called by intake after it committed new jobs."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until `stop` is set; in-flight jobs are left to `drain`."""
+        while not stop.is_set():
+            self._wake.clear()
+            free = self.config.concurrency - len(self._running)
+            if free > 0:
+                jobs = await self.outbox.call(partial(_claim, now=time.time(), limit=free, running=list(self._running)))
+                for job in jobs:
+                    task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
+                    self._running[job.id] = task
+                    task.add_done_callback(partial(self._finished, job.id))
+            next_due = await self.outbox.call(OutboxStore.next_due_at)
+            timeout = self.config.poll_interval_s
+            if next_due is not None:
+                timeout = min(timeout, max(0.0, next_due - time.time()))
+            if free <= 0 or timeout > 0:
+                stop_wait = asyncio.create_task(stop.wait())
+                wake_wait = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({stop_wait, wake_wait}, timeout=max(timeout, 0.01), return_when="FIRST_COMPLETED")
+                for t in (stop_wait, wake_wait):
+                    t.cancel()
+
+    def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()
+
+    async def drain(self, deadline_s: float) -> int:
+        """Let in-flight jobs finish their current step; return how many were still running."""
+        tasks = list(self._running.values())
+        if not tasks:
+            return 0
+        _done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+    async def run_job_now(self, job: Job) -> Job:
+        """Process one job to its end in the caller's task (used by tests and `sfsign render`)."""
+        await self._process(job)
+        return await self.outbox.call(lambda s: s.get(job.id))
+
+    # -------------------------------------------------------------------------------- processing
+
+    async def _process(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(
+            transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule
+        ):
+            try:
+                while job.state in self._steps:
+                    step = self._steps[job.state]
+                    started = time.perf_counter()
+                    job = await step(job)
+                    log.info(
+                        "step done",
+                        step=step.__name__.lstrip("_"),
+                        state=job.state.value,
+                        ms=round((time.perf_counter() - started) * 1000, 1),
+                    )
+                if job.state is JobState.DONE and job.event_time_ms:
+                    latency = job.updated_at * 1000 - job.event_time_ms
+                    log.info("job done", end_to_end_ms=round(latency))
+            except PermanentFailure as exc:
+                await self._fail_permanently(job, exc.reason, exc.code)
+            except TransientFailure as exc:
+                await self._schedule_retry(job, exc.reason, exc.code, exc.long_backoff)
+            except SalesforceError as exc:
+                if exc.transient:
+                    await self._schedule_retry(job, str(exc), exc.error_code or "SALESFORCE", exc.needs_long_backoff)
+                else:
+                    await self._fail_permanently(job, exc.message or str(exc), exc.error_code or "SALESFORCE")
+            except asyncio.CancelledError:
+                log.warning("job interrupted; it resumes from its last persisted step", state=job.state.value)
+                raise
+            except Exception as exc:  # a bug or an unexpected library error: retry, never lose the job
+                log.exception("unexpected failure", state=job.state.value)
+                await self._schedule_retry(job, f"{type(exc).__name__}: {exc}", "UNEXPECTED", False)
+
+    async def _schedule_retry(self, job: Job, reason: str, code: str, long_backoff: bool) -> None:
+        attempts = job.attempts + 1
+        if attempts >= self.config.max_attempts:
+            log.error("job dead: attempts exhausted", attempts=attempts, error_code=code, reason=reason)
+            job = await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=reason,
+                                           error_code=code)
+            await self._report_error_best_effort(job, f"Gave up after {attempts} attempts: {reason}")
+            return
+        delay = self.config.long_backoff_s if long_backoff else min(
+            self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (attempts - 1)
+        )
+        delay = delay * (0.5 + random.random() / 2)  # jitter, not crypto
+        level = log.error if attempts >= self.config.alert_after_attempts else log.warning
+        level("step failed; will retry", attempts=attempts, retry_in_s=round(delay, 1), error_code=code,
+              reason=reason)
+        await self.outbox.update(
+            job.id, attempts=attempts, next_attempt_at=time.time() + delay, last_error=reason, error_code=code
+        )
+
+    async def _fail_permanently(self, job: Job, reason: str, code: str) -> None:
+        log.error("job failed permanently", error_code=code, reason=reason)
+        job = await self.outbox.update(job.id, last_error=reason, error_code=code)
+        try:
+            await self._write_error(job, reason)
+        except SalesforceError as exc:
+            if not exc.transient:
+                log.error("could not write the error on the record", error_code=exc.error_code)
+            else:
+                # The record must show the error: keep the job active so the report is retried.
+                await self._schedule_retry(job, f"{reason} (not yet reported on the record: {exc})", code, False)
+                return
+        await self.outbox.update(job.id, state=JobState.ERROR)
+
+    async def _report_error_best_effort(self, job: Job, reason: str) -> None:
+        try:
+            await self._write_error(job, reason)
+        except SalesforceError as exc:
+            log.warning("could not write the error on the record", error_code=exc.error_code)
+
+    async def _write_error(self, job: Job, reason: str) -> None:
+        await self._sf(
+            self.rest.update,
+            job.sobject,
+            job.record_id,
+            {
+                "Sign_Transaction_Id__c": job.transaction_id,
+                "Sign_Status__c": STATUS_ERROR,
+                "Sign_Error__c": reason[:32000],
+            },
+        )
+
+    async def _sf(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """A Salesforce call with a few quick in-step retries for transient, certain failures."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(3),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+            retry=retry_if_exception(_transient_sf),
+            reraise=True,
+        ):
+            with attempt:
+                return await fn(*args)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----------------------------------------------------------------------------------- steps
+
+    def _artifact(self, job: Job, kind: str) -> Path:
+        return self.config.artifacts_dir / f"{job.transaction_id}.{kind}"
+
+    async def _fetch(self, job: Job) -> Job:
+        rule = self.rules.by_name(job.rule)
+        if rule is None:
+            raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
+        records = await self._sf(fetch_records, self.rest, job.sobject, [job.record_id])
+        record = records.get(job.record_id) or records.get(job.record_id[:15])
+        if record is None:
+            raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        try:
+            document = build_document(record, rule, self.rules, job.transaction_id, datetime.now(UTC))
+        except NotRenderable as exc:
+            raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
+        return await self.outbox.update(
+            job.id,
+            state=JobState.FETCHED,
+            document_json=document.model_dump_json(),
+            file_name=file_name_for(rule, document, job.record_id),
+        )
+
+    async def _render(self, job: Job) -> Job:
+        template = self.rules.templates[job.rule]
+        loop = asyncio.get_running_loop()
+        try:
+            pdf, box = await loop.run_in_executor(
+                self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
+            )
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "RENDER_FAILED") from None
+        path = self._artifact(job, "rendered.pdf")
+        await loop.run_in_executor(None, _write_atomic, path, pdf)
+        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "box.json"), json.dumps(box).encode())
+        return await self.outbox.update(job.id, state=JobState.RENDERED)
+
+    async def _sign(self, job: Job) -> Job:
+        rule = self.rules.by_name(job.rule)
+        if rule is None:
+            raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
+        profile = self.rules.profiles[rule.profile]
+        loop = asyncio.get_running_loop()
+        rendered = self._artifact(job, "rendered.pdf")
+        box_file = self._artifact(job, "box.json")
+        if not rendered.exists() or not box_file.exists():
+            # The artifact vanished (disk wiped?): render again; nothing was signed yet.
+            return await self.outbox.update(job.id, state=JobState.FETCHED)
+        pdf = await loop.run_in_executor(None, rendered.read_bytes)
+        box = json.loads(await loop.run_in_executor(None, box_file.read_text))
+        try:
+            signed = await loop.run_in_executor(
+                self.cpu_pool, doc_jobs.sign_job, pdf, box, signing_request(profile)
+            )
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "SIGN_FAILED") from None
+        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "signed.pdf"), signed.pdf)
+        return await self.outbox.update(
+            job.id,
+            state=JobState.SIGNED,
+            sha256=signed.sha256,
+            level=signed.level,
+            signer_subject=signed.signer_subject,
+            signer_serial=signed.signer_serial,
+            signed_at=signed.signed_at,
+        )
+
+    async def _upload(self, job: Job) -> Job:
+        if job.upload_uncertain or job.attempts > 0:
+            # A previous insert may have reached Salesforce before the connection failed: look first.
+            existing = await self._sf(self.rest.find_content_version, job.transaction_id)
+            if existing is not None:
+                log.info("upload already happened; reusing it", content_version_id=existing.id)
+                return await self.outbox.update(
+                    job.id,
+                    state=JobState.UPLOADED,
+                    content_version_id=existing.id,
+                    content_document_id=existing.content_document_id,
+                    upload_uncertain=0,
+                )
+        signed_path = self._artifact(job, "signed.pdf")
+        if not signed_path.exists():
+            raise PermanentFailure(
+                "the signed PDF is missing from the data directory; run `sfsign retry` to sign again",
+                "ARTIFACT_MISSING",
+            )
+        data = await asyncio.get_running_loop().run_in_executor(None, signed_path.read_bytes)
+        await self.outbox.update(job.id, upload_uncertain=1)
+        try:
+            cv_id = await self.rest.insert_content_version(
+                title=Path(job.file_name or "document.pdf").stem,
+                path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+                data=data,
+                first_publish_location_id=job.record_id,
+                transaction_id=job.transaction_id,
+            )
+        except SalesforceError as exc:
+            if not exc.uncertain:
+                await self.outbox.update(job.id, upload_uncertain=0)
+            raise
+        return await self.outbox.update(
+            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0
+        )
+
+    async def _write_back(self, job: Job) -> Job:
+        document_id = job.content_document_id
+        if not document_id:
+            document_id = await self._sf(self.rest.content_document_id, job.content_version_id)
+            job = await self.outbox.update(job.id, content_document_id=document_id)
+        fields = {
+            "Sign_Transaction_Id__c": job.transaction_id,
+            "Sign_Status__c": STATUS_SIGNED,
+            "Signed_Document_Id__c": document_id,
+            "Signed_Document_Url__c": f"{self.instance_url()}/lightning/r/ContentDocument/{document_id}/view",
+            "Signed_At__c": job.signed_at,
+            "Sign_Error__c": None,
+            "Sign_Document_Hash__c": job.sha256,
+            "Sign_Level__c": job.level,
+        }
+        await self._sf(self.rest.update, job.sobject, job.record_id, fields)
+        return await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=time.time(), document_json=None, last_error=None
+        )
+
+
+def signing_request(profile: ProfileConfig) -> doc_jobs.SigningRequest:
+    """The profile's key and appearance, with the passphrase read now (so rotation needs no restart)."""
+    key = profile.key
+    passphrase = read_secret(key.passphrase_env) if key.passphrase_env else None
+    if key.passphrase_env and passphrase is None:
+        raise PermanentFailure(
+            f"the signing key's passphrase is not set: define {key.passphrase_env} in the environment "
+            "or the secrets directory",
+            "CONFIG",
+        )
+    spec = KeySpec(
+        pkcs12_path=key.pkcs12,
+        key_path=key.pem_key,
+        cert_path=key.pem_cert,
+        chain_paths=tuple(key.chain),
+        passphrase=passphrase,
+    )
+    appearance = Appearance(
+        name=profile.appearance.name,
+        reason=profile.appearance.reason,
+        location=profile.appearance.location,
+        contact_info=profile.appearance.contact,
+    )
+    return doc_jobs.SigningRequest(key=spec, appearance=appearance)
+
+
+def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
+    return store.claim_due(now, limit, running)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a crash never leaves a half-written artifact that looks complete."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)

@@ -1,0 +1,105 @@
+"""End-to-end fixtures: the emulator on its own thread (like a remote org), the real daemon in the test's
+event loop, a demo PKI generated per session, and a control client that acts as a sales rep."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfsign.config import Rules, Settings
+from sfsign.daemon import auth_config
+from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.documents.pki import DemoPki, create_demo_pki
+from sfsign.emulator.control_client import ControlClient
+from sfsign.emulator.server import EmulatorThread
+from sfsign.salesforce.auth import Authenticator
+from sfsign.salesforce.rest import SalesforceRest
+
+
+@pytest.fixture(autouse=True)
+async def fail_on_loop_errors() -> AsyncIterator[None]:
+    """Fail the test on 'Task exception was never retrieved' and other unhandled loop errors."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    yield
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(previous)
+    assert not errors, f"unhandled errors in the event loop: {errors}"
+
+
+@pytest.fixture(scope="session")
+def pki_passphrase() -> str:
+    return secrets.token_urlsafe(18)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory, pki_passphrase: str) -> DemoPki:
+    return create_demo_pki(tmp_path_factory.mktemp("pki"), org_name="Northwind Cloud GmbH",
+                           passphrase=pki_passphrase)
+
+
+@pytest.fixture
+def rules(tmp_path: Path, pki: DemoPki, pki_passphrase: str, monkeypatch: pytest.MonkeyPatch) -> Rules:
+    from sfsign.config import load_rules
+
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path,
+                                          passphrase_env=PASSPHRASE_ENV))
+    return load_rules(path)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
+    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=3000, client_timeout_s=10.0)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
+
+
+@pytest.fixture
+def settings(emulator: EmulatorThread, tmp_path: Path, rules: Rules) -> Settings:
+    login = emulator.login
+    return Settings(
+        login_url=emulator.url,
+        auth_flow="jwt",
+        consumer_key=login.consumer_key,
+        username=login.username,
+        private_key_file=login.private_key_file,
+        ca_bundle=emulator.ca_file,
+        data_dir=tmp_path / "daemon",
+        rules_file=rules.source,
+        cpu_workers=1,
+        shutdown_grace_s=10,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+async def control(emulator: EmulatorThread) -> AsyncIterator[ControlClient]:
+    async with ControlClient(emulator.url, emulator.control_token, emulator.ca_file) as client:
+        yield client
+
+
+@pytest.fixture
+async def rest(settings: Settings) -> AsyncIterator[SalesforceRest]:
+    """A REST client of our own, to read what the daemon left in the org (as a second integration)."""
+    authenticator = Authenticator(auth_config(settings))
+    client = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await authenticator.aclose()

@@ -1,0 +1,64 @@
+"""Helpers shared by the end-to-end tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sfsign.config import Rules, Settings
+from sfsign.daemon import Daemon
+from sfsign.emulator.control_client import ControlClient
+
+REP = "lena.hoffmann@northwind.example"
+
+
+@contextlib.asynccontextmanager
+async def run_daemon(settings: Settings, rules: Rules) -> AsyncIterator[Daemon]:
+    daemon = Daemon(settings, rules)
+    task = asyncio.create_task(daemon.run(), name="daemon")
+    ready = asyncio.create_task(daemon.ready.wait())
+    try:
+        done, _ = await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            raise AssertionError("daemon stopped before it was ready")
+        assert ready in done, "daemon did not subscribe within 60 s"
+        yield daemon
+    finally:
+        ready.cancel()
+        daemon.request_stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def wait_for_status(
+    control: ControlClient, sobject: str, record_id: str, statuses: tuple[str, ...] = ("Signed", "Error"),
+    within_s: float = 90.0,
+) -> dict[str, Any]:
+    fields = ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Signed_Document_Url__c",
+              "Signed_At__c", "Sign_Error__c", "Sign_Document_Hash__c", "Sign_Level__c"]
+    async with asyncio.timeout(within_s):
+        while True:
+            record = await control.get(sobject, record_id, fields)
+            if record.get("Sign_Status__c") in statuses:
+                return record
+            await asyncio.sleep(0.1)
+
+
+async def record_id(control: ControlClient, sobject: str, name: str) -> str:
+    escaped = name.replace("'", "\\'")
+    rows = await control.query(f"SELECT Id FROM {sobject} WHERE Name = '{escaped}'")
+    assert len(rows) == 1, rows
+    return str(rows[0]["Id"])
+
+
+def pdfsig_required() -> bool:
+    """pdfsig is mandatory in CI (it installs poppler-utils); elsewhere the check is skipped."""
+    if shutil.which("pdfsig"):
+        return True
+    if os.environ.get("CI"):
+        raise AssertionError("pdfsig is missing in CI: .ci/run must install poppler-utils")
+    return False
