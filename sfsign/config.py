@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     workers: int = Field(4, ge=1, le=64, description="jobs processed concurrently")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     max_attempts: int = Field(8, ge=1, le=100)
+    multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
 
     @field_validator("api_version")

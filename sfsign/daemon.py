@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from sfsign.config import Rules, Settings, read_secret
+from sfsign.documents import jobs as doc_jobs
 from sfsign.outbox import Outbox
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import SalesforceError
@@ -76,8 +77,14 @@ class Daemon:
         self._token: AccessToken | None = None
         self.worker: Worker | None = None
         self.stream: StreamClient | None = None
+        self.stopped_by: signal.Signals | None = None
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal received; shutting down", signal=sig.name)
+        self.stopped_by = sig
         self._stop.set()
 
     async def run(self) -> None:
@@ -92,7 +99,7 @@ class Daemon:
         installed: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
         try:
             token = await authenticator.token()
@@ -103,7 +110,9 @@ class Daemon:
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
             rest = SalesforceRest(authenticator, api_version=settings.api_version)
             workers = settings.cpu_workers or os.cpu_count() or 2
+            # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            warm_up = [loop.run_in_executor(pool, doc_jobs.warm_up) for _ in range(workers)]
             self.worker = Worker(
                 outbox=self.outbox,
                 rest=rest,
@@ -113,6 +122,7 @@ class Daemon:
                     artifacts_dir=settings.data_dir / "artifacts",
                     concurrency=settings.workers,
                     max_attempts=settings.max_attempts,
+                    multi_currency=settings.multi_currency,
                 ),
                 instance_url=lambda: (authenticator.current or token).instance_url,
             )
@@ -122,6 +132,7 @@ class Daemon:
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
             )
+            await asyncio.gather(*warm_up)  # the first document should not pay for interpreter start-up
             tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))

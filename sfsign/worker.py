@@ -74,6 +74,7 @@ class WorkerConfig:
     long_backoff_s: float = 900.0  # REQUEST_LIMIT_EXCEEDED: the org's allocation needs time to recover
     poll_interval_s: float = 5.0
     alert_after_attempts: int = 3
+    multi_currency: bool = True
 
 
 class Worker:
@@ -268,7 +269,9 @@ class Worker:
         rule = self.rules.by_name(job.rule)
         if rule is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
-        records = await self._sf(fetch_records, self.rest, job.sobject, [job.record_id])
+        records = await self._sf(
+            partial(fetch_records, multi_currency=self.config.multi_currency), self.rest, job.sobject, [job.record_id]
+        )
         record = records.get(job.record_id) or records.get(job.record_id[:15])
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
@@ -287,14 +290,14 @@ class Worker:
         template = self.rules.templates[job.rule]
         loop = asyncio.get_running_loop()
         try:
-            pdf, box = await loop.run_in_executor(
+            pdf, boxes = await loop.run_in_executor(
                 self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
             )
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "RENDER_FAILED") from None
         path = self._artifact(job, "rendered.pdf")
         await loop.run_in_executor(None, _write_atomic, path, pdf)
-        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "box.json"), json.dumps(box).encode())
+        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "boxes.json"), json.dumps(boxes).encode())
         return await self.outbox.update(job.id, state=JobState.RENDERED)
 
     async def _sign(self, job: Job) -> Job:
@@ -304,15 +307,15 @@ class Worker:
         profile = self.rules.profiles[rule.profile]
         loop = asyncio.get_running_loop()
         rendered = self._artifact(job, "rendered.pdf")
-        box_file = self._artifact(job, "box.json")
+        box_file = self._artifact(job, "boxes.json")
         if not rendered.exists() or not box_file.exists():
             # The artifact vanished (disk wiped?): render again; nothing was signed yet.
             return await self.outbox.update(job.id, state=JobState.FETCHED)
         pdf = await loop.run_in_executor(None, rendered.read_bytes)
-        box = json.loads(await loop.run_in_executor(None, box_file.read_text))
+        boxes = json.loads(await loop.run_in_executor(None, box_file.read_text))
         try:
             signed = await loop.run_in_executor(
-                self.cpu_pool, doc_jobs.sign_job, pdf, box, signing_request(profile)
+                self.cpu_pool, doc_jobs.sign_job, pdf, boxes, signing_request(profile)
             )
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "SIGN_FAILED") from None

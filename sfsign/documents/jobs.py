@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sfsign.documents.render import RenderError, SignatureBox, render_pdf
-from sfsign.documents.sign import Appearance, KeySpec, SignatureLevel, SigningError, sign_pdf_bytes
+from sfsign.documents.sign import (
+    CUSTOMER_FIELD,
+    Appearance,
+    KeySpec,
+    SignatureLevel,
+    SigningError,
+    sign_pdf_bytes,
+)
 
 
 class DocumentFailure(Exception):
@@ -36,20 +43,39 @@ class SignedResult:
     signed_at: str  # ISO 8601 UTC, as Salesforce's datetime fields want it
 
 
+def warm_up() -> None:
+    """Run once in each pool process at start: imports Typst and pyHanko before the first job needs them."""
+
+
 def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]]:
-    """Render one document; return the PDF and the signature box (as a dict, for the outbox)."""
+    """Render one document; return the PDF and its signature boxes (plain dicts, kept beside the PDF)."""
     try:
         rendered = render_pdf(json.loads(document_json), template)
     except RenderError as exc:
         raise DocumentFailure(f"could not render the document: {exc}") from None
-    return rendered.pdf, rendered.signature_box.model_dump()
+    boxes = {
+        "seller": rendered.signature_box.model_dump(),
+        "customer": rendered.customer_box.model_dump() if rendered.customer_box else None,
+    }
+    return rendered.pdf, boxes
 
 
-def sign_job(pdf: bytes, box: dict[str, Any], request: SigningRequest) -> SignedResult:
-    """Sign one rendered document on its signature box."""
+def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> SignedResult:
+    """Sign one rendered document on the seller's box.
+
+    The customer's box becomes an empty signature field *before* the seller signs: a field added
+    after the first signature would invalidate it (signing-notes pitfall 7).
+    """
+    customer = boxes.get("customer")
+    empty = ((CUSTOMER_FIELD, SignatureBox.model_validate(customer)),) if customer else ()
     try:
         signed = sign_pdf_bytes(
-            pdf, SignatureBox.model_validate(box), request.key, request.appearance, level=request.level
+            pdf,
+            SignatureBox.model_validate(boxes["seller"]),
+            request.key,
+            request.appearance,
+            level=request.level,
+            empty_fields=empty,
         )
     except SigningError as exc:
         raise DocumentFailure(f"could not sign the document: {exc}") from None

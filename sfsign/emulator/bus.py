@@ -250,6 +250,15 @@ class EventBus:
         }
         return self._publish_cdc(entity, header, {})
 
+    def inject_raw(self, channel: str, data: dict[str, Any]) -> BusEvent:
+        """Fault injection: deliver `data` as is (plus `event.replayId`) — a corrupt or unexpected event."""
+
+        def build(replay_id: int) -> dict[str, Any]:
+            event = data.get("event") if isinstance(data.get("event"), dict) else {}
+            return {**data, "event": {**event, "replayId": replay_id}}
+
+        return self._publish((channel,), build)
+
     # -- replay and retention
 
     def purge(self, *, up_to_replay_id: int | None = None) -> int:

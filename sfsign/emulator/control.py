@@ -88,6 +88,7 @@ class Control:
             web.post("/_control/streaming/purge", g(self.purge)),
             web.post("/_control/streaming/gap", g(self.gap)),
             web.post("/_control/streaming/overflow", g(self.overflow)),
+            web.post("/_control/streaming/raw", g(self.raw_event)),
             web.post("/_control/streaming/cdc-entities", g(self.cdc_entities)),
         ]
 
@@ -336,6 +337,14 @@ class Control:
         event = self.org.bus.inject_gap(
             str(body.get("entity", "Opportunity")), [], change_type="GAP_OVERFLOW", user_id=user["Id"]
         )
+        return web.json_response({"replayId": event.replay_id}, status=201)
+
+    async def raw_event(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        channel, data = body.get("channel"), body.get("data")
+        if not isinstance(channel, str) or not self.org.bus.channel_exists(channel) or not isinstance(data, dict):
+            raise ControlError(400, "an existing channel and data (an object) are required")
+        event = self.org.bus.inject_raw(channel, data)
         return web.json_response({"replayId": event.replay_id}, status=201)
 
     async def cdc_entities(self, request: web.Request) -> web.Response:

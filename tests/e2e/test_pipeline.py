@@ -143,3 +143,42 @@ async def test_bad_sign_request_is_logged_and_skipped(
     assert [j.source for j in jobs] == ["cdc"]
     assert replay is not None  # the skipped events were acknowledged, not replayed forever
     await asyncio.sleep(0)
+
+
+async def test_malformed_events_are_logged_skipped_and_never_stop_the_daemon(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules) as daemon:
+        bad = await control.post("/_control/streaming/raw", {
+            "channel": "/data/OpportunityChangeEvent", "data": {"schema": "x", "payload": {"no": "header"}},
+        })
+        await control.post("/_control/streaming/raw", {
+            "channel": "/event/Sign_Request__e", "data": {"payload": "not an object"},
+        })
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+        replay = daemon.outbox.committed_replay_id("/data/OpportunityChangeEvent")
+    assert record["Sign_Status__c"] == "Signed"
+    assert replay is not None and replay > bad["replayId"]
+
+
+async def test_gap_event_rereads_the_record_and_overflow_reconciles(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    gap_opp = await record_id(control, "Opportunity", ACME)
+    missed_opp = await record_id(control, "Opportunity", "Initech - Onboarding Package")
+    async with run_daemon(settings, rules) as daemon:
+        # Changes applied without change events (as Salesforce does for some DB-level changes).
+        await control.post("/_control/streaming/cdc-entities", {"entities": ["Quote"]})
+        await control.update("Opportunity", gap_opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        await control.update("Opportunity", missed_opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        await control.post("/_control/streaming/cdc-entities", {"entities": ["Opportunity", "Quote"]})
+        await control.post("/_control/streaming/gap", {"entity": "Opportunity", "recordIds": [gap_opp]})
+        first = await wait_for_status(control, "Opportunity", gap_opp)
+        await control.post("/_control/streaming/overflow", {"entity": "Opportunity"})
+        second = await wait_for_status(control, "Opportunity", missed_opp)
+        jobs = {j.record_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
+    assert first["Sign_Status__c"] == second["Sign_Status__c"] == "Signed"
+    assert jobs[gap_opp].source == "gap" and jobs[missed_opp].source == "reconcile"
+    assert len(jobs) == 2

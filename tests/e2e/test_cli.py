@@ -1,0 +1,77 @@
+"""The command line as an operator meets it: `sfsign demo` end to end, and a bad rules file at start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import pdfsig_required
+
+BAD_RULES = """\
+version: 1
+seller:
+  name: Northwind
+signing_profiles:
+  seal:
+    key:
+      pkcs12: keys/s.p12
+    appearance:
+      name: Northwind
+rules:
+  - name: opp
+    object: Opportunity
+    field: Stage
+    values: ["Proposal/Price Quote"]
+    template: proposal
+    profile: seal
+"""
+
+
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sfsign.cli", *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def test_demo_signs_five_documents_and_exits_zero(tmp_path: Path) -> None:
+    result = _run(["demo"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pdfs = sorted((tmp_path / "demo-output").glob("*.pdf"))
+    assert len(pdfs) == 5, result.stdout
+    assert result.stdout.count(" Signed ") == 5, result.stdout
+    assert "5 of 5 documents signed" in result.stdout
+    if pdfsig_required():
+        for pdf in pdfs:
+            out = subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True, check=False).stdout
+            assert "Signature is Valid." in out and "Total document signed" in out, (pdf, out)
+
+
+def test_run_with_an_unknown_field_fails_at_start_with_file_line_and_fix(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(BAD_RULES)
+    env = {"SFSIGN_CONSUMER_KEY": "x", "SFSIGN_USERNAME": "u@example.com",
+           "SFSIGN_PRIVATE_KEY_FILE": str(tmp_path / "k.pem"), "SFSIGN_RULES_FILE": str(rules)}
+    result = _run(["run"], cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 2
+    assert f"{rules}:13: unknown field 'Stage' on Opportunity; use one of:" in result.stderr
+    assert "StageName" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_without_credentials_names_the_missing_settings(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_")}
+    result = subprocess.run([sys.executable, "-m", "sfsign.cli", "run"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "SFSIGN_CONSUMER_KEY" in result.stderr and "SFSIGN_PRIVATE_KEY_FILE" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["version"], ["--help"]])
+def test_cli_basics(tmp_path: Path, args: list[str]) -> None:
+    result = _run(args, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0 and "sfsign" in result.stdout
