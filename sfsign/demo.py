@@ -166,8 +166,7 @@ async def run_scenario(
         ready = asyncio.create_task(daemon.ready.wait())
         done, _ = await asyncio.wait({ready, runner}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
         if runner in done:
-            runner.result()  # raises what stopped the daemon
-            raise RuntimeError("the daemon stopped before it subscribed")
+            _stopped(daemon, runner)
         if ready not in done:
             raise RuntimeError("the daemon did not subscribe to the emulator within 60 s")
         for sobject, name, user, trigger in SCENARIO:
@@ -178,8 +177,7 @@ async def run_scenario(
         pending = list(rows)
         while pending and time.monotonic() < deadline:
             if runner.done():
-                runner.result()
-                raise RuntimeError("the daemon stopped unexpectedly")
+                _stopped(daemon, runner)
             for row in list(pending):
                 record = await control.get(
                     row.sobject, row.record_id,
@@ -201,6 +199,14 @@ async def run_scenario(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner, 60)
     return rows
+
+
+def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
+    """The daemon ended early: Ctrl-C (its signal handler stopped it) or a failure."""
+    runner.result()  # raises what stopped the daemon
+    if daemon.stopped_by is not None:
+        raise KeyboardInterrupt
+    raise RuntimeError("the daemon stopped unexpectedly")
 
 
 async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:

@@ -383,9 +383,16 @@ class Worker:
             "Sign_Level__c": job.level,
         }
         await self._sf(self.rest.update, job.sobject, job.record_id, fields)
-        return await self.outbox.update(
+        job = await self.outbox.update(
             job.id, state=JobState.DONE, done_at=time.time(), document_json=None, last_error=None
         )
+        # The signed file now lives in Salesforce; keep no customer data on our disk.
+        await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)
+        return job
+
+    def _remove_artifacts(self, job: Job) -> None:
+        for kind in ("rendered.pdf", "boxes.json", "signed.pdf"):
+            self._artifact(job, kind).unlink(missing_ok=True)
 
 
 def signing_request(profile: ProfileConfig) -> doc_jobs.SigningRequest:

@@ -254,7 +254,8 @@ class EventBus:
         """Fault injection: deliver `data` as is (plus `event.replayId`) — a corrupt or unexpected event."""
 
         def build(replay_id: int) -> dict[str, Any]:
-            event = data.get("event") if isinstance(data.get("event"), dict) else {}
+            original = data.get("event")
+            event: dict[str, Any] = dict(original) if isinstance(original, dict) else {}
             return {**data, "event": {**event, "replayId": replay_id}}
 
         return self._publish((channel,), build)

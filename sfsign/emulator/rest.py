@@ -170,7 +170,7 @@ class RestApi:
         self.org.count_api_call(session)
         limit = {"Sforce-Limit-Info": self.org.limit_info_header()}
         pretty = request.headers.get("X-PrettyPrint", "") not in ("", "0")
-        method = request.method
+        method = "GET" if request.method == "HEAD" else request.method  # aiohttp drops HEAD bodies itself
         if method == "POST" and request.query.get("_HttpMethod", "").upper() in ("PATCH", "DELETE", "GET"):
             method = request.query["_HttpMethod"].upper()
         segments = [urllib.parse.unquote(s) for s in request.raw_path.split("?", 1)[0].split("/")[4:] if s]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ CDL_RESTRICTION = (
     "or LinkedEntityId using the equals operator or multiple Id's using the IN operator."
 )
 MAX_OFFSET = 2000
+_ECHO_BEFORE = 32
 
 KEYWORDS = frozenset({
     "SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "LIKE", "ORDER", "BY", "ASC", "DESC", "NULLS",
@@ -115,7 +116,10 @@ class _Source:
         line_end = self.text.find("\n", pos)
         line = self.text[line_start: line_end if line_end >= 0 else len(self.text)]
         col = pos - line_start + 1
-        return ApiError(400, code, f"\n{line}\n{' ' * (col - 1)}^\nERROR at Row:{row}:Column:{col}\n{message}")
+        # Salesforce echoes the line from at most 32 characters before the error (seen in real responses)
+        start = max(0, col - 1 - _ECHO_BEFORE)
+        return ApiError(400, code, f"\n{line[start:]}\n{' ' * (col - 1 - start)}^\nERROR at Row:{row}:Column:{col}"
+                                   f"\n{message}")
 
 
 def tokenize(src: _Source) -> list[Token]:
@@ -642,27 +646,28 @@ class Resolver:
             return
         values = cond.value if isinstance(cond.value, list) else [cond.value]
         for lit in values:
-            self.check_literal(spec, lit, cond.op)
+            self.check_literal(spec, lit, cond.op, cond.path.pos)
 
-    def check_literal(self, spec: FieldSpec, lit: Literal, op: str) -> None:
+    def check_literal(self, spec: FieldSpec, lit: Literal, op: str, pos: int) -> None:
+        """Salesforce reports a literal of the wrong type at the column of the field it is compared with."""
         if lit.kind == "null":
             return
         t = spec.type
         if op == "LIKE" and (lit.kind != "string" or t not in _STRINGISH or t in ("id", "reference")):
-            raise self.src.error("INVALID_FIELD", lit.pos,
+            raise self.src.error("INVALID_FIELD", pos,
                                  f"invalid operator on {'id' if t in ('id', 'reference') else t} field: LIKE")
         if t in _STRINGISH:
             if lit.kind != "string":
-                raise self.src.error("INVALID_FIELD", lit.pos,
+                raise self.src.error("INVALID_FIELD", pos,
                                      f"value of filter criterion for field '{spec.name}' must be of type string "
                                      "and should be enclosed in quotes")
             if t in ("id", "reference") and normalize_id(_plain(lit.value)) is None:
-                raise self.src.error("INVALID_QUERY_FILTER_OPERATOR", lit.pos, f"invalid ID field: {lit.value}")
+                raise self.src.error("INVALID_QUERY_FILTER_OPERATOR", pos, f"invalid ID field: {lit.value}")
             return
         expected = {"date": ("date", "dateliteral"), "datetime": ("datetime", "dateliteral"),
                     "boolean": ("boolean",)}.get(t, ("number",))
         if lit.kind not in expected:
-            raise self.src.error("INVALID_FIELD", lit.pos,
+            raise self.src.error("INVALID_FIELD", pos,
                                  f"value of filter criterion for field '{spec.name}' must be of type "
                                  f"{_TYPE_WORD.get(t, t)} and should not be enclosed in quotes")
 
@@ -726,6 +731,7 @@ class Evaluator:
         self.version = version
         self.include_deleted = include_deleted
         self.today = store.now().date()
+        self._in_cache: dict[int, tuple[set[Any], bool] | None] = {}
 
     # -- value access
 
@@ -766,7 +772,12 @@ class Evaluator:
             return hit if cond.op == "IN" else not hit
         if cond.op in ("IN", "NOT IN"):
             assert isinstance(cond.value, list)
-            hit = any(self.compare(spec, value, "=", lit) for lit in cond.value)
+            wanted_set = self._in_set(spec, cond)
+            if wanted_set is not None:
+                values, has_null = wanted_set
+                hit = has_null if value is None else self._norm(spec, value) in values
+            else:
+                hit = any(self.compare(spec, value, "=", lit) for lit in cond.value)
             return hit if cond.op == "IN" else not hit
         assert isinstance(cond.value, Literal)
         if cond.op == "LIKE":
@@ -774,6 +785,19 @@ class Evaluator:
                 return False
             return bool(_like_regex(cond.value.value).match(str(value)))
         return self.compare(spec, value, cond.op, cond.value)
+
+    def _in_set(self, spec: FieldSpec, cond: Comparison) -> tuple[set[Any], bool] | None:
+        """The normalised literals of an IN list, computed once per query (None: compare one by one)."""
+        key = id(cond)
+        if key not in self._in_cache:
+            literals = cond.value if isinstance(cond.value, list) else []
+            if any(lit.kind == "dateliteral" for lit in literals):
+                self._in_cache[key] = None
+            else:
+                values = {self._norm(spec, _plain(lit.value) if lit.kind == "string" else lit.value)
+                          for lit in literals if lit.kind != "null"}
+                self._in_cache[key] = (values, any(lit.kind == "null" for lit in literals))
+        return self._in_cache[key]
 
     def semi_join(self, query: Query) -> list[Any]:
         result = run(self, query)
@@ -892,13 +916,39 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(out) + "$", re.IGNORECASE | re.DOTALL)
 
 
+def _candidates(ev: Evaluator, query: Query) -> list[dict[str, Any]] | None:
+    """Records found through an id or an indexed reference in a top-level `=`/IN filter (None: scan)."""
+    assert query.obj is not None
+    where = query.where
+    conjuncts = where.items if isinstance(where, BoolOp) and where.op == "AND" else [where] if where else []
+    for cond in conjuncts:
+        if not isinstance(cond, Comparison) or cond.path.steps or cond.op not in ("=", "IN") \
+                or cond.path.final is None or isinstance(cond.value, Query):
+            continue
+        literals = cond.value if isinstance(cond.value, list) else [cond.value]
+        if any(lit.kind != "string" for lit in literals):
+            continue
+        ids = list(dict.fromkeys(normalize_id(_plain(lit.value)) or "" for lit in literals))
+        name = cond.path.final.name
+        if name == "Id":
+            found = [ev.store.record(i) for i in ids if i]
+            return [r for r in found if r is not None and r["_type"] == query.obj.name
+                    and (ev.include_deleted or not r.get("IsDeleted"))]
+        if ev.store.is_indexed(query.obj.name, name):
+            return [r for i in ids if i for r in ev.store.children(query.obj.name, name, i, ev.include_deleted)]
+    return None
+
+
 def run(ev: Evaluator, query: Query, parent_id: str | None = None) -> list[dict[str, Any]]:
     """The matching stored records of one (sub)query, filtered, ordered and cut."""
     assert query.obj is not None
-    rows: Iterator[dict[str, Any]] = ev.store.iter_records(query.obj.name, ev.include_deleted)
+    rows: Iterable[dict[str, Any]]
     if parent_id is not None:
-        child_field = query.child_field
-        rows = (r for r in rows if r.get(child_field or "") == parent_id)
+        assert query.child_field is not None
+        rows = ev.store.children(query.obj.name, query.child_field, parent_id, ev.include_deleted)
+    else:
+        found = _candidates(ev, query)
+        rows = found if found is not None else ev.store.iter_records(query.obj.name, ev.include_deleted)
     where: Callable[[dict[str, Any]], bool] = (lambda r: True) if query.where is None else (
         lambda r: ev.matches(r, query.where))  # type: ignore[arg-type]
     selected = [r for r in rows if where(r)]

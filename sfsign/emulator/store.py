@@ -149,6 +149,14 @@ class OrgStore:
         self._counters: dict[str, int] = {"QuoteNumber": 0, "LineNumber": 0, "commit": 92_847_272_780}
         self._cascade_root: dict[str, str] = {}
         self._event_uuids: dict[str, str] = {}
+        # child lookups (roll-ups, cascades, subqueries) by (child object, reference field) -> parent -> ids
+        self._indexed: dict[str, tuple[str, ...]] = {}
+        for parent in self.schema.objects.values():
+            for rel in parent.child_relationships:
+                fields = self._indexed.get(rel.child_sobject, ())
+                if rel.field not in fields:
+                    self._indexed[rel.child_sobject] = (*fields, rel.field)
+        self._children: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
         self.org_id = ""
         self.standard_pricebook_id = ""
         if not _empty:
@@ -223,6 +231,38 @@ class OrgStore:
         for rec in self._by_type.get(sobject, {}).values():
             if include_deleted or not rec.get("IsDeleted"):
                 yield rec
+
+    def is_indexed(self, sobject: str, field_name: str) -> bool:
+        return field_name in self._indexed.get(sobject, ())
+
+    def children(self, sobject: str, field_name: str, parent_id: str,
+                 include_deleted: bool = False) -> list[Record]:
+        """Records of `sobject` whose reference `field_name` points at `parent_id` (an indexed lookup)."""
+        ids = self._children.get((sobject, field_name), {}).get(parent_id, {})
+        out = [self._records[i] for i in ids]
+        return out if include_deleted else [r for r in out if not r.get("IsDeleted")]
+
+    def _index(self, rec: Record, add: bool) -> None:
+        for name in self._indexed.get(rec["_type"], ()):
+            value = rec.get(name)
+            if not value:
+                continue
+            bucket = self._children.setdefault((rec["_type"], name), {})
+            if add:
+                bucket.setdefault(value, {})[rec["Id"]] = None
+            else:
+                ids = bucket.get(value)
+                if ids is not None:
+                    ids.pop(rec["Id"], None)
+
+    def _set(self, rec: Record, name: str, value: Any) -> None:
+        """Change one field of a live record in place (keeping the child index right)."""
+        if self.is_indexed(rec["_type"], name) and rec.get(name) != value:
+            self._index(rec, add=False)
+            rec[name] = value
+            self._index(rec, add=True)
+        else:
+            rec[name] = value
 
     def object_of(self, record_id: str) -> ObjectSpec | None:
         return self.schema.by_prefix(record_id[:3]) if record_id else None
@@ -369,14 +409,16 @@ class OrgStore:
     def _restore(self, undo: dict[str, Record | None]) -> None:
         for rid, before in reversed(list(undo.items())):
             current = self._records.get(rid)
-            obj_name = current["_type"] if current else (before or {}).get("_type")
+            if current is not None:
+                self._index(current, add=False)
             if before is None:
-                self._records.pop(rid, None)
-                if obj_name:
-                    self._by_type[obj_name].pop(rid, None)
+                if current is not None:
+                    self._records.pop(rid, None)
+                    self._by_type[current["_type"]].pop(rid, None)
             else:
                 self._records[rid] = before
                 self._by_type[before["_type"]][rid] = before
+                self._index(before, add=True)
 
     def _publish(self, state: _TxnState) -> None:
         if not state.emit:
@@ -409,6 +451,12 @@ class OrgStore:
 
     def _put(self, obj_name: str, rec: Record) -> None:
         rec["_type"] = obj_name
+        old = self._records.get(rec["Id"])
+        if old is None:
+            self._index(rec, add=True)
+        elif any(old.get(n) != rec.get(n) for n in self._indexed.get(obj_name, ())):
+            self._index(old, add=False)
+            self._index(rec, add=True)
         self._records[rec["Id"]] = rec
         self._by_type[obj_name][rec["Id"]] = rec
 
@@ -557,6 +605,8 @@ class OrgStore:
                 not_writeable.append(spec.name)
                 continue
             parsed[spec.name] = sch.coerce_input(spec, raw)
+            if spec.type == "boolean" and parsed[spec.name] is None:
+                parsed[spec.name] = False  # a checkbox is never null
         if not_writeable:
             raise ApiError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
                            f"Unable to create/update fields: {', '.join(not_writeable)}. Please check the security "
@@ -692,9 +742,8 @@ class OrgStore:
             child_obj = self.schema.objects[rel.child_sobject]
             if not (rel.cascade_delete or rel.child_sobject == "ContentDocumentLink"):
                 continue
-            for child in list(self.iter_records(child_obj.name)):
-                if child.get(rel.field) == rid:
-                    self._cascade_delete(state, op, child["Id"], root)
+            for child in self.children(child_obj.name, rel.field, rid):
+                self._cascade_delete(state, op, child["Id"], root)
 
     def _undelete(self, state: _TxnState, sobject: str, record_id: str) -> None:
         obj = self.object(sobject)
@@ -775,9 +824,8 @@ class OrgStore:
         elif name == "ContentDocumentLink" and before is None:
             rec["ShareType"] = rec.get("ShareType") or "V"
             rec["Visibility"] = rec.get("Visibility") or "AllUsers"
-            for other in self.iter_records("ContentDocumentLink"):
-                if other["ContentDocumentId"] == rec["ContentDocumentId"] and \
-                        other["LinkedEntityId"] == rec["LinkedEntityId"]:
+            for other in self.children("ContentDocumentLink", "ContentDocumentId", rec["ContentDocumentId"]):
+                if other["LinkedEntityId"] == rec["LinkedEntityId"]:
                     raise ApiError(400, "DUPLICATE_VALUE",
                                    f"duplicate value found: <unknown> duplicates value on record with id: "
                                    f"{other['Id']}", [])
@@ -796,11 +844,10 @@ class OrgStore:
                 values = {"OpportunityId": rec["Id"], "ContactId": rec["ContactId"], "IsPrimary": True}
                 op.then.append(lambda: self._insert(state, "OpportunityContactRole", values))
             if before is not None and before.get("Name") != rec.get("Name"):
-                for oli in list(self.iter_records("OpportunityLineItem")):
-                    if oli["OpportunityId"] == rec["Id"]:
-                        product = self._records.get(oli["Product2Id"]) or {}
-                        self._touch(state, op, oli["Id"])
-                        oli["Name"] = f"{rec['Name']} {product.get('Name', '')}".strip()
+                for oli in self.children("OpportunityLineItem", "OpportunityId", rec["Id"]):
+                    product = self._records.get(oli["Product2Id"]) or {}
+                    self._touch(state, op, oli["Id"])
+                    oli["Name"] = f"{rec['Name']} {product.get('Name', '')}".strip()
         elif name == "ContentVersion" and before is None:
             self._content_version_after(state, op, rec)
 
@@ -820,7 +867,7 @@ class OrgStore:
                 if parent and not parent.get("IsDeleted") and parent.get("ContactId") == other["ContactId"] \
                         and other.get("IsPrimary"):
                     self._touch(state, op, parent["Id"])
-                    parent["ContactId"] = None
+                    self._set(parent, "ContactId", None)
 
     def _opportunity_before(self, rec: Record, before: Record | None, provided: dict[str, Any]) -> None:
         stage = rec.get("StageName")
@@ -867,8 +914,8 @@ class OrgStore:
             raise ApiError(400, "REQUIRED_FIELD_MISSING", "Required fields are missing: [PricebookEntryId]",
                            ["PricebookEntryId"])
         pricebook = parent.get("Pricebook2Id") or self.standard_pricebook_id
-        for pbe in self.iter_records("PricebookEntry"):
-            if pbe["Product2Id"] == product_id and pbe["Pricebook2Id"] == pricebook and \
+        for pbe in self.children("PricebookEntry", "Product2Id", product_id):
+            if pbe["Pricebook2Id"] == pricebook and \
                     pbe["CurrencyIsoCode"] == parent.get("CurrencyIsoCode"):
                 return pbe
         raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION",
@@ -895,7 +942,7 @@ class OrgStore:
                                f"not match {parent_kind} currency code)", ["PricebookEntryId"])
             if parent.get("Pricebook2Id") is None:
                 self._touch(state, op, parent["Id"])
-                parent["Pricebook2Id"] = pbe["Pricebook2Id"]
+                self._set(parent, "Pricebook2Id", pbe["Pricebook2Id"])
             elif parent["Pricebook2Id"] != pbe["Pricebook2Id"]:
                 raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION",
                                f"field integrity exception: PricebookEntryId (pricebook entry is in a different "
@@ -940,7 +987,7 @@ class OrgStore:
         opp = self._records.get(opp_id)
         if opp is None or opp.get("IsDeleted"):
             return
-        items = [r for r in self.iter_records("OpportunityLineItem") if r["OpportunityId"] == opp_id]
+        items = self.children("OpportunityLineItem", "OpportunityId", opp_id)
         self._touch(state, op, opp_id)
         opp["HasOpportunityLineItem"] = bool(items)
         if items:
@@ -974,7 +1021,7 @@ class OrgStore:
         quote = self._records.get(quote_id)
         if quote is None or quote.get("IsDeleted"):
             return
-        items = [r for r in self.iter_records("QuoteLineItem") if r["QuoteId"] == quote_id]
+        items = self.children("QuoteLineItem", "QuoteId", quote_id)
         self._touch(state, op, quote_id)
         quote["Subtotal"] = round(sum(r["Subtotal"] or 0 for r in items), 2)
         quote["TotalPrice"] = round(sum(r["TotalPrice"] or 0 for r in items), 2)
@@ -987,15 +1034,15 @@ class OrgStore:
         if opp is None:
             return
         if rec.get("IsPrimary"):
-            for other in self.iter_records("OpportunityContactRole"):
-                if other["OpportunityId"] == opp["Id"] and other["Id"] != rec["Id"] and other.get("IsPrimary"):
+            for other in self.children("OpportunityContactRole", "OpportunityId", opp["Id"]):
+                if other["Id"] != rec["Id"] and other.get("IsPrimary"):
                     self._touch(state, op, other["Id"])
                     other["IsPrimary"] = False
-        primary = next((r["ContactId"] for r in self.iter_records("OpportunityContactRole")
-                        if r["OpportunityId"] == opp["Id"] and r.get("IsPrimary")), None)
+        primary = next((r["ContactId"] for r in self.children("OpportunityContactRole", "OpportunityId", opp["Id"])
+                        if r.get("IsPrimary")), None)
         if opp.get("ContactId") != primary:
             self._touch(state, op, opp["Id"])
-            opp["ContactId"] = primary
+            self._set(opp, "ContactId", primary)
 
     def _pricebook_entry_before(self, rec: Record, before: Record | None) -> None:
         product = self._records[rec["Product2Id"]]
@@ -1003,8 +1050,8 @@ class OrgStore:
         rec["ProductCode"] = product.get("ProductCode")
         if before is not None:
             return
-        siblings = [r for r in self.iter_records("PricebookEntry")
-                    if r["Product2Id"] == rec["Product2Id"] and r["CurrencyIsoCode"] == rec["CurrencyIsoCode"]]
+        siblings = [r for r in self.children("PricebookEntry", "Product2Id", rec["Product2Id"])
+                    if r["CurrencyIsoCode"] == rec["CurrencyIsoCode"]]
         if any(r["Pricebook2Id"] == rec["Pricebook2Id"] for r in siblings):
             raise ApiError(400, "DUPLICATE_VALUE", "This price definition already exists in this price book", [])
         if rec["Pricebook2Id"] != self.standard_pricebook_id and \
@@ -1057,7 +1104,7 @@ class OrgStore:
                 raise ApiError(400, "FIELD_INTEGRITY_EXCEPTION",
                                "field integrity exception: FirstPublishLocationId (can only be set on the first "
                                "version of a document)", ["FirstPublishLocationId"])
-            versions = [r for r in self.iter_records("ContentVersion") if r["ContentDocumentId"] == doc_id]
+            versions = self.children("ContentVersion", "ContentDocumentId", doc_id)
             rec["VersionNumber"] = str(len(versions) + 1)
             for old in versions:
                 if old.get("IsLatest"):
@@ -1086,7 +1133,7 @@ class OrgStore:
         doc.update(doc_values, OwnerId=rec.get("OwnerId"), PublishStatus=rec["PublishStatus"],
                    SharingOption=rec["SharingOption"], SharingPrivacy=rec["SharingPrivacy"])
         self._put(doc_obj.name, doc)
-        rec["ContentDocumentId"] = doc_id
+        self._set(rec, "ContentDocumentId", doc_id)
         owner = rec.get("OwnerId")
         targets = [t for t in (owner, rec.get("FirstPublishLocationId")) if t]
         for target in dict.fromkeys(targets):

@@ -304,7 +304,8 @@ def _line(row: Mapping[str, Any]) -> LineItemInfo:
     product = _parent(row, "Product2") or {}
     return LineItemInfo(
         id=_str(row.get("Id"), "line.Id"),
-        name=_str(row.get("Name"), "line.Name") or _str(product.get("Name"), "Product2.Name"),
+        # The product's name: OpportunityLineItem.Name is "<opportunity name> <product name>".
+        name=_str(product.get("Name"), "Product2.Name") or _str(row.get("Name"), "line.Name"),
         product_code=_str(row.get("ProductCode"), "line.ProductCode")
         or _str(product.get("ProductCode"), "Product2.ProductCode"),
         description=_str(row.get("Description"), "line.Description"),

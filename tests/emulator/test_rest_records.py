@@ -75,6 +75,9 @@ async def test_create_read_update_delete(api: httpx.AsyncClient, emulator: Emula
     assert full["Name"] == "Initrode Inc" and full["Phone"] == "+1 512 555 0100" and full["IsDeleted"] is False
     user = emulator.org.store.user_by_username(emulator.login.username)
     assert user is not None and full["LastModifiedById"] == user["Id"]
+    head = await api.head(f"{V}/sobjects/Account/{rid}")
+    assert head.status_code == 200 and head.content == b""
+    assert (await api.get(f"{V}/sobjects/Account/{rid}")).status_code == 200  # HEAD changed nothing
     deleted = await api.delete(f"{V}/sobjects/Account/{rid}")
     assert deleted.status_code == 204
     again = await api.delete(f"{V}/sobjects/Account/{rid}")

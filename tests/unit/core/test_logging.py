@@ -32,9 +32,12 @@ def test_redaction_masks_secret_keys_and_token_shaped_values(event: dict[str, ob
 
 def test_job_context_and_redaction_in_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", "json")
-    log = structlog.get_logger("t")
-    with structlog.contextvars.bound_contextvars(transaction_id="tx-1", record_id="006xx"):
-        log.info("step done", token=TOKEN)
-    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    try:
+        log = structlog.get_logger("t")
+        with structlog.contextvars.bound_contextvars(transaction_id="tx-1", record_id="006xx"):
+            log.info("step done", token=TOKEN)
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    finally:
+        structlog.reset_defaults()  # the logger is bound to capsys's stream, closed after this test
     assert line["transaction_id"] == "tx-1" and line["record_id"] == "006xx"
     assert line["token"] == MASK and TOKEN not in json.dumps(line)

@@ -300,3 +300,13 @@ def test_parser_keeps_like_escapes_and_decodes_others() -> None:
     query = parse("SELECT Id FROM Account WHERE Name LIKE 'a\\%b\\'c\\nd'")
     cond: Any = query.where
     assert cond.value.value == "a\\%b'c\nd"
+
+
+def test_type_error_echo_matches_salesforce(store: OrgStore) -> None:
+    # Real response (EloquentSalesForce issue #68): the echo starts 32 characters before the error column,
+    # which is the column of the field compared with a literal of the wrong type.
+    err = fails(store, "select Id, ProductCode from Product2 where ProductCode = 3999")
+    assert err.error_code == "INVALID_FIELD"
+    assert err.message == ("\nProductCode from Product2 where ProductCode = 3999\n" + " " * 32 + "^\n"
+                           "ERROR at Row:1:Column:44\nvalue of filter criterion for field 'ProductCode' must be of "
+                           "type string and should be enclosed in quotes")

@@ -363,6 +363,9 @@ def test_transaction_rolls_back_everything_on_error(org: Org) -> None:
         txn.insert("Account", {"Nope": 1})
     assert org.store.snapshot()["records"] == before
     assert org.batches == []
+    assert org.store.children("OpportunityLineItem", "OpportunityId", org.opp, include_deleted=True) == []
+    subquery = org.store.query(f"SELECT (SELECT Id FROM OpportunityLineItems) FROM Opportunity WHERE Id = '{org.opp}'")
+    assert subquery.records[0]["OpportunityLineItems"] is None
 
 
 def test_failed_statement_inside_transaction_leaves_no_trace(org: Org) -> None:
@@ -491,3 +494,16 @@ def test_users_and_describe(org: Org) -> None:
     describe = org.store.describe("Opportunity")
     currency = next(f for f in describe["fields"] if f["name"] == "CurrencyIsoCode")
     assert [p["value"] for p in currency["picklistValues"]] == ["EUR", "USD"]
+
+
+def test_child_index_follows_reparenting_and_rollback(org: Org) -> None:
+    other = org.store.insert("Account", {"Name": "Other"}, user_id=org.rep)
+    org.store.update("Contact", org.contact, {"AccountId": other}, user_id=org.rep)
+    assert [c["Id"] for c in org.store.children("Contact", "AccountId", other)] == [org.contact]
+    assert org.store.children("Contact", "AccountId", org.account) == []
+    with pytest.raises(ApiError), org.store.transaction(user_id=org.rep) as txn:
+        txn.update("Contact", org.contact, {"AccountId": org.account})
+        txn.insert("Account", {})
+    found = org.store.query(f"SELECT Id FROM Contact WHERE AccountId = '{other}'").records
+    assert [r["Id"] for r in found] == [org.contact]
+    assert org.store.query(f"SELECT Id FROM Contact WHERE AccountId = '{org.account}'").total_size == 0
