@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sfsign.documents.model import Party
 from sfsign.metadata import MetadataError, load_schema
 
 # Fields sfsign itself writes: a rule watching one of them could re-trigger on our own write-back.
@@ -172,18 +173,11 @@ class ProfileConfig(_Strict):
     trust_roots: list[Path] = Field(default_factory=list)
 
 
-class SellerConfig(_Strict):
+class SellerConfig(Party):
     """The company printed in the document header; it is the org's legal entity, not a record."""
 
-    name: str
-    street: str = ""
-    postal_code: str = ""
-    city: str = ""
-    state: str = ""
-    country: str = ""
-    vat_id: str = ""
-    email: str = ""
-    phone: str = ""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="for single-currency orgs")
 
 

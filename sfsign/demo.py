@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -117,9 +118,10 @@ def write_demo_config(work: Path) -> tuple[Rules, Path]:
     return load_rules(rules_file), pki.root_cert_pem_path
 
 
-def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path) -> Settings:
+def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path, **overrides: Any) -> Settings:
+    """Settings for a daemon talking to `emulator` with the JWT bearer flow (ignores `.env`)."""
     login = emulator.login
-    return Settings(
+    values: dict[str, Any] = dict(
         login_url=emulator.url,
         auth_flow="jwt",
         consumer_key=login.consumer_key,
@@ -130,8 +132,9 @@ def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path) -> S
         rules_file=rules_file,
         log_level=os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"),
         log_format="console",
-        _env_file=None,  # type: ignore[call-arg]
     )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 async def _find(control: ControlClient, sobject: str, name: str) -> str:

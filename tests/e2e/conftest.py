@@ -3,37 +3,20 @@ event loop, a demo PKI generated per session, and a control client that acts as 
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import auth_config
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest
-
-
-@pytest.fixture(autouse=True)
-async def fail_on_loop_errors() -> AsyncIterator[None]:
-    """Fail the test on 'Task exception was never retrieved' and other unhandled loop errors."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    yield
-    gc.collect()
-    await asyncio.sleep(0)
-    loop.set_exception_handler(previous)
-    assert not errors, f"unhandled errors in the event loop: {errors}"
 
 
 @pytest.fixture(scope="session")
@@ -71,20 +54,8 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
 
 @pytest.fixture
 def settings(emulator: EmulatorThread, tmp_path: Path, rules: Rules) -> Settings:
-    login = emulator.login
-    return Settings(
-        login_url=emulator.url,
-        auth_flow="jwt",
-        consumer_key=login.consumer_key,
-        username=login.username,
-        private_key_file=login.private_key_file,
-        ca_bundle=emulator.ca_file,
-        data_dir=tmp_path / "daemon",
-        rules_file=rules.source,
-        cpu_workers=1,
-        shutdown_grace_s=10,
-        _env_file=None,  # type: ignore[call-arg]
-    )
+    return daemon_settings(emulator, tmp_path, rules.source, cpu_workers=1, shutdown_grace_s=10,
+                           log_level="INFO")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,19 +26,6 @@ from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 CDC = "/data/OpportunityChangeEvent"
 PE = "/event/Sign_Request__e"
 WAIT_S = 15.0
-
-
-@pytest.fixture(autouse=True)
-async def fail_on_loop_errors() -> AsyncIterator[None]:
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    yield
-    gc.collect()
-    await asyncio.sleep(0)
-    loop.set_exception_handler(previous)
-    assert not errors, f"event loop reported errors: {errors}"
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +27,3 @@ def rsa_key(tmp_path: Path) -> tuple[Path, Any]:
         )
     )
     return path, key.public_key()
-
-
-@pytest.fixture(autouse=True)
-async def fail_on_loop_errors() -> AsyncIterator[None]:
-    """Fail the test on 'Task exception was never retrieved' and other loop-reported errors."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    gc.collect()
-    await asyncio.sleep(0)
-    loop.set_exception_handler(previous)
-    assert not errors, f"event loop reported errors: {errors}"
