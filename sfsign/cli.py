@@ -14,6 +14,7 @@ from pathlib import Path
 from sfsign import __version__
 from sfsign.config import ConfigError, load_rules, load_settings
 from sfsign.ops.logging import configure_logging
+from sfsign.salesforce.errors import AuthError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sfsign: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except AuthError as exc:
+        print(f"sfsign: Salesforce refused the login: {exc}\n"
+              "Check SFSIGN_LOGIN_URL, the consumer key, the user and that the connected app is pre-authorized "
+              "for this user (docs/salesforce-setup.md).", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

@@ -17,24 +17,34 @@ import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
 
+from sfsign.aio import wait_any
 from sfsign.config import Rules, Settings, read_secret
 from sfsign.documents import jobs as doc_jobs
-from sfsign.outbox import Outbox
+from sfsign.outbox import Outbox, OutboxStore
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
-from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.errors import AuthError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
-from sfsign.salesforce.records import find_records_in_state
-from sfsign.salesforce.rest import SalesforceRest, soql_id_list
+from sfsign.salesforce.rest import (
+    SalesforceRest,
+    soql_datetime,
+    soql_id_list,
+    soql_quote,
+    validate_api_name,
+    validate_field_path,
+)
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_state, decide_sign_request
 from sfsign.worker import Worker, WorkerConfig
 
 log = structlog.get_logger("sfsign.daemon")
+
+RECONCILE_PREFIX = "reconcile:"
 
 
 def auth_config(settings: Settings) -> AuthConfig:
@@ -78,6 +88,7 @@ class Daemon:
         self.worker: Worker | None = None
         self.stream: StreamClient | None = None
         self.stopped_by: signal.Signals | None = None
+        self._reconcile_wake = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -102,7 +113,9 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
         try:
-            token = await authenticator.token()
+            token = await self._first_login(authenticator)
+            if token is None:
+                return  # stopped while Salesforce was unreachable
             self._token = token
             self.health.authenticated = True
             self.health.org_id = token.org_id
@@ -137,8 +150,10 @@ class Daemon:
             tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
+            tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
-            done, _ = await asyncio.wait([*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            tasks.append(stop_wait)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop_wait and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -146,7 +161,7 @@ class Daemon:
             self._stop.set()
             log.info("stopping: intake first")
             for task in tasks:
-                if task.get_name() in ("intake", "stream-watch"):
+                if task.get_name() in ("intake", "stream-watch", "reconciler"):
                     task.cancel()
             if self.stream is not None:
                 with contextlib.suppress(Exception):
@@ -168,6 +183,20 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             log.info("stopped")
 
+    async def _first_login(self, authenticator: Authenticator) -> AccessToken | None:
+        """Log in, waiting out transient failures (network, 5xx); a refused login ends the daemon."""
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                return await authenticator.token()
+            except AuthError as exc:
+                if not exc.transient:
+                    raise
+                log.error("cannot reach Salesforce to log in; retrying", error=str(exc), retry_in_s=delay)
+            await wait_any(self._stop, within_s=delay)
+            delay = min(delay * 2, 60.0)
+        return None
+
     # ------------------------------------------------------------------------------------ intake
 
     async def _intake(self, rest: SalesforceRest) -> None:
@@ -175,7 +204,8 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 async for message in self.stream.messages():
-                    await self._handle(rest, message)
+                    if not await self._handle_until_done(rest, message):
+                        return  # stopping: the event was not committed and is replayed on the next start
             except ReplayIdInvalid as exc:
                 log.error(
                     "stored replay id is outside the retention window; subscribing from new events "
@@ -183,11 +213,31 @@ class Daemon:
                     channel=exc.channel,
                     replay_id=exc.replay_id,
                 )
-                await self.outbox.reset_replay(exc.channel)
-                self.stream.reset_replay(exc.channel)
                 sobject = _channel_object(exc.channel)
                 if sobject:
-                    await self.reconcile(rest, [sobject])
+                    await self.request_reconcile([sobject])  # persisted before the position is dropped
+                await self.outbox.reset_replay(exc.channel)
+                self.stream.reset_replay(exc.channel)
+
+    async def _handle_until_done(self, rest: SalesforceRest, message: dict[str, Any]) -> bool:
+        """Handle one event, retrying with backoff while it fails (SQLite busy, Salesforce down...).
+
+        The stream is not read meanwhile, so events stay in order and the replay id never moves past
+        an event that was not handled. Returns False if the daemon is stopping.
+        """
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self._handle(rest, message)
+                return True
+            except Exception as exc:
+                data = message.get("data")
+                replay = data.get("event", {}).get("replayId") if isinstance(data, dict) else None
+                log.error("event handling failed; retrying", channel=message.get("channel"), replay_id=replay,
+                          error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                await wait_any(self._stop, within_s=delay)
+                delay = min(delay * 2, 30.0)
+        return False
 
     async def _watch_stream(self) -> None:
         """Keep `health` and `ready` in step with the stream (readiness for ops and the demo)."""
@@ -216,13 +266,8 @@ class Daemon:
         if isinstance(event, ChangeEvent):
             decision = decide_change(event, self.rules, org_id)
             for sobject, record_id in decision.reread:
-                try:
-                    values = await self._current_values(rest, sobject, [record_id])
-                except SalesforceError as exc:
-                    # The replay id must not advance past a gap we could not resolve: retry from here.
-                    log.error("gap event: re-read failed; will reconcile", record_id=record_id, error=str(exc))
-                    decision.reconcile.append(sobject)
-                    continue
+                # A failure raises: the replay id must not move past a gap that was not resolved.
+                values = await self._current_values(rest, sobject, [record_id])
                 for rid, row in values.items():
                     decision.jobs.extend(
                         decide_current_state(sobject, rid, row, self.rules, org_id, f"gap:{event.transaction_key}")
@@ -233,6 +278,8 @@ class Daemon:
             log.info("event ignored", channel=channel, replay_id=getattr(event, "replay_id", None))
             decision = None
         jobs = decision.jobs if decision else []
+        if decision and decision.reconcile:
+            await self.request_reconcile(decision.reconcile)
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs)
         for job in result.created:
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
@@ -243,8 +290,6 @@ class Daemon:
         if decision:
             for why in decision.ignored:
                 log.info("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
-            if decision.reconcile:
-                await self.reconcile(rest, decision.reconcile)
         if result.created and self.worker is not None:
             self.worker.wake()
 
@@ -261,33 +306,77 @@ class Daemon:
         rows = await rest.query(f"SELECT {', '.join(fields)} FROM {sobject} WHERE Id IN {soql_id_list(ids)}")
         return {str(r["Id"]): r for r in rows}
 
+    async def request_reconcile(self, sobjects: list[str]) -> None:
+        """Remember (in SQLite) that these objects need reconciling, then wake the reconciler.
+
+        Persisted first, so a crash between an overflow event's commit and the reconciliation
+        cannot lose it: the next start runs what is pending.
+        """
+        now = datetime.now(UTC).isoformat()
+        for sobject in sobjects:
+            await self.outbox.call(partial(OutboxStore.set_meta, key=f"{RECONCILE_PREFIX}{sobject}", value=now))
+        self._reconcile_wake.set()
+
+    async def _reconciler(self, rest: SalesforceRest) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            self._reconcile_wake.clear()
+            pending = await self.outbox.call(lambda s: s.meta_with_prefix(RECONCILE_PREFIX))
+            failed = False
+            for key in pending:
+                sobject = key.removeprefix(RECONCILE_PREFIX)
+                try:
+                    await self.reconcile(rest, [sobject])
+                except Exception as exc:
+                    failed = True
+                    log.error("reconciliation failed; will retry", sobject=sobject,
+                              error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                    continue
+                await self.outbox.call(partial(OutboxStore.delete_meta, key=key))
+            timeout = delay if failed else None
+            delay = min(delay * 2, 300.0) if failed else 1.0
+            await wait_any(self._stop, self._reconcile_wake, within_s=timeout)
+
     async def reconcile(
         self, rest: SalesforceRest, sobjects: list[str], since: datetime | None = None
     ) -> int:
         """Queue every record sitting in a trigger state without a transaction id.
 
         Fed through the same outbox and the same duplicate checks as events, so it can never
-        double-sign a record that an event already queued.
+        double-sign a record that an event already queued. Pages through the query result and
+        commits each page, so memory stays bounded whatever the org's size.
         """
         created = 0
         org_id = self._org_id()
         for sobject in dict.fromkeys(sobjects):
             for rule in self.rules.for_object(sobject):
-                ids = await find_records_in_state(rest, sobject, rule.field, rule.values, since=since)
-                jobs = []
-                for record_id in ids:
-                    jobs.extend(
-                        decide_current_state(
-                            sobject, record_id, {rule.field: rule.values[0]}, self.rules, org_id,
-                            f"reconcile:{record_id}",
-                        )
-                    )
-                result = await self.outbox.commit_event(None, None, jobs)
-                created += len(result.created)
+                soql = reconcile_query(sobject, rule.field, rule.values, since)
+                page = await rest.query_page(soql)
+                while True:
+                    jobs = []
+                    for row in page.records:
+                        jobs.extend(decide_current_state(
+                            sobject, str(row["Id"]), row, self.rules, org_id, f"reconcile:{row['Id']}"
+                        ))
+                    result = await self.outbox.commit_event(None, None, jobs)
+                    created += len(result.created)
+                    if result.created and self.worker is not None:
+                        self.worker.wake()
+                    if not page.next_records_url:
+                        break
+                    page = await rest.query_page(next_records_url=page.next_records_url)
         log.info("reconciliation done", objects=sobjects, jobs_created=created)
-        if created and self.worker is not None:
-            self.worker.wake()
         return created
+
+
+def reconcile_query(sobject: str, field: str, values: list[str], since: datetime | None) -> str:
+    """Records in a trigger state that sfsign never handled (no transaction id), oldest first."""
+    validate_api_name(sobject)
+    validate_field_path(field)
+    where = f"{field} IN ({', '.join(soql_quote(v) for v in values)}) AND Sign_Transaction_Id__c = null"
+    if since is not None:
+        where += f" AND LastModifiedDate >= {soql_datetime(since)}"
+    return f"SELECT Id, {field}, Sign_Transaction_Id__c FROM {sobject} WHERE {where} ORDER BY LastModifiedDate"
 
 
 def _channel_object(channel: str) -> str | None:

@@ -297,6 +297,13 @@ class OutboxStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else None
 
+    def meta_with_prefix(self, prefix: str) -> list[str]:
+        rows = self.db.execute("SELECT key FROM meta WHERE key LIKE ? ORDER BY key", (prefix.replace("%", "") + "%",))
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

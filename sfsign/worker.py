@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from sfsign.aio import wait_any
 from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import Appearance, KeySpec
@@ -134,11 +135,7 @@ class Worker:
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))
             if free <= 0 or timeout > 0:
-                stop_wait = asyncio.create_task(stop.wait())
-                wake_wait = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({stop_wait, wake_wait}, timeout=max(timeout, 0.01), return_when="FIRST_COMPLETED")
-                for t in (stop_wait, wake_wait):
-                    t.cancel()
+                await wait_any(stop, self._wake, within_s=max(timeout, 0.01))
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
