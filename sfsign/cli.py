@@ -9,24 +9,68 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sfsign import __version__
-from sfsign.config import ConfigError, load_rules, load_settings
+from sfsign.config import ConfigError, Rules, Settings, load_rules, load_settings
 from sfsign.ops.logging import configure_logging
+from sfsign.outbox import JobState, OutboxStore
 from sfsign.salesforce.errors import AuthError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from sfsign.daemon import Daemon
 
-    settings = load_settings(**({"rules_file": Path(args.rules)} if args.rules else {}))
+    settings, rules = _settings_and_rules(args)
+    asyncio.run(Daemon(settings, rules).run())
+    return 0
+
+
+def _settings_and_rules(args: argparse.Namespace) -> tuple[Settings, Rules]:
+    settings = load_settings(**({"rules_file": Path(args.rules)} if getattr(args, "rules", None) else {}))
     configure_logging(settings.log_level, settings.log_format)
     missing = settings.missing_credentials()
     if missing:
         raise ConfigError(f"auth flow {settings.auth_flow!r} needs: {', '.join(missing)}")
-    rules = load_rules(settings.rules_file)
-    asyncio.run(Daemon(settings, rules).run())
+    return settings, load_rules(settings.rules_file)
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    """Re-queue `error`/`dead` jobs once their cause is fixed; a running daemon picks them up."""
+    settings = load_settings()
+    store = OutboxStore(settings.data_dir / "outbox.sqlite")
+    try:
+        if args.all_errors:
+            targets = store.jobs(JobState.ERROR) + store.jobs(JobState.DEAD)
+        else:
+            job = store.by_transaction(args.transaction_id)
+            if job is None:
+                raise ConfigError(f"no job with transaction id {args.transaction_id!r} in {settings.data_dir}")
+            targets = [job]
+        for job in targets:
+            try:
+                again = store.requeue(job.id)
+            except ValueError as exc:
+                print(f"sfsign: {exc}", file=sys.stderr)
+                return 1
+            print(f"re-queued {again.transaction_id} ({again.sobject} {again.record_id}) at step {again.state}")
+        if not targets:
+            print("nothing to retry")
+        return 0
+    finally:
+        store.close()
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from sfsign.daemon import reconcile_once
+
+    settings, rules = _settings_and_rules(args)
+    since = datetime.fromisoformat(args.since) if args.since else None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    created = asyncio.run(reconcile_once(settings, rules, since))
+    print(f"{created} job(s) queued for records in a trigger state without a transaction id")
     return 0
 
 
@@ -63,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     emu = sub.add_parser("emulator", help="the embedded Salesforce emulator")
     emu.add_argument("rest", nargs=argparse.REMAINDER, help="serve [--port P] [--data-dir D] [--json-out FILE]")
     emu.set_defaults(func=_cmd_emulator)
+
+    retry = sub.add_parser("retry", help="re-queue failed jobs after the cause is fixed")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("transaction_id", nargs="?", help="the job's transaction id (Sign_Transaction_Id__c)")
+    which.add_argument("--all-errors", action="store_true", help="every job in state error or dead")
+    retry.set_defaults(func=_cmd_retry)
+
+    reconcile = sub.add_parser("reconcile", help="queue records sitting in a trigger state without a transaction")
+    reconcile.add_argument("--since", help="only records modified since (ISO date or datetime, UTC)")
+    reconcile.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    reconcile.set_defaults(func=_cmd_reconcile)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

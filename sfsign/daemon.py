@@ -88,6 +88,7 @@ class Daemon:
         self.worker: Worker | None = None
         self.stream: StreamClient | None = None
         self.stopped_by: signal.Signals | None = None
+        self.authenticator: Authenticator | None = None
         self._reconcile_wake = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -102,7 +103,7 @@ class Daemon:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.outbox.open()
-        authenticator = Authenticator(auth_config(settings))
+        authenticator = self.authenticator = Authenticator(auth_config(settings))
         rest: SalesforceRest | None = None
         pool: ProcessPoolExecutor | None = None
         tasks: list[asyncio.Task[Any]] = []
@@ -367,6 +368,26 @@ class Daemon:
                     page = await rest.query_page(next_records_url=page.next_records_url)
         log.info("reconciliation done", objects=sobjects, jobs_created=created)
         return created
+
+
+async def reconcile_once(settings: Settings, rules: Rules, since: datetime | None = None) -> int:
+    """`sfsign reconcile`: one reconciliation pass from the command line, beside or without a daemon.
+
+    It writes to the same outbox (SQLite allows a second writer; the unique transaction id and the
+    duplicate checks make a concurrent daemon harmless); a running daemon picks the jobs up.
+    """
+    daemon = Daemon(settings, rules)
+    await daemon.outbox.open()
+    authenticator = Authenticator(auth_config(settings))
+    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        daemon._token = await authenticator.token()
+        objects = sorted({r.object for r in rules.rules})
+        return await daemon.reconcile(rest, objects, since=since)
+    finally:
+        await rest.close()
+        await authenticator.aclose()
+        await daemon.outbox.close()
 
 
 def reconcile_query(sobject: str, field: str, values: list[str], since: datetime | None) -> str:

@@ -290,8 +290,12 @@ class OutboxStore:
             raise ValueError(f"job {job.transaction_id} is {job.state}, only error/dead jobs can be retried")
         resume = JobState.QUEUED
         if job.content_version_id:
-            resume = JobState.UPLOADED
-        return self.update(job_id, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None)
+            resume = JobState.UPLOADED  # the file is in Salesforce: only the write-back is left
+        elif job.sha256:
+            resume = JobState.SIGNED  # upload the document already signed, never sign a second one
+        return self.update(
+            job_id, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None, error_code=None
+        )
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

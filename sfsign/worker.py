@@ -328,7 +328,8 @@ class Worker:
         )
 
     async def _upload(self, job: Job) -> Job:
-        if job.upload_uncertain or job.attempts > 0:
+        signed_missing = not self._artifact(job, "signed.pdf").exists()
+        if job.upload_uncertain or job.attempts > 0 or signed_missing:
             # A previous insert may have reached Salesforce before the connection failed: look first.
             existing = await self._sf(self.rest.find_content_version, job.transaction_id)
             if existing is not None:
@@ -342,10 +343,9 @@ class Worker:
                 )
         signed_path = self._artifact(job, "signed.pdf")
         if not signed_path.exists():
-            raise PermanentFailure(
-                "the signed PDF is missing from the data directory; run `sfsign retry` to sign again",
-                "ARTIFACT_MISSING",
-            )
+            # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
+            log.warning("signed PDF missing from the data directory; rendering and signing again")
+            return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
         data = await asyncio.get_running_loop().run_in_executor(None, signed_path.read_bytes)
         await self.outbox.update(job.id, upload_uncertain=1)
         try:

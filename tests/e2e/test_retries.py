@@ -1,0 +1,149 @@
+"""Failure classes against the emulator's fault injection: transient failures are retried, permanent ones
+are written on the record and wait for `sfsign retry`, and `sfsign reconcile` finds what events missed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from e2e_support import REP, record_id, run_daemon, wait_for_status
+
+from sfsign.config import Rules, Settings
+from sfsign.emulator.control_client import ControlClient
+from sfsign.outbox import Job, JobState, OutboxStore
+
+ACME = "Acme Industries - Platform Renewal 2027"
+OPP_PATH = "/services/data/v62.0/sobjects/Opportunity/"
+
+
+def _cli(
+    args: list[str], settings: Settings, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "SFSIGN_LOGIN_URL": settings.login_url,
+        "SFSIGN_CONSUMER_KEY": settings.consumer_key,
+        "SFSIGN_USERNAME": settings.username,
+        "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
+        "SFSIGN_CA_BUNDLE": str(settings.ca_bundle),
+        "SFSIGN_DATA_DIR": str(settings.data_dir),
+        "SFSIGN_RULES_FILE": str(settings.rules_file),
+        **(extra or {}),
+    }
+    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+async def _fault(control: ControlClient, **body: object) -> str:
+    return str((await control.post("/_control/faults/errors", body))["id"])
+
+
+async def test_row_lock_on_the_write_back_is_retried_and_the_record_is_signed(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    await _fault(control, prefix=OPP_PATH + opp, method="PATCH", status=400, errorCode="UNABLE_TO_LOCK_ROW",
+                 message=f"unable to obtain exclusive access to this record or 1 records: {opp}", count=2)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+        [job] = await daemon.outbox.call(lambda s: s.jobs())
+    assert record["Sign_Status__c"] == "Signed" and job.state is JobState.DONE
+    assert len([f for f in await control.files() if f["Sign_Transaction_Id__c"] == job.transaction_id]) == 1
+
+
+async def test_validation_rule_failure_shows_on_the_record_and_sfsign_retry_finishes_the_job(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    message = "Signed proposals need a close date in the future"
+    await _fault(control, prefix=OPP_PATH + opp, method="PATCH", status=400,
+                 errorCode="FIELD_CUSTOM_VALIDATION_EXCEPTION", message=message, count=1)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        failed = await wait_for_status(control, "Opportunity", opp)
+        [job] = await daemon.outbox.call(lambda s: s.jobs())
+        assert failed["Sign_Status__c"] == "Error" and message in str(failed["Sign_Error__c"])
+        assert job.state is JobState.ERROR and job.error_code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+        # The admin fixes the rule; ops re-queue the job while the daemon runs.
+        result = await asyncio.to_thread(_cli, ["retry", "--all-errors"], settings)
+        assert result.returncode == 0, result.stderr
+        assert f"re-queued {job.transaction_id}" in result.stdout and "at step uploaded" in result.stdout
+        signed = await wait_for_status(control, "Opportunity", opp, ("Signed",))
+    assert signed["Sign_Transaction_Id__c"] == job.transaction_id
+    files = [f for f in await control.files() if f["Sign_Transaction_Id__c"] == job.transaction_id]
+    assert len(files) == 1  # the document signed before the failure, not a second one
+
+
+async def test_request_limit_exceeded_waits_long_and_never_logs_in_again(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    await _fault(control, prefix="/services/data/v62.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
+                 message="TotalRequests Limit exceeded.", count=3)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        async with asyncio.timeout(30):
+            while True:
+                jobs = await daemon.outbox.call(lambda s: s.jobs())
+                if jobs and jobs[0].attempts >= 1:
+                    break
+                await asyncio.sleep(0.05)
+        logins = daemon.authenticator.logins if daemon.authenticator else -1
+    [job] = jobs
+    assert logins == 1 and job.error_code == "REQUEST_LIMIT_EXCEEDED" and job.state is JobState.QUEUED
+    assert job.next_attempt_at - time.time() > 300  # the long backoff (15 min ± jitter), not seconds
+
+
+async def test_sfsign_reconcile_queues_records_that_moved_while_no_daemon_listened(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opps = [await record_id(control, "Opportunity", n)
+            for n in (ACME, "Globex - Enterprise Rollout")]
+    for opp in opps:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+    result = await asyncio.to_thread(_cli, ["reconcile"], settings)
+    assert result.returncode == 0, result.stderr
+    assert "2 job(s) queued" in result.stdout
+    again = await asyncio.to_thread(_cli, ["reconcile", "--since", "2020-01-01"], settings)
+    assert "0 job(s) queued" in again.stdout  # already queued: no duplicates
+    async with run_daemon(settings, rules):
+        for opp in opps:
+            assert (await wait_for_status(control, "Opportunity", opp))["Sign_Status__c"] == "Signed"
+
+
+async def test_sigterm_mid_upload_parks_the_job_and_the_next_start_uploads_exactly_once(
+    settings: Settings, rules: Rules, control: ControlClient, tmp_path: Path
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    await control.post("/_control/faults/latency", {"prefix": "/services/data/v62.0/sobjects/ContentVersion",
+                                                     "ms": 3000, "method": "POST"})
+    quick = settings.model_copy(update={"shutdown_grace_s": 0.2})
+    async with run_daemon(quick, rules) as daemon:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        async with asyncio.timeout(30):
+            while True:
+                jobs = await daemon.outbox.call(lambda s: s.jobs())
+                if jobs and jobs[0].upload_uncertain:
+                    break
+                await asyncio.sleep(0.02)
+    [parked] = await _jobs(settings)
+    assert parked.state is JobState.SIGNED and parked.upload_uncertain == 1
+    await asyncio.sleep(3.5)  # the interrupted upload still lands in the org
+    async with run_daemon(settings, rules):
+        record = await wait_for_status(control, "Opportunity", opp)
+    assert record["Sign_Status__c"] == "Signed"
+    files = [f for f in await control.files() if f["Sign_Transaction_Id__c"] == parked.transaction_id]
+    assert len(files) == 1, files
+
+
+async def _jobs(settings: Settings) -> list[Job]:
+    store = OutboxStore(settings.data_dir / "outbox.sqlite")
+    try:
+        return store.jobs()
+    finally:
+        store.close()
