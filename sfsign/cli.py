@@ -21,8 +21,12 @@ from sfsign.salesforce.errors import AuthError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from sfsign.daemon import Daemon
+    from sfsign.worker import preflight_profiles
 
     settings, rules = _settings_and_rules(args)
+    problems = preflight_profiles(rules)
+    if problems:
+        raise ConfigError("\n".join(problems))
     asyncio.run(Daemon(settings, rules).run())
     return 0
 

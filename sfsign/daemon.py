@@ -147,7 +147,9 @@ class Daemon:
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
             )
-            await asyncio.gather(*warm_up)  # the first document should not pay for interpreter start-up
+            # The first document should not pay for interpreter and template start-up.
+            for problem in sorted({p for found in await asyncio.gather(*warm_up) for p in found}):
+                log.error("a template does not render sample data; its records will get Error", problem=problem)
             tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))

@@ -29,7 +29,13 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from sfsign.aio import wait_any
 from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
-from sfsign.documents.sign import Appearance, KeySpec
+from sfsign.documents.sign import (
+    Appearance,
+    KeySpec,
+    SigningError,
+    check_certificate_validity,
+    load_signer,
+)
 from sfsign.mapping import NotRenderable, build_document, file_name_for
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore
 from sfsign.salesforce.errors import SalesforceError
@@ -416,6 +422,29 @@ def signing_request(profile: ProfileConfig) -> doc_jobs.SigningRequest:
         contact_info=profile.appearance.contact,
     )
     return doc_jobs.SigningRequest(key=spec, appearance=appearance)
+
+
+def preflight_profiles(rules: Rules) -> list[str]:
+    """Problems with the signing profiles the rules use, found before the daemon touches Salesforce.
+
+    Loads each key (so a wrong passphrase or a missing file shows at start, not on the first
+    record) and checks the certificate's validity; messages name the profile and never a secret.
+    """
+    problems: list[str] = []
+    for name in sorted({r.profile for r in rules.rules}):
+        profile = rules.profiles[name]
+        try:
+            request = signing_request(profile)
+            for path in request.key.files():
+                if not path.is_file():
+                    raise SigningError(f"key file {path} does not exist")
+            signer = load_signer(request.key)
+            if signer.signing_cert is None:
+                raise SigningError("the key source holds no certificate")
+            check_certificate_validity(signer.signing_cert, datetime.now(UTC))
+        except (PermanentFailure, SigningError, ValueError) as exc:
+            problems.append(f"{rules.source}: signing profile {name!r}: {exc}")
+    return problems
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:

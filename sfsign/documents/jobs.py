@@ -44,11 +44,19 @@ class SignedResult:
     signed_at: str  # ISO 8601 UTC, as Salesforce's datetime fields want it
 
 
-def warm_up(templates: tuple[str, ...] = ("proposal", "quote")) -> None:
+def warm_up(templates: tuple[str, ...] = ("proposal", "quote")) -> list[str]:
     """Run once in each pool process at start, so the first real document does not pay for loading
-    Typst, its fonts and each template's compiler (about 140 ms per template and process)."""
+    Typst, its fonts and each template's compiler (about 140 ms per template and process).
+
+    Returns the templates that fail on sample data: worth a warning at start, but not fatal, since
+    a template may only fail for some records (those then get `Error` with the reason)."""
+    problems = []
     for template in templates:
-        render_pdf(sample_contract(kind="quote", line_count=1), template)
+        try:
+            render_pdf(sample_contract(kind="quote", line_count=1), template)
+        except RenderError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]]:

@@ -75,6 +75,10 @@ class Control:
             web.delete("/_control/faults", g(self.clear_faults)),
             web.post("/_control/faults/errors", g(self.add_error_fault)),
             web.post("/_control/faults/latency", g(self.add_latency_fault)),
+            # before /_control/faults/{id}: routes match in registration order
+            web.get("/_control/faults/row-locks", g(self.row_locks)),
+            web.post("/_control/faults/row-locks", g(self.lock_rows)),
+            web.delete("/_control/faults/row-locks", g(self.unlock_rows)),
             web.delete("/_control/faults/{id}", g(self.remove_fault)),
             web.post("/_control/auth/revoke", g(self.revoke_tokens)),
             web.get("/_control/streaming/clients", g(self.streaming_clients)),
@@ -223,6 +227,7 @@ class Control:
 
     async def clear_faults(self, request: web.Request) -> web.Response:
         self.org.faults.clear()
+        self.org.store.unlock_all()
         self.bayeux.wake_all("fault")
         return web.json_response(self.org.faults.describe())
 
@@ -252,6 +257,35 @@ class Control:
         except (TypeError, ValueError) as exc:
             raise ControlError(400, str(exc)) from exc
         return web.json_response({"id": fault.id}, status=201)
+
+    async def row_locks(self, request: web.Request) -> web.Response:
+        return web.json_response({"locked": self.org.store.locked_records()})
+
+    @staticmethod
+    def _record_ids(body: dict[str, Any], *, required: bool) -> list[str] | None:
+        ids = body.get("recordIds")
+        if ids is None and not required:
+            return None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            raise ControlError(400, "recordIds (a non-empty list of record ids) is required")
+        return ids
+
+    async def lock_rows(self, request: web.Request) -> web.Response:
+        """Row-lock contention: every write touching these records fails with UNABLE_TO_LOCK_ROW until
+        they are unlocked (reads still work, as in Salesforce)."""
+        ids = self._record_ids(await _json(request), required=True) or []
+        for record_id in ids:
+            self.org.store.lock_record(record_id)
+        return web.json_response({"locked": self.org.store.locked_records()})
+
+    async def unlock_rows(self, request: web.Request) -> web.Response:
+        ids = self._record_ids(await _json(request), required=False)
+        if ids is None:
+            self.org.store.unlock_all()
+        else:
+            for record_id in ids:
+                self.org.store.unlock_record(record_id)
+        return web.json_response({"locked": self.org.store.locked_records()})
 
     async def remove_fault(self, request: web.Request) -> web.Response:
         if not self.org.faults.remove(request.match_info["id"]):

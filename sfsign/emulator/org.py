@@ -93,7 +93,8 @@ class ConnectedApp:
 
 # --------------------------------------------------------------------------------------------- faults
 
-FAULT_MODES = ("respond", "abort_before", "abort_after")
+FAULT_MODES = ("respond", "abort_before", "abort_after", "hold_after")
+HOLD_AFTER_MAX_S = 300.0  # a held answer is dropped after this long, whatever the client does
 
 
 @dataclass
@@ -102,7 +103,9 @@ class ErrorFault:
 
     `count` limits how many requests are hit (None: unlimited); `rate` hits each matching request with
     that probability (None: every one). `abort_after` lets the request take effect and then drops the
-    connection: the "did my upload happen?" case.
+    connection: the "did my upload happen?" case. `hold_after` lets it take effect and never answers
+    (until the client gives up, or `HOLD_AFTER_MAX_S`): the window in which a client that crashes has
+    written without knowing it.
     """
 
     id: str

@@ -36,7 +36,7 @@ from sfsign.emulator.bus import DEFAULT_CDC_ENTITIES, EventBus
 from sfsign.emulator.cometd import BayeuxServer
 from sfsign.emulator.control import Control
 from sfsign.emulator.oauth import oauth_routes
-from sfsign.emulator.org import ConnectedApp, Org
+from sfsign.emulator.org import HOLD_AFTER_MAX_S, ConnectedApp, Org
 from sfsign.emulator.rest import rest_routes
 from sfsign.emulator.schema import build_org_schema
 from sfsign.emulator.store import OrgStore
@@ -341,9 +341,13 @@ class Emulator:
         fault = faults.error_for(request.method, request.path)
         if fault is None:
             return await handler(request)
-        if fault.mode == "abort_after":
+        if fault.mode in ("abort_after", "hold_after"):
             await handler(request)
-        if fault.mode in ("abort_before", "abort_after"):
+        if fault.mode == "hold_after":
+            # The write happened; the answer never comes. aiohttp cancels this wait when the client
+            # disconnects (handler_cancellation), so a killed client frees it at once.
+            await asyncio.sleep(HOLD_AFTER_MAX_S)
+        if fault.mode in ("abort_before", "abort_after", "hold_after"):
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError

@@ -198,6 +198,15 @@ class OrgStore:
     def unlock_record(self, record_id: str) -> None:
         self._locks.discard(normalize_id(record_id) or record_id)
 
+    def unlock_all(self) -> int:
+        """Release every simulated row lock; returns how many there were."""
+        count = len(self._locks)
+        self._locks.clear()
+        return count
+
+    def locked_records(self) -> list[str]:
+        return sorted(self._locks)
+
     def object(self, sobject: str) -> ObjectSpec:
         spec = self.schema.get(sobject)
         if spec is None:

@@ -12,7 +12,11 @@ body). This client makes every such case explicit:
 * `403::Unknown client` → handshake again and resubscribe; `401` (Bayeux or raw HTTP) → one token
   refresh through the shared Authenticator, then handshake: never a loop on a stale token;
 * network errors, 5xx and aborted long polls → capped exponential backoff with jitter;
-* a long poll unanswered after `advice.timeout` + margin is abandoned (half-open connection).
+* a long poll unanswered after `advice.timeout` + margin is abandoned (half-open connection);
+* one clear "disconnected" signal per outage: `connected` flips to False once (with one
+  `salesforce.stream.disconnected` log line) and back once (`salesforce.stream.reconnected`). A
+  routine hiccup that the immediate recovery fixes (a long poll cut by a proxy, `403::Unknown
+  client`, a revoked token) is no outage: `connected` stays True and nothing alarming is logged.
 
 Messages are yielded in order, one connect batch at a time; the next `/meta/connect` is sent when
 the consumer asks for the message after the batch. Salesforce drops a client that does not
@@ -72,7 +76,9 @@ RecoveryKind = Literal["retry", "handshake", "auth", "long"]
 class _Recover(Exception):
     """Internal: how to get back to a working session after a failure.
 
-    `immediate`: the first occurrence skips the backoff (403::Unknown client, a revoked token).
+    `immediate`: the first occurrence skips the backoff (403::Unknown client, a revoked token, a long
+    poll whose connection was cut); while the session was healthy it is not reported as an outage
+    unless that immediate recovery fails too.
     `token`: the token the failed request carried, so `refresh` replaces exactly that one.
     """
 
@@ -211,7 +217,8 @@ class StreamClient:
                 if not exc.transient:
                     raise  # e.g. invalid_grant: no retry fixes the configuration
                 await self._recover(_Recover("retry", str(exc)))
-            except (ReplayIdInvalid, SubscriptionFailed):
+            except (ReplayIdInvalid, SubscriptionFailed) as exc:
+                self._set_disconnected(str(exc))  # not subscribed until the caller has dealt with it
                 raise
             except Exception:
                 if self._closed:
@@ -396,6 +403,9 @@ class StreamClient:
                 )
         except TimeoutError:
             raise _Recover("retry", f"no answer within {deadline_s:.0f} s (half-open connection?)") from None
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+            # the connection was cut mid-exchange (proxy idle timeout, load balancer): retry at once
+            raise _Recover("retry", f"{type(exc).__name__}: {exc}", immediate=True) from None
         except httpx.HTTPError as exc:
             raise _Recover("retry", f"{type(exc).__name__}: {exc}") from None
         if response.status_code == 401:
@@ -448,12 +458,26 @@ class StreamClient:
     # ------------------------------------------------------------------ state
 
     def _mark_connected(self) -> None:
+        down_since = self.disconnected_since
         self.connected = True
         self.disconnected_since = None
-        if self._had_failure:
-            self.reconnects += 1
-            self._had_failure = False
-            log.info("salesforce.stream.reconnected", reconnects=self.reconnects)
+        if not self._had_failure:
+            return
+        self.reconnects += 1
+        self._had_failure = False
+        if down_since is None:  # a hiccup fixed by the immediate recovery: no outage to close
+            log.info("salesforce.stream.recovered", reconnects=self.reconnects)
+        else:
+            log.info("salesforce.stream.reconnected", reconnects=self.reconnects,
+                     down_s=round(time.time() - down_since, 1))
+
+    def _set_disconnected(self, reason: str) -> None:
+        """The one "disconnected" signal of an outage: flips `connected` and logs, once."""
+        if not self.connected:
+            return
+        self.connected = False
+        self.disconnected_since = time.time()
+        log.error("salesforce.stream.disconnected", reason=reason)
 
     def _connect_ok(self) -> None:
         self._failures = 0
@@ -468,11 +492,6 @@ class StreamClient:
     async def _recover(self, failure: _Recover) -> None:
         self._failures += 1
         self._had_failure = True
-        if self.connected:
-            self.connected = False
-            self.disconnected_since = time.time()
-        log.warning("salesforce.stream.failure", kind=failure.kind, reason=failure.reason,
-                    failures=self._failures)
         if failure.kind != "retry":
             self._client_id = None
             self._subscribed.clear()
@@ -482,6 +501,13 @@ class StreamClient:
             delay = 0.0
         else:
             delay = self.backoff_delay(self._failures)
+        if self.connected and failure.immediate and self._failures == 1:
+            # routine (proxy cut, forgotten client, revoked token): reported only if this recovery fails too
+            log.info("salesforce.stream.recovering", kind=failure.kind, reason=failure.reason)
+        else:
+            self._set_disconnected(failure.reason)
+            log.warning("salesforce.stream.failure", kind=failure.kind, reason=failure.reason,
+                        failures=self._failures, retry_in_s=round(delay, 3))
         if delay > 0 and not self._closed:
             await self._sleep(delay)
         if failure.kind == "auth" and not self._closed:
