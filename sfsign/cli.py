@@ -17,6 +17,7 @@ from sfsign.config import ConfigError, Rules, Settings, load_rules, load_setting
 from sfsign.ops.logging import configure_logging
 from sfsign.outbox import JobState, OutboxStore
 from sfsign.salesforce.errors import AuthError
+from sfsign.salesforce.stream import SubscriptionFailed
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -139,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sfsign: Salesforce refused the login: {exc}\n"
               "Check SFSIGN_LOGIN_URL, the consumer key, the user and that the connected app is pre-authorized "
               "for this user (docs/salesforce-setup.md).", file=sys.stderr)
+        return 3
+    except SubscriptionFailed as exc:
+        print(f"sfsign: Salesforce refused a subscription: {exc}\n"
+              "For a /data/...ChangeEvent channel, select the object for Change Data Capture in Setup; for "
+              "/event/Sign_Request__e, deploy salesforce-metadata/. Or remove the rules that need it.",
+              file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     workers: int = Field(4, ge=1, le=64, description="jobs processed concurrently")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     max_attempts: int = Field(8, ge=1, le=100)
+    retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
+    retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
 

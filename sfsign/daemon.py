@@ -26,6 +26,7 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.config import Rules, Settings, read_secret
 from sfsign.documents import jobs as doc_jobs
+from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Outbox, OutboxStore
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError
@@ -89,6 +90,7 @@ class Daemon:
         self.stream: StreamClient | None = None
         self.stopped_by: signal.Signals | None = None
         self.authenticator: Authenticator | None = None
+        self.metrics = Metrics()
         self._reconcile_wake = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -137,9 +139,12 @@ class Daemon:
                     artifacts_dir=settings.data_dir / "artifacts",
                     concurrency=settings.workers,
                     max_attempts=settings.max_attempts,
+                    backoff_base_s=settings.retry_base_s,
+                    backoff_cap_s=settings.retry_cap_s,
                     multi_currency=settings.multi_currency,
                 ),
                 instance_url=lambda: (authenticator.current or token).instance_url,
+                metrics=self.metrics,
             )
             self.stream = StreamClient(
                 authenticator,
@@ -257,6 +262,7 @@ class Daemon:
         self.health.events_received += 1
         self.health.last_event_at = time.time()
         channel = str(message.get("channel", ""))
+        self.metrics.events_received.labels(channel).inc()
         try:
             event = parse_event(message)
         except MalformedEvent as exc:
@@ -285,6 +291,7 @@ class Daemon:
             await self.request_reconcile(decision.reconcile)
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs)
         for job in result.created:
+            self.metrics.jobs_created.labels(job.rule, job.source).inc()
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
                      source=job.source)
         for dup, why in result.duplicates:

@@ -37,6 +37,7 @@ from sfsign.documents.sign import (
     load_signer,
 )
 from sfsign.mapping import NotRenderable, build_document, file_name_for
+from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import fetch_records
@@ -96,6 +97,7 @@ class Worker:
         cpu_pool: Executor,
         config: WorkerConfig,
         instance_url: Callable[[], str],
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
         self.rest = rest
@@ -103,6 +105,7 @@ class Worker:
         self.cpu_pool = cpu_pool
         self.config = config
         self.instance_url = instance_url
+        self.metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -175,15 +178,21 @@ class Worker:
                     step = self._steps[job.state]
                     started = time.perf_counter()
                     job = await step(job)
+                    self.metrics.step_seconds.labels(step.__name__.lstrip("_")).observe(
+                        time.perf_counter() - started
+                    )
                     log.info(
                         "step done",
                         step=step.__name__.lstrip("_"),
                         state=job.state.value,
                         ms=round((time.perf_counter() - started) * 1000, 1),
                     )
-                if job.state is JobState.DONE and job.event_time_ms:
-                    latency = job.updated_at * 1000 - job.event_time_ms
-                    log.info("job done", end_to_end_ms=round(latency))
+                if job.state is JobState.DONE:
+                    self.metrics.documents_signed.labels(job.rule).inc()
+                    if job.event_time_ms:
+                        latency = job.updated_at * 1000 - job.event_time_ms
+                        self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
+                        log.info("job done", end_to_end_ms=round(latency))
             except PermanentFailure as exc:
                 await self._fail_permanently(job, exc.reason, exc.code)
             except TransientFailure as exc:
@@ -202,7 +211,11 @@ class Worker:
 
     async def _schedule_retry(self, job: Job, reason: str, code: str, long_backoff: bool) -> None:
         attempts = job.attempts + 1
+        self.metrics.retries.labels(code).inc()
+        if attempts >= self.config.alert_after_attempts:
+            self.metrics.failing_jobs.labels(code).inc()
         if attempts >= self.config.max_attempts:
+            self.metrics.dead_jobs.inc()
             log.error("job dead: attempts exhausted", attempts=attempts, error_code=code, reason=reason)
             job = await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=reason,
                                            error_code=code)
@@ -221,6 +234,7 @@ class Worker:
 
     async def _fail_permanently(self, job: Job, reason: str, code: str) -> None:
         log.error("job failed permanently", error_code=code, reason=reason)
+        self.metrics.errored_jobs.labels(code).inc()
         job = await self.outbox.update(job.id, last_error=reason, error_code=code)
         try:
             await self._write_error(job, reason)

@@ -80,16 +80,20 @@ class _Recover(Exception):
     poll whose connection was cut); while the session was healthy it is not reported as an outage
     unless that immediate recovery fails too.
     `token`: the token the failed request carried, so `refresh` replaces exactly that one.
+    `answer_lost`: the request may have reached the server but its answer never arrived (connection
+    cut after sending, no answer in time): events the server put in that answer are gone.
     """
 
     def __init__(
-        self, kind: RecoveryKind, reason: str, *, immediate: bool = False, token: AccessToken | None = None
+        self, kind: RecoveryKind, reason: str, *, immediate: bool = False, token: AccessToken | None = None,
+        answer_lost: bool = False,
     ) -> None:
         super().__init__(f"{kind}: {reason}")
         self.kind = kind
         self.reason = reason
         self.immediate = immediate
         self.token = token
+        self.answer_lost = answer_lost
 
 
 @dataclass
@@ -342,7 +346,16 @@ class StreamClient:
             "id": self._next_id(),
         }
         timeout = self._advice.timeout_ms / 1000 + self._margin
-        token, replies = await self._post([message], timeout)
+        try:
+            token, replies = await self._post([message], timeout)
+        except _Recover as failure:
+            if failure.kind == "retry" and failure.answer_lost:
+                # The server dequeues the events it writes into a connect answer, with no acknowledgement:
+                # if that answer was lost, the same session never sees them again. A new session that
+                # subscribes from the committed replay ids gets them replayed (measured: the emulator drops
+                # them exactly like that when a long poll is cut).
+                raise _Recover("handshake", failure.reason, immediate=failure.immediate) from None
+            raise
         if any(r.get("channel") == "/meta/disconnect" for r in replies):
             raise _Recover("handshake", "server sent /meta/disconnect", immediate=True)
         reply = self._reply(replies, "/meta/connect")
@@ -402,10 +415,11 @@ class StreamClient:
                     self._url(token), json=payload, headers={"Authorization": token.bearer}
                 )
         except TimeoutError:
-            raise _Recover("retry", f"no answer within {deadline_s:.0f} s (half-open connection?)") from None
-        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
-            # the connection was cut mid-exchange (proxy idle timeout, load balancer): retry at once
-            raise _Recover("retry", f"{type(exc).__name__}: {exc}", immediate=True) from None
+            raise _Recover("retry", f"no answer within {deadline_s:g} s (half-open connection?)",
+                           answer_lost=True) from None
+        except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            # the connection was cut after the request went out (proxy idle timeout, load balancer)
+            raise _Recover("retry", f"{type(exc).__name__}: {exc}", immediate=True, answer_lost=True) from None
         except httpx.HTTPError as exc:
             raise _Recover("retry", f"{type(exc).__name__}: {exc}") from None
         if response.status_code == 401:

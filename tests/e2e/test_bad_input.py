@@ -247,3 +247,13 @@ async def test_unreachable_login_url_keeps_retrying_and_stops_cleanly(settings: 
     assert not task.done() and not daemon.health.authenticated  # waiting, not crashed
     daemon.request_stop()
     await asyncio.wait_for(task, 10)
+
+
+async def test_a_channel_the_org_does_not_offer_ends_the_daemon_with_the_fix(
+    settings: Settings, control: ControlClient
+) -> None:
+    await control.post("/_control/streaming/cdc-entities", {"entities": ["Opportunity"]})
+    result = await asyncio.to_thread(_run_cli, settings)
+    assert result.returncode == 3, result.stderr
+    assert "/data/QuoteChangeEvent" in result.stderr and "Change Data Capture" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -147,3 +147,23 @@ async def _jobs(settings: Settings) -> list[Job]:
         return store.jobs()
     finally:
         store.close()
+
+
+async def test_third_failed_attempt_raises_the_alert_metric_and_the_job_still_completes(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    # 3 in-step tries per attempt: 9 failures = 3 failed attempts of the fetch step.
+    await _fault(control, prefix="/services/data/v62.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
+                 message="Server Unavailable", count=9)
+    fast = settings.model_copy(update={"retry_base_s": 0.05, "retry_cap_s": 0.2})
+    async with run_daemon(fast, rules) as daemon:
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+        alerts = daemon.metrics.registry.get_sample_value(
+            "sfsign_job_failure_alerts_total", {"error_code": "SERVER_UNAVAILABLE"})
+        retries = daemon.metrics.registry.get_sample_value("sfsign_retries_total", {"error_code": "SERVER_UNAVAILABLE"})
+        signed = daemon.metrics.registry.get_sample_value("sfsign_documents_signed_total",
+                                                          {"rule": "opportunity-proposal"})
+    assert record["Sign_Status__c"] == "Signed"
+    assert retries == 3 and alerts == 1 and signed == 1
