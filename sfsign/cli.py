@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,18 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from sfsign.check import as_json, render_table, run_checks
+
+    settings, rules = _settings_and_rules(args)
+    checks = asyncio.run(run_checks(settings, rules))
+    if args.json:
+        print(json.dumps(as_json(checks), indent=2))
+    else:
+        print(render_table(checks))
+    return 1 if any(c.ok is False for c in checks) else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sfsign.demo import run_demo
 
@@ -112,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     emu = sub.add_parser("emulator", help="the embedded Salesforce emulator")
     emu.add_argument("rest", nargs=argparse.REMAINDER, help="serve [--port P] [--data-dir D] [--json-out FILE]")
     emu.set_defaults(func=_cmd_emulator)
+
+    check = sub.add_parser("check", help="prove the org and this installation are ready (exit 1 if not)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    check.set_defaults(func=_cmd_check)
 
     retry = sub.add_parser("retry", help="re-queue failed jobs after the cause is fixed")
     which = retry.add_mutually_exclusive_group(required=True)

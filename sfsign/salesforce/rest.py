@@ -325,6 +325,18 @@ class SalesforceRest:
         result = await self._call(lambda sf: sf.restful(path, params=params))
         return dict(result or {})
 
+    async def versions(self) -> list[str]:
+        """API versions the org serves (`GET /services/data/`, which does not count against limits)."""
+
+        def run(sf: simple_salesforce.Salesforce) -> Any:
+            response = sf.session.get(f"https://{sf.sf_instance}/services/data/", headers=sf.headers)
+            if response.status_code >= 300:
+                exception_handler(response, name="versions")
+            return response.json()
+
+        body = await self._call(run)
+        return [str(v["version"]) for v in body if isinstance(v, dict) and "version" in v]
+
     async def describe(self, sobject: str) -> dict[str, Any]:
         path = f"sobjects/{validate_api_name(sobject)}/describe"
         return dict(await self._call(lambda sf: sf.restful(path)) or {})

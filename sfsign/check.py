@@ -1,0 +1,237 @@
+"""`sfsign check`: proves an org (and this installation) is ready, item by item, with the fix for each miss.
+
+Every check uses the same code path the daemon uses — the same login, the same SOQL, the same
+subscription, the same key loading and rendering — so "check passes" means "the daemon will work",
+not "the fields look right".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sfsign.config import SFSIGN_OWNED_FIELDS, Rules, Settings
+from sfsign.documents.model import sample_contract
+from sfsign.documents.render import RenderError, render_pdf
+from sfsign.metadata import MetadataError, load_schema
+from sfsign.salesforce.auth import Authenticator
+from sfsign.salesforce.errors import AuthError, SalesforceError
+from sfsign.salesforce.records import opportunity_select, quote_select
+from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
+from sfsign.worker import preflight_profiles, signing_request
+
+EXPIRY_WARNING = timedelta(days=30)
+
+# Metadata API field types → the type `describe` reports for them.
+DESCRIBE_TYPES = {
+    "Text": "string", "Picklist": "picklist", "Url": "url", "DateTime": "datetime", "Date": "date",
+    "LongTextArea": "textarea", "TextArea": "textarea", "Checkbox": "boolean", "Number": "double",
+    "Lookup": "reference", "MasterDetail": "reference", "Email": "email", "Phone": "phone",
+    "Currency": "currency", "Percent": "percent", "AutoNumber": "string",
+}
+SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: not run (an earlier check failed, or not configured)
+    detail: str
+    fix: str = ""
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name, True, detail)
+
+
+def _fail(name: str, detail: str, fix: str) -> Check:
+    return Check(name, False, detail, fix)
+
+
+def check_signing(rules: Rules) -> list[Check]:
+    problems = preflight_profiles(rules)
+    if problems:
+        return [_fail("signing keys", p, "fix the key file, its passphrase variable or the certificate")
+                for p in problems]
+    out = []
+    from sfsign.documents.sign import load_signer
+
+    for name in sorted({r.profile for r in rules.rules}):
+        cert = load_signer(signing_request(rules.profiles[name]).key).signing_cert
+        if cert is None:
+            continue  # preflight_profiles already reported it
+        not_after: datetime = cert["tbs_certificate"]["validity"]["not_after"].native
+        left = not_after - datetime.now(UTC)
+        detail = f"profile {name!r}: {cert.subject.human_friendly}, valid until {not_after:%Y-%m-%d}"
+        if left < EXPIRY_WARNING:
+            out.append(_fail("signing certificate expiry", f"{detail} ({left.days} days left)",
+                             "order a new certificate now and put it in the profile's key file"))
+        else:
+            out.append(_ok("signing certificate", detail))
+    tsa = [n for n, p in rules.profiles.items() if p.level != "B-B"]
+    out.append(Check("timestamp authority", None if not tsa else False,
+                     "no profile uses a timestamp (level B-B)" if not tsa else "TSA levels are not supported yet"))
+    return out
+
+
+def check_templates(rules: Rules) -> list[Check]:
+    out = []
+    for template in sorted({str(t) for t in rules.templates.values()}):
+        try:
+            rendered = render_pdf(sample_contract(kind="quote", line_count=12), template)
+        except RenderError as exc:
+            out.append(_fail("template", str(exc), "fix the template (line and message above)"))
+            continue
+        out.append(_ok("template", f"{template}: {rendered.pages} page(s) for a 12-line sample"))
+    return out
+
+
+async def check_org(settings: Settings, rules: Rules, authenticator: Authenticator) -> list[Check]:
+    out: list[Check] = []
+    try:
+        token = await authenticator.token()
+    except AuthError as exc:
+        return [_fail("login", str(exc), "check SFSIGN_LOGIN_URL, the consumer key, the username and that the "
+                      "connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
+    out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
+    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        versions = await rest.versions()
+        if settings.api_version in versions:
+            out.append(_ok("API version", f"{settings.api_version} (the org serves up to {max(versions)})"))
+        else:
+            out.append(_fail("API version", f"{settings.api_version} is not served by this org",
+                             f"set SFSIGN_API_VERSION to one of {', '.join(versions[-3:])}"))
+        out += await _check_schema(rest, rules)
+        out += await _check_queries(rest, rules, settings.multi_currency)
+    except SalesforceError as exc:
+        out.append(_fail("REST API", str(exc), "check the integration user's profile: API Enabled"))
+    finally:
+        await rest.close()
+    out += await _check_streaming(settings, rules, authenticator)
+    return out
+
+
+async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
+    try:
+        package = load_schema()
+    except MetadataError as exc:
+        return [_fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
+    out = []
+    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", "Sign_Request__e"]
+    for sobject in objects:
+        try:
+            describe = await rest.describe(sobject)
+        except SalesforceError as exc:
+            out.append(_fail(f"object {sobject}", str(exc),
+                             f"deploy salesforce-metadata/ and give the integration user access to {sobject}"))
+            continue
+        fields = {f["name"]: f for f in describe.get("fields", [])}
+        expected = package.objects.get(sobject)
+        problems = []
+        for fdef in (expected.fields.values() if expected else []):
+            got = fields.get(fdef.name)
+            want = DESCRIBE_TYPES.get(fdef.type, fdef.type.lower())
+            if got is None:
+                problems.append(f"{fdef.name} is missing (or not visible to the integration user)")
+            elif got.get("type") != want:
+                problems.append(f"{fdef.name} is {got.get('type')}, expected {want}")
+            elif fdef.length and got.get("type") == "string" and int(got.get("length") or 0) < fdef.length:
+                problems.append(f"{fdef.name} holds {got.get('length')} characters, expected {fdef.length}")
+            elif sobject in SELECTS and fdef.name in SFSIGN_OWNED_FIELDS and not got.get("updateable"):
+                problems.append(f"{fdef.name} is read-only for the integration user")
+            elif sobject == "ContentVersion" and not got.get("createable"):
+                problems.append(f"{fdef.name} cannot be set by the integration user")
+        for rule in rules.for_object(sobject):
+            field = fields.get(rule.field)
+            if field is None:
+                problems.append(f"rule {rule.name}: field {rule.field} does not exist")
+                continue
+            allowed = {v.get("value") for v in field.get("picklistValues") or []}
+            missing = [v for v in rule.values if allowed and v not in allowed]
+            if missing:
+                problems.append(f"rule {rule.name}: {rule.field} has no value {', '.join(map(repr, missing))}")
+        if problems:
+            out.append(_fail(f"object {sobject}", "; ".join(problems),
+                             "deploy salesforce-metadata/ (sf project deploy start) and assign the "
+                             "sfsign_Integration permission set to the integration user"))
+        else:
+            out.append(_ok(f"object {sobject}", f"{len(expected.fields) if expected else 0} sfsign fields present"))
+    return out
+
+
+async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: bool) -> list[Check]:
+    """The exact SOQL the worker sends, with a filter that matches nothing."""
+    out = []
+    for sobject in sorted({r.object for r in rules.rules} & set(SELECTS)):
+        try:
+            await rest.query(f"{SELECTS[sobject](multi_currency)} WHERE Id = null LIMIT 1")
+        except SalesforceError as exc:
+            fix = "grant read access to these fields, or set SFSIGN_MULTI_CURRENCY=false in a single-currency org"
+            out.append(_fail(f"read {sobject}", str(exc), fix))
+            continue
+        out.append(_ok(f"read {sobject}", "record, account, contact and line items are readable"))
+    return out
+
+
+async def _check_streaming(settings: Settings, rules: Rules, authenticator: Authenticator) -> list[Check]:
+    stream = StreamClient(authenticator, channels=rules.channels(), replay_source=lambda _c: None,
+                          api_version=settings.api_version)
+    async def first_message() -> dict[str, Any]:
+        async for message in stream.messages():
+            return message
+        return {}
+
+    reader = asyncio.create_task(first_message())
+    try:
+        async with asyncio.timeout(30):
+            while not set(stream.channels) <= set(stream.subscribed_replay):
+                if reader.done():
+                    reader.result()
+                await asyncio.sleep(0.05)
+        return [_ok("streaming", f"subscribed to {', '.join(stream.channels)}")]
+    except SubscriptionFailed as exc:
+        return [_fail("streaming", str(exc), "select the object for Change Data Capture in Setup (or deploy the "
+                      "PlatformEventChannelMember files) and grant the integration user View All on it")]
+    except (ReplayIdInvalid, AuthError, TimeoutError, Exception) as exc:
+        return [_fail("streaming", f"{type(exc).__name__}: {exc}", "check network access to /cometd/")]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        await stream.aclose()
+
+
+async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
+    checks = await asyncio.to_thread(check_signing, rules)
+    checks += await asyncio.to_thread(check_templates, rules)
+    from sfsign.daemon import auth_config
+
+    authenticator = Authenticator(auth_config(settings))
+    try:
+        checks += await check_org(settings, rules, authenticator)
+    finally:
+        await authenticator.aclose()
+    return checks
+
+
+def as_json(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in checks]
+
+
+def render_table(checks: list[Check]) -> str:
+    mark = {True: "ok  ", False: "FAIL", None: "skip"}
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{mark[c.ok]}  {c.name.ljust(width)}  {c.detail}")
+        if c.ok is False and c.fix:
+            lines.append(f"      {''.ljust(width)}  fix: {c.fix}")
+    failed = sum(1 for c in checks if c.ok is False)
+    lines.append("")
+    lines.append("ready: every check passed" if not failed else f"not ready: {failed} check(s) failed")
+    return "\n".join(lines)
