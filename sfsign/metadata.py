@@ -36,8 +36,20 @@ class FieldDef:
     picklist_values: tuple[str, ...] = ()
     restricted_picklist: bool = False
     reference_to: str | None = None
-    relationship_name: str | None = None
+    relationship_name: str | None = None  # Lookup/MasterDetail: the child relationship name (parent -> children)
+    relationship_label: str | None = None
+    delete_constraint: str | None = None  # Lookup: SetNull, Restrict, Cascade
+    visible_lines: int | None = None
+    display_format: str | None = None  # AutoNumber: e.g. SE-{00000000}
+    case_sensitive: bool = False
     description: str = ""
+
+    @property
+    def parent_relationship_name(self) -> str | None:
+        """The name a child uses to reach its parent in SOQL (`Opportunity__c` -> `Opportunity__r`)."""
+        if self.type not in ("Lookup", "MasterDetail"):
+            return None
+        return f"{self.name[:-3]}__r" if self.name.endswith("__c") else self.name
 
 
 @dataclass
@@ -48,6 +60,9 @@ class ObjectDef:
     label: str = ""
     custom: bool = False  # the object itself is defined by the package (`__c`, `__e`)
     event_type: str | None = None  # platform events: HighVolume / StandardVolume
+    plural_label: str = ""
+    name_field: FieldDef | None = None  # custom objects: the `nameField` (Text or AutoNumber)
+    sharing_model: str | None = None
     fields: dict[str, FieldDef] = field(default_factory=dict)
 
     @property
@@ -55,11 +70,48 @@ class ObjectDef:
         return self.name.endswith("__e")
 
 
+@dataclass(frozen=True)
+class FieldPermission:
+    """One `fieldPermissions` entry of a permission set (`field` is `Object.Field__c`)."""
+
+    field: str
+    readable: bool
+    editable: bool
+
+
+@dataclass(frozen=True)
+class ObjectPermission:
+    """One `objectPermissions` entry of a permission set."""
+
+    object: str
+    allow_read: bool = False
+    allow_create: bool = False
+    allow_edit: bool = False
+    allow_delete: bool = False
+    view_all_records: bool = False
+    modify_all_records: bool = False
+
+
+@dataclass
+class PermissionSetDef:
+    """A permission set of the package: what the integration user and the reps may read and write."""
+
+    name: str
+    label: str
+    field_permissions: dict[str, FieldPermission] = field(default_factory=dict)
+    object_permissions: dict[str, ObjectPermission] = field(default_factory=dict)
+    user_permissions: frozenset[str] = frozenset()
+
+
 @dataclass
 class Schema:
     """Everything the package defines, by object API name."""
 
     objects: dict[str, ObjectDef] = field(default_factory=dict)
+    # Change Data Capture selection (`PlatformEventChannelMember` on the ChangeEvents channel): entity names
+    # such as `Opportunity`, in the order of the files.
+    cdc_entities: tuple[str, ...] = ()
+    permission_sets: dict[str, PermissionSetDef] = field(default_factory=dict)
 
     def field(self, object_name: str, field_name: str) -> FieldDef | None:
         obj = self.objects.get(object_name)
@@ -101,16 +153,25 @@ def _parse(path: Path) -> ET.Element:
         raise MetadataError(f"{path}: not well-formed XML: {exc}") from exc
 
 
-def parse_field(path: Path, object_name: str) -> FieldDef:
+def _root(path: Path, tag: str) -> ET.Element:
     root = _parse(path)
-    if root.tag != f"{{{NS['md']}}}CustomField":
-        raise MetadataError(f"{path}: root element must be CustomField in the metadata namespace")
+    if root.tag != f"{{{NS['md']}}}{tag}":
+        raise MetadataError(f"{path}: root element must be {tag} in the metadata namespace")
+    return root
+
+
+def parse_field(path: Path, object_name: str) -> FieldDef:
+    root = _root(path, "CustomField")
     name = _text(root, "fullName")
-    ftype = _text(root, "type")
-    if not name or not ftype:
-        raise MetadataError(f"{path}: fullName and type are required")
-    if f"{name}.field-meta.xml" != path.name:
+    if name is None or f"{name}.field-meta.xml" != path.name:
         raise MetadataError(f"{path}: fullName {name!r} does not match the file name")
+    return _field_from(root, path, object_name, name)
+
+
+def _field_from(root: ET.Element, path: Path, object_name: str, name: str) -> FieldDef:
+    ftype = _text(root, "type")
+    if not ftype:
+        raise MetadataError(f"{path}: fullName and type are required")
     values: list[str] = []
     restricted = False
     value_set = root.find("md:valueSet", NS)
@@ -135,14 +196,65 @@ def parse_field(path: Path, object_name: str) -> FieldDef:
         restricted_picklist=restricted,
         reference_to=_text(root, "referenceTo"),
         relationship_name=_text(root, "relationshipName"),
+        relationship_label=_text(root, "relationshipLabel"),
+        delete_constraint=_text(root, "deleteConstraint"),
+        visible_lines=_int(root, "visibleLines"),
+        display_format=_text(root, "displayFormat"),
+        case_sensitive=_bool(root, "caseSensitive"),
         description=_text(root, "description") or "",
     )
 
 
+def _parse_object(path: Path, obj: ObjectDef) -> None:
+    root = _root(path, "CustomObject")
+    obj.custom = True
+    obj.label = _text(root, "label") or obj.name
+    obj.plural_label = _text(root, "pluralLabel") or obj.label
+    obj.event_type = _text(root, "eventType")
+    obj.sharing_model = _text(root, "sharingModel")
+    name_field = root.find("md:nameField", NS)
+    if name_field is not None:
+        obj.name_field = _field_from(name_field, path, obj.name, "Name")
+
+
+def parse_channel_member(path: Path) -> str:
+    """A CDC selection file → the selected entity (`OpportunityChangeEvent` → `Opportunity`)."""
+    root = _root(path, "PlatformEventChannelMember")
+    channel, selected = _text(root, "eventChannel"), _text(root, "selectedEntity")
+    if channel != "ChangeEvents" or not selected:
+        raise MetadataError(f"{path}: only selections on the ChangeEvents channel are supported")
+    if selected.endswith("__ChangeEvent"):
+        return f"{selected[: -len('ChangeEvent')]}c"
+    if not selected.endswith("ChangeEvent"):
+        raise MetadataError(f"{path}: selectedEntity {selected!r} is not a change event")
+    return selected[: -len("ChangeEvent")]
+
+
+def parse_permission_set(path: Path) -> PermissionSetDef:
+    root = _root(path, "PermissionSet")
+    name = path.name.removesuffix(".permissionset-meta.xml")
+    pset = PermissionSetDef(name=name, label=_text(root, "label") or name)
+    for fp in root.findall("md:fieldPermissions", NS):
+        fname = _text(fp, "field") or ""
+        pset.field_permissions[fname] = FieldPermission(fname, _bool(fp, "readable"), _bool(fp, "editable"))
+    for op in root.findall("md:objectPermissions", NS):
+        oname = _text(op, "object") or ""
+        pset.object_permissions[oname] = ObjectPermission(
+            oname, allow_read=_bool(op, "allowRead"), allow_create=_bool(op, "allowCreate"),
+            allow_edit=_bool(op, "allowEdit"), allow_delete=_bool(op, "allowDelete"),
+            view_all_records=_bool(op, "viewAllRecords"), modify_all_records=_bool(op, "modifyAllRecords"),
+        )
+    pset.user_permissions = frozenset(
+        _text(up, "name") or "" for up in root.findall("md:userPermissions", NS) if _bool(up, "enabled")
+    )
+    return pset
+
+
 def load_schema(metadata_dir: Path | None = None) -> Schema:
-    """Load every object folder under `force-app/main/default/objects`."""
+    """Load the objects, the CDC selection and the permission sets under `force-app/main/default`."""
     base = metadata_dir or default_metadata_dir()
-    objects_dir = base / "force-app" / "main" / "default" / "objects"
+    default_dir = base / "force-app" / "main" / "default"
+    objects_dir = default_dir / "objects"
     if not objects_dir.is_dir():
         raise MetadataError(f"{objects_dir}: no objects folder in the SFDX package")
     schema = Schema()
@@ -150,12 +262,14 @@ def load_schema(metadata_dir: Path | None = None) -> Schema:
         obj = ObjectDef(name=obj_dir.name)
         meta = obj_dir / f"{obj_dir.name}.object-meta.xml"
         if meta.exists():
-            root = _parse(meta)
-            obj.custom = True
-            obj.label = _text(root, "label") or obj.name
-            obj.event_type = _text(root, "eventType")
+            _parse_object(meta, obj)
         for fpath in sorted((obj_dir / "fields").glob("*.field-meta.xml")):
             fdef = parse_field(fpath, obj.name)
             obj.fields[fdef.name] = fdef
         schema.objects[obj.name] = obj
+    members = sorted((default_dir / "platformEventChannelMembers").glob("*.platformEventChannelMember-meta.xml"))
+    schema.cdc_entities = tuple(parse_channel_member(p) for p in members)
+    for ppath in sorted((default_dir / "permissionsets").glob("*.permissionset-meta.xml")):
+        pset = parse_permission_set(ppath)
+        schema.permission_sets[pset.name] = pset
     return schema

@@ -73,6 +73,7 @@ class FieldSpec:
     compound_field_name: str | None = None  # e.g. BillingStreet -> BillingAddress
     compound_component: str | None = None  # name inside the compound value in change events: Street
     html_formatted: bool = False
+    display_format: str | None = None  # custom auto-number fields: e.g. "SE-{00000000}"
     extra_type_info: str | None = None
 
     @property
@@ -848,6 +849,7 @@ def custom_field_spec(fdef: md.FieldDef, *, event: bool = False) -> FieldSpec:
         kw["updateable"] = False
     if ftype in ("string", "encryptedstring"):
         kw["length"] = fdef.length or 255
+        kw["case_sensitive"] = fdef.case_sensitive and fdef.unique
     elif ftype == "textarea":
         kw["length"] = fdef.length or (255 if fdef.type == "TextArea" else 32768)
         kw["extra_type_info"] = {"Html": "richtextarea", "TextArea": "plaintextarea"}.get(fdef.type)
@@ -869,12 +871,15 @@ def custom_field_spec(fdef: md.FieldDef, *, event: bool = False) -> FieldSpec:
         kw["defaulted_on_create"] = True
         kw["default_value"] = False
     elif ftype == "reference":
+        # `relationshipName` in the package names the parent's child relationship (`Signature_Events` →
+        # `Signature_Events__r`); the field's own relationship is its name with `__r` (`Opportunity__r`).
         kw["length"] = 18
         kw["reference_to"] = (fdef.reference_to,) if fdef.reference_to else ()
-        kw["relationship_name"] = f"{fdef.relationship_name}__r" if fdef.relationship_name else None
+        kw["relationship_name"] = fdef.parent_relationship_name
         kw["cascade_delete"] = fdef.type == "MasterDetail"
     if fdef.type == "AutoNumber":
-        kw.update(auto_number=True, createable=False, updateable=False, defaulted_on_create=True, length=30)
+        kw.update(auto_number=True, createable=False, updateable=False, defaulted_on_create=True, length=30,
+                  display_format=fdef.display_format or "{0}")
     if fdef.type == "Summary":
         kw.update(calculated=True, createable=False, updateable=False)
     return FieldSpec(name=fdef.name, type=ftype, label=fdef.label, **kw)
@@ -894,9 +899,14 @@ def _event_object(obj: md.ObjectDef, prefix: str) -> ObjectSpec:
 
 def _custom_object(obj: md.ObjectDef, prefix: str) -> ObjectSpec:
     label = obj.label or obj.name
-    spec = ObjectSpec(obj.name, label, label, prefix, custom=True)
-    spec.add(_id_field(), _owner(), _bool("IsDeleted", "Deleted", **RO),
-             _str("Name", f"{label} Name", 80, nillable=False, name_field=True),
+    spec = ObjectSpec(obj.name, label, obj.plural_label or label, prefix, custom=True)
+    name_def = obj.name_field
+    if name_def is not None and name_def.type == "AutoNumber":
+        name = _str("Name", name_def.label, 30, nillable=False, name_field=True, auto_number=True,
+                    defaulted_on_create=True, display_format=name_def.display_format or "{0}", **RO)
+    else:
+        name = _str("Name", name_def.label if name_def else f"{label} Name", 80, nillable=False, name_field=True)
+    spec.add(_id_field(), _owner(), _bool("IsDeleted", "Deleted", **RO), name,
              _currency_iso("Currency"), *[s for s in _system_fields() if s.name != "IsDeleted"])
     return spec
 
@@ -931,13 +941,15 @@ def build_org_schema(meta: md.Schema | None = None) -> OrgSchema:
     for obj_spec in list(objects.values()):
         if not obj_spec.custom:
             continue
+        package_obj = meta.objects.get(obj_spec.name)
         for fspec in obj_spec.fields.values():
-            if fspec.custom and fspec.type == "reference" and fspec.relationship_name:
+            pkg_field = package_obj.fields.get(fspec.name) if package_obj else None
+            if fspec.custom and fspec.type == "reference" and pkg_field is not None:
+                child_rel = f"{pkg_field.relationship_name}__r" if pkg_field.relationship_name else None
                 for parent_name in fspec.reference_to:
                     if parent_name in objects:
-                        plural = fspec.relationship_name
                         objects[parent_name].child_relationships.append(
-                            ChildRelationship(obj_spec.name, fspec.name, plural, fspec.cascade_delete))
+                            ChildRelationship(obj_spec.name, fspec.name, child_rel, fspec.cascade_delete))
     return OrgSchema(objects.values())
 
 

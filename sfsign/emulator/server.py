@@ -124,7 +124,7 @@ class Emulator:
         port: int = 0,
         seed: bool = True,
         state_file: Path | None = None,
-        cdc_entities: tuple[str, ...] = DEFAULT_CDC_ENTITIES,
+        cdc_entities: tuple[str, ...] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.metadata_dir = metadata_dir
@@ -258,7 +258,9 @@ class Emulator:
         else:
             store = OrgStore(schema)
         events = [name for name, obj in schema.objects.items() if obj.is_event]
-        bus = EventBus(cdc_entities=self.cdc_entities, platform_events=events)
+        # The CDC selection deployed with the package (PlatformEventChannelMember), as in a real org.
+        selected = self.cdc_entities if self.cdc_entities is not None else (meta.cdc_entities or DEFAULT_CDC_ENTITIES)
+        bus = EventBus(cdc_entities=selected, platform_events=events)
         org = Org(store, bus)
         if state is not None:
             bus.restore(state["bus"])

@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -692,6 +693,7 @@ class OrgStore:
         rid = self._ids.new_id(obj.key_prefix)
         rec = self._blank(obj.name, rid, state.now, state.user_id)
         rec.update(provided)
+        self._auto_numbers(obj, rec)
         self._check_values(obj, rec, {k: v for k, v in provided.items() if v is not None})
         if "OwnerId" in obj.fields and rec.get("OwnerId") is None:
             rec["OwnerId"] = state.user_id or None
@@ -708,6 +710,19 @@ class OrgStore:
         for follow_up in op.then:
             follow_up()
         return rid
+
+    def _auto_numbers(self, obj: ObjectSpec, rec: Record) -> None:
+        """Custom auto-number fields: the next number in the field's display format ("SE-{00000000}")."""
+        for spec in obj.fields.values():
+            if spec.display_format is None:
+                continue
+            key = f"{obj.name}.{spec.name}"
+            number = self._counters[key] = self._counters.get(key, 0) + 1
+
+            def digits(match: re.Match[str], n: int = number) -> str:
+                return f"{n:0{len(match.group(1))}d}"
+
+            rec[spec.name] = re.sub(r"\{(0+)\}", digits, spec.display_format)
 
     def _update(self, state: _TxnState, sobject: str, record_id: str, values: dict[str, Any]) -> None:
         obj = self.object(sobject)
