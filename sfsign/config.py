@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
     retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
+    audit_flush_s: float = Field(5.0, gt=0, description="how often audit events go to Signature_Event__c")
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
 

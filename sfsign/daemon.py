@@ -29,7 +29,7 @@ from sfsign.documents import jobs as doc_jobs
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Outbox, OutboxStore
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
-from sfsign.salesforce.errors import AuthError
+from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
 from sfsign.salesforce.rest import (
     SalesforceRest,
@@ -159,6 +159,7 @@ class Daemon:
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
             tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
+            tasks.append(asyncio.create_task(self._audit_flusher(rest), name="audit"))
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
             tasks.append(stop_wait)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -169,7 +170,7 @@ class Daemon:
             self._stop.set()
             log.info("stopping: intake first")
             for task in tasks:
-                if task.get_name() in ("intake", "stream-watch", "reconciler"):
+                if task.get_name() in ("intake", "stream-watch", "reconciler", "audit"):
                     task.cancel()
             if self.stream is not None:
                 with contextlib.suppress(Exception):
@@ -315,6 +316,47 @@ class Daemon:
         fields = sorted({r.field for r in self.rules.for_object(sobject)} | {"Id", "Sign_Transaction_Id__c"})
         rows = await rest.query(f"SELECT {', '.join(fields)} FROM {sobject} WHERE Id IN {soql_id_list(ids)}")
         return {str(r["Id"]): r for r in rows}
+
+    async def _audit_flusher(self, rest: SalesforceRest) -> None:
+        """Copy the outbox's audit rows to `Signature_Event__c`, up to 200 per sObject Collections call.
+
+        At least once: a call whose outcome is unknown is sent again, so an audit row may rarely appear
+        twice in Salesforce; documents, which must be exactly once, have their own guard.
+        """
+        delay = self.settings.audit_flush_s
+        while not self._stop.is_set():
+            rows = await self.outbox.call(OutboxStore.pending_audit)
+            if not rows:
+                await wait_any(self._stop, within_s=self.settings.audit_flush_s)
+                continue
+            records = [
+                {
+                    "Opportunity__c" if r["sobject"] == "Opportunity" else "Quote__c": r["record_id"],
+                    "Transaction_Id__c": r["transaction_id"],
+                    "Event_Type__c": r["event_type"],
+                    "Occurred_At__c": r["occurred_at"],
+                    "Actor__c": (r["actor"] or "")[:255],
+                    "Detail__c": r["detail"] or None,
+                }
+                for r in rows
+            ]
+            try:
+                results = await rest.create_many("Signature_Event__c", records)
+            except SalesforceError as exc:
+                log.warning("audit events not written yet; will retry", error=str(exc), retry_in_s=delay)
+                await wait_any(self._stop, within_s=delay)
+                delay = min(delay * 2, 300.0)
+                continue
+            delay = self.settings.audit_flush_s
+            sent = [r["id"] for r, res in zip(rows, results, strict=True) if res.success]
+            failed = [(r["id"], res.error) for r, res in zip(rows, results, strict=True) if not res.success]
+            await self.outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+            for row_id, error in failed:
+                log.error("audit event refused by Salesforce", error=str(error))
+                await self.outbox.call(partial(OutboxStore.mark_audit, ids=[row_id], status="failed",
+                                               error=str(error)))
+            if len(rows) < 200:
+                await wait_any(self._stop, within_s=self.settings.audit_flush_s)
 
     async def request_reconcile(self, sobjects: list[str]) -> None:
         """Remember (in SQLite) that these objects need reconciling, then wake the reconciler.

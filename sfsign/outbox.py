@@ -156,6 +156,16 @@ class OutboxStore:
             self.db.create_table("replay", {"channel": str, "replay_id": int, "updated_at": float}, pk="channel")
         if not self.db["meta"].exists():
             self.db.create_table("meta", {"key": str, "value": str}, pk="key")
+        if not self.db["audit"].exists():
+            # One row per state change, written with it; flushed to Signature_Event__c in batches.
+            self.db.create_table(
+                "audit",
+                {"id": int, "transaction_id": str, "sobject": str, "record_id": str, "event_type": str,
+                 "occurred_at": str, "actor": str, "detail": str, "status": str, "error": str},
+                pk="id",
+                defaults={"status": "pending"},
+            )
+            self.db.table("audit").create_index(["status", "id"])
 
     def close(self) -> None:
         self.db.close()
@@ -197,6 +207,8 @@ class OutboxStore:
                     list(row.values()),
                 )
                 created.append(Job.from_row({**row, "id": cur.lastrowid}))
+                self._audit(int(cur.lastrowid or 0), JobState.QUEUED.value, job.requested_by or "sfsign",
+                            f"source: {job.source}, rule: {job.rule}")
             if channel is not None and replay_id is not None:
                 conn.execute(
                     "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
@@ -254,15 +266,48 @@ class OutboxStore:
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def update(self, job_id: int, **changes: Any) -> Job:
+    def update(self, job_id: int, *, audit_detail: str | None = None, audit: bool = True, **changes: Any) -> Job:
+        """Change a job; a change of state also writes its audit row, in the same transaction."""
         if "state" in changes and isinstance(changes["state"], JobState):
             changes["state"] = changes["state"].value
         changes["updated_at"] = time.time()
         unknown = set(changes) - set(_JOB_COLUMNS)
         if unknown:
             raise KeyError(f"unknown job columns: {sorted(unknown)}")
-        self.db.table("jobs").update(job_id, changes)
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*changes.values(), job_id])
+            if audit and "state" in changes and before is not None and before[0] != changes["state"]:
+                self._audit(job_id, changes["state"], "sfsign", audit_detail)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return self.get(job_id)
+
+    def _audit(self, job_id: int, event_type: str, actor: str, detail: str | None) -> None:
+        row = self.db.execute(
+            "SELECT transaction_id, sobject, record_id FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        occurred = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        self.db.execute(
+            "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (row[0], row[1], row[2], event_type, occurred, actor, (detail or "")[:32000]),
+        )
+
+    def pending_audit(self, limit: int = 200) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM audit WHERE status = 'pending' ORDER BY id LIMIT ?", (limit,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def mark_audit(self, ids: list[int], status: str, error: str | None = None) -> None:
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            self.db.execute(f"UPDATE audit SET status = ?, error = ? WHERE id IN ({marks})", [status, error, *ids])
 
     def get(self, job_id: int) -> Job:
         return Job.from_row(self.db.table("jobs").get(job_id))
@@ -293,9 +338,11 @@ class OutboxStore:
             resume = JobState.UPLOADED  # the file is in Salesforce: only the write-back is left
         elif job.sha256:
             resume = JobState.SIGNED  # upload the document already signed, never sign a second one
-        return self.update(
-            job_id, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None, error_code=None
+        again = self.update(
+            job_id, audit=False, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None, error_code=None
         )
+        self._audit(job_id, "retried", "sfsign retry", f"resumes at step {resume.value}")
+        return again
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -218,7 +218,7 @@ class Worker:
             self.metrics.dead_jobs.inc()
             log.error("job dead: attempts exhausted", attempts=attempts, error_code=code, reason=reason)
             job = await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=reason,
-                                           error_code=code)
+                                           error_code=code, audit_detail=f"{code}: {reason}")
             await self._report_error_best_effort(job, f"Gave up after {attempts} attempts: {reason}")
             return
         delay = self.config.long_backoff_s if long_backoff else min(
@@ -245,7 +245,7 @@ class Worker:
                 # The record must show the error: keep the job active so the report is retried.
                 await self._schedule_retry(job, f"{reason} (not yet reported on the record: {exc})", code, False)
                 return
-        await self.outbox.update(job.id, state=JobState.ERROR)
+        await self.outbox.update(job.id, state=JobState.ERROR, audit_detail=f"{code}: {reason}")
 
     async def _report_error_best_effort(self, job: Job, reason: str) -> None:
         try:
@@ -345,6 +345,8 @@ class Worker:
             signer_subject=signed.signer_subject,
             signer_serial=signed.signer_serial,
             signed_at=signed.signed_at,
+            audit_detail=f"PAdES {signed.level}, SHA-256 {signed.sha256}, signer {signed.signer_subject} "
+            f"(serial {signed.signer_serial})",
         )
 
     async def _upload(self, job: Job) -> Job:
@@ -381,7 +383,8 @@ class Worker:
                 await self.outbox.update(job.id, upload_uncertain=0)
             raise
         return await self.outbox.update(
-            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0
+            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0,
+            audit_detail=f"ContentVersion {cv_id}",
         )
 
     async def _write_back(self, job: Job) -> Job:
@@ -401,7 +404,8 @@ class Worker:
         }
         await self._sf(self.rest.update, job.sobject, job.record_id, fields)
         job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=time.time(), document_json=None, last_error=None
+            job.id, state=JobState.DONE, done_at=time.time(), document_json=None, last_error=None,
+            audit_detail=f"Signed; file {document_id}",
         )
         # The signed file now lives in Salesforce; keep no customer data on our disk.
         await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -399,6 +400,30 @@ class SalesforceRest:
             out[i] = RecordResult(sobject, record_id, False, SalesforceError.from_record_error(errors[0]))
         return [r for r in out if r is not None]
 
+    async def create_many(self, sobject: str, records: Sequence[Mapping[str, Any]]) -> list[RecordResult]:
+        """Create records of one type through sObject Collections (≤ 200 per call, allOrNone=false).
+
+        Per-record failures come back as `RecordResult(success=False, ...)` in input order; a
+        failed call raises (uncertain when the request may have been applied).
+        """
+        results: list[RecordResult] = []
+        name = validate_api_name(sobject)
+        for start in range(0, len(records), COLLECTION_LIMIT):
+            chunk = records[start : start + COLLECTION_LIMIT]
+            body = dump_json({"allOrNone": False, "records": [{"attributes": {"type": name}, **r} for r in chunk]})
+            raw = await self._call(partial(_post_collection, body=body), write=True)
+            if not isinstance(raw, list) or len(raw) != len(chunk):
+                raise SalesforceError(200, "UNEXPECTED_RESPONSE", "sObject Collections returned a result "
+                                      f"list of the wrong shape ({type(raw).__name__})", transient=False)
+            for entry in raw:
+                entry = entry if isinstance(entry, Mapping) else {}
+                if entry.get("success"):
+                    results.append(RecordResult(name, str(entry.get("id")), True))
+                else:
+                    errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
+                    results.append(RecordResult(name, "", False, SalesforceError.from_record_error(errors[0])))
+        return results
+
     # ------------------------------------------------------------------ files
 
     async def insert_content_version(
@@ -489,6 +514,10 @@ class SalesforceRest:
         if self._ca_temp is not None:
             self._ca_temp.unlink(missing_ok=True)
             self._ca_temp = None
+
+
+def _post_collection(sf: simple_salesforce.Salesforce, *, body: str) -> Any:
+    return sf.restful("composite/sobjects", method="POST", data=body)
 
 
 def _created_id(result: Any) -> str:

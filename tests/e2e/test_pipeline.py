@@ -182,3 +182,27 @@ async def test_gap_event_rereads_the_record_and_overflow_reconciles(
     assert first["Sign_Status__c"] == second["Sign_Status__c"] == "Signed"
     assert jobs[gap_opp].source == "gap" and jobs[missed_opp].source == "reconcile"
     assert len(jobs) == 2
+
+
+async def test_every_step_leaves_an_audit_event_on_the_record(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    quick = settings.model_copy(update={"audit_flush_s": 0.1})
+    async with run_daemon(quick, rules):
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+        tx = record["Sign_Transaction_Id__c"]
+        async with asyncio.timeout(30):
+            while True:
+                events = await rest.query(
+                    "SELECT Name, Event_Type__c, Actor__c, Detail__c, Opportunity__c FROM Signature_Event__c "
+                    f"WHERE Transaction_Id__c = '{tx}' ORDER BY Name"
+                )
+                if any(e["Event_Type__c"] == "done" for e in events):
+                    break
+                await asyncio.sleep(0.1)
+    assert [e["Event_Type__c"] for e in events] == ["queued", "fetched", "rendered", "signed", "uploaded", "done"]
+    assert all(e["Opportunity__c"] == opp and e["Name"].startswith("SE-") for e in events)
+    assert events[0]["Actor__c"].startswith("005")  # the rep who moved the stage
+    assert str(record["Sign_Document_Hash__c"]) in events[3]["Detail__c"]
