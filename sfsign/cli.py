@@ -92,6 +92,24 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if any(c.ok is False for c in checks) else 0
 
 
+def _cmd_demo_keys(args: argparse.Namespace) -> int:
+    """A throw-away signing PKI for trying sfsign (the rules file's paths): never for real contracts."""
+    import secrets
+
+    from sfsign.documents.pki import create_demo_pki
+
+    out = Path(args.out)
+    passphrase = secrets.token_urlsafe(18)
+    pki = create_demo_pki(out / "demo-pki", org_name=args.org, passphrase=passphrase)
+    for source, target in ((pki.signer_p12_path, out / "signer.p12"), (pki.root_cert_pem_path, out / "root.pem")):
+        target.write_bytes(source.read_bytes())
+        target.chmod(0o600 if target.suffix == ".p12" else 0o644)
+    print(f"demo signing key: {out / 'signer.p12'} (root CA: {out / 'root.pem'})")
+    print("its passphrase, for the variable the rules file names (passphrase_env):")
+    print(f"export SFSIGN_SIGNER_PASSPHRASE='{passphrase}'")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sfsign.demo import run_demo
 
@@ -121,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="where the signed PDFs go (default ./demo-output)")
     demo.add_argument("--work-dir", help="keep the emulator and daemon data here (default: a temporary folder)")
     demo.set_defaults(func=_cmd_demo)
+
+    keys = sub.add_parser("demo-keys", help="generate a throw-away signing key and CA for trying sfsign")
+    keys.add_argument("--out", default="config/keys", help="folder (default config/keys, as the example rules)")
+    keys.add_argument("--org", default="sfsign trial", help="organisation name in the certificates")
+    keys.set_defaults(func=_cmd_demo_keys)
 
     emu = sub.add_parser("emulator", help="the embedded Salesforce emulator")
     emu.add_argument("rest", nargs=argparse.REMAINDER, help="serve [--port P] [--data-dir D] [--json-out FILE]")

@@ -152,14 +152,15 @@ class Daemon:
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
             )
-            # The first document should not pay for interpreter and template start-up.
-            for problem in sorted({p for found in await asyncio.gather(*warm_up) for p in found}):
-                log.error("a template does not render sample data; its records will get Error", problem=problem)
-            tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
             tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
             tasks.append(asyncio.create_task(self._audit_flusher(rest), name="audit"))
+            tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
+            # Renders queue behind the warm-up in the pool, so the first document does not pay for
+            # interpreter and template start-up twice; intake and fetches proceed meanwhile.
+            for problem in sorted({p for found in await asyncio.gather(*warm_up) for p in found}):
+                log.error("a template does not render sample data; its records will get Error", problem=problem)
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop")
             tasks.append(stop_wait)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -254,6 +255,11 @@ class Daemon:
         channels = set(self.stream.channels)
         while not self._stop.is_set():
             subscribed = self.stream.connected and channels <= set(self.stream.subscribed_replay)
+            if subscribed != self.health.subscribed:
+                if subscribed:
+                    log.info("ready: subscribed", channels=sorted(channels))
+                else:
+                    log.warning("streaming disconnected; reconnecting", channels=sorted(channels))
             self.health.subscribed = subscribed
             if subscribed:
                 self.ready.set()
