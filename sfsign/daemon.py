@@ -46,6 +46,7 @@ from sfsign.worker import Worker, WorkerConfig
 log = structlog.get_logger("sfsign.daemon")
 
 RECONCILE_PREFIX = "reconcile:"
+FIRST_SUBSCRIBED_KEY = "first_subscribed_at"
 
 
 def auth_config(settings: Settings) -> AuthConfig:
@@ -151,7 +152,11 @@ class Daemon:
                 api_version=settings.api_version,
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
+                long_poll_margin_s=settings.stream_long_poll_margin_s,
+                backoff_base_s=settings.stream_backoff_base_s,
+                backoff_cap_s=settings.stream_backoff_cap_s,
             )
+            await self._reconcile_channels_without_position()
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
             tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
@@ -261,9 +266,25 @@ class Daemon:
                 else:
                     log.warning("streaming disconnected; reconnecting", channels=sorted(channels))
             self.health.subscribed = subscribed
-            if subscribed:
+            if subscribed and not self.ready.is_set():
                 self.ready.set()
+                await self.outbox.call(_mark_first_subscribed)
             await asyncio.sleep(0.05)
+
+    async def _reconcile_channels_without_position(self) -> None:
+        """A channel without a stored replay id subscribes from -1 (new events only). On the very first
+        start that is the intent; on a later one it would skip what was published while sfsign was down
+        on a channel that never had an event, so the objects of such channels are reconciled instead.
+        (A `Sign_Request__e` published while down on such a channel cannot be recovered: events carry
+        no state to query.)"""
+        assert self.stream is not None
+        if await self.outbox.call(partial(OutboxStore.get_meta, key=FIRST_SUBSCRIBED_KEY)) is None:
+            return
+        objects = [o for c in self.stream.channels
+                   if self.outbox.committed_replay_id(c) is None and (o := _channel_object(c))]
+        if objects:
+            log.info("no replay position for these objects' channels yet: reconciling them", objects=objects)
+            await self.request_reconcile(objects)
 
     async def _handle(self, rest: SalesforceRest, message: dict[str, Any]) -> None:
         self.health.events_received += 1
@@ -455,6 +476,11 @@ def reconcile_query(sobject: str, field: str, values: list[str], since: datetime
     if since is not None:
         where += f" AND LastModifiedDate >= {soql_datetime(since)}"
     return f"SELECT Id, {field}, Sign_Transaction_Id__c FROM {sobject} WHERE {where} ORDER BY LastModifiedDate"
+
+
+def _mark_first_subscribed(store: OutboxStore) -> None:
+    if store.get_meta(FIRST_SUBSCRIBED_KEY) is None:
+        store.set_meta(FIRST_SUBSCRIBED_KEY, datetime.now(UTC).isoformat())
 
 
 def _channel_object(channel: str) -> str | None:

@@ -399,7 +399,8 @@ async def test_server_errors_and_garbage_are_retried_without_rehandshake_with_fa
     client = make_client(server, fake_auth, {}, sleeps, channels=[CDC])
     assert len(await take(client, 1)) == 1
     assert sleeps.delays == [0.5, 1.0, 2.0]
-    assert len(server.sent("/meta/handshake")) == 1
+    # 503 and garbage: retried in the same session; the cut connection may have eaten events: new session
+    assert len(server.sent("/meta/handshake")) == 2
     await client.aclose()
 
 
@@ -416,7 +417,7 @@ async def test_watchdog_abandons_an_unanswered_long_poll_with_fake_transport(fak
     client = make_client(server, fake_auth, {}, sleeps, channels=[CDC], long_poll_margin_s=0.05)
     assert len(await take(client, 1)) == 1
     assert len(server.sent("/meta/connect")) == 3
-    assert len(server.sent("/meta/handshake")) == 1
+    assert len(server.sent("/meta/handshake")) == 2  # the unanswered poll may have carried events
     assert len(sleeps.delays) == 1
     await client.aclose()
 
