@@ -261,9 +261,11 @@ class Daemon:
         while not self._stop.is_set():
             subscribed = self.stream.connected and channels <= set(self.stream.subscribed_replay)
             if subscribed != self.health.subscribed:
+                self.metrics.stream_connected.set(1 if subscribed else 0)
                 if subscribed:
                     log.info("ready: subscribed", channels=sorted(channels))
                 else:
+                    self.metrics.stream_disconnects.inc()
                     log.warning("streaming disconnected; reconnecting", channels=sorted(channels))
             self.health.subscribed = subscribed
             if subscribed and not self.ready.is_set():

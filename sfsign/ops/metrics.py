@@ -6,7 +6,7 @@ job has failed three times, and dead jobs. The ops endpoint that serves them is 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -37,5 +37,9 @@ class Metrics:
         self.dead_jobs = Counter("sfsign_dead_jobs", "Jobs that exhausted their attempts", registry=r)
         self.errored_jobs = Counter("sfsign_error_jobs", "Jobs that failed permanently", ["error_code"],
                                     registry=r)
+        self.stream_connected = Gauge("sfsign_stream_connected", "1 while subscribed to every channel",
+                                      registry=r)
+        self.stream_disconnects = Counter("sfsign_stream_disconnects", "Times the subscription was lost",
+                                          registry=r)
         self.documents_signed = Counter("sfsign_documents_signed", "Documents signed and written back",
                                         ["rule"], registry=r)

@@ -551,7 +551,11 @@ async def test_s7_server_unreachable_gives_one_disconnected_signal_capped_backof
         await watch.wait_for(True)
         log = await subscribe_log(ops)
         health = await watch.stop()
+        metrics = daemon.metrics.registry
+        disconnects = metrics.get_sample_value("sfsign_stream_disconnects_total")
+        connected = metrics.get_sample_value("sfsign_stream_connected")
 
+    assert disconnects == 1 and connected == 1  # the ops signal: one outage, recovered
     assert health == [True, False, True], health  # readiness dropped once and came back once
     [down] = stream_events(logs, "disconnected")
     assert down["log_level"] == "error"
