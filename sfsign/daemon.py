@@ -403,6 +403,10 @@ class Daemon:
         while not self._stop.is_set():
             self._reconcile_wake.clear()
             pending = await self.outbox.call(lambda s: s.meta_with_prefix(RECONCILE_PREFIX))
+            # Query only once the subscription is live: a record that moves after the query but before
+            # the (re)subscription from -1 would be seen by neither.
+            while pending and not self.health.subscribed and not self._stop.is_set():
+                await wait_any(self._stop, within_s=0.1)
             failed = False
             for key in pending:
                 sobject = key.removeprefix(RECONCILE_PREFIX)

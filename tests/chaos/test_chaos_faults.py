@@ -1,0 +1,29 @@
+"""Chaos (b): a burst under the fault mix, and uploads whose answer is lost after Salesforce applied them."""
+
+from __future__ import annotations
+
+import random
+
+from chaos_support import ChaosOrg, Scale, scenario_fault_mix, scenario_uncertain_upload
+
+
+async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_forgotten_client(
+    org: ChaosOrg, rng: random.Random, scale: Scale
+) -> None:
+    result = await scenario_fault_mix(org, rng)
+    print(result.row(), result.notes)
+    # The locked records cannot finish before they are released, so every periodic fault fired.
+    assert result.faults["403::Unknown client"] == 1
+    assert result.faults["token revoked"] >= 1 and result.faults["stream dropped"] >= 1
+    assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
+    result.assert_invariant()
+
+
+async def test_upload_cut_after_the_insert_is_found_by_transaction_id_not_uploaded_twice(
+    org: ChaosOrg, rng: random.Random, scale: Scale
+) -> None:
+    result = await scenario_uncertain_upload(org, rng)
+    print(result.row(), result.notes)
+    assert result.faults["abort_after POST ContentVersion"] == scale.uncertain_uploads
+    assert result.notes["log: uploads found by transaction id"] == scale.uncertain_uploads
+    result.assert_invariant()
