@@ -246,10 +246,8 @@ def _yaml_with_lines(text: str, source: Path) -> tuple[Any, dict[tuple[Any, ...]
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
-                key = k.value
-                lines[(*path, key)] = k.start_mark.line + 1
-                walk(v, (*path, key))
-                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, k.value))
+                lines[(*path, k.value)] = k.start_mark.line + 1  # the key's line, not its value's
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))

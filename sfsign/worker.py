@@ -162,11 +162,6 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
         return len(pending)
 
-    async def run_job_now(self, job: Job) -> Job:
-        """Process one job to its end in the caller's task (used by tests and `sfsign render`)."""
-        await self._process(job)
-        return await self.outbox.call(lambda s: s.get(job.id))
-
     # -------------------------------------------------------------------------------- processing
 
     async def _process(self, job: Job) -> None:
