@@ -1,5 +1,8 @@
 """A throw-away three-level PKI for `sfsign demo` and the tests.
 
+It also issues a timestamping (TSA) certificate from the same issuing CA, so tests can run an
+RFC 3161 server on 127.0.0.1 whose tokens validate against the same root as the signature.
+
 Real deployments bring their own signing certificate; the demo and the tests need one that looks
 like a real one (root CA -> issuing CA -> signer, with the key usages a PDF validator checks), so
 that the signing and validation code paths are the same ones production uses. Names are fixed so
@@ -43,6 +46,8 @@ class DemoPki:
     signer_p12_path: Path
     signer_key_path: Path
     signer_cert_path: Path
+    tsa_key_path: Path  # PKCS#8 PEM, encrypted with the passphrase like the signer key
+    tsa_cert_path: Path
     passphrase: SecretStr | None = field(default=None, repr=False)
 
     @property
@@ -161,6 +166,46 @@ def _signer_cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _tsa_cert(
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """RFC 3161 section 2.3: a TSA certificate carries exactly the timeStamping EKU, marked critical."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write with 0600 from the first byte (no window where the file is world-readable)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -184,7 +229,7 @@ def create_demo_pki(
     signer_not_before: dt.datetime | None = None,
     signer_not_after: dt.datetime | None = None,
 ) -> DemoPki:
-    """Generate root CA, issuing CA and a document-signing certificate under `directory`.
+    """Generate root CA, issuing CA, a document-signing and a TSA certificate under `directory`.
 
     `signer_not_before`/`signer_not_after` exist so tests can produce expired or not-yet-valid
     signer certificates; by default the signer is valid from now (minus clock skew) for two years.
@@ -224,6 +269,15 @@ def create_demo_pki(
         not_before=signer_not_before or now - _CLOCK_SKEW,
         not_after=signer_not_after or now + dt.timedelta(days=730),
     )
+    tsa_key = _new_key(key_algorithm)
+    tsa = _tsa_cert(
+        _name(org_name, f"{org_name} Timestamping Authority"),
+        tsa_key,
+        issuing,
+        issuing_key,
+        not_before=now - _CLOCK_SKEW,
+        not_after=now + dt.timedelta(days=1825),
+    )
 
     pw = secret.get_secret_value().encode() if secret is not None else None
     key_encryption: serialization.KeySerializationEncryption = (
@@ -247,6 +301,8 @@ def create_demo_pki(
         signer_p12_path=directory / "signer.p12",
         signer_key_path=directory / "signer-key.pem",
         signer_cert_path=directory / "signer-cert.pem",
+        tsa_key_path=directory / "tsa-key.pem",
+        tsa_cert_path=directory / "tsa-cert.pem",
         passphrase=secret,
     )
     _write_private(pki.root_cert_pem_path, _pem(root))
@@ -256,6 +312,11 @@ def create_demo_pki(
     _write_private(
         pki.signer_key_path,
         signer_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, key_encryption),
+    )
+    _write_private(pki.tsa_cert_path, _pem(tsa))
+    _write_private(
+        pki.tsa_key_path,
+        tsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, key_encryption),
     )
     _write_private(
         pki.signer_p12_path,

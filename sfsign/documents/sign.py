@@ -9,16 +9,18 @@ Shape of the module, and why:
 - The visible stamp uses a pre-subset font rescaled to 1000 units/em shipped in `fonts/`
   (pitfalls 2 and 3); embedding a font also keeps the incremental update PDF/A-2b compatible,
   which the non-embedded Courier default would not.
-- `sign_pdf_bytes` is synchronous with picklable arguments and result, for a process pool;
-  `async_sign_pdf_bytes` is the same pipeline for use on an event loop (pitfall 6), and is where
-  B-T/B-LT/B-LTA (timestamper, revocation fetchers, shared sessions) will plug in.
+- `sign_pdf_bytes` is synchronous with picklable arguments and result, for a process pool; it runs
+  `async_sign_pdf_bytes` on one background event loop per process (pitfall 6) so the cached TSA
+  clients and their HTTP sessions (`tsa.py`, pitfall 4) serve every document of that process.
+- B-T adds an RFC 3161 signature timestamp from the first TSA that answers; if none does, signing
+  fails closed with `TimestampUnavailable` (never a silent B-B). B-LT/B-LTA (revocation fetchers,
+  DSS, document timestamp) will plug in here too.
 - Certificate validity is checked before signing so an expired certificate is a clear, permanent
   error instead of a signature every validator rejects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -27,6 +29,7 @@ import hmac
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -44,28 +47,28 @@ from pyhanko.keys.internal import (
 from pyhanko.pdf_utils import layout
 from pyhanko.pdf_utils.font.opentype import GlyphAccumulatorFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import get_pyca_cryptography_hash
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
+from pyhanko.sign.timestamps import TimeStamper
+from pyhanko.sign.validation.generic_cms import extract_tst_data_iter
 from pyhanko.stamp import TextStampStyle
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.util import process_pss_params
 
+# Re-exported (`X as X`): callers import the errors from here, as before they moved to errors.py.
+from sfsign.documents.errors import SigningError as SigningError
+from sfsign.documents.errors import TimestampUnavailable as TimestampUnavailable
 from sfsign.documents.render import SignatureBox
+from sfsign.documents.tsa import TsaAuth, get_timestamper, run_on_process_loop
 
 STAMP_FONT = Path(__file__).resolve().parent / "fonts" / "sfsign-stamp-sans.ttf"
 STAMP_FONT_SIZE = 9  # same value for the glyph accumulator and the text box (pitfall 2)
 SIGNATURE_FIELD = "SellerSignature"
 CUSTOMER_FIELD = "CustomerSignature"
 _STAMP_COLOR = (0.12, 0.23, 0.37)
-
-
-class SigningError(Exception):
-    """Signing refused or failed. Messages name files and certificates, never secrets.
-
-    A single message argument keeps it picklable across a process pool.
-    """
 
 
 class SignatureLevel(enum.StrEnum):
@@ -124,6 +127,7 @@ class SignedPdf(BaseModel):
     signer_subject: str
     signer_serial: str  # hex
     signing_time: dt.datetime  # UTC, whole seconds (what /M in the signature says)
+    timestamp_time: dt.datetime | None = None  # genTime of the signature timestamp token (B-T and up)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,12 +324,30 @@ def check_certificate_validity(cert: asn1_x509.Certificate, at: dt.datetime) -> 
     )
 
 
-def _check_level(level: SignatureLevel, tsa_url: str | None) -> None:
+def _check_level(level: SignatureLevel, tsa_urls: Sequence[str]) -> None:
     if level is SignatureLevel.B_B:
         return
-    if not tsa_url:
+    if not tsa_urls:
         raise SigningError(f"level {level.value} requires a TSA URL; not configured")
-    raise SigningError(f"level {level.value} is not supported yet; configure level B-B")
+    if level is not SignatureLevel.B_T:
+        raise SigningError(f"level {level.value} is not supported yet; configure level B-B or B-T")
+
+
+def _tsa_list(tsa_url: str | None, tsa_urls: Sequence[str]) -> tuple[str, ...]:
+    """`tsa_url` is the older single-URL parameter: it goes first, then `tsa_urls`, without repeats."""
+    if isinstance(tsa_urls, str):
+        raise TypeError("tsa_urls must be a sequence of URLs, not one string")
+    urls = ([tsa_url] if tsa_url else []) + [u for u in tsa_urls if u]
+    return tuple(dict.fromkeys(urls))
+
+
+def _timestamp_time(signed: bytes) -> dt.datetime | None:
+    """genTime of the timestamp token just embedded in the newest signature (unsigned attribute)."""
+    sig = PdfFileReader(BytesIO(signed)).embedded_signatures[-1]
+    for tst in extract_tst_data_iter(sig.signer_info, signed=False):
+        gen_time: dt.datetime = tst["encap_content_info"]["content"].parsed["gen_time"].native
+        return gen_time.astimezone(dt.UTC)
+    return None
 
 
 _STAMP_STYLE = TextStampStyle(
@@ -392,11 +414,10 @@ def _prepare(
     spec: KeySpec,
     appearance: Appearance,
     level: SignatureLevel,
-    tsa_url: str | None,
+    timestamper: TimeStamper | None,
     empty_fields: tuple[tuple[str, SignatureBox], ...],
     field_name: str,
 ) -> _Prepared:
-    _check_level(level, tsa_url)
     signer = load_signer(spec)
     assert isinstance(signer, _PreparedKeySigner)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -425,6 +446,7 @@ def _prepare(
         meta,
         signer=signer,
         stamp_style=style,
+        timestamper=timestamper,
         new_field_spec=fields.SigFieldSpec(field_name, on_page=box.page, box=_rect(box)),
     )
     params = {"signer": appearance.name, "reason": appearance.reason, "location": appearance.location}
@@ -439,6 +461,8 @@ async def async_sign_pdf_bytes(
     *,
     level: SignatureLevel = SignatureLevel.B_B,
     tsa_url: str | None = None,
+    tsa_urls: Sequence[str] = (),
+    tsa_auth: TsaAuth | None = None,
     empty_fields: tuple[tuple[str, SignatureBox], ...] = (),
     field_name: str = SIGNATURE_FIELD,
 ) -> SignedPdf:
@@ -448,8 +472,14 @@ async def async_sign_pdf_bytes(
     spelled out so the claimed signing time is ours: the stamp, /M and the result agree, in UTC.
     B-B is pure CPU work (~35 ms: stamp font subset, CMS encoding, one key operation, hashing), so
     on an event loop this coroutine blocks; prefer `sign_pdf_bytes` in a process pool for now.
+
+    B-T asks the TSAs (`tsa_url`, then `tsa_urls`) in order with `tsa_auth`; if every one fails it
+    raises `TimestampUnavailable` and produces nothing. The TSA clients are cached per event loop.
     """
-    prep = _prepare(pdf, box, spec, appearance, level, tsa_url, empty_fields, field_name)
+    urls = _tsa_list(tsa_url, tsa_urls)
+    _check_level(level, urls)
+    timestamper = get_timestamper(urls, tsa_auth) if level is not SignatureLevel.B_B else None
+    prep = _prepare(pdf, box, spec, appearance, level, timestamper, empty_fields, field_name)
     session = prep.pdf_signer.init_signing_session(prep.writer)
     session.system_time = prep.now
     validation_info = await session.perform_presign_validation(prep.writer)
@@ -479,6 +509,7 @@ async def async_sign_pdf_bytes(
         signer_subject=_subject(cert),
         signer_serial=format(cert.serial_number, "x"),
         signing_time=prep.now,
+        timestamp_time=_timestamp_time(signed) if timestamper is not None else None,
     )
 
 
@@ -490,12 +521,14 @@ def sign_pdf_bytes(
     *,
     level: SignatureLevel = SignatureLevel.B_B,
     tsa_url: str | None = None,
+    tsa_urls: Sequence[str] = (),
+    tsa_auth: TsaAuth | None = None,
     empty_fields: tuple[tuple[str, SignatureBox], ...] = (),
     field_name: str = SIGNATURE_FIELD,
 ) -> SignedPdf:
-    """Synchronous `async_sign_pdf_bytes`, for a process-pool worker (runs its own event loop,
-    so never call it from a thread that is running one)."""
-    return asyncio.run(
+    """Synchronous `async_sign_pdf_bytes`, for a process-pool worker. It runs on this process's
+    background event loop (so TSA sessions are reused) and blocks the calling thread meanwhile."""
+    return run_on_process_loop(
         async_sign_pdf_bytes(
             pdf,
             box,
@@ -503,6 +536,8 @@ def sign_pdf_bytes(
             appearance,
             level=level,
             tsa_url=tsa_url,
+            tsa_urls=tsa_urls,
+            tsa_auth=tsa_auth,
             empty_fields=empty_fields,
             field_name=field_name,
         )

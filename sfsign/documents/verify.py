@@ -47,6 +47,8 @@ class SignatureReport(BaseModel):
     level: str | None
     signer_subject: str
     signing_time: dt.datetime | None
+    timestamp_time: dt.datetime | None = None  # genTime of the signature timestamp token, if any
+    timestamp_trusted: bool | None = None  # the token is intact and its TSA chains to a trust root
     summary: str
 
 
@@ -63,6 +65,8 @@ class ValidationReport(BaseModel):
     signer_subject: str | None
     signing_time: dt.datetime | None
     summary: str
+    timestamp_time: dt.datetime | None = None  # of the most recent signature; set from B-T on
+    timestamp_trusted: bool | None = None
     pdfa: str | None = None  # declared PDF/A conformance, e.g. "2B"
     signatures: tuple[SignatureReport, ...] = ()
     unsigned_fields: tuple[str, ...] = ()
@@ -110,6 +114,7 @@ async def _report_one(
 ) -> SignatureReport:
     status = await async_validate_pdf_signature(sig, signer_validation_context=vc, key_usage_settings=_KEY_USAGE)
     coverage = status.coverage.name if status.coverage is not None else "UNCLEAR"
+    ts = status.timestamp_validity
     return SignatureReport(
         field_name=str(sig.field_name),
         intact=status.intact,
@@ -119,6 +124,8 @@ async def _report_one(
         level=_pades_level(sig, status, reader, timestamps_after),
         signer_subject=str(status.signing_cert.subject.human_friendly),
         signing_time=sig.self_reported_timestamp,
+        timestamp_time=ts.timestamp.astimezone(dt.UTC) if ts is not None else None,
+        timestamp_trusted=(ts.intact and ts.valid and ts.trusted) if ts is not None else None,
         summary=status.summary(),
     )
 
@@ -175,6 +182,8 @@ async def async_validate_signed_pdf(
         level=last.level,
         signer_subject=last.signer_subject,
         signing_time=last.signing_time,
+        timestamp_time=last.timestamp_time,
+        timestamp_trusted=last.timestamp_trusted,
         summary="; ".join(f"{r.field_name}: {r.summary} ({r.coverage})" for r in reports),
         pdfa=pdfa,
         signatures=reports,

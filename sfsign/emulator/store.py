@@ -87,6 +87,7 @@ class _TxnState:
     events: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     commit_number: int = 0
     savepoints: list[dict[str, Record | None]] = field(default_factory=list)
+    commit_ms: int = 0  # CDC commitTimestamp: milliseconds, while record datetimes keep whole seconds
 
 
 class Txn:
@@ -361,12 +362,13 @@ class OrgStore:
             with self._savepoint(self._txn):
                 yield Txn(self, self._txn)
             return
-        now = self.now().replace(microsecond=0)
+        precise = self.now()
+        now = precise.replace(microsecond=0)
         self._counters["commit"] += 17
         state = _TxnState(user_id=normalize_id(user_id) or user_id, origin=origin, emit=emit, system=system,
                           now=now, key=str(uuid.UUID(int=self._ids.next_value * 7919 + self._counters["commit"],
                                                       version=4)),
-                          commit_number=self._counters["commit"])
+                          commit_number=self._counters["commit"], commit_ms=int(precise.timestamp() * 1000))
         self._txn = state
         try:
             yield Txn(self, state)
@@ -522,7 +524,7 @@ class OrgStore:
                 changed = self._changed_names(obj, names)
             state.changes.append(Change(
                 entity=obj.name, record_id=rid, change_type=change_type, fields=fields, changed_fields=changed,
-                commit_user=state.user_id, commit_timestamp_ms=int(state.now.timestamp() * 1000),
+                commit_user=state.user_id, commit_timestamp_ms=state.commit_ms,
                 commit_number=state.commit_number, transaction_key=state.key,
                 sequence_number=len(state.changes) + 1, change_origin=state.origin))
 

@@ -233,7 +233,7 @@ def test_key_spec_needs_exactly_one_source(tmp_path: Path) -> None:
         KeySpec(key_path=tmp_path / "k.pem")
 
 
-@pytest.mark.parametrize("level", [SignatureLevel.B_T, SignatureLevel.B_LT, SignatureLevel.B_LTA])
+@pytest.mark.parametrize("level", [SignatureLevel.B_LT, SignatureLevel.B_LTA])  # B-T: test_documents_timestamps.py
 def test_levels_beyond_b_b_are_refused_with_a_reason(
     rendered_short: RenderedPdf, ec_pki: DemoPki, level: SignatureLevel
 ) -> None:

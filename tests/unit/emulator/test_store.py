@@ -290,7 +290,9 @@ def test_create_change_has_non_empty_fields_only(org: Org) -> None:
     assert "Description" not in change.fields and "IsDeleted" not in change.fields
     assert "SystemModstamp" not in change.fields and "Id" not in change.fields
     assert change.commit_user == org.rep and change.sequence_number == 1
-    assert change.commit_timestamp_ms == int(dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC).timestamp() * 1000)
+    # commitTimestamp keeps milliseconds (as in Salesforce's examples); record datetimes keep whole seconds.
+    assert change.commit_timestamp_ms == int(dt.datetime(2026, 11, 27, 10, 0, 0, 250_000, tzinfo=dt.UTC).timestamp()
+                                             * 1000)
     json.dumps(change.fields)
 
 
