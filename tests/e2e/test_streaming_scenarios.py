@@ -243,8 +243,9 @@ class HealthWatch:
             await asyncio.sleep(0.01)
 
     async def wait_for(self, value: bool) -> None:
+        """Until the sampler itself has recorded `value` (not merely the attribute: no lost run)."""
         async with asyncio.timeout(WAIT_S):
-            while self.daemon.health.subscribed != value:  # noqa: ASYNC110 - a plain attribute
+            while not (self.runs and self.runs[-1] == value):  # noqa: ASYNC110 - a plain attribute
                 await asyncio.sleep(0.01)
 
     async def stop(self) -> list[bool]:
