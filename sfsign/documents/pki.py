@@ -124,7 +124,7 @@ def _ca_cert(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _signer_cert(
+def _end_entity_cert(
     subject: x509.Name,
     key: PrivateKey,
     issuer: x509.Certificate,
@@ -132,7 +132,10 @@ def _signer_cert(
     *,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    usages: list[x509.ObjectIdentifier],
+    usages_critical: bool,
 ) -> x509.Certificate:
+    """A leaf certificate for signing (digitalSignature + nonRepudiation) with the given extended usages."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -156,54 +159,29 @@ def _signer_cert(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([DOCUMENT_SIGNING_EKU, ExtendedKeyUsageOID.EMAIL_PROTECTION]),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=usages_critical)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _signer_cert(
+    subject: x509.Name, key: PrivateKey, issuer: x509.Certificate, issuer_key: PrivateKey, *,
+    not_before: dt.datetime, not_after: dt.datetime,
+) -> x509.Certificate:
+    return _end_entity_cert(subject, key, issuer, issuer_key, not_before=not_before, not_after=not_after,
+                            usages=[DOCUMENT_SIGNING_EKU, ExtendedKeyUsageOID.EMAIL_PROTECTION],
+                            usages_critical=False)
 
 
 def _tsa_cert(
-    subject: x509.Name,
-    key: PrivateKey,
-    issuer: x509.Certificate,
-    issuer_key: PrivateKey,
-    *,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
+    subject: x509.Name, key: PrivateKey, issuer: x509.Certificate, issuer_key: PrivateKey, *,
+    not_before: dt.datetime, not_after: dt.datetime,
 ) -> x509.Certificate:
     """RFC 3161 section 2.3: a TSA certificate carries exactly the timeStamping EKU, marked critical."""
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=True,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
-    return builder.sign(issuer_key, hashes.SHA256())
+    return _end_entity_cert(subject, key, issuer, issuer_key, not_before=not_before, not_after=not_after,
+                            usages=[ExtendedKeyUsageOID.TIME_STAMPING], usages_critical=True)
 
 
 def _write_private(path: Path, data: bytes) -> None:

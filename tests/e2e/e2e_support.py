@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,3 +64,19 @@ def pdfsig_required() -> bool:
     if os.environ.get("CI"):
         raise AssertionError("pdfsig is missing in CI: .ci/run must install poppler-utils")
     return False
+
+
+def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
+            **overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sfsign.cli ARGS` configured like `settings`, through the environment as ops would."""
+    from sfsign.demo import PASSPHRASE_ENV
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV}
+    env.update({
+        "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
+        "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
+        "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
+        "SFSIGN_RULES_FILE": str(settings.rules_file), **overrides,
+    })
+    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)

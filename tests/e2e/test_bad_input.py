@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
@@ -217,16 +215,7 @@ def test_expired_or_future_signing_certificate_is_refused_at_start(
 
 
 def _run_cli(settings: Settings, **overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_")}
-    env.update({
-        "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
-        "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
-        "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV],
-        **overrides,
-    })
-    return subprocess.run([sys.executable, "-m", "sfsign.cli", "run"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return run_cli(["run"], settings, timeout=60, **overrides)
 
 
 async def test_wrong_credentials_end_the_daemon_with_a_clear_message(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from e2e_support import run_cli
+
 from sfsign.config import Rules, Settings
-from sfsign.demo import PASSPHRASE_ENV
 from sfsign.emulator.server import EmulatorThread
 from sfsign.metadata import default_metadata_dir
 
@@ -19,17 +18,8 @@ REPO_METADATA = default_metadata_dir()
 
 
 def _check(settings: Settings, *args: str, metadata_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_")}
-    env.update({
-        "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
-        "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
-        "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV],
-    })
-    if metadata_dir is not None:
-        env["SFSIGN_METADATA_DIR"] = str(metadata_dir)
-    return subprocess.run([sys.executable, "-m", "sfsign.cli", "check", *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    extra = {"SFSIGN_METADATA_DIR": str(metadata_dir)} if metadata_dir is not None else {}
+    return run_cli(["check", *args], settings, **extra)
 
 
 async def test_check_passes_against_the_emulator(settings: Settings, rules: Rules) -> None:

@@ -4,13 +4,11 @@ are written on the record and wait for `sfsign retry`, and `sfsign reconcile` fi
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
@@ -20,22 +18,8 @@ ACME = "Acme Industries - Platform Renewal 2027"
 OPP_PATH = "/services/data/v62.0/sobjects/Opportunity/"
 
 
-def _cli(
-    args: list[str], settings: Settings, extra: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "SFSIGN_LOGIN_URL": settings.login_url,
-        "SFSIGN_CONSUMER_KEY": settings.consumer_key,
-        "SFSIGN_USERNAME": settings.username,
-        "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
-        "SFSIGN_CA_BUNDLE": str(settings.ca_bundle),
-        "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file),
-        **(extra or {}),
-    }
-    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+def _cli(args: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
+    return run_cli(args, settings)
 
 
 async def _fault(control: ControlClient, **body: object) -> str:
