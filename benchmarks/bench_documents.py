@@ -6,7 +6,10 @@ Measures, with a generated demo PKI (nothing is written outside a temporary dire
 - first render in a fresh process (fonts parsed, compiler built) and warm renders,
 - B-B signing with RSA-3072 (PKCS#12) and ECDSA P-256 (PEM), warm signer cache,
 - render + sign per document, and offline validation,
-- throughput of a forkserver process pool as the daemon would use it (one worker per core).
+- throughput of a forkserver process pool as the daemon would use it (one worker per core),
+- the cost per PAdES level (B-B, B-T, B-T + upgrade to B-LT, B-T + upgrade to B-LTA) against the
+  demo PKI's TSA/OCSP/CRL services on 127.0.0.1, printed as a markdown table
+  (`--levels-only` runs just that part).
 Numbers are medians (and p90) of wall-clock time; they vary with the machine, which is the point.
 """
 
@@ -24,10 +27,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from sfsign.documents.ltv import upgrade_pdf
 from sfsign.documents.model import ContractDocument, sample_contract
 from sfsign.documents.pki import create_demo_pki
+from sfsign.documents.pkiserver import start_demo_pki_services
 from sfsign.documents.render import POOL_START_METHOD, render_pdf
-from sfsign.documents.sign import Appearance, KeySpec, SignedPdf, sign_pdf_bytes
+from sfsign.documents.sign import Appearance, KeySpec, SignatureLevel, SignedPdf, sign_pdf_bytes
 from sfsign.documents.verify import validate_signed_pdf
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
@@ -68,11 +73,60 @@ def _cold_render_ms() -> float:
     return float(out.stdout.strip())
 
 
+def _level_costs(rounds: int) -> None:
+    """Signing cost per PAdES level with RSA-3072, local TSA/OCSP/CRL over HTTP on 127.0.0.1.
+
+    The upgrade rows are what the daemon pays later, asynchronously: sign B-T, then upgrade.
+    Sessions (TSA, OCSP/CRL fetchers) are warm, as in a long-running worker process.
+    """
+    rendered = render_pdf(sample_contract(kind="quote", currency="EUR", line_count=30), "quote")
+    with tempfile.TemporaryDirectory() as tmp:
+        pki, services = start_demo_pki_services(Path(tmp) / "pki", passphrase="bench-only")
+        try:
+            spec, roots, tsa = pki.pkcs12_key_spec(), [pki.root_cert_pem_path], [services.tsa_url]
+
+            def sign(level: SignatureLevel) -> SignedPdf:
+                return sign_pdf_bytes(rendered.pdf, rendered.signature_box, spec, APPEARANCE, level=level, tsa_urls=tsa)
+
+            def upgraded(target: SignatureLevel) -> int:
+                return len(upgrade_pdf(sign(SignatureLevel.B_T).pdf, target, trust_roots=roots, tsa_urls=tsa).pdf)
+
+            for level in SignatureLevel:  # warm every cache and session once
+                upgraded(level) if level in (SignatureLevel.B_LT, SignatureLevel.B_LTA) else sign(level)
+            before = dict(services.counts)
+            rows = [
+                ("B-B (sign)", *_timed(lambda: sign(SignatureLevel.B_B), rounds), len(sign(SignatureLevel.B_B).pdf)),
+                ("B-T (sign)", *_timed(lambda: sign(SignatureLevel.B_T), rounds), len(sign(SignatureLevel.B_T).pdf)),
+                (
+                    "B-T + upgrade to B-LT",
+                    *_timed(lambda: upgraded(SignatureLevel.B_LT), rounds),
+                    upgraded(SignatureLevel.B_LT),
+                ),
+                (
+                    "B-T + upgrade to B-LTA",
+                    *_timed(lambda: upgraded(SignatureLevel.B_LTA), rounds),
+                    upgraded(SignatureLevel.B_LTA),
+                ),
+            ]
+            requests = {k: v - before.get(k, 0) for k, v in services.counts.items()}
+        finally:
+            services.stop()
+    print(f"\nPAdES level cost, RSA-3072, {rounds} rounds, services on 127.0.0.1 (requests: {requests})\n")
+    print("| level | median ms | p90 ms | size KiB |")
+    print("|---|---:|---:|---:|")
+    for name, median, p90, size in rows:
+        print(f"| {name} | {median:.1f} | {p90:.1f} | {size / 1024:.0f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="render + sign cost per document")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--pool-docs", type=int, default=60)
+    parser.add_argument("--levels-only", action="store_true", help="only the per-level signing cost table")
     args = parser.parse_args()
+    if args.levels_only:
+        _level_costs(args.rounds)
+        return 0
 
     doc = sample_contract(kind="quote", currency="EUR", line_count=30)
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +191,7 @@ def main() -> int:
         f"= {args.pool_docs / elapsed:.1f} documents/s"
     )
     print(f"sizes: rendered {len(rendered.pdf) / 1024:.0f} KiB, signed {len(signed.pdf) / 1024:.0f} KiB")
+    _level_costs(args.rounds)
     return 0
 
 

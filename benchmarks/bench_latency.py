@@ -20,8 +20,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from sfsign.config import Rules
 from sfsign.daemon import Daemon
-from sfsign.demo import daemon_settings, write_demo_config
+from sfsign.demo import daemon_settings, demo_pki, write_demo_config
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 
@@ -50,7 +51,12 @@ async def create_records(control: ControlClient, count: int) -> list[str]:
 
 
 async def run(emulator: EmulatorThread, work: Path, count: int) -> None:
-    rules, _ = write_demo_config(work)
+    with demo_pki(work) as (pki, services):
+        await _run(emulator, work, count, write_demo_config(work, pki, services))
+
+
+async def _run(emulator: EmulatorThread, work: Path, count: int, rules: Rules) -> None:
+    """Stage changes to "Proposal/Price Quote" (the demo signs those at B-T, then upgrades to B-LTA)."""
     settings = daemon_settings(emulator, work, rules.source)
     async with ControlClient(emulator.url, emulator.control_token, emulator.ca_file) as control:
         ids = await create_records(control, count)

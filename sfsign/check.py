@@ -72,9 +72,50 @@ def check_signing(rules: Rules) -> list[Check]:
                              "order a new certificate now and put it in the profile's key file"))
         else:
             out.append(_ok("signing certificate", detail))
-    tsa = [n for n, p in rules.profiles.items() if p.level != "B-B"]
-    out.append(Check("timestamp authority", None if not tsa else False,
-                     "no profile uses a timestamp (level B-B)" if not tsa else "TSA levels are not supported yet"))
+    return out
+
+
+async def check_timestamps(rules: Rules) -> list[Check]:
+    """Ask each profile's TSAs for a real token, as signing would (same client, failover, credentials)."""
+    import hashlib
+    import secrets
+
+    from sfsign.documents.tsa import aclose_timestampers, get_timestamper, redact_url
+    from sfsign.worker import PermanentFailure, tsa_of
+
+    used = sorted({r.profile for r in rules.rules})
+    out: list[Check] = []
+    try:
+        for name in used:
+            profile = rules.profiles[name]
+            if profile.tsa is None:
+                continue
+            try:
+                urls, auth = tsa_of(profile)
+            except PermanentFailure as exc:
+                out.append(_fail("timestamp authority", f"profile {name!r}: {exc.reason}",
+                                 "set the variable named by tsa.password_env"))
+                continue
+            for url in urls:  # each one, so a dead fallback is found before it is needed
+                stamper = get_timestamper([url], auth, timeout=profile.tsa.timeout_s)
+                try:
+                    token = await stamper.async_timestamp(hashlib.sha256(secrets.token_bytes(16)).digest(), "sha256")
+                except Exception as exc:  # TimestampUnavailable names the URL and the reason
+                    out.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
+                                     "check the URL, the network path and the TSA credentials"))
+                    continue
+                gen_time = token["content"]["encap_content_info"]["content"].parsed["gen_time"].native
+                skew = abs((gen_time - datetime.now(UTC)).total_seconds())
+                detail = f"profile {name!r}: {redact_url(url)} answered (genTime {gen_time:%Y-%m-%d %H:%M:%S}Z)"
+                if skew > 300:
+                    out.append(_fail("timestamp authority", f"{detail}, {skew:.0f} s away from this machine's clock",
+                                     "synchronise this machine's clock (NTP) or check the TSA"))
+                else:
+                    out.append(_ok("timestamp authority", detail))
+    finally:
+        await aclose_timestampers()
+    if not out:
+        out.append(Check("timestamp authority", None, "no profile uses a timestamp (level B-B)"))
     return out
 
 
@@ -209,6 +250,7 @@ async def _check_streaming(settings: Settings, rules: Rules, authenticator: Auth
 async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
     checks = await asyncio.to_thread(check_signing, rules)
     checks += await asyncio.to_thread(check_templates, rules)
+    checks += await check_timestamps(rules)
     from sfsign.daemon import auth_config
 
     authenticator = Authenticator(auth_config(settings))

@@ -1,4 +1,4 @@
-"""`sfsign` command line: run | demo | emulator serve | version.
+"""`sfsign` command line: run | check | status | jobs | retry | render | reconcile | ltv-refresh | purge | demo.
 
 Errors an operator can fix (configuration, credentials) end with one readable message and exit code
 2; they never print a traceback, and never a secret.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,14 +70,97 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from sfsign.daemon import reconcile_once
+    from sfsign.ops.progress import ProgressLine, reconcile_with_progress
 
     settings, rules = _settings_and_rules(args)
     since = datetime.fromisoformat(args.since) if args.since else None
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    created = asyncio.run(reconcile_once(settings, rules, since))
+    progress = ProgressLine("reconciling") if sys.stderr.isatty() else None
+    try:
+        created = asyncio.run(reconcile_with_progress(settings, rules, since, progress))
+    finally:
+        if progress is not None:
+            progress.close()
     print(f"{created} job(s) queued for records in a trigger state without a transaction id")
+    return 0
+
+
+def _open_existing_outbox(settings: Settings) -> OutboxStore:
+    """The daemon's outbox; an operator pointing at the wrong data directory gets told, not a new empty one."""
+    path = settings.data_dir / "outbox.sqlite"
+    if not path.is_file():
+        raise ConfigError(f"no outbox at {path}: set SFSIGN_DATA_DIR to the daemon's data directory")
+    return OutboxStore(path)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sfsign.ops.status import collect_status, render_status, status_json
+
+    store = _open_existing_outbox(load_settings())
+    try:
+        report = collect_status(store)
+    finally:
+        store.close()
+    print(json.dumps(status_json(report), indent=2) if args.json else render_status(report))
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from sfsign.ops.status import job_line, render_jobs
+
+    store = _open_existing_outbox(load_settings())
+    try:
+        jobs = store.recent_jobs(JobState(args.state) if args.state else None, limit=args.limit)
+    finally:
+        store.close()
+    now = time.time()
+    lines = [job_line(job, now) for job in jobs]
+    print(json.dumps(lines, indent=2) if args.json else render_jobs(lines))
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from sfsign.ops.preview import PreviewError, render_preview
+
+    settings, rules = _settings_and_rules(args)
+    try:
+        pdf = asyncio.run(render_preview(settings, rules, args.record, args.rule))
+    except PreviewError as exc:
+        print(f"sfsign: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    out.write_bytes(pdf)
+    print(f"wrote {out} ({len(pdf):,} bytes): an unsigned preview; nothing was signed, uploaded or written back")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from sfsign.ops.retention import purge
+
+    settings = load_settings()
+    store = _open_existing_outbox(settings)
+    try:
+        result = purge(store, settings, dry_run=args.dry_run)
+    finally:
+        store.close()
+    rows = result.rows
+    per_state = ", ".join(f"{state}: {n}" for state, n in sorted(rows.jobs.items())) or "none"
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {rows.job_rows} job row(s) older than {settings.job_retention_days:g} days ({per_state}), "
+          f"{rows.audit_rows} audit row(s) and {len(result.artifacts)} artifact file(s) of finished jobs "
+          f"(grace {settings.artifact_grace_s:g} s)")
+    return 0
+
+
+def _cmd_ltv_refresh(args: argparse.Namespace) -> int:
+    from sfsign.daemon import ltv_refresh_once
+
+    settings, rules = _settings_and_rules(args)
+    within = args.within_days if args.within_days is not None else settings.ltv_refresh_within_days
+    queued = asyncio.run(ltv_refresh_once(settings, rules, within))
+    print(f"{queued} B-LTA file(s) whose archive timestamp is due within {within:g} days queued for renewal "
+          "(the daemon adds each as a new version of the same File)")
     return 0
 
 
@@ -160,10 +244,37 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all-errors", action="store_true", help="every job in state error or dead")
     retry.set_defaults(func=_cmd_retry)
 
+    status = sub.add_parser("status", help="jobs per state, oldest active job, last event, API usage")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+
+    jobs = sub.add_parser("jobs", help="the latest jobs, one line each (ids, state, attempts, last error)")
+    jobs.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output, errors in full")
+    jobs.set_defaults(func=_cmd_jobs)
+
+    render = sub.add_parser("render", help="preview a rule's template on a real record (no signing, no upload)")
+    render.add_argument("--record", required=True, help="the Opportunity or Quote id")
+    render.add_argument("--rule", help="rule name (default: the first rule of the record's object)")
+    render.add_argument("-o", "--output", required=True, help="where to write the unsigned PDF")
+    render.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    render.set_defaults(func=_cmd_render)
+
+    purge = sub.add_parser("purge", help="delete expired job rows and artifacts now (the daemon does it hourly)")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    purge.set_defaults(func=_cmd_purge)
+
     reconcile = sub.add_parser("reconcile", help="queue records sitting in a trigger state without a transaction")
     reconcile.add_argument("--since", help="only records modified since (ISO date or datetime, UTC)")
     reconcile.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
     reconcile.set_defaults(func=_cmd_reconcile)
+
+    refresh = sub.add_parser("ltv-refresh", help="renew the archive timestamp of B-LTA files before it expires")
+    refresh.add_argument("--within-days", type=float, default=None,
+                         help="renew what expires within this many days (default $SFSIGN_LTV_REFRESH_WITHIN_DAYS, 90)")
+    refresh.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    refresh.set_defaults(func=_cmd_ltv_refresh)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

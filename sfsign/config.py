@@ -39,6 +39,12 @@ SFSIGN_OWNED_FIELDS = frozenset(
         "Sign_Error__c",
         "Sign_Document_Hash__c",
         "Sign_Level__c",
+        "Sign_Timestamp__c",
+        "Sign_Signer__c",
+        "Sign_Signer_Serial__c",
+        "Sign_Validation__c",
+        "Sign_Eidas_Level__c",
+        "Sign_Archive_Due__c",
     }
 )
 
@@ -92,6 +98,26 @@ class Settings(BaseSettings):
     audit_flush_s: float = Field(5.0, gt=0, description="how often audit events go to Signature_Event__c")
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
+    ltv_refresh_interval_h: float = Field(
+        24.0, ge=0, description="how often to look for B-LTA files whose archive timestamp is due; 0 turns it off"
+    )
+    ltv_refresh_within_days: float = Field(
+        90.0, gt=0, description="renew an archive timestamp this many days before its certificate expires"
+    )
+    ltv_delay_s: float = Field(
+        2.0, ge=0, description="B-LT/B-LTA: wait before the background upgrade, so fresh documents go first"
+    )
+    job_retention_days: float = Field(
+        30.0, gt=0, description="done/error/dead job rows (and their sent audit rows) are purged after this (GDPR)"
+    )
+    artifact_grace_s: float = Field(
+        0.0, ge=0, description="rendered/signed PDFs of finished jobs are kept this long on disk, then deleted"
+    )
+
+    ops_host: str = Field(
+        "127.0.0.1", description="address of /healthz, /readyz, /metrics; loopback unless set (the container: 0.0.0.0)"
+    )
+    ops_port: int = Field(8787, ge=-1, le=65535, description="port of the ops endpoint; 0 = any free port, -1 = off")
 
     @field_validator("api_version")
     @classmethod
@@ -145,12 +171,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+class Pkcs11Config(_Strict):
+    """A key on a PKCS#11 token (HSM, smart card, SoftHSM2). The PIN is named, never written here."""
+
+    module: Path = Field(description="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    token: str = Field(min_length=1, description="token label")
+    key: str = Field(min_length=1, description="label of the private key on the token")
+    cert: str | None = Field(None, description="label of the certificate on the token (default: the key's label)")
+    cert_file: Path | None = Field(None, description="the certificate as a file instead of on the token")
+    pin_env: str = Field(pattern=_ENV_NAME, description="environment variable (or secrets file) holding the PIN")
+
+
 class KeyConfig(_Strict):
-    """Where the signing key lives. Passphrases are named, never written in the file."""
+    """Where the signing key lives. Passphrases and PINs are named, never written in the file."""
 
     pkcs12: Path | None = None
     pem_key: Path | None = None
     pem_cert: Path | None = None
+    pkcs11: Pkcs11Config | None = None
     chain: list[Path] = Field(default_factory=list)
     passphrase_env: str | None = Field(
         None, description="environment variable (or secrets file) holding the passphrase"
@@ -158,10 +199,33 @@ class KeyConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:
-        if bool(self.pkcs12) == bool(self.pem_key):
-            raise ValueError("give exactly one of `pkcs12` or `pem_key` (+ `pem_cert`)")
+        if sum(x is not None for x in (self.pkcs12, self.pem_key, self.pkcs11)) != 1:
+            raise ValueError("give exactly one of `pkcs12`, `pem_key` (+ `pem_cert`) or `pkcs11`")
         if self.pem_key and not self.pem_cert:
             raise ValueError("`pem_key` needs `pem_cert`")
+        return self
+
+
+class TsaConfig(_Strict):
+    """RFC 3161 timestamp authorities, asked in order until one answers."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    password_env: str | None = Field(None, pattern=_ENV_NAME)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"TSA URL {url!r} must start with http:// or https://")
+        return urls
+
+    @model_validator(mode="after")
+    def _credentials(self) -> TsaConfig:
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("give both `username` and `password_env` for TSA basic authentication, or neither")
         return self
 
 
@@ -172,11 +236,43 @@ class AppearanceConfig(_Strict):
     contact: str = ""
 
 
+SignatureLevelName = Literal["B-B", "B-T", "B-LT", "B-LTA"]
+EidasLevel = Literal["SES", "AES", "QES"]
+
+
 class ProfileConfig(_Strict):
+    """How documents are signed. B-LT and B-LTA are reached as B-T on the request path (so the rep sees
+    `Signed` quickly) and then upgraded in the background, as a new version of the same file."""
+
     key: KeyConfig
-    level: Literal["B-B"] = "B-B"
+    level: SignatureLevelName = "B-LTA"
+    tsa: TsaConfig | None = None
+    on_tsa_failure: Literal["error", "downgrade"] = Field(
+        "error",
+        description="error: retry, then fail the job (default). downgrade: sign at B-B, logged and recorded",
+    )
+    eidas_level: EidasLevel = Field("SES", description="the eIDAS level the admin declares; written to the record")
     appearance: AppearanceConfig
     trust_roots: list[Path] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _level_needs(self) -> ProfileConfig:
+        if self.level != "B-B" and self.tsa is None:
+            raise ValueError(
+                f"level {self.level} needs a timestamp authority: add `tsa: {{urls: [https://...]}}`, "
+                "or set `level: B-B`"
+            )
+        if self.level in ("B-LT", "B-LTA") and not self.trust_roots:
+            raise ValueError(
+                f"level {self.level} embeds revocation data for the signer's chain: list your CA's root "
+                "certificate under `trust_roots`"
+            )
+        return self
+
+    @property
+    def upgrades(self) -> bool:
+        """The level is reached by a background upgrade after the B-T signature."""
+        return self.level in ("B-LT", "B-LTA")
 
 
 class SellerConfig(Party):
@@ -354,6 +450,11 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
             if value is not None:
                 resolved[attr] = (path.parent / value).resolve()
         resolved["chain"] = [(path.parent / c).resolve() for c in key.chain]
+        if key.pkcs11 is not None:
+            hsm = key.pkcs11
+            resolved["pkcs11"] = hsm.model_copy(
+                update={"cert_file": (path.parent / hsm.cert_file).resolve() if hsm.cert_file else None}
+            )
         profiles[pname] = profile.model_copy(
             update={
                 "key": key.model_copy(update=resolved),

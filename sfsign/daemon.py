@@ -1,10 +1,11 @@
 """The supervisor: starts intake and workers in order, and stops them in the reverse order.
 
-Start: outbox → authentication → REST → CPU pool → worker → stream. Stop (SIGTERM, SIGINT or the
-`stop` event): intake first (no new jobs), then let in-flight steps finish up to the grace deadline
-(the rest resume at their last persisted step on the next start), then close the pool, the clients
-and the database. Nothing is acknowledged to Salesforce except through the replay id, which only
-moves after the outbox commit.
+Start: ops endpoint → outbox → authentication → REST → CPU pool → worker → stream. Stop (SIGTERM,
+SIGINT or the `stop` event): intake first (no new jobs), then let in-flight steps finish up to the
+grace deadline (the rest resume at their last persisted step on the next start), then close the pool,
+the clients and the database, and the ops endpoint last. SIGHUP reloads the rules file (`reload`).
+Nothing is acknowledged to Salesforce except through the replay id, which only moves after the outbox
+commit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,9 +26,13 @@ from typing import Any
 import structlog
 
 from sfsign.aio import wait_any
-from sfsign.config import Rules, Settings, read_secret
+from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
 from sfsign.documents import jobs as doc_jobs
-from sfsign.ops.metrics import Metrics
+from sfsign.documents.sign import load_signer
+from sfsign.ops.http import OpsServer, Readiness
+from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
+from sfsign.ops.retention import purge_loop
+from sfsign.ops.status import record_api_usage
 from sfsign.outbox import Outbox, OutboxStore
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
@@ -41,12 +47,15 @@ from sfsign.salesforce.rest import (
 )
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_state, decide_sign_request
-from sfsign.worker import Worker, WorkerConfig
+from sfsign.worker import Worker, WorkerConfig, preflight_profiles, signing_request
 
 log = structlog.get_logger("sfsign.daemon")
 
 RECONCILE_PREFIX = "reconcile:"
 FIRST_SUBSCRIBED_KEY = "first_subscribed_at"
+OPS_PROBE_KEY = "ops_write_probe"
+OUTBOX_PROBE_TIMEOUT_S = 2.0
+CERTIFICATE_REFRESH_S = 3600.0
 
 
 def auth_config(settings: Settings) -> AuthConfig:
@@ -76,6 +85,8 @@ class Health:
     last_event_at: float | None = None
     org_id: str | None = None
     instance_url: str | None = None
+    # channel -> commit time (epoch s) of the last event received: the replay lag gauge
+    last_event_commit: dict[str, float] = field(default_factory=dict)
 
 
 class Daemon:
@@ -93,6 +104,16 @@ class Daemon:
         self.authenticator: Authenticator | None = None
         self.metrics = Metrics()
         self._reconcile_wake = asyncio.Event()
+        self.certificates = CertificateExpiry()
+        self.ops_server: OpsServer | None = None
+        self._rest: SalesforceRest | None = None
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def ops_port(self) -> int | None:
+        """The port the ops endpoint is bound to (tests use SFSIGN_OPS_PORT=0); None when it is off."""
+        return self.ops_server.port if self.ops_server is not None else None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -103,8 +124,25 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> None:
+        """Serve the ops endpoint first and stop it last, so /healthz answers during start-up and
+        shutdown, and /readyz tells why the daemon is not ready yet (or any more)."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.ops_port >= 0:
+            self.ops_server = OpsServer(
+                self.settings.ops_host, self.settings.ops_port, readiness=self.readiness, metrics=self.metrics_text
+            )
+            await self.ops_server.start()
+        try:
+            await self._run()
+        finally:
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            if self.ops_server is not None:
+                await self.ops_server.stop()
+
+    async def _run(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.outbox.open()
         authenticator = self.authenticator = Authenticator(auth_config(settings))
         rest: SalesforceRest | None = None
@@ -116,6 +154,9 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+            installed.append(signal.SIGHUP)
         try:
             token = await self._first_login(authenticator)
             if token is None:
@@ -125,7 +166,7 @@ class Daemon:
             self.health.org_id = token.org_id
             self.health.instance_url = token.instance_url
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
-            rest = SalesforceRest(authenticator, api_version=settings.api_version)
+            rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -143,6 +184,8 @@ class Daemon:
                     backoff_base_s=settings.retry_base_s,
                     backoff_cap_s=settings.retry_cap_s,
                     multi_currency=settings.multi_currency,
+                    ltv_delay_s=settings.ltv_delay_s,
+                    artifact_grace_s=settings.artifact_grace_s,
                 ),
                 instance_url=lambda: (authenticator.current or token).instance_url,
                 metrics=self.metrics,
@@ -161,7 +204,15 @@ class Daemon:
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
             tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
             tasks.append(asyncio.create_task(self._audit_flusher(rest), name="audit"))
+            if settings.ltv_refresh_interval_h > 0:
+                tasks.append(asyncio.create_task(self._archive_scheduler(rest), name="ltv-refresh"))
             tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
+            tasks.append(asyncio.create_task(self._certificate_watch(), name="certificates"))
+            tasks.append(asyncio.create_task(purge_loop(self.outbox, settings, self._stop), name="retention"))
+            tasks.append(asyncio.create_task(
+                record_api_usage(self.outbox, lambda: rest.api_usage if rest is not None else None, self._stop),
+                name="api-usage",
+            ))
             # Renders queue behind the warm-up in the pool, so the first document does not pay for
             # interpreter and template start-up twice; intake and fetches proceed meanwhile.
             for problem in sorted({p for found in await asyncio.gather(*warm_up) for p in found}):
@@ -176,7 +227,8 @@ class Daemon:
             self._stop.set()
             log.info("stopping: intake first")
             for task in tasks:
-                if task.get_name() in ("intake", "stream-watch", "reconciler", "audit"):
+                if task.get_name() in ("intake", "stream-watch", "reconciler", "audit", "ltv-refresh", "retention",
+                                       "api-usage", "certificates"):
                     task.cancel()
             if self.stream is not None:
                 with contextlib.suppress(Exception):
@@ -194,6 +246,7 @@ class Daemon:
                 await rest.close()
             await authenticator.aclose()
             await self.outbox.close()
+            self._rest = None
             for sig in installed:
                 loop.remove_signal_handler(sig)
             log.info("stopped")
@@ -211,6 +264,107 @@ class Daemon:
             await wait_any(self._stop, within_s=delay)
             delay = min(delay * 2, 60.0)
         return None
+
+    # ------------------------------------------------------------------------- ops: readiness, metrics
+
+    async def readiness(self) -> Readiness:
+        """Authenticated, subscribed to every channel, and the outbox takes a write right now."""
+        reasons: list[str] = []
+        if self._stop.is_set():
+            reasons.append("stopping")
+        if not self.health.authenticated:
+            reasons.append("not authenticated with Salesforce")
+        if not self.health.subscribed:
+            reasons.append("not subscribed to every streaming channel")
+        writable = True
+        try:
+            await asyncio.wait_for(self.outbox.call(_probe_write), OUTBOX_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            writable = False
+            reasons.append(f"the outbox did not take a write within {OUTBOX_PROBE_TIMEOUT_S:g} s")
+        except Exception as exc:
+            writable = False
+            reasons.append(f"the outbox is not writable: {type(exc).__name__}: {exc}")
+        checks = {"authenticated": self.health.authenticated, "subscribed": self.health.subscribed,
+                  "outbox_writable": writable}
+        return Readiness(reasons=tuple(reasons), checks=checks)
+
+    async def metrics_text(self) -> bytes:
+        async def ready() -> bool:
+            return (await self.readiness()).ready
+
+        sources = ScrapeSources(
+            outbox=self.outbox,
+            api_usage=lambda: self._rest.api_usage if self._rest is not None else None,
+            last_event_commit=lambda: self.health.last_event_commit,
+            certificates=self.certificates,
+            ready=ready,
+        )
+        return self.metrics.render(await take_snapshot(sources))
+
+    async def _refresh_certificates_safely(self, rules: Rules) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            self.certificates.set(await loop.run_in_executor(None, certificate_not_after, rules))
+        except Exception as exc:  # only the expiry gauge is affected: never stop the daemon for it
+            log.warning("could not read the signing certificates' expiry", error=f"{type(exc).__name__}: {exc}")
+
+    async def _certificate_watch(self) -> None:
+        """Re-read the certificates hourly: a key file replaced without SIGHUP still shows its new expiry
+        (load_signer reloads a file whose mtime changed)."""
+        while not self._stop.is_set():
+            await self._refresh_certificates_safely(self.rules)
+            await wait_any(self._stop, within_s=CERTIFICATE_REFRESH_S)
+
+    # ------------------------------------------------------------------------------------ reload
+
+    def _on_reload_signal(self) -> None:
+        log.info("signal received; reloading the rules", signal="SIGHUP")
+        self.request_reload()
+
+    def request_reload(self) -> asyncio.Task[bool]:
+        """Reload in the background (SIGHUP); the task's result says whether the new rules were applied."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def reload(self) -> bool:
+        """Re-read the rules file and check its signing profiles; apply it only if both succeed.
+
+        The swap is two assignments with no `await` between them, so the next job the worker claims
+        sees the new rules while a job already in flight keeps the rules it was claimed with
+        (Worker._process). Templates are read by Typst at every render and keys are reloaded when their
+        file changes, so new rules need nothing else. Never raises: invalid rules are refused, logged
+        with their file:line message and counted, and the old rules stay in force.
+        """
+        async with self._reload_lock:
+            path = self.settings.rules_file
+            loop = asyncio.get_running_loop()
+            try:
+                rules = await loop.run_in_executor(None, load_rules, path)
+                problems = await loop.run_in_executor(None, preflight_profiles, rules)
+                if problems:
+                    raise ConfigError("\n".join(problems))
+            except Exception as exc:
+                self.metrics.config_reload_failures.inc()
+                error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                log.error("rules reload refused; the previous rules stay in force", rules_file=str(path), error=error)
+                return False
+            self.rules = rules
+            if self.worker is not None:
+                self.worker.rules = rules
+            self.metrics.config_reloads.inc()
+            log.info("rules reloaded; the next job uses them", rules_file=str(path),
+                     rules=[r.name for r in rules.rules])
+            if self.stream is not None:
+                missing = sorted(set(rules.channels()) - set(self.stream.channels))
+                if missing:
+                    log.warning("the new rules need streaming channels this process is not subscribed to; "
+                                "restart sfsign to subscribe (until then their records are not signed)",
+                                channels=missing)
+            await self._refresh_certificates_safely(rules)
+            return True
 
     # ------------------------------------------------------------------------------------ intake
 
@@ -295,6 +449,9 @@ class Daemon:
         self.metrics.events_received.labels(channel).inc()
         try:
             event = parse_event(message)
+            committed = _commit_time(event)
+            if committed is not None:
+                self.health.last_event_commit[event.channel] = committed
         except MalformedEvent as exc:
             log.warning("malformed event skipped", channel=exc.channel or channel, replay_id=exc.replay_id,
                         reason=exc.reason)
@@ -422,6 +579,24 @@ class Daemon:
             delay = min(delay * 2, 300.0) if failed else 1.0
             await wait_any(self._stop, self._reconcile_wake, within_s=timeout)
 
+    async def _archive_scheduler(self, rest: SalesforceRest) -> None:
+        """Renew archive timestamps that come due, once at start and then every interval."""
+        from sfsign.archive import queue_due_archive_timestamps
+
+        interval_s = self.settings.ltv_refresh_interval_h * 3600
+        while not self._stop.is_set():
+            try:
+                queued = await queue_due_archive_timestamps(
+                    rest, self.outbox, self.rules, within_days=self.settings.ltv_refresh_within_days
+                )
+                if queued and self.worker is not None:
+                    self.worker.wake()
+                wait_s = interval_s
+            except Exception as exc:  # Salesforce down: try again soon, never stop the daemon for this
+                log.error("archive timestamp scan failed; will retry", error=f"{type(exc).__name__}: {exc}")
+                wait_s = min(interval_s, 300.0)
+            await wait_any(self._stop, within_s=wait_s)
+
     async def reconcile(
         self, rest: SalesforceRest, sobjects: list[str], since: datetime | None = None
     ) -> int:
@@ -454,11 +629,15 @@ class Daemon:
         return created
 
 
-async def reconcile_once(settings: Settings, rules: Rules, since: datetime | None = None) -> int:
+async def reconcile_once(
+    settings: Settings, rules: Rules, since: datetime | None = None,
+    wrap_rest: Callable[[SalesforceRest], SalesforceRest] | None = None,
+) -> int:
     """`sfsign reconcile`: one reconciliation pass from the command line, beside or without a daemon.
 
     It writes to the same outbox (SQLite allows a second writer; the unique transaction id and the
     duplicate checks make a concurrent daemon harmless); a running daemon picks the jobs up.
+    `wrap_rest` lets the CLI watch the query pages go by (its progress bar).
     """
     daemon = Daemon(settings, rules)
     await daemon.outbox.open()
@@ -467,11 +646,27 @@ async def reconcile_once(settings: Settings, rules: Rules, since: datetime | Non
     try:
         daemon._token = await authenticator.token()
         objects = sorted({r.object for r in rules.rules})
-        return await daemon.reconcile(rest, objects, since=since)
+        return await daemon.reconcile(wrap_rest(rest) if wrap_rest else rest, objects, since=since)
     finally:
         await rest.close()
         await authenticator.aclose()
         await daemon.outbox.close()
+
+
+async def ltv_refresh_once(settings: Settings, rules: Rules, within_days: float) -> int:
+    """`sfsign ltv-refresh`: queue the archive timestamps due within `within_days`; a daemon does the work."""
+    from sfsign.archive import queue_due_archive_timestamps
+
+    outbox = Outbox(settings.data_dir / "outbox.sqlite")
+    await outbox.open()
+    authenticator = Authenticator(auth_config(settings))
+    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        return await queue_due_archive_timestamps(rest, outbox, rules, within_days=within_days)
+    finally:
+        await rest.close()
+        await authenticator.aclose()
+        await outbox.close()
 
 
 def reconcile_query(sobject: str, field: str, values: list[str], since: datetime | None) -> str:
@@ -482,6 +677,37 @@ def reconcile_query(sobject: str, field: str, values: list[str], since: datetime
     if since is not None:
         where += f" AND LastModifiedDate >= {soql_datetime(since)}"
     return f"SELECT Id, {field}, Sign_Transaction_Id__c FROM {sobject} WHERE {where} ORDER BY LastModifiedDate"
+
+
+def certificate_not_after(rules: Rules) -> dict[str, datetime]:
+    """`not_after` of the certificate of each signing profile the rules use (blocking: loads keys).
+
+    A profile whose key cannot be loaded is left out (and logged): preflight and the jobs report it.
+    """
+    out: dict[str, datetime] = {}
+    for name in sorted({r.profile for r in rules.rules}):
+        try:
+            signer = load_signer(signing_request(rules.profiles[name]).key)
+        except Exception as exc:
+            log.warning("signing certificate not readable for the expiry gauge", profile=name,
+                        error=f"{type(exc).__name__}: {exc}")
+            continue
+        if signer.signing_cert is not None:
+            out[name] = signer.signing_cert["tbs_certificate"]["validity"]["not_after"].native
+    return out
+
+
+def _commit_time(event: ChangeEvent | PlatformEvent | Any) -> float | None:
+    """When Salesforce committed the event (epoch s): CDC commitTimestamp, platform events' CreatedDate."""
+    if isinstance(event, ChangeEvent) and event.commit_timestamp_ms is not None:
+        return event.commit_timestamp_ms / 1000
+    if isinstance(event, PlatformEvent) and event.created_date is not None:
+        return event.created_date.timestamp()
+    return None
+
+
+def _probe_write(store: OutboxStore) -> None:
+    store.set_meta(OPS_PROBE_KEY, datetime.now(UTC).isoformat())
 
 
 def _mark_first_subscribed(store: OutboxStore) -> None:

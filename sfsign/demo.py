@@ -1,11 +1,12 @@
 """`sfsign demo`: the whole product in one command, against the embedded Salesforce emulator.
 
 It starts the emulator on its own thread (a separate event loop, like a remote org), generates a
-demo signing PKI, starts the real daemon with the JWT bearer flow, then acts as sales reps would:
-three opportunities move to "Proposal/Price Quote", one quote is approved and one "Send for
-signature" platform event is published. It waits for the five records to show `Signed`, downloads
-each signed file through the REST API, checks it is the file the daemon signed, writes it to
-`./demo-output/` and prints a table.
+demo PKI with its timestamp authority, OCSP responder and CRLs on 127.0.0.1, starts the real daemon
+with the JWT bearer flow, then acts as sales reps would: three opportunities move to a signing stage,
+one quote is approved and one "Send for signature" platform event is published. The rules sign at
+each PAdES level (B-B, B-T, B-LT, B-LTA). It waits for the five records to show `Signed` at their
+profile's level, downloads each signed file through the REST API, checks it is the file the daemon
+signed, writes it to `./demo-output/` and prints a table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,11 @@ import structlog
 
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon, auth_config
-from sfsign.documents.pki import create_demo_pki
+from sfsign.documents.pki import DemoPki
+from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.ops.logging import configure_logging
-from sfsign.outbox import JobState
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest
 
@@ -42,13 +44,14 @@ PASSPHRASE_ENV = "SFSIGN_DEMO_SIGNER_PASSPHRASE"
 # (object, seeded record name, acting rep, how the record gets to signature)
 SCENARIO: list[tuple[str, str, str, str]] = [
     ("Opportunity", "Acme Industries - Platform Renewal 2027", "marc.dubois@northwind.example", "stage"),
-    ("Opportunity", "Globex - Enterprise Rollout", "emily.carter@northwind.example", "stage"),
-    ("Opportunity", "Initech - Onboarding Package", "emily.carter@northwind.example", "stage"),
+    ("Opportunity", "Globex - Enterprise Rollout", "emily.carter@northwind.example", "negotiation"),
+    ("Opportunity", "Initech - Onboarding Package", "emily.carter@northwind.example", "won"),
     ("Quote", "Enterprise Upgrade - Angebot", "lena.hoffmann@northwind.example", "status"),
     ("Opportunity", "Acme Industries - API Add-on", "marc.dubois@northwind.example", "event"),
 ]
+_STAGE_FOR = {"stage": "Proposal/Price Quote", "negotiation": "Negotiation/Review", "won": "Closed Won"}
 
-RULES_TEMPLATE = """\
+_SELLER = """\
 version: 1
 seller:
   name: Northwind Cloud GmbH
@@ -59,11 +62,16 @@ seller:
   vat_id: DE 312 456 789
   email: contracts@northwind.example
   phone: +49 30 1234 5678
+"""
+
+# The tests' rules: one B-B profile, so most tests need no timestamp authority.
+RULES_TEMPLATE = _SELLER + """\
 signing_profiles:
   company-seal:
     key:
       pkcs12: {p12}
       passphrase_env: {passphrase_env}
+    level: B-B
     trust_roots: [{root}]
     appearance:
       name: Northwind Cloud GmbH
@@ -91,6 +99,76 @@ rules:
       - Prices are exclusive of VAT unless stated otherwise.
 """
 
+_PROFILE = """\
+  seal-{slug}:
+    key:
+      pkcs12: {p12}
+      passphrase_env: {passphrase_env}
+    level: {level}
+{tsa}    eidas_level: AES
+    trust_roots: [{root}]
+    appearance:
+      name: Northwind Cloud GmbH
+      reason: Offer approved and signed by Northwind Cloud GmbH
+      location: Berlin, Germany
+"""
+
+# The demo's rules: one profile per PAdES level, all with the same key and the local TSA.
+DEMO_RULES_TAIL = """\
+rules:
+  - name: opportunity-proposal
+    object: Opportunity
+    field: StageName
+    values: ["Proposal/Price Quote"]
+    template: proposal
+    profile: seal-b-lta
+    file_name: "Proposal {number} {date}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+      - Payment within 30 days of invoice date.
+  - name: opportunity-negotiation
+    object: Opportunity
+    field: StageName
+    values: ["Negotiation/Review"]
+    template: proposal
+    profile: seal-b-lt
+    file_name: "Final offer {number} {date}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+  - name: opportunity-won
+    object: Opportunity
+    field: StageName
+    values: ["Closed Won"]
+    template: proposal
+    profile: seal-b-b
+    title: Order confirmation
+    file_name: "Order confirmation {number} {date}.pdf"
+  - name: quote-approved
+    object: Quote
+    field: Status
+    values: ["Approved"]
+    template: quote
+    profile: seal-b-t
+    file_name: "Quote {number} {date}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+"""
+
+
+def demo_rules_text(pki: DemoPki, tsa_url: str) -> str:
+    profiles = "".join(
+        _PROFILE.format(
+            slug=level.lower(),
+            p12=pki.signer_p12_path,
+            passphrase_env=PASSPHRASE_ENV,
+            level=level,
+            tsa="" if level == "B-B" else f"    tsa:\n      urls: [{tsa_url}]\n",
+            root=pki.root_cert_pem_path,
+        )
+        for level in ("B-B", "B-T", "B-LT", "B-LTA")
+    )
+    return _SELLER + "signing_profiles:\n" + profiles + DEMO_RULES_TAIL
+
 
 @dataclass
 class DemoRow:
@@ -99,6 +177,7 @@ class DemoRow:
     name: str
     trigger: str
     status: str = ""
+    level: str = ""
     transaction_id: str = ""
     document_id: str = ""
     file: str = ""
@@ -106,16 +185,22 @@ class DemoRow:
     error: str = ""
 
 
-def write_demo_config(work: Path) -> tuple[Rules, Path]:
-    """Demo PKI and rules under `work`; the passphrase lives only in this process's environment."""
+@contextlib.contextmanager
+def demo_pki(work: Path) -> Iterator[tuple[DemoPki, PkiServices]]:
+    """The demo PKI and its TSA/OCSP/CRL services; the passphrase lives only in this process's environment."""
     passphrase = secrets.token_urlsafe(24)
     os.environ[PASSPHRASE_ENV] = passphrase
-    pki = create_demo_pki(work / "pki", org_name="Northwind Cloud GmbH", passphrase=passphrase)
+    pki, services = start_demo_pki_services(work / "pki", passphrase=passphrase, org_name="Northwind Cloud GmbH")
+    try:
+        yield pki, services
+    finally:
+        services.stop()
+
+
+def write_demo_config(work: Path, pki: DemoPki, services: PkiServices) -> Rules:
     rules_file = work / "rules.yaml"
-    rules_file.write_text(
-        RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
-    )
-    return load_rules(rules_file), pki.root_cert_pem_path
+    rules_file.write_text(demo_rules_text(pki, services.tsa_url))
+    return load_rules(rules_file)
 
 
 def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path, **overrides: Any) -> Settings:
@@ -132,6 +217,7 @@ def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path, **ov
         rules_file=rules_file,
         log_level=os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"),
         log_format="console",
+        ops_port=0,  # any free port: the demo and the tests never collide with a daemon on 8787
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -146,8 +232,8 @@ async def _find(control: ControlClient, sobject: str, name: str) -> str:
 
 
 async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
-    if row.trigger == "stage":
-        await control.update("Opportunity", row.record_id, {"StageName": "Proposal/Price Quote"}, user=user)
+    if row.trigger in _STAGE_FOR:
+        await control.update("Opportunity", row.record_id, {"StageName": _STAGE_FOR[row.trigger]}, user=user)
     elif row.trigger == "status":
         await control.update("Quote", row.record_id, {"Status": "Approved"}, user=user)
     else:
@@ -172,9 +258,11 @@ async def run_scenario(
             _stopped(daemon, runner)
         if ready not in done:
             raise RuntimeError("the daemon did not subscribe to the emulator within 60 s")
+        targets: dict[str, str] = {}
         for sobject, name, user, trigger in SCENARIO:
             row = DemoRow(sobject, await _find(control, sobject, name), name, trigger)
             rows.append(row)
+            targets[row.record_id] = _target_level(rules, sobject, trigger)
             await _act(control, row, user)
         deadline = time.monotonic() + timeout_s
         pending = list(rows)
@@ -184,10 +272,14 @@ async def run_scenario(
             for row in list(pending):
                 record = await control.get(
                     row.sobject, row.record_id,
-                    ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Sign_Error__c"],
+                    ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Sign_Error__c",
+                     "Sign_Level__c"],
                 )
-                if record.get("Sign_Status__c") in ("Signed", "Error"):
+                status = record.get("Sign_Status__c")
+                reached = record.get("Sign_Level__c") == targets[row.record_id] or bool(record.get("Sign_Error__c"))
+                if status == "Error" or (status == "Signed" and reached):
                     row.status = str(record["Sign_Status__c"])
+                    row.level = str(record.get("Sign_Level__c") or "")
                     row.transaction_id = str(record.get("Sign_Transaction_Id__c") or "")
                     row.document_id = str(record.get("Signed_Document_Id__c") or "")
                     row.error = str(record.get("Sign_Error__c") or "")
@@ -202,6 +294,15 @@ async def run_scenario(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner, 60)
     return rows
+
+
+def _target_level(rules: Rules, sobject: str, trigger: str) -> str:
+    """The level the record should end at: its rule's profile (events use the object's first rule)."""
+    if trigger in _STAGE_FOR:
+        rule = next(r for r in rules.for_object(sobject) if _STAGE_FOR[trigger] in r.values)
+    else:
+        rule = rules.for_object(sobject)[0]
+    return rules.profiles[rule.profile].level
 
 
 def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
@@ -223,23 +324,23 @@ async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow]
             job = jobs.get(row.transaction_id)
             if row.status != "Signed" or job is None or not job.content_version_id:
                 continue
-            data = await rest.download_version_data(job.content_version_id)
-            if hashlib.sha256(data).hexdigest() != job.sha256:
+            data = await rest.download_version_data(job.ltv_version_id or job.content_version_id)
+            if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if job.ltv_version_id else job.sha256):
                 raise RuntimeError(f"the file on {row.record_id} is not the document sfsign signed")
             target = output_dir / (job.file_name or f"{row.transaction_id}.pdf")
             await asyncio.to_thread(target.write_bytes, data)
             row.file = str(target)
-            if job.state is JobState.DONE and job.event_time_ms and job.done_at:
-                row.ms = round(job.done_at * 1000 - job.event_time_ms)
+            if job.event_time_ms and job.signed_visible_at:
+                row.ms = round(job.signed_visible_at * 1000 - job.event_time_ms)
     finally:
         await rest.close()
         await authenticator.aclose()
 
 
 def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
-    headers = ("record", "name", "via", "status", "transaction id", "file id", "ms")
+    headers = ("record", "name", "via", "status", "level", "transaction id", "file id", "ms to Signed")
     table = [
-        (r.record_id, r.name[:40], r.trigger, r.status, r.transaction_id, r.document_id,
+        (r.record_id, r.name[:40], r.trigger, r.status, r.level, r.transaction_id, r.document_id,
          "" if r.ms is None else str(r.ms))
         for r in rows
     ]
@@ -263,10 +364,12 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
         print("starting the embedded Salesforce emulator ...", flush=True)
         emulator.start()
         print(f"  {emulator.url} (CA {emulator.ca_file})", flush=True)
-        rules, _root = write_demo_config(work)
-        settings = daemon_settings(emulator, work, rules.source)
-        print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
-        rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
+        with demo_pki(work) as (pki, services):
+            print(f"  demo PKI with TSA, OCSP and CRLs at {services.base_url}", flush=True)
+            rules = write_demo_config(work, pki, services)
+            settings = daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)
+            print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
+            rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

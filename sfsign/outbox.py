@@ -30,12 +30,25 @@ class JobState(StrEnum):
     RENDERED = "rendered"
     SIGNED = "signed"
     UPLOADED = "uploaded"
+    # B-LT/B-LTA: the record already shows `Signed` (B-T); the upgrade runs in the background.
+    LTV_PENDING = "ltv_pending"
+    LTV_UPGRADED = "ltv_upgraded"
+    LTV_UPLOADED = "ltv_uploaded"
     DONE = "done"
     ERROR = "error"  # permanent: reason written on the record; `sfsign retry` re-queues it
     DEAD = "dead"  # attempts exhausted on transient failures
 
 
-ACTIVE_STATES = (JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED, JobState.UPLOADED)
+ACTIVE_STATES = (
+    JobState.QUEUED,
+    JobState.FETCHED,
+    JobState.RENDERED,
+    JobState.SIGNED,
+    JobState.UPLOADED,
+    JobState.LTV_PENDING,
+    JobState.LTV_UPGRADED,
+    JobState.LTV_UPLOADED,
+)
 # After these, the same record entering the trigger state again starts a new transaction.
 REENTRY_STATES = (JobState.ERROR, JobState.DEAD)
 
@@ -81,6 +94,13 @@ class Job:
     signer_serial: str | None = None
     signed_at: str | None = None
     done_at: float | None = None
+    timestamp_time: str | None = None
+    validation: str | None = None
+    ltv_sha256: str | None = None
+    ltv_level: str | None = None
+    ltv_version_id: str | None = None
+    archive_due: str | None = None
+    signed_visible_at: float | None = None  # when the record first showed `Signed`
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -94,6 +114,22 @@ class Job:
 class CommitResult:
     created: list[Job]
     duplicates: list[tuple[NewJob, str]]  # (job, why it was not created)
+
+
+# Finished jobs: the only rows retention may delete. Active jobs are never purged, whatever their age.
+FINISHED_STATES = (JobState.DONE, JobState.ERROR, JobState.DEAD)
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a retention purge removed (or, dry run, would remove)."""
+
+    jobs: dict[str, int]  # state -> rows
+    audit_rows: int
+
+    @property
+    def job_rows(self) -> int:
+        return sum(self.jobs.values())
 
 
 _JOB_COLUMNS: dict[str, type] = {
@@ -125,6 +161,13 @@ _JOB_COLUMNS: dict[str, type] = {
     "signer_serial": str,
     "signed_at": str,
     "done_at": float,
+    "timestamp_time": str,
+    "validation": str,
+    "ltv_sha256": str,
+    "ltv_level": str,
+    "ltv_version_id": str,
+    "archive_due": str,
+    "signed_visible_at": float,
 }
 
 
@@ -152,6 +195,12 @@ class OutboxStore:
             self.db.table("jobs").create_index(["transaction_id"], unique=True)
             self.db.table("jobs").create_index(["state", "next_attempt_at"])
             self.db.table("jobs").create_index(["sobject", "record_id", "rule"])
+        else:
+            # An outbox written by an older version: add the columns it lacks (never drop or rename).
+            have = set(jobs.columns_dict)
+            for name, kind in _JOB_COLUMNS.items():
+                if name not in have:
+                    jobs.add_column(name, kind)  # type: ignore[union-attr]
         if not self.db["replay"].exists():
             self.db.create_table("replay", {"channel": str, "replay_id": int, "updated_at": float}, pk="channel")
         if not self.db["meta"].exists():
@@ -237,6 +286,37 @@ class OutboxStore:
         if other:
             return f"record already has transaction {other[0]} ({other[1]}) for rule {job.rule}"
         return None
+
+    def add_archive_job(
+        self, *, transaction_id: str, rule: str, sobject: str, record_id: str, content_document_id: str,
+        content_version_id: str, source: str,
+    ) -> bool:
+        """A job that renews a B-LTA file's archive timestamp: it starts at `ltv_pending` and the record
+        already shows `Signed`. Returns False if this renewal was queued before (same transaction id)."""
+        now = time.time()
+        row = {
+            "transaction_id": transaction_id, "rule": rule, "sobject": sobject, "record_id": record_id,
+            "source": source, "state": JobState.LTV_PENDING.value, "attempts": 0, "next_attempt_at": now,
+            "created_at": now, "updated_at": now, "upload_uncertain": 0, "level": "B-LTA",
+            "content_document_id": content_document_id, "content_version_id": content_version_id,
+            "signed_visible_at": now,
+        }
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM jobs WHERE transaction_id = ?", (transaction_id,)).fetchone():
+                conn.execute("ROLLBACK")
+                return False
+            cur = conn.execute(
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+            )
+            self._audit(int(cur.lastrowid or 0), JobState.LTV_PENDING.value, "sfsign ltv-refresh",
+                        f"archive timestamp renewal of file {content_document_id}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return True
 
     def replay_id(self, channel: str) -> int | None:
         row = self.db.execute("SELECT replay_id FROM replay WHERE channel = ?", (channel,)).fetchone()
@@ -328,13 +408,109 @@ class OutboxStore:
             row[0]: row[1] for row in self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         }
 
+    # ------------------------------------------------------------------------- operator queries
+
+    def _job_rows(self, sql: str, args: Iterable[Any]) -> list[Job]:
+        cur = self.db.execute(sql, list(args))
+        cols = [d[0] for d in cur.description]
+        return [Job.from_row(dict(zip(cols, r, strict=True))) for r in cur.fetchall()]
+
+    def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
+        """Newest first: what an operator looking at `sfsign jobs` wants to see."""
+        where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
+        return self._job_rows(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", [*args, limit])
+
+    def oldest_active(self) -> Job | None:
+        """The active job waiting longest: the first sign of a stuck queue."""
+        states = [s.value for s in ACTIVE_STATES]
+        rows = self._job_rows(
+            f"SELECT * FROM jobs WHERE state IN ({', '.join('?' for _ in states)}) ORDER BY created_at, id LIMIT 1",
+            states,
+        )
+        return rows[0] if rows else None
+
+    def last_event(self) -> tuple[str, float] | None:
+        """(channel, time) of the last event committed with a replay id, from the replay table."""
+        row = self.db.execute(
+            "SELECT channel, updated_at FROM replay WHERE updated_at IS NOT NULL ORDER BY updated_at DESC LIMIT 1"
+        ).fetchone()
+        return (str(row[0]), float(row[1])) if row else None
+
+    def signed_visible_since(self, since: float) -> int:
+        """Documents that reached `Signed` on their record at or after `since` (epoch seconds)."""
+        row = self.db.execute("SELECT COUNT(*) FROM jobs WHERE signed_visible_at >= ?", (since,)).fetchone()
+        return int(row[0])
+
+    def job_states(self, transaction_ids: Iterable[str]) -> dict[str, tuple[JobState, float | None]]:
+        """(state, done_at) per transaction id; ids without a job row are absent from the result."""
+        out: dict[str, tuple[JobState, float | None]] = {}
+        ids = list(dict.fromkeys(transaction_ids))
+        for start in range(0, len(ids), 500):  # below SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT transaction_id, state, done_at FROM jobs WHERE transaction_id IN "
+                f"({', '.join('?' for _ in chunk)})",
+                chunk,
+            ).fetchall()
+            out.update({str(t): (JobState(s), float(d) if d is not None else None) for t, s, d in rows})
+        return out
+
+    def purge(self, now: float, retention_s: float, *, dry_run: bool = False) -> PurgeResult:
+        """Delete finished (done/error/dead) jobs last changed more than `retention_s` ago, and the audit
+        rows of jobs no longer kept that have left the audit queue (sent or refused).
+
+        Data minimisation (GDPR): a job row names the record's file and the requester. Active jobs are
+        never touched, and an audit row still waiting for Salesforce stays until it is sent. Note that a
+        purged `done` row no longer blocks the same record and rule from being signed again on a new
+        trigger (see `_duplicate_reason`).
+        """
+        if retention_s <= 0:
+            raise ValueError("retention must be positive")
+        cutoff = now - retention_s
+        finished = [s.value for s in FINISHED_STATES]
+        expired = f"state IN ({', '.join('?' for _ in finished)}) AND updated_at < ?"
+        expired_args = [*finished, cutoff]
+        orphan_audit = (
+            "status != 'pending' AND (transaction_id NOT IN (SELECT transaction_id FROM jobs) "
+            f"OR transaction_id IN (SELECT transaction_id FROM jobs WHERE {expired}))"
+        )
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            jobs = {
+                str(state): int(n)
+                for state, n in conn.execute(f"SELECT state, COUNT(*) FROM jobs WHERE {expired} GROUP BY state",
+                                             expired_args)
+            }
+            if dry_run:
+                audit = int(conn.execute(f"SELECT COUNT(*) FROM audit WHERE {orphan_audit}", expired_args)
+                            .fetchone()[0])
+                conn.execute("ROLLBACK")
+                return PurgeResult(jobs, audit)
+            conn.execute(f"DELETE FROM jobs WHERE {expired}", expired_args)
+            audit = conn.execute(
+                "DELETE FROM audit WHERE status != 'pending' "
+                "AND transaction_id NOT IN (SELECT transaction_id FROM jobs)"
+            ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return PurgeResult(jobs, int(audit))
+
     def requeue(self, job_id: int) -> Job:
         """Put an `error`/`dead` job back in the queue, keeping its artifacts and upload guard."""
         job = self.get(job_id)
         if job.state not in REENTRY_STATES:
             raise ValueError(f"job {job.transaction_id} is {job.state}, only error/dead jobs can be retried")
         resume = JobState.QUEUED
-        if job.content_version_id:
+        if job.ltv_version_id:
+            resume = JobState.LTV_UPLOADED  # the upgraded version is in Salesforce: only its write-back is left
+        elif job.signed_visible_at and job.ltv_sha256:
+            resume = JobState.LTV_UPGRADED
+        elif job.signed_visible_at:
+            resume = JobState.LTV_PENDING
+        elif job.content_version_id:
             resume = JobState.UPLOADED  # the file is in Salesforce: only the write-back is left
         elif job.sha256:
             resume = JobState.SIGNED  # upload the document already signed, never sign a second one

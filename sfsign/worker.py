@@ -1,5 +1,9 @@
 """The job state machine: queued → fetched → rendered → signed → uploaded → done.
 
+For profiles at B-LT or B-LTA the record shows `Signed` (at B-T) after `uploaded`, and the job goes
+on in the background: ltv_pending → ltv_upgraded → ltv_uploaded → done adds the validation data
+(and the document timestamp) as a new version of the same Salesforce File.
+
 Each step reads what the previous step persisted (outbox row and artifact files) and persists its own
 result before the next begins, so a crash at any point resumes at the step that was interrupted and
 never signs twice (a second signature would carry another time and hash). Failures are classified:
@@ -11,6 +15,7 @@ until `sfsign retry`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -31,11 +36,15 @@ from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import (
     Appearance,
+    KeySource,
     KeySpec,
+    Pkcs11KeySpec,
+    SignatureLevel,
     SigningError,
     check_certificate_validity,
     load_signer,
 )
+from sfsign.documents.tsa import TsaAuth
 from sfsign.mapping import NotRenderable, build_document, file_name_for
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore
@@ -83,6 +92,8 @@ class WorkerConfig:
     poll_interval_s: float = 5.0
     alert_after_attempts: int = 3
     multi_currency: bool = True
+    ltv_delay_s: float = 2.0  # B-LT/B-LTA upgrades wait this long, so fresh documents go first
+    artifact_grace_s: float = 0.0  # > 0: keep a done job's PDFs this long (the retention purge removes them)
 
 
 class Worker:
@@ -109,12 +120,15 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._steps: dict[JobState, Callable[[Job], Awaitable[Job]]] = {
+        self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: self._fetch,
             JobState.FETCHED: self._render,
             JobState.RENDERED: self._sign,
             JobState.SIGNED: self._upload,
             JobState.UPLOADED: self._write_back,
+            JobState.LTV_PENDING: self._ltv_upgrade,
+            JobState.LTV_UPGRADED: self._ltv_upload,
+            JobState.LTV_UPLOADED: self._ltv_write_back,
         }
         config.artifacts_dir.mkdir(parents=True, exist_ok=True)
 
@@ -165,14 +179,18 @@ class Worker:
     # -------------------------------------------------------------------------------- processing
 
     async def _process(self, job: Job) -> None:
+        # The rules in force when the job was claimed: a reload (SIGHUP) swaps `self.rules` for the
+        # next job, while this one finishes all its steps with the template, profile and file name
+        # it started with.
+        rules = self.rules
         with structlog.contextvars.bound_contextvars(
             transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule
         ):
             try:
-                while job.state in self._steps:
+                while job.state in self._steps and job.next_attempt_at <= time.time():
                     step = self._steps[job.state]
                     started = time.perf_counter()
-                    job = await step(job)
+                    job = await step(job, rules)
                     self.metrics.step_seconds.labels(step.__name__.lstrip("_")).observe(
                         time.perf_counter() - started
                     )
@@ -183,11 +201,7 @@ class Worker:
                         ms=round((time.perf_counter() - started) * 1000, 1),
                     )
                 if job.state is JobState.DONE:
-                    self.metrics.documents_signed.labels(job.rule).inc()
-                    if job.event_time_ms:
-                        latency = job.updated_at * 1000 - job.event_time_ms
-                        self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
-                        log.info("job done", end_to_end_ms=round(latency))
+                    log.info("job done", level=job.ltv_level or job.level)
             except PermanentFailure as exc:
                 await self._fail_permanently(job, exc.reason, exc.code)
             except TransientFailure as exc:
@@ -249,16 +263,18 @@ class Worker:
             log.warning("could not write the error on the record", error_code=exc.error_code)
 
     async def _write_error(self, job: Job, reason: str) -> None:
-        await self._sf(
-            self.rest.update,
-            job.sobject,
-            job.record_id,
-            {
+        if job.signed_visible_at:
+            # The B-T document is signed and on the record; only its long-term upgrade failed. The
+            # status stays `Signed` (it is true) and the reason says what is missing.
+            fields = {"Sign_Error__c": f"Signed at {job.level}, but the upgrade to long-term validation "
+                      f"failed: {reason}"[:32000]}
+        else:
+            fields = {
                 "Sign_Transaction_Id__c": job.transaction_id,
                 "Sign_Status__c": STATUS_ERROR,
                 "Sign_Error__c": reason[:32000],
-            },
-        )
+            }
+        await self._sf(self.rest.update, job.sobject, job.record_id, fields)
 
     async def _sf(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """A Salesforce call with a few quick in-step retries for transient, certain failures."""
@@ -277,8 +293,8 @@ class Worker:
     def _artifact(self, job: Job, kind: str) -> Path:
         return self.config.artifacts_dir / f"{job.transaction_id}.{kind}"
 
-    async def _fetch(self, job: Job) -> Job:
-        rule = self.rules.by_name(job.rule)
+    async def _fetch(self, job: Job, rules: Rules) -> Job:
+        rule = rules.by_name(job.rule)
         if rule is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
         records = await self._sf(
@@ -288,7 +304,7 @@ class Worker:
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
         try:
-            document = build_document(record, rule, self.rules, job.transaction_id, datetime.now(UTC))
+            document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         return await self.outbox.update(
@@ -298,8 +314,10 @@ class Worker:
             file_name=file_name_for(rule, document, job.record_id),
         )
 
-    async def _render(self, job: Job) -> Job:
-        template = self.rules.templates[job.rule]
+    async def _render(self, job: Job, rules: Rules) -> Job:
+        template = rules.templates.get(job.rule)
+        if template is None:
+            raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
         loop = asyncio.get_running_loop()
         try:
             pdf, boxes = await loop.run_in_executor(
@@ -312,11 +330,11 @@ class Worker:
         await loop.run_in_executor(None, _write_atomic, self._artifact(job, "boxes.json"), json.dumps(boxes).encode())
         return await self.outbox.update(job.id, state=JobState.RENDERED)
 
-    async def _sign(self, job: Job) -> Job:
-        rule = self.rules.by_name(job.rule)
+    async def _sign(self, job: Job, rules: Rules) -> Job:
+        rule = rules.by_name(job.rule)
         if rule is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
-        profile = self.rules.profiles[rule.profile]
+        profile = rules.profiles[rule.profile]
         loop = asyncio.get_running_loop()
         rendered = self._artifact(job, "rendered.pdf")
         box_file = self._artifact(job, "boxes.json")
@@ -329,8 +347,19 @@ class Worker:
             signed = await loop.run_in_executor(
                 self.cpu_pool, doc_jobs.sign_job, pdf, boxes, signing_request(profile)
             )
+        except doc_jobs.TransientDocumentFailure as exc:
+            raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "SIGN_FAILED") from None
+        detail = (
+            f"PAdES {signed.level}, SHA-256 {signed.sha256}, signer {signed.signer_subject} "
+            f"(serial {signed.signer_serial}), timestamp {signed.timestamp_time or 'none'}, "
+            f"eIDAS {profile.eidas_level} (declared), validation: {signed.validation}"
+        )
+        if signed.downgraded_because:
+            log.warning("signed at B-B: no timestamp authority answered and the profile allows a downgrade",
+                        profile=rule.profile, reason=signed.downgraded_because)
+            detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
         await loop.run_in_executor(None, _write_atomic, self._artifact(job, "signed.pdf"), signed.pdf)
         return await self.outbox.update(
             job.id,
@@ -340,11 +369,12 @@ class Worker:
             signer_subject=signed.signer_subject,
             signer_serial=signed.signer_serial,
             signed_at=signed.signed_at,
-            audit_detail=f"PAdES {signed.level}, SHA-256 {signed.sha256}, signer {signed.signer_subject} "
-            f"(serial {signed.signer_serial})",
+            timestamp_time=signed.timestamp_time,
+            validation=signed.validation,
+            audit_detail=detail,
         )
 
-    async def _upload(self, job: Job) -> Job:
+    async def _upload(self, job: Job, rules: Rules) -> Job:
         signed_missing = not self._artifact(job, "signed.pdf").exists()
         if job.upload_uncertain or job.attempts > 0 or signed_missing:
             # A previous insert may have reached Salesforce before the connection failed: look first.
@@ -382,7 +412,15 @@ class Worker:
             audit_detail=f"ContentVersion {cv_id}",
         )
 
-    async def _write_back(self, job: Job) -> Job:
+    @staticmethod
+    def _profile(job: Job, rules: Rules) -> ProfileConfig:
+        rule = rules.by_name(job.rule)
+        if rule is None:
+            raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
+        return rules.profiles[rule.profile]
+
+    async def _write_back(self, job: Job, rules: Rules) -> Job:
+        profile = self._profile(job, rules)
         document_id = job.content_document_id
         if not document_id:
             document_id = await self._sf(self.rest.content_document_id, job.content_version_id)
@@ -396,45 +434,182 @@ class Worker:
             "Sign_Error__c": None,
             "Sign_Document_Hash__c": job.sha256,
             "Sign_Level__c": job.level,
+            "Sign_Timestamp__c": job.timestamp_time,
+            "Sign_Signer__c": (job.signer_subject or "")[:255] or None,
+            "Sign_Signer_Serial__c": job.signer_serial,
+            "Sign_Validation__c": (job.validation or "")[:255] or None,
+            "Sign_Eidas_Level__c": profile.eidas_level,
         }
         await self._sf(self.rest.update, job.sobject, job.record_id, fields)
+        now = time.time()
+        self.metrics.documents_signed.labels(job.rule).inc()
+        if job.event_time_ms:
+            latency = now * 1000 - job.event_time_ms
+            self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
+            log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
+        if profile.upgrades and job.level == SignatureLevel.B_T.value:
+            # The rep sees `Signed` now; the long-term validation data follows in the background.
+            return await self.outbox.update(
+                job.id, state=JobState.LTV_PENDING, signed_visible_at=now, document_json=None, attempts=0,
+                next_attempt_at=now + self.config.ltv_delay_s, audit_detail=f"Signed; file {document_id}; "
+                f"upgrade to {profile.level} pending",
+            )
         job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=time.time(), document_json=None, last_error=None,
+            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, document_json=None, last_error=None,
             audit_detail=f"Signed; file {document_id}",
         )
         # The signed file now lives in Salesforce; keep no customer data on our disk.
         await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)
         return job
 
+    # ------------------------------------------------------------------ long-term validation (B-LT, B-LTA)
+
+    async def _ltv_upgrade(self, job: Job, rules: Rules) -> Job:
+        profile = self._profile(job, rules)
+        loop = asyncio.get_running_loop()
+        signed_path = self._artifact(job, "signed.pdf")
+        if signed_path.exists():
+            pdf = await loop.run_in_executor(None, signed_path.read_bytes)
+        else:  # the data directory was wiped or moved: Salesforce has the signed file
+            pdf = await self._sf(self.rest.download_version_data, job.content_version_id)
+        try:
+            result = await loop.run_in_executor(self.cpu_pool, doc_jobs.upgrade_job, pdf, upgrade_request(profile))
+        except doc_jobs.TransientDocumentFailure as exc:
+            raise TransientFailure(str(exc), "LTV_UNAVAILABLE") from None
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "LTV_FAILED") from None
+        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "ltv.pdf"), result.pdf)
+        return await self.outbox.update(
+            job.id, state=JobState.LTV_UPGRADED, ltv_sha256=result.sha256, ltv_level=result.level,
+            validation=result.validation, archive_due=result.archive_due,
+            audit_detail=f"PAdES {result.level}, SHA-256 {result.sha256}, validation: {result.validation}, "
+            f"archive timestamp due {result.archive_due or 'unknown'}",
+        )
+
+    async def _ltv_upload(self, job: Job, rules: Rules) -> Job:
+        loop = asyncio.get_running_loop()
+        path = self._artifact(job, "ltv.pdf")
+        data = await loop.run_in_executor(None, path.read_bytes) if path.exists() else None
+        if job.upload_uncertain or job.attempts > 0 or data is None:
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if data is not None else None
+            if md5 is not None and job.content_document_id:
+                existing = await self._sf(self.rest.find_version_by_checksum, job.content_document_id, md5)
+                if existing is not None:
+                    return await self.outbox.update(
+                        job.id, state=JobState.LTV_UPLOADED, ltv_version_id=existing, upload_uncertain=0
+                    )
+        if data is None:
+            log.warning("upgraded PDF missing from the data directory; upgrading again")
+            return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
+        await self.outbox.update(job.id, upload_uncertain=1)
+        try:
+            version_id = await self.rest.insert_content_version(
+                title=Path(job.file_name or "document.pdf").stem,
+                path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+                data=data,
+                first_publish_location_id=None,
+                transaction_id=job.transaction_id,
+                content_document_id=job.content_document_id,
+                reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
+            )
+        except SalesforceError as exc:
+            if not exc.uncertain:
+                await self.outbox.update(job.id, upload_uncertain=0)
+            raise
+        return await self.outbox.update(
+            job.id, state=JobState.LTV_UPLOADED, ltv_version_id=version_id, upload_uncertain=0,
+            audit_detail=f"ContentVersion {version_id} (PAdES {job.ltv_level})",
+        )
+
+    async def _ltv_write_back(self, job: Job, rules: Rules) -> Job:
+        fields = {
+            "Sign_Level__c": job.ltv_level,
+            "Sign_Document_Hash__c": job.ltv_sha256,
+            "Sign_Validation__c": (job.validation or "")[:255] or None,
+            "Sign_Archive_Due__c": job.archive_due,
+            "Sign_Error__c": None,
+        }
+        await self._sf(self.rest.update, job.sobject, job.record_id, fields)
+        job = await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
+            audit_detail=f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}",
+        )
+        await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)
+        return job
+
     def _remove_artifacts(self, job: Job) -> None:
-        for kind in ("rendered.pdf", "boxes.json", "signed.pdf"):
+        if self.config.artifact_grace_s > 0:
+            return  # kept for the grace period; sfsign.ops.retention deletes them afterwards
+        for kind in ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf"):
             self._artifact(job, kind).unlink(missing_ok=True)
 
 
-def signing_request(profile: ProfileConfig) -> doc_jobs.SigningRequest:
-    """The profile's key and appearance, with the passphrase read now (so rotation needs no restart)."""
+def _secret(env: str | None, what: str) -> Any:
+    if env is None:
+        return None
+    value = read_secret(env)
+    if value is None:
+        raise PermanentFailure(f"{what} is not set: define {env} in the environment or the secrets directory", "CONFIG")
+    return value
+
+
+def key_source(profile: ProfileConfig) -> KeySource:
+    """The profile's key, with its secret read now (so rotation needs no restart)."""
     key = profile.key
-    passphrase = read_secret(key.passphrase_env) if key.passphrase_env else None
-    if key.passphrase_env and passphrase is None:
-        raise PermanentFailure(
-            f"the signing key's passphrase is not set: define {key.passphrase_env} in the environment "
-            "or the secrets directory",
-            "CONFIG",
+    if key.pkcs11 is not None:
+        hsm = key.pkcs11
+        return Pkcs11KeySpec(
+            module_path=hsm.module,
+            token_label=hsm.token,
+            key_label=hsm.key,
+            cert_label=hsm.cert,
+            cert_path=hsm.cert_file,
+            chain_paths=tuple(key.chain),
+            pin=_secret(hsm.pin_env, "the token PIN"),
         )
-    spec = KeySpec(
+    return KeySpec(
         pkcs12_path=key.pkcs12,
         key_path=key.pem_key,
         cert_path=key.pem_cert,
         chain_paths=tuple(key.chain),
-        passphrase=passphrase,
+        passphrase=_secret(key.passphrase_env, "the signing key's passphrase"),
     )
+
+
+def tsa_of(profile: ProfileConfig) -> tuple[tuple[str, ...], TsaAuth | None]:
+    if profile.tsa is None:
+        return (), None
+    password = _secret(profile.tsa.password_env, "the TSA password")
+    auth = TsaAuth(username=profile.tsa.username, password=password) if profile.tsa.username else None
+    return tuple(profile.tsa.urls), auth
+
+
+def upgrade_request(profile: ProfileConfig) -> doc_jobs.UpgradeRequest:
+    urls, auth = tsa_of(profile)
+    return doc_jobs.UpgradeRequest(
+        target=SignatureLevel(profile.level), tsa_urls=urls, tsa_auth=auth, trust_roots=tuple(profile.trust_roots)
+    )
+
+
+def signing_request(profile: ProfileConfig) -> doc_jobs.SigningRequest:
+    """What the pool needs to sign: B-LT/B-LTA sign at B-T first (the upgrade follows later)."""
     appearance = Appearance(
         name=profile.appearance.name,
         reason=profile.appearance.reason,
         location=profile.appearance.location,
         contact_info=profile.appearance.contact,
     )
-    return doc_jobs.SigningRequest(key=spec, appearance=appearance)
+    urls, auth = tsa_of(profile)
+    level = SignatureLevel.B_B if profile.level == "B-B" else SignatureLevel.B_T
+    return doc_jobs.SigningRequest(
+        key=key_source(profile),
+        appearance=appearance,
+        level=level,
+        tsa_urls=urls,
+        tsa_auth=auth,
+        downgrade_on_tsa_failure=profile.on_tsa_failure == "downgrade",
+        trust_roots=tuple(profile.trust_roots),
+    )
 
 
 def preflight_profiles(rules: Rules) -> list[str]:
@@ -448,7 +623,8 @@ def preflight_profiles(rules: Rules) -> list[str]:
         profile = rules.profiles[name]
         try:
             request = signing_request(profile)
-            for path in request.key.files():
+            files = request.key.files() if isinstance(request.key, KeySpec) else ()
+            for path in files:
                 if not path.is_file():
                     raise SigningError(f"key file {path} does not exist")
             signer = load_signer(request.key)

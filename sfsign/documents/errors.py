@@ -16,3 +16,11 @@ class TimestampUnavailable(SigningError):
     Signing fails closed instead of silently producing a B-B signature; the message names each
     URL tried (credentials stripped) and why it failed, so the job can retry and then error.
     """
+
+
+class ValidationInfoUnavailable(SigningError):
+    """Revocation information (OCSP/CRL) for a chain could not be fetched, so B-LT/B-LTA is not reached.
+
+    Transient like `TimestampUnavailable`: the upgrade writes nothing and the job retries later. The
+    message names the OCSP/CRL URLs involved (credentials stripped) and why fetching failed.
+    """

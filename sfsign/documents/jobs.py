@@ -3,35 +3,53 @@
 They keep the pool boundary narrow: JSON and bytes go in, bytes and small records come out, and
 every failure a person must fix becomes one picklable `DocumentFailure` with a readable message.
 Keys are parsed once per pool process (cached in `sign.load_signer`), not once per document.
+A failure that time can heal (no timestamp authority or revocation responder answered) is a
+`TransientDocumentFailure` instead, which the worker retries with backoff and never turns into a
+weaker signature unless the profile explicitly allows a downgrade.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sfsign.documents import ltv
+from sfsign.documents.errors import TimestampUnavailable, ValidationInfoUnavailable
 from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, SignatureBox, render_pdf
 from sfsign.documents.sign import (
     CUSTOMER_FIELD,
     Appearance,
-    KeySpec,
+    KeySource,
     SignatureLevel,
     SigningError,
     sign_pdf_bytes,
 )
+from sfsign.documents.tsa import TsaAuth
+from sfsign.documents.verify import ValidationError, validate_signed_pdf
 
 
 class DocumentFailure(Exception):
     """Rendering or signing failed for a reason retrying cannot fix (template, data, key)."""
 
 
+class TransientDocumentFailure(Exception):
+    """A timestamp authority or revocation responder did not answer: worth retrying later."""
+
+
 @dataclass(frozen=True)
 class SigningRequest:
-    key: KeySpec
+    key: KeySource
     appearance: Appearance
-    level: SignatureLevel = SignatureLevel.B_B
+    level: SignatureLevel = SignatureLevel.B_B  # the request path's level: B-B or B-T
+    tsa_urls: tuple[str, ...] = ()
+    tsa_auth: TsaAuth | None = None
+    downgrade_on_tsa_failure: bool = False
+    trust_roots: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,42 @@ class SignedResult:
     signer_subject: str
     signer_serial: str
     signed_at: str  # ISO 8601 UTC, as Salesforce's datetime fields want it
+    timestamp_time: str | None = None  # genTime of the signature timestamp, ISO 8601 UTC
+    validation: str = ""  # the validator's one-line verdict, for the record
+    downgraded_because: str | None = None  # set when the profile allowed signing at B-B without a TSA
+
+
+@dataclass(frozen=True)
+class UpgradeRequest:
+    target: SignatureLevel  # B-LT or B-LTA; a B-LTA input gets a new archive timestamp instead
+    tsa_urls: tuple[str, ...]
+    tsa_auth: TsaAuth | None
+    trust_roots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class UpgradedResult:
+    pdf: bytes
+    sha256: str
+    level: str
+    validation: str
+    archive_due: str | None  # when the newest timestamp's certificate expires, ISO 8601 UTC
+
+
+def salesforce_datetime(moment: dt.datetime | None) -> str | None:
+    """Salesforce's DateTime format (UTC, milliseconds, Z)."""
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _validate(pdf: bytes, trust_roots: Sequence[Path]) -> str:
+    if not trust_roots:
+        return "not validated: no trust_roots configured in the signing profile"
+    try:
+        return validate_signed_pdf(pdf, trust_roots).verdict()
+    except ValidationError as exc:
+        return f"not validated: {exc}"[:255]
 
 
 def warm_up(templates: tuple[str, ...] = ("proposal", "quote")) -> list[str]:
@@ -73,24 +127,33 @@ def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]
 
 
 def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> SignedResult:
-    """Sign one rendered document on the seller's box.
+    """Sign one rendered document on the seller's box, then validate the result for the record.
 
     The customer's box becomes an empty signature field *before* the seller signs: a field added
     after the first signature would invalidate it (signing-notes pitfall 7).
     """
     customer = boxes.get("customer")
     empty = ((CUSTOMER_FIELD, SignatureBox.model_validate(customer)),) if customer else ()
-    try:
-        signed = sign_pdf_bytes(
-            pdf,
-            SignatureBox.model_validate(boxes["seller"]),
-            request.key,
-            request.appearance,
-            level=request.level,
-            empty_fields=empty,
-        )
-    except SigningError as exc:
-        raise DocumentFailure(f"could not sign the document: {exc}") from None
+    level, downgraded = request.level, None
+    while True:
+        try:
+            signed = sign_pdf_bytes(
+                pdf,
+                SignatureBox.model_validate(boxes["seller"]),
+                request.key,
+                request.appearance,
+                level=level,
+                tsa_urls=request.tsa_urls,
+                tsa_auth=request.tsa_auth,
+                empty_fields=empty,
+            )
+            break
+        except TimestampUnavailable as exc:
+            if not request.downgrade_on_tsa_failure or level is SignatureLevel.B_B:
+                raise TransientDocumentFailure(str(exc)) from None
+            level, downgraded = SignatureLevel.B_B, str(exc)
+        except SigningError as exc:
+            raise DocumentFailure(f"could not sign the document: {exc}") from None
     return SignedResult(
         pdf=signed.pdf,
         sha256=signed.sha256_hex,
@@ -98,4 +161,35 @@ def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> Sign
         signer_subject=signed.signer_subject,
         signer_serial=signed.signer_serial,
         signed_at=signed.signing_time.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        timestamp_time=salesforce_datetime(signed.timestamp_time),
+        validation=_validate(signed.pdf, request.trust_roots),
+        downgraded_because=downgraded,
+    )
+
+
+def upgrade_job(pdf: bytes, request: UpgradeRequest) -> UpgradedResult:
+    """Bring a signed B-T file to B-LT/B-LTA, or give a B-LTA file a new archive timestamp."""
+    try:
+        current = validate_signed_pdf(pdf, request.trust_roots)
+        if current.level == SignatureLevel.B_LTA.value:
+            upgraded = ltv.add_archive_timestamp(
+                pdf, trust_roots=request.trust_roots, tsa_urls=request.tsa_urls, tsa_auth=request.tsa_auth
+            )
+        else:
+            upgraded = ltv.upgrade_pdf(
+                pdf, request.target, trust_roots=request.trust_roots, tsa_urls=request.tsa_urls,
+                tsa_auth=request.tsa_auth,
+            )
+        report = validate_signed_pdf(upgraded.pdf, request.trust_roots)
+    except (TimestampUnavailable, ValidationInfoUnavailable) as exc:
+        raise TransientDocumentFailure(str(exc)) from None
+    except (SigningError, ValidationError) as exc:
+        raise DocumentFailure(f"could not add long-term validation data: {exc}") from None
+    return UpgradedResult(
+        pdf=upgraded.pdf,
+        sha256=upgraded.sha256_hex,
+        level=upgraded.level,
+        validation=report.verdict(),
+        # Only a B-LTA file is renewed by archive timestamps; a B-LT file just ages out.
+        archive_due=salesforce_datetime(upgraded.newest_timestamp_expiry) if upgraded.level == "B-LTA" else None,
     )

@@ -2,6 +2,9 @@
 
 It also issues a timestamping (TSA) certificate from the same issuing CA, so tests can run an
 RFC 3161 server on 127.0.0.1 whose tokens validate against the same root as the signature.
+With `services_url`, every issued certificate also points (AIA OCSP + caIssuers, CRL distribution
+point) at `pkiserver.PkiServices` on that URL, so B-LT/B-LTA upgrades fetch real revocation data
+over HTTP exactly as they would from a public CA; the CA keys are kept (encrypted) for the server.
 
 Real deployments bring their own signing certificate; the demo and the tests need one that looks
 like a real one (root CA -> issuing CA -> signer, with the key usages a PDF validator checks), so
@@ -21,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
@@ -33,6 +36,8 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 # RFC 9336 id-kp-documentSigning; emailProtection is what NSS/Acrobat-era validators look for.
 DOCUMENT_SIGNING_EKU = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+ROOT_SLUG = "root"  # the path segment naming a CA in the services' URLs (/ocsp/root, /crl/root.crl, ...)
+ISSUING_SLUG = "issuing"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,14 @@ class DemoPki:
     tsa_key_path: Path  # PKCS#8 PEM, encrypted with the passphrase like the signer key
     tsa_cert_path: Path
     passphrase: SecretStr | None = field(default=None, repr=False)
+    root_key_path: Path | None = None  # PKCS#8 PEM, encrypted with the passphrase (for CRLs and OCSP)
+    issuing_key_path: Path | None = None
+    services_url: str | None = None  # where the certificates' OCSP/CRL/caIssuers URLs point, if anywhere
+    # Delegated OCSP responders (id-kp-OCSPSigning + id-pkix-ocsp-nocheck), one per CA, if created.
+    root_ocsp_cert_path: Path | None = None
+    root_ocsp_key_path: Path | None = None
+    issuing_ocsp_cert_path: Path | None = None
+    issuing_ocsp_key_path: Path | None = None
 
     @property
     def chain_paths(self) -> tuple[Path, ...]:
@@ -85,6 +98,44 @@ def _name(org_name: str, common_name: str) -> x509.Name:
     )
 
 
+def service_urls(services_url: str, issuer_slug: str) -> tuple[str, str, str]:
+    """(OCSP, CRL, caIssuers) URLs for certificates issued by the CA called `issuer_slug`."""
+    base = services_url.rstrip("/")
+    return f"{base}/ocsp/{issuer_slug}", f"{base}/crl/{issuer_slug}.crl", f"{base}/certs/{issuer_slug}.cer"
+
+
+def _with_revocation_pointers(
+    builder: x509.CertificateBuilder, services_url: str | None, issuer_slug: str
+) -> x509.CertificateBuilder:
+    """AIA + CRLDP, which is how validators (pyHanko's fetchers among them) find revocation data."""
+    if services_url is None:
+        return builder
+    ocsp_url, crl_url, issuer_url = service_urls(services_url, issuer_slug)
+    return builder.add_extension(
+        x509.AuthorityInformationAccess(
+            [
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)),
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(issuer_url)
+                ),
+            ]
+        ),
+        critical=False,
+    ).add_extension(
+        x509.CRLDistributionPoints(
+            [
+                x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(crl_url)],
+                    relative_name=None,
+                    reasons=None,
+                    crl_issuer=None,
+                )
+            ]
+        ),
+        critical=False,
+    )
+
+
 def _ca_cert(
     subject: x509.Name,
     key: PrivateKey,
@@ -94,6 +145,8 @@ def _ca_cert(
     path_length: int,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    services_url: str | None = None,
+    issuer_slug: str = ROOT_SLUG,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -121,6 +174,8 @@ def _ca_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
+    if issuer != subject:  # a self-signed root is a trust anchor: nothing to check it against
+        builder = _with_revocation_pointers(builder, services_url, issuer_slug)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -134,6 +189,9 @@ def _end_entity_cert(
     not_after: dt.datetime,
     usages: list[x509.ObjectIdentifier],
     usages_critical: bool,
+    services_url: str | None = None,
+    issuer_slug: str = ISSUING_SLUG,
+    ocsp_no_check: bool = False,
 ) -> x509.Certificate:
     """A leaf certificate for signing (digitalSignature + nonRepudiation) with the given extended usages."""
     builder = (
@@ -163,25 +221,86 @@ def _end_entity_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     )
+    if ocsp_no_check:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+    else:
+        builder = _with_revocation_pointers(builder, services_url, issuer_slug)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _signer_cert(
-    subject: x509.Name, key: PrivateKey, issuer: x509.Certificate, issuer_key: PrivateKey, *,
-    not_before: dt.datetime, not_after: dt.datetime,
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    services_url: str | None = None,
 ) -> x509.Certificate:
-    return _end_entity_cert(subject, key, issuer, issuer_key, not_before=not_before, not_after=not_after,
-                            usages=[DOCUMENT_SIGNING_EKU, ExtendedKeyUsageOID.EMAIL_PROTECTION],
-                            usages_critical=False)
+    return _end_entity_cert(
+        subject,
+        key,
+        issuer,
+        issuer_key,
+        not_before=not_before,
+        not_after=not_after,
+        usages=[DOCUMENT_SIGNING_EKU, ExtendedKeyUsageOID.EMAIL_PROTECTION],
+        usages_critical=False,
+        services_url=services_url,
+    )
 
 
 def _tsa_cert(
-    subject: x509.Name, key: PrivateKey, issuer: x509.Certificate, issuer_key: PrivateKey, *,
-    not_before: dt.datetime, not_after: dt.datetime,
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    services_url: str | None = None,
 ) -> x509.Certificate:
     """RFC 3161 section 2.3: a TSA certificate carries exactly the timeStamping EKU, marked critical."""
-    return _end_entity_cert(subject, key, issuer, issuer_key, not_before=not_before, not_after=not_after,
-                            usages=[ExtendedKeyUsageOID.TIME_STAMPING], usages_critical=True)
+    return _end_entity_cert(
+        subject,
+        key,
+        issuer,
+        issuer_key,
+        not_before=not_before,
+        not_after=not_after,
+        usages=[ExtendedKeyUsageOID.TIME_STAMPING],
+        usages_critical=True,
+        services_url=services_url,
+    )
+
+
+def _ocsp_responder_cert(
+    subject: x509.Name,
+    key: PrivateKey,
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """A delegated OCSP responder (RFC 6960 4.2.2.2) with id-pkix-ocsp-nocheck.
+
+    Why not let each CA sign its own OCSP answers: ETSI past validation (pyHanko's time slide,
+    used for B-LTA) then wants revocation data for the root acting as responder, which cannot
+    exist; a no-check responder ends that recursion, as public CAs' responders do.
+    """
+    return _end_entity_cert(
+        subject,
+        key,
+        issuer,
+        issuer_key,
+        not_before=not_before,
+        not_after=not_after,
+        usages=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        usages_critical=False,
+        ocsp_no_check=True,
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -206,11 +325,20 @@ def create_demo_pki(
     key_algorithm: KeyAlgorithm = "rsa-3072",
     signer_not_before: dt.datetime | None = None,
     signer_not_after: dt.datetime | None = None,
+    services_url: str | None = None,
+    tsa_not_after: dt.datetime | None = None,
+    ocsp_responders: bool | None = None,
 ) -> DemoPki:
     """Generate root CA, issuing CA, a document-signing and a TSA certificate under `directory`.
 
     `signer_not_before`/`signer_not_after` exist so tests can produce expired or not-yet-valid
     signer certificates; by default the signer is valid from now (minus clock skew) for two years.
+    `tsa_not_after` does the same for the TSA certificate (default: five years), e.g. to test
+    that an archive timestamp is due before the current one's TSA certificate expires.
+    `services_url` (e.g. "http://127.0.0.1:PORT") makes every issued certificate carry OCSP,
+    CRL and caIssuers URLs under it (see `service_urls`); `pkiserver.PkiServices` serves them.
+    `ocsp_responders` (default: when `services_url` is given) also issues a delegated OCSP
+    responder certificate per CA; without them the services sign OCSP answers with the CA key.
     """
     secret = SecretStr(passphrase) if isinstance(passphrase, str) else passphrase
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -237,6 +365,8 @@ def create_demo_pki(
         path_length=0,
         not_before=now - _CLOCK_SKEW,
         not_after=now + dt.timedelta(days=1825),
+        services_url=services_url,
+        issuer_slug=ROOT_SLUG,
     )
     signer_key = _new_key(key_algorithm)
     signer = _signer_cert(
@@ -246,6 +376,7 @@ def create_demo_pki(
         issuing_key,
         not_before=signer_not_before or now - _CLOCK_SKEW,
         not_after=signer_not_after or now + dt.timedelta(days=730),
+        services_url=services_url,
     )
     tsa_key = _new_key(key_algorithm)
     tsa = _tsa_cert(
@@ -254,8 +385,25 @@ def create_demo_pki(
         issuing,
         issuing_key,
         not_before=now - _CLOCK_SKEW,
-        not_after=now + dt.timedelta(days=1825),
+        not_after=tsa_not_after or now + dt.timedelta(days=1825),
+        services_url=services_url,
     )
+
+    responders: dict[str, tuple[PrivateKey, x509.Certificate]] = {}
+    if services_url is not None if ocsp_responders is None else ocsp_responders:
+        for slug, ca, ca_key in ((ROOT_SLUG, root, root_key), (ISSUING_SLUG, issuing, issuing_key)):
+            responder_key = _new_key(key_algorithm)
+            responders[slug] = (
+                responder_key,
+                _ocsp_responder_cert(
+                    _name(org_name, f"{org_name} OCSP Responder ({slug})"),
+                    responder_key,
+                    ca,
+                    ca_key,
+                    not_before=now - _CLOCK_SKEW,
+                    not_after=now + dt.timedelta(days=1825),
+                ),
+            )
 
     pw = secret.get_secret_value().encode() if secret is not None else None
     key_encryption: serialization.KeySerializationEncryption = (
@@ -282,6 +430,13 @@ def create_demo_pki(
         tsa_key_path=directory / "tsa-key.pem",
         tsa_cert_path=directory / "tsa-cert.pem",
         passphrase=secret,
+        root_key_path=directory / "root-ca-key.pem",
+        issuing_key_path=directory / "issuing-ca-key.pem",
+        services_url=services_url,
+        root_ocsp_cert_path=directory / "root-ocsp-cert.pem" if responders else None,
+        root_ocsp_key_path=directory / "root-ocsp-key.pem" if responders else None,
+        issuing_ocsp_cert_path=directory / "issuing-ocsp-cert.pem" if responders else None,
+        issuing_ocsp_key_path=directory / "issuing-ocsp-key.pem" if responders else None,
     )
     _write_private(pki.root_cert_pem_path, _pem(root))
     _write_private(pki.issuing_cert_pem_path, _pem(issuing))
@@ -292,10 +447,24 @@ def create_demo_pki(
         signer_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, key_encryption),
     )
     _write_private(pki.tsa_cert_path, _pem(tsa))
-    _write_private(
-        pki.tsa_key_path,
-        tsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, key_encryption),
-    )
+    keys: list[tuple[Path | None, PrivateKey]] = [
+        (pki.tsa_key_path, tsa_key),
+        (pki.root_key_path, root_key),
+        (pki.issuing_key_path, issuing_key),
+    ]
+    if responders:
+        assert pki.root_ocsp_cert_path is not None and pki.issuing_ocsp_cert_path is not None
+        _write_private(pki.root_ocsp_cert_path, _pem(responders[ROOT_SLUG][1]))
+        _write_private(pki.issuing_ocsp_cert_path, _pem(responders[ISSUING_SLUG][1]))
+        keys += [
+            (pki.root_ocsp_key_path, responders[ROOT_SLUG][0]),
+            (pki.issuing_ocsp_key_path, responders[ISSUING_SLUG][0]),
+        ]
+    for path, key in keys:
+        assert path is not None
+        _write_private(
+            path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, key_encryption)
+        )
     _write_private(
         pki.signer_p12_path,
         pkcs12.serialize_key_and_certificates(

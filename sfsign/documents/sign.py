@@ -17,10 +17,14 @@ Shape of the module, and why:
   DSS, document timestamp) will plug in here too.
 - Certificate validity is checked before signing so an expired certificate is a clear, permanent
   error instead of a signature every validator rejects.
+- Keys on a PKCS#11 token (`Pkcs11KeySpec`, see `pkcs11.py`) go through the same flow: `load_signer`
+  dispatches on the spec type, and everything after it only uses pyHanko's `Signer` interface.
+  Loading runs in an executor on the async path, since opening a token session blocks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -61,6 +65,8 @@ from pyhanko_certvalidator.util import process_pss_params
 # Re-exported (`X as X`): callers import the errors from here, as before they moved to errors.py.
 from sfsign.documents.errors import SigningError as SigningError
 from sfsign.documents.errors import TimestampUnavailable as TimestampUnavailable
+from sfsign.documents.pkcs11 import Pkcs11KeySpec as Pkcs11KeySpec
+from sfsign.documents.pkcs11 import load_pkcs11_signer
 from sfsign.documents.render import SignatureBox
 from sfsign.documents.tsa import TsaAuth, get_timestamper, run_on_process_loop
 
@@ -105,6 +111,9 @@ class KeySpec(BaseModel):
     def files(self) -> tuple[Path, ...]:
         main = (self.pkcs12_path,) if self.pkcs12_path else (self.key_path, self.cert_path)
         return tuple(p for p in (*main, *self.chain_paths) if p is not None)
+
+
+KeySource = KeySpec | Pkcs11KeySpec
 
 
 class Appearance(BaseModel):
@@ -286,8 +295,11 @@ def _file_identity(spec: KeySpec) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     return tuple(paths), (tuple(stamps), pw_tag)
 
 
-def load_signer(spec: KeySpec) -> signers.SimpleSigner:
-    """The signer for `spec`, parsed once per process and reloaded when a file changes."""
+def load_signer(spec: KeySource) -> signers.Signer:
+    """The signer for `spec`, parsed (or its token session opened) once per process and reloaded
+    when a file or the PIN/passphrase changes. Blocking: on an event loop, run it in an executor."""
+    if isinstance(spec, Pkcs11KeySpec):
+        return load_pkcs11_signer(spec)
     paths, version = _file_identity(spec)
     with _signer_cache_lock:
         cached = _signer_cache.get(paths)
@@ -369,7 +381,7 @@ _STAMP_STYLE = TextStampStyle(
 )
 
 
-class _MetadataPreservingWriter(IncrementalPdfFileWriter):
+class MetadataPreservingWriter(IncrementalPdfFileWriter):
     """Leaves the document's XMP and Info dictionary exactly as Typst wrote them.
 
     pyHanko otherwise re-serialises the XMP packet on every incremental update (to add itself as
@@ -401,9 +413,9 @@ def _stamp_text(appearance: Appearance) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-    signer: _PreparedKeySigner
+    signer: signers.Signer
     pdf_signer: signers.PdfSigner
-    writer: _MetadataPreservingWriter
+    writer: MetadataPreservingWriter
     now: dt.datetime
     text_params: dict[str, str]
 
@@ -411,19 +423,19 @@ class _Prepared:
 def _prepare(
     pdf: bytes,
     box: SignatureBox,
-    spec: KeySpec,
+    signer: signers.Signer,
     appearance: Appearance,
     level: SignatureLevel,
     timestamper: TimeStamper | None,
     empty_fields: tuple[tuple[str, SignatureBox], ...],
     field_name: str,
 ) -> _Prepared:
-    signer = load_signer(spec)
-    assert isinstance(signer, _PreparedKeySigner)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    check_certificate_validity(signer.signing_cert, now)
+    cert = signer.signing_cert
+    assert cert is not None
+    check_certificate_validity(cert, now)
     try:
-        writer = _MetadataPreservingWriter(BytesIO(pdf))
+        writer = MetadataPreservingWriter(BytesIO(pdf))
     except Exception as exc:  # pyHanko raises several types for unreadable input
         raise SigningError(f"input is not a readable PDF: {exc}") from None
     # Pitfall 7: every field a later party will sign must exist before the first signature.
@@ -456,7 +468,7 @@ def _prepare(
 async def async_sign_pdf_bytes(
     pdf: bytes,
     box: SignatureBox,
-    spec: KeySpec,
+    spec: KeySource,
     appearance: Appearance,
     *,
     level: SignatureLevel = SignatureLevel.B_B,
@@ -479,7 +491,8 @@ async def async_sign_pdf_bytes(
     urls = _tsa_list(tsa_url, tsa_urls)
     _check_level(level, urls)
     timestamper = get_timestamper(urls, tsa_auth) if level is not SignatureLevel.B_B else None
-    prep = _prepare(pdf, box, spec, appearance, level, timestamper, empty_fields, field_name)
+    signer = await asyncio.get_running_loop().run_in_executor(None, load_signer, spec)
+    prep = _prepare(pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
     session = prep.pdf_signer.init_signing_session(prep.writer)
     session.system_time = prep.now
     validation_info = await session.perform_presign_validation(prep.writer)
@@ -516,7 +529,7 @@ async def async_sign_pdf_bytes(
 def sign_pdf_bytes(
     pdf: bytes,
     box: SignatureBox,
-    spec: KeySpec,
+    spec: KeySource,
     appearance: Appearance,
     *,
     level: SignatureLevel = SignatureLevel.B_B,

@@ -435,18 +435,26 @@ class SalesforceRest:
         first_publish_location_id: str | None,
         transaction_id: str,
         content_type: str = "application/pdf",
+        content_document_id: str | None = None,
+        reason_for_change: str | None = None,
     ) -> str:
         """Upload a file as a new ContentVersion (multipart, up to 2 GB) and return its 068 id.
 
         The transaction id lands in `Sign_Transaction_Id__c`, so after an `UncertainOutcome` the
-        caller can `find_content_version(transaction_id)` instead of uploading twice.
+        caller can `find_content_version(transaction_id)` instead of uploading twice. With
+        `content_document_id` the file becomes the new latest version of that document (Salesforce
+        then forbids `FirstPublishLocationId`: the document is already shared with the record).
         """
         entity: dict[str, Any] = {
             "Title": title,
             "PathOnClient": path_on_client,
             "Sign_Transaction_Id__c": transaction_id,
         }
-        if first_publish_location_id is not None:
+        if content_document_id is not None:
+            entity["ContentDocumentId"] = validate_id(content_document_id)
+            if reason_for_change:
+                entity["ReasonForChange"] = reason_for_change[:1000]
+        elif first_publish_location_id is not None:
             entity["FirstPublishLocationId"] = validate_id(first_publish_location_id)
         meta = RequestField(name="entity_content", data=dump_json(entity).encode())
         meta.make_multipart(content_type="application/json")
@@ -472,6 +480,16 @@ class SalesforceRest:
         if not rows:
             return None
         return ContentVersionRef(id=str(rows[0]["Id"]), content_document_id=rows[0].get("ContentDocumentId"))
+
+    async def find_version_by_checksum(self, content_document_id: str, md5_hex: str) -> str | None:
+        """The 068 id of a version of this document with this content (Salesforce's MD5 `Checksum`):
+        the upload guard for new versions, which share the transaction id of the first one."""
+        soql = (
+            f"SELECT Id FROM ContentVersion WHERE ContentDocumentId = '{validate_id(content_document_id)}' "
+            f"AND Checksum = {soql_quote(md5_hex)}"
+        )
+        rows = await self.query(soql)
+        return str(rows[0]["Id"]) if rows else None
 
     async def content_document_id(self, content_version_id: str) -> str | None:
         """The 069 ContentDocument id of a ContentVersion (the insert response carries only the 068)."""

@@ -275,7 +275,7 @@ class ChaosOrg:
             "SFSIGN_PRIVATE_KEY_FILE": str(login.private_key_file),
             "SFSIGN_CA_BUNDLE": str(self.emulator.ca_file),
             "SFSIGN_DATA_DIR": str(self.data_dir),
-            "SFSIGN_RULES_FILE": str(self.rules_file),
+            "SFSIGN_RULES_FILE": str(self.rules_file), "SFSIGN_OPS_PORT": "0",
             "SFSIGN_SECRETS_DIR": str(self.work / "no-secrets"),
             "SFSIGN_API_VERSION": API_VERSION,
             "SFSIGN_LOG_LEVEL": "INFO",

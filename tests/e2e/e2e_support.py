@@ -66,9 +66,8 @@ def pdfsig_required() -> bool:
     return False
 
 
-def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
-            **overrides: str) -> subprocess.CompletedProcess[str]:
-    """`python -m sfsign.cli ARGS` configured like `settings`, through the environment as ops would."""
+def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment ops would give `sfsign` to run like `settings` (SFSIGN_* variables)."""
     from sfsign.demo import PASSPHRASE_ENV
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV}
@@ -76,7 +75,13 @@ def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
         "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
         "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
         "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), **overrides,
+        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": str(settings.ops_port), **overrides,
     })
-    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return env
+
+
+def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
+            **overrides: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sfsign.cli ARGS` configured like `settings`, through the environment as ops would."""
+    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=cli_env(settings, **overrides),
+                          capture_output=True, text=True, timeout=timeout, check=False)

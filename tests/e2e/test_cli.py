@@ -18,6 +18,7 @@ signing_profiles:
   seal:
     key:
       pkcs12: keys/s.p12
+    level: B-B
     appearance:
       name: Northwind
 rules:
@@ -39,27 +40,39 @@ def _run(
     )
 
 
-def test_demo_signs_five_documents_and_exits_zero(tmp_path: Path) -> None:
-    result = _run(["demo"], cwd=tmp_path)
+def test_demo_signs_five_documents_one_per_level_each_valid_at_its_level(tmp_path: Path) -> None:
+    from sfsign.documents.verify import validate_signed_pdf
+
+    work = tmp_path / "work"  # kept, so the demo PKI's root can validate the files afterwards
+    result = _run(["demo", "--work-dir", str(work)], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     pdfs = sorted((tmp_path / "demo-output").glob("*.pdf"))
     assert len(pdfs) == 5, result.stdout
     assert result.stdout.count(" Signed ") == 5, result.stdout
     assert "5 of 5 documents signed" in result.stdout
-    if pdfsig_required():
-        for pdf in pdfs:
+    levels = {}
+    for pdf in pdfs:
+        report = validate_signed_pdf(pdf.read_bytes(), [work / "pki" / "root-ca.pem"])
+        assert report.trusted and report.intact and report.pdfa == "2B", (pdf, report)
+        levels[pdf.name] = report.level
+        if pdfsig_required():
             out = subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True, check=False).stdout
-            assert "Signature is Valid." in out and "Total document signed" in out, (pdf, out)
+            assert "Signature is Valid." in out, (pdf, out)
+            # B-LT/B-LTA add revisions (validation data, document timestamp) after the seller's signature.
+            whole = "Total document signed" if report.level in ("B-B", "B-T") else "Not total document signed"
+            assert whole in out, (pdf, out)
+    assert set(levels.values()) == {"B-B", "B-T", "B-LT", "B-LTA"}, levels
 
 
 def test_run_with_an_unknown_field_fails_at_start_with_file_line_and_fix(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(BAD_RULES)
     env = {"SFSIGN_CONSUMER_KEY": "x", "SFSIGN_USERNAME": "u@example.com",
-           "SFSIGN_PRIVATE_KEY_FILE": str(tmp_path / "k.pem"), "SFSIGN_RULES_FILE": str(rules)}
+           "SFSIGN_PRIVATE_KEY_FILE": str(tmp_path / "k.pem"), "SFSIGN_RULES_FILE": str(rules),
+           "SFSIGN_OPS_PORT": "0"}
     result = _run(["run"], cwd=tmp_path, env=env, timeout=60)
     assert result.returncode == 2
-    assert f"{rules}:13: unknown field 'Stage' on Opportunity; use one of:" in result.stderr
+    assert f"{rules}:14: unknown field 'Stage' on Opportunity; use one of:" in result.stderr
     assert "StageName" in result.stderr and "Traceback" not in result.stderr
 
 

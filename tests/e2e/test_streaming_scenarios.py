@@ -327,7 +327,8 @@ async def daemon_process(settings: Settings, ops: httpx.AsyncClient, work: Path)
         "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_AUTH_FLOW": "jwt", "SFSIGN_CONSUMER_KEY": settings.consumer_key,
         "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
         "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_SECRETS_DIR": str(work / "no-secrets"),
+        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": "0",
+        "SFSIGN_SECRETS_DIR": str(work / "no-secrets"),
         "SFSIGN_CPU_WORKERS": "1", "SFSIGN_LOG_LEVEL": "INFO", "SFSIGN_LOG_FORMAT": "json",
     })
     before = len(await subscribe_log(ops))

@@ -75,6 +75,43 @@ def test_requeue_only_error_or_dead_and_resume_after_upload(tmp_path: Path) -> N
     assert again.state is JobState.UPLOADED and again.attempts == 0
 
 
+@pytest.mark.parametrize(
+    ("changes", "resumes_at"),
+    [
+        ({"signed_visible_at": 1.0}, JobState.LTV_PENDING),
+        ({"signed_visible_at": 1.0, "ltv_sha256": "ab"}, JobState.LTV_UPGRADED),
+        ({"signed_visible_at": 1.0, "ltv_sha256": "ab", "ltv_version_id": "068000000000002AAA"},
+         JobState.LTV_UPLOADED),
+    ],
+)
+def test_requeue_of_a_failed_long_term_upgrade_never_signs_or_uploads_the_first_file_again(
+    tmp_path: Path, changes: dict[str, object], resumes_at: JobState
+) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    job = store.commit_event(None, None, [_job()]).created[0]
+    store.update(job.id, state=JobState.ERROR, sha256="cd", content_version_id="068000000000001AAA", **changes)
+    assert store.requeue(job.id).state is resumes_at
+
+
+def test_outbox_of_an_older_version_gains_the_new_columns_and_keeps_its_jobs(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "o.sqlite"
+    old = sqlite3.connect(path)  # the jobs table as the first release wrote it
+    old.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, transaction_id TEXT NOT NULL, rule TEXT NOT NULL, "
+                "sobject TEXT NOT NULL, record_id TEXT NOT NULL, source TEXT, state TEXT NOT NULL, "
+                "attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at FLOAT, created_at FLOAT, updated_at FLOAT, "
+                "upload_uncertain INTEGER DEFAULT 0, sha256 TEXT)")
+    old.execute("INSERT INTO jobs (transaction_id, rule, sobject, record_id, source, state, next_attempt_at) "
+                "VALUES ('tx-old', 'r', 'Opportunity', '006000000000001AAA', 'cdc', 'signed', 0)")
+    old.commit()
+    old.close()
+    store = OutboxStore(path)
+    job = store.by_transaction("tx-old")
+    assert job is not None and job.state is JobState.SIGNED and job.ltv_level is None
+    assert store.update(job.id, ltv_level="B-LTA", validation="TRUSTED INTACT B-LTA").ltv_level == "B-LTA"
+
+
 def test_outbox_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     store = OutboxStore(path)

@@ -7,21 +7,29 @@ ToUnicode CMap, which is all it needs to understand.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.documents.model import ContractDocument, sample_contract
 from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.documents.render import RenderedPdf, render_pdf
+from sfsign.documents.sign import Pkcs11KeySpec
+from sfsign.documents.softhsm import find_softhsm_module, provision_softhsm_token
 
 PASSPHRASE = "correct horse battery staple"
+SOFTHSM_PIN = "4711-user-pin"  # PINs of a throw-away test token, not real secrets
+SOFTHSM_SO_PIN = "4711-so-pin"
 
 _BFCHAR = re.compile(rb"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>")
 _NUMBER = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)")
@@ -198,3 +206,75 @@ def template_dir(tmp_path: Path) -> Path:
 
     shutil.copy(TEMPLATES_DIR / "common.typ", tmp_path / "common.typ")
     return tmp_path
+
+
+@dataclass(frozen=True)
+class SoftHsm:
+    """SoftHSM2 tokens provisioned for this test session.
+
+    Token `token_label` holds key + certificate 'signer' (the `ec_pki` signer, with its CA
+    certificates on the token) and 'expired' (an expired certificate); `other_token_label` exists
+    so error messages can be checked to list every token.
+    """
+
+    module_path: Path
+    conf_path: Path
+    token_label: str
+    other_token_label: str
+    pki: DemoPki
+    expired_pki: DemoPki
+
+    def spec(self, key_label: str = "signer", **changes: object) -> Pkcs11KeySpec:
+        base = Pkcs11KeySpec(
+            module_path=self.module_path, token_label=self.token_label, key_label=key_label, pin=SecretStr(SOFTHSM_PIN)
+        )
+        return base.model_copy(update=changes) if changes else base
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory, ec_pki: DemoPki) -> Iterator[SoftHsm]:
+    """Real SoftHSM2 tokens; skipped when SoftHSM2 is missing, unless SFSIGN_REQUIRE_SOFTHSM=1 (CI).
+
+    Session-scoped on purpose: SoftHSM2 reads SOFTHSM2_CONF only when the process first loads the
+    module, so every test of the session must use this one token directory.
+    """
+    from sfsign.documents.pkcs11 import close_pkcs11_sessions
+
+    module = find_softhsm_module()
+    if module is None or shutil.which("softhsm2-util") is None:
+        reason = "SoftHSM2 not installed (apt-get install -y softhsm2)"
+        if os.environ.get("SFSIGN_REQUIRE_SOFTHSM") == "1":
+            pytest.fail(f"{reason}, but SFSIGN_REQUIRE_SOFTHSM=1")
+        pytest.skip(reason)
+    module_path: Path = module
+    directory = tmp_path_factory.mktemp("softhsm")
+    now = dt.datetime.now(dt.UTC)
+    expired = create_demo_pki(
+        tmp_path_factory.mktemp("expired-pki"),
+        key_algorithm="ec-p256",
+        org_name="Expired Org",
+        signer_not_before=now - dt.timedelta(days=400),
+        signer_not_after=now - dt.timedelta(days=30),
+    )
+
+    def provision(token_label: str, label: str, pki: DemoPki, passphrase: str | None, chain: tuple[Path, ...]) -> Path:
+        return provision_softhsm_token(
+            directory,
+            token_label=token_label,
+            pin=SOFTHSM_PIN,
+            so_pin=SOFTHSM_SO_PIN,
+            key_pem_path=pki.signer_key_path,
+            key_passphrase=passphrase,
+            cert_path=pki.signer_cert_path,
+            label=label,
+            chain_paths=chain,
+            module_path=module_path,
+        ).conf_path
+
+    conf = provision("sfsign-test", "signer", ec_pki, PASSPHRASE, ec_pki.chain_paths)
+    provision("sfsign-test", "expired", expired, None, ())
+    provision("sfsign-other", "spare", expired, None, ())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOFTHSM2_CONF", str(conf))
+        yield SoftHsm(module, conf, "sfsign-test", "sfsign-other", ec_pki, expired)
+        close_pkcs11_sessions()

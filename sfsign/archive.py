@@ -1,0 +1,85 @@
+"""Archive-timestamp renewal (`sfsign ltv-refresh`, also run by the daemon on a schedule).
+
+A B-LTA file stays verifiable as long as its newest document timestamp can be validated, that is
+until the timestamp authority's certificate expires. Before then a new archive timestamp must be
+added over the whole file (with fresh revocation data for the previous one). Which files are due is
+asked of Salesforce, not of the local outbox: documents live for decades, the outbox only for its
+retention period. `Sign_Archive_Due__c` on the record holds the expiry of the newest timestamp.
+
+Each due record becomes one outbox job that starts in `ltv_pending`, so the worker's ordinary
+upgrade path (download, timestamp, upload as a new version of the same File, write back) does the
+work, with its retries and its upload guard. The job's transaction id is derived from the record's
+transaction id and the due date it renews, so a second scan before the first job finishes, or a
+crash, never adds a second archive timestamp for the same due date.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import structlog
+
+from sfsign.config import Rules
+from sfsign.outbox import Outbox, OutboxStore
+from sfsign.salesforce.rest import SalesforceRest, soql_datetime, validate_api_name, validate_id
+
+log = structlog.get_logger("sfsign.archive")
+
+_NAMESPACE = uuid.UUID("0c1b5c38-5d0c-4b57-a1c2-6a1e6f0f2b11")
+SOURCE = "ltv-refresh"
+
+
+def archive_transaction_id(transaction_id: str, due: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{transaction_id}/{due}"))
+
+
+def due_query(sobject: str, before: datetime) -> str:
+    validate_api_name(sobject)
+    return (
+        f"SELECT Id, Sign_Transaction_Id__c, Signed_Document_Id__c, Sign_Archive_Due__c FROM {sobject} "
+        f"WHERE Sign_Level__c = 'B-LTA' AND Sign_Archive_Due__c != null "
+        f"AND Sign_Archive_Due__c < {soql_datetime(before)} ORDER BY Sign_Archive_Due__c"
+    )
+
+
+async def queue_due_archive_timestamps(
+    rest: SalesforceRest, outbox: Outbox, rules: Rules, *, within_days: float, now: datetime | None = None
+) -> int:
+    """Queue one archive-timestamp job per B-LTA record due within `within_days`; return how many."""
+    before = (now or datetime.now(UTC)) + timedelta(days=within_days)
+    created = 0
+    for sobject in sorted({r.object for r in rules.rules}):
+        rule = next(
+            (r for r in rules.for_object(sobject) if rules.profiles[r.profile].level == "B-LTA"), None
+        )
+        if rule is None:
+            continue  # no B-LTA profile for this object: nothing of ours to renew
+        for row in await rest.query(due_query(sobject, before)):
+            tx, document_id = row.get("Sign_Transaction_Id__c"), row.get("Signed_Document_Id__c")
+            if not tx or not document_id:
+                continue
+            docs = await rest.query(
+                f"SELECT LatestPublishedVersionId FROM ContentDocument WHERE Id = '{validate_id(str(document_id))}'"
+            )
+            if not docs:
+                log.warning("signed file no longer exists; cannot renew its archive timestamp",
+                            record_id=row["Id"], content_document_id=document_id)
+                continue
+            job_tx = archive_transaction_id(str(tx), str(row["Sign_Archive_Due__c"]))
+            added = await outbox.call(partial(
+                OutboxStore.add_archive_job,
+                transaction_id=job_tx,
+                rule=rule.name,
+                sobject=sobject,
+                record_id=str(row["Id"]),
+                content_document_id=str(document_id),
+                content_version_id=str(docs[0]["LatestPublishedVersionId"]),
+                source=SOURCE,
+            ))
+            if added:
+                created += 1
+                log.info("archive timestamp due; queued", record_id=row["Id"], due=row["Sign_Archive_Due__c"],
+                         transaction_id=job_tx)
+    return created

@@ -1,0 +1,91 @@
+"""Data minimisation (GDPR): finished job rows go after `job_retention_days`, and rendered or signed PDFs
+of finished jobs after `artifact_grace_s`.
+
+The signed file lives in Salesforce; sfsign's copy on disk and its job rows only serve retries and
+support, so they are kept no longer than that needs. Active jobs and their artifacts are never touched,
+and an `error`/`dead` job keeps its artifacts (a `sfsign retry` resumes from them) until its row expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from sfsign.aio import wait_any
+from sfsign.config import Settings
+from sfsign.outbox import JobState, Outbox, OutboxStore, PurgeResult
+
+log = structlog.get_logger("sfsign.retention")
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    rows: PurgeResult
+    artifacts: list[Path]  # files deleted (or, dry run, that would be)
+
+
+def artifacts_dir(settings: Settings) -> Path:
+    """Where the worker keeps a job's files (`WorkerConfig.artifacts_dir` as the daemon sets it)."""
+    return settings.data_dir / "artifacts"
+
+
+def expired_artifacts(directory: Path, store: OutboxStore, now: float, grace_s: float) -> list[Path]:
+    """Files `<transaction id>.<kind>` whose job is done (for longer than the grace) or gone.
+
+    A job that is gone was purged, or the file is a leftover of a crash: nothing will read it again.
+    For a done job the grace counts from `done_at`; for a file without a job, from its modification time.
+    """
+    if not directory.is_dir():
+        return []
+    files = [p for p in directory.iterdir() if p.is_file()]
+    states = store.job_states(p.name.split(".", 1)[0] for p in files)
+    expired = []
+    for path in files:
+        known = states.get(path.name.split(".", 1)[0])
+        if known is None:
+            try:
+                since = path.stat().st_mtime
+            except FileNotFoundError:  # the worker removed it meanwhile
+                continue
+        elif known[0] is JobState.DONE:
+            since = known[1] if known[1] is not None else path.stat().st_mtime
+        else:
+            continue
+        if since + grace_s <= now:
+            expired.append(path)
+    return sorted(expired)
+
+
+def purge(store: OutboxStore, settings: Settings, now: float | None = None, *, dry_run: bool = False
+          ) -> RetentionResult:
+    """Expired job rows first, then artifacts, so files of the rows just purged go in the same pass."""
+    now = time.time() if now is None else now
+    rows = store.purge(now, settings.job_retention_days * DAY_S, dry_run=dry_run)
+    files = expired_artifacts(artifacts_dir(settings), store, now, settings.artifact_grace_s)
+    if not dry_run:
+        for path in files:
+            path.unlink(missing_ok=True)
+    return RetentionResult(rows, files)
+
+
+async def purge_loop(outbox: Outbox, settings: Settings, stop: asyncio.Event, interval_s: float | None = None) -> None:
+    """Run the purge at start and then every `interval_s` (default: hourly, or as often as the grace
+    needs, at least a minute apart) until `stop` is set. A failed pass is logged and retried next time:
+    retention must never stop the daemon."""
+    every = interval_s if interval_s is not None else min(3600.0, max(60.0, settings.artifact_grace_s))
+    while not stop.is_set():
+        try:
+            result = await outbox.call(lambda s: purge(s, settings))
+            if result.rows.job_rows or result.rows.audit_rows or result.artifacts:
+                # Counts only: the rows and files name records and customers.
+                log.info("retention purge", jobs=result.rows.jobs, audit_rows=result.rows.audit_rows,
+                         artifacts=len(result.artifacts))
+        except Exception as exc:
+            log.error("retention purge failed; will retry", error=f"{type(exc).__name__}: {exc}")
+        await wait_any(stop, within_s=every)

@@ -1,0 +1,228 @@
+"""What `sfsign status` and `sfsign jobs` show: read from the outbox alone, so they work beside a running
+daemon (SQLite WAL lets a reader in while the daemon writes) and without reaching Salesforce.
+
+The output is for operators and scripts, so it carries ids, states and error reasons but never document
+content, file names, requesters or signer names: those may name customers and people (GDPR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from tabulate import tabulate
+
+from sfsign.aio import wait_any
+from sfsign.outbox import ACTIVE_STATES, Job, JobState, Outbox, OutboxStore
+
+# Meta key the daemon writes with the last `Sforce-Limit-Info: api-usage=used/max` it saw: "used/max@epoch".
+API_USAGE_KEY = "api_usage"
+_API_USAGE = re.compile(r"^(\d+)/(\d+)@(\d+(?:\.\d+)?)$")
+ERROR_WIDTH = 60  # characters of `last_error` shown in a table; JSON carries all of it
+
+
+def format_api_usage(used: int, maximum: int, seen_at: float) -> str:
+    """The `api_usage` meta value, e.g. "1234/15000@1767225600.5"."""
+    return f"{int(used)}/{int(maximum)}@{seen_at:.1f}"
+
+
+@dataclass(frozen=True)
+class ApiUsage:
+    used: int
+    maximum: int
+    seen_at: float
+
+    @property
+    def percent(self) -> float | None:
+        return round(100 * self.used / self.maximum, 1) if self.maximum else None
+
+
+def parse_api_usage(value: str | None) -> ApiUsage | None:
+    """The stored `api_usage` value, or None when absent or unreadable (status must not fail on it)."""
+    match = _API_USAGE.match(value or "")
+    if match is None:
+        return None
+    return ApiUsage(int(match[1]), int(match[2]), float(match[3]))
+
+
+def save_api_usage(store: OutboxStore, usage: tuple[int, int] | None, now: float) -> bool:
+    """Persist the daemon's last seen (used, max), so `sfsign status` (another process) can show it."""
+    if usage is None:
+        return False
+    store.set_meta(API_USAGE_KEY, format_api_usage(usage[0], usage[1], now))
+    return True
+
+
+async def record_api_usage(
+    outbox: Outbox, usage: Callable[[], tuple[int, int] | None], stop: asyncio.Event, interval_s: float = 60.0
+) -> None:
+    """Daemon task: copy `SalesforceRest.api_usage` into the outbox every `interval_s` until `stop`."""
+    last: tuple[int, int] | None = None
+    while not stop.is_set():
+        current = usage()
+        if current is not None and current != last:
+            await outbox.call(partial(save_api_usage, usage=current, now=time.time()))
+            last = current
+        await wait_any(stop, within_s=interval_s)
+
+
+@dataclass(frozen=True)
+class OldestJob:
+    transaction_id: str
+    record_id: str
+    state: str
+    age_s: float
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    generated_at: float
+    counts: dict[str, int]  # every state, zeros included, so scripts need no defaults
+    active: int
+    errors: int
+    dead: int
+    signed_today: int  # reached `Signed` on the record since 00:00 UTC
+    oldest_active: OldestJob | None
+    last_event_channel: str | None
+    last_event_at: float | None
+    api_usage: ApiUsage | None
+
+
+def utc_midnight(now: float) -> float:
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+def collect_status(store: OutboxStore, now: float | None = None) -> StatusReport:
+    now = time.time() if now is None else now
+    found = store.counts()
+    counts = {state.value: int(found.get(state.value, 0)) for state in JobState}
+    oldest = store.oldest_active()
+    last = store.last_event()
+    return StatusReport(
+        generated_at=now,
+        counts=counts,
+        active=sum(counts[s.value] for s in ACTIVE_STATES),
+        errors=counts[JobState.ERROR.value],
+        dead=counts[JobState.DEAD.value],
+        signed_today=store.signed_visible_since(utc_midnight(now)),
+        oldest_active=OldestJob(oldest.transaction_id, oldest.record_id, oldest.state.value,
+                                max(0.0, now - oldest.created_at)) if oldest else None,
+        last_event_channel=last[0] if last else None,
+        last_event_at=last[1] if last else None,
+        api_usage=parse_api_usage(store.get_meta(API_USAGE_KEY)),
+    )
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def human_age(seconds: float) -> str:
+    """Compact age for a table: 45s, 3m12s, 5h04m, 2d03h."""
+    s = max(0, math.floor(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    usage = report.api_usage
+    return {
+        "generated_at": iso(report.generated_at),
+        "counts": report.counts,
+        "active": report.active,
+        "errors": report.errors,
+        "dead": report.dead,
+        "signed_today": report.signed_today,
+        "oldest_active": {**asdict(report.oldest_active), "age_s": round(report.oldest_active.age_s, 1)}
+        if report.oldest_active else None,
+        "last_event": {
+            "channel": report.last_event_channel,
+            "at": iso(report.last_event_at),
+            "age_s": round(report.generated_at - report.last_event_at, 1),
+        } if report.last_event_at is not None else None,
+        "api_usage": {"used": usage.used, "max": usage.maximum, "percent": usage.percent,
+                      "seen_at": iso(usage.seen_at)} if usage else None,
+    }
+
+
+def render_status(report: StatusReport) -> str:
+    now = report.generated_at
+    states = [(state, n) for state, n in report.counts.items() if n or state in ("queued", "done", "error", "dead")]
+    oldest = report.oldest_active
+    usage = report.api_usage
+    facts = [
+        ("active jobs", str(report.active)),
+        ("oldest active job",
+         f"{human_age(oldest.age_s)} old, {oldest.state}, transaction {oldest.transaction_id} "
+         f"(record {oldest.record_id})" if oldest else "none"),
+        ("last event",
+         f"{human_age(now - report.last_event_at)} ago ({iso(report.last_event_at)}) on {report.last_event_channel}"
+         if report.last_event_at is not None else "none received yet"),
+        ("API usage",
+         f"{usage.used:,} of {usage.maximum:,} ({usage.percent} %), seen {human_age(now - usage.seen_at)} ago"
+         if usage else "not recorded yet"),
+        ("signed today (UTC)", str(report.signed_today)),
+        ("errors / dead", f"{report.errors} / {report.dead}" + ("  (see `sfsign jobs --state error`)"
+                                                               if report.errors or report.dead else "")),
+    ]
+    return (tabulate(states, headers=["state", "jobs"], tablefmt="simple")
+            + "\n\n" + tabulate(facts, tablefmt="plain"))
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+
+def job_line(job: Job, now: float) -> dict[str, Any]:
+    """One job as operators see it. Deliberately no document_json, file_name, requested_by or signer."""
+    return {
+        "transaction_id": job.transaction_id,
+        "object": job.sobject,
+        "record_id": job.record_id,
+        "rule": job.rule,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "level": job.ltv_level or job.level,
+        "source": job.source,
+        "created_at": iso(job.created_at),
+        "age_s": round(max(0.0, now - job.created_at), 1),
+        "error_code": job.error_code,
+        "last_error": job.last_error,
+    }
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return ""
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def render_jobs(lines: list[dict[str, Any]], error_width: int = ERROR_WIDTH) -> str:
+    if not lines:
+        return "no jobs"
+    rows = [
+        [ln["transaction_id"], ln["object"], ln["record_id"], ln["rule"], ln["state"], ln["attempts"],
+         ln["level"] or "", human_age(ln["age_s"]),
+         _short(f"{ln['error_code']}: {ln['last_error']}" if ln["error_code"] else ln["last_error"], error_width)]
+        for ln in lines
+    ]
+    headers = ["transaction", "object", "record", "rule", "state", "tries", "level", "age", "last error"]
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
