@@ -11,13 +11,19 @@ Measures, with a generated demo PKI (nothing is written outside a temporary dire
   demo PKI's TSA/OCSP/CRL services on 127.0.0.1, printed as a markdown table
   (`--levels-only` runs just that part).
 Numbers are medians (and p90) of wall-clock time; they vary with the machine, which is the point.
+
+`bench_all.py` also uses the ceiling and CPU helpers below (render_job + sign_job in the daemon's pool
+shape, and per-document CPU time measured inside a pool process).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import multiprocessing
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from sfsign.documents.jobs import SigningRequest, render_job, sign_job, warm_up
 from sfsign.documents.ltv import upgrade_pdf
 from sfsign.documents.model import ContractDocument, sample_contract
 from sfsign.documents.pki import create_demo_pki
@@ -54,6 +61,108 @@ def _distinct_docs(count: int) -> list[ContractDocument]:
         sample_contract(kind="quote", currency="EUR", line_count=30, transaction_id=f"sfs-bench-{i:016d}", variant=i)
         for i in range(count)
     ]
+
+
+@dataclasses.dataclass
+class CeilingResult:
+    documents: int
+    workers: int
+    seconds: float
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.documents / self.seconds
+
+
+@dataclasses.dataclass
+class CpuResult:
+    label: str
+    pages: int
+    render_ms: list[float]
+    sign_ms: list[float]  # sign_job without validation: signature, and the RFC 3161 request at B-T
+    validate_ms: list[float]  # what the worker adds for the record's validation verdict
+
+    @property
+    def render_sign_ms(self) -> list[float]:
+        return sorted(r + s for r, s in zip(self.render_ms, self.sign_ms, strict=True))
+
+
+def burst_documents(count: int) -> list[str]:
+    """Documents shaped like the burst's: a proposal for an opportunity with 3 line items (one page)."""
+    return [
+        sample_contract(kind="proposal", currency="EUR", line_count=3, transaction_id=f"sfs-ceil-{i:016d}",
+                        variant=i).model_dump_json()
+        for i in range(count)
+    ]
+
+
+def two_page_documents(count: int) -> list[str]:
+    """The 30-line quote: two pages, the document the CPU target is stated for."""
+    return [
+        sample_contract(kind="quote", currency="EUR", line_count=30, transaction_id=f"sfs-cpu-{i:016d}",
+                        variant=i).model_dump_json()
+        for i in range(count)
+    ]
+
+
+def cpu_job(document_json: str, template: str, request: SigningRequest) -> tuple[float, float, float, int]:
+    """In a pool process: CPU seconds (time.process_time, so a TSA round trip is not counted) of
+    render_job, of sign_job without validation, and of the validation, plus the page count."""
+    start = time.process_time()
+    pdf, boxes = render_job(document_json, template)
+    rendered = time.process_time()
+    signed = sign_job(pdf, boxes, dataclasses.replace(request, trust_roots=()))
+    done = time.process_time()
+    if request.trust_roots:
+        validate_signed_pdf(signed.pdf, list(request.trust_roots))
+    validated = time.process_time()
+    return rendered - start, done - rendered, validated - done, len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+
+
+def _warm(request: SigningRequest, template: str) -> None:
+    """What the daemon's pool processes do at start, plus the key, TSA session and validator caches."""
+    warm_up()
+    pdf, boxes = render_job(sample_contract(kind="proposal", line_count=3).model_dump_json(), template)
+    sign_job(pdf, boxes, request)
+
+
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(POOL_START_METHOD))
+
+
+def warm_pool(pool: ProcessPoolExecutor, workers: int, request: SigningRequest, template: str) -> None:
+    # Twice as many warm-ups as workers: a pool hands tasks to idle workers, so each gets at least one.
+    list(pool.map(_warm, [request] * workers * 2, [template] * workers * 2))
+
+
+async def _pipeline(pool: ProcessPoolExecutor, docs: list[str], template: str, request: SigningRequest,
+                    in_flight: int) -> None:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(document_json: str) -> None:
+        async with gate:
+            pdf, boxes = await loop.run_in_executor(pool, render_job, document_json, template)
+            await loop.run_in_executor(pool, sign_job, pdf, boxes, request)
+
+    await asyncio.gather(*(one(d) for d in docs))
+
+
+def render_sign_ceiling(pool: ProcessPoolExecutor, workers: int, docs: list[str], template: str,
+                        request: SigningRequest) -> CeilingResult:
+    """Documents per second through render_job then sign_job in the pool, two hops per document as in
+    the daemon, with no Salesforce I/O: the most the daemon's pool could deliver on this machine."""
+    start = time.perf_counter()
+    asyncio.run(_pipeline(pool, docs, template, request, in_flight=workers * 4))
+    return CeilingResult(len(docs), workers, time.perf_counter() - start)
+
+
+def cpu_per_document(pool: ProcessPoolExecutor, label: str, docs: list[str], template: str,
+                     request: SigningRequest) -> CpuResult:
+    """One document at a time, so the figures are CPU cost, not contention."""
+    rows = [pool.submit(cpu_job, d, template, request).result() for d in docs]
+    return CpuResult(label, max(r[3] for r in rows), [r[0] * 1000 for r in rows], [r[1] * 1000 for r in rows],
+                     [r[2] * 1000 for r in rows])
 
 
 def _render_and_sign(doc: ContractDocument, spec: KeySpec) -> SignedPdf:

@@ -87,7 +87,15 @@ class Settings(BaseSettings):
     rules_file: Path = Path("config/rules.yaml")
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-    workers: int = Field(4, ge=1, le=64, description="jobs processed concurrently")
+    workers: int = Field(
+        256, ge=1, le=5000,
+        description="jobs in flight at once; their Salesforce calls are batched, their CPU work waits for the pool",
+    )
+    api_budget_share: float = Field(
+        0.8, gt=0, le=1, description="above this share of the daily API allocation, non-urgent work waits"
+    )
+    batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
+    batch_linger_burst_s: float = Field(3.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")

@@ -29,6 +29,7 @@ from sfsign.aio import wait_any
 from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import load_signer
+from sfsign.governor import ApiGovernor
 from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
@@ -47,7 +48,7 @@ from sfsign.salesforce.rest import (
 )
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_state, decide_sign_request
-from sfsign.worker import Worker, WorkerConfig, preflight_profiles, signing_request
+from sfsign.worker import Worker, WorkerConfig, audit_records, preflight_profiles, signing_request
 
 log = structlog.get_logger("sfsign.daemon")
 
@@ -103,6 +104,9 @@ class Daemon:
         self.stopped_by: signal.Signals | None = None
         self.authenticator: Authenticator | None = None
         self.metrics = Metrics()
+        self.governor = ApiGovernor(
+            lambda: self._rest.api_usage if self._rest is not None else None, settings.api_budget_share
+        )
         self._reconcile_wake = asyncio.Event()
         self.certificates = CertificateExpiry()
         self.ops_server: OpsServer | None = None
@@ -180,6 +184,9 @@ class Daemon:
                 config=WorkerConfig(
                     artifacts_dir=settings.data_dir / "artifacts",
                     concurrency=settings.workers,
+                    cpu_slots=2 * workers,
+                    batch_linger_s=settings.batch_linger_s,
+                    batch_linger_burst_s=settings.batch_linger_burst_s,
                     max_attempts=settings.max_attempts,
                     backoff_base_s=settings.retry_base_s,
                     backoff_cap_s=settings.retry_cap_s,
@@ -189,6 +196,7 @@ class Daemon:
                 ),
                 instance_url=lambda: (authenticator.current or token).instance_url,
                 metrics=self.metrics,
+                governor=self.governor,
             )
             self.stream = StreamClient(
                 authenticator,
@@ -510,26 +518,22 @@ class Daemon:
         twice in Salesforce; documents, which must be exactly once, have their own guard.
         """
         delay = self.settings.audit_flush_s
+        lock = self.worker.audit_lock if self.worker is not None else asyncio.Lock()
         while not self._stop.is_set():
-            rows = await self.outbox.call(OutboxStore.pending_audit)
+            if self.governor.constrained():  # tight budget: audit rows ride along with the write-backs
+                await wait_any(self._stop, within_s=self.settings.audit_flush_s * 12)
+            async with lock:  # the worker's write-back also sends audit rows along: never the same row twice
+                rows = await self.outbox.call(OutboxStore.pending_audit)
+                if rows:
+                    try:
+                        results = await rest.create_many("Signature_Event__c", audit_records(rows))
+                    except SalesforceError as exc:
+                        log.warning("audit events not written yet; will retry", error=str(exc), retry_in_s=delay)
+                        results = None
             if not rows:
                 await wait_any(self._stop, within_s=self.settings.audit_flush_s)
                 continue
-            records = [
-                {
-                    "Opportunity__c" if r["sobject"] == "Opportunity" else "Quote__c": r["record_id"],
-                    "Transaction_Id__c": r["transaction_id"],
-                    "Event_Type__c": r["event_type"],
-                    "Occurred_At__c": r["occurred_at"],
-                    "Actor__c": (r["actor"] or "")[:255],
-                    "Detail__c": r["detail"] or None,
-                }
-                for r in rows
-            ]
-            try:
-                results = await rest.create_many("Signature_Event__c", records)
-            except SalesforceError as exc:
-                log.warning("audit events not written yet; will retry", error=str(exc), retry_in_s=delay)
+            if results is None:
                 await wait_any(self._stop, within_s=delay)
                 delay = min(delay * 2, 300.0)
                 continue
@@ -585,6 +589,9 @@ class Daemon:
 
         interval_s = self.settings.ltv_refresh_interval_h * 3600
         while not self._stop.is_set():
+            if self.governor.constrained():  # renewals can wait for the API budget (days of margin)
+                await wait_any(self._stop, within_s=min(interval_s, 900.0))
+                continue
             try:
                 queued = await queue_due_archive_timestamps(
                     rest, self.outbox, self.rules, within_days=self.settings.ltv_refresh_within_days

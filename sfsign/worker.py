@@ -32,6 +32,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from sfsign.aio import wait_any
+from sfsign.batching import Batcher
 from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import (
@@ -45,17 +46,26 @@ from sfsign.documents.sign import (
     load_signer,
 )
 from sfsign.documents.tsa import TsaAuth
+from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.records import fetch_records
-from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.records import SignableRecord, fetch_records
+from sfsign.salesforce.rest import COLLECTION_LIMIT, NewFile, SalesforceRest
+from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
 
 log = structlog.get_logger("sfsign.worker")
 
 STATUS_SIGNED = "Signed"
 STATUS_ERROR = "Error"
+
+
+# Running jobs in these states may still join the fetch / upload / write-back batch.
+_BEFORE_FETCH = frozenset({JobState.QUEUED})
+_BEFORE_UPLOAD = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED,
+                            JobState.LTV_PENDING, JobState.LTV_UPGRADED})
+_BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
 
 
 class PermanentFailure(Exception):
@@ -94,6 +104,13 @@ class WorkerConfig:
     multi_currency: bool = True
     ltv_delay_s: float = 2.0  # B-LT/B-LTA upgrades wait this long, so fresh documents go first
     artifact_grace_s: float = 0.0  # > 0: keep a done job's PDFs this long (the retention purge removes them)
+    cpu_slots: int = 4  # documents handed to the process pool at once (2 per pool process): bounded memory
+    batch_linger_s: float = 0.05  # a batch waits at most this long while work trickles in ...
+    batch_linger_burst_s: float = 3.0  # ... and this long during a burst, when bigger batches save API calls
+    fetch_batch_max: int = 200
+    upload_batch_max: int = 100  # files per sObject Collections request (≤ 200, ≤ 500 MB)
+    write_batch_max: int = 800  # records per write-back (4 collections of 200 in one composite)
+    governor_defer_s: float = 900.0  # how long non-urgent work waits while the API budget is tight
 
 
 class Worker:
@@ -109,8 +126,10 @@ class Worker:
         config: WorkerConfig,
         instance_url: Callable[[], str],
         metrics: Metrics | None = None,
+        governor: ApiGovernor | None = None,
     ) -> None:
         self.outbox = outbox
+        self.governor = governor
         self.rest = rest
         self.rules = rules
         self.cpu_pool = cpu_pool
@@ -119,7 +138,25 @@ class Worker:
         self.metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._state_of: dict[int, JobState] = {}  # what each running job is doing: when batches may go
+        self._cpu = asyncio.Semaphore(max(1, config.cpu_slots))
+        self.audit_lock = asyncio.Lock()  # the write-back and the daemon's audit flusher never send a row twice
+        linger = self._linger
+        self.fetcher: Batcher[tuple[str, str], SignableRecord | None] = Batcher(
+            "fetch", self._fetch_batch, max_size=config.fetch_batch_max, linger_s=linger,
+            waiting_for=lambda: self._count(_BEFORE_FETCH), on_batch=self._batch_metric("fetch"),
+        )
+        self.uploader: Batcher[NewFile, str] = Batcher(
+            "upload", self._upload_batch, max_size=min(config.upload_batch_max, COLLECTION_LIMIT), linger_s=linger,
+            waiting_for=lambda: self._count(_BEFORE_UPLOAD), on_batch=self._batch_metric("upload"),
+        )
+        self.writer: Batcher[WriteBack, str | None] = Batcher(
+            "write-back", self._write_batch, max_size=config.write_batch_max, linger_s=linger,
+            waiting_for=lambda: self._count(_BEFORE_WRITE), on_batch=self._batch_metric("write-back"),
+        )
+        self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
+        self._batch_stop = asyncio.Event()
+        self._batch_tasks: list[asyncio.Task[None]] = []
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: self._fetch,
             JobState.FETCHED: self._render,
@@ -142,8 +179,34 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._running)
 
+    def _count(self, states: frozenset[JobState]) -> int:
+        return sum(1 for s in self._state_of.values() if s in states)
+
+    def _batch_metric(self, stage: str) -> Callable[[int], None]:
+        return self.metrics.batch_size.labels(stage).observe
+
+    def constrained(self) -> bool:
+        """The API budget is tight (see governor.py); the gauge follows."""
+        tight = self.governor is not None and self.governor.constrained()
+        self.metrics.governor_constrained.set(1 if tight else 0)
+        return tight
+
+    def _linger(self) -> float:
+        """Short while documents trickle in; long when more jobs run than the CPU can sign at once, or when
+        the API budget is tight (bigger batches, fewer calls)."""
+        busy = len(self._running) > self.config.cpu_slots or self.constrained()
+        return self.config.batch_linger_burst_s if busy else self.config.batch_linger_s
+
+    def _poke_batchers(self) -> None:
+        for batcher in self._batchers:
+            batcher.poke()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch until `stop` is set; in-flight jobs are left to `drain`."""
+        """Dispatch until `stop` is set; in-flight jobs (and the batchers they wait on) are left to `drain`."""
+        if not self._batch_tasks:
+            self._batch_tasks = [
+                asyncio.create_task(b.run(self._batch_stop), name=f"batcher-{b.name}") for b in self._batchers
+            ]
         while not stop.is_set():
             self._wake.clear()
             free = self.config.concurrency - len(self._running)
@@ -162,18 +225,23 @@ class Worker:
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._state_of.pop(job_id, None)
+        self._poke_batchers()
         self._wake.set()
 
     async def drain(self, deadline_s: float) -> int:
         """Let in-flight jobs finish their current step; return how many were still running."""
         tasks = list(self._running.values())
-        if not tasks:
-            return 0
-        _done, pending = await asyncio.wait(tasks, timeout=deadline_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._batch_stop.set()
+        if self._batch_tasks:
+            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
         return len(pending)
 
     # -------------------------------------------------------------------------------- processing
@@ -188,6 +256,8 @@ class Worker:
         ):
             try:
                 while job.state in self._steps and job.next_attempt_at <= time.time():
+                    self._state_of[job.id] = job.state
+                    self._poke_batchers()
                     step = self._steps[job.state]
                     started = time.perf_counter()
                     job = await step(job, rules)
@@ -297,10 +367,7 @@ class Worker:
         rule = rules.by_name(job.rule)
         if rule is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
-        records = await self._sf(
-            partial(fetch_records, multi_currency=self.config.multi_currency), self.rest, job.sobject, [job.record_id]
-        )
-        record = records.get(job.record_id) or records.get(job.record_id[:15])
+        record = await self.fetcher.submit((job.sobject, job.record_id))
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
         try:
@@ -320,9 +387,10 @@ class Worker:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
         loop = asyncio.get_running_loop()
         try:
-            pdf, boxes = await loop.run_in_executor(
-                self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
-            )
+            async with self._cpu:
+                pdf, boxes = await loop.run_in_executor(
+                    self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
+                )
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "RENDER_FAILED") from None
         path = self._artifact(job, "rendered.pdf")
@@ -344,9 +412,10 @@ class Worker:
         pdf = await loop.run_in_executor(None, rendered.read_bytes)
         boxes = json.loads(await loop.run_in_executor(None, box_file.read_text))
         try:
-            signed = await loop.run_in_executor(
-                self.cpu_pool, doc_jobs.sign_job, pdf, boxes, signing_request(profile)
-            )
+            async with self._cpu:
+                signed = await loop.run_in_executor(
+                    self.cpu_pool, doc_jobs.sign_job, pdf, boxes, signing_request(profile)
+                )
         except doc_jobs.TransientDocumentFailure as exc:
             raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
         except doc_jobs.DocumentFailure as exc:
@@ -396,13 +465,13 @@ class Worker:
         data = await asyncio.get_running_loop().run_in_executor(None, signed_path.read_bytes)
         await self.outbox.update(job.id, upload_uncertain=1)
         try:
-            cv_id = await self.rest.insert_content_version(
+            cv_id = await self.uploader.submit(NewFile(
                 title=Path(job.file_name or "document.pdf").stem,
                 path_on_client=job.file_name or f"{job.transaction_id}.pdf",
                 data=data,
                 first_publish_location_id=job.record_id,
                 transaction_id=job.transaction_id,
-            )
+            ))
         except SalesforceError as exc:
             if not exc.uncertain:
                 await self.outbox.update(job.id, upload_uncertain=0)
@@ -421,15 +490,10 @@ class Worker:
 
     async def _write_back(self, job: Job, rules: Rules) -> Job:
         profile = self._profile(job, rules)
-        document_id = job.content_document_id
-        if not document_id:
-            document_id = await self._sf(self.rest.content_document_id, job.content_version_id)
-            job = await self.outbox.update(job.id, content_document_id=document_id)
-        fields = {
+        document_url = f"{self.instance_url()}/lightning/r/ContentDocument/{{document_id}}/view"
+        fields: dict[str, Any] = {
             "Sign_Transaction_Id__c": job.transaction_id,
             "Sign_Status__c": STATUS_SIGNED,
-            "Signed_Document_Id__c": document_id,
-            "Signed_Document_Url__c": f"{self.instance_url()}/lightning/r/ContentDocument/{document_id}/view",
             "Signed_At__c": job.signed_at,
             "Sign_Error__c": None,
             "Sign_Document_Hash__c": job.sha256,
@@ -440,7 +504,17 @@ class Worker:
             "Sign_Validation__c": (job.validation or "")[:255] or None,
             "Sign_Eidas_Level__c": profile.eidas_level,
         }
-        await self._sf(self.rest.update, job.sobject, job.record_id, fields)
+        if job.content_document_id:  # known from the upload guard: no lookup needed
+            document_id: str | None = job.content_document_id
+            fields["Signed_Document_Id__c"] = document_id
+            fields["Signed_Document_Url__c"] = document_url.format(document_id=document_id)
+            await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
+        else:
+            document_id = await self.writer.submit(WriteBack(
+                job.sobject, job.record_id, fields, content_version_id=job.content_version_id,
+                document_url=document_url,
+            ))
+            job = await self.outbox.update(job.id, content_document_id=document_id)
         now = time.time()
         self.metrics.documents_signed.labels(job.rule).inc()
         if job.event_time_ms:
@@ -465,6 +539,11 @@ class Worker:
     # ------------------------------------------------------------------ long-term validation (B-LT, B-LTA)
 
     async def _ltv_upgrade(self, job: Job, rules: Rules) -> Job:
+        if self.constrained():
+            # Non-urgent: the record already shows Signed. Wait for the API budget to recover.
+            log.info("API budget tight; long-term validation upgrade deferred",
+                     defer_s=self.config.governor_defer_s)
+            return await self.outbox.update(job.id, next_attempt_at=time.time() + self.config.governor_defer_s)
         profile = self._profile(job, rules)
         loop = asyncio.get_running_loop()
         signed_path = self._artifact(job, "signed.pdf")
@@ -473,7 +552,10 @@ class Worker:
         else:  # the data directory was wiped or moved: Salesforce has the signed file
             pdf = await self._sf(self.rest.download_version_data, job.content_version_id)
         try:
-            result = await loop.run_in_executor(self.cpu_pool, doc_jobs.upgrade_job, pdf, upgrade_request(profile))
+            async with self._cpu:
+                result = await loop.run_in_executor(
+                    self.cpu_pool, doc_jobs.upgrade_job, pdf, upgrade_request(profile)
+                )
         except doc_jobs.TransientDocumentFailure as exc:
             raise TransientFailure(str(exc), "LTV_UNAVAILABLE") from None
         except doc_jobs.DocumentFailure as exc:
@@ -503,15 +585,14 @@ class Worker:
             return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
         await self.outbox.update(job.id, upload_uncertain=1)
         try:
-            version_id = await self.rest.insert_content_version(
+            version_id = await self.uploader.submit(NewFile(
                 title=Path(job.file_name or "document.pdf").stem,
                 path_on_client=job.file_name or f"{job.transaction_id}.pdf",
                 data=data,
-                first_publish_location_id=None,
                 transaction_id=job.transaction_id,
                 content_document_id=job.content_document_id,
                 reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
-            )
+            ))
         except SalesforceError as exc:
             if not exc.uncertain:
                 await self.outbox.update(job.id, upload_uncertain=0)
@@ -529,7 +610,7 @@ class Worker:
             "Sign_Archive_Due__c": job.archive_due,
             "Sign_Error__c": None,
         }
-        await self._sf(self.rest.update, job.sobject, job.record_id, fields)
+        await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
         job = await self.outbox.update(
             job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
             audit_detail=f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}",
@@ -542,6 +623,64 @@ class Worker:
             return  # kept for the grace period; sfsign.ops.retention deletes them afterwards
         for kind in ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf"):
             self._artifact(job, kind).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ batch handlers (one API call each)
+
+    async def _fetch_batch(self, keys: list[tuple[str, str]]) -> list[SignableRecord | None]:
+        by_object: dict[str, list[str]] = {}
+        for sobject, record_id in keys:
+            by_object.setdefault(sobject, []).append(record_id)
+        found: dict[tuple[str, str], SignableRecord] = {}
+        for sobject, ids in by_object.items():
+            records = await self._sf(
+                partial(fetch_records, multi_currency=self.config.multi_currency), self.rest, sobject, ids
+            )
+            found.update({(sobject, rid): rec for rid, rec in records.items()})
+        return [found.get((s, r)) or found.get((s, r[:15])) for s, r in keys]
+
+    async def _upload_batch(self, files: list[NewFile]) -> list[str | BaseException]:
+        if len(files) == 1:  # a lone document: the plain multipart insert
+            f = files[0]
+            return [await self.rest.insert_content_version(
+                title=f.title, path_on_client=f.path_on_client, data=f.data,
+                first_publish_location_id=f.first_publish_location_id, transaction_id=f.transaction_id,
+                content_document_id=f.content_document_id, reason_for_change=f.reason_for_change,
+            )]
+        results = await self.rest.insert_content_versions(files)
+        return [r.id if r.success else (r.error or SalesforceError(None, "UNKNOWN", "upload failed")) for r in results]
+
+    async def _write_batch(self, items: list[WriteBack]) -> list[str | BaseException | None]:
+        """Write the records back, and send pending audit events along when the flusher is not busy."""
+        rows: list[dict[str, Any]] = []
+        locked = not self.audit_lock.locked()
+        if locked:
+            await self.audit_lock.acquire()
+        try:
+            if locked:
+                rows = await self.outbox.call(OutboxStore.pending_audit)
+            outcome: WriteBackOutcome = await self._sf(write_back_many, self.rest, items, audit_records(rows))
+            if rows and outcome.audit_results:
+                sent = [r["id"] for r, ok in zip(rows, outcome.audit_results, strict=False) if ok is True]
+                await self.outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+        finally:
+            if locked:
+                self.audit_lock.release()
+        return list(outcome.results)
+
+
+def audit_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Outbox audit rows as `Signature_Event__c` records."""
+    return [
+        {
+            "Opportunity__c" if r["sobject"] == "Opportunity" else "Quote__c": r["record_id"],
+            "Transaction_Id__c": r["transaction_id"],
+            "Event_Type__c": r["event_type"],
+            "Occurred_At__c": r["occurred_at"],
+            "Actor__c": (r["actor"] or "")[:255],
+            "Detail__c": r["detail"] or None,
+        }
+        for r in rows
+    ]
 
 
 def _secret(env: str | None, what: str) -> Any:

@@ -8,6 +8,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from secret_scan import find_secrets
+
+_SECRET_HITS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Scan what each test phase printed and logged (see secret_scan.py)."""
+    for section, content in report.sections:
+        for what in find_secrets(content):
+            _SECRET_HITS.append(f"{report.nodeid} [{section}]: {what}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SECRET_HITS:
+        print("\nSECRET SCAN: secrets found in captured output:\n  " + "\n  ".join(sorted(set(_SECRET_HITS))))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)

@@ -54,6 +54,16 @@ class ControlClient:
         result = await self._json("POST", f"/_control/records/{sobject}", {"user": user, "fields": fields})
         return str(result["id"])
 
+    async def bulk_create(self, sobject: str, records: list[dict[str, Any]], *, user: str) -> list[str]:
+        """Insert `records` in one transaction; their ids, in order."""
+        result = await self._json("POST", f"/_control/bulk/{sobject}", {"user": user, "records": records})
+        return [str(i) for i in result["ids"]]
+
+    async def bulk_update(self, sobject: str, record_ids: list[str], fields: dict[str, Any], *, user: str) -> None:
+        """Set the same `fields` on every record in one transaction (a mass edit or data loader batch)."""
+        records = [{"Id": rid, **fields} for rid in record_ids]
+        await self._json("PATCH", f"/_control/bulk/{sobject}", {"user": user, "records": records})
+
     async def publish(self, event: str, fields: dict[str, Any], *, user: str) -> dict[str, Any]:
         return dict(await self._json("POST", f"/_control/events/{event}", {"user": user, "fields": fields}))
 
@@ -63,6 +73,11 @@ class ControlClient:
 
     async def api_usage(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/_control/api-usage"))
+
+    async def streaming_clients(self) -> list[dict[str, Any]]:
+        """The Bayeux clients the org knows, with their subscriptions (how a benchmark sees a daemon ready)."""
+        result = await self._json("GET", "/_control/streaming/clients")
+        return list(result["clients"])
 
     async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return await self._json("POST", path, body or {})

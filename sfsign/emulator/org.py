@@ -200,11 +200,16 @@ class Faults:
                 if path.startswith(f.prefix) and (f.method is None or f.method == method)
             )
 
-    def error_for(self, method: str, path: str) -> ErrorFault | None:
-        """The first armed error fault that hits this request (consumes one of its `count`)."""
+    def error_for(self, method: str, path: str, modes: tuple[str, ...] = FAULT_MODES) -> ErrorFault | None:
+        """The first armed error fault that hits this request (consumes one of its `count`).
+
+        `modes` narrows the faults considered: a composite subrequest can only get an error answer
+        (`respond`), never a dropped connection, which belongs to the whole HTTP request."""
         with self._lock:
             for fault in self.errors:
                 if not path.startswith(fault.prefix) or (fault.method and fault.method != method):
+                    continue
+                if fault.mode not in modes:
                     continue
                 if fault.count is not None and fault.count <= 0:
                     continue

@@ -739,6 +739,11 @@ class RestApi:
             if parts[4:5] == ["composite"] and len(parts) == 5:
                 raise ApiError(400, "INVALID_INPUT", "A composite request can't contain a composite subrequest")
             method = str(sub["method"]).upper()
+            # An armed error fault answers a subrequest to its path as it would the plain request (a
+            # validation rule fails a record however it is updated).
+            fault = self.org.faults.error_for(method, split.path, modes=("respond",))
+            if fault is not None:
+                raise ApiError(fault.status, fault.error_code, fault.message)
             query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
             headers = CIMultiDict(ctx.headers)
             for name, value in (sub.get("httpHeaders") or {}).items():

@@ -37,6 +37,14 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.governor_constrained = Gauge(
+            "sfsign_api_governor_constrained",
+            "1 while API usage is above the budget share and non-urgent work waits", registry=r,
+        )
+        self.batch_size = Histogram(
+            "sfsign_batch_size", "Records or files per batched Salesforce call", ["stage"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r,
+        )
         self.events_received = Counter(
             "sfsign_events_received", "Streaming events received", ["channel"], registry=r
         )

@@ -26,6 +26,7 @@ from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import certifi
 import requests
@@ -47,6 +48,10 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 COLLECTION_LIMIT = 200  # sObject Collections: at most 200 records per request
+COLLECTION_BINARY_LIMIT = 500 * 1024 * 1024  # sObject Collections with binary parts: 500 MB of files per request
+COMPOSITE_LIMIT = 25  # /composite: at most 25 subrequests per request (one API call)
+COMPOSITE_QUERY_LIMIT = 5  # ... of which at most 5 queries or sObject Collections
+IN_LIMIT = 200  # ids per IN (...) list: keeps the query URL far below the 16 KB request-line limit
 _ID_RE = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _API_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*$")
@@ -114,6 +119,30 @@ def dump_json(data: Any) -> str:
 
 
 # -------------------------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class CompositeResult:
+    """Outcome of one subrequest of a `/composite` call."""
+
+    reference_id: str
+    status: int
+    body: Any
+    error: SalesforceError | None = None
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """One file for `insert_content_versions`: a first version on a record, or a new version of a document."""
+
+    title: str
+    path_on_client: str
+    data: bytes
+    transaction_id: str
+    first_publish_location_id: str | None = None
+    content_document_id: str | None = None
+    reason_for_change: str | None = None
+    content_type: str = "application/pdf"
 
 
 @dataclass(frozen=True)
@@ -423,6 +452,126 @@ class SalesforceRest:
                     errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
                     results.append(RecordResult(name, "", False, SalesforceError.from_record_error(errors[0])))
         return results
+
+    # ------------------------------------------------------------------ composite
+
+    def subrequest_url(self, path: str) -> str:
+        """The URL of a composite subrequest for `path` (relative to /services/data/vNN.0/)."""
+        return f"/services/data/v{self.api_version}/{path.lstrip('/')}"
+
+    async def composite(
+        self, subrequests: Sequence[Mapping[str, Any]], *, all_or_none: bool, write: bool = True
+    ) -> list[CompositeResult]:
+        """One `/composite` request (≤ 25 subrequests, ≤ 5 of them queries or collections): one API call.
+
+        Results come back in order as `CompositeResult`s; a failed subrequest carries its error, the
+        request as a whole raises only when the call itself failed.
+        """
+        if not 0 < len(subrequests) <= COMPOSITE_LIMIT:
+            raise ValueError(f"a composite request holds 1 to {COMPOSITE_LIMIT} subrequests, not {len(subrequests)}")
+        body = dump_json({"allOrNone": all_or_none, "compositeRequest": list(subrequests)})
+        raw = await self._call(lambda sf: sf.restful("composite", method="POST", data=body), write=write)
+        answers = raw.get("compositeResponse") if isinstance(raw, Mapping) else None
+        if not isinstance(answers, list) or len(answers) != len(subrequests):
+            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "composite returned a result list of the wrong shape",
+                                  transient=False)
+        out = []
+        for answer in answers:
+            answer = answer if isinstance(answer, Mapping) else {}
+            status = int(answer.get("httpStatusCode") or 0)
+            error = SalesforceError.from_response_body(status, answer.get("body")) if status >= 400 else None
+            out.append(CompositeResult(str(answer.get("referenceId")), status, answer.get("body"), error))
+        return out
+
+    async def query_many(self, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Several SOQL queries, five per `/composite` call; each result in full (later pages fetched)."""
+        results: list[list[dict[str, Any]]] = []
+        for start in range(0, len(soqls), COMPOSITE_QUERY_LIMIT):
+            chunk = soqls[start : start + COMPOSITE_QUERY_LIMIT]
+            subs = [
+                {"method": "GET", "url": self.subrequest_url("query/?" + urlencode({"q": soql})),
+                 "referenceId": f"q{i}"}
+                for i, soql in enumerate(chunk)
+            ]
+            for answer in await self.composite(subs, all_or_none=False, write=False):
+                if answer.error is not None:
+                    raise answer.error
+                body = answer.body if isinstance(answer.body, Mapping) else {}
+                records = [dict(r) for r in body.get("records") or []]
+                next_url = body.get("nextRecordsUrl")
+                while next_url:
+                    page = await self.query_page(next_records_url=str(next_url))
+                    records.extend(page.records)
+                    next_url = page.next_records_url
+                results.append(records)
+        return results
+
+    async def insert_content_versions(self, files: Sequence[NewFile]) -> list[RecordResult]:
+        """Upload up to 200 files in one sObject Collections request with binary parts (≤ 500 MB).
+
+        Results in input order; a per-file failure is a `RecordResult(success=False, ...)`. The call
+        failing as a whole raises (uncertain: the files may exist; look them up by transaction id).
+        """
+        if not 0 < len(files) <= COLLECTION_LIMIT:
+            raise ValueError(f"1 to {COLLECTION_LIMIT} files per call, not {len(files)}")
+        if sum(len(f.data) for f in files) > COLLECTION_BINARY_LIMIT:
+            raise ValueError("the files of one collection request must stay under 500 MB")
+        records = []
+        parts = []
+        for i, file in enumerate(files):
+            entity: dict[str, Any] = {
+                "attributes": {"type": "ContentVersion", "binaryPartName": f"file{i}",
+                               "binaryPartNameAlias": "VersionData"},
+                "Title": file.title,
+                "PathOnClient": file.path_on_client,
+                "Sign_Transaction_Id__c": file.transaction_id,
+            }
+            if file.content_document_id is not None:
+                entity["ContentDocumentId"] = validate_id(file.content_document_id)
+                if file.reason_for_change:
+                    entity["ReasonForChange"] = file.reason_for_change[:1000]
+            elif file.first_publish_location_id is not None:
+                entity["FirstPublishLocationId"] = validate_id(file.first_publish_location_id)
+            records.append(entity)
+            blob = RequestField(name=f"file{i}", data=file.data, filename=file.path_on_client)
+            blob.make_multipart(content_type=file.content_type)
+            parts.append(blob)
+        meta = RequestField(name="collection", data=dump_json({"allOrNone": False, "records": records}).encode())
+        meta.make_multipart(content_type="application/json")
+        body, multipart_type = encode_multipart_formdata([meta, *parts], boundary=f"sfsign-{uuid.uuid4().hex}")
+        raw = await self._call(
+            lambda sf: sf.restful("composite/sobjects", method="POST", data=body,
+                                  headers={"Content-Type": multipart_type}),
+            write=True,
+        )
+        if not isinstance(raw, list) or len(raw) != len(files):
+            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "sObject Collections returned a result "
+                                  f"list of the wrong shape ({type(raw).__name__})", transient=False)
+        out = []
+        for entry in raw:
+            entry = entry if isinstance(entry, Mapping) else {}
+            if entry.get("success") and entry.get("id"):
+                out.append(RecordResult("ContentVersion", str(entry["id"]), True))
+            else:
+                errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
+                out.append(RecordResult("ContentVersion", "", False, SalesforceError.from_record_error(errors[0])))
+        return out
+
+    async def find_content_versions(self, transaction_ids: Sequence[str]) -> dict[str, ContentVersionRef]:
+        """The latest ContentVersion of each transaction id that has one (the batched upload guard)."""
+        found: dict[str, ContentVersionRef] = {}
+        ids = list(dict.fromkeys(transaction_ids))
+        soqls = [
+            "SELECT Id, ContentDocumentId, Sign_Transaction_Id__c FROM ContentVersion WHERE IsLatest = true "
+            f"AND Sign_Transaction_Id__c IN ({', '.join(soql_quote(t) for t in ids[i : i + IN_LIMIT])})"
+            for i in range(0, len(ids), IN_LIMIT)
+        ]
+        for rows in await self.query_many(soqls):
+            for row in rows:
+                found[str(row["Sign_Transaction_Id__c"])] = ContentVersionRef(
+                    id=str(row["Id"]), content_document_id=row.get("ContentDocumentId")
+                )
+        return found
 
     # ------------------------------------------------------------------ files
 

@@ -756,6 +756,26 @@ async def scenario_uncertain_upload(org: ChaosOrg, rng: random.Random) -> ChaosR
         "prefix": CONTENT_VERSION_PATH, "method": "POST", "mode": "abort_after", "count": cut})
     started = time.monotonic()
     daemon = await org.start_daemon()
+    # One at a time, so each goes through the single-file insert the fault targets (a burst's files
+    # share one sObject Collections request: see scenario_uncertain_batch_upload).
+    for rid in ids[:cut]:
+        await org.trigger([rid])
+        await org.wait_settled([rid], daemon)
+    await org.burst(ids[cut:], rng)
+    await org.wait_settled(ids, daemon)
+    result.faults.update(await org.fault_hits())
+    return await _finish(org, result, ids, daemon, started)
+
+
+async def scenario_uncertain_batch_upload(org: ChaosOrg, rng: random.Random) -> ChaosResult:
+    """A burst's files go up in one sObject Collections request; it is applied and the answer is lost.
+    Every file of the batch is then in doubt: each job must find its file, none may be uploaded twice."""
+    ids = await org.create_opportunities(max(4, org.scale.uncertain_uploads + 1))
+    result = ChaosResult("uncertain batch upload (cut after insert)", len(ids))
+    await org.control_post("/_control/faults/errors", {
+        "prefix": f"{REST_PREFIX}composite/sobjects", "method": "POST", "mode": "abort_after", "count": 1})
+    started = time.monotonic()
+    daemon = await org.start_daemon()
     await org.burst(ids, rng)
     await org.wait_settled(ids, daemon)
     result.faults.update(await org.fault_hits())

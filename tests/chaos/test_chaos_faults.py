@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import random
 
-from chaos_support import ChaosOrg, Scale, scenario_fault_mix, scenario_uncertain_upload
+from chaos_support import (
+    ChaosOrg,
+    Scale,
+    scenario_fault_mix,
+    scenario_uncertain_batch_upload,
+    scenario_uncertain_upload,
+)
 
 
 async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_forgotten_client(
@@ -16,6 +22,17 @@ async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_f
     assert result.faults["403::Unknown client"] == 1
     assert result.faults["token revoked"] >= 1 and result.faults["stream dropped"] >= 1
     assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
+    result.assert_invariant()
+
+
+async def test_batch_upload_cut_after_the_insert_leaves_every_file_once(
+    org: ChaosOrg, rng: random.Random, scale: Scale
+) -> None:
+    result = await scenario_uncertain_batch_upload(org, rng)
+    print(result.row(), result.notes)
+    # The cut hit one collections request: the burst's upload or an audit batch (audit is at least
+    # once); either way every document exists exactly once.
+    assert result.faults["abort_after POST sobjects"] == 1
     result.assert_invariant()
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from secret_scan import register_secret
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import auth_config
@@ -21,7 +22,9 @@ from sfsign.salesforce.rest import SalesforceRest
 
 @pytest.fixture(scope="session")
 def pki_passphrase() -> str:
-    return secrets.token_urlsafe(18)
+    passphrase = secrets.token_urlsafe(18)
+    register_secret(passphrase)
+    return passphrase
 
 
 @pytest.fixture(scope="session")

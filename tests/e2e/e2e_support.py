@@ -80,8 +80,16 @@ def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
+def echo_output(result: subprocess.CompletedProcess[str]) -> None:
+    """Put a subprocess's output into pytest's capture, where the suite-wide secret scan reads it."""
+    sys.stdout.write(result.stdout or "")
+    sys.stderr.write(result.stderr or "")
+
+
 def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
             **overrides: str) -> subprocess.CompletedProcess[str]:
     """`python -m sfsign.cli ARGS` configured like `settings`, through the environment as ops would."""
-    return subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=cli_env(settings, **overrides),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run([sys.executable, "-m", "sfsign.cli", *args], env=cli_env(settings, **overrides),
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    echo_output(result)
+    return result

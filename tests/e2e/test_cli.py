@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import pdfsig_required
+from e2e_support import echo_output, pdfsig_required
 
 BAD_RULES = """\
 version: 1
@@ -34,10 +34,12 @@ rules:
 def _run(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "sfsign.cli", *args],
         cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, check=False,
     )
+    echo_output(result)
+    return result
 
 
 def test_demo_signs_five_documents_one_per_level_each_valid_at_its_level(tmp_path: Path) -> None:

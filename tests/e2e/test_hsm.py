@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import REP, cli_env, pdfsig_required, record_id
+from secret_scan import register_secret
 
 from sfsign.config import Settings
 from sfsign.demo import RULES_TEMPLATE
@@ -27,6 +28,7 @@ from sfsign.emulator.control_client import ControlClient
 from sfsign.salesforce.rest import SalesforceRest
 
 HSM_PIN = "e2e-user-pin-2718"  # PIN of a throw-away test token, not a real secret
+register_secret(HSM_PIN)
 
 
 def _softhsm_module() -> Path:
@@ -88,6 +90,7 @@ async def test_pkcs11_token_key_signs_through_the_daemon_process(
         daemon.send_signal(signal.SIGTERM)
         rest_of_output, _ = await asyncio.wait_for(daemon.communicate(), 60)
     output = "".join(lines) + rest_of_output.decode()
+    print(output)  # into pytest's capture, for the suite-wide secret scan
     assert record["Sign_Status__c"] == "Signed", (record, output[-3000:])
     assert HSM_PIN not in output
     versions = await rest.query(f"SELECT Id FROM ContentVersion WHERE FirstPublishLocationId = '{rid}'")

@@ -251,3 +251,59 @@ async def test_held_long_polls_do_not_block_stop(tmp_path: Path) -> None:
         await asyncio.wait_for(emu.stop(), 10)
         with pytest.raises(httpx.TransportError):
             await poll
+
+
+async def test_bulk_insert_creates_every_record_in_one_call(emulator: Emulator, ctl: Any) -> None:
+    created = await ctl.post("/_control/bulk/Account", {"records": [{"Name": f"Bulk {i}"} for i in range(3)]})
+    assert created["success"] is True and len(created["ids"]) == 3
+    rows = await ctl.query("SELECT Id, Name FROM Account WHERE Name LIKE 'Bulk %' ORDER BY Name")
+    assert [r["Id"] for r in rows] == created["ids"]
+    assert [r["Name"] for r in rows] == ["Bulk 0", "Bulk 1", "Bulk 2"]
+
+
+async def test_bulk_update_is_one_transaction_on_the_cdc_channel(
+    emulator: Emulator, ctl: Any, http: httpx.AsyncClient
+) -> None:
+    opps = [r["Id"] for r in await ctl.query("SELECT Id FROM Opportunity WHERE IsClosed = false LIMIT 3")]
+    assert len(opps) == 3
+    channel = "/data/OpportunityChangeEvent"
+    before = (await ctl.get(f"/_control/streaming/events?channel={channel}"))["lastReplayId"]
+    response = await http.patch("/_control/bulk/Opportunity", headers=ctl.headers, json={
+        "user": emulator.rep_username, "records": [{"Id": o, "Description": "mass edit"} for o in opps]})
+    assert response.status_code == 200, response.text
+    events = [e for e in (await ctl.get(f"/_control/streaming/events?channel={channel}"))["events"]
+              if e["replayId"] > before]
+    headers = [e["data"]["payload"]["ChangeEventHeader"] for e in events]
+    assert sorted(rid for h in headers for rid in h["recordIds"]) == sorted(opps)
+    assert {h["transactionKey"] for h in headers} == {headers[0]["transactionKey"]}
+    assert {h["commitTimestamp"] for h in headers} == {headers[0]["commitTimestamp"]}
+    assert all(h["changeType"] == "UPDATE" and "Description" in h["changedFields"] for h in headers)
+
+
+async def test_bulk_update_is_all_or_nothing(emulator: Emulator, ctl: Any, http: httpx.AsyncClient) -> None:
+    opp = await ctl.an_opportunity()
+    response = await http.patch("/_control/bulk/Opportunity", headers=ctl.headers, json={
+        "user": emulator.rep_username,
+        "records": [{"Id": opp, "Description": "never committed"}, {"Id": opp, "Nope__c": 1}]})
+    assert response.status_code == 400
+    assert response.json()[0]["errorCode"] == "INVALID_FIELD"
+    record = await ctl.get(f"/_control/records/Opportunity/{opp}?fields=Description")
+    assert record.get("Description") != "never committed"
+
+
+@pytest.mark.parametrize("body", [{}, {"records": []}, {"records": [{"Description": "no id"}]}, {"records": ["x"]}])
+async def test_bulk_update_refuses_malformed_bodies(emulator: Emulator, http: httpx.AsyncClient,
+                                                    body: dict[str, Any]) -> None:
+    response = await http.patch("/_control/bulk/Opportunity", json=body,
+                                headers={"X-Control-Token": emulator.control_token})
+    assert response.status_code == 400, response.text
+
+
+async def test_control_client_bulk_calls(emulator: Emulator) -> None:
+    from sfsign.emulator.control_client import ControlClient
+
+    user = str(emulator.rep_username)
+    async with ControlClient(emulator.url, emulator.control_token, emulator.ca_file) as client:
+        ids = await client.bulk_create("Account", [{"Name": "Client Bulk A"}, {"Name": "Client Bulk B"}], user=user)
+        await client.bulk_update("Account", ids, {"BillingCity": "Lyon"}, user=user)
+        assert [(await client.get("Account", i, ["BillingCity"]))["BillingCity"] for i in ids] == ["Lyon", "Lyon"]

@@ -180,3 +180,24 @@ async def test_composite_request_validation(api: httpx.AsyncClient) -> None:
     queries = [{"method": "GET", "url": f"{V}/query?q=SELECT+Id+FROM+Account", "referenceId": f"q{n}"}
                for n in range(6)]
     assert (await api.post(f"{V}/composite", json={"compositeRequest": queries})).status_code == 400
+
+
+async def test_an_error_fault_answers_a_composite_subrequest_but_never_drops_its_connection(
+    api: httpx.AsyncClient, emulator: Emulator
+) -> None:
+    [opp] = await opportunity_ids(api, 1)
+    path = f"{V}/sobjects/Opportunity/{opp}"
+    emulator.org.faults.add_error(prefix=path, method="PATCH", status=400,
+                                  error_code="FIELD_CUSTOM_VALIDATION_EXCEPTION", message="Close date first",
+                                  count=1)
+    emulator.org.faults.add_error(prefix=path, method="PATCH", mode="abort_after", count=1)
+    body = {"allOrNone": False, "compositeRequest": [
+        {"method": "PATCH", "url": path, "referenceId": "first", "body": {"Description": "a"}},
+        {"method": "PATCH", "url": path, "referenceId": "second", "body": {"Description": "b"}},
+    ]}
+    response = await api.post(f"{V}/composite", json=body)
+    assert response.status_code == 200  # the connection-level fault is not for subrequests
+    first, second = response.json()["compositeResponse"]
+    assert first["httpStatusCode"] == 400
+    assert first["body"] == [{"message": "Close date first", "errorCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION"}]
+    assert second["httpStatusCode"] == 204

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from pyhanko.pdf_utils.reader import PdfFileReader
+from secret_scan import register_secret
 
 from sfsign.documents.model import ContractDocument, sample_contract
 from sfsign.documents.pki import DemoPki, create_demo_pki
@@ -30,6 +31,7 @@ from sfsign.documents.softhsm import find_softhsm_module, provision_softhsm_toke
 PASSPHRASE = "correct horse battery staple"
 SOFTHSM_PIN = "4711-user-pin"  # PINs of a throw-away test token, not real secrets
 SOFTHSM_SO_PIN = "4711-so-pin"
+register_secret(PASSPHRASE, SOFTHSM_PIN, SOFTHSM_SO_PIN)
 
 _BFCHAR = re.compile(rb"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>")
 _NUMBER = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)")

@@ -18,11 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+from secret_scan import register_secret
 
 from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 
 TSA_USER, TSA_PASSWORD = "tsa-user", "tsa-test-password"  # a test credential for the local TSA only
+register_secret(TSA_PASSWORD)
 
 
 @pytest.fixture(scope="module")

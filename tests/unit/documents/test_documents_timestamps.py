@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from pyhanko.keys import load_cert_from_pemder, load_private_key_from_pemder
 from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 from pyhanko_certvalidator.registry import SimpleCertificateStore
+from secret_scan import register_secret
 
 from sfsign.documents import tsa as tsa_module
 from sfsign.documents.pki import DemoPki
@@ -43,6 +44,7 @@ from sfsign.documents.verify import validate_signed_pdf
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
 TSA_PASSWORD = "tsa-secret-pw"  # a test credential for the local TSA, not a real secret
+register_secret(TSA_PASSWORD)
 
 
 class LocalTsa:

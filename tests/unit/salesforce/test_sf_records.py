@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -85,9 +85,15 @@ class FakeQuerier:
         self.queries: list[str] = []
         self.rows_for: Callable[[str], list[dict[str, Any]]] = rows_for or (lambda soql: [])
 
+        self.batches: list[int] = []  # queries per query_many call (one API call each in the real client)
+
     async def query(self, soql: str) -> list[dict[str, Any]]:
         self.queries.append(soql)
         return list(self.rows_for(soql))
+
+    async def query_many(self, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
+        self.batches.append(len(soqls))
+        return [await self.query(s) for s in soqls]
 
 
 def test_parse_opportunity_with_parents_lines_and_primary_contact() -> None:
@@ -138,6 +144,7 @@ async def test_fetch_records_chunks_by_200_ids_with_fake_querier() -> None:
     querier = FakeQuerier()
     assert await fetch_records(querier, "Opportunity", ids) == {}
     assert [q.count("'006") for q in querier.queries] == [200, 200, 50]
+    assert querier.batches == [3]  # several IN lists go out together (one /composite call)
 
 
 def test_chunking_respects_the_url_budget() -> None:

@@ -1,0 +1,146 @@
+"""Burst: N opportunities moved to a signing stage at once, as a mass edit or a data loader run does.
+
+Run: python benchmarks/bench_burst.py [--records 1000] [--level B-T]
+(`benchmarks/bench_all.py` runs 1,000 and 10,000 and compares them with the render + sign ceiling.)
+
+The records (3 line items and a primary contact each) are created before the daemon starts. The
+daemon (`sfsign run` in a subprocess, fresh data directory) subscribes, warms up, and then the records
+are moved in bulk transactions of 200, back to back: each transaction puts its 200 changes on the
+CDC channel at once. Throughput runs from the first bulk call to the first poll (every 0.5 s, one
+COUNT() query through the control API; every 2 s for 10,000) that finds every record `Signed`. The daemon's process tree
+(daemon, the pool's forkserver and workers) is sampled every 100 ms for the sum of VmRSS; VmHWM of
+the daemon process itself is read before it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _support import (
+    CHUNK,
+    REP,
+    STAGE_BB,
+    STAGE_BT,
+    RssSampler,
+    Stack,
+    api_calls_used,
+    bench_stack,
+    create_opportunities,
+    note,
+    running_daemon,
+    settled_api_calls,
+    status_kib,
+    step,
+)
+
+STAGES = {"B-B": STAGE_BB, "B-T": STAGE_BT}
+STALL_S = 180.0  # no record finished for this long: the daemon is stuck, stop measuring
+
+
+@dataclass
+class BurstResult:
+    size: int
+    level: str
+    seconds: float  # first change → last record Signed
+    move_seconds: float  # how long the bulk updates themselves took
+    signed: int
+    errors: int
+    api_calls: int
+    peak_rss_kib: int  # sum over the process tree, sampled
+    peak_processes: int
+    peak_pss_kib: int  # sum of Pss over the process tree, sampled every 0.5 s
+    main_hwm_kib: int  # VmHWM of the daemon process
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.signed / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def calls_per_document(self) -> float:
+        return self.api_calls / max(1, self.signed)
+
+
+async def _count(stack: Stack, prefix: str, statuses: tuple[str, ...]) -> int:
+    """One COUNT() query (a scan in the emulator, which shares this machine: polled sparingly)."""
+    listed = ", ".join(f"'{s}'" for s in statuses)
+    result = await stack.control.post("/_control/query", {
+        "q": f"SELECT COUNT() FROM Opportunity WHERE Name LIKE '{prefix} %' AND Sign_Status__c IN ({listed})"})
+    return int(result["totalSize"])
+
+
+async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: float = 3.0) -> BurstResult:
+    prefix = f"Burst{size}"
+    with step(f"burst {size}: creating {size} opportunities with line items"):
+        ids = await create_opportunities(stack.control, size, prefix)
+    poll_s = min(2.0, max(0.5, size / 5000))  # 0.5 s up to 2,500 records, 2 s for 10,000
+    async with running_daemon(stack, f"burst-{size}", warmup_s=warmup_s) as daemon:
+        with step(f"burst {size}: moving {size} records in bulk transactions of {CHUNK} at {level}"):
+            with RssSampler(daemon.pid) as rss:
+                before = await api_calls_used(stack.control)
+                start = time.perf_counter()
+                for n in range(0, size, CHUNK):
+                    await stack.control.bulk_update("Opportunity", ids[n:n + CHUNK], {"StageName": STAGES[level]},
+                                                    user=REP)
+                moved = time.perf_counter() - start
+                finished, progress_at, next_note = 0, time.monotonic(), time.monotonic() + 15
+                while finished < size:
+                    await asyncio.sleep(poll_s)
+                    now_finished = await _count(stack, prefix, ("Signed", "Error"))
+                    daemon.check_alive()
+                    if now_finished != finished:
+                        finished, progress_at = now_finished, time.monotonic()
+                    elif time.monotonic() - progress_at > STALL_S:
+                        raise RuntimeError(f"burst {size}: stuck at {finished} finished for {STALL_S:.0f} s; "
+                                           f"see {daemon.log_path}")
+                    if time.monotonic() >= next_note:
+                        elapsed = time.perf_counter() - start
+                        note(f"{finished} finished after {elapsed:.0f} s ({finished / elapsed:.1f}/s, "
+                             f"tree RSS peak {rss.peak_kib / 1024:.0f} MiB)")
+                        next_note += 15
+                seconds = time.perf_counter() - start
+                hwm = status_kib(daemon.pid, "VmHWM")
+            errors = await _count(stack, prefix, ("Error",))
+            signed = size - errors
+            calls = await settled_api_calls(stack.control) - before
+    return BurstResult(size, level, seconds, moved, signed, errors, calls, rss.peak_kib, rss.peak_processes,
+                       rss.peak_pss_kib, hwm)
+
+
+def burst_table(results: list[BurstResult]) -> list[str]:
+    lines = ["| records | level | bulk updates took | first change → last Signed | documents/s | API calls "
+             "| API calls / document | peak RSS, process tree | peak PSS, process tree | VmHWM, daemon process "
+             "| errors |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.size:,} | {r.level} | {r.move_seconds:.1f} s | {r.seconds:.1f} s | {r.docs_per_s:.1f} | "
+                     f"{r.api_calls:,} | {r.calls_per_document:.3f} | {r.peak_rss_kib / 1024:.0f} MiB "
+                     f"({r.peak_processes} processes) | {r.peak_pss_kib / 1024:.0f} MiB "
+                     f"| {r.main_hwm_kib / 1024:.0f} MiB | {r.errors} |")
+    return lines
+
+
+async def _main(sizes: list[int], level: str, warmup_s: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="sfsign-bench-") as tmp:
+        async with bench_stack(Path(tmp)) as stack:
+            results = [await run_burst(stack, size, level, warmup_s=warmup_s) for size in sizes]
+    print("\n".join(burst_table(results)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, nargs="+", default=[1000], help="burst sizes, one run each")
+    parser.add_argument("--level", choices=list(STAGES), default="B-T")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds between subscription and the burst")
+    args = parser.parse_args()
+    asyncio.run(_main(args.records, args.level, args.warmup))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

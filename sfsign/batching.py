@@ -1,0 +1,128 @@
+"""Micro-batching: many jobs' Salesforce calls become one call, without making a lone job wait.
+
+Each job still walks its own state machine in its own task (the exactly-once rules stay per job);
+only the network call of a step is shared. A job `submit`s its item and awaits its own result; the
+batcher hands up to `max_size` items to one `handler` call and gives each job back its result or its
+own exception (a per-record failure fails that job only).
+
+When to send, which is the whole trade-off between API calls and latency:
+- at once when every job that could still join this batch is already waiting (`waiting_for()` says
+  how many running jobs are upstream): a lone document never waits;
+- when the batch is full;
+- when the oldest item has waited `linger_s()`: short while work trickles in, long during a burst,
+  when bigger batches save API calls and the process pool, not the network, sets the pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import structlog
+
+from sfsign.aio import wait_any
+
+log = structlog.get_logger("sfsign.batching")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Handler = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+@dataclass
+class _Waiting(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    since: float = field(default_factory=time.monotonic)
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        name: str,
+        handler: Handler[T, R],
+        *,
+        max_size: int,
+        linger_s: Callable[[], float],
+        waiting_for: Callable[[], int],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._handler = handler
+        self.max_size = max_size
+        self._linger_s = linger_s
+        self._waiting_for = waiting_for
+        self._on_batch = on_batch
+        self._queue: list[_Waiting[T, R]] = []
+        self._changed = asyncio.Event()
+        self.calls = 0  # handler calls made: what the API budget pays for
+        self.items = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: T) -> R:
+        """Queue `item` and wait for its own result (or exception)."""
+        entry: _Waiting[T, R] = _Waiting(item, asyncio.get_running_loop().create_future())
+        self._queue.append(entry)
+        self._changed.set()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            if entry in self._queue:  # not sent yet: leave quietly
+                self._queue.remove(entry)
+            raise
+
+    def poke(self) -> None:
+        """Something upstream changed (a job finished or failed): re-check whether to send now."""
+        self._changed.set()
+
+    def _due_in(self) -> float:
+        """Seconds until the batch should go (0: now)."""
+        if not self._queue:
+            return float("inf")
+        if len(self._queue) >= self.max_size or len(self._queue) >= self._waiting_for():
+            return 0.0
+        return max(0.0, self._queue[0].since + self._linger_s() - time.monotonic())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send batches until `stop`; one handler call at a time per batcher (bounded memory and calls)."""
+        while not stop.is_set():
+            self._changed.clear()
+            due = self._due_in()
+            if due > 0:
+                await wait_any(self._changed, stop, within_s=None if due == float("inf") else due)
+                continue
+            batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size:]
+            batch = [entry for entry in batch if not entry.future.done()]
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[_Waiting[T, R]]) -> None:
+        self.calls += 1
+        self.items += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        try:
+            results = await self._handler([entry.item for entry in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError:
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.cancel()
+            raise
+        except Exception as exc:  # the whole call failed: every job of the batch gets the same error
+            results = [exc] * len(batch)
+        for entry, result in zip(batch, results, strict=True):
+            if entry.future.done():
+                continue
+            if isinstance(result, BaseException):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(result)

@@ -1,0 +1,116 @@
+"""The batched Salesforce calls against the emulator: many records, files and audit rows per API call.
+
+Each test counts the emulator's own API usage, so "one call" is what the org would bill, not what
+the client believes it sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sfsign.emulator.ids import to18
+from sfsign.emulator.server import Emulator
+from sfsign.salesforce.auth import AuthConfig, Authenticator
+from sfsign.salesforce.records import fetch_records
+from sfsign.salesforce.rest import NewFile, SalesforceRest
+from sfsign.salesforce.writeback import WriteBack, write_back_many
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
+    async with Emulator(data_dir=tmp_path / "emulator") as emu:
+        yield emu
+
+
+@pytest.fixture
+async def rest(emulator: Emulator) -> AsyncIterator[SalesforceRest]:
+    login = emulator.login
+    auth = Authenticator(AuthConfig(login_url=emulator.url, flow="jwt", consumer_key=login.consumer_key,
+                                    username=login.username, private_key_file=login.private_key_file,
+                                    ca_bundle=emulator.ca_file))
+    client = SalesforceRest(auth, api_version="62.0")
+    yield client
+    await client.close()
+    await auth.aclose()
+
+
+async def _ids(rest: SalesforceRest, n: int) -> list[str]:
+    return [str(r["Id"]) for r in await rest.query(f"SELECT Id FROM Opportunity ORDER BY Name LIMIT {n}")]
+
+
+def _calls(emulator: Emulator) -> int:
+    return emulator.org.api_calls
+
+
+async def test_many_queries_go_five_per_composite_call(emulator: Emulator, rest: SalesforceRest) -> None:
+    ids = (await _ids(rest, 6))[:6]
+    assert len(ids) == 6, "the seed has fewer opportunities than this test needs"
+    soqls = [f"SELECT Id, Name FROM Opportunity WHERE Id = '{i}'" for i in ids * 2]
+    before = _calls(emulator)
+    results = await rest.query_many(soqls)
+    assert [r[0]["Id"] for r in results] == ids * 2
+    assert _calls(emulator) - before == 3  # 12 queries: 5 + 5 + 2
+
+
+async def test_fetch_records_for_more_than_200_ids_costs_one_call(emulator: Emulator, rest: SalesforceRest) -> None:
+    ids = await _ids(rest, 5)
+    # 300 well-formed ids of records that do not exist force two IN lists (200 + 105).
+    wanted = ids + [to18(f"006Zz{n:010d}") for n in range(300)]
+    before = _calls(emulator)
+    records = await fetch_records(rest, "Opportunity", wanted)
+    assert _calls(emulator) - before == 1
+    assert set(ids) <= set(records) and len({r.id for r in records.values()}) == len(ids)
+
+
+async def test_files_upload_in_one_collections_call_and_write_back_with_audit_in_one_composite(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    ids = await _ids(rest, 3)
+    files = [NewFile(title=f"doc {n}", path_on_client=f"doc{n}.pdf", data=b"%PDF-1.7 " + bytes([n]) * 100,
+                     first_publish_location_id=rid, transaction_id=f"tx-batch-{n}") for n, rid in enumerate(ids)]
+    before = _calls(emulator)
+    uploaded = await rest.insert_content_versions(files)
+    assert _calls(emulator) - before == 1 and all(r.success for r in uploaded), uploaded
+    versions = [r.id for r in uploaded]
+
+    audit = [{"Opportunity__c": ids[0], "Transaction_Id__c": "tx-batch-0", "Event_Type__c": "uploaded",
+              "Occurred_At__c": "2026-11-27T10:00:00.000Z", "Actor__c": "sfsign", "Detail__c": "test"}]
+    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, content_version_id=cv,
+                       document_url="https://x/lightning/r/ContentDocument/{document_id}/view")
+             for rid, cv in zip(ids, versions, strict=True)]
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, items, audit)
+    assert _calls(emulator) - before == 1  # 3 lookups + 3 updates + audit in one composite
+    assert outcome.audit_results == [True]
+    for rid, cv, document_id in zip(ids, versions, outcome.results, strict=True):
+        assert isinstance(document_id, str) and document_id.startswith("069")
+        row = (await rest.query(f"SELECT Signed_Document_Id__c, Signed_Document_Url__c, Sign_Status__c "
+                                f"FROM Opportunity WHERE Id = '{rid}'"))[0]
+        assert row["Signed_Document_Id__c"] == document_id and row["Sign_Status__c"] == "Signed"
+        assert row["Signed_Document_Url__c"] == f"https://x/lightning/r/ContentDocument/{document_id}/view"
+        data = await rest.download_version_data(cv)
+        assert hashlib.md5(data, usedforsecurity=False).hexdigest() == (
+            await rest.query(f"SELECT Checksum FROM ContentVersion WHERE Id = '{cv}'"))[0]["Checksum"]
+
+
+async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    ids = await _ids(rest, 6)
+    uploaded = await rest.insert_content_versions([
+        NewFile(title="d", path_on_client="d.pdf", data=b"%PDF-1.7 x", first_publish_location_id=rid,
+                transaction_id=f"tx-large-{n}") for n, rid in enumerate(ids)
+    ])
+    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, content_version_id=r.id,
+                       document_url="u/{document_id}") for rid, r in zip(ids, uploaded, strict=True)]
+    items.append(WriteBack("Opportunity", ids[0], {"Sign_Status__c": "Not a picklist value"}))
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, items)
+    assert _calls(emulator) - before == 2  # one lookup call, one composite of collections
+    assert all(isinstance(r, str) and r.startswith("069") for r in outcome.results[:6]), outcome.results
+    bad = outcome.results[6]
+    assert not isinstance(bad, str) and bad is not None and bad.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
