@@ -87,7 +87,10 @@ class Stack:
     def daemon_env(self, data_dir: Path) -> dict[str, str]:
         """The environment ops would give `sfsign run` (only SFSIGN_* variables, no .env file)."""
         login = self.emulator.login
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV}
+        # Tuning knobs may be passed through for experiments; everything else SFSIGN_* is set here.
+        tuning = ("SFSIGN_WORKERS", "SFSIGN_BATCH_LINGER_S", "SFSIGN_BATCH_LINGER_BURST_S")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV or k in tuning}
         env.update({
             "SFSIGN_LOGIN_URL": self.emulator.url, "SFSIGN_AUTH_FLOW": "jwt",
             "SFSIGN_CONSUMER_KEY": login.consumer_key, "SFSIGN_USERNAME": login.username,

@@ -7,7 +7,9 @@ own exception (a per-record failure fails that job only).
 
 When to send, which is the whole trade-off between API calls and latency:
 - at once when every job that could still join this batch is already waiting (`waiting_for()` says
-  how many running jobs are upstream): a lone document never waits;
+  how many running jobs are upstream): a lone document never waits. During a burst, "at once" means
+  once no new job has arrived for a moment (`settle_s()`), or the batches would follow the arrival of
+  the streaming events one by one;
 - when the batch is full;
 - when the oldest item has waited `linger_s()`: short while work trickles in, long during a burst,
   when bigger batches save API calls and the process pool, not the network, sets the pace.
@@ -50,6 +52,7 @@ class Batcher(Generic[T, R]):
         linger_s: Callable[[], float],
         waiting_for: Callable[[], int],
         on_batch: Callable[[int], None] | None = None,
+        settle_s: Callable[[], float] | None = None,
     ) -> None:
         self.name = name
         self._handler = handler
@@ -57,6 +60,7 @@ class Batcher(Generic[T, R]):
         self._linger_s = linger_s
         self._waiting_for = waiting_for
         self._on_batch = on_batch
+        self._settle_s = settle_s or (lambda: 0.0)
         self._queue: list[_Waiting[T, R]] = []
         self._changed = asyncio.Event()
         self.calls = 0  # handler calls made: what the API budget pays for
@@ -86,9 +90,12 @@ class Batcher(Generic[T, R]):
         """Seconds until the batch should go (0: now)."""
         if not self._queue:
             return float("inf")
-        if len(self._queue) >= self.max_size or len(self._queue) >= self._waiting_for():
+        if len(self._queue) >= self.max_size:
             return 0.0
-        return max(0.0, self._queue[0].since + self._linger_s() - time.monotonic())
+        lingered = max(0.0, self._queue[0].since + self._linger_s() - time.monotonic())
+        if len(self._queue) >= self._waiting_for():
+            return min(self._settle_s(), lingered)  # nobody else can join, unless new jobs are still arriving
+        return lingered
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send batches until `stop`; one handler call at a time per batcher (bounded memory and calls)."""

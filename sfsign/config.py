@@ -88,14 +88,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     workers: int = Field(
-        256, ge=1, le=5000,
+        300, ge=1, le=5000,
         description="jobs in flight at once; their Salesforce calls are batched, their CPU work waits for the pool",
     )
     api_budget_share: float = Field(
         0.8, gt=0, le=1, description="above this share of the daily API allocation, non-urgent work waits"
     )
     batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
-    batch_linger_burst_s: float = Field(3.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
+    batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     max_attempts: int = Field(8, ge=1, le=100)
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
@@ -103,7 +103,9 @@ class Settings(BaseSettings):
     stream_long_poll_margin_s: float = Field(15.0, gt=0, description="watchdog: advice.timeout + this")
     stream_backoff_base_s: float = Field(0.5, gt=0)
     stream_backoff_cap_s: float = Field(60.0, gt=0)
-    audit_flush_s: float = Field(5.0, gt=0, description="how often audit events go to Signature_Event__c")
+    audit_flush_s: float = Field(
+        30.0, gt=0, description="how often audit events not yet sent along with a write-back go to Signature_Event__c"
+    )
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
     ltv_refresh_interval_h: float = Field(

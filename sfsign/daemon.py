@@ -52,6 +52,7 @@ from sfsign.worker import Worker, WorkerConfig, audit_records, preflight_profile
 
 log = structlog.get_logger("sfsign.daemon")
 
+AUDIT_ROWS_PER_CALL = 1000
 RECONCILE_PREFIX = "reconcile:"
 FIRST_SUBSCRIBED_KEY = "first_subscribed_at"
 OPS_PROBE_KEY = "ops_write_probe"
@@ -512,7 +513,9 @@ class Daemon:
         return {str(r["Id"]): r for r in rows}
 
     async def _audit_flusher(self, rest: SalesforceRest) -> None:
-        """Copy the outbox's audit rows to `Signature_Event__c`, up to 200 per sObject Collections call.
+        """Copy the outbox's audit rows to `Signature_Event__c`, up to 1,000 per API call (five sObject
+        Collections in one `/composite`). Most rows ride along with the worker's write-backs; this sends
+        what is left every `audit_flush_s`.
 
         At least once: a call whose outcome is unknown is sent again, so an audit row may rarely appear
         twice in Salesforce; documents, which must be exactly once, have their own guard.
@@ -523,10 +526,10 @@ class Daemon:
             if self.governor.constrained():  # tight budget: audit rows ride along with the write-backs
                 await wait_any(self._stop, within_s=self.settings.audit_flush_s * 12)
             async with lock:  # the worker's write-back also sends audit rows along: never the same row twice
-                rows = await self.outbox.call(OutboxStore.pending_audit)
+                rows = await self.outbox.call(partial(OutboxStore.pending_audit, limit=AUDIT_ROWS_PER_CALL))
                 if rows:
                     try:
-                        results = await rest.create_many("Signature_Event__c", audit_records(rows))
+                        results = await rest.create_records("Signature_Event__c", audit_records(rows))
                     except SalesforceError as exc:
                         log.warning("audit events not written yet; will retry", error=str(exc), retry_in_s=delay)
                         results = None
@@ -545,7 +548,7 @@ class Daemon:
                 log.error("audit event refused by Salesforce", error=str(error))
                 await self.outbox.call(partial(OutboxStore.mark_audit, ids=[row_id], status="failed",
                                                error=str(error)))
-            if len(rows) < 200:
+            if len(rows) < AUDIT_ROWS_PER_CALL:
                 await wait_any(self._stop, within_s=self.settings.audit_flush_s)
 
     async def request_reconcile(self, sobjects: list[str]) -> None:

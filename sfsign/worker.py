@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ class WorkerConfig:
     artifact_grace_s: float = 0.0  # > 0: keep a done job's PDFs this long (the retention purge removes them)
     cpu_slots: int = 4  # documents handed to the process pool at once (2 per pool process): bounded memory
     batch_linger_s: float = 0.05  # a batch waits at most this long while work trickles in ...
-    batch_linger_burst_s: float = 3.0  # ... and this long during a burst, when bigger batches save API calls
+    batch_linger_burst_s: float = 8.0  # ... and this long during a burst, when bigger batches save API calls
+    batch_settle_s: float = 0.25  # during a burst, a batch is complete once no job arrived for this long
     fetch_batch_max: int = 200
     upload_batch_max: int = 100  # files per sObject Collections request (≤ 200, ≤ 500 MB)
     write_batch_max: int = 800  # records per write-back (4 collections of 200 in one composite)
@@ -139,20 +141,25 @@ class Worker:
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._state_of: dict[int, JobState] = {}  # what each running job is doing: when batches may go
+        self._per_state: Counter[JobState] = Counter()  # the same, counted (read on every batcher wake-up)
         self._cpu = asyncio.Semaphore(max(1, config.cpu_slots))
         self.audit_lock = asyncio.Lock()  # the write-back and the daemon's audit flusher never send a row twice
         linger = self._linger
+        self._last_claim = 0.0
         self.fetcher: Batcher[tuple[str, str], SignableRecord | None] = Batcher(
             "fetch", self._fetch_batch, max_size=config.fetch_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_FETCH), on_batch=self._batch_metric("fetch"),
+            settle_s=self._settle,
         )
         self.uploader: Batcher[NewFile, str] = Batcher(
             "upload", self._upload_batch, max_size=min(config.upload_batch_max, COLLECTION_LIMIT), linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_UPLOAD), on_batch=self._batch_metric("upload"),
+            settle_s=self._settle,
         )
         self.writer: Batcher[WriteBack, str | None] = Batcher(
             "write-back", self._write_batch, max_size=config.write_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_WRITE), on_batch=self._batch_metric("write-back"),
+            settle_s=self._settle,
         )
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
         self._batch_stop = asyncio.Event()
@@ -179,8 +186,16 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._running)
 
+    def _set_state(self, job_id: int, state: JobState | None) -> None:
+        previous = self._state_of.pop(job_id, None)
+        if previous is not None:
+            self._per_state[previous] -= 1
+        if state is not None:
+            self._state_of[job_id] = state
+            self._per_state[state] += 1
+
     def _count(self, states: frozenset[JobState]) -> int:
-        return sum(1 for s in self._state_of.values() if s in states)
+        return sum(self._per_state[s] for s in states)
 
     def _batch_metric(self, stage: str) -> Callable[[int], None]:
         return self.metrics.batch_size.labels(stage).observe
@@ -190,6 +205,12 @@ class Worker:
         tight = self.governor is not None and self.governor.constrained()
         self.metrics.governor_constrained.set(1 if tight else 0)
         return tight
+
+    def _settle(self) -> float:
+        """During a burst, wait until jobs stop arriving for a moment before a batch counts as complete."""
+        if len(self._running) <= self.config.cpu_slots:
+            return 0.0
+        return max(0.0, self._last_claim + self.config.batch_settle_s - time.monotonic())
 
     def _linger(self) -> float:
         """Short while documents trickle in; long when more jobs run than the CPU can sign at once, or when
@@ -212,6 +233,8 @@ class Worker:
             free = self.config.concurrency - len(self._running)
             if free > 0:
                 jobs = await self.outbox.call(partial(_claim, now=time.time(), limit=free, running=list(self._running)))
+                if jobs:
+                    self._last_claim = time.monotonic()
                 for job in jobs:
                     task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
                     self._running[job.id] = task
@@ -225,7 +248,7 @@ class Worker:
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
-        self._state_of.pop(job_id, None)
+        self._set_state(job_id, None)
         self._poke_batchers()
         self._wake.set()
 
@@ -256,7 +279,7 @@ class Worker:
         ):
             try:
                 while job.state in self._steps and job.next_attempt_at <= time.time():
-                    self._state_of[job.id] = job.state
+                    self._set_state(job.id, job.state)
                     self._poke_batchers()
                     step = self._steps[job.state]
                     started = time.perf_counter()

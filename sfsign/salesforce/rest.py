@@ -483,6 +483,34 @@ class SalesforceRest:
             out.append(CompositeResult(str(answer.get("referenceId")), status, answer.get("body"), error))
         return out
 
+    async def create_records(self, sobject: str, records: Sequence[Mapping[str, Any]]) -> list[RecordResult]:
+        """Create many records of one type: up to 200 in one sObject Collections call, more as up to
+        five collections of 200 per `/composite` call (1,000 records per API call). Results in input order."""
+        if len(records) <= COLLECTION_LIMIT:
+            return await self.create_many(sobject, records)
+        name = validate_api_name(sobject)
+        results: list[RecordResult] = []
+        per_call = COLLECTION_LIMIT * COMPOSITE_QUERY_LIMIT
+        for start in range(0, len(records), per_call):
+            part = records[start : start + per_call]
+            chunks = [part[k : k + COLLECTION_LIMIT] for k in range(0, len(part), COLLECTION_LIMIT)]
+            subs = [
+                {"method": "POST", "url": self.subrequest_url("composite/sobjects"), "referenceId": f"c{n}",
+                 "body": {"allOrNone": False, "records": [{"attributes": {"type": name}, **r} for r in chunk]}}
+                for n, chunk in enumerate(chunks)
+            ]
+            for chunk, answer in zip(chunks, await self.composite(subs, all_or_none=False), strict=True):
+                body = answer.body if isinstance(answer.body, list) and len(answer.body) == len(chunk) else None
+                for pos in range(len(chunk)):
+                    entry = body[pos] if body is not None and isinstance(body[pos], Mapping) else {}
+                    if answer.error is None and entry.get("success"):
+                        results.append(RecordResult(name, str(entry.get("id")), True))
+                        continue
+                    errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no result"}]
+                    results.append(RecordResult(name, "", False,
+                                                answer.error or SalesforceError.from_record_error(errors[0])))
+        return results
+
     async def query_many(self, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
         """Several SOQL queries, five per `/composite` call; each result in full (later pages fetched)."""
         results: list[list[dict[str, Any]]] = []

@@ -114,3 +114,17 @@ async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
     assert all(isinstance(r, str) and r.startswith("069") for r in outcome.results[:6]), outcome.results
     bad = outcome.results[6]
     assert not isinstance(bad, str) and bad is not None and bad.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+
+
+async def test_a_thousand_audit_events_cost_one_call(emulator: Emulator, rest: SalesforceRest) -> None:
+    [opp] = await _ids(rest, 1)
+    events = [{"Opportunity__c": opp, "Transaction_Id__c": f"tx-audit-{n}", "Event_Type__c": "queued",
+               "Occurred_At__c": "2026-11-27T10:00:00.000Z", "Actor__c": "sfsign"} for n in range(1000)]
+    events[500]["Event_Type__c"] = "not-a-state"  # one bad row fails alone
+    before = _calls(emulator)
+    results = await rest.create_records("Signature_Event__c", events)
+    assert _calls(emulator) - before == 1
+    assert [r.success for r in results].count(False) == 1 and not results[500].success
+    assert results[500].error is not None and results[500].error.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    ids = await rest.query(f"SELECT Id FROM Signature_Event__c WHERE Opportunity__c = '{opp}'")
+    assert len(ids) == 999
