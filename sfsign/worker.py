@@ -486,23 +486,28 @@ class Worker:
             log.warning("signed PDF missing from the data directory; rendering and signing again")
             return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
         data = await asyncio.get_running_loop().run_in_executor(None, signed_path.read_bytes)
-        await self.outbox.update(job.id, upload_uncertain=1)
-        try:
-            cv_id = await self.uploader.submit(NewFile(
-                title=Path(job.file_name or "document.pdf").stem,
-                path_on_client=job.file_name or f"{job.transaction_id}.pdf",
-                data=data,
-                first_publish_location_id=job.record_id,
-                transaction_id=job.transaction_id,
-            ))
-        except SalesforceError as exc:
-            if not exc.uncertain:
-                await self.outbox.update(job.id, upload_uncertain=0)
-            raise
+        cv_id = await self._guarded_upload(job, NewFile(
+            title=Path(job.file_name or "document.pdf").stem,
+            path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+            data=data,
+            first_publish_location_id=job.record_id,
+            transaction_id=job.transaction_id,
+        ))
         return await self.outbox.update(
             job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0,
             audit_detail=f"ContentVersion {cv_id}",
         )
+
+    async def _guarded_upload(self, job: Job, file: NewFile) -> str:
+        """Upload with the job marked `upload_uncertain` first: a failure that may have reached Salesforce
+        leaves the mark, so the next attempt looks for the file before uploading it again."""
+        await self.outbox.update(job.id, upload_uncertain=1)
+        try:
+            return await self.uploader.submit(file)
+        except SalesforceError as exc:
+            if not exc.uncertain:
+                await self.outbox.update(job.id, upload_uncertain=0)
+            raise
 
     @staticmethod
     def _profile(job: Job, rules: Rules) -> ProfileConfig:
@@ -606,20 +611,14 @@ class Worker:
         if data is None:
             log.warning("upgraded PDF missing from the data directory; upgrading again")
             return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
-        await self.outbox.update(job.id, upload_uncertain=1)
-        try:
-            version_id = await self.uploader.submit(NewFile(
-                title=Path(job.file_name or "document.pdf").stem,
-                path_on_client=job.file_name or f"{job.transaction_id}.pdf",
-                data=data,
-                transaction_id=job.transaction_id,
-                content_document_id=job.content_document_id,
-                reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
-            ))
-        except SalesforceError as exc:
-            if not exc.uncertain:
-                await self.outbox.update(job.id, upload_uncertain=0)
-            raise
+        version_id = await self._guarded_upload(job, NewFile(
+            title=Path(job.file_name or "document.pdf").stem,
+            path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+            data=data,
+            transaction_id=job.transaction_id,
+            content_document_id=job.content_document_id,
+            reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
+        ))
         return await self.outbox.update(
             job.id, state=JobState.LTV_UPLOADED, ltv_version_id=version_id, upload_uncertain=0,
             audit_detail=f"ContentVersion {version_id} (PAdES {job.ltv_level})",

@@ -585,22 +585,6 @@ class SalesforceRest:
                 out.append(RecordResult("ContentVersion", "", False, SalesforceError.from_record_error(errors[0])))
         return out
 
-    async def find_content_versions(self, transaction_ids: Sequence[str]) -> dict[str, ContentVersionRef]:
-        """The latest ContentVersion of each transaction id that has one (the batched upload guard)."""
-        found: dict[str, ContentVersionRef] = {}
-        ids = list(dict.fromkeys(transaction_ids))
-        soqls = [
-            "SELECT Id, ContentDocumentId, Sign_Transaction_Id__c FROM ContentVersion WHERE IsLatest = true "
-            f"AND Sign_Transaction_Id__c IN ({', '.join(soql_quote(t) for t in ids[i : i + IN_LIMIT])})"
-            for i in range(0, len(ids), IN_LIMIT)
-        ]
-        for rows in await self.query_many(soqls):
-            for row in rows:
-                found[str(row["Sign_Transaction_Id__c"])] = ContentVersionRef(
-                    id=str(row["Id"]), content_document_id=row.get("ContentDocumentId")
-                )
-        return found
-
     # ------------------------------------------------------------------ files
 
     async def insert_content_version(
