@@ -50,6 +50,19 @@ async def wait_for_status(
             await asyncio.sleep(0.1)
 
 
+async def settled_jobs(daemon: Daemon, within_s: float = 30.0) -> list[Any]:
+    """The daemon's jobs once none sits between "write-back committed in Salesforce" and "recorded as
+    done" (the record shows Signed a moment before the job's own state says so)."""
+    from sfsign.outbox import JobState
+
+    async with asyncio.timeout(within_s):
+        while True:
+            jobs = await daemon.outbox.call(lambda s: s.jobs())
+            if not any(j.state in (JobState.UPLOADED, JobState.LTV_UPLOADED) for j in jobs):
+                return jobs
+            await asyncio.sleep(0.05)
+
+
 async def record_id(control: ControlClient, sobject: str, name: str) -> str:
     escaped = name.replace("'", "\\'")
     rows = await control.query(f"SELECT Id FROM {sobject} WHERE Name = '{escaped}'")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from e2e_support import REP, cli_env, record_id, run_cli, run_daemon, wait_for_status
+from e2e_support import REP, cli_env, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
@@ -50,7 +50,7 @@ async def _sign_acme(settings: Settings, rules: Rules, control: ControlClient) -
         async with run_daemon(settings, rules) as daemon:
             await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
             record = await wait_for_status(control, "Opportunity", opp)
-            [job] = await daemon.outbox.call(lambda s: s.jobs())
+            [job] = await settled_jobs(daemon)
     assert record["Sign_Status__c"] == "Signed" and job.state is JobState.DONE, record
     [account] = await control.query(f"SELECT Account.Name FROM Opportunity WHERE Id = '{opp}'")
     events = {(e["event"], e.get("transaction_id")) for e in logs}  # capture_logs leaves contextvars out

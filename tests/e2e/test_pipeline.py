@@ -11,7 +11,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from e2e_support import REP, pdfsig_required, record_id, run_daemon, wait_for_status
+from e2e_support import REP, pdfsig_required, record_id, run_daemon, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.documents.pki import DemoPki
@@ -63,7 +63,7 @@ async def test_opportunity_stage_change_becomes_a_signed_file_on_the_record(
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         record = await wait_for_status(control, "Opportunity", opp)
         await _assert_signed_file_on_record(control, rest, "Opportunity", opp, record, pki, tmp_path)
-        jobs = await daemon.outbox.call(lambda s: s.jobs())
+        jobs = await settled_jobs(daemon)
     [job] = jobs
     assert job.state is JobState.DONE and job.transaction_id == record["Sign_Transaction_Id__c"]
     assert job.source == "cdc" and job.replay_id is not None

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
@@ -35,7 +35,7 @@ async def test_row_lock_on_the_write_back_is_retried_and_the_record_is_signed(
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         record = await wait_for_status(control, "Opportunity", opp)
-        [job] = await daemon.outbox.call(lambda s: s.jobs())
+        [job] = await settled_jobs(daemon)
     assert record["Sign_Status__c"] == "Signed" and job.state is JobState.DONE
     assert len([f for f in await control.files() if f["Sign_Transaction_Id__c"] == job.transaction_id]) == 1
 
