@@ -289,10 +289,12 @@ class ChaosOrg:
         env.update(extra)
         return env
 
-    async def start_daemon(self, *, wait_ready: bool = True, ready_within_s: float = 90.0) -> DaemonProcess:
+    async def start_daemon(
+        self, *, wait_ready: bool = True, ready_within_s: float = 90.0, env: dict[str, str] | None = None
+    ) -> DaemonProcess:
         self.starts += 1
         known = await self._subscribed_clients() if wait_ready else set()
-        daemon = DaemonProcess(self.daemon_env(), self.work, self.work / f"daemon-{self.starts:02d}.log")
+        daemon = DaemonProcess(self.daemon_env(**(env or {})), self.work, self.work / f"daemon-{self.starts:02d}.log")
         self.daemons.append(daemon)
         await daemon.start()
         if wait_ready:
@@ -775,8 +777,10 @@ async def scenario_uncertain_batch_upload(org: ChaosOrg, rng: random.Random) -> 
     await org.control_post("/_control/faults/errors", {
         "prefix": f"{REST_PREFIX}composite/sobjects", "method": "POST", "mode": "abort_after", "count": 1})
     started = time.monotonic()
-    daemon = await org.start_daemon()
-    await org.burst(ids, rng)
+    # The records move together and uploads wait (up to 5 s) for the whole burst: otherwise each file
+    # may be signed and uploaded alone, through the single-record call, and the cut never happens.
+    daemon = await org.start_daemon(env={"SFSIGN_BATCH_LINGER_S": "5"})
+    await org.trigger(ids)
     await org.wait_settled(ids, daemon)
     result.faults.update(await org.fault_hits())
     return await _finish(org, result, ids, daemon, started)

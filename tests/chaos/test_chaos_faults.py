@@ -30,9 +30,10 @@ async def test_batch_upload_cut_after_the_insert_leaves_every_file_once(
 ) -> None:
     result = await scenario_uncertain_batch_upload(org, rng)
     print(result.row(), result.notes)
-    # The cut hit one collections request: the burst's upload or an audit batch (audit is at least
-    # once); either way every document exists exactly once.
+    # The cut hit the burst's one collections upload: every job of the batch was in doubt and found
+    # its own file by transaction id instead of uploading it again.
     assert result.faults["abort_after POST sobjects"] == 1
+    assert result.notes["log: uploads found by transaction id"] == result.records
     result.assert_invariant()
 
 
