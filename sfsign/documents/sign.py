@@ -5,10 +5,12 @@ Shape of the module, and why:
   and caches the signer keyed by the files' identity and mtimes, so a rotated certificate is
   picked up without a restart. `_PreparedKeySigner` keeps the parsed key and answers pyHanko's
   size-estimation dry run without signing, so each document costs exactly one private-key
-  operation (signing-notes.md, pitfall 1).
+  operation (signing-notes.md, pitfall 1). That dry run runs once per certificate, level and TSA
+  list: later documents reuse its size (`_reserved`).
 - The visible stamp uses a pre-subset font rescaled to 1000 units/em shipped in `fonts/`
   (pitfalls 2 and 3); embedding a font also keeps the incremental update PDF/A-2b compatible,
-  which the non-embedded Courier default would not.
+  which the non-embedded Courier default would not. `stamp_font.py` parses it once per thread and
+  embeds cached subsets.
 - `sign_pdf_bytes` is synchronous with picklable arguments and result, for a process pool; it runs
   `async_sign_pdf_bytes` on one background event loop per process (pitfall 6) so the cached TSA
   clients and their HTTP sessions (`tsa.py`, pitfall 4) serve every document of that process.
@@ -49,10 +51,10 @@ from pyhanko.keys.internal import (
     translate_pyca_cryptography_key_to_asn1,
 )
 from pyhanko.pdf_utils import layout
-from pyhanko.pdf_utils.font.opentype import GlyphAccumulatorFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
+from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.general import get_pyca_cryptography_hash
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
 from pyhanko.sign.timestamps import TimeStamper
@@ -66,6 +68,7 @@ from sfsign.documents.errors import TimestampUnavailable as TimestampUnavailable
 from sfsign.documents.pkcs11 import Pkcs11KeySpec as Pkcs11KeySpec
 from sfsign.documents.pkcs11 import load_pkcs11_signer
 from sfsign.documents.render import SignatureBox
+from sfsign.documents.stamp_font import StampFontFactory
 from sfsign.documents.tsa import TsaAuth, get_timestamper, run_on_process_loop
 
 STAMP_FONT = Path(__file__).resolve().parent / "fonts" / "sfsign-stamp-sans.ttf"
@@ -381,7 +384,7 @@ class _RecordingTimeStamper(TimeStamper):
 _STAMP_STYLE = TextStampStyle(
     stamp_text="%(ts)s",  # replaced per signature, see _stamp_text
     text_box_style=TextBoxStyle(
-        font=GlyphAccumulatorFactory(str(STAMP_FONT), font_size=STAMP_FONT_SIZE),
+        font=StampFontFactory(STAMP_FONT, font_size=STAMP_FONT_SIZE),
         font_size=STAMP_FONT_SIZE,
         leading=STAMP_FONT_SIZE + 3,
         text_color=_STAMP_COLOR,
@@ -427,13 +430,14 @@ def _stamp_text(appearance: Appearance) -> str:
     return "\n".join(lines)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Prepared:
     signer: signers.Signer
     pdf_signer: signers.PdfSigner
     writer: MetadataPreservingWriter
     now: dt.datetime
     text_params: dict[str, str]
+    bytes_reserved: int = 0
 
 
 def _prepare(
@@ -481,6 +485,50 @@ def _prepare(
     return _Prepared(signer, pdf_signer, writer, now, params)
 
 
+# Room reserved for the CMS container, per (signer certificate, level, TSAs), as first estimated.
+# pyHanko estimates it by building the whole container once without signing (a dry run, ~9 ms of
+# asn1crypto encoding per document); its estimate already carries a 50 % margin for TSA answers
+# that vary, so one estimate serves every later document of the same profile.
+_reserved: dict[tuple[bytes, SignatureLevel, tuple[str, ...]], int] = {}
+
+
+async def _sign_once(
+    pdf: bytes,
+    box: SignatureBox,
+    signer: signers.Signer,
+    appearance: Appearance,
+    level: SignatureLevel,
+    timestamper: TimeStamper | None,
+    empty_fields: tuple[tuple[str, SignatureBox], ...],
+    field_name: str,
+    bytes_reserved: int | None,
+) -> tuple[_Prepared, BytesIO]:
+    """pyHanko's interrupted-signing steps; `bytes_reserved=None` estimates the container size."""
+    prep = _prepare(pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
+    session = prep.pdf_signer.init_signing_session(prep.writer)
+    session.system_time = prep.now
+    validation_info = await session.perform_presign_validation(prep.writer)
+    if bytes_reserved is None:
+        bytes_reserved = await session.estimate_signature_container_size(validation_info)
+    prep.bytes_reserved = bytes_reserved
+    tbs = session.prepare_tbs_document(
+        validation_info=validation_info,
+        bytes_reserved=bytes_reserved,
+        appearance_text_params=prep.text_params,
+    )
+    buffer = BytesIO()
+    prepared_digest, output = tbs.digest_tbs_document(output=buffer)
+    post = await tbs.perform_signature(
+        document_digest=prepared_digest.document_digest,
+        pdf_cms_signed_attrs=PdfCMSSignedAttributes(
+            signing_time=prep.now,
+            cades_signed_attrs=prep.pdf_signer.signature_meta.cades_signed_attr_spec,
+        ),
+    )
+    await post.post_signature_processing(output)
+    return prep, buffer
+
+
 async def async_sign_pdf_bytes(
     pdf: bytes,
     box: SignatureBox,
@@ -498,7 +546,7 @@ async def async_sign_pdf_bytes(
 
     The steps are pyHanko's documented interrupted-signing flow (what `async_sign_pdf` does),
     spelled out so the claimed signing time is ours: the stamp, /M and the result agree, in UTC.
-    B-B is pure CPU work (~35 ms: stamp font subset, CMS encoding, one key operation, hashing), so
+    B-B is pure CPU work (~15 ms: stamp layout, CMS encoding, one key operation, hashing), so
     on an event loop this coroutine blocks; prefer `sign_pdf_bytes` in a process pool for now.
 
     B-T asks the TSAs (`tsa_url`, then `tsa_urls`) in order with `tsa_auth`; if every one fails it
@@ -510,29 +558,25 @@ async def async_sign_pdf_bytes(
         _RecordingTimeStamper(get_timestamper(urls, tsa_auth)) if level is not SignatureLevel.B_B else None
     )
     signer = await asyncio.get_running_loop().run_in_executor(None, load_signer, spec)
-    prep = _prepare(pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
-    session = prep.pdf_signer.init_signing_session(prep.writer)
-    session.system_time = prep.now
-    validation_info = await session.perform_presign_validation(prep.writer)
-    bytes_reserved = await session.estimate_signature_container_size(validation_info)
-    tbs = session.prepare_tbs_document(
-        validation_info=validation_info,
-        bytes_reserved=bytes_reserved,
-        appearance_text_params=prep.text_params,
-    )
-    buffer = BytesIO()
-    prepared_digest, output = tbs.digest_tbs_document(output=buffer)
-    post = await tbs.perform_signature(
-        document_digest=prepared_digest.document_digest,
-        pdf_cms_signed_attrs=PdfCMSSignedAttributes(
-            signing_time=prep.now,
-            cades_signed_attrs=prep.pdf_signer.signature_meta.cades_signed_attr_spec,
-        ),
-    )
-    await post.post_signature_processing(output)
-    signed = buffer.getvalue()
-    cert = prep.signer.signing_cert
+    cert = signer.signing_cert
     assert cert is not None
+    size_key = (cert.sha256, level, urls)
+    try:
+        prep, buffer = await _sign_once(
+            pdf, box, signer, appearance, level, timestamper, empty_fields, field_name, _reserved.get(size_key)
+        )
+    except PyHankoSigningError as exc:
+        if size_key not in _reserved or "larger than expected" not in str(exc):
+            raise
+        # A remembered size was too small (say a fail-over TSA answered with a longer token):
+        # measure again for this document.
+        _reserved.pop(size_key, None)
+        prep, buffer = await _sign_once(
+            pdf, box, signer, appearance, level, timestamper, empty_fields, field_name, None
+        )
+    if size_key not in _reserved:
+        _reserved[size_key] = prep.bytes_reserved
+    signed = buffer.getvalue()
     return SignedPdf(
         pdf=signed,
         sha256_hex=hashlib.sha256(signed).hexdigest(),

@@ -270,7 +270,8 @@ def test_signer_is_parsed_once_and_reloaded_when_the_file_changes(
 def test_each_signature_costs_one_real_private_key_operation(
     rendered_short: RenderedPdf, ec_pki: DemoPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pyHanko sizes /Contents with a dry run; that must not be a second real signature."""
+    """pyHanko sizes /Contents with a dry run; that must not be a second real signature, and once
+    the size is known for a certificate and level, later documents skip the dry run altogether."""
     calls: list[bool] = []
     real = sign_module._PreparedKeySigner.sign_raw
 
@@ -279,9 +280,30 @@ def test_each_signature_costs_one_real_private_key_operation(
         return real(self, data, digest_algorithm, dry_run=dry_run)
 
     monkeypatch.setattr(sign_module._PreparedKeySigner, "sign_raw", recording)
+    monkeypatch.setattr(sign_module, "_reserved", {})
     _sign(rendered_short, ec_pki.pkcs12_key_spec())
     assert calls.count(False) == 1
     assert calls.count(True) >= 1
+    calls.clear()
+    second = _sign(rendered_short, ec_pki.pkcs12_key_spec())
+    assert calls == [False]
+    assert validate_signed_pdf(second.pdf, [ec_pki.root_cert_pem_path]).intact
+
+
+def test_a_remembered_container_size_that_is_too_small_is_measured_again(
+    rendered_short: RenderedPdf, rsa_pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fail-over TSA may answer with a longer token than the one the size was estimated with:
+    the signature must still be made (with a fresh estimate), and the new size remembered."""
+    monkeypatch.setattr(sign_module, "_reserved", {})
+    spec = rsa_pki.pkcs12_key_spec()
+    _sign(rendered_short, spec)
+    (key, size), = sign_module._reserved.items()
+    sign_module._reserved[key] = 600  # far smaller than an RSA-3072 CMS container
+    signed = _sign(rendered_short, spec)
+    report = validate_signed_pdf(signed.pdf, [rsa_pki.root_cert_pem_path])
+    assert report.intact and report.trusted
+    assert sign_module._reserved[key] == size
 
 
 def test_dry_run_placeholder_is_as_long_as_the_largest_real_signature(rsa_pki: DemoPki, ec_pki: DemoPki) -> None:
