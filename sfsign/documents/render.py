@@ -22,12 +22,14 @@ from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import typst
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sfsign.documents.model import ContractDocument
+
+if TYPE_CHECKING:
+    import typst  # imported when first rendering: the daemon process itself never renders
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 BUILTIN_TEMPLATES = ("proposal", "quote")
@@ -277,6 +279,8 @@ def _compiler_for(template: Path, font_dirs: tuple[Path, ...]) -> tuple[typst.Co
     """One compiler per (template, fonts) per process: fonts are parsed once and Typst's
     incremental caches make the next document of the same template cheap. Typst re-reads files
     on every compile, so edited templates are picked up without a restart."""
+    import typst
+
     key = (template, font_dirs)
     with _compilers_lock:
         entry = _compilers.get(key)
@@ -351,6 +355,7 @@ def render_pdf(
     data = json.dumps(build_template_data(doc), ensure_ascii=False)
     _check_not_forked(path)
     compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
+    import typst  # loaded by _compiler_for
     with lock:
         try:
             pdf, warnings = compiler.compile_with_warnings(

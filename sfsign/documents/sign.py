@@ -51,8 +51,10 @@ from pyhanko.keys.internal import (
     translate_pyca_cryptography_key_to_asn1,
 )
 from pyhanko.pdf_utils import layout
+from pyhanko.pdf_utils.font.api import FontEngine, FontEngineFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
+from pyhanko.pdf_utils.writer import BasePdfFileWriter
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.general import get_pyca_cryptography_hash
@@ -68,7 +70,6 @@ from sfsign.documents.errors import TimestampUnavailable as TimestampUnavailable
 from sfsign.documents.pkcs11 import Pkcs11KeySpec as Pkcs11KeySpec
 from sfsign.documents.pkcs11 import load_pkcs11_signer
 from sfsign.documents.render import SignatureBox
-from sfsign.documents.stamp_font import StampFontFactory
 from sfsign.documents.tsa import TsaAuth, get_timestamper, run_on_process_loop
 
 STAMP_FONT = Path(__file__).resolve().parent / "fonts" / "sfsign-stamp-sans.ttf"
@@ -379,6 +380,25 @@ class _RecordingTimeStamper(TimeStamper):
             return None
         gen_time: dt.datetime = self.token["content"]["encap_content_info"]["content"].parsed["gen_time"].native
         return gen_time.astimezone(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class StampFontFactory(FontEngineFactory):
+    """The stamp's font engine (`stamp_font.py`), a drop-in for pyHanko's `GlyphAccumulatorFactory`.
+
+    The engine module (fontTools, HarfBuzz: ~20 MB) is imported on first use, in the pool processes
+    that sign, not in the daemon process that only describes what to sign."""
+
+    font_file: Path
+    font_size: int = 10
+
+    def create_font_engine(self, writer: BasePdfFileWriter, obj_stream: Any = None) -> FontEngine:
+        from sfsign.documents import stamp_font
+
+        if obj_stream is None and writer.stream_xrefs:
+            obj_stream = writer.prepare_object_stream()  # as GlyphAccumulatorFactory does by default
+        return stamp_font.StampGlyphAccumulator(writer, stamp_font.parsed_font(self.font_file), self.font_size,
+                                                obj_stream)
 
 
 _STAMP_STYLE = TextStampStyle(

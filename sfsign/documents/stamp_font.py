@@ -3,7 +3,7 @@
 pyHanko's `GlyphAccumulatorFactory` parses the TrueType file again for every signature (name,
 cmap, glyf and hmtx tables, a HarfBuzz face) and subsets, re-serialises and compresses it when
 the document is written: about 15 ms of the ~40 ms a B-T signature costs, spent on a font that
-never changes. `StampFontFactory` hands out engines that share one parsed font per thread (the
+never changes. `sign.StampFontFactory` hands out engines that share one parsed font per thread (the
 signing loop of a pool process is one thread) and embed a cached, already-compressed subset.
 
 The subset always holds the ten digits besides the glyphs the stamp uses, so the date and time,
@@ -27,7 +27,7 @@ from typing import Any
 import uharfbuzz as hb
 from fontTools import subset, ttLib
 from pyhanko.pdf_utils import generic
-from pyhanko.pdf_utils.font.api import FontEngine, FontEngineFactory
+from pyhanko.pdf_utils.font.api import FontEngine
 from pyhanko.pdf_utils.font.opentype import CIDFontType2, GlyphAccumulator, _read_ps_name
 from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.writer import BasePdfFileWriter
@@ -151,16 +151,3 @@ def parsed_font(path: Path) -> ParsedFont:
     if font is None:
         font = fonts[path] = ParsedFont.load(path)
     return font
-
-
-@dataclass(frozen=True)
-class StampFontFactory(FontEngineFactory):
-    """Drop-in for `GlyphAccumulatorFactory(font_file, font_size)` in a `TextBoxStyle`."""
-
-    font_file: Path
-    font_size: int = 10
-
-    def create_font_engine(self, writer: BasePdfFileWriter, obj_stream: Any = None) -> StampGlyphAccumulator:
-        if obj_stream is None and writer.stream_xrefs:
-            obj_stream = writer.prepare_object_stream()  # as GlyphAccumulatorFactory does by default
-        return StampGlyphAccumulator(writer, parsed_font(self.font_file), self.font_size, obj_stream)

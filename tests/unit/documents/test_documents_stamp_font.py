@@ -17,7 +17,8 @@ from pyhanko.stamp import TextStamp
 
 from sfsign.documents import sign as sign_module
 from sfsign.documents.render import RenderedPdf
-from sfsign.documents.stamp_font import ParsedFont, StampFontFactory, parsed_font
+from sfsign.documents.sign import StampFontFactory
+from sfsign.documents.stamp_font import ParsedFont, parsed_font
 
 TEXT = {"ts": "2026-11-27 19:04:58 UTC", "signer": "Zoë Müller-Łukasiewicz", "reason": "Offer approved",
         "location": "Köln"}

@@ -1,0 +1,34 @@
+"""The daemon process describes documents; pool processes render and sign them. Typst, fontTools and
+HarfBuzz (~20 MB) belong in the pool only: the daemon's own memory is what the burst benchmark's
+memory target is about (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("typst", "fontTools", "uharfbuzz")
+
+
+def test_the_daemon_process_does_not_load_the_renderer_or_the_font_tools() -> None:
+    code = (
+        "import sys, sfsign.cli, sfsign.daemon, sfsign.worker;"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "none"
+
+
+def test_rendering_and_signing_load_them_when_first_used() -> None:
+    code = (
+        "import sys;"
+        "from sfsign.documents.model import sample_contract;"
+        "from sfsign.documents.jobs import render_job;"
+        "render_job(sample_contract(line_count=1).model_dump_json(), 'quote');"
+        "from sfsign.documents.sign import _STAMP_STYLE;"
+        "from pyhanko.pdf_utils.writer import PdfFileWriter;"
+        "_STAMP_STYLE.text_box_style.font.create_font_engine(PdfFileWriter());"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == ",".join(HEAVY)
