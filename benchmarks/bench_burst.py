@@ -56,6 +56,7 @@ class BurstResult:
     peak_processes: int
     peak_pss_kib: int  # sum of Pss over the process tree, sampled every 0.5 s
     main_hwm_kib: int  # VmHWM of the daemon process
+    main_idle_kib: int = 0  # VmRSS of the daemon process before the burst
 
     @property
     def docs_per_s(self) -> float:
@@ -81,6 +82,7 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
     poll_s = min(2.0, max(0.5, size / 5000))  # 0.5 s up to 2,500 records, 2 s for 10,000
     async with running_daemon(stack, f"burst-{size}", warmup_s=warmup_s) as daemon:
         with step(f"burst {size}: moving {size} records in bulk transactions of {CHUNK} at {level}"):
+            idle_kib = status_kib(daemon.pid, "VmRSS")  # warmed up, subscribed, nothing to do yet
             with RssSampler(daemon.pid) as rss:
                 before = await api_calls_used(stack.control)
                 start = time.perf_counter()
@@ -109,19 +111,19 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
             signed = size - errors
             calls = await settled_api_calls(stack.control) - before
     return BurstResult(size, level, seconds, moved, signed, errors, calls, rss.peak_kib, rss.peak_processes,
-                       rss.peak_pss_kib, hwm)
+                       rss.peak_pss_kib, hwm, idle_kib)
 
 
 def burst_table(results: list[BurstResult]) -> list[str]:
     lines = ["| records | level | bulk updates took | first change → last Signed | documents/s | API calls "
-             "| API calls / document | peak RSS, process tree | peak PSS, process tree | VmHWM, daemon process "
+             "| API calls / document | peak RSS, process tree | peak PSS, process tree | daemon process: RSS before → VmHWM "
              "| errors |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r.size:,} | {r.level} | {r.move_seconds:.1f} s | {r.seconds:.1f} s | {r.docs_per_s:.1f} | "
                      f"{r.api_calls:,} | {r.calls_per_document:.3f} | {r.peak_rss_kib / 1024:.0f} MiB "
                      f"({r.peak_processes} processes) | {r.peak_pss_kib / 1024:.0f} MiB "
-                     f"| {r.main_hwm_kib / 1024:.0f} MiB | {r.errors} |")
+                     f"| {r.main_idle_kib / 1024:.0f} → {r.main_hwm_kib / 1024:.0f} MiB | {r.errors} |")
     return lines
 
 

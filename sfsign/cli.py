@@ -13,16 +13,20 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sfsign import __version__
-from sfsign.config import ConfigError, Rules, Settings, load_rules, load_settings
-from sfsign.ops.logging import configure_logging
-from sfsign.outbox import JobState, OutboxStore
-from sfsign.salesforce.errors import AuthError
-from sfsign.salesforce.stream import SubscriptionFailed
+
+# Everything else is imported by the command that needs it: the pool processes that render and sign
+# import this module again (multiprocessing re-imports the parent's main module in every worker), and
+# they must not load the Salesforce clients, the outbox and the settings they never use.
+if TYPE_CHECKING:
+    from sfsign.config import Rules, Settings
+    from sfsign.outbox import OutboxStore
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sfsign.config import ConfigError
     from sfsign.daemon import Daemon
     from sfsign.worker import preflight_profiles
 
@@ -35,6 +39,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _settings_and_rules(args: argparse.Namespace) -> tuple[Settings, Rules]:
+    from sfsign.config import ConfigError, load_rules, load_settings
+    from sfsign.ops.logging import configure_logging
+
     settings = load_settings(**({"rules_file": Path(args.rules)} if getattr(args, "rules", None) else {}))
     configure_logging(settings.log_level, settings.log_format)
     missing = settings.missing_credentials()
@@ -45,6 +52,9 @@ def _settings_and_rules(args: argparse.Namespace) -> tuple[Settings, Rules]:
 
 def _cmd_retry(args: argparse.Namespace) -> int:
     """Re-queue `error`/`dead` jobs once their cause is fixed; a running daemon picks them up."""
+    from sfsign.config import ConfigError, load_settings
+    from sfsign.outbox import JobState, OutboxStore
+
     settings = load_settings()
     store = OutboxStore(settings.data_dir / "outbox.sqlite")
     try:
@@ -88,6 +98,9 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _open_existing_outbox(settings: Settings) -> OutboxStore:
     """The daemon's outbox; an operator pointing at the wrong data directory gets told, not a new empty one."""
+    from sfsign.config import ConfigError
+    from sfsign.outbox import OutboxStore
+
     path = settings.data_dir / "outbox.sqlite"
     if not path.is_file():
         raise ConfigError(f"no outbox at {path}: set SFSIGN_DATA_DIR to the daemon's data directory")
@@ -95,6 +108,7 @@ def _open_existing_outbox(settings: Settings) -> OutboxStore:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from sfsign.config import load_settings
     from sfsign.ops.status import collect_status, render_status, status_json
 
     store = _open_existing_outbox(load_settings())
@@ -107,7 +121,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
+    from sfsign.config import load_settings
     from sfsign.ops.status import job_line, render_jobs
+    from sfsign.outbox import JobState
 
     store = _open_existing_outbox(load_settings())
     try:
@@ -136,6 +152,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
+    from sfsign.config import load_settings
     from sfsign.ops.retention import purge
 
     settings = load_settings()
@@ -212,6 +229,8 @@ def _cmd_version(_: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sfsign.outbox import JobState
+
     parser = argparse.ArgumentParser(prog="sfsign", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -282,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfsign.config import ConfigError
+    from sfsign.salesforce.errors import AuthError
+    from sfsign.salesforce.stream import SubscriptionFailed
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

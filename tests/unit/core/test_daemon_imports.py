@@ -32,3 +32,13 @@ def test_rendering_and_signing_load_them_when_first_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == ",".join(HEAVY)
+
+
+def test_importing_the_command_line_module_loads_no_salesforce_client_outbox_or_settings() -> None:
+    """Every pool process imports the parent's main module again (multiprocessing's spawn does): for
+    `sfsign run` that is `sfsign.cli`, which must therefore stay light at import time."""
+    unwanted = ("simple_salesforce", "zeep", "lxml", "sqlite_utils", "pydantic_settings", "sfsign.daemon",
+                "sfsign.outbox", "sfsign.salesforce")
+    code = f"import sys, sfsign.cli; print(','.join(m for m in {unwanted!r} if m in sys.modules) or 'none')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "none"
