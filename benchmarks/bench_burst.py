@@ -31,8 +31,10 @@ from _support import (
     Stack,
     api_calls_used,
     bench_stack,
+    cpu_seconds,
     create_opportunities,
     note,
+    process_tree,
     running_daemon,
     settled_api_calls,
     status_kib,
@@ -57,6 +59,10 @@ class BurstResult:
     peak_pss_kib: int  # sum of Pss over the process tree, sampled every 0.5 s
     main_hwm_kib: int  # VmHWM of the daemon process
     main_idle_kib: int = 0  # VmRSS of the daemon process before the burst
+    cpu_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds: daemon process, pool, bench + emulator
+
+    def cpu_ms_per_document(self) -> tuple[float, float, float]:
+        return tuple(c * 1000 / max(1, self.size) for c in self.cpu_s)  # type: ignore[return-value]
 
     @property
     def docs_per_s(self) -> float:
@@ -83,6 +89,8 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
     async with running_daemon(stack, f"burst-{size}", warmup_s=warmup_s) as daemon:
         with step(f"burst {size}: moving {size} records in bulk transactions of {CHUNK} at {level}"):
             idle_kib = status_kib(daemon.pid, "VmRSS")  # warmed up, subscribed, nothing to do yet
+            pool = [p for p in process_tree(daemon.pid) if p != daemon.pid]
+            cpu_before = (cpu_seconds(daemon.pid), sum(cpu_seconds(p) for p in pool), time.process_time())
             with RssSampler(daemon.pid) as rss:
                 before = await api_calls_used(stack.control)
                 start = time.perf_counter()
@@ -107,16 +115,30 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
                         next_note += 15
                 seconds = time.perf_counter() - start
                 hwm = status_kib(daemon.pid, "VmHWM")
+                cpu = (cpu_seconds(daemon.pid) - cpu_before[0],
+                       sum(cpu_seconds(p) for p in pool) - cpu_before[1], time.process_time() - cpu_before[2])
             errors = await _count(stack, prefix, ("Error",))
             signed = size - errors
             calls = await settled_api_calls(stack.control) - before
     return BurstResult(size, level, seconds, moved, signed, errors, calls, rss.peak_kib, rss.peak_processes,
-                       rss.peak_pss_kib, hwm, idle_kib)
+                       rss.peak_pss_kib, hwm, idle_kib, cpu)
+
+
+def cpu_table(results: list[BurstResult]) -> list[str]:
+    """Where the two cores went during each burst, per document."""
+    lines = ["| records | daemon process | pool processes (render + sign + validate) | bench + emulator | total |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in results:
+        daemon, pool, bench = r.cpu_ms_per_document()
+        lines.append(f"| {r.size:,} | {daemon:.1f} ms | {pool:.1f} ms | {bench:.1f} ms | "
+                     f"{daemon + pool + bench:.1f} ms |")
+    return lines
 
 
 def burst_table(results: list[BurstResult]) -> list[str]:
     lines = ["| records | level | bulk updates took | first change → last Signed | documents/s | API calls "
-             "| API calls / document | peak RSS, process tree | peak PSS, process tree | daemon process: RSS before → VmHWM "
+             "| API calls / document | peak RSS, process tree | peak PSS, process tree "
+             "| daemon process: RSS before → VmHWM "
              "| errors |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -131,7 +153,7 @@ async def _main(sizes: list[int], level: str, warmup_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="sfsign-bench-") as tmp:
         async with bench_stack(Path(tmp)) as stack:
             results = [await run_burst(stack, size, level, warmup_s=warmup_s) for size in sizes]
-    print("\n".join(burst_table(results)))
+    print("\n".join([*burst_table(results), "", "CPU per document:", "", *cpu_table(results)]))
 
 
 def main() -> int:

@@ -339,10 +339,14 @@ class OutboxStore:
         cols = [d[0] for d in self.db.execute("SELECT * FROM jobs LIMIT 0").description]
         return [Job.from_row(dict(zip(cols, r, strict=True))) for r in rows]
 
-    def next_due_at(self) -> float | None:
+    def next_due_at(self, exclude: Iterable[int] = ()) -> float | None:
+        """When the next job not in `exclude` (the ones already running) falls due."""
+        excluded = list(exclude)
         states = [s.value for s in ACTIVE_STATES]
         row = self.db.execute(
-            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({', '.join('?' for _ in states)})", states
+            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({', '.join('?' for _ in states)})"
+            + (f" AND id NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""),
+            [*states, *excluded],
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 

@@ -239,7 +239,9 @@ class Worker:
                     task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
                     self._running[job.id] = task
                     task.add_done_callback(partial(self._finished, job.id))
-            next_due = await self.outbox.call(OutboxStore.next_due_at)
+            # Jobs already running are due too (their next_attempt_at has passed); counting them made
+            # this loop spin, two outbox queries per turn, for as long as any job ran.
+            next_due = await self.outbox.call(partial(OutboxStore.next_due_at, exclude=list(self._running)))
             timeout = self.config.poll_interval_s
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))

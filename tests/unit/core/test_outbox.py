@@ -133,3 +133,13 @@ async def test_async_outbox_caches_committed_replay_ids(tmp_path: Path) -> None:
         assert await outbox.call(lambda s: s.replay_id("/c")) is None
     finally:
         await outbox.close()
+
+
+def test_next_due_ignores_the_jobs_already_running(tmp_path: Path) -> None:
+    store = OutboxStore(tmp_path / "o.sqlite")
+    first = store.commit_event("/c", 1, [_job("tx-a", record="006000000000001AAA")]).created[0]
+    later = store.commit_event("/c", 2, [_job("tx-b", record="006000000000002AAA")]).created[0]
+    store.update(later.id, next_attempt_at=time.time() + 60)
+    assert store.next_due_at() == pytest.approx(first.next_attempt_at)
+    assert store.next_due_at(exclude=[first.id]) == pytest.approx(time.time() + 60, abs=5)
+    assert store.next_due_at(exclude=[first.id, later.id]) is None
