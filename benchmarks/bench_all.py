@@ -132,7 +132,7 @@ def _verdict(value: float, target: float, *, at_most: bool, unit: str = "", digi
         return "met"
     gap = value - target if at_most else target - value
     share = gap / target * 100
-    return f"**missed** by {gap:.{digits}f}{unit} ({share:.0f} %)"
+    return f"**missed** by {gap:.{digits}f}{unit} ({share:.{1 if share < 1 else 0}f} %)"
 
 
 def _median(values: list[float]) -> float:
@@ -154,8 +154,8 @@ def target_rows(results: Results, sizes: Sizes) -> list[str]:
                     f"| {_verdict(bt.p(99), TARGET_P99_MS, at_most=True, unit=' ms')} |")
     for r in results.latency:
         rows.append(f"| lone document at {r.level}: ≤ {TARGET_LONE_CALLS:.0f} API calls per document "
-                    f"| {r.calls_per_document:.2f} "
-                    f"| {_verdict(r.calls_per_document, TARGET_LONE_CALLS, at_most=True, digits=2)} |")
+                    f"| {r.calls_per_document:.3f} "
+                    f"| {_verdict(r.calls_per_document, TARGET_LONE_CALLS, at_most=True, digits=3)} |")
     ceiling = results.ceiling.docs_per_s if results.ceiling else float("nan")
     for b in results.bursts:
         label = f"{b.size:,}-record burst"
