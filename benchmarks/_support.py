@@ -257,7 +257,7 @@ def _children(pid: int) -> list[int]:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (the pool's forkserver and its workers are grandchildren)."""
+    """`pid` and all its descendants (the pool's workers, multiprocessing's resource tracker)."""
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -294,8 +294,8 @@ def pss_kib(pid: int) -> int:
 class RssSampler:
     """Every `interval_s`, the sum of VmRSS over the process tree; keeps the peak and the process count.
 
-    The RSS sum counts pages shared between the daemon and its pool processes (forkserver children share
-    the interpreter and libraries) once per process: an upper bound. Every `pss_every`-th sample also
+    The RSS sum counts pages shared between the daemon and its pool processes (the interpreter and
+    libraries, mapped from the same files) once per process: an upper bound. Every `pss_every`-th sample also
     sums Pss from smaps_rollup (shared pages split between their users), which is what the tree really
     holds and what a cgroup memory limit comes closer to; it is read less often because it costs more.
     """

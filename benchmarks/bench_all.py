@@ -30,6 +30,7 @@ from pathlib import Path
 
 from _support import Stack, bench_stack, machine_details, step
 from bench_burst import BurstResult, burst_table, run_burst
+from bench_burst import cpu_table as burst_cpu_table
 from bench_documents import (
     CeilingResult,
     CpuResult,
@@ -209,9 +210,12 @@ def report(results: Results, sizes: Sizes, command: str, burst_level: str) -> st
         out += ["", f"## Burst at {burst_level}", "",
                 "Opportunities (3 line items) moved in bulk transactions of 200 records, back to back; from the "
                 "first bulk call to the first poll (every 0.5 s; 2 s for 10,000) finding every record `Signed`. "
-                "RSS is the sum of VmRSS over the daemon, its pool's forkserver and workers (sampled every 100 ms; "
-                "shared pages count once per process), PSS the same tree with shared pages split (every 0.5 s).", "",
-                *burst_table(results.bursts)]
+                "RSS is the sum of VmRSS over the daemon, its pool's workers and multiprocessing's resource tracker "
+                "(sampled every 100 ms; shared pages count once per process), PSS the same tree with shared pages "
+                "split (every 0.5 s).", "",
+                *burst_table(results.bursts), "",
+                "Where the two cores went, CPU time per document during the burst (the emulator runs in the "
+                "benchmark's own process):", "", *burst_cpu_table(results.bursts)]
     if results.ceiling:
         c = results.ceiling
         out += ["", "## Ceiling: render + sign with no Salesforce I/O", "",

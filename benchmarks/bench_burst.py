@@ -7,9 +7,10 @@ The records (3 line items and a primary contact each) are created before the dae
 daemon (`sfsign run` in a subprocess, fresh data directory) subscribes, warms up, and then the records
 are moved in bulk transactions of 200, back to back: each transaction puts its 200 changes on the
 CDC channel at once. Throughput runs from the first bulk call to the first poll (every 0.5 s, one
-COUNT() query through the control API; every 2 s for 10,000) that finds every record `Signed`. The daemon's process tree
-(daemon, the pool's forkserver and workers) is sampled every 100 ms for the sum of VmRSS; VmHWM of
-the daemon process itself is read before it stops.
+COUNT() query through the control API; every 2 s for 10,000) that finds every record `Signed`. The
+daemon's process tree (daemon, the pool's workers and multiprocessing's resource tracker) is sampled
+every 100 ms for the sum of VmRSS; VmHWM of the daemon process itself is read before it stops, and
+the CPU time of each process is read before and after the burst.
 """
 
 from __future__ import annotations
