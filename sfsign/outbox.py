@@ -171,6 +171,12 @@ _JOB_COLUMNS: dict[str, type] = {
 }
 
 
+def audit_time(at: float | None = None) -> str:
+    """An audit event's time as Salesforce takes a datetime: UTC, milliseconds, Z."""
+    at = time.time() if at is None else at
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
 class OutboxStore:
     """Synchronous SQLite access; use it from one thread (see `Outbox` for the async face)."""
 
@@ -350,8 +356,18 @@ class OutboxStore:
         ).fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    def update(self, job_id: int, *, audit_detail: str | None = None, audit: bool = True, **changes: Any) -> Job:
-        """Change a job; a change of state also writes its audit row, in the same transaction."""
+    def update(
+        self,
+        job_id: int,
+        *,
+        audit_detail: str | None = None,
+        audit: bool = True,
+        audit_occurred_at: str | None = None,
+        audit_sent: bool = False,
+        **changes: Any,
+    ) -> Job:
+        """Change a job; a change of state also writes its audit row, in the same transaction. The row
+        is `sent` already when the event went to Salesforce with the step's own call (`audit_sent`)."""
         if "state" in changes and isinstance(changes["state"], JobState):
             changes["state"] = changes["state"].value
         changes["updated_at"] = time.time()
@@ -365,22 +381,25 @@ class OutboxStore:
             sets = ", ".join(f"{k} = ?" for k in changes)
             conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*changes.values(), job_id])
             if audit and "state" in changes and before is not None and before[0] != changes["state"]:
-                self._audit(job_id, changes["state"], "sfsign", audit_detail)
+                self._audit(job_id, changes["state"], "sfsign", audit_detail,
+                            occurred=audit_occurred_at, status="sent" if audit_sent else "pending")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return self.get(job_id)
 
-    def _audit(self, job_id: int, event_type: str, actor: str, detail: str | None) -> None:
+    def _audit(
+        self, job_id: int, event_type: str, actor: str, detail: str | None, *, occurred: str | None = None,
+        status: str = "pending",
+    ) -> None:
         row = self.db.execute(
             "SELECT transaction_id, sobject, record_id FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        occurred = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
         self.db.execute(
             "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, status)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-            (row[0], row[1], row[2], event_type, occurred, actor, (detail or "")[:32000]),
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row[0], row[1], row[2], event_type, occurred or audit_time(), actor, (detail or "")[:32000], status),
         )
 
     def pending_audit(self, limit: int = 200) -> list[dict[str, Any]]:

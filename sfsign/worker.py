@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -50,7 +50,7 @@ from sfsign.documents.tsa import TsaAuth
 from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import Job, JobState, Outbox, OutboxStore
+from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, fetch_records
 from sfsign.salesforce.rest import COLLECTION_LIMIT, NewFile, SalesforceRest
@@ -156,7 +156,7 @@ class Worker:
             waiting_for=lambda: self._count(_BEFORE_UPLOAD), on_batch=self._batch_metric("upload"),
             settle_s=self._settle,
         )
-        self.writer: Batcher[WriteBack, str | None] = Batcher(
+        self.writer: Batcher[WriteBack, Written] = Batcher(
             "write-back", self._write_batch, max_size=config.write_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_WRITE), on_batch=self._batch_metric("write-back"),
             settle_s=self._settle,
@@ -534,16 +534,25 @@ class Worker:
             "Sign_Validation__c": (job.validation or "")[:255] or None,
             "Sign_Eidas_Level__c": profile.eidas_level,
         }
+        upgrade = profile.upgrades and job.level == SignatureLevel.B_T.value
+        # The audit event of this step's outcome; `{document_id}` is filled in once the 069 is known.
+        outcome = _Outcome(
+            JobState.LTV_PENDING if upgrade else JobState.DONE,
+            f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
+            else "Signed; file {document_id}",
+        )
         if job.content_document_id:  # known from the upload guard: no lookup needed
             document_id: str | None = job.content_document_id
             fields["Signed_Document_Id__c"] = document_id
             fields["Signed_Document_Url__c"] = document_url.format(document_id=document_id)
-            await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
+            written = await self.writer.submit(WriteBack(
+                job.sobject, job.record_id, fields, outcome_audit=outcome.record(job, document_id)))
         else:
-            document_id = await self.writer.submit(WriteBack(
+            written = await self.writer.submit(WriteBack(
                 job.sobject, job.record_id, fields, content_version_id=job.content_version_id,
-                document_url=document_url,
+                document_url=document_url, outcome_audit=outcome.record(job, None),
             ))
+            document_id = written.document_id
             job = await self.outbox.update(job.id, content_document_id=document_id)
         now = time.time()
         self.metrics.documents_signed.labels(job.rule).inc()
@@ -551,16 +560,16 @@ class Worker:
             latency = now * 1000 - job.event_time_ms
             self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
             log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
-        if profile.upgrades and job.level == SignatureLevel.B_T.value:
+        recorded = outcome.audit_changes(document_id, written.outcome_sent)
+        if upgrade:
             # The rep sees `Signed` now; the long-term validation data follows in the background.
             return await self.outbox.update(
                 job.id, state=JobState.LTV_PENDING, signed_visible_at=now, document_json=None, attempts=0,
-                next_attempt_at=now + self.config.ltv_delay_s, audit_detail=f"Signed; file {document_id}; "
-                f"upgrade to {profile.level} pending",
+                next_attempt_at=now + self.config.ltv_delay_s, **recorded,
             )
         job = await self.outbox.update(
             job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, document_json=None, last_error=None,
-            audit_detail=f"Signed; file {document_id}",
+            **recorded,
         )
         # The signed file now lives in Salesforce; keep no customer data on our disk.
         await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)
@@ -634,10 +643,12 @@ class Worker:
             "Sign_Archive_Due__c": job.archive_due,
             "Sign_Error__c": None,
         }
-        await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
+        outcome = _Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
+        written = await self.writer.submit(WriteBack(
+            job.sobject, job.record_id, fields, outcome_audit=outcome.record(job, None)))
         job = await self.outbox.update(
             job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
-            audit_detail=f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}",
+            **outcome.audit_changes(None, written.outcome_sent),
         )
         await asyncio.get_running_loop().run_in_executor(None, self._remove_artifacts, job)
         return job
@@ -673,7 +684,7 @@ class Worker:
         results = await self.rest.insert_content_versions(files)
         return [r.id if r.success else (r.error or SalesforceError(None, "UNKNOWN", "upload failed")) for r in results]
 
-    async def _write_batch(self, items: list[WriteBack]) -> list[str | BaseException | None]:
+    async def _write_batch(self, items: list[WriteBack]) -> list[Written | BaseException]:
         """Write the records back, and send pending audit events along when the flusher is not busy."""
         rows: list[dict[str, Any]] = []
         locked = not self.audit_lock.locked()
@@ -689,7 +700,39 @@ class Worker:
         finally:
             if locked:
                 self.audit_lock.release()
-        return list(outcome.results)
+        flags = outcome.outcome_sent or [False] * len(items)
+        return [r if isinstance(r, BaseException) else Written(r, sent)
+                for r, sent in zip(outcome.results, flags, strict=True)]
+
+
+@dataclass(frozen=True)
+class Written:
+    """A record's write-back: the 069 it now shows, and whether its outcome event went in the same call."""
+
+    document_id: str | None
+    outcome_sent: bool = False
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The audit event a write-back step ends with. It can ride in the write-back call itself
+    (`writeback.WriteBack.outcome_audit`), so a lone document costs no fourth call for its trail."""
+
+    state: JobState
+    detail: str  # may hold `{document_id}`
+    occurred_at: str = field(default_factory=audit_time)
+
+    def record(self, job: Job, document_id: str | None) -> dict[str, Any]:
+        detail = self.detail if document_id is None else self.detail.replace("{document_id}", document_id)
+        return audit_records([{
+            "sobject": job.sobject, "record_id": job.record_id, "transaction_id": job.transaction_id,
+            "event_type": self.state.value, "occurred_at": self.occurred_at, "actor": "sfsign", "detail": detail,
+        }])[0]
+
+    def audit_changes(self, document_id: str | None, sent: bool) -> dict[str, Any]:
+        """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
+        return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
+                "audit_occurred_at": self.occurred_at, "audit_sent": sent}
 
 
 def audit_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -413,7 +413,11 @@ class OrgStore:
             del state.events[n_events:]
             raise
         finally:
-            state.savepoints.remove(log_)
+            # By identity: two savepoints' logs may be equal dicts (both empty, say).
+            for i in range(len(state.savepoints) - 1, -1, -1):
+                if state.savepoints[i] is log_:
+                    del state.savepoints[i]
+                    break
 
     def _rollback(self, state: _TxnState) -> None:
         self._restore(state.undo)

@@ -11,12 +11,18 @@ is room, so the audit trail rarely costs a call of its own.
 
 Every record succeeds or fails on its own (`allOrNone` false): a row lock on one opportunity does not
 fail the other 799; its job gets the error and retries alone.
+
+A lone record may also carry its *outcome* event (`WriteBack.outcome_audit`: "Signed; file 069…"),
+which is true only if the update succeeds. That composite is sent with `allOrNone` true, so the event
+is inserted exactly when the update is; otherwise it would wait for a later call, and a lone
+document would cost a fourth call for its own audit trail. Should the audit subrequest itself be
+what stopped the transaction, the record is written again without the events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfsign.salesforce.errors import SalesforceError
@@ -45,14 +51,19 @@ class WriteBack:
     fields: Mapping[str, Any]
     content_version_id: str | None = None
     document_url: str | None = None
+    # The record's outcome event, inserted together with the update or not at all (lone records
+    # only; `{document_id}` in its values is the 069 looked up). Ignored in a batch of several.
+    outcome_audit: Mapping[str, Any] | None = None
 
 
 @dataclass
 class WriteBackOutcome:
-    """Per record: the 069 written (if looked up) or the error; plus whether the audit rows went too."""
+    """Per record: the 069 written (if looked up) or the error; whether the audit rows went too; and
+    per record whether its `outcome_audit` was inserted."""
 
     results: list[str | SalesforceError | None]
     audit_results: list[bool | SalesforceError] = field(default_factory=list)
+    outcome_sent: list[bool] = field(default_factory=list)
 
 
 def _patch_body(item: WriteBack, document_id: str | None) -> dict[str, Any]:
@@ -91,12 +102,31 @@ async def write_back_many(
     audit = list(audit)[:COLLECTION_LIMIT]
     lookups = [i for i in items if i.content_version_id is not None]
     if len(lookups) <= _PER_RECORD_QUERY_MAX and 2 * len(items) + 1 <= COMPOSITE_LIMIT:
+        if len(items) == 1 and items[0].outcome_audit is not None:
+            outcome = await _one_composite(rest, items, audit[: COLLECTION_LIMIT - 1], with_outcome=True)
+            if not (isinstance(outcome.results[0], SalesforceError) and outcome.results[0].error_code == _AUDIT_HALT):
+                return outcome
+            # The events could not be inserted, and took the update down with them: write it alone.
+            items = [replace(items[0], outcome_audit=None)]
+            audit = []
         return await _one_composite(rest, items, audit)
     return await _lookup_then_collections(rest, items, audit)
 
 
+_HALTED = "PROCESSING_HALTED"
+_AUDIT_HALT = "AUDIT_HALTED"  # internal: the audit subrequest stopped an all-or-none write-back
+
+
+def _cause(answers: Mapping[str, Any]) -> tuple[str, SalesforceError] | None:
+    """In an all-or-none composite that did not commit: the subrequest that failed, and its error."""
+    for ref, answer in answers.items():
+        if answer.error is not None and answer.error.error_code != _HALTED:
+            return ref, answer.error
+    return None
+
+
 async def _one_composite(
-    rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
+    rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]], *, with_outcome: bool = False
 ) -> WriteBackOutcome:
     subs: list[dict[str, Any]] = []
     for n, item in enumerate(items):
@@ -112,9 +142,22 @@ async def _one_composite(
             "referenceId": f"p{n}",
             "body": _patch_body(item, ref),
         })
-    if audit:
-        subs.append(_audit_subrequest(rest, audit))
-    answers = {a.reference_id: a for a in await rest.composite(subs, all_or_none=False)}
+    outcome_record = None
+    if with_outcome and items[0].outcome_audit is not None:
+        document = "@{q0.records[0].ContentDocumentId}" if items[0].content_version_id is not None else None
+        outcome_record = {k: v.replace("{document_id}", document or "") if isinstance(v, str) else v
+                          for k, v in items[0].outcome_audit.items()}
+    events = [*audit, outcome_record] if outcome_record is not None else audit
+    if events:
+        subs.append(_audit_subrequest(rest, events))
+    answers = {a.reference_id: a for a in await rest.composite(subs, all_or_none=outcome_record is not None)}
+    halted = _cause(answers) if outcome_record is not None else None
+    if halted is not None:  # nothing was committed: every record gets the cause
+        ref, error = halted
+        if ref == "audit":
+            error = SalesforceError(error.status, _AUDIT_HALT, f"audit events refused: {error}", transient=True)
+        audit_results: list[bool | SalesforceError] = [error] * len(audit)
+        return WriteBackOutcome([error] * len(items), audit_results, [False] * len(items))
     results: list[str | SalesforceError | None] = []
     for n in range(len(items)):
         query, patch = answers.get(f"q{n}"), answers[f"p{n}"]
@@ -129,9 +172,12 @@ async def _one_composite(
             results.append(None)
     audit_answer = answers.get("audit")
     audit_results = (
-        _audit_results(audit_answer.body, len(audit), audit_answer.error) if audit_answer is not None else []
+        _audit_results(audit_answer.body, len(events), audit_answer.error) if audit_answer is not None else []
     )
-    return WriteBackOutcome(results, audit_results)
+    sent = [False] * len(items)
+    if outcome_record is not None:
+        sent = [audit_results.pop() is True]
+    return WriteBackOutcome(results, audit_results, sent)
 
 
 async def _lookup_then_collections(

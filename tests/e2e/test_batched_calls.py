@@ -128,3 +128,69 @@ async def test_a_thousand_audit_events_cost_one_call(emulator: Emulator, rest: S
     assert results[500].error is not None and results[500].error.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
     ids = await rest.query(f"SELECT Id FROM Signature_Event__c WHERE Opportunity__c = '{opp}'")
     assert len(ids) == 999
+
+
+def _event(opp: str, tx: str, kind: str, detail: str) -> dict[str, str]:
+    return {"Opportunity__c": opp, "Transaction_Id__c": tx, "Event_Type__c": kind,
+            "Occurred_At__c": "2026-11-27T10:00:00.000Z", "Actor__c": "sfsign", "Detail__c": detail}
+
+
+async def _events(rest: SalesforceRest, tx: str) -> list[dict[str, str]]:
+    rows = await rest.query(f"SELECT Event_Type__c, Detail__c FROM Signature_Event__c WHERE Transaction_Id__c = '{tx}' "
+                            "ORDER BY Event_Type__c")
+    return [{"Event_Type__c": r["Event_Type__c"], "Detail__c": r["Detail__c"]} for r in rows]
+
+
+async def test_a_lone_write_back_carries_its_outcome_event_in_the_same_call(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    [opp] = await _ids(rest, 1)
+    [version] = await rest.insert_content_versions([NewFile(
+        title="d", path_on_client="d.pdf", data=b"%PDF-1.7 lone", first_publish_location_id=opp,
+        transaction_id="tx-lone")])
+    item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"}, content_version_id=version.id,
+                     document_url="u/{document_id}",
+                     outcome_audit=_event(opp, "tx-lone", "done", "Signed; file {document_id}"))
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, [item], [_event(opp, "tx-lone", "uploaded", "pending row")])
+    assert _calls(emulator) - before == 1
+    document_id = outcome.results[0]
+    assert isinstance(document_id, str) and document_id.startswith("069")
+    assert outcome.outcome_sent == [True] and outcome.audit_results == [True]
+    assert await _events(rest, "tx-lone") == [
+        {"Event_Type__c": "done", "Detail__c": f"Signed; file {document_id}"},
+        {"Event_Type__c": "uploaded", "Detail__c": "pending row"},
+    ]
+
+
+async def test_a_failed_lone_write_back_inserts_no_event_and_reports_its_own_error(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    [opp] = await _ids(rest, 1)
+    item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Not a picklist value"},
+                     outcome_audit=_event(opp, "tx-fails", "done", "Signed"))
+    outcome = await write_back_many(rest, [item], [_event(opp, "tx-fails", "uploaded", "pending row")])
+    error = outcome.results[0]
+    assert not isinstance(error, str) and error is not None
+    assert error.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"  # the cause, not PROCESSING_HALTED
+    assert outcome.outcome_sent == [False]
+    assert [r is True for r in outcome.audit_results] == [False]  # rolled back: still pending
+    assert await _events(rest, "tx-fails") == []
+
+
+async def test_audit_events_that_stop_the_transaction_do_not_stop_the_write_back(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    [opp] = await _ids(rest, 1)
+    emulator.org.faults.add_error("/services/data/v62.0/composite/sobjects", status=400, error_code="INVALID_TYPE",
+                                  message="sObject type 'Signature_Event__c' is not supported.", method="POST",
+                                  count=1)
+    item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"},
+                     outcome_audit=_event(opp, "tx-audit-down", "done", "Signed"))
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, [item], [_event(opp, "tx-audit-down", "uploaded", "pending row")])
+    assert _calls(emulator) - before == 2  # the all-or-none attempt, then the record alone
+    assert outcome.results == [None] and outcome.outcome_sent == [False]
+    assert (await rest.query(f"SELECT Sign_Status__c FROM Opportunity WHERE Id = '{opp}'"))[0]["Sign_Status__c"] == (
+        "Signed")
+    assert await _events(rest, "tx-audit-down") == []

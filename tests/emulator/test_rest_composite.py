@@ -156,6 +156,31 @@ async def test_composite_all_or_none_halts(api: httpx.AsyncClient, emulator: Emu
     assert count["totalSize"] == 0
 
 
+async def test_collections_inside_an_all_or_none_composite_commit_and_roll_back_with_it(
+    api: httpx.AsyncClient,
+) -> None:
+    """A collections subrequest opens nested transactions (one per record) inside the composite's."""
+    def request(last_name: str, *names: str) -> dict[str, Any]:
+        return {"allOrNone": True, "compositeRequest": [
+            {"method": "POST", "url": f"{V}/composite/sobjects", "referenceId": "many",
+             "body": {"allOrNone": False, "records": [record("Account", Name=n) for n in names]}},
+            {"method": "POST", "url": f"{V}/sobjects/Contact", "referenceId": "one", "body": {"LastName": last_name}},
+        ]}
+
+    async def count(name: str) -> int:
+        q = f"SELECT COUNT() FROM Account WHERE Name = '{name}'"
+        return int((await api.get(f"{V}/query", params={"q": q})).json()["totalSize"])
+
+    kept = (await api.post(f"{V}/composite", json=request("Ok", "Kept A", "Kept B"))).json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in kept] == [200, 201]
+    assert [r["success"] for r in kept[0]["body"]] == [True, True]
+    assert await count("Kept A") == 1 and await count("Kept B") == 1
+    undone = (await api.post(f"{V}/composite", json=request("x" * 81, "Undone"))).json()["compositeResponse"]
+    assert undone[0]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+    assert undone[1]["body"][0]["errorCode"] == "STRING_TOO_LONG"
+    assert await count("Undone") == 0
+
+
 async def test_composite_without_all_or_none_keeps_successes(api: httpx.AsyncClient) -> None:
     response = await api.post(f"{V}/composite", json={"compositeRequest": [
         {"method": "POST", "url": f"{V}/sobjects/Contact", "referenceId": "bad", "body": {}},
