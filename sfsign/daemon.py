@@ -34,7 +34,7 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
-from sfsign.outbox import Outbox, OutboxStore
+from sfsign.outbox import Outbox, OutboxStore, audit_time
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
@@ -515,7 +515,8 @@ class Daemon:
     async def _audit_flusher(self, rest: SalesforceRest) -> None:
         """Copy the outbox's audit rows to `Signature_Event__c`, up to 1,000 per API call (five sObject
         Collections in one `/composite`). Most rows ride along with the worker's write-backs; this sends
-        what is left every `audit_flush_s`.
+        what is left every `audit_flush_s`: the rows that waited that long (a job that failed or waits
+        for a retry), not those of jobs in flight, whose write-back will carry them within a second.
 
         At least once: a call whose outcome is unknown is sent again, so an audit row may rarely appear
         twice in Salesforce; documents, which must be exactly once, have their own guard.
@@ -526,7 +527,9 @@ class Daemon:
             if self.governor.constrained():  # tight budget: audit rows ride along with the write-backs
                 await wait_any(self._stop, within_s=self.settings.audit_flush_s * 12)
             async with lock:  # the worker's write-back also sends audit rows along: never the same row twice
-                rows = await self.outbox.call(partial(OutboxStore.pending_audit, limit=AUDIT_ROWS_PER_CALL))
+                rows = await self.outbox.call(partial(
+                    OutboxStore.pending_audit, limit=AUDIT_ROWS_PER_CALL,
+                    older_than=audit_time(time.time() - self.settings.audit_flush_s)))
                 if rows:
                     try:
                         results = await rest.create_records("Signature_Event__c", audit_records(rows))

@@ -402,8 +402,14 @@ class OutboxStore:
             (row[0], row[1], row[2], event_type, occurred or audit_time(), actor, (detail or "")[:32000], status),
         )
 
-    def pending_audit(self, limit: int = 200) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT * FROM audit WHERE status = 'pending' ORDER BY id LIMIT ?", (limit,))
+    def pending_audit(self, limit: int = 200, older_than: str | None = None) -> list[dict[str, Any]]:
+        """Audit rows not yet in Salesforce, oldest first; `older_than` (an `audit_time`) leaves out the
+        newer ones (those of jobs still running, which their own write-back will carry)."""
+        cur = self.db.execute(
+            "SELECT * FROM audit WHERE status = 'pending'" + (" AND occurred_at <= ?" if older_than else "")
+            + " ORDER BY id LIMIT ?",
+            (older_than, limit) if older_than else (limit,),
+        )
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 

@@ -143,3 +143,16 @@ def test_next_due_ignores_the_jobs_already_running(tmp_path: Path) -> None:
     assert store.next_due_at() == pytest.approx(first.next_attempt_at)
     assert store.next_due_at(exclude=[first.id]) == pytest.approx(time.time() + 60, abs=5)
     assert store.next_due_at(exclude=[first.id, later.id]) is None
+
+
+def test_pending_audit_can_leave_out_the_rows_of_jobs_still_running(tmp_path: Path) -> None:
+    from sfsign.outbox import audit_time
+
+    store = OutboxStore(tmp_path / "o.sqlite")
+    job = store.commit_event("/c", 1, [_job()]).created[0]
+    store.update(job.id, state=JobState.FETCHED, audit_occurred_at=audit_time(time.time() - 120))
+    store.update(job.id, state=JobState.RENDERED)
+    store.update(job.id, state=JobState.SIGNED, audit_sent=True)
+    assert [r["event_type"] for r in store.pending_audit()][-2:] == ["fetched", "rendered"]
+    old = store.pending_audit(older_than=audit_time(time.time() - 60))
+    assert [r["event_type"] for r in old] == ["fetched"]
