@@ -10,6 +10,7 @@ is empty), child subqueries as nested query results (null when empty).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -902,6 +903,7 @@ class Evaluator:
         self.render_path(nested, parent, parent_obj, path, depth + 1)
 
 
+@functools.lru_cache(maxsize=256)
 def _like_regex(pattern: str) -> re.Pattern[str]:
     out = []
     i = 0
@@ -928,14 +930,18 @@ def _candidates(ev: Evaluator, query: Query) -> list[dict[str, Any]] | None:
         literals = cond.value if isinstance(cond.value, list) else [cond.value]
         if any(lit.kind != "string" for lit in literals):
             continue
-        ids = list(dict.fromkeys(normalize_id(_plain(lit.value)) or "" for lit in literals))
         name = cond.path.final.name
         if name == "Id":
+            ids = list(dict.fromkeys(normalize_id(_plain(lit.value)) or "" for lit in literals))
             found = [ev.store.record(i) for i in ids if i]
             return [r for r in found if r is not None and r["_type"] == query.obj.name
                     and (ev.include_deleted or not r.get("IsDeleted"))]
         if ev.store.is_indexed(query.obj.name, name):
-            return [r for i in ids if i for r in ev.store.children(query.obj.name, name, i, ev.include_deleted)]
+            hits: dict[str, dict[str, Any]] = {}
+            for lit in literals:
+                for r in ev.store.indexed(query.obj.name, name, _plain(lit.value), ev.include_deleted):
+                    hits[r["Id"]] = r
+            return list(hits.values())
     return None
 
 

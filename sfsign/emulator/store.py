@@ -158,6 +158,14 @@ class OrgStore:
                 fields = self._indexed.get(rel.child_sobject, ())
                 if rel.field not in fields:
                     self._indexed[rel.child_sobject] = (*fields, rel.field)
+        # Unique and external-id fields are indexed too, as in Salesforce, by their case-folded text:
+        # uniqueness checks and `=`/IN filters on them then cost a lookup, not a scan of the object.
+        self._folded: set[tuple[str, str]] = set()
+        for obj in self.schema.objects.values():
+            for spec in obj.fields.values():
+                if spec.id_lookup and spec.name != "Id" and spec.type not in ("id", "reference"):
+                    self._indexed[obj.name] = (*self._indexed.get(obj.name, ()), spec.name)
+                    self._folded.add((obj.name, spec.name))
         self._children: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
         self.org_id = ""
         self.standard_pricebook_id = ""
@@ -253,11 +261,22 @@ class OrgStore:
         out = [self._records[i] for i in ids]
         return out if include_deleted else [r for r in out if not r.get("IsDeleted")]
 
+    def indexed(self, sobject: str, field_name: str, value: Any, include_deleted: bool = False) -> list[Record]:
+        """Records whose indexed field (`is_indexed`) may equal `value`: a superset for text, which is
+        indexed case-folded; the caller compares exactly."""
+        if (sobject, field_name) in self._folded:
+            key = str(value).lower()
+        else:
+            key = normalize_id(str(value)) or ""
+        return self.children(sobject, field_name, key, include_deleted) if key else []
+
     def _index(self, rec: Record, add: bool) -> None:
         for name in self._indexed.get(rec["_type"], ()):
             value = rec.get(name)
             if not value:
                 continue
+            if (rec["_type"], name) in self._folded:
+                value = str(value).lower()
             bucket = self._children.setdefault((rec["_type"], name), {})
             if add:
                 bucket.setdefault(value, {})[rec["Id"]] = None
@@ -680,7 +699,9 @@ class OrgStore:
             value = rec.get(name)
             if not spec.unique or value in (None, ""):
                 continue
-            for other in self.iter_records(obj.name):
+            others = (self.indexed(obj.name, name, value) if self.is_indexed(obj.name, name)
+                      else self.iter_records(obj.name))
+            for other in others:
                 if other["Id"] != rec["Id"] and self._same_value(spec, other.get(name), value):
                     raise ApiError(400, "DUPLICATE_VALUE",
                                    f"duplicate value found: {name} duplicates value on record with id: {other['Id']}",

@@ -181,6 +181,22 @@ def test_unique_external_id_is_enforced_case_insensitively(org: Org) -> None:
         f"duplicate value found: Sign_Transaction_Id__c duplicates value on record with id: {org.opp}")
 
 
+def test_unique_index_follows_changes_rollbacks_and_deletes(org: Org) -> None:
+    """Unique fields are found through an index; it must track every way a value changes."""
+    org.store.update("Opportunity", org.opp, {"Sign_Transaction_Id__c": "TX-A"}, user_id=org.api)
+    org.store.update("Opportunity", org.opp, {"Sign_Transaction_Id__c": "TX-B"}, user_id=org.api)
+    other = org.store.insert("Opportunity", {"Name": "B", "StageName": "Prospecting", "CloseDate": "2026-12-01",
+                                             "Sign_Transaction_Id__c": "tx-a"}, user_id=org.api)  # freed by the change
+    with pytest.raises(ApiError):
+        with org.store.transaction(user_id=org.api) as txn:
+            txn.update("Opportunity", other, {"Sign_Transaction_Id__c": "TX-C"})
+            txn.update("Opportunity", org.opp, {"Sign_Transaction_Id__c": "tx-c"})  # duplicate: all rolled back
+    q = "SELECT Id FROM Opportunity WHERE Sign_Transaction_Id__c IN ('Tx-A', 'TX-B', 'tx-c')"
+    assert sorted(r["Id"] for r in org.store.query(q).records) == sorted([org.opp, other])
+    org.store.delete("Opportunity", other, user_id=org.rep)
+    assert [r["Id"] for r in org.store.query(q).records] == [org.opp]
+
+
 def test_update_read_only_and_deleted(org: Org) -> None:
     with pytest.raises(ApiError) as exc:
         org.store.update("Opportunity", org.opp, {"IsWon": True}, user_id=org.rep)
