@@ -487,11 +487,10 @@ class Worker:
             # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
             log.warning("signed PDF missing from the data directory; rendering and signing again")
             return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
-        data = await asyncio.get_running_loop().run_in_executor(None, signed_path.read_bytes)
         cv_id = await self._guarded_upload(job, NewFile(
             title=Path(job.file_name or "document.pdf").stem,
             path_on_client=job.file_name or f"{job.transaction_id}.pdf",
-            data=data,
+            path=signed_path,  # read into the request body, not held by every waiting job
             first_publish_location_id=job.record_id,
             transaction_id=job.transaction_id,
         ))
@@ -676,8 +675,9 @@ class Worker:
     async def _upload_batch(self, files: list[NewFile]) -> list[str | BaseException]:
         if len(files) == 1:  # a lone document: the plain multipart insert
             f = files[0]
+            data = await asyncio.get_running_loop().run_in_executor(None, f.content)
             return [await self.rest.insert_content_version(
-                title=f.title, path_on_client=f.path_on_client, data=f.data,
+                title=f.title, path_on_client=f.path_on_client, data=data,
                 first_publish_location_id=f.first_publish_location_id, transaction_id=f.transaction_id,
                 content_document_id=f.content_document_id, reason_for_change=f.reason_for_change,
             )]

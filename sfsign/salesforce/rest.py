@@ -133,16 +133,33 @@ class CompositeResult:
 
 @dataclass(frozen=True)
 class NewFile:
-    """One file for `insert_content_versions`: a first version on a record, or a new version of a document."""
+    """One file for `insert_content_versions`: a first version on a record, or a new version of a document.
+
+    The content is `data`, or the file at `path`, read only while the request body is built: a burst's
+    upload batch then holds each PDF once (in the body), not also in every waiting job."""
 
     title: str
     path_on_client: str
-    data: bytes
     transaction_id: str
+    data: bytes | None = None
+    path: Path | None = None
     first_publish_location_id: str | None = None
     content_document_id: str | None = None
     reason_for_change: str | None = None
     content_type: str = "application/pdf"
+
+    def content(self) -> bytes:
+        """The bytes to upload (blocking when read from `path`: call it off the event loop)."""
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ValueError(f"file {self.path_on_client!r} has neither data nor a path")
+        return self.path.read_bytes()
+
+    def size(self) -> int:
+        if self.data is not None:
+            return len(self.data)
+        return self.path.stat().st_size if self.path is not None else 0
 
 
 @dataclass(frozen=True)
@@ -542,7 +559,30 @@ class SalesforceRest:
         """
         if not 0 < len(files) <= COLLECTION_LIMIT:
             raise ValueError(f"1 to {COLLECTION_LIMIT} files per call, not {len(files)}")
-        if sum(len(f.data) for f in files) > COLLECTION_BINARY_LIMIT:
+        body, multipart_type = await asyncio.get_running_loop().run_in_executor(
+            None, self._collection_body, list(files))
+        raw = await self._call(
+            lambda sf: sf.restful("composite/sobjects", method="POST", data=body,
+                                  headers={"Content-Type": multipart_type}),
+            write=True,
+        )
+        if not isinstance(raw, list) or len(raw) != len(files):
+            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "sObject Collections returned a result "
+                                  f"list of the wrong shape ({type(raw).__name__})", transient=False)
+        out = []
+        for entry in raw:
+            entry = entry if isinstance(entry, Mapping) else {}
+            if entry.get("success") and entry.get("id"):
+                out.append(RecordResult("ContentVersion", str(entry["id"]), True))
+            else:
+                errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
+                out.append(RecordResult("ContentVersion", "", False, SalesforceError.from_record_error(errors[0])))
+        return out
+
+    @staticmethod
+    def _collection_body(files: list[NewFile]) -> tuple[bytes, str]:
+        """The multipart body of an sObject Collections insert with binary parts (blocking: reads files)."""
+        if sum(f.size() for f in files) > COLLECTION_BINARY_LIMIT:
             raise ValueError("the files of one collection request must stay under 500 MB")
         records = []
         parts = []
@@ -561,29 +601,12 @@ class SalesforceRest:
             elif file.first_publish_location_id is not None:
                 entity["FirstPublishLocationId"] = validate_id(file.first_publish_location_id)
             records.append(entity)
-            blob = RequestField(name=f"file{i}", data=file.data, filename=file.path_on_client)
+            blob = RequestField(name=f"file{i}", data=file.content(), filename=file.path_on_client)
             blob.make_multipart(content_type=file.content_type)
             parts.append(blob)
         meta = RequestField(name="collection", data=dump_json({"allOrNone": False, "records": records}).encode())
         meta.make_multipart(content_type="application/json")
-        body, multipart_type = encode_multipart_formdata([meta, *parts], boundary=f"sfsign-{uuid.uuid4().hex}")
-        raw = await self._call(
-            lambda sf: sf.restful("composite/sobjects", method="POST", data=body,
-                                  headers={"Content-Type": multipart_type}),
-            write=True,
-        )
-        if not isinstance(raw, list) or len(raw) != len(files):
-            raise SalesforceError(200, "UNEXPECTED_RESPONSE", "sObject Collections returned a result "
-                                  f"list of the wrong shape ({type(raw).__name__})", transient=False)
-        out = []
-        for entry in raw:
-            entry = entry if isinstance(entry, Mapping) else {}
-            if entry.get("success") and entry.get("id"):
-                out.append(RecordResult("ContentVersion", str(entry["id"]), True))
-            else:
-                errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
-                out.append(RecordResult("ContentVersion", "", False, SalesforceError.from_record_error(errors[0])))
-        return out
+        return encode_multipart_formdata([meta, *parts], boundary=f"sfsign-{uuid.uuid4().hex}")
 
     # ------------------------------------------------------------------ files
 

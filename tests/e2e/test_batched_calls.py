@@ -67,11 +67,15 @@ async def test_fetch_records_for_more_than_200_ids_costs_one_call(emulator: Emul
 
 
 async def test_files_upload_in_one_collections_call_and_write_back_with_audit_in_one_composite(
-    emulator: Emulator, rest: SalesforceRest
+    emulator: Emulator, rest: SalesforceRest, tmp_path: Path
 ) -> None:
     ids = await _ids(rest, 3)
     files = [NewFile(title=f"doc {n}", path_on_client=f"doc{n}.pdf", data=b"%PDF-1.7 " + bytes([n]) * 100,
                      first_publish_location_id=rid, transaction_id=f"tx-batch-{n}") for n, rid in enumerate(ids)]
+    on_disk = tmp_path / "doc2.pdf"  # the worker's way: the file is read while the body is built
+    on_disk.write_bytes(files[2].content())
+    files[2] = NewFile(title="doc 2", path_on_client="doc2.pdf", path=on_disk, first_publish_location_id=ids[2],
+                       transaction_id="tx-batch-2")
     before = _calls(emulator)
     uploaded = await rest.insert_content_versions(files)
     assert _calls(emulator) - before == 1 and all(r.success for r in uploaded), uploaded

@@ -423,3 +423,15 @@ def test_configured_ca_wins_over_requests_ca_bundle_env(monkeypatch: pytest.Monk
     session.mount("https://", _DefaultTimeoutAdapter((1.0, 2.0), 1, "/tmp/sfsign-ca-combined.pem"))
     session.get("https://org.example.com/services/data/")
     assert seen["verify"] == "/tmp/sfsign-ca-combined.pem" and seen["timeout"] == (1.0, 2.0)
+
+
+def test_a_new_file_reads_its_path_only_when_asked(tmp_path: Path) -> None:
+    from sfsign.salesforce.rest import NewFile
+
+    path = tmp_path / "signed.pdf"
+    lazy = NewFile(title="t", path_on_client="t.pdf", transaction_id="tx", path=path)
+    path.write_bytes(b"%PDF-1.7 written after the NewFile was made")
+    assert lazy.size() == len(lazy.content()) and lazy.content().startswith(b"%PDF-1.7 written after")
+    assert NewFile(title="t", path_on_client="t.pdf", transaction_id="tx", data=b"abc").content() == b"abc"
+    with pytest.raises(ValueError, match="neither data nor a path"):
+        NewFile(title="t", path_on_client="t.pdf", transaction_id="tx").content()
