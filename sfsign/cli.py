@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sfsign.ops.memory import tune_malloc
+
+    tune_malloc()  # first: before any thread or pool process exists
     from sfsign.config import ConfigError
     from sfsign.daemon import Daemon
     from sfsign.worker import preflight_profiles
