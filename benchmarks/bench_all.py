@@ -162,8 +162,8 @@ def target_rows(results: Results, sizes: Sizes) -> list[str]:
         label = f"{b.size:,}-record burst"
         share = b.docs_per_s / ceiling
         rows.append(f"| {label}: throughput ≥ {TARGET_CEILING_SHARE:.0%} of the render + sign ceiling "
-                    f"| {b.docs_per_s:.1f} / {ceiling:.1f} documents/s = {share:.0%} "
-                    f"| {_verdict(share * 100, TARGET_CEILING_SHARE * 100, at_most=False, unit=' points')} |")
+                    f"| {b.docs_per_s:.1f} / {ceiling:.1f} documents/s = {share:.1%} "
+                    f"| {_verdict(share * 100, TARGET_CEILING_SHARE * 100, at_most=False, unit=' points', digits=1)} |")
         stated = "" if b.size == 1000 else " (target stated for 1,000)"
         rows.append(f"| {label}: ≤ {TARGET_BURST_CALLS} API calls per document{stated} | {b.calls_per_document:.3f} "
                     f"| {_verdict(b.calls_per_document, TARGET_BURST_CALLS, at_most=True, digits=3)} |")
@@ -225,7 +225,7 @@ def report(results: Results, sizes: Sizes, command: str, burst_level: str) -> st
                 f"({c.seconds:.1f} s)."]
         for b in results.bursts:
             out.append(f"- {b.size:,}-record burst: {b.docs_per_s:.1f} documents/s = "
-                       f"{b.docs_per_s / c.docs_per_s:.0%} of the ceiling.")
+                       f"{b.docs_per_s / c.docs_per_s:.1%} of the ceiling.")
     if results.cpu:
         out += ["", "## CPU per document", "",
                 "time.process_time in a warm pool process, one document at a time (a TSA round trip is waiting, "
