@@ -63,7 +63,8 @@ class BurstResult:
     cpu_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds: daemon process, pool, bench + emulator
 
     def cpu_ms_per_document(self) -> tuple[float, float, float]:
-        return tuple(c * 1000 / max(1, self.size) for c in self.cpu_s)  # type: ignore[return-value]
+        daemon, pool, bench = (c * 1000 / max(1, self.size) for c in self.cpu_s)
+        return daemon, pool, bench
 
     @property
     def docs_per_s(self) -> float:

@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
 import hmac
 import os
@@ -512,19 +513,9 @@ def _prepare(
 _reserved: dict[tuple[bytes, SignatureLevel, tuple[str, ...]], int] = {}
 
 
-async def _sign_once(
-    pdf: bytes,
-    box: SignatureBox,
-    signer: signers.Signer,
-    appearance: Appearance,
-    level: SignatureLevel,
-    timestamper: TimeStamper | None,
-    empty_fields: tuple[tuple[str, SignatureBox], ...],
-    field_name: str,
-    bytes_reserved: int | None,
-) -> tuple[_Prepared, BytesIO]:
-    """pyHanko's interrupted-signing steps; `bytes_reserved=None` estimates the container size."""
-    prep = _prepare(pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
+async def _sign_once(prep: _Prepared, bytes_reserved: int | None) -> BytesIO:
+    """pyHanko's interrupted-signing steps on a fresh `_prepare`; `bytes_reserved=None` estimates the
+    container size."""
     session = prep.pdf_signer.init_signing_session(prep.writer)
     session.system_time = prep.now
     validation_info = await session.perform_presign_validation(prep.writer)
@@ -546,7 +537,7 @@ async def _sign_once(
         ),
     )
     await post.post_signature_processing(output)
-    return prep, buffer
+    return buffer
 
 
 async def async_sign_pdf_bytes(
@@ -581,19 +572,18 @@ async def async_sign_pdf_bytes(
     cert = signer.signing_cert
     assert cert is not None
     size_key = (cert.sha256, level, urls)
+    prepare = functools.partial(_prepare, pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
+    prep = prepare()
     try:
-        prep, buffer = await _sign_once(
-            pdf, box, signer, appearance, level, timestamper, empty_fields, field_name, _reserved.get(size_key)
-        )
+        buffer = await _sign_once(prep, _reserved.get(size_key))
     except PyHankoSigningError as exc:
         if size_key not in _reserved or "larger than expected" not in str(exc):
             raise
         # A remembered size was too small (say a fail-over TSA answered with a longer token):
         # measure again for this document.
         _reserved.pop(size_key, None)
-        prep, buffer = await _sign_once(
-            pdf, box, signer, appearance, level, timestamper, empty_fields, field_name, None
-        )
+        prep = prepare()
+        buffer = await _sign_once(prep, None)
     if size_key not in _reserved:
         _reserved[size_key] = prep.bytes_reserved
     signed = buffer.getvalue()

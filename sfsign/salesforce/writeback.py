@@ -102,14 +102,12 @@ async def write_back_many(
     audit = list(audit)[:COLLECTION_LIMIT]
     lookups = [i for i in items if i.content_version_id is not None]
     if len(lookups) <= _PER_RECORD_QUERY_MAX and 2 * len(items) + 1 <= COMPOSITE_LIMIT:
-        if len(items) == 1 and items[0].outcome_audit is not None:
-            outcome = await _one_composite(rest, items, audit[: COLLECTION_LIMIT - 1], with_outcome=True)
-            if not (isinstance(outcome.results[0], SalesforceError) and outcome.results[0].error_code == _AUDIT_HALT):
-                return outcome
+        outcome = await _one_composite(rest, items, audit)
+        first = outcome.results[0] if outcome.results else None
+        if isinstance(first, SalesforceError) and first.error_code == _AUDIT_HALT:
             # The events could not be inserted, and took the update down with them: write it alone.
-            items = [replace(items[0], outcome_audit=None)]
-            audit = []
-        return await _one_composite(rest, items, audit)
+            return await _one_composite(rest, [replace(items[0], outcome_audit=None)], [])
+        return outcome
     return await _lookup_then_collections(rest, items, audit)
 
 
@@ -126,7 +124,7 @@ def _cause(answers: Mapping[str, Any]) -> tuple[str, SalesforceError] | None:
 
 
 async def _one_composite(
-    rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]], *, with_outcome: bool = False
+    rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
 ) -> WriteBackOutcome:
     subs: list[dict[str, Any]] = []
     for n, item in enumerate(items):
@@ -143,10 +141,11 @@ async def _one_composite(
             "body": _patch_body(item, ref),
         })
     outcome_record = None
-    if with_outcome and items[0].outcome_audit is not None:
+    if len(items) == 1 and items[0].outcome_audit is not None:  # a lone record: its event, all or none
         document = "@{q0.records[0].ContentDocumentId}" if items[0].content_version_id is not None else None
         outcome_record = {k: v.replace("{document_id}", document or "") if isinstance(v, str) else v
                           for k, v in items[0].outcome_audit.items()}
+        audit = audit[: COLLECTION_LIMIT - 1]  # room for it in the one collections subrequest
     events = [*audit, outcome_record] if outcome_record is not None else audit
     if events:
         subs.append(_audit_subrequest(rest, events))
