@@ -436,8 +436,17 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
         if rule.template in BUILTIN_TEMPLATES:
             templates[rule.name] = rule.template
         else:
+            templates_dir = path.parent.resolve()
             tpath = (path.parent / rule.template).resolve()
-            if not tpath.is_file():
+            if not tpath.is_relative_to(templates_dir):
+                # Typst reads the template and anything beside it (its root is the template's folder):
+                # a path out of the configuration directory would let a rules file read any file.
+                errors.append(
+                    f"{at('template')}: template {rule.template!r} resolves to {tpath}, outside the "
+                    f"templates directory {templates_dir} (the rules file's folder); put the .typ file there "
+                    "(e.g. templates/my.typ) and name it by its path relative to the rules file"
+                )
+            elif not tpath.is_file():
                 errors.append(
                     f"{at('template')}: unknown template {rule.template!r}: no file {tpath}; "
                     f"use a built-in template ({', '.join(sorted(BUILTIN_TEMPLATES))}) or a .typ path "

@@ -35,6 +35,7 @@ from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_s
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
 from sfsign.outbox import Outbox, OutboxStore, audit_time
+from sfsign.private_files import private_dir
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
@@ -131,7 +132,7 @@ class Daemon:
     async def run(self) -> None:
         """Serve the ops endpoint first and stop it last, so /healthz answers during start-up and
         shutdown, and /readyz tells why the daemon is not ready yet (or any more)."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.data_dir)
         if self.settings.ops_port >= 0:
             self.ops_server = OpsServer(
                 self.settings.ops_host, self.settings.ops_port, readiness=self.readiness, metrics=self.metrics_text

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from sfsign.private_files import private_dir, private_file
+
 T = TypeVar("T")
 
 
@@ -181,7 +183,13 @@ class OutboxStore:
     """Synchronous SQLite access; use it from one thread (see `Outbox` for the async face)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Customer data: owner-only whatever the umask. SQLite gives the -wal and -shm files the
+        # database file's mode, so creating that file first with 0600 covers all three.
+        private_dir(path.parent)
+        private_file(path)
+        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if companion.exists():
+                private_file(companion)
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self.db = sqlite_utils.Database(conn)
         self.db.enable_wal()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, fetch_records
 from sfsign.salesforce.rest import COLLECTION_LIMIT, NewFile, SalesforceRest
@@ -174,7 +174,7 @@ class Worker:
             JobState.LTV_UPGRADED: self._ltv_upload,
             JobState.LTV_UPLOADED: self._ltv_write_back,
         }
-        config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.artifacts_dir)
 
     # ------------------------------------------------------------------------------- dispatching
 
@@ -419,8 +419,8 @@ class Worker:
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "RENDER_FAILED") from None
         path = self._artifact(job, "rendered.pdf")
-        await loop.run_in_executor(None, _write_atomic, path, pdf)
-        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "boxes.json"), json.dumps(boxes).encode())
+        await loop.run_in_executor(None, write_private, path, pdf)
+        await loop.run_in_executor(None, write_private, self._artifact(job, "boxes.json"), json.dumps(boxes).encode())
         return await self.outbox.update(job.id, state=JobState.RENDERED)
 
     async def _sign(self, job: Job, rules: Rules) -> Job:
@@ -454,7 +454,7 @@ class Worker:
             log.warning("signed at B-B: no timestamp authority answered and the profile allows a downgrade",
                         profile=rule.profile, reason=signed.downgraded_because)
             detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
-        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "signed.pdf"), signed.pdf)
+        await loop.run_in_executor(None, write_private, self._artifact(job, "signed.pdf"), signed.pdf)
         return await self.outbox.update(
             job.id,
             state=JobState.SIGNED,
@@ -598,7 +598,7 @@ class Worker:
             raise TransientFailure(str(exc), "LTV_UNAVAILABLE") from None
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "LTV_FAILED") from None
-        await loop.run_in_executor(None, _write_atomic, self._artifact(job, "ltv.pdf"), result.pdf)
+        await loop.run_in_executor(None, write_private, self._artifact(job, "ltv.pdf"), result.pdf)
         return await self.outbox.update(
             job.id, state=JobState.LTV_UPGRADED, ltv_sha256=result.sha256, ltv_level=result.level,
             validation=result.validation, archive_due=result.archive_due,
@@ -844,13 +844,3 @@ def preflight_profiles(rules: Rules) -> list[str]:
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
     return store.claim_due(now, limit, running)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write-then-rename, so a crash never leaves a half-written artifact that looks complete."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)

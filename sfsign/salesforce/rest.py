@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import tempfile
+import ssl
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import certifi
 import requests
 import simple_salesforce
 import structlog
@@ -40,8 +38,8 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.fields import RequestField
 from urllib3.filepost import encode_multipart_formdata
 
-from sfsign.salesforce.auth import AccessToken, TokenProvider
-from sfsign.salesforce.errors import SalesforceError, UncertainOutcome
+from sfsign.salesforce.auth import AccessToken, TokenProvider, build_ssl_context
+from sfsign.salesforce.errors import AuthError, SalesforceError, UncertainOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -194,20 +192,38 @@ class QueryPage:
 class _DefaultTimeoutAdapter(HTTPAdapter):
     """requests has no session-wide timeout; without one a dead peer hangs a pool thread forever.
 
-    It also pins `verify`: requests lets `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` override a session's
-    `verify` (psf/requests#3829), which would silently drop the CA the operator configured.
+    It also carries the trust: an `ssl.SSLContext` with the system roots, certifi and the operator's
+    extra CA, handed to urllib3's pools, so no combined CA file is ever written to disk (a temporary
+    file outlives a process killed with -9). And it pins `verify` to that context: requests lets
+    `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` override a session's `verify` (psf/requests#3829), which
+    would silently drop the CA the operator configured.
     """
 
-    def __init__(self, timeout: tuple[float, float], pool_maxsize: int, verify: str | bool = True) -> None:
-        super().__init__(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+    def __init__(
+        self, timeout: tuple[float, float], pool_maxsize: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._timeout = timeout
-        self._verify = verify
+        self._ssl_context = ssl_context
+        super().__init__(pool_connections=2, pool_maxsize=pool_maxsize, max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        if self._ssl_context is not None:
+            pool_kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if self._ssl_context is None:
+            super().cert_verify(conn, url, verify, cert)
+            return
+        # The context already holds every root to trust: no CA file for urllib3 to load into it.
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
-        if self._verify is not True:
-            kwargs["verify"] = self._verify
+        kwargs["verify"] = True  # never CERT_NONE, never a CA path from the environment
         return super().send(request, *args, **kwargs)
 
 
@@ -235,21 +251,6 @@ def map_exception(exc: BaseException, *, write: bool) -> SalesforceError:
     return SalesforceError(None, None, f"unexpected {type(exc).__name__}: {exc}"[:500], transient=False)
 
 
-def _ca_verify(ca_bundle: Path | None) -> tuple[str | bool, Path | None]:
-    """requests' `verify`: certifi alone, or certifi + the extra CA in a temporary file.
-
-    requests takes a path, not an SSLContext; the combined file keeps the public roots trusted
-    when a corporate proxy CA (or the emulator's) is added. CA certificates are public data.
-    """
-    if ca_bundle is None:
-        return True, None
-    combined = Path(certifi.where()).read_bytes() + b"\n" + ca_bundle.read_bytes() + b"\n"
-    fd, name = tempfile.mkstemp(prefix="sfsign-ca-", suffix=".pem")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(combined)
-    return name, Path(name)
-
-
 # --------------------------------------------------------------------------------------------- REST
 
 
@@ -275,9 +276,8 @@ class SalesforceRest:
         self.api_version = api_version.removeprefix("v")
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sf-rest")
         self._session = requests.Session()
-        verify, self._ca_temp = _ca_verify(ca_bundle)
-        self._session.verify = verify
-        self._session.mount("https://", adapter or _DefaultTimeoutAdapter(timeout, max_workers, verify))
+        ssl_context = build_ssl_context(ca_bundle) if ca_bundle is not None else None
+        self._session.mount("https://", adapter or _DefaultTimeoutAdapter(timeout, max_workers, ssl_context))
         if call_client_name:
             self._session.headers["Sforce-Call-Options"] = f"client={call_client_name}"
         self._sf: simple_salesforce.Salesforce | None = None
@@ -310,10 +310,31 @@ class SalesforceRest:
         if usage is not None:
             self._api_usage = (usage.used, usage.total)
 
+    async def _session_token(self, stale: AccessToken | None) -> AccessToken:
+        """The token for the next call (a fresh one in place of `stale`), as a SalesforceError on failure.
+
+        The token endpoint fails like any other Salesforce call (503 during maintenance, a network
+        cut): callers retry it by the same policy instead of meeting an OAuth exception they do not
+        expect. A refused login (invalid_grant: user frozen, certificate replaced) is transient too,
+        with the long backoff: every job waits for the operator's fix instead of ending in `Error`,
+        and the message says what to check.
+        """
+        try:
+            return await (self._auth.token() if stale is None else self._auth.refresh(stale))
+        except AuthError as exc:
+            if exc.transient:
+                raise SalesforceError(exc.status, "AUTH_UNAVAILABLE",
+                                      f"cannot get a Salesforce session, will retry: {exc}", transient=True) from None
+            raise SalesforceError(
+                exc.status, "AUTH_REFUSED",
+                f"Salesforce refused sfsign's login: {exc}; check SFSIGN_USERNAME, SFSIGN_CONSUMER_KEY and "
+                "the key or secret of SFSIGN_AUTH_FLOW (`sfsign check` tells which)",
+                transient=True, needs_long_backoff=True) from None
+
     async def _call(self, fn: Callable[[simple_salesforce.Salesforce], T], *, write: bool = False) -> T:
         """Run `fn(sf)` in the pool; one token refresh + retry on INVALID_SESSION_ID."""
         loop = asyncio.get_running_loop()
-        token = await self._auth.token()
+        token = await self._session_token(None)
         for attempt in range(2):
             sf = self._client_for(token)
             self.calls += 1
@@ -322,7 +343,7 @@ class SalesforceRest:
             except SalesforceExpiredSession as exc:
                 if attempt == 0:
                     log.info("salesforce.rest.session_expired", action="refresh")
-                    token = await self._auth.refresh(token)
+                    token = await self._session_token(token)
                     continue
                 raise map_exception(exc, write=write) from None
             except Exception as exc:
@@ -713,9 +734,6 @@ class SalesforceRest:
         """Wait for in-flight calls (bounded by the request timeout), then release everything."""
         await asyncio.to_thread(self._executor.shutdown, True)
         self._session.close()
-        if self._ca_temp is not None:
-            self._ca_temp.unlink(missing_ok=True)
-            self._ca_temp = None
 
 
 def _post_collection(sf: simple_salesforce.Salesforce, *, body: str) -> Any:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.parser
 import email.policy
 import json
+import ssl
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
@@ -393,16 +393,25 @@ def test_soql_literal_escaping() -> None:
             validate_id(bad)
 
 
-async def test_ca_bundle_is_combined_with_certifi_and_removed_on_close(fake_auth: FakeAuth, tmp_path: Path) -> None:
-    ca = tmp_path / "proxy.pem"
-    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n")
-    rest, _ = make_rest(fake_auth, lambda r: (204, None), ca_bundle=ca)
-    verify = rest._session.verify
-    assert isinstance(verify, str)
-    combined = await asyncio.to_thread(Path(verify).read_bytes)
-    assert combined.endswith(ca.read_bytes() + b"\n") and len(combined) > 10_000  # certifi roots kept
+async def test_ca_bundle_is_trusted_through_a_context_without_a_temporary_file(
+    fake_auth: FakeAuth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from sfsign.emulator.tls import ensure_tls
+
+    ca = ensure_tls(tmp_path / "tls").ca_file
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rest = SalesforceRest(fake_auth, api_version="62.0", ca_bundle=ca)
+    adapter = rest._session.get_adapter("https://org.example.com/")
+    assert isinstance(adapter, _DefaultTimeoutAdapter) and adapter._ssl_context is not None
+    subjects = [dict(x[0] for x in c["subject"]) for c in adapter._ssl_context.get_ca_certs()]
+    assert any(s.get("commonName", "").startswith("sfsign emulator") for s in subjects), subjects[-3:]
+    assert len(subjects) > 100  # the public roots stay trusted beside the extra CA
+    assert list(scratch.iterdir()) == []
     await rest.close()
-    assert not await asyncio.to_thread(Path(verify).exists)
 
 
 def test_configured_ca_wins_over_requests_ca_bundle_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,10 +428,9 @@ def test_configured_ca_wins_over_requests_ca_bundle_env(monkeypatch: pytest.Monk
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/some-other-bundle.crt")
     monkeypatch.setattr(HTTPAdapter, "send", fake_send)
     session = requests.Session()
-    session.verify = "/tmp/sfsign-ca-combined.pem"
-    session.mount("https://", _DefaultTimeoutAdapter((1.0, 2.0), 1, "/tmp/sfsign-ca-combined.pem"))
+    session.mount("https://", _DefaultTimeoutAdapter((1.0, 2.0), 1, ssl.create_default_context()))
     session.get("https://org.example.com/services/data/")
-    assert seen["verify"] == "/tmp/sfsign-ca-combined.pem" and seen["timeout"] == (1.0, 2.0)
+    assert seen["verify"] is True and seen["timeout"] == (1.0, 2.0)
 
 
 def test_a_new_file_reads_its_path_only_when_asked(tmp_path: Path) -> None:
