@@ -19,7 +19,7 @@ from sfsign.config import Rules, Settings
 from sfsign.documents.render import format_money
 from sfsign.emulator.control_client import ControlClient
 from sfsign.outbox import Job, JobState
-from sfsign.salesforce.records import opportunity_select, quote_select
+from sfsign.salesforce.records import chunk_ids, fetch_records, opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 
 ACME = "Acme Industries - Platform Renewal 2027"
@@ -160,3 +160,24 @@ async def test_a_line_batch_that_cannot_be_read_makes_the_job_retry_and_the_docu
     _assert_every_line_in_order(await _signed_text(rest, control, job), 450)
     files = [f for f in await control.files() if f["Sign_Transaction_Id__c"] == job.transaction_id]
     assert len(files) == 1  # one document, signed once, from the complete record
+
+
+async def test_a_batch_fetch_reads_the_line_batches_of_every_record_in_it(
+    control: ControlClient, rest: SalesforceRest
+) -> None:
+    """The worker's batched fetch: 205 quotes are more than one query holds, so their queries go in one
+    /composite call, and the paged lines of the quotes in each query are read with queryMore."""
+    acme = await _acme(control)
+    opp = await _opportunity_with_lines(control, acme, 1)
+    quotes = await control.bulk_create("Quote", [
+        {"Name": f"Acme - Batch {n:03d}", "OpportunityId": opp, "Status": "Draft", "ContactId": acme["contact"],
+         "Pricebook2Id": acme["pricebook"]} for n in range(205)], user=REP)
+    counts = {quotes[0]: 450, quotes[150]: 201, quotes[204]: 300, quotes[7]: 3}
+    for quote, count in counts.items():
+        await control.bulk_create("QuoteLineItem", _lines("QuoteId", quote, count, acme["entries"]), user=REP)
+    assert len(chunk_ids(quote_select(), quotes)) > 1  # several queries: the /composite path
+    records = await fetch_records(rest, "Quote", quotes)
+    assert len(records) == 205
+    for quote, count in counts.items():
+        assert [line.description for line in records[quote].lines] == [_marker(n) for n in range(1, count + 1)]
+    assert all(not records[q].lines for q in quotes if q not in counts)
