@@ -263,11 +263,10 @@ def _children(row: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
         return []
     if not isinstance(value, Mapping) or not isinstance(value.get("records"), list):
         raise RecordParseError(f"{name}: expected a subquery result")
-    records = [r for r in value["records"] if isinstance(r, Mapping)]
-    total = value.get("totalSize")
-    if value.get("done", True) is False or (isinstance(total, int) and total != len(records)):
-        raise RecordParseError(f"{name}: incomplete subquery result ({len(records)} of {total} records read)")
-    return records
+    if value.get("done", True) is False:
+        raise RecordParseError(f"{name}: incomplete subquery result ({len(value['records'])} of "
+                               f"{value.get('totalSize')} records read)")
+    return [r for r in value["records"] if isinstance(r, Mapping)]
 
 
 def _account(row: Mapping[str, Any]) -> AccountInfo | None:
