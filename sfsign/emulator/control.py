@@ -74,6 +74,8 @@ class Control:
             web.get("/_control/api-usage", g(self.api_usage)),
             web.post("/_control/api-usage", g(self.set_api_usage)),
             web.get("/_control/files", g(self.files)),
+            web.get("/_control/settings", g(self.settings)),
+            web.post("/_control/settings", g(self.set_settings)),
             web.get("/_control/faults", g(self.faults)),
             web.delete("/_control/faults", g(self.clear_faults)),
             web.post("/_control/faults/errors", g(self.add_error_fault)),
@@ -256,6 +258,24 @@ class Control:
             out.append({**version, "links": links, "size": len(data),
                         "sha256": hashlib.sha256(data).hexdigest()})
         return web.json_response({"files": out})
+
+    # -- org settings
+
+    async def settings(self, request: web.Request) -> web.Response:
+        return web.json_response({"childBatchSize": self.org.query_child_batch_size})
+
+    async def set_settings(self, request: web.Request) -> web.Response:
+        """`childBatchSize`: children of one relationship per query batch (Salesforce pages the rest)."""
+        body = await _json(request)
+        unknown = set(body) - {"childBatchSize"}
+        if unknown:
+            raise ControlError(400, f"unknown settings: {', '.join(sorted(unknown))}")
+        if "childBatchSize" in body:
+            try:
+                self.org.set_query_child_batch_size(body["childBatchSize"])
+            except ValueError as exc:
+                raise ControlError(400, str(exc)) from exc
+        return await self.settings(request)
 
     # -- faults
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 TOKEN_ALPHABET = string.ascii_letters + string.digits + "._"
 INVALID_SESSION_BODY = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
 LIMIT_EXCEEDED_BODY = [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
+CHILD_BATCH_DEFAULT = 200  # children of one relationship per batch before Salesforce pages them
+CHILD_BATCH_MAX = 2000
 
 
 def now_ms() -> int:
@@ -246,6 +248,7 @@ class Org:
         self.instance_url = instance_url
         self.faults = Faults()
         self.daily_api_max = 15000  # Developer Edition allocation
+        self.query_child_batch_size = CHILD_BATCH_DEFAULT
         self.api_calls = 0
         self.api_calls_per_app: dict[str, int] = defaultdict(int)
         self._api_day = dt.datetime.now(dt.UTC).date()
@@ -389,6 +392,14 @@ class Org:
             if maximum is not None:
                 self.daily_api_max = maximum
 
+    # -- query settings
+
+    def set_query_child_batch_size(self, size: int) -> None:
+        """How many children of one relationship a query batch holds before the rest are paged."""
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= CHILD_BATCH_MAX:
+            raise ValueError(f"the child batch size must be an integer from 1 to {CHILD_BATCH_MAX}")
+        self.query_child_batch_size = size
+
     # -- persistence (server restart with state kept)
 
     def snapshot(self) -> dict[str, Any]:
@@ -399,6 +410,7 @@ class Org:
                 "api_calls_per_app": dict(self.api_calls_per_app),
                 "api_day": self._api_day.isoformat(),
                 "daily_api_max": self.daily_api_max,
+                "query_child_batch_size": self.query_child_batch_size,
                 "sessions": [
                     {
                         "token": s.token,
@@ -420,6 +432,7 @@ class Org:
             self.api_calls_per_app = defaultdict(int, data.get("api_calls_per_app", {}))
             self._api_day = dt.date.fromisoformat(data.get("api_day", self._api_day.isoformat()))
             self.daily_api_max = int(data.get("daily_api_max", self.daily_api_max))
+            self.query_child_batch_size = int(data.get("query_child_batch_size", self.query_child_batch_size))
             self.sessions = {s["token"]: Session(**s) for s in data.get("sessions", [])}
             self.connected_apps = {
                 a["consumer_key"]: ConnectedApp.from_json(a) for a in data.get("connected_apps", [])

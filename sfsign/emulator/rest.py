@@ -22,7 +22,6 @@ from multidict import CIMultiDict
 
 from sfsign.emulator.errors import ApiError, not_found
 from sfsign.emulator.ids import normalize_id
-from sfsign.emulator.soql import QueryResult
 
 if TYPE_CHECKING:
     from sfsign.emulator.org import Org, Session
@@ -53,6 +52,15 @@ PROCESSING_HALTED = [{
 _VERSION_RE = re.compile(r"^v(\d{2})\.0$")
 _REF_RE = re.compile(r"@\{([A-Za-z0-9_]+)((?:\.[A-Za-z0-9_]+|\[\d+\])*)\}")
 _REFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _is_subquery_result(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("records"), list) and "totalSize" in value
+
+
+def _subquery_results(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The child relationship results nested in one record."""
+    return [v for v in record.values() if _is_subquery_result(v)]
 
 
 def release_label(version: int) -> str:
@@ -99,10 +107,13 @@ class Resp:
 
 @dataclass
 class _Cursor:
+    """A server-side query cursor: the whole result, served a batch at a time through its locator."""
+
     records: list[dict[str, Any]]
     total_size: int
     batch_size: int
     resource: str
+    children: list[str] = field(default_factory=list)  # child cursors opened by the batch served last
 
 
 class _Halt(Exception):
@@ -314,31 +325,68 @@ class RestApi:
             raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
         result = self.store.query(soql, include_deleted=include_deleted, api_version=ctx.version)
         resource = "queryAll" if include_deleted else "query"
-        return Resp(200, self._page(ctx, result, self._batch_size(ctx), resource, 0, None))
+        cursor = _Cursor(result.records, result.total_size, self._batch_size(ctx), resource)
+        return Resp(200, self._page(ctx, cursor, 0, None))
 
-    def _page(self, ctx: Ctx, result: QueryResult, batch: int, resource: str, start: int,
-              locator: str | None) -> dict[str, Any]:
-        records = result.records
+    def _page(self, ctx: Ctx, cursor: _Cursor, start: int, locator: str | None) -> dict[str, Any]:
+        """One batch of `cursor` from `start`.
+
+        Child subquery results longer than the org's child batch are cut to it and get a cursor of
+        their own (`done: false`, `nextRecordsUrl`), as Salesforce pages the children of a
+        relationship query; only the children served count toward the batch size. Fetching the
+        parent's next batch releases the child cursors of the previous one (SOAP API, queryMore()),
+        so a client must drain the children before it moves on.
+        """
+        child_batch = self.org.query_child_batch_size
+        records = cursor.records
         end = start
         used = 0
         while end < len(records):
-            cost = 1 + sum(v.get("totalSize", 0) for v in records[end].values()
-                           if isinstance(v, dict) and "records" in v and "totalSize" in v)
-            if end > start and used + cost > batch:
+            cost = 1 + sum(min(len(v["records"]), child_batch) for v in _subquery_results(records[end]))
+            if end > start and used + cost > cursor.batch_size:
                 break
             used += cost
             end += 1
-        body: dict[str, Any] = {"totalSize": result.total_size, "done": end >= len(records)}
+        if locator is not None:
+            for child in cursor.children:
+                self._cursors.pop(child, None)
+        opened: list[str] = []
+        page = [self._cut_children(ctx, record, cursor.resource, child_batch, opened) for record in records[start:end]]
+        cursor.children = opened
+        body: dict[str, Any] = {"totalSize": cursor.total_size, "done": end >= len(records)}
         if end < len(records):
             if locator is None:
-                self._cursor_seq += 1
-                locator = f"01gDn{self._cursor_seq:010d}" + "AAA"
-                self._cursors[locator] = _Cursor(records, result.total_size, batch, resource)
-                while len(self._cursors) > MAX_CURSORS:
-                    self._cursors.popitem(last=False)
-            body["nextRecordsUrl"] = f"/services/data/v{ctx.version}/{resource}/{locator}-{end}"
-        body["records"] = records[start:end]
+                locator = self._open(cursor)
+            body["nextRecordsUrl"] = self._next_url(ctx, cursor.resource, locator, end)
+        body["records"] = page
         return body
+
+    def _cut_children(self, ctx: Ctx, record: dict[str, Any], resource: str, child_batch: int,
+                      opened: list[str]) -> dict[str, Any]:
+        """`record` with every child result longer than `child_batch` cut to its first batch."""
+        out: dict[str, Any] | None = None
+        for key, value in record.items():
+            if not _is_subquery_result(value) or len(value["records"]) <= child_batch:
+                continue
+            out = out if out is not None else dict(record)
+            locator = self._open(_Cursor(value["records"], value["totalSize"], child_batch, resource))
+            opened.append(locator)
+            out[key] = {"totalSize": value["totalSize"], "done": False,
+                        "nextRecordsUrl": self._next_url(ctx, resource, locator, child_batch),
+                        "records": value["records"][:child_batch]}
+        return out if out is not None else record
+
+    def _open(self, cursor: _Cursor) -> str:
+        self._cursor_seq += 1
+        locator = f"01gDn{self._cursor_seq:010d}" + "AAA"
+        self._cursors[locator] = cursor
+        while len(self._cursors) > MAX_CURSORS:
+            self._cursors.popitem(last=False)
+        return locator
+
+    @staticmethod
+    def _next_url(ctx: Ctx, resource: str, locator: str, offset: int) -> str:
+        return f"/services/data/v{ctx.version}/{resource}/{locator}-{offset}"
 
     def query_more(self, ctx: Ctx, token: str) -> Resp:
         locator, _, offset = token.rpartition("-")
@@ -346,8 +394,7 @@ class RestApi:
         if cursor is None or not offset.isdigit() or int(offset) > len(cursor.records):
             raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         self._cursors.move_to_end(locator)
-        result = QueryResult(cursor.total_size, cursor.records)
-        return Resp(200, self._page(ctx, result, cursor.batch_size, cursor.resource, int(offset), locator))
+        return Resp(200, self._page(ctx, cursor, int(offset), locator))
 
     # ------------------------------------------------------------------------------ sobjects
 

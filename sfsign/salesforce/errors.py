@@ -22,6 +22,7 @@ TRANSIENT_CODES: frozenset[str] = frozenset(
         "INVALID_SESSION_ID",  # only reaches callers if a fresh token was refused too; auth may recover
         "REQUEST_RUNNING_TOO_LONG",
         "CONCURRENT_REQUEST_LIMIT_EXCEEDED",
+        "INVALID_QUERY_LOCATOR",  # a released or expired cursor: the query itself, run again, succeeds
     }
 )
 

@@ -254,12 +254,18 @@ def _parent(row: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
 
 
 def _children(row: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
-    """A parent-to-child subquery: `{"totalSize","done","records"}`, or null when there are none."""
+    """A parent-to-child subquery: `{"totalSize","done","records"}`, or null when there are none.
+
+    Only a complete one: a document rendered from the first batch of a paged subquery would miss
+    lines without a trace, so a result that is not done (its later batches not read) is refused."""
     value = row.get(name)
     if value is None:
         return []
     if not isinstance(value, Mapping) or not isinstance(value.get("records"), list):
         raise RecordParseError(f"{name}: expected a subquery result")
+    if value.get("done", True) is False:
+        raise RecordParseError(f"{name}: incomplete subquery result ({len(value['records'])} of "
+                               f"{value.get('totalSize')} records read)")
     return [r for r in value["records"] if isinstance(r, Mapping)]
 
 

@@ -38,6 +38,7 @@ from urllib3.exceptions import NewConnectionError
 from urllib3.fields import RequestField
 from urllib3.filepost import encode_multipart_formdata
 
+from sfsign.salesforce import paging
 from sfsign.salesforce.auth import AccessToken, TokenProvider, build_ssl_context
 from sfsign.salesforce.errors import AuthError, SalesforceError, UncertainOutcome
 
@@ -367,25 +368,28 @@ class SalesforceRest:
     # ------------------------------------------------------------------ queries
 
     async def query(self, soql: str) -> list[dict[str, Any]]:
-        """All records of a SOQL query, following `nextRecordsUrl`."""
-        return await self._call(lambda sf: list(sf.query_all_iter(soql)))
+        """All records of a SOQL query, following `nextRecordsUrl` of the query and of every child subquery."""
+        return await self._call(lambda sf: paging.drain(sf, sf.query(soql)))
 
     async def query_page(self, soql: str | None = None, *, next_records_url: str | None = None) -> QueryPage:
-        """One batch: start with `soql`, continue with the previous page's `next_records_url`."""
+        """One batch: start with `soql`, continue with the previous page's `next_records_url`.
+
+        The batch's records come with their child subqueries complete (their later batches read)."""
         if (soql is None) == (next_records_url is None):
             raise ValueError("give exactly one of soql / next_records_url")
 
-        def run(sf: simple_salesforce.Salesforce) -> Any:
+        def run(sf: simple_salesforce.Salesforce) -> QueryPage:
             if next_records_url is not None:
-                return sf.query_more(next_records_url, identifier_is_url=True)
-            return sf.query(soql or "")
+                body = sf.query_more(next_records_url, identifier_is_url=True)
+            else:
+                body = sf.query(soql or "")
+            return QueryPage(
+                records=paging.complete_batch(sf, body),
+                total_size=int(body.get("totalSize") or 0),
+                next_records_url=paging.next_url(body),
+            )
 
-        body = await self._call(run)
-        return QueryPage(
-            records=list(body.get("records") or []),
-            total_size=int(body.get("totalSize") or 0),
-            next_records_url=None if body.get("done", True) else body.get("nextRecordsUrl"),
-        )
+        return await self._call(run)
 
     async def get(self, sobject: str, record_id: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
         path = f"sobjects/{validate_api_name(sobject)}/{validate_id(record_id)}"
@@ -550,7 +554,8 @@ class SalesforceRest:
         return results
 
     async def query_many(self, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
-        """Several SOQL queries, five per `/composite` call; each result in full (later pages fetched)."""
+        """Several SOQL queries, five per `/composite` call; each result in full (later batches of the query
+        and of its child subqueries read with queryMore)."""
         results: list[list[dict[str, Any]]] = []
         for start in range(0, len(soqls), COMPOSITE_QUERY_LIMIT):
             chunk = soqls[start : start + COMPOSITE_QUERY_LIMIT]
@@ -563,13 +568,10 @@ class SalesforceRest:
                 if answer.error is not None:
                     raise answer.error
                 body = answer.body if isinstance(answer.body, Mapping) else {}
-                records = [dict(r) for r in body.get("records") or []]
-                next_url = body.get("nextRecordsUrl")
-                while next_url:
-                    page = await self.query_page(next_records_url=str(next_url))
-                    records.extend(page.records)
-                    next_url = page.next_records_url
-                results.append(records)
+                if paging.is_complete(body):
+                    results.append([dict(r) for r in body.get("records") or []])
+                else:  # later batches of the query or of a child subquery: queryMore, one call each
+                    results.append(await self._call(partial(paging.drain, first=body)))
         return results
 
     async def insert_content_versions(self, files: Sequence[NewFile]) -> list[RecordResult]:
