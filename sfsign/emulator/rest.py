@@ -180,6 +180,7 @@ class RestApi:
             origin += f";client={client.group(1)}"
         try:
             body, parts, raw = await self._read_body(request, segments, method)
+            self._body_fault(request, raw, parts)
             ctx = Ctx(method=method, segments=segments, query=dict(request.query), body=body,
                       headers=CIMultiDict(request.headers), session=session, version=version, origin=origin,
                       parts=parts, raw_body=raw)
@@ -193,6 +194,16 @@ class RestApi:
         if resp.status == 204 or (resp.body is None and resp.status != 200):
             return web.Response(status=resp.status, headers=headers)
         return self._json(resp.status, resp.body, headers, pretty)
+
+    def _body_fault(self, request: web.Request, raw: bytes, parts: list[Part]) -> None:
+        """An armed `body_contains` fault refuses the request as a whole once its body is read."""
+        if not raw and not parts:
+            return
+        seen = raw or b"\n".join(
+            b"\n".join((p.name.encode(), (p.filename or "").encode(), p.data)) for p in parts)
+        fault = self.org.faults.error_for(request.method, request.path, modes=("respond",), body=seen)
+        if fault is not None:
+            raise ApiError(fault.status, fault.error_code, fault.message)
 
     async def _read_body(self, request: web.Request, segments: list[str],
                          method: str) -> tuple[Any, list[Part], bytes]:
