@@ -187,5 +187,5 @@ def file_name_for(title: str, transaction_id: str) -> str:
     """The file name (`PathOnClient`, the upload's multipart filename) for `title`: ASCII letters, digits,
     space and `-_.()` only; accents lose their marks, anything else becomes `-`. Never a path."""
     ascii_only = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
-    name = re.sub(r"-{2,}", "-", " ".join(_NOT_ALLOWED.sub("-", ascii_only).split()))
+    name = re.sub(r"([-.])[-.]+", r"\1", " ".join(_NOT_ALLOWED.sub("-", ascii_only).split()))
     return (name[: TITLE_MAX - 4].strip(" .-") or transaction_id) + ".pdf"
