@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from multidict import CIMultiDict
 
 from sfsign.emulator.errors import ApiError, not_found
@@ -244,8 +245,11 @@ class RestApi:
         while True:
             try:
                 part = await reader.next()
-            except ValueError as exc:
-                raise ApiError(400, "INVALID_MULTIPART_REQUEST", f"Invalid multipart request: {exc}") from None
+            except (ValueError, BadHttpMessage) as exc:
+                # A part header HTTP does not allow (a control character in a filename...) makes the
+                # whole request malformed: 400 for all of it, as Salesforce answers a malformed request.
+                reason = exc.message if isinstance(exc, BadHttpMessage) else exc
+                raise ApiError(400, "INVALID_MULTIPART_REQUEST", f"Invalid multipart request: {reason}") from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
