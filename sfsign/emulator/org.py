@@ -201,6 +201,11 @@ class Faults:
             self.cometd_hold_connects = False
             self.cometd_auth_failure = "bayeux"
 
+    def any_body_faults(self) -> bool:
+        """Whether a `body_contains` fault is armed (only then is a request body looked at)."""
+        with self._lock:
+            return any(f.body_contains is not None for f in self.errors)
+
     def latency_for(self, method: str, path: str) -> float:
         with self._lock:
             return sum(

@@ -198,7 +198,7 @@ class RestApi:
 
     def _body_fault(self, request: web.Request, raw: bytes, parts: list[Part]) -> None:
         """An armed `body_contains` fault refuses the request as a whole once its body is read."""
-        if not raw and not parts:
+        if (not raw and not parts) or not self.org.faults.any_body_faults():
             return
         seen = raw or b"\n".join(
             b"\n".join((p.name.encode(), (p.filename or "").encode(), p.data)) for p in parts)
