@@ -13,6 +13,12 @@ When to send, which is the whole trade-off between API calls and latency:
 - when the batch is full;
 - when the oldest item has waited `linger_s()`: short while work trickles in, long during a burst,
   when bigger batches save API calls and the process pool, not the network, sets the pace.
+
+A call refused as a whole (`split_on(exc)`: Salesforce answered the request with an error and certainly
+applied none of it) may be the fault of one item: a malformed part, a value the request cannot carry.
+Its items are then sent again one per call, so only the item at fault gets the error and its
+neighbours go on. A failure that may have been applied (timeout, cut connection) is never split: that
+would send the same items twice.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class Batcher(Generic[T, R]):
         waiting_for: Callable[[], int],
         on_batch: Callable[[int], None] | None = None,
         settle_s: Callable[[], float] | None = None,
+        split_on: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.name = name
         self._handler = handler
@@ -61,6 +68,7 @@ class Batcher(Generic[T, R]):
         self._waiting_for = waiting_for
         self._on_batch = on_batch
         self._settle_s = settle_s or (lambda: 0.0)
+        self._split_on = split_on or (lambda _exc: False)
         self._queue: list[_Waiting[T, R]] = []
         self._changed = asyncio.Event()
         self.calls = 0  # handler calls made: what the API budget pays for
@@ -111,21 +119,16 @@ class Batcher(Generic[T, R]):
                 await self._send(batch)
 
     async def _send(self, batch: list[_Waiting[T, R]]) -> None:
-        self.calls += 1
         self.items += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch))
         try:
-            results = await self._handler([entry.item for entry in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(batch)} items")
+            results = await self._results([entry.item for entry in batch])
         except asyncio.CancelledError:
             for entry in batch:
                 if not entry.future.done():
                     entry.future.cancel()
             raise
-        except Exception as exc:  # the whole call failed: every job of the batch gets the same error
-            results = [exc] * len(batch)
         for entry, result in zip(batch, results, strict=True):
             if entry.future.done():
                 continue
@@ -133,3 +136,27 @@ class Batcher(Generic[T, R]):
                 entry.future.set_exception(result)
             else:
                 entry.future.set_result(result)
+
+    async def _results(self, items: list[T]) -> Sequence[R | BaseException]:
+        """One result per item: the batch's, or (refused as a whole) each item's own, sent alone."""
+        try:
+            return await self._call(items)
+        except Exception as exc:
+            if len(items) < 2 or not self._split_on(exc):
+                return [exc] * len(items)  # every job of the batch gets the same error
+            log.warning("batch refused as a whole; sending its items one by one", batcher=self.name,
+                        items=len(items), error=str(exc))
+        return await asyncio.gather(*(self._alone(item) for item in items))
+
+    async def _alone(self, item: T) -> R | BaseException:
+        try:
+            return (await self._call([item]))[0]
+        except Exception as exc:
+            return exc
+
+    async def _call(self, items: list[T]) -> Sequence[R | BaseException]:
+        self.calls += 1
+        results = await self._handler(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(items)} items")
+        return results

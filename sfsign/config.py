@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
     batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
-    max_attempts: int = Field(8, ge=1, le=100)
+    retry_for_h: float = Field(
+        72.0, gt=0, description="a job failing transiently is retried this long (hours) before it is `dead`; "
+        "a job whose file is uploaded always finishes its write-back"
+    )
+    max_attempts: int | None = Field(None, description="replaced by SFSIGN_RETRY_FOR_H; refused when set")
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
     retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
     stream_long_poll_margin_s: float = Field(15.0, gt=0, description="watchdog: advice.timeout + this")
@@ -128,6 +132,16 @@ class Settings(BaseSettings):
         "127.0.0.1", description="address of /healthz, /readyz, /metrics; loopback unless set (the container: 0.0.0.0)"
     )
     ops_port: int = Field(8787, ge=-1, le=65535, description="port of the ops endpoint; 0 = any free port, -1 = off")
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def _no_max_attempts(cls, v: Any) -> None:
+        # A count turned a few more minutes of outage into dead jobs; silently ignoring the old
+        # variable would leave ops believing it still applies.
+        if v is not None:
+            raise ValueError("is no longer supported: failing jobs are retried by time, not by count; "
+                             "remove it and set SFSIGN_RETRY_FOR_H (hours, default 72) instead")
+        return None
 
     @field_validator("api_version")
     @classmethod

@@ -189,7 +189,7 @@ class Daemon:
                     cpu_slots=2 * workers,
                     batch_linger_s=settings.batch_linger_s,
                     batch_linger_burst_s=settings.batch_linger_burst_s,
-                    max_attempts=settings.max_attempts,
+                    retry_for_s=settings.retry_for_h * 3600,
                     backoff_base_s=settings.retry_base_s,
                     backoff_cap_s=settings.retry_cap_s,
                     multi_currency=settings.multi_currency,

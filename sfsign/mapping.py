@@ -8,6 +8,7 @@ rep, phrased as what to do, and the job stays retryable once the record is fixed
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -158,12 +159,17 @@ def build_document(
     )
 
 
-_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+# Characters a file name may keep: whatever a multipart header, a file system or a download dialog
+# does with the rest, these pass. One record's name must never make the batch it rides in malformed.
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9 \-_.()]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+TITLE_MAX = 255  # ContentVersion.Title
 
 
-def file_name_for(rule: RuleConfig, document: ContractDocument, record_id: str) -> str:
-    """The file name reps see in Files, from the rule's pattern; never a path."""
-    name = rule.file_name.format(
+def file_title_for(rule: RuleConfig, document: ContractDocument, record_id: str) -> str:
+    """The title reps see in Files, from the rule's pattern, as written (accents, emoji and all); only
+    control characters (invisible, and a line break has no place in a title) become spaces."""
+    title = rule.file_name.format(
         kind=document.title,
         number=document.number,
         name=document.customer.name,
@@ -171,7 +177,15 @@ def file_name_for(rule: RuleConfig, document: ContractDocument, record_id: str) 
         transaction_id=document.transaction_id,
         record_id=record_id,
     )
-    name = _UNSAFE.sub("-", name).strip(" .-") or f"{document.transaction_id}.pdf"
-    if not name.lower().endswith(".pdf"):
-        name += ".pdf"
-    return name[:255]
+    title = " ".join(_CONTROL.sub(" ", title).split())
+    if title.lower().endswith(".pdf"):
+        title = title[:-4].rstrip()
+    return title[:TITLE_MAX] or document.transaction_id
+
+
+def file_name_for(title: str, transaction_id: str) -> str:
+    """The file name (`PathOnClient`, the upload's multipart filename) for `title`: ASCII letters, digits,
+    space and `-_.()` only; accents lose their marks, anything else becomes `-`. Never a path."""
+    ascii_only = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
+    name = re.sub(r"([-.])[-.]+", r"\1", " ".join(_NOT_ALLOWED.sub("-", ascii_only).split()))
+    return (name[: TITLE_MAX - 4].strip(" .-") or transaction_id) + ".pdf"

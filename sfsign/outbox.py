@@ -38,7 +38,7 @@ class JobState(StrEnum):
     LTV_UPLOADED = "ltv_uploaded"
     DONE = "done"
     ERROR = "error"  # permanent: reason written on the record; `sfsign retry` re-queues it
-    DEAD = "dead"  # attempts exhausted on transient failures
+    DEAD = "dead"  # failed transiently for the whole retry window: a person must act, then `sfsign retry`
 
 
 ACTIVE_STATES = (
@@ -103,6 +103,8 @@ class Job:
     ltv_version_id: str | None = None
     archive_due: str | None = None
     signed_visible_at: float | None = None  # when the record first showed `Signed`
+    failing_since: float | None = None  # first failure since the job last moved on: the retry window's start
+    file_title: str | None = None  # the ContentVersion Title as the rule wrote it (file_name is allow-listed)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -170,6 +172,8 @@ _JOB_COLUMNS: dict[str, type] = {
     "ltv_version_id": str,
     "archive_due": str,
     "signed_visible_at": float,
+    "failing_since": float,
+    "file_title": str,
 }
 
 
@@ -552,7 +556,8 @@ class OutboxStore:
         elif job.sha256:
             resume = JobState.SIGNED  # upload the document already signed, never sign a second one
         again = self.update(
-            job_id, audit=False, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None, error_code=None
+            job_id, audit=False, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None,
+            error_code=None, failing_since=None,
         )
         self._audit(job_id, "retried", "sfsign retry", f"resumes at step {resume.value}")
         return again

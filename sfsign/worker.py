@@ -7,9 +7,12 @@ on in the background: ltv_pending → ltv_upgraded → ltv_uploaded → done add
 Each step reads what the previous step persisted (outbox row and artifact files) and persists its own
 result before the next begins, so a crash at any point resumes at the step that was interrupted and
 never signs twice (a second signature would carry another time and hash). Failures are classified:
-transient ones are retried with exponential backoff and jitter up to `max_attempts` (then `dead`);
-permanent ones write the reason on the record (`Sign_Status__c = Error`) and park the job as `error`
-until `sfsign retry`.
+transient ones are retried with capped exponential backoff and jitter for as long as the retry window
+lasts (`retry_for_s`, 72 h by default, counted from the first failure since the job last moved on), then
+the job is `dead` and its record says what a person must do; permanent ones write the reason on the
+record (`Sign_Status__c = Error`) and park the job as `error` until `sfsign retry`. A job whose file may
+already be in Salesforce (uploaded, or its upload in doubt) is never given up: it retries its
+write-back until Salesforce takes it, so an outage never leaves a file without its record.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from sfsign.documents.sign import (
 )
 from sfsign.documents.tsa import TsaAuth
 from sfsign.governor import ApiGovernor
-from sfsign.mapping import NotRenderable, build_document, file_name_for
+from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
+from sfsign.ops.status import human_age
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
@@ -92,11 +96,23 @@ def _transient_sf(exc: BaseException) -> bool:
     return isinstance(exc, SalesforceError) and exc.transient and not exc.uncertain
 
 
+def refused_as_a_whole(exc: BaseException) -> bool:
+    """Salesforce answered a batch call with a 4xx error for the whole request: nothing of it was applied,
+    and one item may be at fault (a malformed part), so the batcher sends its items one by one."""
+    return (isinstance(exc, SalesforceError) and exc.status is not None and 400 <= exc.status < 500
+            and not exc.transient and not exc.uncertain)
+
+
+# States in which the job's file is (or may be) in Salesforce: the retry window never ends them, or an
+# outage could leave an uploaded file that its record does not show.
+_FILE_IN_SALESFORCE = frozenset({JobState.UPLOADED, JobState.LTV_UPLOADED})
+
+
 @dataclass
 class WorkerConfig:
     artifacts_dir: Path
     concurrency: int = 4
-    max_attempts: int = 8
+    retry_for_s: float = 72 * 3600.0  # a job failing transiently this long is dead (unless its file is uploaded)
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
     long_backoff_s: float = 900.0  # REQUEST_LIMIT_EXCEEDED: the org's allocation needs time to recover
@@ -149,17 +165,17 @@ class Worker:
         self.fetcher: Batcher[tuple[str, str], SignableRecord | None] = Batcher(
             "fetch", self._fetch_batch, max_size=config.fetch_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_FETCH), on_batch=self._batch_metric("fetch"),
-            settle_s=self._settle,
+            settle_s=self._settle, split_on=refused_as_a_whole,
         )
         self.uploader: Batcher[NewFile, str] = Batcher(
             "upload", self._upload_batch, max_size=min(config.upload_batch_max, COLLECTION_LIMIT), linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_UPLOAD), on_batch=self._batch_metric("upload"),
-            settle_s=self._settle,
+            settle_s=self._settle, split_on=refused_as_a_whole,
         )
         self.writer: Batcher[WriteBack, Written] = Batcher(
             "write-back", self._write_batch, max_size=config.write_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_WRITE), on_batch=self._batch_metric("write-back"),
-            settle_s=self._settle,
+            settle_s=self._settle, split_on=refused_as_a_whole,
         )
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
         self._batch_stop = asyncio.Event()
@@ -285,7 +301,10 @@ class Worker:
                     self._poke_batchers()
                     step = self._steps[job.state]
                     started = time.perf_counter()
+                    before = job.state
                     job = await step(job, rules)
+                    if job.failing_since is not None and job.state is not before:
+                        job = await self.outbox.update(job.id, failing_since=None)  # it moved on: a new window
                     self.metrics.step_seconds.labels(step.__name__.lstrip("_")).observe(
                         time.perf_counter() - started
                     )
@@ -314,27 +333,50 @@ class Worker:
                 await self._schedule_retry(job, f"{type(exc).__name__}: {exc}", "UNEXPECTED", False)
 
     async def _schedule_retry(self, job: Job, reason: str, code: str, long_backoff: bool) -> None:
+        now = time.time()
         attempts = job.attempts + 1
+        failing_since = job.failing_since or now
         self.metrics.retries.labels(code).inc()
         if attempts >= self.config.alert_after_attempts:
             self.metrics.failing_jobs.labels(code).inc()
-        if attempts >= self.config.max_attempts:
-            self.metrics.dead_jobs.inc()
-            log.error("job dead: attempts exhausted", attempts=attempts, error_code=code, reason=reason)
-            job = await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=reason,
-                                           error_code=code, audit_detail=f"{code}: {reason}")
-            await self._report_error_best_effort(job, f"Gave up after {attempts} attempts: {reason}")
-            return
+        if now - failing_since >= self.config.retry_for_s:
+            # Read again: the step may have changed the row (an upload marked in doubt) after `job` was read.
+            current = await self.outbox.call(partial(OutboxStore.get, job_id=job.id))
+            if current.state not in _FILE_IN_SALESFORCE and not current.upload_uncertain:
+                if await self._give_up(current, attempts, now - failing_since, reason, code):
+                    return
         delay = self.config.long_backoff_s if long_backoff else min(
-            self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (attempts - 1)
+            self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (min(attempts, 64) - 1)
         )
         delay = delay * (0.5 + random.random() / 2)  # jitter, not crypto
         level = log.error if attempts >= self.config.alert_after_attempts else log.warning
         level("step failed; will retry", attempts=attempts, retry_in_s=round(delay, 1), error_code=code,
               reason=reason)
         await self.outbox.update(
-            job.id, attempts=attempts, next_attempt_at=time.time() + delay, last_error=reason, error_code=code
+            job.id, attempts=attempts, next_attempt_at=now + delay, last_error=reason, error_code=code,
+            failing_since=failing_since,
         )
+
+    async def _give_up(self, job: Job, attempts: int, failing_for_s: float, reason: str, code: str) -> bool:
+        """Past the retry window: the job is `dead` once its record says so and what a person must do.
+        While the record cannot be written either (Salesforce still away) the job keeps retrying, and may
+        yet finish; returns whether it is dead."""
+        message = (f"Gave up after {attempts} attempts over {human_age(failing_for_s)}: {reason}. A person must "
+                   f"act: once the cause is fixed, run `sfsign retry {job.transaction_id}`.")
+        try:
+            await self._write_error(job, message)
+        except SalesforceError as exc:
+            if exc.transient:
+                log.warning("retry window over, but the record cannot show it yet; still retrying",
+                            error_code=exc.error_code)
+                return False
+            log.error("could not write the error on the record", error_code=exc.error_code)
+        self.metrics.dead_jobs.inc()
+        log.error("job dead: failing for the whole retry window", attempts=attempts, error_code=code, reason=reason,
+                  failing_for_s=round(failing_for_s))
+        await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=message, error_code=code,
+                                 audit_detail=f"{code}: {reason}")
+        return True
 
     async def _fail_permanently(self, job: Job, reason: str, code: str) -> None:
         log.error("job failed permanently", error_code=code, reason=reason)
@@ -350,12 +392,6 @@ class Worker:
                 await self._schedule_retry(job, f"{reason} (not yet reported on the record: {exc})", code, False)
                 return
         await self.outbox.update(job.id, state=JobState.ERROR, audit_detail=f"{code}: {reason}")
-
-    async def _report_error_best_effort(self, job: Job, reason: str) -> None:
-        try:
-            await self._write_error(job, reason)
-        except SalesforceError as exc:
-            log.warning("could not write the error on the record", error_code=exc.error_code)
 
     async def _write_error(self, job: Job, reason: str) -> None:
         if job.signed_visible_at:
@@ -399,11 +435,13 @@ class Worker:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
+        title = file_title_for(rule, document, job.record_id)
         return await self.outbox.update(
             job.id,
             state=JobState.FETCHED,
             document_json=document.model_dump_json(),
-            file_name=file_name_for(rule, document, job.record_id),
+            file_title=title,
+            file_name=file_name_for(title, job.transaction_id),
         )
 
     async def _render(self, job: Job, rules: Rules) -> Job:
@@ -487,9 +525,10 @@ class Worker:
             # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
             log.warning("signed PDF missing from the data directory; rendering and signing again")
             return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
+        title, path_on_client = _file_of(job)
         cv_id = await self._guarded_upload(job, NewFile(
-            title=Path(job.file_name or "document.pdf").stem,
-            path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+            title=title,
+            path_on_client=path_on_client,
             path=signed_path,  # read into the request body, not held by every waiting job
             first_publish_location_id=job.record_id,
             transaction_id=job.transaction_id,
@@ -621,9 +660,10 @@ class Worker:
         if data is None:
             log.warning("upgraded PDF missing from the data directory; upgrading again")
             return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
+        title, path_on_client = _file_of(job)
         version_id = await self._guarded_upload(job, NewFile(
-            title=Path(job.file_name or "document.pdf").stem,
-            path_on_client=job.file_name or f"{job.transaction_id}.pdf",
+            title=title,
+            path_on_client=path_on_client,
             data=data,
             transaction_id=job.transaction_id,
             content_document_id=job.content_document_id,
@@ -840,6 +880,13 @@ def preflight_profiles(rules: Rules) -> list[str]:
         except (PermanentFailure, SigningError, ValueError) as exc:
             problems.append(f"{rules.source}: signing profile {name!r}: {exc}")
     return problems
+
+
+def _file_of(job: Job) -> tuple[str, str]:
+    """(Title, PathOnClient) of the job's file. The name is allow-listed again here, so a job fetched by
+    an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
+    title = job.file_title or Path(job.file_name or job.transaction_id).stem
+    return title, file_name_for(title, job.transaction_id)
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:

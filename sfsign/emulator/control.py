@@ -300,6 +300,7 @@ class Control:
                 count=int(body["count"]) if body.get("count") is not None else None,
                 rate=float(body["rate"]) if body.get("rate") is not None else None,
                 mode=str(body.get("mode", "respond")),
+                body_contains=str(body["bodyContains"]) if body.get("bodyContains") is not None else None,
             )
         except (TypeError, ValueError) as exc:
             raise ControlError(400, str(exc)) from exc

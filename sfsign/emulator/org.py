@@ -108,6 +108,10 @@ class ErrorFault:
     connection: the "did my upload happen?" case. `hold_after` lets it take effect and never answers
     (until the client gives up, or `HOLD_AFTER_MAX_S`): the window in which a client that crashes has
     written without knowing it.
+
+    `body_contains` (respond only) hits only REST requests whose body holds that text (in a multipart
+    request: a part's name, filename or content): the request Salesforce refuses as a whole for what one
+    of its records carries, e.g. a malformed part in a batch upload.
     """
 
     id: str
@@ -120,6 +124,7 @@ class ErrorFault:
     rate: float | None = None
     mode: str = "respond"
     hits: int = 0
+    body_contains: str | None = None
 
 
 @dataclass
@@ -154,9 +159,12 @@ class Faults:
         count: int | None = None,
         rate: float | None = None,
         mode: str = "respond",
+        body_contains: str | None = None,
     ) -> ErrorFault:
         if mode not in FAULT_MODES:
             raise ValueError(f"mode must be one of {FAULT_MODES}")
+        if body_contains is not None and (mode != "respond" or not body_contains):
+            raise ValueError("body_contains needs a non-empty text and mode respond")
         if rate is not None and not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
         fault = ErrorFault(
@@ -169,6 +177,7 @@ class Faults:
             count=count,
             rate=rate,
             mode=mode,
+            body_contains=body_contains,
         )
         with self._lock:
             self.errors.append(fault)
@@ -194,6 +203,11 @@ class Faults:
             self.cometd_hold_connects = False
             self.cometd_auth_failure = "bayeux"
 
+    def any_body_faults(self) -> bool:
+        """Whether a `body_contains` fault is armed (only then is a request body looked at)."""
+        with self._lock:
+            return any(f.body_contains is not None for f in self.errors)
+
     def latency_for(self, method: str, path: str) -> float:
         with self._lock:
             return sum(
@@ -202,14 +216,23 @@ class Faults:
                 if path.startswith(f.prefix) and (f.method is None or f.method == method)
             )
 
-    def error_for(self, method: str, path: str, modes: tuple[str, ...] = FAULT_MODES) -> ErrorFault | None:
+    def error_for(
+        self, method: str, path: str, modes: tuple[str, ...] = FAULT_MODES, body: bytes | None = None
+    ) -> ErrorFault | None:
         """The first armed error fault that hits this request (consumes one of its `count`).
 
         `modes` narrows the faults considered: a composite subrequest can only get an error answer
-        (`respond`), never a dropped connection, which belongs to the whole HTTP request."""
+        (`respond`), never a dropped connection, which belongs to the whole HTTP request. Without `body`
+        (before the request is read) only faults without `body_contains` are considered; with it, only
+        those with it."""
         with self._lock:
             for fault in self.errors:
                 if not path.startswith(fault.prefix) or (fault.method and fault.method != method):
+                    continue
+                if (body is None) != (fault.body_contains is None):
+                    continue
+                if body is not None and fault.body_contains is not None \
+                        and fault.body_contains.encode() not in body:
                     continue
                 if fault.mode not in modes:
                     continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from multidict import CIMultiDict
 
 from sfsign.emulator.errors import ApiError, not_found
@@ -191,6 +192,7 @@ class RestApi:
             origin += f";client={client.group(1)}"
         try:
             body, parts, raw = await self._read_body(request, segments, method)
+            self._body_fault(request, raw, parts)
             ctx = Ctx(method=method, segments=segments, query=dict(request.query), body=body,
                       headers=CIMultiDict(request.headers), session=session, version=version, origin=origin,
                       parts=parts, raw_body=raw)
@@ -204,6 +206,16 @@ class RestApi:
         if resp.status == 204 or (resp.body is None and resp.status != 200):
             return web.Response(status=resp.status, headers=headers)
         return self._json(resp.status, resp.body, headers, pretty)
+
+    def _body_fault(self, request: web.Request, raw: bytes, parts: list[Part]) -> None:
+        """An armed `body_contains` fault refuses the request as a whole once its body is read."""
+        if (not raw and not parts) or not self.org.faults.any_body_faults():
+            return
+        seen = raw or b"\n".join(
+            b"\n".join((p.name.encode(), (p.filename or "").encode(), p.data)) for p in parts)
+        fault = self.org.faults.error_for(request.method, request.path, modes=("respond",), body=seen)
+        if fault is not None:
+            raise ApiError(fault.status, fault.error_code, fault.message)
 
     async def _read_body(self, request: web.Request, segments: list[str],
                          method: str) -> tuple[Any, list[Part], bytes]:
@@ -244,8 +256,11 @@ class RestApi:
         while True:
             try:
                 part = await reader.next()
-            except ValueError as exc:
-                raise ApiError(400, "INVALID_MULTIPART_REQUEST", f"Invalid multipart request: {exc}") from None
+            except (ValueError, BadHttpMessage) as exc:
+                # A part header HTTP does not allow (a control character in a filename...) makes the
+                # whole request malformed: 400 for all of it, as Salesforce answers a malformed request.
+                reason = exc.message if isinstance(exc, BadHttpMessage) else exc
+                raise ApiError(400, "INVALID_MULTIPART_REQUEST", f"Invalid multipart request: {reason}") from None
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):

@@ -64,7 +64,9 @@ class Metrics:
             "Failed attempts of jobs that had already failed at least twice (alert on any increase)",
             ["error_code"], registry=r,
         )
-        self.dead_jobs = Counter("sfsign_dead_jobs", "Jobs that exhausted their attempts", registry=r)
+        self.dead_jobs = Counter(
+            "sfsign_dead_jobs", "Jobs that failed for their whole retry window (a person must act)", registry=r
+        )
         self.errored_jobs = Counter("sfsign_error_jobs", "Jobs that failed permanently", ["error_code"],
                                     registry=r)
         self.stream_connected = Gauge("sfsign_stream_connected", "1 while subscribed to every channel",

@@ -26,6 +26,7 @@ from sfsign.outbox import ACTIVE_STATES, Job, JobState, Outbox, OutboxStore
 API_USAGE_KEY = "api_usage"
 _API_USAGE = re.compile(r"^(\d+)/(\d+)@(\d+(?:\.\d+)?)$")
 ERROR_WIDTH = 60  # characters of `last_error` shown in a table; JSON carries all of it
+DEAD_SHOWN = 20  # dead jobs listed by `sfsign status` (newest first); `sfsign jobs --state dead` has them all
 
 
 def format_api_usage(used: int, maximum: int, seen_at: float) -> str:
@@ -82,6 +83,28 @@ class OldestJob:
 
 
 @dataclass(frozen=True)
+class DeadJob:
+    """A job that failed for its whole retry window: a person must remove the cause and retry it."""
+
+    transaction_id: str
+    object: str
+    record_id: str
+    rule: str
+    error_code: str | None
+    reason: str | None
+    dead_since: float
+    action: str
+
+
+def dead_job(job: Job) -> DeadJob:
+    return DeadJob(
+        job.transaction_id, job.sobject, job.record_id, job.rule, job.error_code, job.last_error, job.updated_at,
+        action=f"remove the cause ({job.error_code or 'see reason'}), then run `sfsign retry {job.transaction_id}` "
+        "(or `sfsign retry --all-errors`)",
+    )
+
+
+@dataclass(frozen=True)
 class StatusReport:
     generated_at: float
     counts: dict[str, int]  # every state, zeros included, so scripts need no defaults
@@ -93,6 +116,7 @@ class StatusReport:
     last_event_channel: str | None
     last_event_at: float | None
     api_usage: ApiUsage | None
+    dead_jobs: tuple[DeadJob, ...] = ()  # the newest DEAD_SHOWN, each with what to do
 
 
 def utc_midnight(now: float) -> float:
@@ -118,6 +142,8 @@ def collect_status(store: OutboxStore, now: float | None = None) -> StatusReport
         last_event_channel=last[0] if last else None,
         last_event_at=last[1] if last else None,
         api_usage=parse_api_usage(store.get_meta(API_USAGE_KEY)),
+        dead_jobs=tuple(dead_job(j) for j in store.recent_jobs(JobState.DEAD, limit=DEAD_SHOWN))
+        if counts[JobState.DEAD.value] else (),
     )
 
 
@@ -160,6 +186,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         } if report.last_event_at is not None else None,
         "api_usage": {"used": usage.used, "max": usage.maximum, "percent": usage.percent,
                       "seen_at": iso(usage.seen_at)} if usage else None,
+        "dead_jobs": [{**asdict(d), "dead_since": iso(d.dead_since)} for d in report.dead_jobs],
     }
 
 
@@ -183,8 +210,16 @@ def render_status(report: StatusReport) -> str:
         ("errors / dead", f"{report.errors} / {report.dead}" + ("  (see `sfsign jobs --state error`)"
                                                                if report.errors or report.dead else "")),
     ]
-    return (tabulate(states, headers=["state", "jobs"], tablefmt="simple")
-            + "\n\n" + tabulate(facts, tablefmt="plain"))
+    text = tabulate(states, headers=["state", "jobs"], tablefmt="simple") + "\n\n" + tabulate(facts, tablefmt="plain")
+    if report.dead_jobs:
+        rows = [[d.transaction_id, d.object, d.record_id, human_age(now - d.dead_since), d.action,
+                 _short(d.reason, ERROR_WIDTH)] for d in report.dead_jobs]
+        more = report.dead - len(report.dead_jobs)
+        text += ("\n\ndead jobs: a person must act\n"
+                 + tabulate(rows, headers=["transaction", "object", "record", "dead for", "what to do", "reason"],
+                            tablefmt="simple", disable_numparse=True)
+                 + (f"\n... and {more} more (`sfsign jobs --state dead`)" if more > 0 else ""))
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- jobs

@@ -76,7 +76,7 @@ class Scale:
     uncertain_uploads: int  # inserts applied whose answer is cut (abort_after)
     crash_after_upload_cycles: int  # kill -9 while an applied insert's answer is held
     settle_s: float  # bound on the wait for every record to be signed
-    max_attempts: int = 20
+    retry_for_h: float = 72.0  # the default: no job of a run may go dead
 
 
 SHORT = Scale(
@@ -283,7 +283,7 @@ class ChaosOrg:
             "SFSIGN_CPU_WORKERS": "2",
             "SFSIGN_WORKERS": "4",
             "SFSIGN_SHUTDOWN_GRACE_S": "10",
-            "SFSIGN_MAX_ATTEMPTS": str(self.scale.max_attempts),
+            "SFSIGN_RETRY_FOR_H": str(self.scale.retry_for_h),
             PASSPHRASE_ENV: self.pki.passphrase,
         })
         env.update(extra)

@@ -97,3 +97,49 @@ async def test_cancelled_job_leaves_the_queue_before_the_batch_goes_with_fake_ha
     assert handler.calls == [[2]]
     stop.set()
     await task
+
+
+class Refused(Exception):
+    """A whole-request refusal (as Salesforce answers a malformed batch with 400)."""
+
+
+class PoisonHandler:
+    """Refuses any call that carries the poison item as a whole, like a request with one malformed part."""
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+        self.calls: list[list[int]] = []
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.calls.append(list(items))
+        if self.poison in items:
+            raise Refused(f"request refused: item {self.poison}")
+        return [i * 10 for i in items]
+
+
+async def test_batch_refused_as_a_whole_is_sent_again_item_by_item_with_fake_handler(stop: asyncio.Event) -> None:
+    handler = PoisonHandler(poison=2)
+    batcher: Batcher[int, int] = Batcher("t", handler, max_size=10, linger_s=lambda: 0.01, waiting_for=lambda: 3,
+                                         split_on=lambda exc: isinstance(exc, Refused))
+    task = await _run(batcher, stop)
+    results = await asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3)), return_exceptions=True)
+    assert results[0] == 10 and results[2] == 30  # the neighbours go on
+    assert isinstance(results[1], Refused)  # only the item at fault gets the error
+    assert handler.calls[0] == [1, 2, 3] and sorted(handler.calls[1:]) == [[1], [2], [3]]
+    assert batcher.calls == 4
+    stop.set()
+    await task
+
+
+async def test_failure_that_may_have_been_applied_is_never_split_with_fake_handler(stop: asyncio.Event) -> None:
+    # An upload whose answer was lost may have created every file: sending them again one by one would
+    # upload them twice, so the whole batch gets the error and each job looks its file up on retry.
+    handler = FakeHandler(whole_call_error=TimeoutError("answer lost"))
+    batcher: Batcher[int, int] = Batcher("t", handler, max_size=10, linger_s=lambda: 0.01, waiting_for=lambda: 2,
+                                         split_on=lambda exc: isinstance(exc, Refused))
+    task = await _run(batcher, stop)
+    results = await asyncio.gather(*(batcher.submit(i) for i in (1, 2)), return_exceptions=True)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    assert handler.calls == [[1, 2]]
+    stop.set()
+    await task

@@ -169,3 +169,12 @@ def test_pkcs11_key_source_names_the_pin_variable_never_the_pin(tmp_path: Path) 
     both = text.replace("      pkcs11:\n", "      pkcs12: keys/s.p12\n      pkcs11:\n")
     with pytest.raises(ConfigError, match=r"give exactly one of `pkcs12`, `pem_key` \(\+ `pem_cert`\) or `pkcs11`"):
         load_rules(_write(tmp_path, both))
+
+
+def test_the_retired_attempt_count_is_refused_with_what_replaces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFSIGN_MAX_ATTEMPTS", "8")
+    with pytest.raises(ConfigError, match=r"SFSIGN_MAX_ATTEMPTS: .*no longer supported.*SFSIGN_RETRY_FOR_H"):
+        load_settings()
+    monkeypatch.delenv("SFSIGN_MAX_ATTEMPTS")
+    monkeypatch.setenv("SFSIGN_RETRY_FOR_H", "0.5")
+    assert load_settings().retry_for_h == 0.5

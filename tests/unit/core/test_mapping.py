@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sfsign.config import Rules, load_rules
-from sfsign.mapping import NotRenderable, build_document, file_name_for
+from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.salesforce.records import (
     AccountInfo,
     Address,
@@ -56,7 +57,9 @@ def test_opportunity_becomes_a_proposal_with_totals(rules: Rules) -> None:
     assert (doc.totals.subtotal, doc.totals.discount, doc.totals.total) == (
         Decimal("250.00"), Decimal("20.00"), Decimal("230.00"))
     assert doc.valid_until == date(2026, 12, 27) and doc.signature.signer_name == "Northwind Cloud GmbH"
-    assert file_name_for(rule, doc, "0065g00000AbCdEAAV") == "Proposal Acme renewal 2027 2026-11-27.pdf"
+    title = file_title_for(rule, doc, "0065g00000AbCdEAAV")
+    assert title == "Proposal Acme renewal 2027 2026-11-27"
+    assert file_name_for(title, "tx-1") == "Proposal Acme renewal 2027 2026-11-27.pdf"
 
 
 @pytest.mark.parametrize(
@@ -93,5 +96,32 @@ def test_file_names_never_become_paths(rules: Rules) -> None:
     rule = rules.by_name("opportunity-proposal")
     assert rule is not None
     doc = build_document(_opp(name="../../etc/passwd: a/b"), rule, rules, "tx-1", NOW)
-    name = file_name_for(rule, doc, "0065g00000AbCdEAAV")
-    assert "/" not in name and ":" not in name and name.endswith(".pdf")
+    name = file_name_for(file_title_for(rule, doc, "0065g00000AbCdEAAV"), "tx-1")
+    assert "/" not in name and ":" not in name and ".." not in name and name.endswith(".pdf")
+
+
+@pytest.mark.parametrize(
+    ("number", "title", "name"),
+    [
+        ("Müller & Söhne 🚀 Rollout", "Proposal Müller & Söhne 🚀 Rollout 2026-11-27",
+         "Proposal Muller - Sohne Rollout 2026-11-27.pdf"),
+        ("Tab\tand\x7fdel\nline", "Proposal Tab and del line 2026-11-27", "Proposal Tab and del line 2026-11-27.pdf"),
+        ("東京 (Tokyo) 50% \"off\"", "Proposal 東京 (Tokyo) 50% \"off\" 2026-11-27",
+         "Proposal (Tokyo) 50- -off- 2026-11-27.pdf"),
+    ],
+)
+def test_file_names_keep_allow_listed_characters_only_and_the_title_stays_as_written(
+    rules: Rules, number: str, title: str, name: str
+) -> None:
+    rule = rules.by_name("opportunity-proposal")
+    assert rule is not None
+    doc = build_document(_opp(name=number), rule, rules, "tx-1", NOW)
+    assert file_title_for(rule, doc, "0065g00000AbCdEAAV") == title
+    got = file_name_for(title, "tx-1")
+    assert got == name
+    assert re.fullmatch(r"[A-Za-z0-9 \-_.()]+", got)
+
+
+def test_a_name_of_nothing_but_disallowed_characters_falls_back_to_the_transaction_id() -> None:
+    assert file_name_for("🚀🚀 ...", "tx-42") == "tx-42.pdf"
+    assert len(file_name_for("x" * 400, "tx-42")) == 255

@@ -70,9 +70,11 @@ def test_requeue_only_error_or_dead_and_resume_after_upload(tmp_path: Path) -> N
     job = store.commit_event(None, None, [_job()]).created[0]
     with pytest.raises(ValueError, match="only error/dead"):
         store.requeue(job.id)
-    store.update(job.id, state=JobState.DEAD, attempts=8, content_version_id="068000000000001AAA")
+    store.update(job.id, state=JobState.DEAD, attempts=8, content_version_id="068000000000001AAA",
+                 failing_since=time.time() - 73 * 3600)
     again = store.requeue(job.id)
     assert again.state is JobState.UPLOADED and again.attempts == 0
+    assert again.failing_since is None  # a retried job gets a whole new retry window
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,8 @@ def test_outbox_of_an_older_version_gains_the_new_columns_and_keeps_its_jobs(tmp
     job = store.by_transaction("tx-old")
     assert job is not None and job.state is JobState.SIGNED and job.ltv_level is None
     assert store.update(job.id, ltv_level="B-LTA", validation="TRUSTED INTACT B-LTA").ltv_level == "B-LTA"
+    assert job.failing_since is None and job.file_title is None  # the retry window's start, the file's title
+    assert store.update(job.id, failing_since=12.5, file_title="Proposal 🚀").failing_since == 12.5
 
 
 def test_outbox_survives_reopen(tmp_path: Path) -> None:

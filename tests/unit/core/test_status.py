@@ -100,6 +100,23 @@ def test_status_of_an_empty_outbox_says_none_rather_than_failing(store: OutboxSt
     assert "none received yet" in text and "not recorded yet" in text
 
 
+def test_status_lists_dead_jobs_with_their_cause_and_what_to_do(store: OutboxStore) -> None:
+    store.commit_event(CHANNEL, 1, [_new(1), _new(2)])
+    reason = "Gave up after 41 attempts over 3d00h: 503 SERVER_UNAVAILABLE. A person must act: ..."
+    _backdate(store, "tx-0002", updated_at=NOW - 7200, state="dead", error_code="SERVER_UNAVAILABLE",
+              last_error=reason)
+    report = collect_status(store, now=NOW)
+    [dead] = report.dead_jobs
+    assert (dead.transaction_id, dead.record_id, dead.reason) == ("tx-0002", "006000000000002AAA", reason)
+    data = status_json(report)
+    assert data["dead_jobs"][0]["dead_since"] == "2026-01-01T10:00:00Z"
+    assert "run `sfsign retry tx-0002`" in data["dead_jobs"][0]["action"]
+    text = render_status(report)
+    assert "a person must act" in text and "sfsign retry tx-0002" in text and "2h00m" in text, text
+    _backdate(store, "tx-0002", state="done")
+    assert collect_status(store, now=NOW).dead_jobs == () and status_json(collect_status(store))["dead_jobs"] == []
+
+
 @pytest.mark.parametrize("value", ["", "12/", "1/2@x", "a/b@3", "1/2"])
 def test_unreadable_api_usage_is_none(value: str) -> None:
     assert parse_api_usage(value) is None
