@@ -41,7 +41,8 @@ REPLAY_MAP_MISMATCH = (
     "Ensure that the channel name you provided in the replay map is valid and matches the channel name "
     "used for subscribing."
 )
-PROXY_PAGE = "<html><head><title>Access check</title></head><body>Please wait while we check your request.</body></html>"
+PROXY_PAGE = ("<html><head><title>Access check</title></head>"
+              "<body>Please wait while we check your request.</body></html>")
 BAD_GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 UNKNOWN_CLIENT_ADVICE = {"interval": 0, "reconnect": "handshake"}
 AUTH_FAILED_ADVICE = {"reconnect": "none", "interval": 0}
