@@ -599,7 +599,9 @@ class Daemon:
         between Salesforce and us, a CDC entity deselected for a while, a bug): every interval, one paged
         query per rule for records in a trigger state without a transaction id, queued only if the outbox
         has never had a job for them. Records changed within the last interval (two minutes at most) are
-        left to the stream, whose event says who moved the record and when.
+        left to the stream, whose event says who moved the record and when; records last changed before
+        sfsign first subscribed are left alone (what sat in a trigger state before the install is the
+        operator's call: `sfsign reconcile`).
         """
         interval = self.settings.reconcile_interval_s
         while not self._stop.is_set():
@@ -608,10 +610,13 @@ class Daemon:
                 return
             if self.governor.constrained():  # near the daily API allocation: the stream carries on alone
                 continue
+            first = await self.outbox.call(partial(OutboxStore.get_meta, key=FIRST_SUBSCRIBED_KEY))
+            if first is None:  # never subscribed yet: nothing can have been missed
+                continue
             until = datetime.now(UTC) - timedelta(seconds=min(interval, PERIODIC_RECONCILE_GRACE_S))
             try:
-                created = await self.reconcile(rest, sorted({r.object for r in self.rules.rules}), until=until,
-                                               unseen_only=True)
+                created = await self.reconcile(rest, sorted({r.object for r in self.rules.rules}),
+                                               since=datetime.fromisoformat(first), until=until, unseen_only=True)
             except Exception as exc:  # Salesforce down: the next pass tries again, never stop the daemon
                 log.error("periodic reconciliation failed; next pass in one interval", interval_s=interval,
                           error=f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from sfsign.emulator.server import Emulator, EmulatorThread
 OPP_CDC = "/data/OpportunityChangeEvent"
 PROPOSAL = "Proposal/Price Quote"
 ACME = "Acme Industries - Platform Renewal 2027"
+GLOBEX = "Globex - Enterprise Rollout"
 WAIT_S = 60.0
 
 
@@ -101,6 +103,12 @@ async def test_periodic_reconciliation_signs_a_record_whose_event_never_came(
 ) -> None:
     settings = settings.model_copy(update={"reconcile_interval_s": 1.0})
     acme = await record_id(control, "Opportunity", ACME)
+    # in a trigger stage before sfsign ever listened: the backlog is the operator's call (`sfsign reconcile`)
+    backlog = await record_id(control, "Opportunity", GLOBEX)
+    await control.update("Opportunity", backlog, {"StageName": PROPOSAL}, user=REP)
+    moved = int(time.time())
+    while int(time.time()) == moved:  # noqa: ASYNC110 - SOQL datetimes have whole seconds: start in the next
+        await asyncio.sleep(0.05)
     passes: list[int] = []  # jobs created by each periodic pass (a spy on the real method)
     original = Daemon.reconcile
 
@@ -136,3 +144,4 @@ async def test_periodic_reconciliation_signs_a_record_whose_event_never_came(
                 await asyncio.sleep(0.1)
         assert passes[after:] == [0] * (len(passes) - after)
         assert len(await jobs_of(daemon, acme)) == 1
+        assert await jobs_of(daemon, backlog) == []
