@@ -53,7 +53,7 @@ from sfsign.salesforce.errors import AuthError
 
 log = structlog.get_logger(__name__)
 
-# Bayeux 1.0 §3.9 (error): error_code ":" [error_args] ":" error_message, args comma separated.
+# The Bayeux 1.0 spec's error grammar: error_code ":" [error_args] ":" error_message, args comma separated.
 _ERROR_RE = re.compile(r"^\s*(\d{3}):([^:]*):(.*)$", re.DOTALL)
 
 
@@ -143,7 +143,8 @@ class BayeuxError:
         """The server no longer knows this client id: only a new handshake helps.
 
         Salesforce says `403::Unknown client`, faye `401:<id>:Unknown client`, CometD `402::Unknown
-        client` or `402::session_unknown`; 402 is the spec's code for it in every server we know.
+        client` or `402::session_unknown`. Any 402 counts: faye's (a missing parameter) cannot be fixed by
+        sending the same message again either, so a new handshake is right for both.
         """
         lowered = self.message.lower()
         return self.code == 402 or "unknown client" in lowered or "session_unknown" in lowered
@@ -438,10 +439,10 @@ class StreamClient:
 
     @staticmethod
     def _follow_advice(reply: Mapping[str, Any]) -> None:
-        """`advice.reconnect` on a successful reply (Bayeux 1.0 §5.1): the server may end a session
-        that just worked. `handshake`: a new session at once. `none`: the server wants no further
-        connect on this session; a daemon cannot stop listening, so it starts a new session after a
-        backoff instead of reconnecting."""
+        """`advice.reconnect` on a successful reply (Bayeux allows advice on any reply): the server may
+        end a session that just worked. `handshake`: a new session at once. `none`: the server wants no
+        further connect on this session; a daemon cannot stop listening, so it starts a new session
+        after a backoff instead of reconnecting."""
         advice = _reconnect_advice(reply)
         if advice == "handshake":
             raise _Recover("handshake", "advice: reconnect handshake", immediate=True)
