@@ -112,13 +112,15 @@ def faye_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
         pytest.skip(missing)
     tls = ensure_tls(tmp_path / "tls")
     env = {**os.environ, "BAYEUX_CERT": str(tls.cert_file), "BAYEUX_KEY": str(tls.key_file), "BAYEUX_TIMEOUT": "2"}
-    proc = subprocess.Popen(["node", str(BAYEUX_DIR / "server.js")], cwd=BAYEUX_DIR, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors = tmp_path / "faye.stderr"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(["node", str(BAYEUX_DIR / "server.js")], cwd=BAYEUX_DIR, env=env,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = proc.stdout.readline()  # {"port": N} once listening; nothing else is written there
         if not line:
-            raise AssertionError(f"faye did not start: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"faye did not start: {errors.read_text()[-2000:]}")
         port = json.loads(line)["port"]
         yield f"https://localhost:{port}", tls.client_context()
     finally:
@@ -128,9 +130,8 @@ def faye_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture
