@@ -151,6 +151,11 @@ class Consumer:
     auth: FakeTokenProvider
     committed: dict[str, int]
     received: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start consuming (after the test armed what the first handshake or subscribe should meet)."""
+        self.task = asyncio.create_task(self.run(), name="interop-consumer")
 
     async def run(self) -> None:
         async for message in self.client.messages():
@@ -169,15 +174,16 @@ async def consumer(faye: Faye) -> AsyncIterator[Consumer]:
     client = StreamClient(auth, channels=[CDC], replay_source=committed.get, api_version="62.0",
                           long_poll_margin_s=3.0, backoff_base_s=0.05, backoff_cap_s=0.5)
     state = Consumer(client, auth, committed)
-    task = asyncio.create_task(state.run(), name="interop-consumer")
     try:
         yield state
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        task = state.task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await client.aclose()
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        if task is not None and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
 
 
@@ -201,6 +207,7 @@ async def deliver(faye: Faye, consumer: Consumer, n: int) -> None:
 async def test_handshake_subscribe_connect_and_delivery_with_fake_token_provider(
     faye: Faye, consumer: Consumer
 ) -> None:
+    consumer.start()
     client_id = await session_ready(faye, consumer)
     for n in (1, 2, 3):
         await deliver(faye, consumer, n)
@@ -219,6 +226,7 @@ async def test_lost_session_on_subscribe_rehandshakes_and_delivery_continues_wit
     faye: Faye, consumer: Consumer, arm: dict[str, Any]
 ) -> None:
     await faye.arm(channel="/meta/subscribe", **arm)  # hits the consumer's first subscribe
+    consumer.start()
     client_id = await session_ready(faye, consumer)
     await deliver(faye, consumer, 1)
     log = await faye.meta_log()
@@ -237,6 +245,7 @@ async def test_lost_session_on_subscribe_rehandshakes_and_delivery_continues_wit
 async def test_lost_session_on_connect_rehandshakes_and_delivery_continues_with_fake_token_provider(
     faye: Faye, consumer: Consumer, fault: str
 ) -> None:
+    consumer.start()
     first = await session_ready(faye, consumer)
     await deliver(faye, consumer, 1)
     mark = len(await faye.meta_log())
@@ -255,6 +264,7 @@ async def test_lost_session_on_connect_rehandshakes_and_delivery_continues_with_
 async def test_advice_reconnect_on_a_successful_connect_is_followed_with_fake_token_provider(
     faye: Faye, consumer: Consumer, reconnect: str
 ) -> None:
+    consumer.start()
     first = await session_ready(faye, consumer)
     await deliver(faye, consumer, 1)
     mark = len(await faye.meta_log())
