@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     audit_flush_s: float = Field(
         30.0, gt=0, description="how often audit events not yet sent along with a write-back go to Signature_Event__c"
     )
+    reconcile_interval_s: float = Field(
+        900.0, ge=0, description="how often to look for records in a trigger state that never got a job (a trigger "
+        "the stream never delivered): one paged query per rule; 0 turns it off"
+    )
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
     shutdown_grace_s: float = Field(20.0, ge=0)
     ltv_refresh_interval_h: float = Field(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -59,6 +59,9 @@ FIRST_SUBSCRIBED_KEY = "first_subscribed_at"
 OPS_PROBE_KEY = "ops_write_probe"
 OUTBOX_PROBE_TIMEOUT_S = 2.0
 CERTIFICATE_REFRESH_S = 3600.0
+# The periodic reconciliation leaves a record this long (at most) to the stream before it counts its
+# trigger as lost: an event normally arrives within seconds, and one that does comes with who and when.
+PERIODIC_RECONCILE_GRACE_S = 120.0
 
 
 def auth_config(settings: Settings) -> AuthConfig:
@@ -213,6 +216,8 @@ class Daemon:
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
             tasks.append(asyncio.create_task(self._watch_stream(), name="stream-watch"))
             tasks.append(asyncio.create_task(self._reconciler(rest), name="reconciler"))
+            if settings.reconcile_interval_s > 0:
+                tasks.append(asyncio.create_task(self._periodic_reconciler(rest), name="periodic-reconcile"))
             tasks.append(asyncio.create_task(self._audit_flusher(rest), name="audit"))
             if settings.ltv_refresh_interval_h > 0:
                 tasks.append(asyncio.create_task(self._archive_scheduler(rest), name="ltv-refresh"))
@@ -237,8 +242,8 @@ class Daemon:
             self._stop.set()
             log.info("stopping: intake first")
             for task in tasks:
-                if task.get_name() in ("intake", "stream-watch", "reconciler", "audit", "ltv-refresh", "retention",
-                                       "api-usage", "certificates"):
+                if task.get_name() in ("intake", "stream-watch", "reconciler", "periodic-reconcile", "audit",
+                                       "ltv-refresh", "retention", "api-usage", "certificates"):
                     task.cancel()
             if self.stream is not None:
                 with contextlib.suppress(Exception):
@@ -590,6 +595,37 @@ class Daemon:
             delay = min(delay * 2, 300.0) if failed else 1.0
             await wait_any(self._stop, self._reconcile_wake, within_s=timeout)
 
+    async def _periodic_reconciler(self, rest: SalesforceRest) -> None:
+        """The safety net for triggers the stream never delivered, whatever the cause (an event lost
+        between Salesforce and us, a CDC entity deselected for a while, a bug): every interval, one paged
+        query per rule for records in a trigger state without a transaction id, queued only if the outbox
+        has never had a job for them. Records changed within the last interval (two minutes at most) are
+        left to the stream, whose event says who moved the record and when; records last changed before
+        sfsign first subscribed are left alone (what sat in a trigger state before the install is the
+        operator's call: `sfsign reconcile`).
+        """
+        interval = self.settings.reconcile_interval_s
+        while not self._stop.is_set():
+            await wait_any(self._stop, within_s=interval)
+            if self._stop.is_set():
+                return
+            if self.governor.constrained():  # near the daily API allocation: the stream carries on alone
+                continue
+            first = await self.outbox.call(partial(OutboxStore.get_meta, key=FIRST_SUBSCRIBED_KEY))
+            if first is None:  # never subscribed yet: nothing can have been missed
+                continue
+            until = datetime.now(UTC) - timedelta(seconds=min(interval, PERIODIC_RECONCILE_GRACE_S))
+            try:
+                created = await self.reconcile(rest, sorted({r.object for r in self.rules.rules}),
+                                               since=datetime.fromisoformat(first), until=until, unseen_only=True)
+            except Exception as exc:  # Salesforce down: the next pass tries again, never stop the daemon
+                log.error("periodic reconciliation failed; next pass in one interval", interval_s=interval,
+                          error=f"{type(exc).__name__}: {exc}")
+                continue
+            if created:
+                log.warning("periodic reconciliation found records whose trigger never arrived on the stream",
+                            jobs_created=created)
+
     async def _archive_scheduler(self, rest: SalesforceRest) -> None:
         """Renew archive timestamps that come due, once at start and then every interval."""
         from sfsign.archive import queue_due_archive_timestamps
@@ -612,23 +648,32 @@ class Daemon:
             await wait_any(self._stop, within_s=wait_s)
 
     async def reconcile(
-        self, rest: SalesforceRest, sobjects: list[str], since: datetime | None = None
+        self, rest: SalesforceRest, sobjects: list[str], since: datetime | None = None, *,
+        until: datetime | None = None, unseen_only: bool = False,
     ) -> int:
         """Queue every record sitting in a trigger state without a transaction id.
 
         Fed through the same outbox and the same duplicate checks as events, so it can never
         double-sign a record that an event already queued. Pages through the query result and
-        commits each page, so memory stays bounded whatever the org's size.
+        commits each page, so memory stays bounded whatever the org's size. `until` leaves out records
+        changed since then; `unseen_only` leaves out records that ever had a job for the rule (see
+        `OutboxStore.records_with_jobs`).
         """
         created = 0
         org_id = self._org_id()
         for sobject in dict.fromkeys(sobjects):
             for rule in self.rules.for_object(sobject):
-                soql = reconcile_query(sobject, rule.field, rule.values, since)
+                soql = reconcile_query(sobject, rule.field, rule.values, since, until)
                 page = await rest.query_page(soql)
                 while True:
                     jobs = []
-                    for row in page.records:
+                    rows = page.records
+                    if unseen_only and rows:
+                        seen = await self.outbox.call(partial(
+                            OutboxStore.records_with_jobs, sobject=sobject, rule=rule.name,
+                            record_ids=[str(r["Id"]) for r in rows]))
+                        rows = [r for r in rows if str(r["Id"]) not in seen]
+                    for row in rows:
                         jobs.extend(decide_current_state(
                             sobject, str(row["Id"]), row, self.rules, org_id, f"reconcile:{row['Id']}"
                         ))
@@ -683,13 +728,17 @@ async def ltv_refresh_once(settings: Settings, rules: Rules, within_days: float)
         await outbox.close()
 
 
-def reconcile_query(sobject: str, field: str, values: list[str], since: datetime | None) -> str:
+def reconcile_query(
+    sobject: str, field: str, values: list[str], since: datetime | None, until: datetime | None = None
+) -> str:
     """Records in a trigger state that sfsign never handled (no transaction id), oldest first."""
     validate_api_name(sobject)
     validate_field_path(field)
     where = f"{field} IN ({', '.join(soql_quote(v) for v in values)}) AND Sign_Transaction_Id__c = null"
     if since is not None:
         where += f" AND LastModifiedDate >= {soql_datetime(since)}"
+    if until is not None:
+        where += f" AND LastModifiedDate < {soql_datetime(until)}"
     return f"SELECT Id, {field}, Sign_Transaction_Id__c FROM {sobject} WHERE {where} ORDER BY LastModifiedDate"
 
 

@@ -305,6 +305,24 @@ class OutboxStore:
             return f"record already has transaction {other[0]} ({other[1]}) for rule {job.rule}"
         return None
 
+    def records_with_jobs(self, sobject: str, rule: str, record_ids: Iterable[str]) -> set[str]:
+        """Which of these records already have a job for `rule`, in any state, finished or not.
+
+        The periodic reconciliation leaves them alone: it is the safety net for triggers the stream never
+        delivered, and an `error` or `dead` job is retried by command (`sfsign retry`), not by a timer.
+        """
+        ids = list(dict.fromkeys(record_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # well below SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT DISTINCT record_id FROM jobs WHERE sobject = ? AND rule = ? "
+                f"AND record_id IN ({', '.join('?' for _ in chunk)})",
+                (sobject, rule, *chunk),
+            ).fetchall()
+            found.update(str(r[0]) for r in rows)
+        return found
+
     def add_archive_job(
         self, *, transaction_id: str, rule: str, sobject: str, record_id: str, content_document_id: str,
         content_version_id: str, source: str,

@@ -41,6 +41,9 @@ REPLAY_MAP_MISMATCH = (
     "Ensure that the channel name you provided in the replay map is valid and matches the channel name "
     "used for subscribing."
 )
+PROXY_PAGE = ("<html><head><title>Access check</title></head>"
+              "<body>Please wait while we check your request.</body></html>")
+BAD_GATEWAY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 UNKNOWN_CLIENT_ADVICE = {"interval": 0, "reconnect": "handshake"}
 AUTH_FAILED_ADVICE = {"reconnect": "none", "interval": 0}
 
@@ -335,6 +338,9 @@ class BayeuxServer:
                 return self._raw_401()
             reply, events = outcome
             replies[index : index + 1] = [*events, reply]
+            torn = self.org.faults.take_torn_connect() if events else None
+            if torn is not None:
+                return _torn_response(torn, replies)
         response = self._bayeux_response(replies)
         for name, value in cookies.items():
             response.set_cookie(name, value, path="/", secure=True, httponly=True, samesite="None")
@@ -526,3 +532,16 @@ class BayeuxServer:
             reply["advice"] = {"interval": 0, "timeout": self.long_poll_timeout_ms, "reconnect": "retry"}
         return reply, events
 
+
+
+def _torn_response(kind: str, replies: list[dict[str, Any]]) -> web.Response:
+    """What a client gets when something between it and the server mangles an answer (see TornConnects)."""
+    if kind == "truncated":
+        text = json.dumps(replies, separators=(",", ":"))
+        return web.Response(text=text[: len(text) // 2], status=200, content_type="application/json")
+    if kind == "html":
+        return web.Response(text=PROXY_PAGE, status=200, content_type="text/html")
+    if kind == "html-502":
+        return web.Response(text=BAD_GATEWAY_PAGE, status=502, content_type="text/html")
+    return web.Response(text=json.dumps({"message": "upstream request timeout"}), status=200,
+                        content_type="application/json")

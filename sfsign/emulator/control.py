@@ -1,8 +1,8 @@
 """`/_control/`: what a test, a benchmark or `sfsign demo` does to the org from outside the API.
 
 A sales rep moving a stage, an admin publishing an event, an ops person reading API usage, and the
-fault switches (errors, latency, forgotten Bayeux clients, revoked tokens, dropped or half-open long
-polls, shrunk retention, gap and overflow events). The server binds 127.0.0.1 only and every call
+fault switches (errors, latency, forgotten Bayeux clients, revoked tokens, dropped, half-open or torn
+long polls, shrunk retention, gap and overflow events). The server binds 127.0.0.1 only and every call
 needs the `X-Control-Token` generated at start, so nothing here is reachable from elsewhere.
 """
 
@@ -93,6 +93,7 @@ class Control:
             web.post("/_control/streaming/revoke-tokens", g(self.revoke_tokens)),
             web.post("/_control/streaming/drop-connections", g(self.drop_connections)),
             web.post("/_control/streaming/hold-connects", g(self.hold_connects)),
+            web.post("/_control/streaming/torn-connects", g(self.torn_connects)),
             web.post("/_control/streaming/retention", g(self.retention)),
             web.post("/_control/streaming/purge", g(self.purge)),
             web.post("/_control/streaming/gap", g(self.gap)),
@@ -394,6 +395,17 @@ class Control:
         self.org.faults.cometd_hold_connects = bool(body.get("enabled", True))
         self.bayeux.wake_all("fault")
         return web.json_response({"holdConnects": self.org.faults.cometd_hold_connects})
+
+    async def torn_connects(self, request: web.Request) -> web.Response:
+        """Tear the next `count` connect answers that carry events (`kind`: see TornConnects)."""
+        body = await _json(request)
+        count = body.get("count", 1)
+        try:
+            torn = self.org.faults.tear_connects(str(body.get("kind", "truncated")),
+                                                 int(count) if count is not None else None)
+        except (TypeError, ValueError) as exc:
+            raise ControlError(400, str(exc)) from exc
+        return web.json_response({"kind": torn.kind, "count": torn.count}, status=201)
 
     async def retention(self, request: web.Request) -> web.Response:
         body = await _json(request)

@@ -135,6 +135,24 @@ class LatencyFault:
     method: str | None = None
 
 
+TORN_KINDS = ("truncated", "html", "html-502", "not-array")
+
+
+@dataclass
+class TornConnects:
+    """Tear the next `count` /meta/connect answers that carry events (None: every one), *after* their
+    events were dequeued, as a proxy or load balancer does when it cuts or replaces an answer: the
+    events are gone from that Bayeux session, as in Salesforce, which keeps no per-client acknowledgement.
+
+    `truncated`: 200 with the JSON cut in half; `html`: 200 with a proxy's HTML page; `html-502`: a
+    load balancer's 502 page; `not-array`: 200 with a JSON object that is not a Bayeux message array.
+    """
+
+    kind: str
+    count: int | None = 1
+    hits: int = 0
+
+
 @dataclass
 class Faults:
     """Armed faults. HTTP faults are applied by a middleware to every non-control route; the CometD
@@ -144,6 +162,7 @@ class Faults:
     latencies: list[LatencyFault] = field(default_factory=list)
     cometd_hold_connects: bool = False  # half-open: /meta/connect accepted, never answered
     cometd_auth_failure: str = "bayeux"  # "bayeux": 401::Authentication invalid; "http": raw HTTP 401
+    cometd_torn: TornConnects | None = None
     seed: int | None = None
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -189,6 +208,26 @@ class Faults:
             self.latencies.append(fault)
         return fault
 
+    def tear_connects(self, kind: str, count: int | None = 1) -> TornConnects:
+        if kind not in TORN_KINDS:
+            raise ValueError(f"kind must be one of {TORN_KINDS}")
+        if count is not None and count < 0:
+            raise ValueError("count must be positive (or null: every answer)")
+        with self._lock:
+            self.cometd_torn = TornConnects(kind, count)
+            return self.cometd_torn
+
+    def take_torn_connect(self) -> str | None:
+        """The kind of tear for this connect answer, if one is armed (consumes one of its `count`)."""
+        with self._lock:
+            torn = self.cometd_torn
+            if torn is None or (torn.count is not None and torn.count <= 0):
+                return None
+            if torn.count is not None:
+                torn.count -= 1
+            torn.hits += 1
+            return torn.kind
+
     def remove(self, fault_id: str) -> bool:
         with self._lock:
             before = len(self.errors) + len(self.latencies)
@@ -202,6 +241,7 @@ class Faults:
             self.latencies.clear()
             self.cometd_hold_connects = False
             self.cometd_auth_failure = "bayeux"
+            self.cometd_torn = None
 
     def any_body_faults(self) -> bool:
         """Whether a `body_contains` fault is armed (only then is a request body looked at)."""
@@ -253,6 +293,7 @@ class Faults:
                 "latencies": [asdict(f) for f in self.latencies],
                 "cometd_hold_connects": self.cometd_hold_connects,
                 "cometd_auth_failure": self.cometd_auth_failure,
+                "cometd_torn": asdict(self.cometd_torn) if self.cometd_torn is not None else None,
             }
 
 

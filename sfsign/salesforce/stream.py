@@ -9,8 +9,17 @@ body). This client makes every such case explicit:
 * an invalid replay id raises `ReplayIdInvalid` out of `messages()`; the daemon calls
   `reset_replay(channel)` (subscribe from -1) and reconciles: no silent fallback;
 * a subscription Salesforce refuses for good raises `SubscriptionFailed`: never silently dropped;
-* `403::Unknown client` → handshake again and resubscribe; `401` (Bayeux or raw HTTP) → one token
-  refresh through the shared Authenticator, then handshake: never a loop on a stale token;
+* error strings are read by the Bayeux 1.0 grammar `code:args:message` (Salesforce `403::Unknown client`,
+  faye `401:<clientId>:Unknown client`, CometD `402::session_unknown`): a lost session on any `/meta/*`
+  reply (402, "unknown client", "session_unknown") → handshake again and resubscribe; any other `401`
+  (Bayeux or raw HTTP) → one token refresh through the shared Authenticator, then handshake: never a
+  loop on a stale token, never a retry with a dead client id;
+* `advice.reconnect` is followed on every reply, successful or not: `handshake` → a new session at
+  once, `none` → this session is over (no further connect on it), a new one after a backoff;
+* an answer to `/meta/connect` that cannot be read (cut, truncated or non-JSON body, a proxy's HTML
+  page, a body that is not a message array, HTTP 5xx or 429) may have carried events the server has
+  already dequeued for this session: a new session subscribes from the committed replay ids, so they
+  are replayed instead of lost;
 * network errors, 5xx and aborted long polls → capped exponential backoff with jitter;
 * a long poll unanswered after `advice.timeout` + margin is abandoned (half-open connection);
 * one clear "disconnected" signal per outage: `connected` flips to False once (with one
@@ -44,7 +53,8 @@ from sfsign.salesforce.errors import AuthError
 
 log = structlog.get_logger(__name__)
 
-_CODE_RE = re.compile(r"^\s*(\d{3})::")
+# The Bayeux 1.0 spec's error grammar: error_code ":" [error_args] ":" error_message, args comma separated.
+_ERROR_RE = re.compile(r"^\s*(\d{3}):([^:]*):(.*)$", re.DOTALL)
 
 
 class StreamError(Exception):
@@ -111,9 +121,37 @@ def _reconnect_advice(reply: Mapping[str, Any]) -> str | None:
     return reconnect if isinstance(reconnect, str) else None
 
 
+@dataclass(frozen=True)
+class BayeuxError:
+    """An `error` field split by the Bayeux grammar; a string outside it keeps its text as the message."""
+
+    code: int | None
+    args: tuple[str, ...]
+    message: str
+
+    @classmethod
+    def parse(cls, error: Any) -> BayeuxError:
+        text = error if isinstance(error, str) else ""
+        match = _ERROR_RE.match(text)
+        if match is None:
+            return cls(None, (), text.strip())
+        args = tuple(a for a in match.group(2).split(",") if a)
+        return cls(int(match.group(1)), args, match.group(3).strip())
+
+    @property
+    def session_lost(self) -> bool:
+        """The server no longer knows this client id: only a new handshake helps.
+
+        Salesforce says `403::Unknown client`, faye `401:<id>:Unknown client`, CometD `402::Unknown
+        client` or `402::session_unknown`. Any 402 counts: faye's (a missing parameter) cannot be fixed by
+        sending the same message again either, so a new handshake is right for both.
+        """
+        lowered = self.message.lower()
+        return self.code == 402 or "unknown client" in lowered or "session_unknown" in lowered
+
+
 def _error_code(error: Any) -> int | None:
-    match = _CODE_RE.match(error) if isinstance(error, str) else None
-    return int(match.group(1)) if match else None
+    return BayeuxError.parse(error).code
 
 
 def _failure_reason(reply: Mapping[str, Any]) -> str:
@@ -325,6 +363,7 @@ class StreamClient:
             self._subscribed.add(channel)
             self.subscribed_replay[channel] = replay_id
             log.info("salesforce.stream.subscribed", channel=channel, replay_id=replay_id)
+            self._follow_advice(reply)
             return
         error = str(reply.get("error") or "")
         code = _error_code(error)
@@ -367,6 +406,7 @@ class StreamClient:
         self._take_advice(reply)
         if reply.get("successful"):
             self._connect_ok()
+            self._follow_advice(reply)  # the events of this answer are yielded before a new session starts
             return
         error = str(reply.get("error") or "")
         if "daily limit exceeded" in error.lower() or "events daily limit" in error.lower():
@@ -381,19 +421,33 @@ class StreamClient:
 
     def _raise_session_failure(self, error: str, reply: Mapping[str, Any], token: AccessToken) -> None:
         """Failures that mean the Bayeux session or the token is gone (shared by subscribe/connect)."""
-        code = _error_code(error)
+        parsed = BayeuxError.parse(error)
+        code = parsed.code
         reason = _failure_reason(reply)
         if _error_code(reason) == 503:
             raise _Recover("handshake", f"{error} {reason}".strip())
+        lowered = parsed.message.lower()
+        # before the 401 check: faye's unknown client is `401:<id>:Unknown client`, not an auth failure
+        if parsed.session_lost or (code == 403 and "handshake" in lowered):
+            raise _Recover("handshake", error, immediate=True)
         if code == 401:
             raise _Recover("auth", error, immediate=True, token=token)
-        lowered = error.lower()
-        if code == 403 and ("unknown client" in lowered or "handshake" in lowered):
-            raise _Recover("handshake", error, immediate=True)
         if "has established a session" in lowered:  # 400: the BAYEUX_BROWSER cookie was lost
             raise _Recover("handshake", error)
         if _reconnect_advice(reply) == "handshake":
             raise _Recover("handshake", error or "advice: handshake", immediate=True)
+
+    @staticmethod
+    def _follow_advice(reply: Mapping[str, Any]) -> None:
+        """`advice.reconnect` on a successful reply (Bayeux allows advice on any reply): the server may
+        end a session that just worked. `handshake`: a new session at once. `none`: the server wants no
+        further connect on this session; a daemon cannot stop listening, so it starts a new session
+        after a backoff instead of reconnecting."""
+        advice = _reconnect_advice(reply)
+        if advice == "handshake":
+            raise _Recover("handshake", "advice: reconnect handshake", immediate=True)
+        if advice == "none":
+            raise _Recover("handshake", "advice: reconnect none")
 
     # ------------------------------------------------------------------ transport
 
@@ -424,18 +478,20 @@ class StreamClient:
             raise _Recover("retry", f"{type(exc).__name__}: {exc}") from None
         if response.status_code == 401:
             raise _Recover("auth", f"HTTP 401 {_http_error_code(response)}", immediate=True, token=token)
+        # From here on the request may have been processed (a load balancer's 502 after the server
+        # answered, a proxy's page in place of the answer, a truncated body): `answer_lost`.
         if response.status_code >= 500 or response.status_code == 429:
-            raise _Recover("retry", f"HTTP {response.status_code}")
+            raise _Recover("retry", f"HTTP {response.status_code}", answer_lost=True)
         if response.status_code != 200:
             raise _Recover("handshake", f"HTTP {response.status_code} {_http_error_code(response)}")
         try:
             body = response.json()
         except ValueError:
-            raise _Recover("retry", "response is not JSON") from None
-        if isinstance(body, dict):
-            body = [body]
+            raise _Recover("retry", f"unreadable answer ({_describe_body(response)})", immediate=True,
+                           answer_lost=True) from None
         if not isinstance(body, list):
-            raise _Recover("retry", "response is not a Bayeux message array")
+            raise _Recover("retry", f"answer is not a Bayeux message array ({type(body).__name__})",
+                           immediate=True, answer_lost=True)
         self.last_contact_at = time.time()
         replies: list[dict[str, Any]] = []
         for item in body:
@@ -531,6 +587,12 @@ class StreamClient:
                 if not exc.transient:
                     raise
                 log.warning("salesforce.stream.refresh_failed", error=str(exc))
+
+
+def _describe_body(response: httpx.Response) -> str:
+    """What an unreadable answer was, for the log: its type and size, never its content."""
+    content_type = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"HTTP {response.status_code}, {content_type}, {len(response.content)} bytes"
 
 
 def _http_error_code(response: httpx.Response) -> str:

@@ -626,20 +626,36 @@ async def scenario_kill(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     return await _finish(org, result, ids, daemon, started)
 
 
+TORN_KINDS = ("truncated", "html", "html-502", "not-array")
+
+
 class FaultSchedule:
-    """Periodic stream faults, driven from outside the emulator: revoke tokens, drop long polls, and
-    forget every Bayeux client once. Counts what it did."""
+    """Periodic stream faults, driven from outside the emulator: revoke tokens, drop long polls, tear
+    connect answers that carry events (one kind after the other), and forget every Bayeux client once.
+    Counts what it did."""
 
     def __init__(self, org: ChaosOrg, rng: random.Random) -> None:
         self.org = org
         self.rng = rng
         self.done: Counter[str] = Counter()
+        self._torn_armed = 0
+
+    async def tear_next_connect(self) -> None:
+        """Count the torn answer armed last if it fired, and arm the next kind."""
+        torn = (await self.org.control_call("GET", "/_control/faults")).get("cometd_torn")
+        if torn is not None and torn["hits"]:
+            self.done["torn connect answer"] += 1
+        if torn is None or torn["hits"]:
+            kind = TORN_KINDS[self._torn_armed % len(TORN_KINDS)]
+            self._torn_armed += 1
+            await self.org.control_post("/_control/streaming/torn-connects", {"kind": kind, "count": 1})
 
     async def run(self, stop: asyncio.Event) -> None:
         scale = self.org.scale
         now = time.monotonic()
         next_revoke, next_drop = now + scale.revoke_every_s, now + scale.drop_every_s
         forget_at = now + 1.5 * scale.drop_every_s
+        await self.tear_next_connect()
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_revoke:
@@ -651,6 +667,7 @@ class FaultSchedule:
                 await self.org.control_post("/_control/streaming/drop-connections")
                 self.done["stream dropped"] += 1
                 next_drop = now + scale.drop_every_s
+                await self.tear_next_connect()
             if forget_at and now >= forget_at:
                 await self.org.control_post("/_control/streaming/forget-clients")
                 self.done["403::Unknown client"] += 1
@@ -666,7 +683,7 @@ class FaultSchedule:
 
 
 async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
-    """(b) the burst under 503s, row locks, revoked tokens, dropped streams and one forgotten client."""
+    """(b) the burst under 503s, row locks, revoked tokens, dropped and torn streams and one forgotten client."""
     scale = org.scale
     ids = await org.create_opportunities(scale.records)
     result = ChaosResult("b: fault mix", len(ids))
@@ -677,7 +694,8 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
         "message": "unable to obtain exclusive access to this record"})
     locked = frozenset(rng.sample(ids, min(scale.lock_records, len(ids))))
     started = time.monotonic()
-    daemon = await org.start_daemon()
+    # no periodic reconciliation: what the stream lost in a torn answer must come back by replay alone
+    daemon = await org.start_daemon(env={"SFSIGN_RECONCILE_INTERVAL_S": "0"})
     schedule = FaultSchedule(org, rng)
     stop = asyncio.Event()
     runner = asyncio.create_task(schedule.run(stop), name="fault-schedule")
@@ -687,6 +705,7 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     finally:
         stop.set()
         await runner
+    await schedule.tear_next_connect()  # counts the last one if it fired
     result.faults.update(schedule.done)
     result.faults.update(await org.fault_hits())
     await org.control_call("DELETE", "/_control/faults")

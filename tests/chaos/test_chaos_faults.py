@@ -22,6 +22,7 @@ async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_f
     assert result.faults["403::Unknown client"] == 1
     assert result.faults["token revoked"] >= 1 and result.faults["stream dropped"] >= 1
     assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
+    assert result.faults["torn connect answer"] >= 1  # an answer carrying events was torn, and nothing lost
     result.assert_invariant()
 
 

@@ -364,3 +364,54 @@ async def test_chunked_request_body_over_32k_is_413(bayeux: Any, http: httpx.Asy
                                headers={"Authorization": f"Bearer {bayeux.token}",
                                         "Content-Type": "application/json"})
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type"),
+    [("truncated", 200, "application/json"), ("html", 200, "text/html"), ("html-502", 502, "text/html"),
+     ("not-array", 200, "application/json")],
+)
+async def test_torn_connect_answer_loses_its_events_for_that_session_only(
+    bayeux: Any, ctl: Any, new_bayeux: Any, http: httpx.AsyncClient, token: str, kind: str, status: int,
+    content_type: str,
+) -> None:
+    opp = await ctl.an_opportunity()
+    await bayeux.start((OPP, -1))
+    armed = await ctl.post("/_control/streaming/torn-connects", {"kind": kind, "count": 1})
+    assert armed == {"kind": kind, "count": 1}
+    await ctl.touch(opp, 1)
+    response = await bayeux.post(bayeux.connect_msg())
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith(content_type)
+    if kind == "not-array":
+        assert isinstance(response.json(), dict)
+    else:
+        with pytest.raises(ValueError):
+            response.json()
+    # the event was dequeued into the torn answer: this session never sees it again
+    await ctl.touch(opp, 2)
+    got = await bayeux.events(1)
+    assert [e["data"]["payload"]["Description"] for e in got] == ["touch 2"]
+    # a new session subscribed from the last replay id it processed gets it replayed
+    events = (await ctl.get(f"/_control/streaming/events?channel={OPP}"))["events"]
+    touched = next(i for i, e in enumerate(events) if e["data"]["payload"].get("Description") == "touch 1")
+    before = events[touched - 1]["replayId"] if touched else -2
+    fresh = new_bayeux(http, token)
+    await fresh.start((OPP, before))
+    replayed = [e["data"]["payload"].get("Description") for e in await fresh.events(2)]
+    assert [d for d in replayed if d and d.startswith("touch")] == ["touch 1", "touch 2"]
+    faults = await ctl.get("/_control/faults")
+    assert faults["cometd_torn"] == {"kind": kind, "count": 0, "hits": 1}
+
+
+async def test_torn_connects_only_tear_answers_that_carry_events(bayeux: Any, ctl: Any) -> None:
+    await bayeux.start((OPP, -1))
+    await ctl.post("/_control/streaming/torn-connects", {"kind": "html-502", "count": None})
+    reply, data = await bayeux.connect()  # the idle poll ends with nothing to lose: answered as usual
+    assert reply["successful"] is True and data == []
+
+
+async def test_torn_connects_refuses_an_unknown_kind(ctl: Any, http: httpx.AsyncClient, emulator: Emulator) -> None:
+    response = await http.post("/_control/streaming/torn-connects", json={"kind": "garbled"},
+                               headers={"X-Control-Token": emulator.control_token})
+    assert response.status_code == 400 and "kind must be one of" in response.json()["error"]

@@ -13,7 +13,7 @@ import pytest
 from sf_fakes import FakeAuth
 
 from sfsign.salesforce.errors import AuthError
-from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
+from sfsign.salesforce.stream import BayeuxError, ReplayIdInvalid, StreamClient, SubscriptionFailed
 
 CDC = "/data/OpportunityChangeEvent"
 PE = "/event/Sign_Request__e"
@@ -39,6 +39,7 @@ class FakeBayeux:
         self.valid_tokens = {"tok1"}
         self.connect_script: deque[Any] = deque()
         self.subscribe_errors: dict[tuple[str, int], str] = {}
+        self.subscribe_script: deque[dict[str, Any]] = deque()  # one-shot reply fields, e.g. {"error": ...}
         self.handshake_script: deque[Any] = deque()
         self.blocked = asyncio.Event()
         self.cookies: list[tuple[str, str | None]] = []
@@ -76,6 +77,8 @@ class FakeBayeux:
                                      "id": message["id"], "subscription": sub, "successful": error is None}
             if error:
                 reply["error"] = error
+            if self.subscribe_script:
+                reply.update(self.subscribe_script.popleft())
             return httpx.Response(200, json=[reply])
         if channel == "/meta/disconnect":
             return httpx.Response(200, json=[{"channel": "/meta/disconnect", "successful": True}])
@@ -385,7 +388,7 @@ def test_backoff_jitter_stays_within_half_and_full_delay(fake_auth: FakeAuth) ->
     assert [client.backoff_delay(n) for n in (1, 2, 3, 10, 5000)] == [0.5, 1.0, 2.0, 15.0, 15.0]
 
 
-async def test_server_errors_and_garbage_are_retried_without_rehandshake_with_fake_transport(
+async def test_server_errors_and_garbage_on_connect_start_a_new_session_with_fake_transport(
     fake_auth: FakeAuth,
 ) -> None:
     server = FakeBayeux()
@@ -399,8 +402,8 @@ async def test_server_errors_and_garbage_are_retried_without_rehandshake_with_fa
     client = make_client(server, fake_auth, {}, sleeps, channels=[CDC])
     assert len(await take(client, 1)) == 1
     assert sleeps.delays == [0.5, 1.0, 2.0]
-    # 503 and garbage: retried in the same session; the cut connection may have eaten events: new session
-    assert len(server.sent("/meta/handshake")) == 2
+    # each of these answers may have carried events the server will not send this session again
+    assert len(server.sent("/meta/handshake")) == 4
     await client.aclose()
 
 
@@ -494,3 +497,158 @@ async def test_lost_session_cookie_on_connect_rehandshakes_after_backoff_with_fa
 def test_rejects_non_streaming_channels(fake_auth: FakeAuth) -> None:
     with pytest.raises(ValueError):
         StreamClient(fake_auth, channels=["OpportunityChangeEvent"], replay_source=lambda c: None)
+
+
+# ------------------------------------------------------------------ torn answers (issue 11, part 2)
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [
+        httpx.Response(200, headers={"content-type": "application/json"},
+                       content=b'[{"channel":"/data/OpportunityChangeEvent","data":{"schema":"s","ev'),
+        httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html><body>Please wait</body></html>"),
+        httpx.Response(502, headers={"content-type": "text/html"}, content=b"<html>502 Bad Gateway</html>"),
+        httpx.Response(200, json={"message": "upstream request timeout"}),
+        httpx.Response(429, text="Too Many Requests"),
+        httpx.Response(504, json=[{"channel": "/meta/connect", "successful": True}]),
+    ],
+    ids=["truncated-json", "html-200", "html-502", "json-object", "http-429", "http-504"],
+)
+async def test_torn_connect_answer_starts_a_new_session_from_the_committed_id_with_fake_transport(
+    fake_auth: FakeAuth, torn: httpx.Response
+) -> None:
+    """The events inside an unreadable connect answer are gone from this session: only a new session,
+    subscribed from the committed replay id, gets them replayed (retrying the same session loses them)."""
+    server = FakeBayeux()
+    server.connect_script.extend([
+        [ok_connect(first=True), event(CDC, 43)],
+        torn,  # the answer that carried event 44
+        [ok_connect(first=True), event(CDC, 44)],  # the new session's replay from 43
+    ])
+    committed = {CDC: 42}
+    client = make_client(server, fake_auth, committed, Sleeps(), channels=[CDC])
+
+    def commit(message: dict[str, Any]) -> None:
+        committed[message["channel"]] = message["data"]["event"]["replayId"]
+
+    got = await take(client, 2, on_message=commit)
+    assert [m["data"]["event"]["replayId"] for m in got] == [43, 44]
+    assert [s["ext"]["replay"] for s in server.sent("/meta/subscribe")] == [{CDC: 42}, {CDC: 43}]
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client1", "client1", "client2"]
+    await client.aclose()
+
+
+# ------------------------------------------------------------------ Bayeux dialects (issue 11, part 3)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "args", "message", "lost"),
+    [
+        ("403::Unknown client", 403, (), "Unknown client", True),
+        ("401:2x8f0k3:Unknown client", 401, ("2x8f0k3",), "Unknown client", True),
+        ("402::session_unknown", 402, (), "session_unknown", True),
+        ("402::Unknown client", 402, (), "Unknown client", True),
+        ("401::Authentication invalid", 401, (), "Authentication invalid", False),
+        ("405:/bad,/worse:Invalid channel", 405, ("/bad", "/worse"), "Invalid channel", False),
+        ("400::The replayId {42} you provided was invalid.  Please provide a valid ID", 400, (),
+         "The replayId {42} you provided was invalid.  Please provide a valid ID", False),
+        ("500::message: with a colon", 500, (), "message: with a colon", False),
+        ("something went wrong", None, (), "something went wrong", False),
+        (None, None, (), "", False),
+    ],
+)
+def test_error_strings_are_parsed_by_the_bayeux_grammar(
+    error: Any, code: int | None, args: tuple[str, ...], message: str, lost: bool
+) -> None:
+    parsed = BayeuxError.parse(error)
+    assert (parsed.code, parsed.args, parsed.message, parsed.session_lost) == (code, args, message, lost)
+
+
+@pytest.mark.parametrize("error", ["401:client1:Unknown client", "402::session_unknown", "402::Unknown client"])
+async def test_lost_session_on_subscribe_rehandshakes_instead_of_retrying_or_failing_with_fake_transport(
+    fake_auth: FakeAuth, error: str
+) -> None:
+    server = FakeBayeux()
+    server.subscribe_script.append({"successful": False, "error": error})  # no advice, as faye sends it
+    server.connect_script.append([ok_connect(first=True), event(CDC, 8)])
+    sleeps = Sleeps()
+    client = make_client(server, fake_auth, {CDC: 7}, sleeps, channels=[CDC])
+    assert [m["data"]["event"]["replayId"] for m in await take(client, 1)] == [8]
+    assert [s["clientId"] for s in server.sent("/meta/subscribe")] == ["client1", "client2"]
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client2"]
+    assert fake_auth.refresh_calls == 0  # faye's 401 here is an unknown client, not a bad token
+    assert sleeps.delays == []
+    await client.aclose()
+
+
+@pytest.mark.parametrize("advice", [None, {"reconnect": "handshake", "interval": 0}])
+@pytest.mark.parametrize("error", ["401:client1:Unknown client", "402::session_unknown"])
+async def test_lost_session_on_connect_rehandshakes_with_fake_transport(
+    fake_auth: FakeAuth, error: str, advice: dict[str, Any] | None
+) -> None:
+    server = FakeBayeux()
+    failed: dict[str, Any] = {"channel": "/meta/connect", "successful": False, "error": error}
+    if advice:
+        failed["advice"] = advice
+    server.connect_script.extend([[ok_connect(first=True)], [failed], [ok_connect(first=True), event(CDC, 8)]])
+    sleeps = Sleeps()
+    client = make_client(server, fake_auth, {CDC: 7}, sleeps, channels=[CDC])
+    assert len(await take(client, 1)) == 1
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client1", "client1", "client2"]
+    assert [s["ext"]["replay"] for s in server.sent("/meta/subscribe")] == [{CDC: 7}, {CDC: 7}]
+    assert fake_auth.refresh_calls == 0 and sleeps.delays == []
+    await client.aclose()
+
+
+async def test_advice_handshake_on_a_successful_connect_is_followed_after_its_events_with_fake_transport(
+    fake_auth: FakeAuth,
+) -> None:
+    server = FakeBayeux()
+    server.connect_script.extend([
+        [{"channel": "/meta/connect", "successful": True, "advice": {"reconnect": "handshake"}}, event(CDC, 8)],
+        [ok_connect(first=True), event(CDC, 9)],
+    ])
+    committed = {CDC: 7}
+    sleeps = Sleeps()
+    client = make_client(server, fake_auth, committed, sleeps, channels=[CDC])
+
+    def commit(message: dict[str, Any]) -> None:
+        committed[message["channel"]] = message["data"]["event"]["replayId"]
+
+    assert [m["data"]["event"]["replayId"] for m in await take(client, 2, on_message=commit)] == [8, 9]
+    # the old session is never polled again; the new one resumes after the event of the advised answer
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client1", "client2"]
+    assert [s["ext"]["replay"] for s in server.sent("/meta/subscribe")] == [{CDC: 7}, {CDC: 8}]
+    assert sleeps.delays == [] and client.connected
+    await client.aclose()
+
+
+async def test_advice_none_on_a_successful_connect_ends_the_session_and_backs_off_with_fake_transport(
+    fake_auth: FakeAuth,
+) -> None:
+    server = FakeBayeux()
+    server.connect_script.extend([
+        [{"channel": "/meta/connect", "successful": True, "advice": {"reconnect": "none"}}],
+        [ok_connect(first=True), event(CDC, 8)],
+    ])
+    sleeps = Sleeps()
+    client = make_client(server, fake_auth, {CDC: 7}, sleeps, channels=[CDC])
+    assert len(await take(client, 1)) == 1
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client1", "client2"]
+    assert len(server.sent("/meta/handshake")) == 2
+    assert sleeps.delays == [0.5]  # a backoff before the new session: the server asked for no reconnect
+    await client.aclose()
+
+
+async def test_advice_handshake_on_a_successful_subscribe_is_followed_with_fake_transport(
+    fake_auth: FakeAuth,
+) -> None:
+    server = FakeBayeux()
+    server.subscribe_script.append({"advice": {"reconnect": "handshake"}})
+    server.connect_script.append([ok_connect(first=True), event(CDC, 8)])
+    client = make_client(server, fake_auth, {CDC: 7}, Sleeps(), channels=[CDC])
+    assert len(await take(client, 1)) == 1
+    assert [s["clientId"] for s in server.sent("/meta/subscribe")] == ["client1", "client2"]
+    assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client2"]
+    await client.aclose()
