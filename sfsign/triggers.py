@@ -97,7 +97,7 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     try:
         record_id = canonical_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
     except InvalidId as exc:
-        decision.ignored.append(f"RecordId__c is not a record id: {exc}")
+        decision.ignored.append(f"RecordId__c is not an Opportunity or Quote id: {exc}")
         return decision
     sobject = KEY_PREFIXES.get(record_id[:3])
     if sobject is None:
@@ -110,8 +110,8 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
         rule = rules.by_name(wanted) if isinstance(wanted, str) else None
         if rule is None or rule.object != sobject:
             shown = repr(wanted)[:120]
-            why = (f"Rule__c {shown} is a rule for {rule.object}, not for {sobject}" if rule is not None
-                   else f"Rule__c {shown} is not the name of a rule for {sobject}")
+            why = f"Rule__c {shown} is not a rule for {sobject} " + (
+                f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)")
             decision.ignored.append(why)
             decision.refused.append(AuditEvent(
                 transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),

@@ -4,9 +4,13 @@ One record has many spellings: the 15-character id (case-sensitive: `006Dn...a` 
 two records), its 18-character form, and that form in any other case (a spreadsheet upper-cased it; the
 3-character suffix says which of the first 15 characters are upper case, so the case can be restored).
 sfsign compares ids, derives transaction ids from them and keeps them in a unique index, so every id
-that enters from outside is turned into the canonical form here first. An 18-character id whose suffix
-cannot describe its first 15 characters (an upper-case bit on a digit, a character outside the suffix
-alphabet) is refused: guessing would pick a record nobody named.
+that enters from outside is turned into the canonical form here first.
+
+An 18-character id is taken when its suffix (in any case) matches its first 15 characters as written,
+or when those are all in one case (the id went through upper() or lower()) and the suffix restores
+them. Anything else is refused: a mixed-case id whose suffix disagrees with it (Salesforce's own
+`MALFORMED_ID` example, `001900K0001pPuOAAU`), an upper-case bit on a digit, a character outside the
+suffix alphabet. Restoring the case of such an id would pick a record nobody named.
 
 The emulator has its own id code (sfsign/emulator/ids.py): the two sides must not share it.
 """
@@ -46,6 +50,8 @@ def canonical_id(value: object) -> str:
         return head + suffix
     if any(ch not in _SUFFIX for ch in suffix):
         raise InvalidId(f"{shown}: the last 3 characters are not a case-safe id suffix")
+    if head != head.upper() and head != head.lower():
+        raise InvalidId(f"{shown}: the suffix does not match the case of the first 15 characters")
     restored = []
     for i, ch in enumerate(head):
         upper = bool(_SUFFIX.index(suffix[i // 5]) >> (i % 5) & 1)
