@@ -445,7 +445,7 @@ class Daemon:
                         await self._park(message, f"failed {attempts} times while Salesforce answered: {error}",
                                          attempts)
                         return True
-                    log.error("event handling failed; retrying", event=_event_label(message), error=error,
+                    log.error("event handling failed; retrying", failing=_event_label(message), error=error,
                               attempts=attempts, max_attempts=self.settings.intake_max_attempts, retry_in_s=delay)
                 await wait_any(self._stop, within_s=delay)
                 delay = min(delay * 2, 30.0)
