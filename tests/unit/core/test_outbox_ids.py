@@ -89,3 +89,20 @@ def test_migration_normalises_ids_and_flags_contracts_signed_twice(tmp_path: Pat
     assert store.parked_count() == 0
     store.close()
     OutboxStore(path).close()  # opening it again is a no-op
+
+
+def test_status_lists_parked_events_without_their_payload(tmp_path: Path) -> None:
+    from sfsign.ops.status import collect_status, render_status, status_json
+
+    store = OutboxStore(tmp_path / "o.sqlite")
+    message = {"channel": "/data/OpportunityChangeEvent",
+               "data": {"event": {"replayId": 5}, "payload": {"Name": "Customer GmbH"}}}
+    store.park_event("/data/OpportunityChangeEvent", 5, message, "malformed: recordIds: 'x' is not an id", 1)
+    report = collect_status(store)
+    data = status_json(report)
+    assert data["parked_events"]["count"] == 1
+    [entry] = data["parked_events"]["newest"]
+    assert entry["replay_id"] == 5 and entry["reason"].startswith("malformed")
+    text = render_status(report)
+    assert "parked events" in text and "replay id 5" in text
+    assert "Customer GmbH" not in str(data) + text  # payloads may name customers: they stay in the outbox
