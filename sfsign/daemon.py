@@ -428,24 +428,31 @@ class Daemon:
         """
         delay = 0.5
         attempts = 0
+        cause = ""  # the last failure of the event's own handling (not of parking it)
         try:
             while not self._stop.is_set():
                 try:
-                    await self._handle(rest, message)
+                    if attempts >= self.settings.intake_max_attempts:
+                        await self._park(message, f"failed {attempts} times while Salesforce answered: {cause}",
+                                         attempts)
+                    else:
+                        await self._handle(rest, message)
                     return True
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
+                    parking = attempts >= self.settings.intake_max_attempts
+                    if not parking:
+                        cause = error
                     if self.health.intake_failing_since is None:
                         self.health.intake_failing_since = time.time()
                         self.health.intake_failing_event = _event_label(message)
                     self.health.intake_last_error = error[:300]
-                    if await self._event_is_at_fault(rest, exc):
+                    if not parking and await self._event_is_at_fault(rest, exc):
                         attempts += 1
-                    if attempts >= self.settings.intake_max_attempts:
-                        await self._park(message, f"failed {attempts} times while Salesforce answered: {error}",
-                                         attempts)
-                        return True
-                    log.error("event handling failed; retrying", failing=_event_label(message), error=error,
+                        if attempts >= self.settings.intake_max_attempts:
+                            continue  # park it now
+                    log.error("event parking failed; retrying" if parking else "event handling failed; retrying",
+                              failing=_event_label(message), error=error,
                               attempts=attempts, max_attempts=self.settings.intake_max_attempts, retry_in_s=delay)
                 await wait_any(self._stop, within_s=delay)
                 delay = min(delay * 2, 30.0)
