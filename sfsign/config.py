@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     stream_long_poll_margin_s: float = Field(15.0, gt=0, description="watchdog: advice.timeout + this")
     stream_backoff_base_s: float = Field(0.5, gt=0)
     stream_backoff_cap_s: float = Field(60.0, gt=0)
+    intake_max_attempts: int = Field(
+        5, ge=1, le=100,
+        description="attempts at an event that fails while Salesforce answers, before it is parked and its "
+                    "objects reconciled (a Salesforce outage is waited out and not counted)",
+    )
+    intake_stuck_after_s: float = Field(
+        300.0, gt=0, description="/readyz reports intake stuck when one event has been failing this long",
+    )
     audit_flush_s: float = Field(
         30.0, gt=0, description="how often audit events not yet sent along with a write-back go to Signature_Event__c"
     )

@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -93,6 +94,10 @@ class Health:
     instance_url: str | None = None
     # channel -> commit time (epoch s) of the last event received: the replay lag gauge
     last_event_commit: dict[str, float] = field(default_factory=dict)
+    # The event intake is working on while it fails: since when, which one, why (None while none fails)
+    intake_failing_since: float | None = None
+    intake_failing_event: str | None = None
+    intake_last_error: str | None = None
 
 
 class Daemon:
@@ -300,9 +305,20 @@ class Daemon:
         except Exception as exc:
             writable = False
             reasons.append(f"the outbox is not writable: {type(exc).__name__}: {exc}")
+        stalled = self._intake_stalled_s()
+        intake_moving = stalled is None or stalled < self.settings.intake_stuck_after_s
+        if not intake_moving:
+            reasons.append(
+                f"intake stuck: the event {self.health.intake_failing_event} has been failing for {stalled:.0f} s "
+                f"and the replay id does not move ({self.health.intake_last_error})"
+            )
         checks = {"authenticated": self.health.authenticated, "subscribed": self.health.subscribed,
-                  "outbox_writable": writable}
+                  "outbox_writable": writable, "intake_moving": intake_moving}
         return Readiness(reasons=tuple(reasons), checks=checks)
+
+    def _intake_stalled_s(self) -> float | None:
+        since = self.health.intake_failing_since
+        return None if since is None else max(0.0, time.time() - since)
 
     async def metrics_text(self) -> bytes:
         async def ready() -> bool:
@@ -314,6 +330,7 @@ class Daemon:
             last_event_commit=lambda: self.health.last_event_commit,
             certificates=self.certificates,
             ready=ready,
+            intake_failing_since=lambda: self.health.intake_failing_since,
         )
         return self.metrics.render(await take_snapshot(sources))
 
@@ -404,24 +421,91 @@ class Daemon:
                 self.stream.reset_replay(exc.channel)
 
     async def _handle_until_done(self, rest: SalesforceRest, message: dict[str, Any]) -> bool:
-        """Handle one event, retrying with backoff while it fails (SQLite busy, Salesforce down...).
+        """Handle one event, retrying with backoff while it fails; park it when it keeps failing while
+        Salesforce answers.
 
-        The stream is not read meanwhile, so events stay in order and the replay id never moves past
-        an event that was not handled. Returns False if the daemon is stopping.
+        The stream is not read meanwhile, so events stay in order and the replay id never moves past an
+        event that was not handled. A failure counts as an attempt only when it is the event's own: a
+        permanent error, a bug, or a transient Salesforce error while a probe call (`/limits`) shows that
+        Salesforce does answer. An outage (the probe fails too) and a busy outbox are waited out without
+        counting, so they can never park good events. After `intake_max_attempts` counted attempts the
+        event is parked (kept with its payload and reason), its objects are reconciled, and the replay id
+        moves past it. Returns False if the daemon is stopping.
         """
         delay = 0.5
-        while not self._stop.is_set():
-            try:
-                await self._handle(rest, message)
-                return True
-            except Exception as exc:
-                data = message.get("data")
-                replay = data.get("event", {}).get("replayId") if isinstance(data, dict) else None
-                log.error("event handling failed; retrying", channel=message.get("channel"), replay_id=replay,
-                          error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+        attempts = 0
+        cause = ""  # the last failure of the event's own handling (not of parking it)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if attempts >= self.settings.intake_max_attempts:
+                        await self._park(message, f"failed {attempts} times while Salesforce answered: {cause}",
+                                         attempts)
+                    else:
+                        await self._handle(rest, message)
+                    return True
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    parking = attempts >= self.settings.intake_max_attempts
+                    if not parking:
+                        cause = error
+                    if self.health.intake_failing_since is None:
+                        self.health.intake_failing_since = time.time()
+                        self.health.intake_failing_event = _event_label(message)
+                    self.health.intake_last_error = error[:300]
+                    if not parking and await self._event_is_at_fault(rest, exc):
+                        attempts += 1
+                        if attempts >= self.settings.intake_max_attempts:
+                            continue  # park it now
+                    log.error("event parking failed; retrying" if parking else "event handling failed; retrying",
+                              failing=_event_label(message), error=error,
+                              attempts=attempts, max_attempts=self.settings.intake_max_attempts, retry_in_s=delay)
                 await wait_any(self._stop, within_s=delay)
                 delay = min(delay * 2, 30.0)
-        return False
+            return False
+        finally:
+            self.health.intake_failing_since = None
+            self.health.intake_failing_event = None
+            self.health.intake_last_error = None
+
+    async def _event_is_at_fault(self, rest: SalesforceRest, exc: Exception) -> bool:
+        """Whether this failure counts towards parking the event (see `_handle_until_done`)."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return False  # the outbox is busy, locked or full: no event is to blame
+        if isinstance(exc, AuthError):
+            return False  # the login, not the event
+        if isinstance(exc, SalesforceError) and exc.transient:
+            try:
+                await rest.limits()
+            except Exception:
+                return False  # Salesforce does not answer: an outage, waited out
+        return True
+
+    async def _park(self, message: dict[str, Any], reason: str, attempts: int) -> None:
+        """Give up on an event without losing what it asked for: reconcile its objects (persisted
+        first), then keep the event with its reason and move the replay id past it, in one commit."""
+        channel = str(message.get("channel") or "?")
+        objects, replay_id = self._event_objects(message)
+        if objects:
+            await self.request_reconcile(objects)
+        parked = await self.outbox.park_event(channel, replay_id, message, reason, attempts)
+        self.metrics.events_parked.labels(channel).inc()
+        log.error("event parked: intake moves on; `sfsign status` lists it", channel=channel, replay_id=replay_id,
+                  parked_id=parked.id, reason=reason, attempts=attempts, reconciling=objects)
+
+    def _event_objects(self, message: dict[str, Any]) -> tuple[list[str], int | None]:
+        """The objects whose records a (failed or malformed) event may have been about, and its replay id."""
+        channel = str(message.get("channel") or "")
+        try:
+            event = parse_event(message)
+        except MalformedEvent as exc:
+            entity = exc.entity or _channel_object(exc.channel or channel)
+            replay_id = exc.replay_id
+        else:
+            entity = event.entity if isinstance(event, ChangeEvent) else _channel_object(channel)
+            replay_id = event.replay_id
+        objects = [entity] if entity and self.rules.for_object(entity) else []
+        return objects, replay_id
 
     async def _watch_stream(self) -> None:
         """Keep `health` and `ready` in step with the stream (readiness for ops and the demo)."""
@@ -468,10 +552,7 @@ class Daemon:
             if committed is not None:
                 self.health.last_event_commit[event.channel] = committed
         except MalformedEvent as exc:
-            log.warning("malformed event skipped", channel=exc.channel or channel, replay_id=exc.replay_id,
-                        reason=exc.reason)
-            if exc.replay_id is not None:
-                await self.outbox.commit_event(exc.channel or channel, exc.replay_id, [])
+            await self._park(message, f"malformed: {exc.reason}", attempts=1)
             return
         org_id = self._org_id()
         if isinstance(event, ChangeEvent):
@@ -491,7 +572,8 @@ class Daemon:
         jobs = decision.jobs if decision else []
         if decision and decision.reconcile:
             await self.request_reconcile(decision.reconcile)
-        result = await self.outbox.commit_event(event.channel, event.replay_id, jobs)
+        refused = decision.refused if decision else []
+        result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, refused)
         for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
@@ -501,7 +583,7 @@ class Daemon:
                      reason=why)
         if decision:
             for why in decision.ignored:
-                log.info("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
+                log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
         if result.created and self.worker is not None:
             self.worker.wake()
 
@@ -767,6 +849,14 @@ def _commit_time(event: ChangeEvent | PlatformEvent | Any) -> float | None:
     if isinstance(event, PlatformEvent) and event.created_date is not None:
         return event.created_date.timestamp()
     return None
+
+
+def _event_label(message: dict[str, Any]) -> str:
+    """`<channel> replay id <n>` of a raw message, for logs and /readyz."""
+    data = message.get("data")
+    event = data.get("event") if isinstance(data, dict) else None
+    replay = event.get("replayId") if isinstance(event, dict) else None
+    return f"{message.get('channel')} replay id {replay}"
 
 
 def _probe_write(store: OutboxStore) -> None:

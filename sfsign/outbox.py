@@ -10,6 +10,7 @@ on disk.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -20,10 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
+import structlog
 
 from sfsign.private_files import private_dir, private_file
+from sfsign.salesforce.ids import InvalidId, canonical_id
 
 T = TypeVar("T")
+
+log = structlog.get_logger("sfsign.outbox")
 
 
 class JobState(StrEnum):
@@ -53,6 +58,16 @@ ACTIVE_STATES = (
 )
 # After these, the same record entering the trigger state again starts a new transaction.
 REENTRY_STATES = (JobState.ERROR, JobState.DEAD)
+# Jobs that renew the archive timestamp of a document already signed (sfsign/archive.py): they sit beside
+# the record's `done` job, so the one-job-per-record index leaves them out.
+_ARCHIVE_SOURCE = "ltv-refresh"
+# One live (or done) job per record and rule: the duplicate check in `_duplicate_reason`, enforced by
+# SQLite. `duplicate_of` marks the second contracts that outboxes of older versions already hold.
+_ONE_PER_RECORD_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_per_record ON jobs (sobject, record_id, rule) WHERE state NOT IN ("
+    + ", ".join(f"'{s.value}'" for s in REENTRY_STATES)
+    + f") AND source != '{_ARCHIVE_SOURCE}' AND duplicate_of IS NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,31 @@ class NewJob:
     source: str  # cdc | event | gap | reconcile
     event_time_ms: int | None = None
     requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """An audit row that belongs to no job (a refused request), written with the event's commit."""
+
+    transaction_id: str
+    sobject: str
+    record_id: str
+    event_type: str
+    actor: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An event intake gave up on: kept with its payload and reason so nothing is silently dropped."""
+
+    id: int
+    channel: str
+    replay_id: int | None
+    reason: str
+    attempts: int
+    parked_at: float
+    payload: str  # the raw Bayeux message as JSON
 
 
 @dataclass(frozen=True)
@@ -105,6 +145,7 @@ class Job:
     signed_visible_at: float | None = None  # when the record first showed `Signed`
     failing_since: float | None = None  # first failure since the job last moved on: the retry window's start
     file_title: str | None = None  # the ContentVersion Title as the rule wrote it (file_name is allow-listed)
+    duplicate_of: int | None = None  # a second job of one record from before the unique index (migration)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -174,6 +215,7 @@ _JOB_COLUMNS: dict[str, type] = {
     "signed_visible_at": float,
     "failing_since": float,
     "file_title": str,
+    "duplicate_of": int,
 }
 
 
@@ -233,14 +275,62 @@ class OutboxStore:
                 defaults={"status": "pending"},
             )
             self.db.table("audit").create_index(["status", "id"])
+        if not self.db["parked_events"].exists():
+            self.db.create_table(
+                "parked_events",
+                {"id": int, "channel": str, "replay_id": int, "reason": str, "attempts": int, "parked_at": float,
+                 "payload": str},
+                pk="id",
+            )
+        if "jobs_one_per_record" not in {i.name for i in self.db.table("jobs").indexes}:
+            self._canonical_record_ids()
+            self.db.execute(_ONE_PER_RECORD_INDEX)
+
+    def _canonical_record_ids(self) -> None:
+        """Migration for outboxes written before ids were normalised: rewrite every record id to its
+        18-character form, then flag the second and later live jobs of one record and rule (contracts
+        already signed twice) with `duplicate_of`, so the unique index can be built. Nothing is deleted."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("jobs", "audit"):
+                for (raw,) in conn.execute(f"SELECT DISTINCT record_id FROM {table}").fetchall():
+                    try:
+                        fixed = canonical_id(raw)
+                    except InvalidId:
+                        continue
+                    if fixed != raw:
+                        conn.execute(f"UPDATE {table} SET record_id = ? WHERE record_id = ?", (fixed, raw))
+            live = ", ".join(f"'{s.value}'" for s in REENTRY_STATES)
+            groups = conn.execute(
+                f"SELECT sobject, record_id, rule, MIN(id) FROM jobs WHERE state NOT IN ({live}) "
+                f"AND source != ? AND duplicate_of IS NULL GROUP BY sobject, record_id, rule HAVING COUNT(*) > 1",
+                (_ARCHIVE_SOURCE,),
+            ).fetchall()
+            for sobject, record_id, rule, first in groups:
+                conn.execute(
+                    f"UPDATE jobs SET duplicate_of = ? WHERE sobject = ? AND record_id = ? AND rule = ? AND id != ? "
+                    f"AND state NOT IN ({live}) AND source != ? AND duplicate_of IS NULL",
+                    (first, sobject, record_id, rule, first, _ARCHIVE_SOURCE),
+                )
+                log.warning("outbox migration: this record has more than one job for one rule (signed twice "
+                            "by an older version); the later ones are flagged duplicate_of",
+                            sobject=sobject, record_id=record_id, rule=rule, first_job=first)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     # ------------------------------------------------------------------------------------- intake
 
-    def commit_event(self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob]) -> CommitResult:
-        """Insert an event's jobs and advance the channel's replay id, atomically."""
+    def commit_event(
+        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent] = ()
+    ) -> CommitResult:
+        """Insert an event's jobs (and audit rows of what it was refused) and advance the channel's replay
+        id, atomically."""
         now = time.time()
         created: list[Job] = []
         duplicates: list[tuple[NewJob, str]] = []
@@ -270,24 +360,72 @@ class OutboxStore:
                     "upload_uncertain": 0,
                 }
                 cur = conn.execute(
-                    f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                    f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)}) "
+                    "ON CONFLICT DO NOTHING",
                     list(row.values()),
                 )
+                if cur.rowcount == 0:  # the unique indexes caught what the check above did not
+                    duplicates.append((job, "the record already has a job for this rule (unique index)"))
+                    continue
                 created.append(Job.from_row({**row, "id": cur.lastrowid}))
                 self._audit(int(cur.lastrowid or 0), JobState.QUEUED.value, job.requested_by or "sfsign",
                             f"source: {job.source}, rule: {job.rule}")
-            if channel is not None and replay_id is not None:
-                conn.execute(
-                    "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
-                    "updated_at = excluded.updated_at",
-                    (channel, replay_id, now),
+            for event in audit:
+                self.db.execute(
+                    "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, "
+                    "status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+                    (event.transaction_id, event.sobject, event.record_id, event.event_type, audit_time(now),
+                     event.actor, event.detail[:32000]),
                 )
+            self._set_replay(channel, replay_id, now)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return CommitResult(created, duplicates)
+
+    def _set_replay(self, channel: str | None, replay_id: int | None, now: float) -> None:
+        if channel is not None and replay_id is not None:
+            self.db.conn.execute(
+                "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
+                "updated_at = excluded.updated_at",
+                (channel, replay_id, now),
+            )
+
+    def park_event(
+        self, channel: str, replay_id: int | None, message: Any, reason: str, attempts: int
+    ) -> ParkedEvent:
+        """Keep an event intake gives up on (its payload and why) and move the channel's replay id past
+        it, atomically: the stream goes on, and the event stays for operators (`sfsign status`)."""
+        now = time.time()
+        payload = json.dumps(message, ensure_ascii=False, default=str)
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                "INSERT INTO parked_events (channel, replay_id, reason, attempts, parked_at, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (channel, replay_id, reason[:32000], attempts, now, payload),
+            )
+            self._set_replay(channel, replay_id, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return ParkedEvent(int(cur.lastrowid or 0), channel, replay_id, reason, attempts, now, payload)
+
+    def parked_events(self, limit: int = 20) -> list[ParkedEvent]:
+        """Newest first."""
+        rows = self.db.execute(
+            "SELECT id, channel, replay_id, reason, attempts, parked_at, payload FROM parked_events "
+            "ORDER BY id DESC LIMIT ?", (limit,),
+        ).fetchall()
+        return [ParkedEvent(int(r[0]), str(r[1]), r[2], str(r[3]), int(r[4] or 0), float(r[5]), str(r[6]))
+                for r in rows]
+
+    def parked_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM parked_events").fetchone()[0])
 
     def _duplicate_reason(self, job: NewJob) -> str | None:
         same = self.db.execute(
@@ -562,6 +700,16 @@ class OutboxStore:
         job = self.get(job_id)
         if job.state not in REENTRY_STATES:
             raise ValueError(f"job {job.transaction_id} is {job.state}, only error/dead jobs can be retried")
+        if job.source != _ARCHIVE_SOURCE and job.duplicate_of is None:
+            live = ", ".join("?" for _ in REENTRY_STATES)
+            other = self.db.execute(
+                f"SELECT transaction_id, state FROM jobs WHERE sobject = ? AND record_id = ? AND rule = ? "
+                f"AND state NOT IN ({live}) AND source != ? AND duplicate_of IS NULL LIMIT 1",
+                (job.sobject, job.record_id, job.rule, *[s.value for s in REENTRY_STATES], _ARCHIVE_SOURCE),
+            ).fetchone()
+            if other:  # the record was triggered again meanwhile: that job is the record's contract now
+                raise ValueError(f"job {job.transaction_id} cannot be retried: the record has transaction "
+                                 f"{other[0]} ({other[1]}) for rule {job.rule}")
         resume = JobState.QUEUED
         if job.ltv_version_id:
             resume = JobState.LTV_UPLOADED  # the upgraded version is in Salesforce: only its write-back is left
@@ -630,13 +778,21 @@ class Outbox:
         return await self._run(lambda: fn(store))
 
     async def commit_event(
-        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob]
+        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent] = ()
     ) -> CommitResult:
-        jobs = list(jobs)
-        result = await self.call(lambda s: s.commit_event(channel, replay_id, jobs))
+        jobs, events = list(jobs), list(audit)
+        result = await self.call(lambda s: s.commit_event(channel, replay_id, jobs, events))
         if channel is not None and replay_id is not None:
             self._replay[channel] = replay_id
         return result
+
+    async def park_event(
+        self, channel: str, replay_id: int | None, message: Any, reason: str, attempts: int
+    ) -> ParkedEvent:
+        parked = await self.call(lambda s: s.park_event(channel, replay_id, message, reason, attempts))
+        if replay_id is not None:
+            self._replay[channel] = replay_id
+        return parked
 
     async def reset_replay(self, channel: str) -> None:
         await self.call(lambda s: s.reset_replay(channel))

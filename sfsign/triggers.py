@@ -12,8 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from sfsign.config import RuleConfig, Rules
-from sfsign.outbox import NewJob
+from sfsign.outbox import AuditEvent, NewJob
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
+from sfsign.salesforce.ids import InvalidId, canonical_id
 
 _NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
 
@@ -23,8 +24,13 @@ SIGN_REQUEST_EVENT = "Sign_Request__e"
 
 
 def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identity: str) -> str:
-    """Stable id of one trigger; 36 characters, fits `Sign_Transaction_Id__c` (Text 64)."""
-    return str(uuid.uuid5(_NAMESPACE, f"{org_id[:15]}/{sobject}/{record_id[:15]}/{rule}/{identity}"))
+    """Stable id of one trigger; 36 characters, fits `Sign_Transaction_Id__c` (Text 64).
+
+    `record_id` is read in its canonical form, so every spelling of one record gives one id (the first
+    15 characters of the canonical id are the case-sensitive id: ids derived before stay the same).
+    """
+    record = canonical_id(record_id)[:15]
+    return str(uuid.uuid5(_NAMESPACE, f"{org_id[:15]}/{sobject}/{record}/{rule}/{identity}"))
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Decision:
     reread: list[tuple[str, str]] = field(default_factory=list)  # (sobject, record id) from gap events
     reconcile: list[str] = field(default_factory=list)  # sobjects whose overflow asks for reconciliation
     ignored: list[str] = field(default_factory=list)  # why parts of the event were not acted upon
+    refused: list[AuditEvent] = field(default_factory=list)  # requests refused, for the record's audit trail
 
 
 def _fires(rule: RuleConfig, event: ChangeEvent) -> bool:
@@ -77,18 +84,40 @@ def decide_change(event: ChangeEvent, rules: Rules, org_id: str) -> Decision:
 
 
 def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Decision:
-    """`Sign_Request__e`: sign this record now with the named rule (or the object's first rule)."""
+    """`Sign_Request__e`: sign this record now with the named rule (or the object's first rule).
+
+    The record id is taken in its canonical 18-character form, so the 15-character id or the
+    18-character id in another case of a record already signed meets that record's job in the
+    duplicate check. A `Rule__c` that is not exactly the name of a rule of the record's object is
+    refused (logged, and an audit event on the record), never matched loosely: a guess could sign
+    with terms or a key nobody asked for.
+    """
     decision = Decision()
-    record_id = str(event.fields.get("RecordId__c") or "").strip()
+    raw_id = event.fields.get("RecordId__c")
+    try:
+        record_id = canonical_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
+    except InvalidId as exc:
+        decision.ignored.append(f"RecordId__c is not an Opportunity or Quote id: {exc}")
+        return decision
     sobject = KEY_PREFIXES.get(record_id[:3])
-    if len(record_id) not in (15, 18) or not record_id.isalnum() or sobject is None:
+    if sobject is None:
         decision.ignored.append(f"RecordId__c {record_id!r} is not an Opportunity or Quote id")
         return decision
-    wanted = str(event.fields.get("Rule__c") or "").strip()
-    if wanted:
-        rule = rules.by_name(wanted)
+    identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
+    requested_by = str(event.fields.get("RequestedById__c") or event.created_by_id or "") or None
+    wanted = event.fields.get("Rule__c")
+    if wanted is not None and wanted != "":
+        rule = rules.by_name(wanted) if isinstance(wanted, str) else None
         if rule is None or rule.object != sobject:
-            decision.ignored.append(f"Rule__c {wanted!r} is not a rule for {sobject}")
+            shown = repr(wanted)[:120]
+            why = f"Rule__c {shown} is not a rule for {sobject} " + (
+                f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)")
+            decision.ignored.append(why)
+            decision.refused.append(AuditEvent(
+                transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
+                sobject=sobject, record_id=record_id, event_type="refused",
+                actor=requested_by or "sfsign", detail=f"Sign_Request__e refused: {why}",
+            ))
             return decision
     else:
         candidates = rules.for_object(sobject)
@@ -96,7 +125,6 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             decision.ignored.append(f"no rule for {sobject}")
             return decision
         rule = candidates[0]
-    identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
     created_ms = int(event.created_date.timestamp() * 1000) if event.created_date else None
     decision.jobs.append(
         NewJob(
@@ -106,7 +134,7 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             record_id=record_id,
             source="event",
             event_time_ms=created_ms,
-            requested_by=str(event.fields.get("RequestedById__c") or event.created_by_id or "") or None,
+            requested_by=requested_by,
         )
     )
     return decision
@@ -122,6 +150,7 @@ def decide_current_state(
     """
     if values.get("Sign_Transaction_Id__c"):
         return []
+    record_id = canonical_id(record_id)
     jobs = []
     for rule in rules.for_object(sobject):
         if values.get(rule.field) in rule.values:

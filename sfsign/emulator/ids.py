@@ -69,7 +69,9 @@ def normalize_id(value: str) -> str | None:
     """The canonical 18-character id for a 15- or 18-character id in any case, or None if malformed.
 
     Salesforce accepts an 18-character id whatever the case of its letters: the suffix says which of the
-    first 15 characters are upper case, so the original case can be restored.
+    first 15 characters are upper case, so the original case can be restored. Stricter where unsure: an
+    id whose mixed-case first 15 characters disagree with its suffix is malformed (the REST error page's
+    `MALFORMED_ID` example is such an id); only an id written all in one case is restored.
     """
     if not isinstance(value, str) or not set(value) <= _ID_CHARS:
         return None
@@ -77,10 +79,12 @@ def normalize_id(value: str) -> str | None:
         return value + checksum(value)
     if len(value) != 18:
         return None
-    if checksum(value[:15]) == value[15:]:
-        return value
     suffix = value[15:].upper()
+    if checksum(value[:15]) == suffix:
+        return value[:15] + suffix
     if any(ch not in _SUFFIX_ALPHABET for ch in suffix):
+        return None
+    if value[:15] not in (value[:15].upper(), value[:15].lower()):
         return None
     chars = list(value[:15])
     for chunk, sch in enumerate(suffix):

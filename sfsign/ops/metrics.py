@@ -75,6 +75,10 @@ class Metrics:
                                           registry=r)
         self.documents_signed = Counter("sfsign_documents_signed", "Documents signed and written back",
                                         ["rule"], registry=r)
+        self.events_parked = Counter(
+            "sfsign_events_parked", "Events intake gave up on and parked (`sfsign status`); their objects are "
+            "reconciled", ["channel"], registry=r,
+        )
         self.config_reloads = Counter("sfsign_config_reloads", "Rules reloads applied (SIGHUP)", registry=r)
         self.config_reload_failures = Counter(
             "sfsign_config_reload_failures", "Rules reloads refused because the new rules are invalid (SIGHUP)",
@@ -100,6 +104,7 @@ class Metrics:
 class OutboxStats:
     jobs_by_state: dict[str, int]
     signed_today: int
+    parked_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class Snapshot:
     replay_lag_s: Mapping[str, float] = field(default_factory=dict)
     certificate_expiry_days: Mapping[str, float] = field(default_factory=dict)
     ready: bool = False
+    intake_stalled_s: float = 0.0  # how long the event intake is on has been failing (0: none is)
 
 
 class SnapshotCollector(Collector):
@@ -135,8 +141,19 @@ class SnapshotCollector(Collector):
             for state in JobState:  # every state, so a rule on `dead > 0` has a series even at zero
                 jobs.add_metric([state.value], snap.outbox.jobs_by_state.get(state.value, 0))
             today.add_metric([], snap.outbox.signed_today)
+        parked = GaugeMetricFamily(
+            "sfsign_parked_events", "Events in the outbox that intake gave up on (`sfsign status` lists them)"
+        )
+        if snap.outbox is not None:
+            parked.add_metric([], snap.outbox.parked_events)
         yield jobs
         yield today
+        yield parked
+        yield GaugeMetricFamily(
+            "sfsign_intake_stalled_seconds",
+            "How long the event intake is working on has been failing: the replay id does not move meanwhile",
+            value=snap.intake_stalled_s,
+        )
         used = GaugeMetricFamily("sfsign_api_requests_used", "Salesforce API requests used today (Sforce-Limit-Info)")
         limit = GaugeMetricFamily("sfsign_api_requests_limit", "Salesforce daily API request allocation")
         if snap.api_usage is not None:
@@ -171,7 +188,8 @@ def read_outbox_stats(store: OutboxStore, *, day_start: float) -> OutboxStats:
     row = store.db.execute(
         "SELECT COUNT(*) FROM jobs WHERE signed_visible_at >= ? AND source != ?", (day_start, ARCHIVE_RENEWAL_SOURCE)
     ).fetchone()
-    return OutboxStats(jobs_by_state=store.counts(), signed_today=int(row[0]) if row else 0)
+    return OutboxStats(jobs_by_state=store.counts(), signed_today=int(row[0]) if row else 0,
+                       parked_events=store.parked_count())
 
 
 class OutboxLike(Protocol):
@@ -203,6 +221,7 @@ class ScrapeSources:
     ready: Callable[[], Awaitable[bool]]
     clock: Callable[[], float] = time.time
     outbox_timeout_s: float = 5.0
+    intake_failing_since: Callable[[], float | None] = lambda: None  # epoch s the current event first failed
 
 
 async def take_snapshot(sources: ScrapeSources) -> Snapshot:
@@ -219,11 +238,13 @@ async def take_snapshot(sources: ScrapeSources) -> Snapshot:
         log.warning("metrics: outbox not readable", error=f"{type(exc).__name__}: {exc}")
         stats = None
     lag = {c: max(0.0, round(now - t, 3)) for c, t in sources.last_event_commit().items()}
+    failing_since = sources.intake_failing_since()
     return Snapshot(
         outbox=stats,
         api_usage=sources.api_usage(),
         replay_lag_s=lag,
         certificate_expiry_days=sources.certificates.days(now),
         ready=await sources.ready(),
+        intake_stalled_s=max(0.0, round(now - failing_since, 3)) if failing_since is not None else 0.0,
     )
 

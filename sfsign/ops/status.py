@@ -20,13 +20,14 @@ from typing import Any
 from tabulate import tabulate
 
 from sfsign.aio import wait_any
-from sfsign.outbox import ACTIVE_STATES, Job, JobState, Outbox, OutboxStore
+from sfsign.outbox import ACTIVE_STATES, Job, JobState, Outbox, OutboxStore, ParkedEvent
 
 # Meta key the daemon writes with the last `Sforce-Limit-Info: api-usage=used/max` it saw: "used/max@epoch".
 API_USAGE_KEY = "api_usage"
 _API_USAGE = re.compile(r"^(\d+)/(\d+)@(\d+(?:\.\d+)?)$")
 ERROR_WIDTH = 60  # characters of `last_error` shown in a table; JSON carries all of it
 DEAD_SHOWN = 20  # dead jobs listed by `sfsign status` (newest first); `sfsign jobs --state dead` has them all
+PARKED_SHOWN = 10  # newest parked events listed; their payloads stay in the outbox (they may name customers)
 
 
 def format_api_usage(used: int, maximum: int, seen_at: float) -> str:
@@ -117,6 +118,8 @@ class StatusReport:
     last_event_at: float | None
     api_usage: ApiUsage | None
     dead_jobs: tuple[DeadJob, ...] = ()  # the newest DEAD_SHOWN, each with what to do
+    parked_count: int = 0
+    parked: tuple[ParkedEvent, ...] = ()  # the newest, without payloads in any output
 
 
 def utc_midnight(now: float) -> float:
@@ -144,6 +147,8 @@ def collect_status(store: OutboxStore, now: float | None = None) -> StatusReport
         api_usage=parse_api_usage(store.get_meta(API_USAGE_KEY)),
         dead_jobs=tuple(dead_job(j) for j in store.recent_jobs(JobState.DEAD, limit=DEAD_SHOWN))
         if counts[JobState.DEAD.value] else (),
+        parked_count=store.parked_count(),
+        parked=tuple(store.parked_events(PARKED_SHOWN)),
     )
 
 
@@ -187,6 +192,11 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "api_usage": {"used": usage.used, "max": usage.maximum, "percent": usage.percent,
                       "seen_at": iso(usage.seen_at)} if usage else None,
         "dead_jobs": [{**asdict(d), "dead_since": iso(d.dead_since)} for d in report.dead_jobs],
+        "parked_events": {
+            "count": report.parked_count,
+            "newest": [{"id": p.id, "channel": p.channel, "replay_id": p.replay_id, "reason": p.reason,
+                        "attempts": p.attempts, "parked_at": iso(p.parked_at)} for p in report.parked],
+        },
     }
 
 
@@ -209,6 +219,10 @@ def render_status(report: StatusReport) -> str:
         ("signed today (UTC)", str(report.signed_today)),
         ("errors / dead", f"{report.errors} / {report.dead}" + ("  (see `sfsign jobs --state error`)"
                                                                if report.errors or report.dead else "")),
+        ("parked events", str(report.parked_count) + (
+            f"  (newest: {report.parked[0].channel} replay id {report.parked[0].replay_id}, "
+            f"{human_age(now - report.parked[0].parked_at)} ago: {_short(report.parked[0].reason, ERROR_WIDTH)})"
+            if report.parked else "")),
     ]
     text = tabulate(states, headers=["state", "jobs"], tablefmt="simple") + "\n\n" + tabulate(facts, tablefmt="plain")
     if report.dead_jobs:

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sfsign.salesforce.ids import InvalidId, canonical_id
+
 GAP_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE"})
 OVERFLOW_TYPE = "GAP_OVERFLOW"
 CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "DELETE", "UNDELETE", "SNAPSHOT"}) | GAP_TYPES | {OVERFLOW_TYPE}
@@ -22,10 +24,12 @@ CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "DELETE", "UNDELETE", "SNAPSHOT"})
 class MalformedEvent(Exception):
     """A data message that is not a CDC or platform event we can read."""
 
-    def __init__(self, reason: str, channel: str | None, replay_id: int | None) -> None:
+    def __init__(self, reason: str, channel: str | None, replay_id: int | None, entity: str | None = None) -> None:
         self.reason = reason
         self.channel = channel
         self.replay_id = replay_id
+        #: the CDC entity the event was about, when its header said so: that object gets reconciled
+        self.entity = entity
         super().__init__(f"malformed event on {channel or '?'} (replay id {replay_id}): {reason}")
 
 
@@ -103,6 +107,21 @@ def _str_list(value: Any, what: str, channel: str, replay: int) -> tuple[str, ..
     return tuple(value)
 
 
+def _record_ids(value: Any, channel: str, replay: int, entity: str) -> tuple[str, ...]:
+    """Every id in its canonical 18-character form: ids are compared, indexed and put into SOQL later,
+    so one that is not an id must stop the event here, not fail its handling over and over."""
+    try:
+        ids = _str_list(value, "recordIds", channel, replay)
+    except MalformedEvent as exc:
+        raise MalformedEvent(exc.reason, channel, replay, entity) from None
+    if not ids:
+        raise MalformedEvent("recordIds missing or empty", channel, replay, entity)
+    try:
+        return tuple(dict.fromkeys(canonical_id(i) for i in ids))
+    except InvalidId as exc:
+        raise MalformedEvent(f"recordIds: {exc}", channel, replay, entity) from None
+
+
 def _opt_int(value: Any, what: str, channel: str, replay: int) -> int | None:
     if value is None:
         return None
@@ -130,9 +149,7 @@ def _parse_change(channel: str, replay: int, schema: str | None, payload: Mappin
         raise MalformedEvent("ChangeEventHeader.entityName missing", channel, replay)
     if change_type not in CHANGE_TYPES:
         raise MalformedEvent(f"unknown changeType {change_type!r}", channel, replay)
-    record_ids = _str_list(header.get("recordIds"), "recordIds", channel, replay)
-    if not record_ids:
-        raise MalformedEvent("recordIds missing or empty", channel, replay)
+    record_ids = _record_ids(header.get("recordIds"), channel, replay, entity)
     return ChangeEvent(
         channel=channel,
         replay_id=replay,

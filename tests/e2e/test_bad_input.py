@@ -69,7 +69,7 @@ async def test_malformed_events_are_skipped(
     [
         {"RecordId__c": "001Dn000000000AAA"},  # an account, not an opportunity or quote
         {"RecordId__c": "006'; DELETE"},  # not an id at all
-        {"RecordId__c": "006Dn00000000zzAAA"},  # well-formed, but no such opportunity
+        {"RecordId__c": "006Dn00000000zzIAA"},  # well-formed, but no such opportunity
         {"RecordId__c": "006", "Reason__c": "truncated id"},
     ],
 )
@@ -80,7 +80,7 @@ async def test_bad_sign_requests_are_skipped_or_fail_cleanly(
         await control.publish("Sign_Request__e", fields, user=REP)
         await _sign_good_record_last(control)
         jobs = await _jobs(daemon)
-    unknown = fields["RecordId__c"] == "006Dn00000000zzAAA"
+    unknown = fields["RecordId__c"] == "006Dn00000000zzIAA"
     if unknown:  # queued (the id looks right), then failed permanently: the record does not exist
         assert jobs[fields["RecordId__c"]].state is JobState.ERROR
         assert jobs[fields["RecordId__c"]].error_code == "NOT_FOUND"

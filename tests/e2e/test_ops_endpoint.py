@@ -184,7 +184,8 @@ async def test_readyz_turns_unready_when_the_emulator_stops_and_ready_when_it_re
         back = await wait_ready(client, True, healthz)
         back_samples = await scrape(client)
 
-    assert up == {"ready": True, "authenticated": True, "subscribed": True, "outbox_writable": True}
+    assert up == {"ready": True, "authenticated": True, "subscribed": True, "outbox_writable": True,
+                  "intake_moving": True}
     assert down["subscribed"] is False and down["outbox_writable"] is True
     assert down["reasons"] == ["not subscribed to every streaming channel"]
     assert down_samples["sfsign_ready"][()] == 0 and down_samples["sfsign_stream_connected"][()] == 0

@@ -29,6 +29,8 @@ BINDING_METRICS = {
     "sfsign_documents_signed_today", "sfsign_api_requests_used", "sfsign_api_requests_limit",
     "sfsign_replay_lag_seconds", "sfsign_signing_certificate_expiry_days", "sfsign_stream_connected",
     "sfsign_stream_disconnects_total", "sfsign_ready",
+    # issue 11: poison events and a stuck intake
+    "sfsign_events_parked_total", "sfsign_parked_events", "sfsign_intake_stalled_seconds",
 }
 BINDING_HISTOGRAMS = {"sfsign_step_duration_seconds", "sfsign_end_to_end_latency_seconds"}
 METRIC_NAME = re.compile(r"\bsfsign_[a-z0-9_]+\b")

@@ -135,11 +135,12 @@ async def test_readiness_names_every_failed_check_of_a_daemon_that_has_not_conne
 
     assert closed.reasons == ("not authenticated with Salesforce", "not subscribed to every streaming channel",
                               "the outbox is not writable: RuntimeError: outbox is not open")
-    assert closed.checks == {"authenticated": False, "subscribed": False, "outbox_writable": False}
+    assert closed.checks == {"authenticated": False, "subscribed": False, "outbox_writable": False,
+                             "intake_moving": True}
     assert opened.checks["outbox_writable"] is True and len(opened.reasons) == 2
     assert blocked.reasons[-1] == "the outbox did not take a write within 0.05 s"
     assert ready.ready and ready.as_json() == {"ready": True, "authenticated": True, "subscribed": True,
-                                               "outbox_writable": True}
+                                               "outbox_writable": True, "intake_moving": True}
     assert stopping.reasons == ("stopping",)
     assert probe is not None  # the probe really wrote
 

@@ -43,6 +43,13 @@ def test_normalize_restores_case_from_suffix() -> None:
     assert normalize_id("003rm0000068xv6yai") == "003RM0000068xV6YAI"
     assert normalize_id("003RM0000068XV6YAI") == "003RM0000068xV6YAI"
     assert normalize_id("003RM0000068xV6") == "003RM0000068xV6YAI"
+    assert normalize_id("003RM0000068xV6yai") == "003RM0000068xV6YAI"  # only the suffix in another case
+
+
+def test_normalize_refuses_a_mixed_case_id_its_suffix_contradicts() -> None:
+    # The REST error page answers MALFORMED_ID for this one; restoring the case would name another record.
+    assert normalize_id("001900K0001pPuOAAU") is None
+    assert normalize_id("003rM0000068xV6YAI") is None
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "003RM0000068xV6YA", "003RM0000068xV6Y!I", "003RM0000068xV6YA9", None, 42])
