@@ -329,16 +329,20 @@ def undisplayable_texts(exc: typst.TypstError) -> frozenset[str]:
     return frozenset(_unescape_rust(m) for m in found) if len(found) == errors else frozenset()
 
 
-def _replace_texts(value: Any, texts: frozenset[str]) -> Any:
-    """`value` (template data) with every occurrence of `texts` replaced by U+FFFD."""
+def _replace_texts(value: Any, texts: frozenset[str], path: str = "", changed: set[str] | None = None) -> Any:
+    """`value` (template data) with every occurrence of `texts` replaced by U+FFFD; the paths of the
+    strings that changed go into `changed`."""
     if isinstance(value, str):
+        new = value
         for text in sorted(texts, key=len, reverse=True):
-            value = value.replace(text, REPLACEMENT_CHARACTER)
-        return value
+            new = new.replace(text, REPLACEMENT_CHARACTER)
+        if new != value and changed is not None:
+            changed.add(path)
+        return new
     if isinstance(value, list):
-        return [_replace_texts(v, texts) for v in value]
+        return [_replace_texts(v, texts, f"{path}[{i}]", changed) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _replace_texts(v, texts) for k, v in value.items()}
+        return {k: _replace_texts(v, texts, f"{path}.{k}" if path else k, changed) for k, v in value.items()}
     return value
 
 
@@ -414,16 +418,17 @@ def render_pdf(
             missing = undisplayable_texts(exc)
             if not missing:
                 raise RenderError(str(path), _diagnostic(exc)) from None
+            changed: set[str] = set()
             try:
-                pdf, warnings, raw_boxes = _compile(compiler, _replace_texts(template_data, missing), timestamp)
+                pdf, warnings, raw_boxes = _compile(
+                    compiler, _replace_texts(template_data, missing, changed=changed), timestamp
+                )
             except typst.TypstError as again:
                 raise RenderError(str(path), _diagnostic(again)) from None
-            count = len(missing)
+            # Field names only: the characters themselves are customer data.
             notes.append(
-                f"{count} character{'s' if count != 1 else ''} that no bundled font can display "
-                "printed as U+FFFD (code points "
-                + ", ".join(sorted(" ".join(f"U+{ord(c):04X}" for c in text) for text in missing))
-                + ")"
+                f"{len(missing)} distinct character(s) no bundled font can display were printed as U+FFFD "
+                f"in {', '.join(sorted(changed))}"
             )
     if not isinstance(pdf, bytes):
         raise RenderError(str(path), "Typst returned no PDF")
