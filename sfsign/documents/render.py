@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import typst  # imported when first rendering: the daemon process itself never renders
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-# Noto (emoji, Arabic, Hebrew, Thai, symbols) and Droid Sans Fallback (CJK), always loaded beside
+# Noto (emoji, Arabic, Hebrew, Thai, symbols, Hangul) and Droid Sans Fallback (CJK), always loaded beside
 # Typst's own fonts so customer text in any common script renders; fonts/fallback/LICENSE.txt.
 FALLBACK_FONTS_DIR = Path(__file__).resolve().parent / "fonts" / "fallback"
 REPLACEMENT_CHARACTER = "\ufffd"

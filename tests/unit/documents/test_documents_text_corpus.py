@@ -47,6 +47,7 @@ CORPUS: dict[str, tuple[str, str | None]] = {
              "NotoSansThai"),
     "cjk": ("\u682a\u5f0f\u4f1a\u793e\u3072\u3089\u304c\u306a \u30ab\u30bf\u30ab\u30ca "
             "\u4e2d\u6587\u6709\u9650\u516c\u53f8", "DroidSansFallback"),
+    "korean": ("\uc8fc\uc2dd\ud68c\uc0ac \ud55c\uad6d \u3131\u314f \ub0a0\uc528 2025", "NotoSansCJKkr"),
     "greek-cyrillic": ("\u0391\u03b8\u03ae\u03bd\u03b1 \u041c\u043e\u0441\u043a\u0432\u0430 \u0130stanbul", None),
     "symbols": ("\u2605 \u2713 \u2192 \u260e \u267b \u00a9 \u2122 \u20ac \u2116", None),
     "long-word": ("Donaudampfschifffahrtsgesellschaftskapit\u00e4nsm\u00fctze" * 4, None),
@@ -172,7 +173,7 @@ def test_notdef_scanner_sees_tofu_when_typst_is_allowed_to_draw_it() -> None:
 
 
 def test_fallback_fonts_ship_with_their_licence() -> None:
-    fonts = sorted(p.name for p in FALLBACK_FONTS_DIR.glob("*.ttf"))
+    fonts = sorted(p.name for p in FALLBACK_FONTS_DIR.iterdir() if p.suffix in (".ttf", ".otf"))
     licence = (FALLBACK_FONTS_DIR / "LICENSE.txt").read_text(encoding="utf-8")
     assert "NotoColorEmoji.ttf" in fonts and "SIL OPEN FONT LICENSE Version 1.1" in licence
     for font in fonts:
