@@ -14,6 +14,7 @@ import subprocess
 import unicodedata
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pdf_glyphs import assert_no_notdef, cid_texts, font_names, pdftotext, visible_characters
@@ -178,3 +179,21 @@ def test_fallback_fonts_ship_with_their_licence() -> None:
     assert "NotoColorEmoji.ttf" in fonts and "SIL OPEN FONT LICENSE Version 1.1" in licence
     for font in fonts:
         assert font in licence
+
+
+def test_undisplayable_texts_reads_typst_rust_escapes_with_fake_error() -> None:
+    """Typst prints the refused text as a Rust string literal; anything but that error means no retry."""
+    from types import SimpleNamespace
+
+    from sfsign.documents.render import undisplayable_texts
+
+    def error(*messages: str) -> Any:
+        return SimpleNamespace(diagnostic="\n\n".join(f"error: {m}\n  = hint: try using a different font"
+                                                     for m in messages), hints=[])
+
+    refused = 'PDF/A-2b error: the text `"{}"` could not be displayed with font `"Libertinus Serif"`'
+    assert undisplayable_texts(error(refused.format("\\u{378}"), refused.format("\\u{f0001}x"))) == {
+        "\u0378", "\U000f0001x"}
+    assert undisplayable_texts(error(refused.format('a\\"b\\\\c\\n'))) == {'a"b\\c\n'}
+    assert undisplayable_texts(error(refused.format("\\u{378}"), "unknown variable: foo")) == frozenset()
+    assert undisplayable_texts(error("unknown variable: foo")) == frozenset()
