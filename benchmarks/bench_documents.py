@@ -109,7 +109,7 @@ def cpu_job(document_json: str, template: str, request: SigningRequest) -> tuple
     """In a pool process: CPU seconds (time.process_time, so a TSA round trip is not counted) of
     render_job, of sign_job without validation, and of the validation, plus the page count."""
     start = time.process_time()
-    pdf, boxes = render_job(document_json, template)
+    pdf, boxes, _notes = render_job(document_json, template)
     rendered = time.process_time()
     signed = sign_job(pdf, boxes, dataclasses.replace(request, trust_roots=()))
     done = time.process_time()
@@ -122,7 +122,7 @@ def cpu_job(document_json: str, template: str, request: SigningRequest) -> tuple
 def _warm(request: SigningRequest, template: str) -> None:
     """What the daemon's pool processes do at start, plus the key, TSA session and validator caches."""
     warm_up()
-    pdf, boxes = render_job(sample_contract(kind="proposal", line_count=3).model_dump_json(), template)
+    pdf, boxes, _notes = render_job(sample_contract(kind="proposal", line_count=3).model_dump_json(), template)
     sign_job(pdf, boxes, request)
 
 

@@ -11,12 +11,26 @@ import re
 import unicodedata
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
+
+import structlog
 
 from sfsign.config import RuleConfig, Rules
 from sfsign.documents.model import Contact, ContractDocument, LineItem, Party, SignatureBox, Totals
 from sfsign.salesforce.records import AccountInfo, Address, LineItemInfo, OpportunityRecord, QuoteRecord
 
 CENT = Decimal("0.01")
+log = structlog.get_logger("sfsign.mapping")
+
+# Fields a template prints on several lines; in every other field a line break or tab becomes a space.
+MULTILINE_FIELDS = frozenset({"street", "description", "notes", "terms"})
+_LINE_BREAKS = re.compile("[\x0b\x0c\x85]")  # vertical tab, form feed, next line: a newline at most
+_SPACES = re.compile("[\t\n\x0b\x0c\x85]")
+# C0 and C1 controls and DEL: no font draws them, and PDF/A refuses a text it cannot draw.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Lone surrogates (JSON can carry them) and the 66 noncharacters are not text: printed as U+FFFD.
+_NONCHARACTERS = "".join(chr(plane + 0xFFFE) + chr(plane + 0xFFFF) for plane in range(0, 0x110000, 0x10000))
+_NOT_TEXT = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
 
 
 class NotRenderable(ValueError):
@@ -70,7 +84,60 @@ def _customer(account: AccountInfo | None, what: str) -> Party:
     return _party(account.name, account.billing_address, account.phone)
 
 
+def printable(value: str, *, multiline: bool) -> tuple[str, int]:
+    """`value` without what no template can print, and how many characters that changed.
+
+    Control characters are dropped (a NUL or an escape sequence pasted from a terminal carries no
+    meaning on paper), line breaks and tabs survive only where the template prints several lines,
+    and what is not text at all becomes U+FFFD so the reader sees that something was there.
+    """
+    text = value.replace("\r\n", "\n").replace("\r", "\n")  # a Windows line end is still one line end
+    if multiline:
+        text, changed = _LINE_BREAKS.subn("\n", text)
+    else:
+        text, changed = _SPACES.subn(" ", text)
+    text, removed = _CONTROLS.subn("", text)
+    text, replaced = _NOT_TEXT.subn("\ufffd", text)
+    return text, changed + removed + replaced
+
+
+def _printable_values(value: Any, path: str, field: str, changes: dict[str, int]) -> Any:
+    if isinstance(value, str):
+        text, changed = printable(value, multiline=field in MULTILINE_FIELDS)
+        if changed:
+            changes[path] = changed
+        return text
+    if isinstance(value, dict):
+        return {k: _printable_values(v, f"{path}.{k}" if path else k, k, changes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_values(v, f"{path}[{i}]", field, changes) for i, v in enumerate(value)]
+    return value
+
+
+def printable_document(document: ContractDocument) -> ContractDocument:
+    """`document` with every text made printable (`printable`), each change noted in the job log by
+    field and count, never by value: the values are customer data."""
+    changes: dict[str, int] = {}
+    cleaned = _printable_values(document.model_dump(), "", "", changes)
+    if not changes:
+        return document
+    for field, count in changes.items():
+        log.warning("unprintable characters removed or replaced in a printed value", field=field, characters=count)
+    return ContractDocument.model_validate(cleaned)
+
+
 def build_document(
+    record: OpportunityRecord | QuoteRecord,
+    rule: RuleConfig,
+    rules: Rules,
+    transaction_id: str,
+    now: datetime,
+) -> ContractDocument:
+    """The document the template prints for `record`, every value printable (`printable_document`)."""
+    return printable_document(_build_document(record, rule, rules, transaction_id, now))
+
+
+def _build_document(
     record: OpportunityRecord | QuoteRecord,
     rule: RuleConfig,
     rules: Rules,

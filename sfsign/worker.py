@@ -451,11 +451,13 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             async with self._cpu:
-                pdf, boxes = await loop.run_in_executor(
+                pdf, boxes, notes = await loop.run_in_executor(
                     self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
                 )
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "RENDER_FAILED") from None
+        for note in notes:
+            log.warning("rendering changed the document", note=note)
         path = self._artifact(job, "rendered.pdf")
         await loop.run_in_executor(None, write_private, path, pdf)
         await loop.run_in_executor(None, write_private, self._artifact(job, "boxes.json"), json.dumps(boxes).encode())

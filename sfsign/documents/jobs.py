@@ -113,8 +113,9 @@ def warm_up(templates: tuple[str, ...] = ("proposal", "quote")) -> list[str]:
     return problems
 
 
-def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]]:
-    """Render one document; return the PDF and its signature boxes (plain dicts, kept beside the PDF)."""
+def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any], tuple[str, ...]]:
+    """Render one document; return the PDF, its signature boxes (plain dicts, kept beside the PDF) and
+    the notes for the job log (what rendering had to change, e.g. characters no font has)."""
     try:
         rendered = render_pdf(json.loads(document_json), template)
     except RenderError as exc:
@@ -123,7 +124,7 @@ def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]
         "seller": rendered.signature_box.model_dump(),
         "customer": rendered.customer_box.model_dump() if rendered.customer_box else None,
     }
-    return rendered.pdf, boxes
+    return rendered.pdf, boxes, rendered.notes
 
 
 def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> SignedResult:

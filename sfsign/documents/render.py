@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     import typst  # imported when first rendering: the daemon process itself never renders
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# Noto (emoji, Arabic, Hebrew, Thai, symbols, Hangul) and Droid Sans Fallback (CJK), always loaded beside
+# Typst's own fonts so customer text in any common script renders; fonts/fallback/LICENSE.txt.
+FALLBACK_FONTS_DIR = Path(__file__).resolve().parent / "fonts" / "fallback"
+REPLACEMENT_CHARACTER = "\ufffd"
 BUILTIN_TEMPLATES = ("proposal", "quote")
 PDF_STANDARD: Final = "a-2b"
 SIGNATURE_FIELD_LABEL = "<sfsign-signature-field>"
@@ -88,6 +92,7 @@ class RenderedPdf(BaseModel):
     pages: int
     customer_box: SignatureBox | None = None  # reserved for a later counter-signature
     warnings: tuple[str, ...] = ()  # Typst warnings, worth showing to template authors
+    notes: tuple[str, ...] = ()  # what rendering changed in the data (characters no font has), for the job log
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +290,8 @@ def _compiler_for(template: Path, font_dirs: tuple[Path, ...]) -> tuple[typst.Co
     with _compilers_lock:
         entry = _compilers.get(key)
         if entry is None:
-            fonts = typst.Fonts(include_system_fonts=False, font_paths=[str(p) for p in font_dirs])
+            paths = [str(p) for p in (*font_dirs, FALLBACK_FONTS_DIR)]
+            fonts = typst.Fonts(include_system_fonts=False, font_paths=paths)
             compiler = typst.Compiler(template, root=template.parent, font_paths=fonts, ignore_system_fonts=True)
             entry = _compilers[key] = (compiler, threading.Lock())
         return entry
@@ -295,6 +301,49 @@ def _diagnostic(exc: typst.TypstError | typst.TypstWarning) -> str:
     text = (getattr(exc, "diagnostic", "") or getattr(exc, "message", "") or str(exc)).strip()
     hints = getattr(exc, "hints", None) or []
     return "\n".join([text, *(f"hint: {h}" for h in hints)])
+
+
+# Typst's PDF/A check names each glyph no font has, as a Rust string literal: `"\\u{378}"`.
+_UNDISPLAYABLE = re.compile(r'the text `"((?:[^"\\]|\\.)*)"` could not be displayed with font')
+_ERROR_LINE = re.compile(r"^error: ", re.MULTILINE)
+_RUST_ESCAPE = re.compile(r"\\(u\{([0-9a-fA-F]{1,6})\}|.)")
+_RUST_SIMPLE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0"}
+
+
+def _unescape_rust(literal: str) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(2):
+            return chr(int(match.group(2), 16))
+        char = match.group(1)
+        return _RUST_SIMPLE_ESCAPES.get(char, char)
+
+    return _RUST_ESCAPE.sub(one, literal)
+
+
+def undisplayable_texts(exc: typst.TypstError) -> frozenset[str]:
+    """The texts Typst refused because no available font has a glyph for them (PDF/A forbids the
+    .notdef box), or an empty set when the error is anything else as well."""
+    diagnostic = _diagnostic(exc)
+    found = _UNDISPLAYABLE.findall(diagnostic)
+    errors = len(_ERROR_LINE.findall(diagnostic)) or 1
+    return frozenset(_unescape_rust(m) for m in found) if len(found) == errors else frozenset()
+
+
+def _replace_texts(value: Any, texts: frozenset[str], path: str = "", changed: set[str] | None = None) -> Any:
+    """`value` (template data) with every occurrence of `texts` replaced by U+FFFD; the paths of the
+    strings that changed go into `changed`."""
+    if isinstance(value, str):
+        new = value
+        for text in sorted(texts, key=len, reverse=True):
+            new = new.replace(text, REPLACEMENT_CHARACTER)
+        if new != value and changed is not None:
+            changed.add(path)
+        return new
+    if isinstance(value, list):
+        return [_replace_texts(v, texts, f"{path}[{i}]", changed) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _replace_texts(v, texts, f"{path}.{k}" if path else k, changed) for k, v in value.items()}
+    return value
 
 
 def _page_count(pdf: bytes) -> int:
@@ -342,9 +391,11 @@ def render_pdf(
 ) -> RenderedPdf:
     """Render `doc` with `template` (name or path) to PDF/A-2b.
 
-    `font_dirs` adds fonts (e.g. Noto CJK) to the bundled Libertinus/New Computer Modern/DejaVu
-    Mono; system fonts are ignored so output does not depend on the host. `timestamp` fixes the
-    PDF creation date (reproducible output); by default it is the current time.
+    `font_dirs` adds fonts to Typst's own (Libertinus, New Computer Modern, DejaVu Sans Mono) and
+    the fallbacks in `FALLBACK_FONTS_DIR`; system fonts are ignored so output does not depend on
+    the host. A character none of them has is printed as U+FFFD and listed in `notes` rather than
+    failing the document. `timestamp` fixes the PDF creation date (reproducible output); by
+    default it is the current time.
     """
     path = resolve_template(template, template_dirs)
     if not isinstance(doc, ContractDocument):
@@ -352,21 +403,33 @@ def render_pdf(
             doc = ContractDocument.model_validate(doc)
         except ValidationError as exc:  # pydantic errors do not pickle; keep the text
             raise RenderError(str(path), f"invalid contract document: {exc}") from None
-    data = json.dumps(build_template_data(doc), ensure_ascii=False)
+    template_data = build_template_data(doc)
     _check_not_forked(path)
     compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
     import typst  # loaded by _compiler_for
+
+    notes: list[str] = []
     with lock:
         try:
-            pdf, warnings = compiler.compile_with_warnings(
-                sys_inputs={"data": data},
-                format="pdf",
-                pdf_standards=[PDF_STANDARD],
-                timestamp=(timestamp or dt.datetime.now(dt.UTC)).replace(microsecond=0),
-            )
-            raw_boxes = compiler.query(SIGNATURE_FIELD_LABEL, field="value")
+            pdf, warnings, raw_boxes = _compile(compiler, template_data, timestamp)
         except typst.TypstError as exc:
-            raise RenderError(str(path), _diagnostic(exc)) from None
+            # A character no font has (unassigned, private use, a script nobody ships) must not
+            # cost the contract: print U+FFFD in its place, once, and say so in the job log.
+            missing = undisplayable_texts(exc)
+            if not missing:
+                raise RenderError(str(path), _diagnostic(exc)) from None
+            changed: set[str] = set()
+            try:
+                pdf, warnings, raw_boxes = _compile(
+                    compiler, _replace_texts(template_data, missing, changed=changed), timestamp
+                )
+            except typst.TypstError as again:
+                raise RenderError(str(path), _diagnostic(again)) from None
+            # Field names only: the characters themselves are customer data.
+            notes.append(
+                f"{len(missing)} distinct character(s) no bundled font can display were printed as U+FFFD "
+                f"in {', '.join(sorted(changed))}"
+            )
     if not isinstance(pdf, bytes):
         raise RenderError(str(path), "Typst returned no PDF")
     boxes = _signature_boxes(raw_boxes, path)
@@ -383,4 +446,17 @@ def render_pdf(
         customer_box=boxes.get("customer"),
         pages=_page_count(pdf),
         warnings=tuple(_diagnostic(w) for w in warnings),
+        notes=tuple(notes),
     )
+
+
+def _compile(
+    compiler: typst.Compiler, template_data: dict[str, Any], timestamp: dt.datetime | None
+) -> tuple[Any, list[Any], str]:
+    pdf, warnings = compiler.compile_with_warnings(
+        sys_inputs={"data": json.dumps(template_data, ensure_ascii=False)},
+        format="pdf",
+        pdf_standards=[PDF_STANDARD],
+        timestamp=(timestamp or dt.datetime.now(dt.UTC)).replace(microsecond=0),
+    )
+    return pdf, list(warnings), compiler.query(SIGNATURE_FIELD_LABEL, field="value")

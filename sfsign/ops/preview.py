@@ -74,7 +74,7 @@ async def render_preview(settings: Settings, rules: Rules, record_id: str, rule_
         raise PreviewError(f"the daemon could not sign this record: {exc}") from None
     template = str(rules.templates[rule.name])
     try:
-        pdf, _boxes = await asyncio.get_running_loop().run_in_executor(
+        pdf, _boxes, _notes = await asyncio.get_running_loop().run_in_executor(
             None, doc_jobs.render_job, document.model_dump_json(), template
         )
     except doc_jobs.DocumentFailure as exc:
