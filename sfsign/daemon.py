@@ -458,7 +458,7 @@ class Daemon:
                         if attempts >= self.settings.intake_max_attempts:
                             continue  # park it now
                     log.error("event parking failed; retrying" if parking else "event handling failed; retrying",
-                              failing=_event_label(message), error=error,
+                              channel=message.get("channel"), replay_id=_replay_id_of(message), error=error,
                               attempts=attempts, max_attempts=self.settings.intake_max_attempts, retry_in_s=delay)
                 await wait_any(self._stop, within_s=delay)
                 delay = min(delay * 2, 30.0)
@@ -851,12 +851,16 @@ def _commit_time(event: ChangeEvent | PlatformEvent | Any) -> float | None:
     return None
 
 
-def _event_label(message: dict[str, Any]) -> str:
-    """`<channel> replay id <n>` of a raw message, for logs and /readyz."""
+def _replay_id_of(message: dict[str, Any]) -> Any:
+    """The replay id of a raw message, as it came (it may be what made the message malformed)."""
     data = message.get("data")
     event = data.get("event") if isinstance(data, dict) else None
-    replay = event.get("replayId") if isinstance(event, dict) else None
-    return f"{message.get('channel')} replay id {replay}"
+    return event.get("replayId") if isinstance(event, dict) else None
+
+
+def _event_label(message: dict[str, Any]) -> str:
+    """`<channel> replay id <n>` of a raw message, for /readyz."""
+    return f"{message.get('channel')} replay id {_replay_id_of(message)}"
 
 
 def _probe_write(store: OutboxStore) -> None:

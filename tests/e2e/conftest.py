@@ -3,12 +3,16 @@ event loop, a demo PKI generated per session, and a control client that acts as 
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from secret_scan import register_secret
+from structlog.testing import LogCapture
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import auth_config
@@ -77,3 +81,17 @@ async def rest(settings: Settings) -> AsyncIterator[SalesforceRest]:
     finally:
         await client.close()
         await authenticator.aclose()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog event with the job's bound context merged in, as the production chain does."""
+    previous = structlog.get_config()
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                        cache_logger_on_first_use=False)
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**previous)

@@ -10,14 +10,11 @@ of the record's object is refused with a reason and an audit event, never guesse
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-import structlog
 from e2e_support import REP, record_id, run_daemon, settled_jobs, wait_for_status
-from structlog.testing import LogCapture
 
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
@@ -25,19 +22,6 @@ from sfsign.emulator.control_client import ControlClient
 ACME = "Acme Industries - Platform Renewal 2027"
 GLOBEX = "Globex - Enterprise Rollout"
 STAGE = {"StageName": "Proposal/Price Quote"}
-
-
-@pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 async def _request_then_sign_globex(control: ControlClient, requests: list[dict[str, str]]) -> str:

@@ -5,7 +5,6 @@ folder, and an OAuth outage during a token refresh is an ordinary, logged retry.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import stat
 import tempfile
@@ -14,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
-from structlog.testing import LogCapture
 
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.emulator.control_client import ControlClient
@@ -36,19 +33,6 @@ def wide_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
-
-
-@pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 async def test_outbox_and_artifacts_are_owner_only_whatever_the_umask(

@@ -5,17 +5,14 @@ end, and every log line of a job names its transaction and record (never the cus
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from prometheus_client.parser import text_string_to_metric_families
-from structlog.testing import LogCapture
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
@@ -45,20 +42,6 @@ async def control_http(emulator: EmulatorThread) -> AsyncIterator[httpx.AsyncCli
     async with httpx.AsyncClient(base_url=emulator.url, verify=ssl.create_default_context(cafile=emulator.ca_file),
                                  headers={TOKEN_HEADER: emulator.control_token}, timeout=30.0) as client:
         yield client
-
-
-@pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every structlog event with the job's bound context merged in, as the production chain does."""
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 def ops_client(daemon: Daemon) -> httpx.AsyncClient:

@@ -5,18 +5,15 @@ rules it was claimed with, and an invalid rules file is refused while the old ru
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from io import BytesIO
 from typing import Any
 
 import pytest
-import structlog
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from pyhanko.pdf_utils.reader import PdfFileReader
-from structlog.testing import LogCapture
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
@@ -32,18 +29,6 @@ WAIT_S = 60.0
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"ops_port": 0})
-
-
-@pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 def rewrite_rules(rules: Rules) -> str:

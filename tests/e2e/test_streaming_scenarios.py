@@ -277,13 +277,13 @@ async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_
     commits: list[tuple[str, int, int | None, int | None, int | None, int | None]] = []
     original = Outbox.commit_event
 
-    async def observed(self: Outbox, channel: str | None, replay_id: int | None, jobs: Any) -> Any:
+    async def observed(self: Outbox, channel: str | None, replay_id: int | None, *args: Any, **kwargs: Any) -> Any:
         """What the stream (cache) and the file hold for the channel just before and after the commit."""
         if channel is None or replay_id is None:
-            return await original(self, channel, replay_id, jobs)
+            return await original(self, channel, replay_id, *args, **kwargs)
         file_before = await self.call(lambda s: s.replay_id(channel))
         cache_before = self.committed_replay_id(channel)
-        result = await original(self, channel, replay_id, jobs)
+        result = await original(self, channel, replay_id, *args, **kwargs)
         file_after = await self.call(lambda s: s.replay_id(channel))
         commits.append((channel, replay_id, file_before, cache_before, file_after, self.committed_replay_id(channel)))
         return result

@@ -105,7 +105,8 @@ def test_file_names_never_become_paths(rules: Rules) -> None:
     [
         ("Müller & Söhne 🚀 Rollout", "Proposal Müller & Söhne 🚀 Rollout 2026-11-27",
          "Proposal Muller - Sohne Rollout 2026-11-27.pdf"),
-        ("Tab\tand\x7fdel\nline", "Proposal Tab and del line 2026-11-27", "Proposal Tab and del line 2026-11-27.pdf"),
+        # control characters: DEL is removed, tab and newline become spaces (build_document cleans every value)
+        ("Tab\tand\x7fdel\nline", "Proposal Tab anddel line 2026-11-27", "Proposal Tab anddel line 2026-11-27.pdf"),
         ("東京 (Tokyo) 50% \"off\"", "Proposal 東京 (Tokyo) 50% \"off\" 2026-11-27",
          "Proposal (Tokyo) 50- -off- 2026-11-27.pdf"),
     ],
