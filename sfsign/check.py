@@ -141,20 +141,44 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
     out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
-        versions = await rest.versions()
-        if settings.api_version in versions:
-            out.append(_ok("API version", f"{settings.api_version} (the org serves up to {max(versions)})"))
-        else:
-            out.append(_fail("API version", f"{settings.api_version} is not served by this org",
-                             f"set SFSIGN_API_VERSION to one of {', '.join(versions[-3:])}"))
-        out += await _check_schema(rest, rules)
-        out += await _check_queries(rest, rules, settings.multi_currency)
+        version = api_version_check(settings.api_version, await rest.versions())
+        out.append(version)
+        if version.ok:  # else every versioned call fails the same way: one clear failure, not ten
+            out += await _check_schema(rest, rules)
+            out += await _check_queries(rest, rules, settings.multi_currency)
     except SalesforceError as exc:
         out.append(_fail("REST API", str(exc), "check the integration user's profile: API Enabled"))
     finally:
         await rest.close()
+    if any(c.name == "API version" and c.ok is False for c in out):
+        return out  # the stream's URI carries the version too
     out += await _check_streaming(settings, rules, authenticator)
     return out
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """Numeric order ("9.0" < "68.0"); anything unparsable sorts first."""
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (-1,)
+
+
+def api_version_check(configured: str, served: list[str]) -> Check:
+    """Fails when the org does not serve the configured version (every call would fail: 404, or 410 once
+    Salesforce retires it); passes with a warning when the org serves a newer one (a new release
+    changes nothing for sfsign until the setting moves, but old versions are retired after a few years)."""
+    if not served:
+        return _fail("API version", "the org lists no API versions at /services/data/",
+                     "check SFSIGN_LOGIN_URL points at the org's My Domain")
+    newest = max(served, key=_version_key)
+    if configured not in served:
+        return _fail("API version", f"{configured} is not served by this org (it serves up to {newest})",
+                     f"set SFSIGN_API_VERSION={newest}")
+    if _version_key(configured) < _version_key(newest):
+        return _ok("API version", f"{configured}; warning: the org serves up to {newest}, "
+                                  f"consider SFSIGN_API_VERSION={newest}")
+    return _ok("API version", f"{configured} (the org's highest)")
 
 
 async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     private_key_file: Path | None = None
     consumer_secret: SecretStr | None = None
     password: SecretStr | None = None
-    api_version: str = "62.0"
+    api_version: str = "68.0"
     ca_bundle: Path | None = Field(None, description="extra CA to trust (corporate proxy, the emulator)")
     data_dir: Path = Path(".sfsign")
     rules_file: Path = Path("config/rules.yaml")
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     def _version(cls, v: str) -> str:
         v = v.removeprefix("v")
         if not re.fullmatch(r"\d{2}\.0", v):
-            raise ValueError("api_version must look like 62.0")
+            raise ValueError("api_version must look like 68.0")
         return v
 
     @field_validator("login_url")

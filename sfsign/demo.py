@@ -355,6 +355,18 @@ def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
             print(f"  {r.record_id}: {r.error}", file=out)  # type: ignore[call-overload]
 
 
+DEMO_ROOT_NAME = "demo-root-ca.pem"
+
+
+def publish_root(pki: DemoPki, output_dir: Path) -> None:
+    """Put the demo root certificate (public) beside the signed files: the work folder with the rest of
+    the PKI is deleted at the end, and a recipient needs nothing else to verify the files offline."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / DEMO_ROOT_NAME
+    target.write_bytes(pki.root_cert_pem_path.read_bytes())
+    target.chmod(0o644)
+
+
 def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
     configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
     work = keep_dir or Path(tempfile.mkdtemp(prefix="sfsign-demo-"))
@@ -370,6 +382,7 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
             settings = daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)
             print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
             rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
+            publish_root(pki, output_dir)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -381,4 +394,5 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
     print_table(rows)
     signed = [r for r in rows if r.status == "Signed" and r.file]
     print(f"\n{len(signed)} of {len(rows)} documents signed; files in {output_dir.resolve()}")
+    print(f"check them as a recipient would, offline, trusting {DEMO_ROOT_NAME}: docs/verifying.md")
     return 0 if len(signed) == len(rows) else 1

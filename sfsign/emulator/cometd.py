@@ -24,14 +24,13 @@ from aiohttp import web
 
 from sfsign.emulator.bus import BusEvent
 from sfsign.emulator.org import INVALID_SESSION_BODY, Org, Session
+from sfsign.emulator.versions import streaming_version_served
 
 MAX_REQUEST_BYTES = 32768
 SUBSCRIBE_LOG_MAX = 10000
 BROWSER_COOKIE = "BAYEUX_BROWSER"
 CLIENT_ID_ALPHABET = string.ascii_lowercase + string.digits
 VERSION_RE = re.compile(r"^(\d+)\.0$")
-MIN_VERSION = 37
-MAX_VERSION = 66
 INVALID_REPLAY = (
     "400::The replayId {{{value}}} you provided was invalid.  Please provide a valid ID, -2 to replay all "
     "events, or -1 to replay only new events."
@@ -215,7 +214,7 @@ class BayeuxServer:
         if not version:
             return f"400::API version in the URI is mandatory. {uri}"
         match = VERSION_RE.match(version)
-        if match is None or not MIN_VERSION <= int(match.group(1)) <= MAX_VERSION:
+        if match is None or not streaming_version_served(int(match.group(1))):
             return f"400::Unsupported API version. Only API versions '37.0' and later are supported. {uri}"
         return None
 

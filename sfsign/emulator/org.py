@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import SecretStr
 
+from sfsign.emulator import versions
+
 if TYPE_CHECKING:
     from sfsign.emulator.bus import EventBus
     from sfsign.emulator.store import OrgStore
@@ -303,8 +305,8 @@ class Faults:
 class Org:
     """One emulated org. Thread-safe where the store may call in from an executor thread."""
 
-    api_version_max = "66.0"
-    api_version_min = "37.0"
+    api_version_max = versions.NEWEST_VERSION
+    api_version_min = f"{versions.OLDEST}.0"
 
     def __init__(self, store: OrgStore, bus: EventBus, *, instance_url: str = "https://localhost") -> None:
         self.store = store

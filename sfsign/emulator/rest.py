@@ -23,12 +23,12 @@ from multidict import CIMultiDict
 
 from sfsign.emulator.errors import ApiError, not_found
 from sfsign.emulator.ids import normalize_id
+from sfsign.emulator.versions import rest_version, versions_list
 
 if TYPE_CHECKING:
     from sfsign.emulator.org import Org, Session
     from sfsign.emulator.store import OrgStore, Txn
 
-MIN_VERSION, MAX_VERSION = 37, 66
 JSON_CONTENT_TYPE = "application/json;charset=UTF-8"
 MB = 1024 * 1024
 JSON_BODY_MAX = 50 * MB  # non-multipart requests: 50 MB of text
@@ -50,7 +50,6 @@ PROCESSING_HALTED = [{
     "errorCode": "PROCESSING_HALTED",
     "message": "The transaction was rolled back since another operation in the same transaction failed.",
 }]
-_VERSION_RE = re.compile(r"^v(\d{2})\.0$")
 _REF_RE = re.compile(r"@\{([A-Za-z0-9_]+)((?:\.[A-Za-z0-9_]+|\[\d+\])*)\}")
 _REFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -62,13 +61,6 @@ def _is_subquery_result(value: Any) -> bool:
 def _subquery_results(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The child relationship results nested in one record."""
     return [v for v in record.values() if _is_subquery_result(v)]
-
-
-def release_label(version: int) -> str:
-    """Release name of an API version: v37.0 was Summer '16, three releases a year since."""
-    k = version - 37
-    season = ("Winter", "Spring", "Summer")[(2 + k) % 3]
-    return f"{season} '{16 + (2 + k) // 3:02d}"
 
 
 @dataclass
@@ -163,9 +155,7 @@ class RestApi:
         """`GET /services/data/`: not authenticated, not counted, no limit header."""
         if request.method not in ("GET", "HEAD"):
             return self._json(405, _method_not_allowed(request.method, "GET,HEAD").body())
-        body = [{"label": release_label(v), "url": f"/services/data/v{v}.0", "version": f"{v}.0"}
-                for v in range(MIN_VERSION, MAX_VERSION + 1)]
-        return self._json(200, body)
+        return self._json(200, versions_list())
 
     @staticmethod
     def _json(status: int, body: Any, headers: dict[str, str] | None = None, pretty: bool = False) -> web.Response:
@@ -174,10 +164,10 @@ class RestApi:
                             headers=headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        match = _VERSION_RE.match(request.match_info["version"])
-        if not match or not MIN_VERSION <= int(match.group(1)) <= MAX_VERSION:
-            return self._json(404, not_found().body())
-        version = f"{match.group(1)}.0"
+        try:
+            version = rest_version(request.match_info["version"])
+        except ApiError as exc:  # unknown (404) or retired (410): answered before authentication
+            return self._json(exc.status, exc.body())
         session = self.org.authenticate(request)
         self.org.count_api_call(session)
         limit = {"Sforce-Limit-Info": self.org.limit_info_header()}
@@ -795,9 +785,7 @@ class RestApi:
             parts = split.path.rstrip("/").split("/")
             if parts[:3] != ["", "services", "data"] or len(parts) < 4:
                 raise not_found()
-            match = _VERSION_RE.match(parts[3])
-            if not match or not MIN_VERSION <= int(match.group(1)) <= MAX_VERSION:
-                raise not_found()
+            sub_version = rest_version(parts[3])
             if parts[4:5] == ["composite"] and len(parts) == 5:
                 raise ApiError(400, "INVALID_INPUT", "A composite request can't contain a composite subrequest")
             method = str(sub["method"]).upper()
@@ -811,7 +799,7 @@ class RestApi:
             for name, value in (sub.get("httpHeaders") or {}).items():
                 headers[str(name)] = str(value)
             sub_ctx = Ctx(method=method, segments=[urllib.parse.unquote(p) for p in parts[4:] if p], query=query,
-                          body=body, headers=headers, session=ctx.session, version=f"{match.group(1)}.0",
+                          body=body, headers=headers, session=ctx.session, version=sub_version,
                           origin=ctx.origin, in_composite=True)
             if method == "POST" and query.get("_HttpMethod", "").upper() in ("PATCH", "DELETE", "GET"):
                 sub_ctx.method = query["_HttpMethod"].upper()

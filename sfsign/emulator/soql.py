@@ -968,7 +968,7 @@ def run(ev: Evaluator, query: Query, parent_id: str | None = None) -> list[dict[
 
 
 def execute_query(store: OrgStore, soql: str, *, include_deleted: bool = False,
-                  api_version: str = "62.0") -> QueryResult:
+                  api_version: str = "68.0") -> QueryResult:
     """Parse, resolve and run SOQL against the store."""
     src = _Source(soql)
     query = Parser(src).parse()

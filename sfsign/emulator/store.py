@@ -29,7 +29,7 @@ from sfsign.emulator.soql import QueryResult, execute_query
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_VERSION = "62.0"
+DEFAULT_API_VERSION = "68.0"
 SYSTEM_FIELDS = frozenset(
     {"Id", "IsDeleted", "CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById", "SystemModstamp"}
 )

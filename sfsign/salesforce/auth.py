@@ -48,7 +48,7 @@ class AuthConfig(BaseModel):
     private_key_passphrase: SecretStr | None = None
     consumer_secret: SecretStr | None = None
     password: SecretStr | None = None
-    api_version: str = "62.0"
+    api_version: str = "68.0"
     ca_bundle: Path | None = None
     timeout_s: float = 30.0
 
@@ -66,7 +66,7 @@ class AuthConfig(BaseModel):
         value = value.removeprefix("v")
         major, _, minor = value.partition(".")
         if not (major.isdigit() and minor.isdigit()):
-            raise ValueError("api_version must look like '62.0'")
+            raise ValueError("api_version must look like '68.0'")
         return value
 
     @model_validator(mode="after")

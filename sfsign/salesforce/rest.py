@@ -262,7 +262,7 @@ class SalesforceRest:
         self,
         authenticator: TokenProvider,
         *,
-        api_version: str = "62.0",
+        api_version: str = "68.0",
         ca_bundle: Path | None = None,
         max_workers: int = 4,
         timeout: tuple[float, float] = (10.0, 120.0),

@@ -170,7 +170,7 @@ class StreamClient:
         *,
         channels: Sequence[str],
         replay_source: Callable[[str], int | None],
-        api_version: str = "62.0",
+        api_version: str = "68.0",
         long_poll_margin_s: float = 15.0,
         request_timeout_s: float = 30.0,
         backoff_base_s: float = 0.5,

@@ -1,7 +1,7 @@
 'use strict';
 // An independent Bayeux 1.0 server for sfsign's interop tests: faye (npm), which the project does not
 // write, so the stream client is tested against another server's reading of the spec, not only against
-// the emulator's. Long polling on BAYEUX_MOUNT (default /cometd/62.0), HTTPS when BAYEUX_CERT and
+// the emulator's. Long polling on BAYEUX_MOUNT (default /cometd/68.0), HTTPS when BAYEUX_CERT and
 // BAYEUX_KEY are given. Prints {"port": N} on its first stdout line once listening.
 //
 // A small control API beside it (JSON, under /_control/) lets a test act on the server:
@@ -18,7 +18,7 @@ const http = require('http');
 const https = require('https');
 const faye = require('faye');
 
-const mount = process.env.BAYEUX_MOUNT || '/cometd/62.0';
+const mount = process.env.BAYEUX_MOUNT || '/cometd/68.0';
 const timeout = Number(process.env.BAYEUX_TIMEOUT || '2'); // long-poll timeout, seconds
 
 const bayeux = new faye.NodeAdapter({ mount: mount, timeout: timeout });

@@ -40,7 +40,7 @@ from sfsign.salesforce.rest import SalesforceRest
 REP = "lena.hoffmann@northwind.example"
 TRIGGER_STAGE = "Proposal/Price Quote"
 START_STAGE = "Qualification"
-API_VERSION = "62.0"
+API_VERSION = "68.0"
 REST_PREFIX = f"/services/data/v{API_VERSION}/"
 CONTENT_VERSION_PATH = f"{REST_PREFIX}sobjects/ContentVersion"
 DEFAULT_RETENTION_S = 72 * 3600.0

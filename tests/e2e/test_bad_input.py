@@ -92,7 +92,7 @@ async def test_record_deleted_before_the_daemon_reads_it(
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
     async with run_daemon(settings, rules) as daemon:
-        await control.post("/_control/faults/latency", {"prefix": "/services/data/v62.0/query", "ms": 800})
+        await control.post("/_control/faults/latency", {"prefix": "/services/data/v68.0/query", "ms": 800})
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         await asyncio.sleep(0.3)
         await control._json("DELETE", f"/_control/records/Opportunity/{opp}", {"user": REP})

@@ -26,7 +26,7 @@ GLOBEX = "Globex - Enterprise Rollout"
 HANSE = "Hanse Logistik - Data Migration"
 CHANNEL = "/data/OpportunityChangeEvent"
 STAGE = {"StageName": "Proposal/Price Quote"}
-QUERY_PREFIX = "/services/data/v62.0/query"
+QUERY_PREFIX = "/services/data/v68.0/query"
 
 
 def _ops(daemon: Daemon) -> httpx.AsyncClient:

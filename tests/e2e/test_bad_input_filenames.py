@@ -16,7 +16,7 @@ from e2e_support import REP, record_id, run_daemon, wait_for_status
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
 
-API = "/services/data/v62.0"
+API = "/services/data/v68.0"
 TRIGGER = {"StageName": "Proposal/Price Quote"}
 # Renderable opportunities of the seed (line items and a primary contact), moved together.
 PLAIN = ("Brandt & Söhne - Premium Support", "Initech - Onboarding Package")

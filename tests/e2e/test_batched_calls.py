@@ -32,7 +32,7 @@ async def rest(emulator: Emulator) -> AsyncIterator[SalesforceRest]:
     auth = Authenticator(AuthConfig(login_url=emulator.url, flow="jwt", consumer_key=login.consumer_key,
                                     username=login.username, private_key_file=login.private_key_file,
                                     ca_bundle=emulator.ca_file))
-    client = SalesforceRest(auth, api_version="62.0")
+    client = SalesforceRest(auth, api_version="68.0")
     yield client
     await client.close()
     await auth.aclose()
@@ -186,7 +186,7 @@ async def test_audit_events_that_stop_the_transaction_do_not_stop_the_write_back
     emulator: Emulator, rest: SalesforceRest
 ) -> None:
     [opp] = await _ids(rest, 1)
-    emulator.org.faults.add_error("/services/data/v62.0/composite/sobjects", status=400, error_code="INVALID_TYPE",
+    emulator.org.faults.add_error("/services/data/v68.0/composite/sobjects", status=400, error_code="INVALID_TYPE",
                                   message="sObject type 'Signature_Event__c' is not supported.", method="POST",
                                   count=1)
     item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"},

@@ -49,7 +49,7 @@ async def auth(emulator: Emulator) -> AsyncIterator[Authenticator]:
 
 @pytest.fixture
 async def rest(auth: Authenticator) -> AsyncIterator[SalesforceRest]:
-    client = SalesforceRest(auth, api_version="62.0")
+    client = SalesforceRest(auth, api_version="68.0")
     yield client
     await client.close()
 
@@ -187,7 +187,7 @@ async def wait_ready(client: StreamClient) -> None:
 
 
 def stream_client(auth: Authenticator, committed: dict[str, int], **kwargs: Any) -> StreamClient:
-    return StreamClient(auth, channels=[CDC, PE], replay_source=committed.get, api_version="62.0",
+    return StreamClient(auth, channels=[CDC, PE], replay_source=committed.get, api_version="68.0",
                         long_poll_margin_s=2.0, backoff_base_s=0.05, backoff_cap_s=0.5, **kwargs)
 
 
@@ -252,7 +252,7 @@ async def test_replay_id_outside_retention_raises_then_resets_against_emulator(
     emulator.org.bus.purge(up_to_replay_id=emulator.org.bus.last_replay_id)
 
     committed = {PE: old}
-    client = StreamClient(auth, channels=[PE], replay_source=committed.get, api_version="62.0")
+    client = StreamClient(auth, channels=[PE], replay_source=committed.get, api_version="68.0")
     with pytest.raises(ReplayIdInvalid) as caught:
         async with asyncio.timeout(WAIT_S):
             async for _ in client.messages():
@@ -272,7 +272,7 @@ async def test_dropped_and_unanswered_long_polls_recover_against_emulator(
     emulator: Emulator, auth: Authenticator, rest: SalesforceRest
 ) -> None:
     committed: dict[str, int] = {}
-    client = StreamClient(auth, channels=[CDC, PE], replay_source=committed.get, api_version="62.0",
+    client = StreamClient(auth, channels=[CDC, PE], replay_source=committed.get, api_version="68.0",
                           long_poll_margin_s=0.5, backoff_base_s=0.05, backoff_cap_s=0.5)
     consumer = Consumer(client, committed)
     try:

@@ -23,7 +23,7 @@ from sfsign.salesforce.records import chunk_ids, fetch_records, opportunity_sele
 from sfsign.salesforce.rest import SalesforceRest
 
 ACME = "Acme Industries - Platform Renewal 2027"
-QUERY_MORE = "/services/data/v62.0/query/01g"  # locators only: the query itself is /query/?q=...
+QUERY_MORE = "/services/data/v68.0/query/01g"  # locators only: the query itself is /query/?q=...
 MARKER = re.compile(r"LN\d{5}")
 MONEY = re.compile(r"\u2212?€[\d,]+\.\d{2}")
 

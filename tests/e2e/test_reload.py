@@ -69,7 +69,7 @@ async def test_reload_applies_new_rules_to_the_next_job_while_the_job_in_flight_
         before = await signed_document(control, rest, first)
         await until_in_flight(daemon, 0)  # the first job has left the worker
         # Hold the next job in its fetch (the record query answers slowly), then reload under it.
-        await control.post("/_control/faults/latency", {"prefix": "/services/data/v62.0/query", "ms": 3000})
+        await control.post("/_control/faults/latency", {"prefix": "/services/data/v68.0/query", "ms": 3000})
         await control.update("Opportunity", in_flight, {"StageName": PROPOSAL}, user=REP)
         await until_in_flight(daemon, 1)
         rules.source.write_text(rewrite_rules(rules))

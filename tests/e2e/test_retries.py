@@ -15,7 +15,7 @@ from sfsign.emulator.control_client import ControlClient
 from sfsign.outbox import Job, JobState, OutboxStore
 
 ACME = "Acme Industries - Platform Renewal 2027"
-OPP_PATH = "/services/data/v62.0/sobjects/Opportunity/"
+OPP_PATH = "/services/data/v68.0/sobjects/Opportunity/"
 
 
 def _cli(args: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
@@ -67,7 +67,7 @@ async def test_request_limit_exceeded_waits_long_and_never_logs_in_again(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
-    await _fault(control, prefix="/services/data/v62.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
+    await _fault(control, prefix="/services/data/v68.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
                  message="TotalRequests Limit exceeded.", count=3)
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
@@ -104,7 +104,7 @@ async def test_sigterm_mid_upload_parks_the_job_and_the_next_start_uploads_exact
     settings: Settings, rules: Rules, control: ControlClient, tmp_path: Path
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
-    await control.post("/_control/faults/latency", {"prefix": "/services/data/v62.0/sobjects/ContentVersion",
+    await control.post("/_control/faults/latency", {"prefix": "/services/data/v68.0/sobjects/ContentVersion",
                                                      "ms": 3000, "method": "POST"})
     quick = settings.model_copy(update={"shutdown_grace_s": 0.2})
     async with run_daemon(quick, rules) as daemon:
@@ -138,7 +138,7 @@ async def test_third_failed_attempt_raises_the_alert_metric_and_the_job_still_co
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
     # 3 in-step tries per attempt: 9 failures = 3 failed attempts of the fetch step.
-    await _fault(control, prefix="/services/data/v62.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
+    await _fault(control, prefix="/services/data/v68.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
                  message="Server Unavailable", count=9)
     fast = settings.model_copy(update={"retry_base_s": 0.05, "retry_cap_s": 0.2})
     async with run_daemon(fast, rules) as daemon:

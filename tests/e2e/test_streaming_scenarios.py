@@ -411,7 +411,7 @@ async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redel
         await wait_for_job(settings, probes[1], "cdc")
         await settle(daemon, ops, control, [probes[1]])
         # The re-read a gap event needs fails: Salesforce answers every query with 503.
-        fault = await control.post("/_control/faults/errors", {"prefix": "/services/data/v62.0/query", "status": 503})
+        fault = await control.post("/_control/faults/errors", {"prefix": "/services/data/v68.0/query", "status": 503})
         gap = (await control.post("/_control/streaming/gap", {"entity": "Opportunity", "recordIds": [gap_opp]}))
 
         async def retried_twice() -> bool:

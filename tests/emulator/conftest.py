@@ -16,7 +16,7 @@ from sfsign.emulator.server import Emulator, EmulatorLogin
 
 LONG_POLL_MS = 1500
 CLIENT_TIMEOUT_S = 3.0
-API = "62.0"
+API = "68.0"
 
 
 @pytest.fixture

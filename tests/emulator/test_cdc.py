@@ -142,7 +142,7 @@ async def test_platform_event_published_over_rest(
 ) -> None:
     opp = await ctl.an_opportunity()
     await bayeux.start((PE, -1))
-    response = await http.post("/services/data/v62.0/sobjects/Sign_Request__e/", json={"RecordId__c": opp},
+    response = await http.post("/services/data/v68.0/sobjects/Sign_Request__e/", json={"RecordId__c": opp},
                                headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 201, response.text
     body = response.json()
@@ -158,13 +158,13 @@ async def test_rest_writes_carry_the_rest_change_origin(
 ) -> None:
     opp = await ctl.an_opportunity()
     await bayeux.start((OPP, -1))
-    response = await http.patch(f"/services/data/v62.0/sobjects/Opportunity/{opp}",
+    response = await http.patch(f"/services/data/v68.0/sobjects/Opportunity/{opp}",
                                 json={"Description": "over REST"},
                                 headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 204, response.text
     [message] = await bayeux.events(1)
     _, header = _check_envelope(message, OPP)
-    assert header["changeOrigin"] == "com/salesforce/api/rest/62.0"
+    assert header["changeOrigin"] == "com/salesforce/api/rest/68.0"
     assert header["commitUser"] == _user_id(emulator, emulator.login.username)
 
 
@@ -219,7 +219,7 @@ async def test_one_transaction_shares_its_key_and_numbers_its_changes(
     assert len(opps) == 2
     await bayeux.start((OPP, -1))
     response = await http.patch(
-        "/services/data/v62.0/composite/sobjects",
+        "/services/data/v68.0/composite/sobjects",
         json={"allOrNone": True, "records": [
             {"attributes": {"type": "Opportunity"}, "id": o["Id"], "Description": "batch"} for o in opps]},
         headers={"Authorization": f"Bearer {token}"},

@@ -49,7 +49,7 @@ async def test_handshake_with_invalid_token_is_denied(bayeux: Any) -> None:
 
 
 async def test_handshake_without_token_requires_authentication(http: httpx.AsyncClient) -> None:
-    response = await http.post("/cometd/62.0", json=[{"channel": "/meta/handshake", "version": "1.0"}])
+    response = await http.post("/cometd/68.0", json=[{"channel": "/meta/handshake", "version": "1.0"}])
     [reply] = response.json()
     assert reply["error"] == "403::Handshake denied"
     assert reply["ext"]["sfdc"]["failureReason"] == "401::Request requires authentication"
@@ -270,12 +270,12 @@ async def test_request_body_over_32k_is_413(bayeux: Any) -> None:
 @pytest.mark.parametrize(
     ("path", "error"),
     [
-        ("/cometd", "400::API version in the URI is mandatory. URI format: '/cometd/66.0'"),
-        ("/cometd/", "400::API version in the URI is mandatory. URI format: '/cometd/66.0'"),
+        ("/cometd", "400::API version in the URI is mandatory. URI format: '/cometd/68.0'"),
+        ("/cometd/", "400::API version in the URI is mandatory. URI format: '/cometd/68.0'"),
         ("/cometd/36.0", "400::Unsupported API version. Only API versions '37.0' and later are supported. "
-                         "URI format: '/cometd/66.0'"),
+                         "URI format: '/cometd/68.0'"),
         ("/cometd/abc", "400::Unsupported API version. Only API versions '37.0' and later are supported. "
-                        "URI format: '/cometd/66.0'"),
+                        "URI format: '/cometd/68.0'"),
     ],
 )
 async def test_api_version_in_the_uri(http: httpx.AsyncClient, token: str, path: str, error: str) -> None:
@@ -285,8 +285,8 @@ async def test_api_version_in_the_uri(http: httpx.AsyncClient, token: str, path:
     assert reply == {"channel": "/meta/handshake", "id": "1", "successful": False, "error": error}
 
 
-async def test_versions_37_and_66_are_accepted(http: httpx.AsyncClient, token: str, new_bayeux: Any) -> None:
-    for version in ("37.0", "66.0"):
+async def test_versions_37_and_68_are_accepted(http: httpx.AsyncClient, token: str, new_bayeux: Any) -> None:
+    for version in ("37.0", "68.0"):
         reply = await new_bayeux(http, token, version).handshake()
         assert reply["successful"]
 
@@ -360,7 +360,7 @@ async def test_chunked_request_body_over_32k_is_413(bayeux: Any, http: httpx.Asy
             yield b"x" * 1024
         yield b'"}]'
 
-    response = await http.post("/cometd/62.0", content=chunks(),
+    response = await http.post("/cometd/68.0", content=chunks(),
                                headers={"Authorization": f"Bearer {bayeux.token}",
                                         "Content-Type": "application/json"})
     assert response.status_code == 413

@@ -62,13 +62,13 @@ async def test_api_usage_counts_rest_calls_and_the_limit_is_enforced(
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     before = (await ctl.get("/_control/api-usage"))["used"]
-    response = await http.get("/services/data/v62.0/limits/", headers=headers)
+    response = await http.get("/services/data/v68.0/limits/", headers=headers)
     assert response.status_code == 200, response.text
     usage = await ctl.get("/_control/api-usage")
     assert usage["used"] == before + 1
     assert usage["limitInfo"] == f"api-usage={before + 1}/15000"
     await ctl.post("/_control/api-usage", {"used": 5, "max": 5})
-    refused = await http.get("/services/data/v62.0/limits/", headers=headers)
+    refused = await http.get("/services/data/v68.0/limits/", headers=headers)
     assert refused.status_code == 403
     assert refused.json() == [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
     assert refused.headers["Sforce-Limit-Info"] == "api-usage=5/5"
@@ -80,7 +80,7 @@ async def test_files_lists_uploaded_versions_with_links_and_hashes(
     opp = await ctl.an_opportunity()
     pdf = b"%PDF-1.7 control test"
     response = await http.post(
-        "/services/data/v62.0/sobjects/ContentVersion/",
+        "/services/data/v68.0/sobjects/ContentVersion/",
         json={"Title": "Contract", "PathOnClient": "contract.pdf", "FirstPublishLocationId": opp,
               "VersionData": base64.b64encode(pdf).decode()},
         headers={"Authorization": f"Bearer {token}"},
@@ -109,10 +109,10 @@ async def test_error_fault_answers_then_expires(emulator: Emulator, ctl: Any, ht
 async def test_rest_error_fault_uses_the_rest_body_and_limit_header(
     ctl: Any, http: httpx.AsyncClient, token: str
 ) -> None:
-    await ctl.post("/_control/faults/errors", {"prefix": "/services/data/v62.0/query", "status": 403,
+    await ctl.post("/_control/faults/errors", {"prefix": "/services/data/v68.0/query", "status": 403,
                                                "errorCode": "REQUEST_LIMIT_EXCEEDED",
                                                "message": "TotalRequests Limit exceeded."})
-    response = await http.get("/services/data/v62.0/query/", params={"q": "SELECT Id FROM Account"},
+    response = await http.get("/services/data/v68.0/query/", params={"q": "SELECT Id FROM Account"},
                               headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403
     assert response.json() == [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]
@@ -242,11 +242,11 @@ async def test_held_long_polls_do_not_block_stop(tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=emu.url, verify=emu.tls.client_context()) as http:
         token = (await http.post(TOKEN_URL, data=_password_form(emu))).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
-        [hs] = (await http.post("/cometd/62.0", json=[{"channel": "/meta/handshake", "version": "1.0"}],
+        [hs] = (await http.post("/cometd/68.0", json=[{"channel": "/meta/handshake", "version": "1.0"}],
                                 headers=headers)).json()
         connect = {"channel": "/meta/connect", "clientId": hs["clientId"], "connectionType": "long-polling"}
-        await http.post("/cometd/62.0", json=[connect], headers=headers)
-        poll = asyncio.create_task(http.post("/cometd/62.0", json=[connect], headers=headers, timeout=120))
+        await http.post("/cometd/68.0", json=[connect], headers=headers)
+        poll = asyncio.create_task(http.post("/cometd/68.0", json=[connect], headers=headers, timeout=120))
         await asyncio.sleep(0.2)
         await asyncio.wait_for(emu.stop(), 10)
         with pytest.raises(httpx.TransportError):

@@ -69,12 +69,12 @@ async def test_issued_token_authorizes_rest_and_revocation_ends_it(
     http: httpx.AsyncClient, emulator: Emulator, token: str
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
-    ok = await http.get("/services/data/v62.0/limits/", headers=headers)
+    ok = await http.get("/services/data/v68.0/limits/", headers=headers)
     assert ok.status_code == 200, ok.text
     assert re.fullmatch(r"api-usage=\d+/15000", ok.headers["Sforce-Limit-Info"])
     revoked = await http.post("/services/oauth2/revoke", data={"token": token})
     assert revoked.status_code == 200
-    denied = await http.get("/services/data/v62.0/limits/", headers=headers)
+    denied = await http.get("/services/data/v68.0/limits/", headers=headers)
     assert denied.status_code == 401
     assert denied.json() == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
 

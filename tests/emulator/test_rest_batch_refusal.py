@@ -13,7 +13,7 @@ from urllib3.filepost import encode_multipart_formdata
 
 from sfsign.emulator.server import Emulator
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sfsign.emulator.rest import ROLLED_BACK
 from sfsign.emulator.server import Emulator
 from sfsign.emulator.store import Change
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def test_collection_create_partial_success_is_one_transaction(api: httpx.A
                                    "fields": []}]
     cdc = [c for batch in batches for c in batch if c.entity == "Account"]
     assert len(batches) == 1 and len({c.transaction_key for c in cdc}) == 1 and len(cdc) == 2
-    assert cdc[0].change_origin == "com/salesforce/api/rest/62.0"
+    assert cdc[0].change_origin == "com/salesforce/api/rest/68.0"
 
 
 async def test_collection_update_all_or_none_rolls_back(api: httpx.AsyncClient, emulator: Emulator) -> None:

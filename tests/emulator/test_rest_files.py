@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from sfsign.emulator.rest import add_rest_routes
 from sfsign.emulator.server import Emulator
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 40
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 DOC_EXAMPLE = "001900K0001pPuOAAU"  # the REST error page's MALFORMED_ID id
 
 

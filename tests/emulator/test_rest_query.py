@@ -7,7 +7,7 @@ import pytest
 
 from sfsign.emulator.server import Emulator
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 from sfsign.emulator.server import Emulator
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 
 
 @pytest.fixture
@@ -26,9 +26,9 @@ async def test_version_list_is_public_and_uncounted(http: httpx.AsyncClient, emu
     response = await http.get("/services/data/")
     assert response.status_code == 200 and "Sforce-Limit-Info" not in response.headers
     versions = response.json()
-    assert versions[0] == {"label": "Summer '16", "url": "/services/data/v37.0", "version": "37.0"}
+    assert versions[0] == {"label": "Summer '14", "url": "/services/data/v31.0", "version": "31.0"}
     assert {"label": "Winter '25", "url": "/services/data/v62.0", "version": "62.0"} in versions
-    assert versions[-1]["version"] == "66.0"
+    assert versions[-1] == {"label": "Winter '27", "url": "/services/data/v68.0", "version": "68.0"}
     assert emulator.org.api_calls == 0
 
 
@@ -49,12 +49,12 @@ async def test_every_call_counts_and_carries_the_limit_header(api: httpx.AsyncCl
 
 
 async def test_unsupported_version_and_method(api: httpx.AsyncClient) -> None:
-    assert (await api.get("/services/data/v36.0/sobjects")).status_code == 404
-    assert (await api.get("/services/data/v67.0/sobjects")).status_code == 404
+    assert (await api.get("/services/data/v30.0/sobjects")).status_code == 410  # retired in Summer '25
+    assert (await api.get("/services/data/v69.0/sobjects")).status_code == 404  # not released yet
     response = await api.put(f"{V}/sobjects/Account", json={})
     assert response.status_code == 405
     assert response.json()[0]["errorCode"] == "METHOD_NOT_ALLOWED"
-    assert (await api.get("/services/data/v62.0/")).json()["query"] == "/services/data/v62.0/query"
+    assert (await api.get("/services/data/v68.0/")).json()["query"] == "/services/data/v68.0/query"
 
 
 async def test_create_read_update_delete(api: httpx.AsyncClient, emulator: Emulator) -> None:

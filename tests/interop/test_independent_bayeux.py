@@ -171,7 +171,7 @@ class Consumer:
 async def consumer(faye: Faye) -> AsyncIterator[Consumer]:
     committed: dict[str, int] = {}
     auth = FakeTokenProvider(faye.url, faye.context)
-    client = StreamClient(auth, channels=[CDC], replay_source=committed.get, api_version="62.0",
+    client = StreamClient(auth, channels=[CDC], replay_source=committed.get, api_version="68.0",
                           long_poll_margin_s=3.0, backoff_base_s=0.05, backoff_cap_s=0.5)
     state = Consumer(client, auth, committed)
     try:

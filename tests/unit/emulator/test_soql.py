@@ -146,7 +146,7 @@ def test_daemon_opportunity_query(store: OrgStore, info: SeedInfo) -> None:
     assert list(acme)[:3] == ["attributes", "Id", "Name"]
     assert acme["CloseDate"] == "2026-12-18" and acme["Sign_Transaction_Id__c"] is None
     assert acme["Account"] == {
-        "attributes": {"type": "Account", "url": f"/services/data/v62.0/sobjects/Account/{info.accounts['acme-fr']}"},
+        "attributes": {"type": "Account", "url": f"/services/data/v68.0/sobjects/Account/{info.accounts['acme-fr']}"},
         "Name": "Acme Industries SAS", "BillingStreet": "12 Rue de la Paix", "BillingCity": "Paris",
         "BillingPostalCode": "75002", "BillingState": "Île-de-France", "BillingCountry": "France",
         "Phone": "+33 1 42 68 53 00"}
@@ -171,7 +171,7 @@ def test_daemon_quote_query(store: OrgStore, info: SeedInfo) -> None:
         f"QuoteLineItems ORDER BY SortOrder) FROM Quote WHERE Id = '{quote}'").records[0]
     assert rec["CurrencyIsoCode"] == "USD" and rec["Status"] == "Draft" and rec["QuoteNumber"] == "00000003"
     assert rec["Opportunity"]["Owner"] == {
-        "attributes": {"type": "User", "url": f"/services/data/v62.0/sobjects/User/{info.users['emily']}"},
+        "attributes": {"type": "User", "url": f"/services/data/v68.0/sobjects/User/{info.users['emily']}"},
         "Name": "Emily Carter"}
     assert rec["Account"]["Name"] == "Globex Corporation" and rec["Contact"]["Email"] == "maria.gonzalez@globex.example"
     assert rec["QuoteLineItems"]["totalSize"] == 6

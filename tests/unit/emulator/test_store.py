@@ -85,7 +85,7 @@ def error(exc: pytest.ExceptionInfo[ApiError]) -> tuple[int, str, str, list[str]
 def test_get_returns_rest_form_with_system_fields(org: Org) -> None:
     rec = org.store.get("opportunity", org.opp)
     assert next(iter(rec)) == "attributes"
-    assert rec["attributes"] == {"type": "Opportunity", "url": f"/services/data/v62.0/sobjects/Opportunity/{org.opp}"}
+    assert rec["attributes"] == {"type": "Opportunity", "url": f"/services/data/v68.0/sobjects/Opportunity/{org.opp}"}
     assert rec["CreatedDate"] == "2026-11-27T10:00:00.000+0000"  # system stamps have second precision
     assert rec["CreatedById"] == org.rep and rec["OwnerId"] == org.rep
     assert rec["IsDeleted"] is False and rec["CloseDate"] == "2026-12-31"
@@ -296,10 +296,10 @@ def test_stage_change_sets_probability_and_closed_flags(org: Org) -> None:
 
 def test_create_change_has_non_empty_fields_only(org: Org) -> None:
     rid = org.store.insert("Account", {"Name": "Globex", "BillingCity": "Springfield"}, user_id=org.rep,
-                           origin="com/salesforce/api/rest/62.0")
+                           origin="com/salesforce/api/rest/68.0")
     [change] = org.changes
     assert (change.entity, change.record_id, change.change_type) == ("Account", rid, "CREATE")
-    assert change.changed_fields == [] and change.change_origin == "com/salesforce/api/rest/62.0"
+    assert change.changed_fields == [] and change.change_origin == "com/salesforce/api/rest/68.0"
     assert change.fields["Name"] == "Globex"
     assert change.fields["BillingAddress"] == {"City": "Springfield"}
     assert change.fields["CreatedDate"] == "2026-11-27T10:00:00.000Z"
@@ -426,7 +426,7 @@ def test_content_version_creates_document_and_links(org: Org) -> None:
     assert rec["Title"] == "contract" and rec["FileType"] == "PDF" and rec["FileExtension"] == "pdf"
     assert rec["ContentSize"] == len(data) and rec["Checksum"] == hashlib.md5(data).hexdigest()
     assert rec["VersionNumber"] == "1" and rec["IsLatest"] is True
-    assert rec["VersionData"] == f"/services/data/v62.0/sobjects/ContentVersion/{cv}/VersionData"
+    assert rec["VersionData"] == f"/services/data/v68.0/sobjects/ContentVersion/{cv}/VersionData"
     assert org.store.version_data(cv) == data
     doc = org.store.get("ContentDocument", rec["ContentDocumentId"])
     assert doc["LatestPublishedVersionId"] == cv and doc["Title"] == "contract" and doc["PublishStatus"] == "P"

@@ -326,7 +326,7 @@ def test_daemon_scan_fails_on_a_field_the_package_lacks(schema: md.Schema, tmp_p
 
 def test_emulator_builds_its_schema_from_the_package(schema: md.Schema) -> None:
     org = build_org_schema(schema)
-    event = org.objects["Signature_Event__c"].describe("62.0")
+    event = org.objects["Signature_Event__c"].describe("68.0")
     by_name = {f["name"]: f for f in event["fields"]}
     assert by_name["Name"]["autoNumber"] and not by_name["Name"]["createable"]
     assert by_name["Opportunity__c"]["type"] == "reference"
@@ -334,7 +334,7 @@ def test_emulator_builds_its_schema_from_the_package(schema: md.Schema) -> None:
     assert by_name["Detail__c"]["type"] == "textarea" and by_name["Detail__c"]["length"] == 32768
     assert by_name["Event_Type__c"]["restrictedPicklist"]
     children = {r["relationshipName"]: r["childSObject"]
-                for r in org.objects["Opportunity"].describe("62.0")["childRelationships"]}
+                for r in org.objects["Opportunity"].describe("68.0")["childRelationships"]}
     assert children["Signature_Events__r"] == "Signature_Event__c"
 
 

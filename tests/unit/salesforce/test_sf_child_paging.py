@@ -13,7 +13,7 @@ from test_sf_rest import Reply, make_rest, path_of
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import RecordParseError, parse_quote
 
-V = "/services/data/v62.0"
+V = "/services/data/v68.0"
 Q1, Q2 = "0Q0000000000001AAA", "0Q0000000000002AAA"
 
 

@@ -24,7 +24,7 @@ OPP = "006000000000001AAA"
 
 
 def attrs(kind: str, record_id: str = "x") -> dict[str, str]:
-    return {"type": kind, "url": f"/services/data/v62.0/sobjects/{kind}/{record_id}"}
+    return {"type": kind, "url": f"/services/data/v68.0/sobjects/{kind}/{record_id}"}
 
 
 def opportunity_row(record_id: str = OPP, **overrides: Any) -> dict[str, Any]:

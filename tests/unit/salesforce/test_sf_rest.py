@@ -29,7 +29,7 @@ from sfsign.salesforce.rest import (
     validate_id,
 )
 
-BASE = "https://org.example.com/services/data/v62.0/"
+BASE = "https://org.example.com/services/data/v68.0/"
 OPP1 = "006000000000001AAA"
 OPP2 = "006000000000002AAA"
 QUOTE1 = "0Q0000000000001AAA"
@@ -74,7 +74,7 @@ class FakeAdapter(BaseAdapter):
 def make_rest(fake_auth: FakeAuth, handler: Callable[[requests.PreparedRequest], Reply],
               **kwargs: Any) -> tuple[SalesforceRest, FakeAdapter]:
     adapter = FakeAdapter(handler)
-    return SalesforceRest(fake_auth, api_version="62.0", adapter=adapter, **kwargs), adapter
+    return SalesforceRest(fake_auth, api_version="68.0", adapter=adapter, **kwargs), adapter
 
 
 def path_of(request: requests.PreparedRequest) -> str:
@@ -93,9 +93,9 @@ async def test_query_follows_next_records_url_with_fake_adapter(fake_auth: FakeA
     def handler(request: requests.PreparedRequest) -> Reply:
         if path_of(request).endswith("/query/"):
             return 200, {"totalSize": 3, "done": False,
-                         "nextRecordsUrl": "/services/data/v62.0/query/01gD0000002HU6KIAW-2000",
+                         "nextRecordsUrl": "/services/data/v68.0/query/01gD0000002HU6KIAW-2000",
                          "records": [{"attributes": {"type": "Opportunity"}, "Id": OPP1, "Amount": 12.5}]}
-        assert path_of(request) == "/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+        assert path_of(request) == "/services/data/v68.0/query/01gD0000002HU6KIAW-2000"
         return 200, {"totalSize": 3, "done": True, "records": [{"Id": OPP2}, {"Id": QUOTE1}]}, {
             "Sforce-Limit-Info": "api-usage=25/15000"}
 
@@ -112,13 +112,13 @@ async def test_query_follows_next_records_url_with_fake_adapter(fake_auth: FakeA
 async def test_query_page_with_fake_adapter(fake_auth: FakeAuth) -> None:
     def handler(request: requests.PreparedRequest) -> Reply:
         if "q=" in (request.url or ""):
-            return 200, {"totalSize": 2, "done": False, "nextRecordsUrl": "/services/data/v62.0/query/loc-1",
+            return 200, {"totalSize": 2, "done": False, "nextRecordsUrl": "/services/data/v68.0/query/loc-1",
                          "records": [{"Id": OPP1}]}
         return 200, {"totalSize": 2, "done": True, "records": [{"Id": OPP2}]}
 
     rest, _ = make_rest(fake_auth, handler)
     page = await rest.query_page("SELECT Id FROM Opportunity")
-    assert page.next_records_url == "/services/data/v62.0/query/loc-1" and page.total_size == 2
+    assert page.next_records_url == "/services/data/v68.0/query/loc-1" and page.total_size == 2
     last = await rest.query_page(next_records_url=page.next_records_url)
     assert last.next_records_url is None and last.records == [{"Id": OPP2}]
     await rest.close()
@@ -136,7 +136,7 @@ async def test_expired_session_refreshes_once_and_retries_with_fake_adapter(fake
     assert record["StageName"] == "Closed Won"
     assert fake_auth.refresh_calls == 1
     assert [r.headers["Authorization"] for r in adapter.requests] == ["Bearer tok1", "Bearer tok2"]
-    assert path_of(adapter.requests[1]) == f"/services/data/v62.0/sobjects/Opportunity/{OPP1}"
+    assert path_of(adapter.requests[1]) == f"/services/data/v68.0/sobjects/Opportunity/{OPP1}"
     assert "fields=StageName" in (adapter.requests[1].url or "")
 
 
@@ -183,7 +183,7 @@ async def test_update_sends_patch_with_serialised_values_with_fake_adapter(fake_
     await rest.close()
     request = adapter.requests[0]
     assert request.method == "PATCH"
-    assert path_of(request) == f"/services/data/v62.0/sobjects/Opportunity/{OPP1}"
+    assert path_of(request) == f"/services/data/v68.0/sobjects/Opportunity/{OPP1}"
     assert body_json(request) == {"Signed_At__c": "2026-01-02", "Amount": 10.5,
                                                  "Sign_Status__c": "Signed"}
     assert request.headers["Sforce-Call-Options"] == "client=sfsign"
@@ -211,7 +211,7 @@ async def test_update_many_uses_collections_and_maps_per_record_errors_with_fake
     ])
     await rest.close()
     request = adapter.requests[0]
-    assert (request.method, path_of(request)) == ("PATCH", "/services/data/v62.0/composite/sobjects")
+    assert (request.method, path_of(request)) == ("PATCH", "/services/data/v68.0/composite/sobjects")
     sent = body_json(request)
     assert sent["allOrNone"] is False
     # grouped by type so Salesforce sees few same-type chunks
@@ -240,7 +240,7 @@ async def test_create_returns_the_new_id_with_fake_adapter(fake_auth: FakeAuth) 
                                                          "errors": []}))
     assert await rest.create("Sign_Audit__c", {"Name": "x"}) == "a00000000000001AAA"
     await rest.close()
-    assert path_of(adapter.requests[0]) == "/services/data/v62.0/sobjects/Sign_Audit__c/"
+    assert path_of(adapter.requests[0]) == "/services/data/v68.0/sobjects/Sign_Audit__c/"
 
 
 async def test_read_timeout_on_a_write_is_an_uncertain_outcome_with_fake_adapter(fake_auth: FakeAuth) -> None:
@@ -281,7 +281,7 @@ async def test_insert_content_version_sends_multipart_with_fake_adapter(fake_aut
     await rest.close()
     assert new_id == "068D00000000pgOIAQ"
     request = adapter.requests[0]
-    assert (request.method, path_of(request)) == ("POST", "/services/data/v62.0/sobjects/ContentVersion/")
+    assert (request.method, path_of(request)) == ("POST", "/services/data/v68.0/sobjects/ContentVersion/")
     content_type = str(request.headers["Content-Type"])
     assert content_type.startswith("multipart/form-data; boundary=")
     raw = request.body if isinstance(request.body, bytes) else str(request.body).encode()
@@ -335,7 +335,7 @@ async def test_download_version_data_returns_bytes_with_fake_adapter(fake_auth: 
         "Content-Type": "application/octetstream", "Sforce-Limit-Info": "api-usage=99/5000"}))
     assert await rest.download_version_data("068000000000001AAA") == b"%PDF-1.7 bytes"
     await rest.close()
-    assert path_of(adapter.requests[0]) == "/services/data/v62.0/sobjects/ContentVersion/068000000000001AAA/VersionData"
+    assert path_of(adapter.requests[0]) == "/services/data/v68.0/sobjects/ContentVersion/068000000000001AAA/VersionData"
     assert rest.api_usage == (99, 5000)
 
 
@@ -354,7 +354,7 @@ async def test_publish_event_returns_event_uuid_with_fake_adapter(fake_auth: Fak
     uuid = await rest.publish_event("Sign_Request__e", {"RecordId__c": OPP1})
     await rest.close()
     assert uuid == "436ccd6f-7f27-4b3c-8b9b-6c4b3a2b1a00"
-    assert path_of(adapter.requests[0]) == "/services/data/v62.0/sobjects/Sign_Request__e/"
+    assert path_of(adapter.requests[0]) == "/services/data/v68.0/sobjects/Sign_Request__e/"
     with pytest.raises(ValueError):
         await rest.publish_event("Opportunity", {})
 
@@ -369,7 +369,7 @@ async def test_describe_and_limits_with_fake_adapter(fake_auth: FakeAuth) -> Non
     assert (await rest.limits())["DailyApiRequests"]["Max"] == 15000
     assert (await rest.describe("Opportunity"))["name"] == "Opportunity"
     await rest.close()
-    assert path_of(adapter.requests[1]) == "/services/data/v62.0/sobjects/Opportunity/describe"
+    assert path_of(adapter.requests[1]) == "/services/data/v68.0/sobjects/Opportunity/describe"
 
 
 async def test_ids_and_names_are_validated_before_any_request(fake_auth: FakeAuth) -> None:
@@ -404,7 +404,7 @@ async def test_ca_bundle_is_trusted_through_a_context_without_a_temporary_file(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    rest = SalesforceRest(fake_auth, api_version="62.0", ca_bundle=ca)
+    rest = SalesforceRest(fake_auth, api_version="68.0", ca_bundle=ca)
     adapter = rest._session.get_adapter("https://org.example.com/")
     assert isinstance(adapter, _DefaultTimeoutAdapter) and adapter._ssl_context is not None
     subjects = [dict(x[0] for x in c["subject"]) for c in adapter._ssl_context.get_ca_certs()]

@@ -48,7 +48,7 @@ class FakeBayeux:
         return [m for _, m in self.received if m["channel"] == channel]
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert request.url.path == "/cometd/62.0"
+        assert request.url.path == "/cometd/68.0"
         assert request.headers["Content-Type"] == "application/json"
         token = request.headers["Authorization"].removeprefix("Bearer ")
         messages = json.loads(request.content)
@@ -120,7 +120,7 @@ class Sleeps:
 
 def make_client(server: FakeBayeux, auth: FakeAuth, replay: dict[str, int], sleeps: Sleeps,
                 channels: list[str] | None = None, **kwargs: Any) -> StreamClient:
-    return StreamClient(auth, channels=channels or [CDC, PE], replay_source=replay.get, api_version="62.0",
+    return StreamClient(auth, channels=channels or [CDC, PE], replay_source=replay.get, api_version="68.0",
                         transport=httpx.MockTransport(server), sleep=sleeps, rng=lambda: 1.0, **kwargs)
 
 
