@@ -17,8 +17,8 @@ documentation is revisited if pyHanko changes it). `pdfsig` never reads the DSS:
 from __future__ import annotations
 
 import datetime as dt
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
