@@ -3,7 +3,7 @@
 `sfsign demo` runs without `--work-dir`, so its work folder (the PKI, its OCSP/CRL/TSA server) is gone
 when the tools run: every revocation URL in the certificates refuses connections, the "years later,
 offline" case. The recipient has the PDFs and `demo-root-ca.pem` from ./demo-output, nothing else.
-tests/unit/documents/test_recipient_verification.py runs the same tools on freshly signed files
+tests/unit/documents/test_documents_recipient_verification.py runs the same tools on freshly signed files
 without the emulator and pins why pyHanko needs `--validation-time` offline.
 """
 
