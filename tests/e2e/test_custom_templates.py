@@ -1,0 +1,113 @@
+"""Admins use their own fields: a rule on the org's own custom field, checked against the org at start.
+
+The emulated org here has a field the sfsign package does not ship (`Deal_Desk_Status__c` on
+Opportunity), deployed as an admin would deploy it to their org; the daemon talks to it over real HTTPS.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_support import REP, record_id, run_daemon, wait_for_status
+
+from sfsign.config import ConfigError, Rules, Settings, load_rules
+from sfsign.daemon import Daemon
+from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.documents.pki import DemoPki
+from sfsign.emulator.control_client import ControlClient
+from sfsign.emulator.server import EmulatorThread
+from sfsign.metadata import default_metadata_dir
+
+ACME = "Acme Industries - Platform Renewal 2027"
+
+DEAL_DESK_FIELD = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<CustomField xmlns="http://soap.sforce.com/2006/04/metadata">
+    <fullName>Deal_Desk_Status__c</fullName>
+    <label>Deal Desk Status</label>
+    <type>Picklist</type>
+    <valueSet>
+        <restricted>true</restricted>
+        <valueSetDefinition>
+            <sorted>false</sorted>
+            <value><fullName>Draft</fullName><default>false</default><label>Draft</label></value>
+            <value><fullName>Cleared</fullName><default>false</default><label>Cleared</label></value>
+        </valueSetDefinition>
+    </valueSet>
+</CustomField>
+"""
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
+    """An org with the sfsign package and one custom field of the org's own."""
+    metadata = tmp_path / "org-metadata"
+    shutil.copytree(default_metadata_dir(), metadata)
+    fields = metadata / "force-app" / "main" / "default" / "objects" / "Opportunity" / "fields"
+    (fields / "Deal_Desk_Status__c.field-meta.xml").write_text(DEAL_DESK_FIELD)
+    emu = EmulatorThread(data_dir=tmp_path / "emulator", metadata_dir=metadata, long_poll_timeout_ms=3000,
+                         client_timeout_s=10.0)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
+
+
+def _rules(tmp_path: Path, pki: DemoPki, *, field: str, value: str) -> Rules:
+    path = tmp_path / "rules.yaml"
+    text = RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    text = text.replace("    field: StageName\n    values: [\"Proposal/Price Quote\"]\n",
+                        f"    field: {field}\n    values: [\"{value}\"]\n")
+    path.write_text(text)
+    return load_rules(path)
+
+
+@pytest.fixture
+def rules(tmp_path: Path, pki: DemoPki, pki_passphrase: str, monkeypatch: pytest.MonkeyPatch) -> Rules:
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    return _rules(tmp_path, pki, field="Deal_Desk_Status__c", value="Cleared")
+
+
+async def test_rule_on_the_orgs_own_custom_field_signs_when_a_rep_sets_it(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules):
+        await control.update("Opportunity", opp, {"Deal_Desk_Status__c": "Cleared"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+    assert record["Sign_Status__c"] == "Signed", record
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "key", "expected"),
+    [
+        ("Deal_Desk_Stauts__c", "Cleared", "field",
+         "rule 'opportunity-proposal' watches Opportunity.Deal_Desk_Stauts__c, which this org does not have "
+         "or the integration user cannot see; check the API name in Setup > Object Manager > Opportunity"),
+        ("deal_desk_status__c", "Cleared", "field", "the API name is spelt 'Deal_Desk_Status__c'"),
+        ("Deal_Desk_Status__c", "Approved", "values",
+         "rule 'opportunity-proposal': Deal_Desk_Status__c has no active value 'Approved' in this org; "
+         "use one of: 'Draft', 'Cleared'"),
+        ("RecordTypeId", "012000000000000AAA", "field",
+         "watches Opportunity.RecordTypeId, which this org does not have"),
+    ],
+    ids=["typo", "case", "picklist-value", "no-record-types"],
+)
+async def test_rule_on_a_field_or_value_the_org_lacks_refuses_to_start_with_line_and_fix(
+    settings: Settings, tmp_path: Path, pki: DemoPki, field: str, value: str, key: str, expected: str,
+    pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _rules(tmp_path, pki, field=field, value=value)
+    line = rules.lines[("opportunity-proposal", key)]
+    daemon = Daemon(settings, rules)
+    with pytest.raises(ConfigError) as caught:
+        await daemon.run()
+    message = str(caught.value)
+    assert f"{rules.source}:{line}: " in message and expected in message, message
+    assert not daemon.ready.is_set()
