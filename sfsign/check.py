@@ -121,9 +121,12 @@ async def check_timestamps(rules: Rules) -> list[Check]:
 
 def check_templates(rules: Rules) -> list[Check]:
     out = []
+    fields = rules.template_fields()
     for template in sorted({str(t) for t in rules.templates.values()}):
+        sample = sample_contract(kind="quote", line_count=12).model_copy(
+            update={"fields": {name: name for name in fields.get(template, ())}})
         try:
-            rendered = render_pdf(sample_contract(kind="quote", line_count=12), template)
+            rendered = render_pdf(sample, template)
         except RenderError as exc:
             out.append(_fail("template", str(exc), "fix the template (line and message above)"))
             continue

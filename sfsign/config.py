@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -64,6 +65,7 @@ STANDARD_TRIGGER_FIELDS: dict[str, frozenset[str]] = {
          "GrandTotal", "TotalPrice", "Discount"}
     ),
 }
+FIELD_PATH = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$"
 CUSTOM_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*__c$")
 
 BUILTIN_TEMPLATES = frozenset({"proposal", "quote"})
@@ -339,6 +341,10 @@ class RuleConfig(_Strict):
     title: str | None = None
     terms: list[str] = Field(default_factory=list)
     valid_days: int = Field(30, ge=0, le=3650)
+    # Fields of the record (or its parents, e.g. Account.Segment__c) the template receives as `fields`,
+    # read in the same query as the rest of the record; checked against the org's describe at start.
+    fields: list[Annotated[str, StringConstraints(pattern=FIELD_PATH)]] = Field(default_factory=list, max_length=100)
+    language: Literal["en", "de"] = Field("en", description="language of the document's labels, dates and numbers")
 
 
 class RulesFile(_Strict):
@@ -367,6 +373,17 @@ class Rules:
 
     def for_object(self, sobject: str) -> list[RuleConfig]:
         return [r for r in self.rules if r.object == sobject]
+
+    def fields_for(self, sobject: str) -> list[str]:
+        """The fields the rules of `sobject` list for their templates: one query reads them for all."""
+        return list(dict.fromkeys(f for r in self.for_object(sobject) for f in r.fields))
+
+    def template_fields(self) -> dict[str, list[str]]:
+        """Per template (as `str(templates[rule])`), the fields its rules list: sample data for checks."""
+        out: dict[str, list[str]] = {}
+        for rule in self.rules:
+            out.setdefault(str(self.templates[rule.name]), []).extend(rule.fields)
+        return out
 
     def by_name(self, name: str) -> RuleConfig | None:
         return next((r for r in self.rules if r.name == name), None)

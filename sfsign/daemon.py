@@ -190,7 +190,8 @@ class Daemon:
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
             templates = tuple(sorted({str(t) for t in self.rules.templates.values()}))
-            warm_up = [loop.run_in_executor(pool, doc_jobs.warm_up, templates) for _ in range(workers)]
+            fields = self.rules.template_fields()
+            warm_up = [loop.run_in_executor(pool, doc_jobs.warm_up, templates, fields) for _ in range(workers)]
             self.worker = Worker(
                 outbox=self.outbox,
                 rest=rest,

@@ -33,6 +33,13 @@ _NONCHARACTERS = "".join(chr(plane + 0xFFFE) + chr(plane + 0xFFFF) for plane in 
 _NOT_TEXT = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
 
 
+# The document's title when the rule sets none, in the rule's language (as the template's labels are).
+DEFAULT_TITLES = {
+    "en": {"proposal": "Proposal", "quote": "Quote"},
+    "de": {"proposal": "Projektangebot", "quote": "Angebot"},
+}
+
+
 class NotRenderable(ValueError):
     """The record lacks data the document needs; the message tells the rep what to add."""
 
@@ -103,7 +110,8 @@ def printable(value: str, *, multiline: bool) -> tuple[str, int]:
 
 def _printable_values(value: Any, path: str, field: str, changes: dict[str, int]) -> Any:
     if isinstance(value, str):
-        text, changed = printable(value, multiline=field in MULTILINE_FIELDS)
+        # A rule's own fields (`fields.*`) may be long text areas: their line breaks are kept.
+        text, changed = printable(value, multiline=field in MULTILINE_FIELDS or path.startswith("fields."))
         if changed:
             changes[path] = changed
         return text
@@ -167,7 +175,7 @@ def _build_document(
         total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
         return ContractDocument(
             kind="proposal",
-            title=rule.title or "Proposal",
+            title=rule.title or DEFAULT_TITLES[rule.language]["proposal"],
             number=record.name or record.id,
             issue_date=today,
             valid_until=today + timedelta(days=rule.valid_days) if rule.valid_days else None,
@@ -182,6 +190,8 @@ def _build_document(
             notes=record.description or "",
             signature=signature,
             transaction_id=transaction_id,
+            locale=rule.language,
+            fields={f: record.fields.get(f) for f in rule.fields},
         )
     what = "quote"
     lines = _lines(record.lines, what)
@@ -202,7 +212,7 @@ def _build_document(
     grand = record.grand_total if record.grand_total is not None else net + tax
     return ContractDocument(
         kind="quote",
-        title=rule.title or "Quote",
+        title=rule.title or DEFAULT_TITLES[rule.language]["quote"],
         number=record.quote_number or record.name or record.id,
         issue_date=today,
         valid_until=record.expiration_date
@@ -223,6 +233,8 @@ def _build_document(
         notes=record.description or "",
         signature=signature,
         transaction_id=transaction_id,
+        locale=rule.language,
+        fields={f: record.fields.get(f) for f in rule.fields},
     )
 
 

@@ -52,6 +52,18 @@ def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]
             )
             continue
         problems += _value_problems(rules, rule.name, field, rule.values)
+    for rule in rules.for_object(sobject):
+        for name in rule.fields:
+            if "." in name or name in fields:
+                continue  # a parent's field (Account.Segment__c) is checked by a query: see check_rule_fields
+            hint = by_lower.get(name.lower())
+            fix = (f"the API name is spelt {hint!r}" if hint else
+                   f"check the API name in Setup > Object Manager > {sobject} > Fields & Relationships, and give "
+                   "the integration user read access to it (field-level security)")
+            problems.append(
+                f"{rules.line_of(rule.name, 'fields')}: rule {rule.name!r} lists {sobject}.{name} for its template, "
+                f"which this org does not have or the integration user cannot see; {fix}"
+            )
     return problems
 
 
@@ -67,5 +79,16 @@ async def check_rule_fields(rest: SalesforceRest, rules: Rules) -> list[str]:
                 f"integration user read access to {sobject}"
             )
             continue
-        problems += problems_in_describe(rules, sobject, describe)
+        found = problems_in_describe(rules, sobject, describe)
+        problems += found
+        paths = [f for f in rules.fields_for(sobject) if "." in f]
+        if paths and not found:
+            try:  # Salesforce itself resolves the relationship paths, as the worker's query will
+                await rest.query(f"SELECT Id, {', '.join(paths)} FROM {sobject} WHERE Id = null LIMIT 1")
+            except SalesforceError as exc:
+                problems.append(
+                    f"{rules.source}: the fields {', '.join(paths)} listed for the {sobject} rules' templates "
+                    f"cannot be read ({exc}); check each path (relationship name, then the parent's field API "
+                    "name) and the integration user's read access"
+                )
     return problems

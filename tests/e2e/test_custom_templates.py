@@ -6,12 +6,14 @@ Opportunity), deployed as an admin would deploy it to their org; the daemon talk
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
+from pdf_glyphs import pdftotext
 
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.daemon import Daemon
@@ -20,6 +22,7 @@ from sfsign.documents.pki import DemoPki
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.metadata import default_metadata_dir
+from sfsign.salesforce.rest import SalesforceRest
 
 ACME = "Acme Industries - Platform Renewal 2027"
 
@@ -58,11 +61,13 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
-def _rules(tmp_path: Path, pki: DemoPki, *, field: str, value: str) -> Rules:
+def _rules(tmp_path: Path, pki: DemoPki, *, field: str, value: str, template: str = "template: proposal") -> Rules:
+    """The tests' rules with the Opportunity rule watching `field`; `template` replaces its template line
+    (and may add more keys to the rule)."""
     path = tmp_path / "rules.yaml"
     text = RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
-    text = text.replace("    field: StageName\n    values: [\"Proposal/Price Quote\"]\n",
-                        f"    field: {field}\n    values: [\"{value}\"]\n")
+    text = text.replace("    field: StageName\n    values: [\"Proposal/Price Quote\"]\n    template: proposal\n",
+                        f"    field: {field}\n    values: [\"{value}\"]\n    {template}\n")
     path.write_text(text)
     return load_rules(path)
 
@@ -95,19 +100,71 @@ async def test_rule_on_the_orgs_own_custom_field_signs_when_a_rep_sets_it(
          "use one of: 'Draft', 'Cleared'"),
         ("RecordTypeId", "012000000000000AAA", "field",
          "watches Opportunity.RecordTypeId, which this org does not have"),
+        ("Deal_Desk_Status__c", "Cleared", "fields",
+         "rule 'opportunity-proposal' lists Opportunity.Deal_Desk_Satus__c for its template, which this org does "
+         "not have"),
+        ("Deal_Desk_Status__c", "Cleared", "",
+         "the fields Account.Segment__c listed for the Opportunity rules' templates cannot be read"),
     ],
-    ids=["typo", "case", "picklist-value", "no-record-types"],
+    ids=["typo", "case", "picklist-value", "no-record-types", "template-field", "template-parent-field"],
 )
 async def test_rule_on_a_field_or_value_the_org_lacks_refuses_to_start_with_line_and_fix(
     settings: Settings, tmp_path: Path, pki: DemoPki, field: str, value: str, key: str, expected: str,
     pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
-    rules = _rules(tmp_path, pki, field=field, value=value)
-    line = rules.lines[("opportunity-proposal", key)]
+    listed = {"fields": "[Deal_Desk_Satus__c]", "": "[NextStep, Account.Segment__c]"}.get(key)
+    template = f"template: proposal\n    fields: {listed}" if listed else "template: proposal"
+    rules = _rules(tmp_path, pki, field=field, value=value, template=template)
+    where = f"{rules.source}:{rules.lines[('opportunity-proposal', key)]}" if key else str(rules.source)
     daemon = Daemon(settings, rules)
     with pytest.raises(ConfigError) as caught:
         await daemon.run()
     message = str(caught.value)
-    assert f"{rules.source}:{line}: " in message and expected in message, message
+    assert f"{where}: " in message and expected in message, message
     assert not daemon.ready.is_set()
+
+
+# A template of the admin's own: the built-in layout, plus the org's fields the rule lists.
+DEAL_TEMPLATE = """\
+#import "common.typ": contract, load-data
+#let d = load-data()
+#contract(d, kind: "proposal")
+#text("Deal desk: " + d.fields.Deal_Desk_Status__c + " / next: " + d.fields.NextStep)
+#text(" / account: " + d.fields.at("Account.Name"))
+#if d.fields.Sign_Error__c == none { text(" / no error") }
+"""
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+async def test_template_receives_the_rules_fields_and_prints_in_the_rules_language(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient, rest: SalesforceRest,
+    pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "deal.typ").write_text(DEAL_TEMPLATE)
+    from sfsign.documents import render
+    shutil.copy(Path(render.__file__).parent / "templates" / "common.typ", templates / "common.typ")
+    rules = _rules(
+        tmp_path, pki, field="Deal_Desk_Status__c", value="Cleared",
+        template="template: templates/deal.typ\n    language: de\n"
+                 "    fields: [Deal_Desk_Status__c, NextStep, Account.Name, Sign_Error__c]",
+    )
+    opp = await record_id(control, "Opportunity", ACME)
+    account = (await control.query(f"SELECT Account.Name FROM Opportunity WHERE Id = '{opp}'"))[0]["Account"]["Name"]
+    async with run_daemon(settings, rules):
+        await control.update("Opportunity", opp, {"Deal_Desk_Status__c": "Cleared",
+                                                  "NextStep": "Kick-off in März"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+    assert record["Sign_Status__c"] == "Signed", record
+    found = await rest.find_content_version(str(record["Sign_Transaction_Id__c"]))
+    assert found is not None
+    pdf = await rest.download_version_data(found.id)
+    text = " ".join((await asyncio.to_thread(pdftotext, pdf, tmp_path)).split())
+    assert "Deal desk: Cleared / next: Kick-off in März" in text, text
+    assert f"/ account: {account}" in text and "/ no error" in text, text
+    # German labels, not English ones: the rule's language.
+    assert "Projektangebot" in text and "Gesamt" in text and "Unterschriften" in text, text
+    assert "Proposal" not in text and "Signatures" not in text, text
