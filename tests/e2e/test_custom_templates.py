@@ -168,3 +168,58 @@ async def test_template_receives_the_rules_fields_and_prints_in_the_rules_langua
     # German labels, not English ones: the rule's language.
     assert "Projektangebot" in text and "Gesamt" in text and "Unterschriften" in text, text
     assert "Proposal" not in text and "Signatures" not in text, text
+
+
+def _builtin(name: str) -> str:
+    from sfsign.documents.render import TEMPLATES_DIR
+
+    return (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+async def test_a_copied_builtin_template_works_without_common_typ_signed_and_in_sfsign_render(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient, rest: SalesforceRest,
+    pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/templates.md, step by step: copy proposal.typ alone and change it; or copy common.typ too and
+    change the shared layout. Both sign, and `sfsign render` previews both."""
+    from e2e_support import run_cli
+
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    own = tmp_path / "templates"
+    own.mkdir()
+    (own / "proposal.typ").write_text(_builtin("proposal.typ") + '\n#text("Our own proposal template")\n')
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "common.typ").write_text(_builtin("common.typ").replace('signatures: "Signatures"',
+                                                                       'signatures: "Sign here, please"'))
+    (layout / "proposal.typ").write_text(
+        _builtin("proposal.typ").replace('"@sfsign/common:1.0.0"', '"common.typ"'))
+    rules = _rules(tmp_path, pki, field="Deal_Desk_Status__c", value="Cleared",
+                   template="template: templates/proposal.typ")
+    extra = rules.source.read_text().replace("rules:\n", """\
+rules:
+  - name: own-layout
+    object: Opportunity
+    field: StageName
+    values: ["Closed Won"]
+    template: layout/proposal.typ
+    profile: company-seal
+""")
+    rules.source.write_text(extra)
+    rules = load_rules(rules.source)
+    opp = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules):
+        await control.update("Opportunity", opp, {"Deal_Desk_Status__c": "Cleared"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+    assert record["Sign_Status__c"] == "Signed", record
+    found = await rest.find_content_version(str(record["Sign_Transaction_Id__c"]))
+    assert found is not None
+    signed = await rest.download_version_data(found.id)
+    assert "Our own proposal template" in await asyncio.to_thread(pdftotext, signed, tmp_path)
+    for rule, wanted in (("opportunity-proposal", "Our own proposal template"), ("own-layout", "Sign here, please")):
+        target = tmp_path / f"{rule}.pdf"
+        result = await asyncio.to_thread(run_cli, ["render", "--record", opp, "--rule", rule, "-o", str(target)],
+                                         settings)
+        assert result.returncode == 0, result.stderr
+        assert wanted in " ".join((await asyncio.to_thread(pdftotext, target.read_bytes(), tmp_path)).split())
