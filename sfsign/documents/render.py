@@ -13,9 +13,9 @@ it with `multiprocessing.get_context(POOL_START_METHOD)` ("forkserver"), or "spa
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
-import atexit
 import os
 import re
 import shutil
