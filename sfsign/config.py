@@ -68,7 +68,7 @@ STANDARD_TRIGGER_FIELDS: dict[str, frozenset[str]] = {
 FIELD_PATH = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$"
 CUSTOM_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*__c$")
 
-BUILTIN_TEMPLATES = frozenset({"proposal", "quote"})
+BUILTIN_TEMPLATES = frozenset({"proposal", "quote", "order"})
 
 
 class ConfigError(ValueError):

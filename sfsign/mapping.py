@@ -35,9 +35,17 @@ _NOT_TEXT = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS)
 
 # The document's title when the rule sets none, in the rule's language (as the template's labels are).
 DEFAULT_TITLES = {
-    "en": {"proposal": "Proposal", "quote": "Quote"},
-    "de": {"proposal": "Projektangebot", "quote": "Angebot"},
+    "en": {"proposal": "Proposal", "quote": "Quote", "order": "Order confirmation"},
+    "de": {"proposal": "Projektangebot", "quote": "Angebot", "order": "Auftragsbestätigung"},
 }
+
+
+def _default_title(rule: RuleConfig, rules: Rules, kind: str) -> str:
+    """The rule's title, else what the document is, in the rule's language: the built-in order
+    confirmation template is an order confirmation whichever object it prints."""
+    if rule.title:
+        return rule.title
+    return DEFAULT_TITLES[rule.language]["order" if rules.templates.get(rule.name) == "order" else kind]
 
 
 class NotRenderable(ValueError):
@@ -175,7 +183,7 @@ def _build_document(
         total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
         return ContractDocument(
             kind="proposal",
-            title=rule.title or DEFAULT_TITLES[rule.language]["proposal"],
+            title=_default_title(rule, rules, "proposal"),
             number=record.name or record.id,
             issue_date=today,
             valid_until=today + timedelta(days=rule.valid_days) if rule.valid_days else None,
@@ -212,7 +220,7 @@ def _build_document(
     grand = record.grand_total if record.grand_total is not None else net + tax
     return ContractDocument(
         kind="quote",
-        title=rule.title or DEFAULT_TITLES[rule.language]["quote"],
+        title=_default_title(rule, rules, "quote"),
         number=record.quote_number or record.name or record.id,
         issue_date=today,
         valid_until=record.expiration_date

@@ -39,7 +39,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Typst's own fonts so customer text in any common script renders; fonts/fallback/LICENSE.txt.
 FALLBACK_FONTS_DIR = Path(__file__).resolve().parent / "fonts" / "fallback"
 REPLACEMENT_CHARACTER = "\ufffd"
-BUILTIN_TEMPLATES = ("proposal", "quote")
+BUILTIN_TEMPLATES = ("proposal", "quote", "order")
 PDF_STANDARD: Final = "a-2b"
 SIGNATURE_FIELD_LABEL = "<sfsign-signature-field>"
 TEMPLATE_DATA_SCHEMA = 1

@@ -223,3 +223,30 @@ rules:
                                          settings)
         assert result.returncode == 0, result.stderr
         assert wanted in " ".join((await asyncio.to_thread(pdftotext, target.read_bytes(), tmp_path)).split())
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+async def test_builtin_order_confirmation_reads_as_one_and_the_transaction_id_never_wraps(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient, rest: SalesforceRest,
+    pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo's Closed Won rule: the built-in `order` template, and the longest Opportunity name of the
+    seed in the footer beside the transaction id."""
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _rules(tmp_path, pki, field="StageName", value="Closed Won", template="template: order")
+    opp = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules):
+        await control.update("Opportunity", opp, {"StageName": "Closed Won"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+    assert record["Sign_Status__c"] == "Signed", record
+    found = await rest.find_content_version(str(record["Sign_Transaction_Id__c"]))
+    assert found is not None
+    raw = await asyncio.to_thread(pdftotext, await rest.download_version_data(found.id), tmp_path)
+    text = " ".join(raw.split())
+    squeezed = "".join(raw.split())
+    assert "ORDERCONFIRMATION" in squeezed and "Thank you for your order. We confirm it as follows." in text, text
+    assert "PROPOSAL" not in squeezed.upper().replace("ORDERCONFIRMATION", ""), text
+    assert "pleased to submit" not in text and "Valid until" not in text and "Accepted by" not in text, text
+    # The transaction id is printed whole, on one line, on every page.
+    pages = raw.count("\f") or 1
+    assert raw.count(str(record["Sign_Transaction_Id__c"])) >= pages, raw
