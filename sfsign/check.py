@@ -237,7 +237,7 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
     out = []
     for sobject in sorted({r.object for r in rules.rules} & set(SELECTS)):
         try:
-            await rest.query(f"{SELECTS[sobject](multi_currency)} WHERE Id = null LIMIT 1")
+            await rest.query(f"{SELECTS[sobject](multi_currency, rules.fields_for(sobject))} WHERE Id = null LIMIT 1")
         except SalesforceError as exc:
             fix = "grant read access to these fields, or set SFSIGN_MULTI_CURRENCY=false in a single-currency org"
             out.append(_fail(f"read {sobject}", str(exc), fix))

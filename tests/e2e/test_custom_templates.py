@@ -250,3 +250,20 @@ async def test_builtin_order_confirmation_reads_as_one_and_the_transaction_id_ne
     # The transaction id is printed whole, on one line, on every page.
     pages = raw.count("\f") or 1
     assert raw.count(str(record["Sign_Transaction_Id__c"])) >= pages, raw
+
+
+async def test_sfsign_check_reads_the_fields_the_rules_list_with_the_workers_own_query(
+    settings: Settings, tmp_path: Path, pki: DemoPki, pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sfsign.check import run_checks
+
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    good = _rules(tmp_path, pki, field="Deal_Desk_Status__c", value="Cleared",
+                  template="template: proposal\n    fields: [Deal_Desk_Status__c, Account.Name]")
+    checks = {c.name: c for c in await run_checks(settings, good)}
+    assert checks["read Opportunity"].ok, checks["read Opportunity"]
+    assert checks["object Opportunity"].ok, checks["object Opportunity"]
+    bad = _rules(tmp_path, pki, field="Deal_Desk_Status__c", value="Cleared",
+                 template="template: proposal\n    fields: [Account.Segment__c]")
+    check = {c.name: c for c in await run_checks(settings, bad)}["read Opportunity"]
+    assert check.ok is False and "Segment__c" in check.detail, check
