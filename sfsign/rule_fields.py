@@ -17,6 +17,7 @@ from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 
 PICKLISTS = frozenset({"picklist", "multipicklist"})
+COMPOUND = frozenset({"address", "location"})
 
 
 def _value_problems(rules: Rules, rule_name: str, field: Mapping[str, Any], values: list[str]) -> list[str]:
@@ -54,8 +55,15 @@ def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]
         problems += _value_problems(rules, rule.name, field, rule.values)
     for rule in rules.for_object(sobject):
         for name in rule.fields:
-            if "." in name or name in fields:
+            if "." in name:
                 continue  # a parent's field (Account.Segment__c) is checked by a query: see check_rule_fields
+            if name in fields:
+                if fields[name].get("type") in COMPOUND:
+                    problems.append(
+                        f"{rules.line_of(rule.name, 'fields')}: rule {rule.name!r} lists {sobject}.{name}, a compound "
+                        "field a template cannot print as one value; list its parts instead (e.g. BillingCity)"
+                    )
+                continue
             hint = by_lower.get(name.lower())
             fix = (f"the API name is spelt {hint!r}" if hint else
                    f"check the API name in Setup > Object Manager > {sobject} > Fields & Relationships, and give "

@@ -103,10 +103,13 @@ async def test_rule_on_the_orgs_own_custom_field_signs_when_a_rep_sets_it(
         ("Deal_Desk_Status__c", "Cleared", "fields",
          "rule 'opportunity-proposal' lists Opportunity.Deal_Desk_Satus__c for its template, which this org does "
          "not have"),
+        ("Deal_Desk_Status__c", "Cleared", "compound",
+         "rule 'quote-approved' lists Quote.BillingAddress, a compound field a template cannot print"),
         ("Deal_Desk_Status__c", "Cleared", "",
          "the fields Account.Segment__c listed for the Opportunity rules' templates cannot be read"),
     ],
-    ids=["typo", "case", "picklist-value", "no-record-types", "template-field", "template-parent-field"],
+    ids=["typo", "case", "picklist-value", "no-record-types", "template-field", "compound-field",
+         "template-parent-field"],
 )
 async def test_rule_on_a_field_or_value_the_org_lacks_refuses_to_start_with_line_and_fix(
     settings: Settings, tmp_path: Path, pki: DemoPki, field: str, value: str, key: str, expected: str,
@@ -116,7 +119,13 @@ async def test_rule_on_a_field_or_value_the_org_lacks_refuses_to_start_with_line
     listed = {"fields": "[Deal_Desk_Satus__c]", "": "[NextStep, Account.Segment__c]"}.get(key)
     template = f"template: proposal\n    fields: {listed}" if listed else "template: proposal"
     rules = _rules(tmp_path, pki, field=field, value=value, template=template)
-    where = f"{rules.source}:{rules.lines[('opportunity-proposal', key)]}" if key else str(rules.source)
+    if key == "compound":  # the Quote rule lists the Quote's billing address as one field
+        rules.source.write_text(rules.source.read_text().replace(
+            "    template: quote\n", "    template: quote\n    fields: [BillingAddress]\n"))
+        rules = load_rules(rules.source)
+        key = "fields"
+    line = rules.lines.get(("quote-approved" if "Quote." in expected else "opportunity-proposal", key))
+    where = f"{rules.source}:{line}" if key else str(rules.source)
     daemon = Daemon(settings, rules)
     with pytest.raises(ConfigError) as caught:
         await daemon.run()
