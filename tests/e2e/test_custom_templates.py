@@ -177,6 +177,14 @@ async def test_template_receives_the_rules_fields_and_prints_in_the_rules_langua
     # German labels, not English ones: the rule's language.
     assert "Projektangebot" in text and "Gesamt" in text and "Unterschriften" in text, text
     assert "Proposal" not in text and "Signatures" not in text, text
+    # `sfsign render` previews the same: the listed fields read with the record, the rule's language.
+    from e2e_support import run_cli
+
+    target = tmp_path / "preview.pdf"
+    result = await asyncio.to_thread(run_cli, ["render", "--record", opp, "-o", str(target)], settings)
+    assert result.returncode == 0, result.stderr
+    preview = " ".join((await asyncio.to_thread(pdftotext, target.read_bytes(), tmp_path)).split())
+    assert "Deal desk: Cleared / next: Kick-off in März" in preview and "Projektangebot" in preview, preview
 
 
 def _builtin(name: str) -> str:
