@@ -121,9 +121,12 @@ async def check_timestamps(rules: Rules) -> list[Check]:
 
 def check_templates(rules: Rules) -> list[Check]:
     out = []
+    fields = rules.template_fields()
     for template in sorted({str(t) for t in rules.templates.values()}):
+        sample = sample_contract(kind="quote", line_count=12).model_copy(
+            update={"fields": {name: name for name in fields.get(template, ())}})
         try:
-            rendered = render_pdf(sample_contract(kind="quote", line_count=12), template)
+            rendered = render_pdf(sample, template)
         except RenderError as exc:
             out.append(_fail("template", str(exc), "fix the template (line and message above)"))
             continue
@@ -234,7 +237,7 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
     out = []
     for sobject in sorted({r.object for r in rules.rules} & set(SELECTS)):
         try:
-            await rest.query(f"{SELECTS[sobject](multi_currency)} WHERE Id = null LIMIT 1")
+            await rest.query(f"{SELECTS[sobject](multi_currency, rules.fields_for(sobject))} WHERE Id = null LIMIT 1")
         except SalesforceError as exc:
             fix = "grant read access to these fields, or set SFSIGN_MULTI_CURRENCY=false in a single-currency org"
             out.append(_fail(f"read {sobject}", str(exc), fix))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,16 +50,25 @@ SFSIGN_OWNED_FIELDS = frozenset(
     }
 )
 
-# Standard fields a rule may watch. Salesforce's own schema is not in our SFDX package, so the list of
-# sensible trigger fields of the supported objects lives here; custom fields come from the package.
+# Standard fields a rule may watch. Salesforce's own schema is not in our SFDX package, so the standard
+# fields of the supported objects are listed here, and a typo in one fails at load with the file and line.
+# The org's own custom fields (`__c`) cannot be known offline: they pass here and are checked against
+# the org's describe when the daemon starts (sfsign/rule_fields.py), as is every rule field.
 STANDARD_TRIGGER_FIELDS: dict[str, frozenset[str]] = {
     "Opportunity": frozenset(
-        {"StageName", "Type", "ForecastCategoryName", "IsClosed", "IsWon", "Probability", "LeadSource"}
+        {"StageName", "Type", "ForecastCategoryName", "IsClosed", "IsWon", "Probability", "LeadSource",
+         "Amount", "CloseDate", "NextStep", "Name", "OwnerId", "AccountId", "RecordTypeId", "CampaignId",
+         "Pricebook2Id", "SyncedQuoteId", "HasOpportunityLineItem", "TotalOpportunityQuantity", "ForecastCategory"}
     ),
-    "Quote": frozenset({"Status", "IsSyncing"}),
+    "Quote": frozenset(
+        {"Status", "IsSyncing", "Name", "ExpirationDate", "OwnerId", "RecordTypeId", "ContactId", "Pricebook2Id",
+         "GrandTotal", "TotalPrice", "Discount"}
+    ),
 }
+FIELD_PATH = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$"
+CUSTOM_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*__c$")
 
-BUILTIN_TEMPLATES = frozenset({"proposal", "quote"})
+BUILTIN_TEMPLATES = frozenset({"proposal", "quote", "order"})
 
 
 class ConfigError(ValueError):
@@ -330,6 +341,10 @@ class RuleConfig(_Strict):
     title: str | None = None
     terms: list[str] = Field(default_factory=list)
     valid_days: int = Field(30, ge=0, le=3650)
+    # Fields of the record (or its parents, e.g. Account.Segment__c) the template receives as `fields`,
+    # read in the same query as the rest of the record; checked against the org's describe at start.
+    fields: list[Annotated[str, StringConstraints(pattern=FIELD_PATH)]] = Field(default_factory=list, max_length=100)
+    language: Literal["en", "de"] = Field("en", description="language of the document's labels, dates and numbers")
 
 
 class RulesFile(_Strict):
@@ -348,9 +363,27 @@ class Rules:
     profiles: dict[str, ProfileConfig]
     rules: list[RuleConfig]
     templates: dict[str, Path | str]  # rule name -> builtin template name or file path
+    # (rule name, key) -> line in the rules file, so checks made later (against the org) name the line too
+    lines: dict[tuple[str, str], int] = dataclass_field(default_factory=dict)
+
+    def line_of(self, rule: str, key: str) -> str:
+        """`file:line` of `key` in rule `rule`, for messages about the rules file."""
+        line = self.lines.get((rule, key))
+        return f"{self.source}:{line}" if line is not None else str(self.source)
 
     def for_object(self, sobject: str) -> list[RuleConfig]:
         return [r for r in self.rules if r.object == sobject]
+
+    def fields_for(self, sobject: str) -> list[str]:
+        """The fields the rules of `sobject` list for their templates: one query reads them for all."""
+        return list(dict.fromkeys(f for r in self.for_object(sobject) for f in r.fields))
+
+    def template_fields(self) -> dict[str, list[str]]:
+        """Per template (as `str(templates[rule])`), the fields its rules list: sample data for checks."""
+        out: dict[str, list[str]] = {}
+        for rule in self.rules:
+            out.setdefault(str(self.templates[rule.name]), []).extend(rule.fields)
+        return out
 
     def by_name(self, name: str) -> RuleConfig | None:
         return next((r for r in self.rules if r.name == name), None)
@@ -449,10 +482,11 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
                 f"{at('field')}: rule watches {rule.field!r}, which sfsign writes itself; "
                 "it would re-trigger on every write-back. Watch a business field such as StageName"
             )
-        elif rule.field not in known[rule.object]:
+        elif rule.field not in known[rule.object] and not CUSTOM_FIELD.match(rule.field):
             errors.append(
                 f"{at('field')}: unknown field {rule.field!r} on {rule.object}; "
-                f"use one of: {', '.join(sorted(known[rule.object]))}"
+                f"use one of: {', '.join(sorted(known[rule.object]))}, or a custom field of your org "
+                "(its API name, ending in __c; checked against the org at start)"
             )
         if rule.profile not in parsed.signing_profiles:
             errors.append(
@@ -517,6 +551,11 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
         profiles=profiles,
         rules=list(parsed.rules),
         templates=templates,
+        lines={
+            (rule.name, key): _line_for(lines, ("rules", i, key))
+            for i, rule in enumerate(parsed.rules)
+            for key in ("name", "object", "field", "values", "fields")
+        },
     )
 
 

@@ -37,6 +37,7 @@ from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
 from sfsign.outbox import Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir
+from sfsign.rule_fields import check_rule_fields
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
@@ -181,11 +182,16 @@ class Daemon:
             self.health.instance_url = token.instance_url
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
+            # Before subscribing: a rule on a field this org lacks would never fire (rule_fields.py).
+            field_problems = await check_rule_fields(rest, self.rules)
+            if field_problems:
+                raise ConfigError("\n".join(field_problems))
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
             templates = tuple(sorted({str(t) for t in self.rules.templates.values()}))
-            warm_up = [loop.run_in_executor(pool, doc_jobs.warm_up, templates) for _ in range(workers)]
+            fields = self.rules.template_fields()
+            warm_up = [loop.run_in_executor(pool, doc_jobs.warm_up, templates, fields) for _ in range(workers)]
             self.worker = Worker(
                 outbox=self.outbox,
                 rest=rest,
@@ -376,6 +382,8 @@ class Daemon:
             try:
                 rules = await loop.run_in_executor(None, load_rules, path)
                 problems = await loop.run_in_executor(None, preflight_profiles, rules)
+                if not problems and self._rest is not None:
+                    problems = await check_rule_fields(self._rest, rules)
                 if problems:
                     raise ConfigError("\n".join(problems))
             except Exception as exc:

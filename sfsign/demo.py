@@ -139,9 +139,8 @@ rules:
     object: Opportunity
     field: StageName
     values: ["Closed Won"]
-    template: proposal
+    template: order
     profile: seal-b-b
-    title: Order confirmation
     file_name: "Order confirmation {number} {date}.pdf"
   - name: quote-approved
     object: Quote

@@ -33,6 +33,21 @@ _NONCHARACTERS = "".join(chr(plane + 0xFFFE) + chr(plane + 0xFFFF) for plane in 
 _NOT_TEXT = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
 
 
+# The document's title when the rule sets none, in the rule's language (as the template's labels are).
+DEFAULT_TITLES = {
+    "en": {"proposal": "Proposal", "quote": "Quote", "order": "Order confirmation"},
+    "de": {"proposal": "Projektangebot", "quote": "Angebot", "order": "Auftragsbestätigung"},
+}
+
+
+def _default_title(rule: RuleConfig, rules: Rules, kind: str) -> str:
+    """The rule's title, else what the document is, in the rule's language: the built-in order
+    confirmation template is an order confirmation whichever object it prints."""
+    if rule.title:
+        return rule.title
+    return DEFAULT_TITLES[rule.language]["order" if rules.templates.get(rule.name) == "order" else kind]
+
+
 class NotRenderable(ValueError):
     """The record lacks data the document needs; the message tells the rep what to add."""
 
@@ -103,7 +118,8 @@ def printable(value: str, *, multiline: bool) -> tuple[str, int]:
 
 def _printable_values(value: Any, path: str, field: str, changes: dict[str, int]) -> Any:
     if isinstance(value, str):
-        text, changed = printable(value, multiline=field in MULTILINE_FIELDS)
+        # A rule's own fields (`fields.*`) may be long text areas: their line breaks are kept.
+        text, changed = printable(value, multiline=field in MULTILINE_FIELDS or path.startswith("fields."))
         if changed:
             changes[path] = changed
         return text
@@ -167,7 +183,7 @@ def _build_document(
         total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
         return ContractDocument(
             kind="proposal",
-            title=rule.title or "Proposal",
+            title=_default_title(rule, rules, "proposal"),
             number=record.name or record.id,
             issue_date=today,
             valid_until=today + timedelta(days=rule.valid_days) if rule.valid_days else None,
@@ -182,6 +198,8 @@ def _build_document(
             notes=record.description or "",
             signature=signature,
             transaction_id=transaction_id,
+            locale=rule.language,
+            fields={f: record.fields.get(f) for f in rule.fields},
         )
     what = "quote"
     lines = _lines(record.lines, what)
@@ -202,7 +220,7 @@ def _build_document(
     grand = record.grand_total if record.grand_total is not None else net + tax
     return ContractDocument(
         kind="quote",
-        title=rule.title or "Quote",
+        title=_default_title(rule, rules, "quote"),
         number=record.quote_number or record.name or record.id,
         issue_date=today,
         valid_until=record.expiration_date
@@ -223,6 +241,8 @@ def _build_document(
         notes=record.description or "",
         signature=signature,
         transaction_id=transaction_id,
+        locale=rule.language,
+        fields={f: record.fields.get(f) for f in rule.fields},
     )
 
 

@@ -709,7 +709,9 @@ class Worker:
         found: dict[tuple[str, str], SignableRecord] = {}
         for sobject, ids in by_object.items():
             records = await self._sf(
-                partial(fetch_records, multi_currency=self.config.multi_currency), self.rest, sobject, ids
+                partial(fetch_records, multi_currency=self.config.multi_currency,
+                        extra=self.rules.fields_for(sobject)),
+                self.rest, sobject, ids,
             )
             found.update({(sobject, rid): rec for rid, rec in records.items()})
         return [found.get((s, r)) or found.get((s, r[:15])) for s, r in keys]

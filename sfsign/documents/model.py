@@ -104,6 +104,9 @@ class ContractDocument(BaseModel):
     notes: str = ""
     signature: Signatory
     transaction_id: str  # printed in the footer so paper and record can be matched
+    # The record's fields the rule lists (`fields:` in the rules file), by API name as written there:
+    # the org's own custom fields reach a template without a change to this model.
+    fields: dict[str, str | bool | None] = Field(default_factory=dict)
 
 
 def sample_contract(

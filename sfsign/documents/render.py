@@ -13,10 +13,13 @@ it with `multiprocessing.get_context(POOL_START_METHOD)` ("forkserver"), or "spa
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
@@ -36,10 +39,13 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Typst's own fonts so customer text in any common script renders; fonts/fallback/LICENSE.txt.
 FALLBACK_FONTS_DIR = Path(__file__).resolve().parent / "fonts" / "fallback"
 REPLACEMENT_CHARACTER = "\ufffd"
-BUILTIN_TEMPLATES = ("proposal", "quote")
+BUILTIN_TEMPLATES = ("proposal", "quote", "order")
 PDF_STANDARD: Final = "a-2b"
 SIGNATURE_FIELD_LABEL = "<sfsign-signature-field>"
 TEMPLATE_DATA_SCHEMA = 1
+# The shared layout (templates/common.typ) as a Typst package, so a copy of a built-in template works
+# anywhere (`#import "@sfsign/common:1.0.0": contract, load-data`) without copying common.typ too.
+COMMON_PACKAGE = "@sfsign/common:1.0.0"
 
 
 class RenderError(Exception):
@@ -280,6 +286,29 @@ def _check_not_forked(template: Path) -> None:
         )
 
 
+_package_dir: Path | None = None
+
+
+def _package_path() -> Path:
+    """A private directory (this process's, removed at exit) holding `COMMON_PACKAGE`: Typst reads local
+    packages from `{path}/{namespace}/{name}/{version}/`, and a package cannot reach outside its own
+    folder, so common.typ is copied there rather than linked. Call with `_compilers_lock` held."""
+    global _package_dir
+    if _package_dir is None:
+        base = Path(tempfile.mkdtemp(prefix="sfsign-typst-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        namespace, rest = COMMON_PACKAGE.removeprefix("@").split("/")
+        name, version = rest.split(":")
+        package = base / namespace / name / version
+        package.mkdir(parents=True)
+        shutil.copy(TEMPLATES_DIR / "common.typ", package / "common.typ")
+        (package / "typst.toml").write_text(
+            f'[package]\nname = "{name}"\nversion = "{version}"\nentrypoint = "common.typ"\n', encoding="utf-8"
+        )
+        _package_dir = base
+    return _package_dir
+
+
 def _compiler_for(template: Path, font_dirs: tuple[Path, ...]) -> tuple[typst.Compiler, threading.Lock]:
     """One compiler per (template, fonts) per process: fonts are parsed once and Typst's
     incremental caches make the next document of the same template cheap. Typst re-reads files
@@ -292,7 +321,8 @@ def _compiler_for(template: Path, font_dirs: tuple[Path, ...]) -> tuple[typst.Co
         if entry is None:
             paths = [str(p) for p in (*font_dirs, FALLBACK_FONTS_DIR)]
             fonts = typst.Fonts(include_system_fonts=False, font_paths=paths)
-            compiler = typst.Compiler(template, root=template.parent, font_paths=fonts, ignore_system_fonts=True)
+            compiler = typst.Compiler(template, root=template.parent, font_paths=fonts, ignore_system_fonts=True,
+                                      package_path=_package_path())
             entry = _compilers[key] = (compiler, threading.Lock())
         return entry
 

@@ -35,10 +35,11 @@ def candidate_objects(record_id: str, rules: Rules, rule: RuleConfig | None) -> 
 
 
 async def _find_record(
-    rest: SalesforceRest, record_id: str, objects: list[str], multi_currency: bool
+    rest: SalesforceRest, record_id: str, objects: list[str], multi_currency: bool, rules: Rules
 ) -> SignableRecord | None:
     for sobject in objects:
-        found = await fetch_records(rest, sobject, [record_id], multi_currency=multi_currency)
+        found = await fetch_records(rest, sobject, [record_id], multi_currency=multi_currency,
+                                    extra=rules.fields_for(sobject))
         record = found.get(record_id) or found.get(record_id[:15])
         if record is not None:
             return record
@@ -60,7 +61,7 @@ async def render_preview(settings: Settings, rules: Rules, record_id: str, rule_
     authenticator = Authenticator(auth_config(settings))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
-        record = await _find_record(rest, record_id, objects, settings.multi_currency)
+        record = await _find_record(rest, record_id, objects, settings.multi_currency, rules)
     finally:
         await rest.close()
         await authenticator.aclose()

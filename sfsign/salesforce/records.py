@@ -104,6 +104,8 @@ class OpportunityRecord(_Model):
     lines: list[LineItemInfo] = Field(default_factory=list)
     sign_transaction_id: str | None = None
     sign_status: str | None = None
+    # The fields the rules list for templates (API name or path -> value as text, a checkbox as bool).
+    fields: dict[str, str | bool | None] = Field(default_factory=dict)
 
 
 class QuoteRecord(_Model):
@@ -132,6 +134,8 @@ class QuoteRecord(_Model):
     lines: list[LineItemInfo] = Field(default_factory=list)
     sign_transaction_id: str | None = None
     sign_status: str | None = None
+    # The fields the rules list for templates (API name or path -> value as text, a checkbox as bool).
+    fields: dict[str, str | bool | None] = Field(default_factory=dict)
 
 
 SignableRecord = OpportunityRecord | QuoteRecord
@@ -149,8 +153,14 @@ _ACCOUNT = [
 ]
 
 
-def opportunity_select(multi_currency: bool = True) -> str:
-    """SELECT … FROM Opportunity, without the WHERE clause."""
+def _extra(fields: list[str], extra: Sequence[str]) -> list[str]:
+    """`extra` (fields the rules list for templates) not already selected, each checked as an API name."""
+    seen = {f.lower() for f in fields}
+    return [validate_field_path(f) for f in dict.fromkeys(extra) if f.lower() not in seen]
+
+
+def opportunity_select(multi_currency: bool = True, extra: Sequence[str] = ()) -> str:
+    """SELECT … FROM Opportunity, without the WHERE clause; `extra` fields in the same query."""
     fields = [
         "Id", "Name", "StageName", "Amount", "CloseDate", *(["CurrencyIsoCode"] if multi_currency else []),
         "Description", "Sign_Transaction_Id__c", "Sign_Status__c", *_ACCOUNT,
@@ -160,11 +170,13 @@ def opportunity_select(multi_currency: bool = True) -> str:
         "(SELECT Contact.Name, Contact.Title, Contact.Email, Contact.Phone, Role FROM OpportunityContactRoles"
         " WHERE IsPrimary = true LIMIT 1)",
     ]
-    return f"SELECT {', '.join(fields)} FROM Opportunity"
+    subqueries = [f for f in fields if f.startswith("(")]
+    fields = [f for f in fields if not f.startswith("(")]
+    return f"SELECT {', '.join([*fields, *_extra(fields, extra), *subqueries])} FROM Opportunity"
 
 
-def quote_select(multi_currency: bool = True) -> str:
-    """SELECT … FROM Quote, without the WHERE clause."""
+def quote_select(multi_currency: bool = True, extra: Sequence[str] = ()) -> str:
+    """SELECT … FROM Quote, without the WHERE clause; `extra` fields in the same query."""
     fields = [
         "Id", "Name", "QuoteNumber", "Status", "ExpirationDate",
         *(["CurrencyIsoCode"] if multi_currency else []), "Description", "Subtotal", "Discount",
@@ -176,7 +188,9 @@ def quote_select(multi_currency: bool = True) -> str:
         "(SELECT Id, LineNumber, Product2.Name, Product2.ProductCode, Description, Quantity, UnitPrice,"
         " ListPrice, Discount, TotalPrice, SortOrder FROM QuoteLineItems ORDER BY SortOrder)",
     ]
-    return f"SELECT {', '.join(fields)} FROM Quote"
+    subqueries = [f for f in fields if f.startswith("(")]
+    fields = [f for f in fields if not f.startswith("(")]
+    return f"SELECT {', '.join([*fields, *_extra(fields, extra), *subqueries])} FROM Quote"
 
 
 def chunk_ids(prefix: str, ids: Sequence[str]) -> list[list[str]]:
@@ -393,7 +407,28 @@ def parse_quote(row: Mapping[str, Any]) -> QuoteRecord:
     )
 
 
-_SELECTS: dict[str, tuple[Callable[[bool], str], Callable[[Mapping[str, Any]], SignableRecord]]] = {
+def _field_value(row: Mapping[str, Any], path: str) -> str | bool | None:
+    """The value at `path` (`Region__c`, `Account.Segment__c`) as a template prints it: text as is,
+    a number as its exact decimal text, a checkbox as a bool, an empty lookup or field as None."""
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = next((v for k, v in value.items() if k.lower() == part.lower()), None)
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    raise RecordParseError(f"{path}: a compound field cannot be printed; list its parts (e.g. BillingCity)")
+
+
+def _with_fields(record: SignableRecord, row: Mapping[str, Any], extra: Sequence[str]) -> SignableRecord:
+    if not extra:
+        return record
+    return record.model_copy(update={"fields": {f: _field_value(row, f) for f in extra}})
+
+
+_SELECTS: dict[str, tuple[Callable[..., str], Callable[[Mapping[str, Any]], SignableRecord]]] = {
     "Opportunity": (opportunity_select, parse_opportunity),
     "Quote": (quote_select, parse_quote),
 }
@@ -403,19 +438,20 @@ _SELECTS: dict[str, tuple[Callable[[bool], str], Callable[[Mapping[str, Any]], S
 
 
 async def fetch_records(
-    rest: Querier, sobject: str, ids: Iterable[str], *, multi_currency: bool = True
+    rest: Querier, sobject: str, ids: Iterable[str], *, multi_currency: bool = True, extra: Sequence[str] = ()
 ) -> dict[str, SignableRecord]:
     """Read records with parents and line items: one SOQL query per ≤ 200 ids, five queries per API call.
 
     Keys are the ids as Salesforce returns them (18 characters) and, for any 15-character id the
     caller asked for, that id too. Ids that do not exist (or are not visible) are simply absent.
     `multi_currency=False` leaves out CurrencyIsoCode, which single-currency orgs do not have.
+    `extra` are the fields the rules list for their templates, read in the same query (`record.fields`).
     """
     if sobject not in _SELECTS:
         raise ValueError(f"cannot fetch {sobject!r}: only Opportunity and Quote are supported")
     select, parse = _SELECTS[sobject]
     wanted = list(dict.fromkeys(validate_id(i) for i in ids))
-    prefix = select(multi_currency)
+    prefix = select(multi_currency, extra)
     out: dict[str, SignableRecord] = {}
     soqls = [f"{prefix} WHERE Id IN {soql_id_list(chunk)}" for chunk in chunk_ids(prefix, wanted)]
     if len(soqls) == 1:
@@ -424,7 +460,7 @@ async def fetch_records(
         results = await rest.query_many(soqls)
     for rows in results:
         for row in rows:
-            record = parse(row)
+            record = _with_fields(parse(row), row, extra)
             out[record.id] = record
     for requested in wanted:
         if requested not in out and len(requested) == 15:

@@ -1,0 +1,102 @@
+"""The rules' fields checked against the org's own schema (`describe`) before the daemon subscribes.
+
+A rule may watch any field of Opportunity or Quote, including the org's custom fields, which the rules
+file cannot know offline. A field the org lacks (a typo, a field not deployed to this org, a record type
+field in an org without record types) or a value its picklist does not have would otherwise never fire,
+and the rep would wait for a document that never comes: so the daemon refuses to start and names the
+rules file's line and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sfsign.config import Rules
+from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.rest import SalesforceRest
+
+PICKLISTS = frozenset({"picklist", "multipicklist"})
+COMPOUND = frozenset({"address", "location"})
+
+
+def _value_problems(rules: Rules, rule_name: str, field: Mapping[str, Any], values: list[str]) -> list[str]:
+    if field.get("type") not in PICKLISTS:
+        return []
+    active = [str(v.get("value")) for v in field.get("picklistValues") or [] if v.get("active", True)]
+    missing = [v for v in values if v not in active]
+    if not missing or not active:
+        return []
+    return [
+        f"{rules.line_of(rule_name, 'values')}: rule {rule_name!r}: {field.get('name')} has no active value "
+        f"{', '.join(map(repr, missing))} in this org; use one of: {', '.join(map(repr, active))} "
+        "(the API names, as Setup > Object Manager shows them)"
+    ]
+
+
+def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
+    """What in the rules for `sobject` does not match the org's describe of it, each with line and fix."""
+    fields = {str(f.get("name")): f for f in describe.get("fields") or [] if isinstance(f, Mapping)}
+    by_lower = {name.lower(): name for name in fields}
+    problems = []
+    for rule in rules.for_object(sobject):
+        field = fields.get(rule.field)
+        if field is None:
+            hint = by_lower.get(rule.field.lower())
+            fix = (f"the API name is spelt {hint!r} (field names in the rules file are case-sensitive)"
+                   if hint else
+                   f"check the API name in Setup > Object Manager > {sobject} > Fields & Relationships, and "
+                   "give the integration user read access to it (field-level security)")
+            problems.append(
+                f"{rules.line_of(rule.name, 'field')}: rule {rule.name!r} watches {sobject}.{rule.field}, which "
+                f"this org does not have or the integration user cannot see; {fix}"
+            )
+            continue
+        problems += _value_problems(rules, rule.name, field, rule.values)
+    for rule in rules.for_object(sobject):
+        for name in rule.fields:
+            if "." in name:
+                continue  # a parent's field (Account.Segment__c) is checked by a query: see check_rule_fields
+            if name in fields:
+                if fields[name].get("type") in COMPOUND:
+                    problems.append(
+                        f"{rules.line_of(rule.name, 'fields')}: rule {rule.name!r} lists {sobject}.{name}, a compound "
+                        "field a template cannot print as one value; list its parts instead (e.g. BillingCity)"
+                    )
+                continue
+            hint = by_lower.get(name.lower())
+            fix = (f"the API name is spelt {hint!r}" if hint else
+                   f"check the API name in Setup > Object Manager > {sobject} > Fields & Relationships, and give "
+                   "the integration user read access to it (field-level security)")
+            problems.append(
+                f"{rules.line_of(rule.name, 'fields')}: rule {rule.name!r} lists {sobject}.{name} for its template, "
+                f"which this org does not have or the integration user cannot see; {fix}"
+            )
+    return problems
+
+
+async def check_rule_fields(rest: SalesforceRest, rules: Rules) -> list[str]:
+    """Describe each object the rules watch (one call each) and list every mismatch."""
+    problems = []
+    for sobject in sorted({r.object for r in rules.rules}):
+        try:
+            describe = await rest.describe(sobject)
+        except SalesforceError as exc:
+            problems.append(
+                f"{rules.source}: cannot describe {sobject} to check the rules' fields ({exc}); give the "
+                f"integration user read access to {sobject}"
+            )
+            continue
+        found = problems_in_describe(rules, sobject, describe)
+        problems += found
+        paths = [f for f in rules.fields_for(sobject) if "." in f]
+        if paths and not found:
+            try:  # Salesforce itself resolves the relationship paths, as the worker's query will
+                await rest.query(f"SELECT Id, {', '.join(paths)} FROM {sobject} WHERE Id = null LIMIT 1")
+            except SalesforceError as exc:
+                problems.append(
+                    f"{rules.source}: the fields {', '.join(paths)} listed for the {sobject} rules' templates "
+                    f"cannot be read ({exc}); check each path (relationship name, then the parent's field API "
+                    "name) and the integration user's read access"
+                )
+    return problems
