@@ -28,6 +28,8 @@ CONTROLLED_BY_PARENT = {"OpportunityLineItem": "Opportunity", "QuoteLineItem": "
                         "OpportunityContactRole": "Opportunity", "PricebookEntry": "Product2"}
 #: Objects whose standard fields take no field permission for this emulator (always visible).
 NO_FIELD_SECURITY = frozenset({"User", "Organization", "CurrencyType", "ContentDocument", "ContentDocumentLink"})
+#: Objects whose standard fields have no field-level security, only their custom fields do (Files).
+CUSTOM_FIELD_SECURITY_ONLY = frozenset({"ContentVersion"})
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class Access:
 
     @classmethod
     def granted_by(cls, sets: Iterable[md.PermissionSetDef], *, revoke_fields: Iterable[str] = (),
-                   profile: str = MINIMUM_ACCESS_API_ONLY) -> Access:
-        """The union of `sets`, minus `revoke_fields` (`Object.Field`: an admin took them away)."""
+                   read_only_fields: Iterable[str] = (), profile: str = MINIMUM_ACCESS_API_ONLY) -> Access:
+        """The union of `sets`, minus `revoke_fields` and with `read_only_fields` not editable
+        (`Object.Field`: what an admin who edited the permission set took away)."""
         objects: dict[str, md.ObjectPermission] = {}
         fields: dict[str, md.FieldPermission] = {}
         names = []
@@ -60,6 +63,9 @@ class Access:
                                                   had.editable or fp.editable)
         for name in revoke_fields:
             fields.pop(name, None)
+        for name in read_only_fields:
+            if name in fields:
+                fields[name] = md.FieldPermission(name, fields[name].readable, False)
         return cls(profile, tuple(names), objects, fields)
 
     def _object(self, obj: ObjectSpec) -> md.ObjectPermission | None:
@@ -90,7 +96,9 @@ class Access:
         return perm is None or (perm.allow_read and perm.allow_delete)
 
     def _secured(self, obj: ObjectSpec, spec: FieldSpec) -> bool:
-        return obj.name not in NO_FIELD_SECURITY and not obj.is_event and spec.permissionable
+        if obj.name in NO_FIELD_SECURITY or obj.is_event or not spec.permissionable:
+            return False
+        return spec.custom or obj.name not in CUSTOM_FIELD_SECURITY_ONLY
 
     def can_read_field(self, obj: ObjectSpec, spec: FieldSpec) -> bool:
         if not self.can_read_object(obj):

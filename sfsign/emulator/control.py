@@ -211,7 +211,8 @@ class Control:
 
     async def set_access(self, request: web.Request) -> web.Response:
         """Put a user on the minimum-access API-only profile with these permission sets (by API name, as
-        deployed from the package), less `revokeFields` (`Object.Field`); `"admin": true` lifts it."""
+        deployed from the package), less `revokeFields` and with `readOnlyFields` not editable (both
+        `Object.Field`); `"admin": true` lifts the restriction."""
         body = await _json(request)
         user = self._user(body)
         if body.get("admin"):
@@ -219,12 +220,14 @@ class Control:
             return web.json_response({"user": user["Username"], "profile": "System Administrator"})
         names = body.get("permissionSets", [])
         revoke = body.get("revokeFields", [])
-        if not isinstance(names, list) or not isinstance(revoke, list):
-            raise ControlError(400, "permissionSets and revokeFields must be lists")
+        read_only = body.get("readOnlyFields", [])
+        if not all(isinstance(v, list) for v in (names, revoke, read_only)):
+            raise ControlError(400, "permissionSets, revokeFields and readOnlyFields must be lists")
         unknown = [n for n in names if n not in self.org.permission_sets]
         if unknown:
             raise ControlError(404, f"no permission set named {', '.join(map(str, unknown))} in the package")
-        access = Access.granted_by([self.org.permission_sets[n] for n in names], revoke_fields=map(str, revoke))
+        access = Access.granted_by([self.org.permission_sets[n] for n in names], revoke_fields=map(str, revoke),
+                                    read_only_fields=map(str, read_only))
         self.org.store.access[user["Id"]] = access
         return web.json_response({"user": user["Username"], "profile": access.profile,
                                   "permissionSets": list(access.permission_sets)})
