@@ -11,15 +11,20 @@ Quote.ExpirationDate, Contact.Email, line items...), every contract failed its f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
+from typing import Any
 
 import pytest
 from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
 from sfsign.config import Rules, Settings
+from sfsign.daemon import auth_config
 from sfsign.emulator.control_client import ControlClient
+from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.stream import StreamClient, SubscriptionFailed
 
 OPPORTUNITY = "Globex - Enterprise Rollout"
 QUOTE = "Globex Enterprise Rollout - Proposal"
@@ -120,3 +125,55 @@ async def test_the_emulator_hides_fields_as_salesforce_does(
     assert unknown.value.error_code == "INVALID_FIELD"
     await control.post("/_control/users/access", {"user": settings.username, "admin": True})
     assert await rest.query(f"SELECT Id, Amount FROM Opportunity WHERE Id = '{opportunity}'")
+
+
+async def _first_change(settings: Settings, channel: str, change: Any = None) -> dict[str, Any]:
+    """Subscribe as the integration user with the real stream client, make `change` and return the first
+    event (without a change: return once subscribed)."""
+    authenticator = Authenticator(auth_config(settings))
+    stream = StreamClient(authenticator, channels=[channel], replay_source=lambda _c: None,
+                          api_version=settings.api_version)
+    messages = stream.messages()
+    reader = asyncio.ensure_future(messages.__anext__())
+    try:
+        async with asyncio.timeout(60):
+            while channel not in stream.subscribed_replay:
+                if reader.done():
+                    reader.result()
+                await asyncio.sleep(0.05)
+            if change is None:
+                return {}
+            await change()
+            return dict(await reader)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        await stream.aclose()
+        await authenticator.aclose()
+
+
+async def test_change_events_carry_only_the_fields_the_integration_user_can_read(
+    settings: Settings, control: ControlClient
+) -> None:
+    await _restrict(control, settings, revoke=["Opportunity.Description"])
+    opportunity = await record_id(control, "Opportunity", OPPORTUNITY)
+
+    async def change() -> None:
+        await control.update("Opportunity", opportunity, {"Description": "secret terms", "Sign_Error__c": "visible"},
+                             user=REP)
+
+    event = await _first_change(settings, "/data/OpportunityChangeEvent", change)
+    payload = event["data"]["payload"]
+    assert "Sign_Error__c" in payload["ChangeEventHeader"]["changedFields"] and payload["Sign_Error__c"] == "visible"
+    assert "Description" not in payload and "Description" not in payload["ChangeEventHeader"]["changedFields"]
+
+
+async def test_a_change_event_subscription_needs_view_all(settings: Settings, control: ControlClient) -> None:
+    """The viewer set grants read without View All: Salesforce refuses the CDC subscription, and check says so."""
+    await _restrict(control, settings, permission_sets=["sfsign_Viewer", "sfsign_Integration"])
+    await _first_change(settings, "/data/QuoteChangeEvent")  # Integration: View All
+    await _restrict(control, settings, permission_sets=["sfsign_Viewer"])
+    with pytest.raises(SubscriptionFailed) as refused:
+        await _first_change(settings, "/data/QuoteChangeEvent")
+    assert "User not allowed to subscribe CDC without View All Data permissions" in str(refused.value)
