@@ -40,7 +40,7 @@ def test_required_fields_the_daemon_reads_carry_no_field_permission(schema: md.S
         assert name not in pset.field_permissions, f"{name} is required: a field permission fails the deploy"
 
 
-def test_the_check_fails_without_the_new_grants(schema: md.Schema) -> None:
+def test_without_the_standard_field_grants_amount_is_hidden(schema: md.Schema) -> None:
     """The guard is real: the permission set as it was (sfsign's own fields only) misses standard reads."""
     org = build_org_schema(schema)
     pset = schema.permission_sets["sfsign_Integration"]
