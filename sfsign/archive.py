@@ -44,6 +44,10 @@ def due_query(sobject: str, before: datetime) -> str:
     )
 
 
+def latest_version_query(document_id: str) -> str:
+    return f"SELECT LatestPublishedVersionId FROM ContentDocument WHERE Id = '{validate_id(document_id)}'"
+
+
 async def queue_due_archive_timestamps(
     rest: SalesforceRest, outbox: Outbox, rules: Rules, *, within_days: float, now: datetime | None = None
 ) -> int:
@@ -60,9 +64,7 @@ async def queue_due_archive_timestamps(
             tx, document_id = row.get("Sign_Transaction_Id__c"), row.get("Signed_Document_Id__c")
             if not tx or not document_id:
                 continue
-            docs = await rest.query(
-                f"SELECT LatestPublishedVersionId FROM ContentDocument WHERE Id = '{validate_id(str(document_id))}'"
-            )
+            docs = await rest.query(latest_version_query(str(document_id)))
             if not docs:
                 log.warning("signed file no longer exists; cannot renew its archive timestamp",
                             record_id=row["Id"], content_document_id=document_id)

@@ -148,6 +148,7 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
         out.append(version)
         if version.ok:  # else every versioned call fails the same way: one clear failure, not ten
             out += await _check_schema(rest, rules)
+            out += await check_access(rest, rules, settings.multi_currency)
             out += await _check_queries(rest, rules, settings.multi_currency)
     except SalesforceError as exc:
         out.append(_fail("REST API", str(exc), "check the integration user's profile: API Enabled"))
@@ -190,7 +191,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
     except MetadataError as exc:
         return [_fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
     out = []
-    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", "Sign_Request__e"]
+    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", "Signature_Event__c", "Sign_Request__e"]
     for sobject in objects:
         try:
             describe = await rest.describe(sobject)
@@ -212,12 +213,13 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 problems.append(f"{fdef.name} holds {got.get('length')} characters, expected {fdef.length}")
             elif sobject in SELECTS and fdef.name in SFSIGN_OWNED_FIELDS and not got.get("updateable"):
                 problems.append(f"{fdef.name} is read-only for the integration user")
-            elif sobject == "ContentVersion" and not got.get("createable"):
+            elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
         for rule in rules.for_object(sobject):
             field = fields.get(rule.field)
             if field is None:
-                problems.append(f"rule {rule.name}: field {rule.field} does not exist")
+                problems.append(f"rule {rule.name}: field {rule.field} does not exist "
+                                "(or is not visible to the integration user)")
                 continue
             allowed = {v.get("value") for v in field.get("picklistValues") or []}
             missing = [v for v in rule.values if allowed and v not in allowed]
@@ -229,6 +231,75 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                              "sfsign_Integration permission set to the integration user"))
         else:
             out.append(_ok(f"object {sobject}", f"{len(expected.fields) if expected else 0} sfsign fields present"))
+    return out
+
+
+ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration user (deploy salesforce-metadata/ "
+              "first); if it is assigned, the org's copy is older than this release: deploy it again")
+
+
+def daemon_writes() -> dict[str, tuple[str, set[str]]]:
+    """Object → ("create" | "update", the fields the daemon sets), from the code that builds the records."""
+    from sfsign.worker import audit_records
+
+    row = {"sobject": "Opportunity", "record_id": "", "transaction_id": "", "event_type": "", "occurred_at": "",
+           "actor": "", "detail": ""}
+    audit = {name for r in audit_records([row, {**row, "sobject": "Quote"}]) for name in r}
+    return {
+        "Signature_Event__c": ("create", audit),
+        # The upload (rest.insert_content_version[s]): a first version, then new versions of the same file.
+        "ContentVersion": ("create", {"Title", "PathOnClient", "VersionData", "Sign_Transaction_Id__c",
+                                      "FirstPublishLocationId", "ContentDocumentId", "ReasonForChange"}),
+    }
+
+
+async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool) -> list[Check]:
+    """Prove, with describe as the integration user, what a minimum-access profile would otherwise hide
+    until the first contract: every field the daemon reads is visible, every field it writes is
+    editable, and the objects it creates can be created. Field-level security makes an invisible field
+    vanish from describe (and a query naming it fail), so a missing name here is a missing grant."""
+    from sfsign.reads import rules_reads
+
+    reads = rules_reads(rules, multi_currency)
+    writes = daemon_writes()
+    for sobject in sorted({r.object for r in rules.rules}):
+        writes[sobject] = ("update", set(SFSIGN_OWNED_FIELDS))
+    try:  # the package's own fields are the schema check's (with their types): reported once, there
+        package = {name: set(obj.fields) for name, obj in load_schema().objects.items()}
+    except MetadataError:
+        package = {}
+    out = []
+    for sobject in sorted(set(reads) | set(writes)):
+        try:
+            describe = await rest.describe(sobject)
+        except SalesforceError as exc:
+            out.append(_fail(f"access {sobject}", f"the integration user cannot see {sobject}: {exc}", ACCESS_FIX))
+            continue
+        fields = {f["name"]: f for f in describe.get("fields", [])}
+        ours = package.get(sobject, set())
+        unreadable = sorted(reads.get(sobject, set()) - set(fields) - ours)
+        mode, written = writes.get(sobject, ("", set()))
+        written = written - ours
+        flag = "createable" if mode == "create" else "updateable"
+        read_only = sorted(n for n in written if n in fields and not fields[n].get(flag))
+        unreadable += sorted(n for n in written - set(fields) if n not in unreadable)
+        problems = []
+        if mode == "create" and not describe.get("createable"):
+            problems.append(f"cannot create {sobject} records")
+        if mode == "update" and not describe.get("updateable"):
+            problems.append(f"cannot edit {sobject} records")
+        if unreadable:
+            problems.append("cannot read " + ", ".join(f"{sobject}.{n}" for n in unreadable))
+        if read_only:
+            verb = "set" if mode == "create" else "edit"
+            problems.append(f"cannot {verb} " + ", ".join(f"{sobject}.{n}" for n in read_only))
+        if problems:
+            out.append(_fail(f"access {sobject}", "; ".join(problems), ACCESS_FIX))
+        else:
+            what = [f"reads {len(reads.get(sobject, ()))} field(s)"] if sobject in reads else []
+            if mode and written:
+                what.append(f"{'creates' if mode == 'create' else 'edits'} {len(written)} field(s)")
+            out.append(_ok(f"access {sobject}", " and ".join(what) or "visible"))
     return out
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -604,8 +604,8 @@ class Daemon:
         self, rest: SalesforceRest, sobject: str, ids: list[str]
     ) -> dict[str, dict[str, Any]]:
         """The watched fields of records a gap event names: gap events carry no values."""
-        fields = sorted({r.field for r in self.rules.for_object(sobject)} | {"Id", "Sign_Transaction_Id__c"})
-        rows = await rest.query(f"SELECT {', '.join(fields)} FROM {sobject} WHERE Id IN {soql_id_list(ids)}")
+        fields = [r.field for r in self.rules.for_object(sobject)]
+        rows = await rest.query(current_values_query(sobject, fields, ids))
         return {str(r["Id"]): r for r in rows}
 
     async def _audit_flusher(self, rest: SalesforceRest) -> None:
@@ -816,6 +816,12 @@ async def ltv_refresh_once(settings: Settings, rules: Rules, within_days: float)
         await rest.close()
         await authenticator.aclose()
         await outbox.close()
+
+
+def current_values_query(sobject: str, fields: Iterable[str], ids: Iterable[str]) -> str:
+    """The watched fields of records, for a gap event (which carries no values)."""
+    names = sorted({*fields, "Id", "Sign_Transaction_Id__c"})
+    return f"SELECT {', '.join(names)} FROM {sobject} WHERE Id IN {soql_id_list(ids)}"
 
 
 def reconcile_query(

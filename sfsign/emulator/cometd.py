@@ -185,6 +185,54 @@ class BayeuxServer:
             for c in self.clients.values()
         ]
 
+    # -- field-level security
+
+    def _may_subscribe(self, client: BayeuxClient, channel: str) -> bool:
+        """A restricted user needs View All on the entity of a CDC channel (reference 1.6)."""
+        access = self.org.store.access_for(client.user_id)
+        if access is None or not channel.startswith("/data/"):
+            return True
+        entity = channel.removeprefix("/data/").removesuffix("ChangeEvent").removesuffix("__Change")
+        if channel == "/data/ChangeEvents" or entity not in self.org.store.schema.objects:
+            return False  # all entities: View All Data, which no permission set of ours grants
+        perm = access.objects.get(entity)
+        return perm is not None and perm.allow_read and perm.view_all_records
+
+    def _message_for(self, client: BayeuxClient, event: BusEvent, channel: str) -> dict[str, Any]:
+        """The event as this subscriber may see it: a change event carries only the fields the subscribed
+        user can read (in the payload and in changedFields), as Salesforce filters it."""
+        message = event.message(channel)
+        access = self.org.store.access_for(client.user_id)
+        payload = message["data"].get("payload") if isinstance(message["data"], dict) else None
+        header = payload.get("ChangeEventHeader") if isinstance(payload, dict) else None
+        if access is None or not isinstance(payload, dict) or not isinstance(header, dict):
+            return message
+        obj = self.org.store.schema.get(str(header.get("entityName")))
+        if obj is None:
+            return message
+
+        components = {(c.compound_field_name, c.compound_component): c for c in obj.fields.values()
+                      if c.compound_field_name}
+
+        def visible(name: str) -> bool:
+            """`Amount`, or `BillingAddress.City` for a component of a compound field."""
+            head, _, part = name.partition(".")
+            spec = components.get((head, part)) if part else obj.field(head)
+            if spec is None or spec.type == "address":
+                return True  # compound values are filtered by their components
+            return access.can_read_field(obj, spec)
+
+        kept: dict[str, Any] = {}
+        for key, value in payload.items():
+            if key == "ChangeEventHeader" or not visible(key):
+                continue
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if visible(f"{key}.{k}")}
+            kept[key] = value
+        changed = [f for f in header.get("changedFields") or [] if visible(str(f))]
+        data = {**message["data"], "payload": {**kept, "ChangeEventHeader": {**header, "changedFields": changed}}}
+        return {**message, "data": data}
+
     # -- fan-out
 
     def _on_event(self, event: BusEvent) -> None:
@@ -193,7 +241,7 @@ class BayeuxServer:
             for channel in event.channels:
                 sub = client.subscriptions.get(channel)
                 if sub is not None and event.replay_id > sub.served_up_to:
-                    client.queue.append(event.message(channel))
+                    client.queue.append(self._message_for(client, event, channel))
                     sub.served_up_to = event.replay_id
                     queued = True
             if queued and client.pending is not None:
@@ -443,6 +491,8 @@ class BayeuxServer:
             return fail("400::Channel subscriptions must start with a leading '/'")
         if not self.org.bus.channel_exists(channel):
             return fail(f"400::The channel you requested to subscribe to doesn't exist {{{channel}}}")
+        if not self._may_subscribe(client, channel):
+            return fail("403::User not allowed to subscribe CDC without View All Data permissions")
         value: Any = -1
         if replay_map is not None:
             if not isinstance(replay_map, dict) or channel not in replay_map:
@@ -461,7 +511,7 @@ class BayeuxServer:
         else:
             return fail(INVALID_REPLAY.format(value=value))
         client.subscriptions[channel] = Subscription(channel, mark)
-        client.queue.extend(e.message(channel) for e in events)
+        client.queue.extend(self._message_for(client, e, channel) for e in events)
         log["successful"] = True
         return {**base, "successful": True}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sfsign.emulator.access import Access
 from sfsign.emulator.bus import GAP_TYPES
 from sfsign.emulator.cometd import BayeuxServer
 from sfsign.emulator.errors import ApiError
@@ -70,6 +71,7 @@ class Control:
             web.post("/_control/bulk/{sobject}", g(self.bulk_insert)),
             web.patch("/_control/bulk/{sobject}", g(self.bulk_update)),
             web.post("/_control/query", g(self.query)),
+            web.post("/_control/users/access", g(self.set_access)),
             web.post("/_control/events/{name}", g(self.publish_event)),
             web.get("/_control/api-usage", g(self.api_usage)),
             web.post("/_control/api-usage", g(self.set_api_usage)),
@@ -206,6 +208,29 @@ class Control:
             raise ControlError(400, "q (a SOQL string) is required")
         result = self.org.store.query(soql, include_deleted=bool(body.get("all", False)))
         return web.json_response(result.as_json())
+
+    async def set_access(self, request: web.Request) -> web.Response:
+        """Put a user on the minimum-access API-only profile with these permission sets (by API name, as
+        deployed from the package), less `revokeFields` and with `readOnlyFields` not editable (both
+        `Object.Field`); `"admin": true` lifts the restriction."""
+        body = await _json(request)
+        user = self._user(body)
+        if body.get("admin"):
+            self.org.store.access.pop(user["Id"], None)
+            return web.json_response({"user": user["Username"], "profile": "System Administrator"})
+        names = body.get("permissionSets", [])
+        revoke = body.get("revokeFields", [])
+        read_only = body.get("readOnlyFields", [])
+        if not all(isinstance(v, list) for v in (names, revoke, read_only)):
+            raise ControlError(400, "permissionSets, revokeFields and readOnlyFields must be lists")
+        unknown = [n for n in names if n not in self.org.permission_sets]
+        if unknown:
+            raise ControlError(404, f"no permission set named {', '.join(map(str, unknown))} in the package")
+        access = Access.granted_by([self.org.permission_sets[n] for n in names], revoke_fields=map(str, revoke),
+                                    read_only_fields=map(str, read_only))
+        self.org.store.access[user["Id"]] = access
+        return web.json_response({"user": user["Username"], "profile": access.profile,
+                                  "permissionSets": list(access.permission_sets)})
 
     async def publish_event(self, request: web.Request) -> web.Response:
         body = await _json(request)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import SecretStr
 
+from sfsign import metadata as md
 from sfsign.emulator import versions
 
 if TYPE_CHECKING:
@@ -323,6 +324,8 @@ class Org:
         self._passwords: dict[str, SecretStr] = {}  # username -> password + security token
         self._lock = threading.Lock()
         self._revoke_listeners: list[Callable[[], None]] = []
+        #: The permission sets deployed with the package, by API name (assignable with the control API).
+        self.permission_sets: dict[str, md.PermissionSetDef] = {}
 
     @property
     def org_id(self) -> str:

@@ -328,7 +328,8 @@ class RestApi:
         soql = ctx.query.get("q")
         if soql is None or not soql.strip():
             raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
-        result = self.store.query(soql, include_deleted=include_deleted, api_version=ctx.version)
+        result = self.store.query(soql, include_deleted=include_deleted, api_version=ctx.version,
+                                  user_id=self._user(ctx))
         resource = "queryAll" if include_deleted else "query"
         cursor = _Cursor(result.records, result.total_size, self._batch_size(ctx), resource)
         return Resp(200, self._page(ctx, cursor, 0, None))
@@ -409,7 +410,8 @@ class RestApi:
             self._allow(ctx, "GET")
             return Resp(200, self.store.describe_global(ctx.version))
         obj = self.store.schema.get(seg[1])
-        if obj is None:
+        access = self.store.access_for(self._user(ctx))
+        if obj is None or (access is not None and not access.can_read_object(obj)):
             raise not_found()
         if len(seg) == 2:
             self._allow(ctx, "GET", "POST")
@@ -418,7 +420,7 @@ class RestApi:
             return Resp(200, {"objectDescribe": obj.global_entry(ctx.version), "recentItems": []})
         if len(seg) == 3 and seg[2] == "describe":
             self._allow(ctx, "GET")
-            return Resp(200, self.store.describe(obj.name, ctx.version))
+            return Resp(200, self.store.describe(obj.name, ctx.version, self._user(ctx)))
         if len(seg) == 3:
             return self.record(ctx, obj.name, seg[2])
         if len(seg) == 4:
@@ -507,7 +509,7 @@ class RestApi:
                 raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted", [])
             fields = ctx.query.get("fields")
             names = [f for f in fields.split(",") if f.strip()] if fields else None
-            return Resp(200, self.store.get(sobject, rid, names, ctx.version))
+            return Resp(200, self.store.get(sobject, rid, names, ctx.version, self._user(ctx)))
         if ctx.method == "PATCH":
             values = self._values_and_blob(ctx, sobject)
             values = {k: v for k, v in values.items() if k.lower() != "id"}
@@ -545,7 +547,7 @@ class RestApi:
         if ctx.method == "GET":
             if not matches:
                 raise not_found()
-            return Resp(200, self.store.get(obj.name, matches[0]["Id"], None, ctx.version))
+            return Resp(200, self.store.get(obj.name, matches[0]["Id"], None, ctx.version, self._user(ctx)))
         if ctx.method == "DELETE":
             if not matches:
                 raise not_found()
@@ -708,7 +710,7 @@ class RestApi:
         out: list[dict[str, Any] | None] = []
         for raw in ids:
             try:
-                out.append(self.store.get(obj.name, raw, fields, ctx.version))
+                out.append(self.store.get(obj.name, raw, fields, ctx.version, self._user(ctx)))
             except ApiError as exc:
                 if exc.error_code == "INVALID_FIELD":
                     raise

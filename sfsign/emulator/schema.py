@@ -84,6 +84,13 @@ class FieldSpec:
         )
 
     @property
+    def permissionable(self) -> bool:
+        """Whether field-level security applies: required, formula and system fields are always visible,
+        and so are the currency code and a version's document id."""
+        return (self.nillable and not self.calculated and self.createable
+                and self.name not in ("CurrencyIsoCode", "ContentDocumentId"))
+
+    @property
     def filterable(self) -> bool:
         """Long text areas, blobs and compound fields cannot appear in WHERE."""
         return self.type not in ("base64", "address") and not (self.type == "textarea" and self.length > 255)
@@ -138,7 +145,7 @@ class FieldSpec:
             "nameField": self.name_field,
             "namePointing": len(self.reference_to) > 1,
             "nillable": self.nillable,
-            "permissionable": self.nillable and not self.calculated and self.createable,
+            "permissionable": self.permissionable,
             "picklistValues": picklists,
             "polymorphicForeignKey": len(self.reference_to) > 1,
             "precision": self.precision,

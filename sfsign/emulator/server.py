@@ -262,6 +262,7 @@ class Emulator:
         selected = self.cdc_entities if self.cdc_entities is not None else (meta.cdc_entities or DEFAULT_CDC_ENTITIES)
         bus = EventBus(cdc_entities=selected, platform_events=events)
         org = Org(store, bus)
+        org.permission_sets = dict(meta.permission_sets)
         if state is not None:
             bus.restore(state["bus"])
             org.restore_state(state["org"])

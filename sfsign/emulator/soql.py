@@ -22,6 +22,7 @@ from sfsign.emulator.ids import normalize_id
 from sfsign.emulator.schema import FieldSpec, ObjectSpec
 
 if TYPE_CHECKING:
+    from sfsign.emulator.access import Access
     from sfsign.emulator.store import OrgStore
 
 _CUSTOM_FIELD_HINT = (
@@ -534,20 +535,26 @@ def parse(soql: str) -> Query:
 class Resolver:
     """Binds names to the schema (case-insensitively) and type-checks filters."""
 
-    def __init__(self, store: OrgStore, src: _Source) -> None:
+    def __init__(self, store: OrgStore, src: _Source, access: Access | None = None) -> None:
         self.store = store
         self.schema = store.schema
         self.src = src
+        self.access = access  # None: sees everything (a System Administrator, or Salesforce itself)
+
+    def _visible(self, obj: ObjectSpec, spec: FieldSpec | None = None) -> bool:
+        if self.access is None:
+            return True
+        return self.access.can_read_field(obj, spec) if spec is not None else self.access.can_read_object(obj)
 
     def query(self, query: Query, parent: ObjectSpec | None = None) -> None:
         if parent is None:
             obj = self.schema.get(query.sobject)
-            if obj is None or not obj.queryable:
+            if obj is None or not obj.queryable or not self._visible(obj):
                 raise self.src.error("INVALID_TYPE", query.sobject_pos,
                                      f"sObject type '{query.sobject}' is not supported. {_CUSTOM_OBJECT_HINT}")
         else:
             rel = parent.child_relationship(query.sobject)
-            if rel is None:
+            if rel is None or not self._visible(self.schema.objects[rel.child_sobject]):
                 raise self.src.error("INVALID_TYPE", query.sobject_pos,
                                      f"Didn't understand relationship '{query.sobject}' in FROM part of query "
                                      f"call. {_CUSTOM_REL_HINT}")
@@ -604,6 +611,8 @@ class Resolver:
             ref = None
             for candidate in current:
                 ref = candidate.relationship(rel_name)
+                if ref is not None and not self._visible(candidate, ref):
+                    ref = None  # a lookup the user cannot see cannot be followed either
                 if ref is not None:
                     break
             if ref is None:
@@ -617,7 +626,7 @@ class Resolver:
             path.final = sch.FieldSpec(name="Type", type="string", label="Type", length=255)
             path.final_objects = current
             return
-        owners = tuple(o for o in current if o.field(last) is not None)
+        owners = tuple(o for o in current if o.field(last) is not None and self._visible(o, o.field(last)))
         if not owners:
             entity = current[0].name if len(current) == 1 else "Name"
             raise self.src.error("INVALID_FIELD", path.pos,
@@ -968,11 +977,11 @@ def run(ev: Evaluator, query: Query, parent_id: str | None = None) -> list[dict[
 
 
 def execute_query(store: OrgStore, soql: str, *, include_deleted: bool = False,
-                  api_version: str = "68.0") -> QueryResult:
-    """Parse, resolve and run SOQL against the store."""
+                  api_version: str = "68.0", access: Access | None = None) -> QueryResult:
+    """Parse, resolve and run SOQL against the store, as a user with `access` (None: everything)."""
     src = _Source(soql)
     query = Parser(src).parse()
-    Resolver(store, src).query(query)
+    Resolver(store, src, access).query(query)
     ev = Evaluator(store, api_version, include_deleted)
     counts = [item for item in query.select if isinstance(item, CountItem)]
     if counts:

@@ -22,6 +22,7 @@ from typing import Any
 
 from sfsign import metadata as md
 from sfsign.emulator import schema as sch
+from sfsign.emulator.access import Access
 from sfsign.emulator.errors import ApiError, not_found
 from sfsign.emulator.ids import IdGenerator, normalize_id
 from sfsign.emulator.schema import FieldSpec, ObjectSpec, OrgSchema
@@ -169,6 +170,8 @@ class OrgStore:
         self._children: dict[tuple[str, str], dict[str, dict[str, None]]] = {}
         self.org_id = ""
         self.standard_pricebook_id = ""
+        #: Users restricted to what their permission sets grant; everyone else is a System Administrator.
+        self.access: dict[str, Access] = {}
         if not _empty:
             self._bootstrap(org_name)
 
@@ -223,9 +226,34 @@ class OrgStore:
             raise not_found()
         return spec
 
-    def describe(self, sobject: str, api_version: str = DEFAULT_API_VERSION) -> dict[str, Any]:
-        """`sobjects/X/describe`; CurrencyIsoCode lists the org's active currencies."""
-        return self.object(sobject).describe(api_version, currency_codes=self.active_currencies() or None)
+    def access_for(self, user_id: str | None) -> Access | None:
+        return self.access.get(normalize_id(user_id) or user_id) if user_id else None
+
+    def describe(self, sobject: str, api_version: str = DEFAULT_API_VERSION,
+                 user_id: str | None = None) -> dict[str, Any]:
+        """`sobjects/X/describe` as `user_id` sees it: CurrencyIsoCode lists the org's active currencies,
+        fields the user cannot read are absent, and those it cannot edit are neither createable nor
+        updateable (what the describe of a restricted user reports)."""
+        obj = self.object(sobject)
+        access = self.access_for(user_id)
+        if access is not None and not access.can_read_object(obj):
+            raise not_found()
+        out = obj.describe(api_version, currency_codes=self.active_currencies() or None)
+        if access is None:
+            return out
+        fields = []
+        for entry in out["fields"]:
+            spec = obj.fields[entry["name"]]
+            if not access.can_read_field(obj, spec):
+                continue
+            if not access.can_edit_field(obj, spec):
+                entry = {**entry, "createable": False, "updateable": False}
+            fields.append(entry)
+        out["fields"] = fields
+        out["createable"] = out["createable"] and access.can_create_object(obj)
+        out["updateable"] = out["updateable"] and access.can_edit_object(obj)
+        out["deletable"] = out["deletable"] and access.can_delete_object(obj)
+        return out
 
     def describe_global(self, api_version: str = DEFAULT_API_VERSION) -> dict[str, Any]:
         return self.schema.describe_global(api_version)
@@ -298,16 +326,19 @@ class OrgStore:
         return self.schema.by_prefix(record_id[:3]) if record_id else None
 
     def get(self, sobject: str, record_id: str, fields: list[str] | None = None,
-            api_version: str = DEFAULT_API_VERSION) -> dict[str, Any]:
-        """A record in REST JSON form (`attributes` first), as `GET sobjects/X/id` returns it."""
+            api_version: str = DEFAULT_API_VERSION, user_id: str | None = None) -> dict[str, Any]:
+        """A record in REST JSON form (`attributes` first), as `GET sobjects/X/id` returns it to `user_id`."""
         obj = self.object(sobject)
+        access = self.access_for(user_id)
+        if access is not None and not access.can_read_object(obj):
+            raise not_found()
         rec = self._existing(obj, record_id, for_write=False)
-        specs = list(obj.fields.values())
+        specs = [s for s in obj.fields.values() if access is None or access.can_read_field(obj, s)]
         if fields:
             specs = []
             for name in fields:
                 spec = obj.field(name.strip())
-                if spec is None:
+                if spec is None or (access is not None and not access.can_read_field(obj, spec)):
                     raise ApiError(400, "INVALID_FIELD",
                                    f"No such column '{name.strip()}' on sobject of type {obj.name}")
                 specs.append(spec)
@@ -321,9 +352,10 @@ class OrgStore:
         return {"type": obj.name, "url": f"/services/data/v{api_version}/sobjects/{obj.name}/{record_id}"}
 
     def query(self, soql: str, *, include_deleted: bool = False,
-              api_version: str = DEFAULT_API_VERSION) -> QueryResult:
-        """Run SOQL; the full result (paging is the REST layer's job)."""
-        return execute_query(self, soql, include_deleted=include_deleted, api_version=api_version)
+              api_version: str = DEFAULT_API_VERSION, user_id: str | None = None) -> QueryResult:
+        """Run SOQL as `user_id` (None: unrestricted); the full result (paging is the REST layer's job)."""
+        return execute_query(self, soql, include_deleted=include_deleted, api_version=api_version,
+                             access=self.access_for(user_id))
 
     def find_by(self, sobject: str, field_name: str, value: Any) -> list[Record]:
         """Live records whose field equals `value` (case-insensitive for text unless case-sensitive)."""
@@ -628,7 +660,8 @@ class OrgStore:
             if key == "attributes":
                 continue
             spec = obj.field(key)
-            if spec is None or spec.type == "address":
+            access = None if state.system else self.access_for(state.user_id)
+            if spec is None or spec.type == "address" or (access is not None and not access.can_read_field(obj, spec)):
                 raise ApiError(400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {obj.name}", [])
             if spec.name == "Id":
                 if creating:
@@ -636,6 +669,8 @@ class OrgStore:
                                    "Record ID: cannot specify Id in an insert call", ["Id"])
                 continue
             writeable = spec.createable if creating else spec.updateable
+            if access is not None and not access.can_edit_field(obj, spec):
+                writeable = False
             if not writeable and not state.system:
                 not_writeable.append(spec.name)
                 continue

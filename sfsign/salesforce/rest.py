@@ -679,11 +679,7 @@ class SalesforceRest:
 
     async def find_content_version(self, transaction_id: str) -> ContentVersionRef | None:
         """The latest ContentVersion carrying this transaction id, if an upload already happened."""
-        soql = (
-            "SELECT Id, ContentDocumentId FROM ContentVersion WHERE Sign_Transaction_Id__c = "
-            f"{soql_quote(transaction_id)} AND IsLatest = true"
-        )
-        rows = await self.query(soql)
+        rows = await self.query(version_by_transaction_query(transaction_id))
         if not rows:
             return None
         return ContentVersionRef(id=str(rows[0]["Id"]), content_document_id=rows[0].get("ContentDocumentId"))
@@ -691,17 +687,12 @@ class SalesforceRest:
     async def find_version_by_checksum(self, content_document_id: str, md5_hex: str) -> str | None:
         """The 068 id of a version of this document with this content (Salesforce's MD5 `Checksum`):
         the upload guard for new versions, which share the transaction id of the first one."""
-        soql = (
-            f"SELECT Id FROM ContentVersion WHERE ContentDocumentId = '{validate_id(content_document_id)}' "
-            f"AND Checksum = {soql_quote(md5_hex)}"
-        )
-        rows = await self.query(soql)
+        rows = await self.query(version_by_checksum_query(content_document_id, md5_hex))
         return str(rows[0]["Id"]) if rows else None
 
     async def content_document_id(self, content_version_id: str) -> str | None:
         """The 069 ContentDocument id of a ContentVersion (the insert response carries only the 068)."""
-        soql = f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{validate_id(content_version_id)}'"
-        rows = await self.query(soql)
+        rows = await self.query(version_document_query(content_version_id))
         return str(rows[0]["ContentDocumentId"]) if rows and rows[0].get("ContentDocumentId") else None
 
     async def download_version_data(self, content_version_id: str) -> bytes:
@@ -736,6 +727,20 @@ class SalesforceRest:
         """Wait for in-flight calls (bounded by the request timeout), then release everything."""
         await asyncio.to_thread(self._executor.shutdown, True)
         self._session.close()
+
+
+def version_by_transaction_query(transaction_id: str) -> str:
+    return ("SELECT Id, ContentDocumentId FROM ContentVersion WHERE Sign_Transaction_Id__c = "
+            f"{soql_quote(transaction_id)} AND IsLatest = true")
+
+
+def version_by_checksum_query(content_document_id: str, md5_hex: str) -> str:
+    return (f"SELECT Id FROM ContentVersion WHERE ContentDocumentId = '{validate_id(content_document_id)}' "
+            f"AND Checksum = {soql_quote(md5_hex)}")
+
+
+def version_document_query(content_version_id: str) -> str:
+    return f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{validate_id(content_version_id)}'"
 
 
 def _post_collection(sf: simple_salesforce.Salesforce, *, body: str) -> Any:

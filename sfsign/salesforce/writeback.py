@@ -123,6 +123,12 @@ def _cause(answers: Mapping[str, Any]) -> tuple[str, SalesforceError] | None:
     return None
 
 
+def content_document_query(version_ids: Sequence[str]) -> str:
+    """The ContentDocument (069) ids of uploaded versions: the insert answer carries only the 068."""
+    return ("SELECT Id, ContentDocumentId FROM ContentVersion WHERE Id IN ("
+            + ", ".join(f"'{validate_id(v)}'" for v in version_ids) + ")")
+
+
 async def _one_composite(
     rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
 ) -> WriteBackOutcome:
@@ -130,7 +136,7 @@ async def _one_composite(
     for n, item in enumerate(items):
         ref = None
         if item.content_version_id is not None:
-            soql = f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{validate_id(item.content_version_id)}'"
+            soql = content_document_query([item.content_version_id])
             subs.append({"method": "GET", "url": rest.subrequest_url("query/?q=" + _quote(soql)),
                          "referenceId": f"q{n}"})
             ref = f"@{{q{n}.records[0].ContentDocumentId}}"
@@ -185,11 +191,8 @@ async def _lookup_then_collections(
     version_ids = sorted({validate_id(i.content_version_id) for i in items if i.content_version_id})
     documents: dict[str, str] = {}
     if version_ids:
-        soqls = [
-            "SELECT Id, ContentDocumentId FROM ContentVersion WHERE Id IN ("
-            + ", ".join(f"'{v}'" for v in version_ids[k : k + IN_LIMIT]) + ")"
-            for k in range(0, len(version_ids), IN_LIMIT)
-        ]
+        soqls = [content_document_query(version_ids[k : k + IN_LIMIT])
+                 for k in range(0, len(version_ids), IN_LIMIT)]
         for rows in await rest.query_many(soqls):
             for row in rows:
                 documents[str(row["Id"])] = str(row["ContentDocumentId"])

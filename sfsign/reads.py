@@ -1,0 +1,138 @@
+"""Every object and field the daemon reads, taken from the daemon's own SOQL.
+
+Under a minimum-access profile the integration user sees only the fields its permission set grants,
+and a query naming one field it cannot see fails as a whole (`No such column`). The permission set
+and `sfsign check` therefore need the exact list of fields behind the daemon's queries; reading it
+from the SOQL the daemon sends (not from a second, hand-kept list) keeps the two from drifting apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from sfsign.config import Rules
+from sfsign.salesforce.records import opportunity_select, quote_select
+
+SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
+
+#: Relationship name → target object, per object, for the relationships the daemon's SOQL follows.
+#: A name not listed here fails loudly (`UnknownRelationship`), so a new join cannot slip past the list.
+RELATIONSHIPS: Mapping[str, Mapping[str, tuple[str, str | None]]] = {
+    # (target object, lookup field on the source object; None for child relationships)
+    "Opportunity": {"Account": ("Account", "AccountId"), "Owner": ("User", "OwnerId"),
+                    "OpportunityLineItems": ("OpportunityLineItem", None),
+                    "OpportunityContactRoles": ("OpportunityContactRole", None)},
+    "Quote": {"Opportunity": ("Opportunity", "OpportunityId"), "Account": ("Account", "AccountId"),
+              "Contact": ("Contact", "ContactId"), "QuoteLineItems": ("QuoteLineItem", None)},
+    "OpportunityLineItem": {"Product2": ("Product2", "Product2Id")},
+    "QuoteLineItem": {"Product2": ("Product2", "Product2Id")},
+    "OpportunityContactRole": {"Contact": ("Contact", "ContactId")},
+}
+
+_KEYWORDS = {"SELECT", "FROM", "WHERE", "AND", "OR", "NOT", "IN", "LIKE", "NULL", "TRUE", "FALSE", "ORDER", "BY",
+             "ASC", "DESC", "NULLS", "FIRST", "LAST", "LIMIT", "OFFSET", "INCLUDES", "EXCLUDES"}
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'")
+_DATETIME = re.compile(r"\b\d{4}-\d{2}-\d{2}T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})")
+_TOKEN = re.compile(r"\(|\)|[A-Za-z_][A-Za-z0-9_.]*")
+
+
+class UnknownRelationship(ValueError):
+    pass
+
+
+def _close(tokens: list[str], start: int) -> int:
+    depth = 0
+    for i in range(start, len(tokens)):
+        depth += {"(": 1, ")": -1}.get(tokens[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError("unbalanced parentheses in SOQL")
+
+
+def _add_path(out: dict[str, set[str]], sobject: str, path: str) -> None:
+    names = path.split(".")
+    if len(names) > 1 and names[0] == sobject and names[0] not in RELATIONSHIPS.get(sobject, {}):
+        names = names[1:]  # `SELECT Opportunity.Name FROM Opportunity`
+    current = sobject
+    for rel in names[:-1]:
+        target = RELATIONSHIPS.get(current, {}).get(rel)
+        if target is None:
+            raise UnknownRelationship(f"{current}.{rel}: add it to sfsign.reads.RELATIONSHIPS")
+        if target[1] is not None:
+            out.setdefault(current, set()).add(target[1])
+        current = target[0]
+    out.setdefault(current, set()).add(names[-1])
+
+
+def _walk(tokens: list[str], out: dict[str, set[str]], parent: str | None) -> None:
+    """Tokens of one `SELECT … FROM X …` (no outer parentheses)."""
+    depth, from_at = 0, None
+    for i, tok in enumerate(tokens):
+        depth += {"(": 1, ")": -1}.get(tok, 0)
+        if depth == 0 and tok.upper() == "FROM":
+            from_at = i
+            break
+    if from_at is None:
+        raise ValueError("SOQL without FROM")
+    name = tokens[from_at + 1]
+    if parent is None:
+        sobject = name
+    else:
+        target = RELATIONSHIPS.get(parent, {}).get(name)
+        if target is None:
+            raise UnknownRelationship(f"{parent}.{name}: add it to sfsign.reads.RELATIONSHIPS")
+        sobject = target[0]
+    out.setdefault(sobject, set())
+    i = 1
+    while i < len(tokens):
+        tok = tokens[i]
+        if i == from_at or i == from_at + 1:
+            i += 1
+        elif tok == "(" and i + 1 < len(tokens) and tokens[i + 1].upper() == "SELECT":
+            end = _close(tokens, i)
+            _walk(tokens[i + 1:end], out, sobject)
+            i = end + 1
+        elif tok in "()" or tok.upper() in _KEYWORDS or tok.isdigit():
+            i += 1
+        else:
+            _add_path(out, sobject, tok)
+            i += 1
+
+
+def fields_read(soqls: Iterable[str]) -> dict[str, set[str]]:
+    """Object → the fields these queries select, filter or sort on, relationship lookups included."""
+    out: dict[str, set[str]] = {}
+    for soql in soqls:
+        text = _DATETIME.sub(" ", _STRING.sub(" ", soql))
+        _walk(_TOKEN.findall(text), out, None)
+    return out
+
+
+def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: bool = True) -> list[str]:
+    """The SOQL the daemon sends for rules watching `rule_fields` (object → watched fields), with
+    placeholder literals. Each query comes from the function the daemon itself calls."""
+    from sfsign.archive import due_query, latest_version_query
+    from sfsign.daemon import current_values_query, reconcile_query
+    from sfsign.salesforce.rest import version_by_checksum_query, version_by_transaction_query, version_document_query
+    from sfsign.salesforce.writeback import content_document_query
+
+    cv, doc = "068000000000000AAA", "069000000000000AAA"
+    now = datetime.now(UTC)
+    out = [content_document_query([cv]), version_by_transaction_query("tx"), version_by_checksum_query(doc, "0"),
+           version_document_query(cv), latest_version_query(doc)]
+    for sobject, fields in rule_fields.items():
+        if sobject in SELECTS:
+            out.append(SELECTS[sobject](multi_currency) + " WHERE Id IN ('000000000000000AAA')")
+        out.append(due_query(sobject, now))
+        out.append(current_values_query(sobject, fields, ["000000000000000AAA"]))
+        for field in fields:
+            out.append(reconcile_query(sobject, field, ["x"], since=now, until=now))
+    return out
+
+
+def rules_reads(rules: Rules, multi_currency: bool = True) -> dict[str, set[str]]:
+    """What the daemon reads under these rules."""
+    watched = {o: [r.field for r in rules.for_object(o)] for o in sorted({r.object for r in rules.rules})}
+    return fields_read(daemon_queries(watched, multi_currency))
