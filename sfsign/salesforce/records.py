@@ -408,8 +408,9 @@ def parse_quote(row: Mapping[str, Any]) -> QuoteRecord:
 
 
 def _field_value(row: Mapping[str, Any], path: str) -> str | bool | None:
-    """The value at `path` (`Region__c`, `Account.Segment__c`) as a template prints it: text as is,
-    a number as its exact decimal text, a checkbox as a bool, an empty lookup or field as None."""
+    """The value at `path` (a field the rule lists, or a parent's such as `Account.Name`) as a template
+    prints it: text as is, a number as its exact decimal text, a checkbox as a bool, an empty lookup or
+    field as None."""
     value: Any = row
     for part in path.split("."):
         if not isinstance(value, Mapping):

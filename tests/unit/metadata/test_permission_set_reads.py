@@ -103,5 +103,8 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         "salesforce/rest.py:version_document_query", "salesforce/writeback.py:content_document_query",
         # a library helper the daemon does not call; it reads what reconcile_query reads
         "salesforce/records.py:find_records_in_state",
+        # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
+        # admin grants (docs/templates.md); the permission set covers what sfsign itself reads
+        "rule_fields.py:check_rule_fields",
     }
     assert _soql_builders() == covered
