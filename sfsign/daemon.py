@@ -181,6 +181,9 @@ class Daemon:
             self.health.instance_url = token.instance_url
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
+            from sfsign.check import check_rule_values, refuse_on_failures  # it imports the renderer
+
+            refuse_on_failures(await check_rule_values(rest, self.rules))
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
