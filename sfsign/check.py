@@ -180,8 +180,8 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
     try:
         token = await authenticator.token()
     except AuthError as exc:
-        return [_fail("login", str(exc), "check SFSIGN_LOGIN_URL, the consumer key, the username and that the "
-                      "connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
+        return [_fail("login", str(exc), exc.fix or "check SFSIGN_LOGIN_URL, the consumer key, the username and "
+                      "that the connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
     out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:

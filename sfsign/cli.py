@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sfsign: configuration error:\n{exc}", file=sys.stderr)
         return 2
     except AuthError as exc:
+        if exc.fix:
+            print(f"sfsign: cannot log in to Salesforce: {exc}\nfix: {exc.fix}", file=sys.stderr)
+            return 3
         print(f"sfsign: Salesforce refused the login: {exc}\n"
               "Check SFSIGN_LOGIN_URL, the consumer key, the user and that the connected app is pre-authorized "
               "for this user (docs/salesforce-setup.md).", file=sys.stderr)
