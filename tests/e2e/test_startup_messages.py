@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from e2e_support import run_cli
@@ -83,3 +84,25 @@ async def test_a_password_without_its_security_token_says_the_token_is_appended(
     right = await asyncio.to_thread(_cli, "check", settings, **flow,
                                     SFSIGN_PASSWORD=login.password.get_secret_value() + token)
     assert "ok    login" in right.stdout, right.stdout  # the same settings with the token log in
+
+
+def _render(settings: Settings, record: str, target: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["render", "--record", record, "-o", target], settings, timeout=RUN_TIMEOUT_S)
+
+
+async def test_render_with_a_malformed_or_unknown_record_id_says_so_without_a_traceback(
+    settings: Settings, rules: Rules, tmp_path: Path
+) -> None:
+    target = str(tmp_path / "preview.pdf")
+    # Salesforce's own MALFORMED_ID example: the suffix disagrees with the case of the first 15 characters.
+    malformed = await asyncio.to_thread(_render, settings, "006900K0001pPuOAAU", target)
+    assert malformed.returncode == 1, malformed.stderr
+    assert "'006900K0001pPuOAAU': the suffix does not match the case of the first 15 characters" in malformed.stderr
+    assert "copy the id from the record's address in Salesforce" in malformed.stderr
+    assert "Traceback" not in malformed.stderr
+
+    unknown = await asyncio.to_thread(_render, settings, "006Dn000004C9bHIAS", target)
+    assert unknown.returncode == 1, unknown.stderr
+    assert "no Opportunity record 006Dn000004C9bHIAS is visible to the integration user" in unknown.stderr
+    assert "copy the id from the record's address" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert not (tmp_path / "preview.pdf").exists()
