@@ -181,6 +181,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{v} holds no PEM certificate this machine can read ({exc}): {CA_BUNDLE_FIX}") from None
         return v
 
+    @field_validator("data_dir", "rules_file", "ca_bundle", "private_key_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # One rule for every path setting: relative to the directory sfsign starts in, fixed at start.
+        # (Paths inside the rules file are relative to the rules file's folder.)
+        return v.absolute() if v is not None else None
+
     @field_validator("api_version")
     @classmethod
     def _version(cls, v: str) -> str:
