@@ -35,6 +35,13 @@ DESCRIBE_TYPES = {
     "Currency": "currency", "Percent": "percent", "AutoNumber": "string",
 }
 SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
+NO_TSA_FIX = (
+    "every document of profile {name!r} ({level}) would end in Error. Without internet access (the example rules "
+    "name public TSAs), list a TSA this machine reaches in the profile's tsa.urls: your corporate TSA (ask IT for "
+    "its RFC 3161 URL; tsa.username and tsa.password_env if it needs a login) or a TSA on this network; for a trial "
+    "set `level: B-B` (no timestamp; `sfsign demo` shows the other levels with its own local TSA), or "
+    "`on_tsa_failure: downgrade` to sign at B-B while no TSA answers"
+)
 SIGNING_KEYS_FIX = "fix the key file, its passphrase variable or the certificate"
 
 
@@ -140,13 +147,15 @@ async def check_timestamps(rules: Rules) -> list[Check]:
                 out.append(_fail("timestamp authority", f"profile {name!r}: {exc.reason}",
                                  "set the variable named by tsa.password_env"))
                 continue
+            failed: list[Check] = []
             for url in urls:  # each one, so a dead fallback is found before it is needed
                 stamper = get_timestamper([url], auth, timeout=profile.tsa.timeout_s)
                 try:
                     token = await stamper.async_timestamp(hashlib.sha256(secrets.token_bytes(16)).digest(), "sha256")
                 except Exception as exc:  # TimestampUnavailable names the URL and the reason
-                    out.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
-                                     "check the URL, the network path and the TSA credentials"))
+                    failed.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
+                                        "check the URL, the network path and the TSA credentials"))
+                    out.append(failed[-1])
                     continue
                 gen_time = token["content"]["encap_content_info"]["content"].parsed["gen_time"].native
                 skew = abs((gen_time - datetime.now(UTC)).total_seconds())
@@ -156,6 +165,9 @@ async def check_timestamps(rules: Rules) -> list[Check]:
                                      "synchronise this machine's clock (NTP) or check the TSA"))
                 else:
                     out.append(_ok("timestamp authority", detail))
+            if failed and len(failed) == len(urls):
+                failed[-1].detail += f"; none of profile {name!r}'s {len(urls)} TSA(s) answered from this machine"
+                failed[-1].fix = NO_TSA_FIX.format(name=name, level=profile.level)
     finally:
         await aclose_timestampers()
     if not out:
