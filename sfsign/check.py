@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sfsign.config import SFSIGN_OWNED_FIELDS, Rules, Settings
+from sfsign.config import SFSIGN_OWNED_FIELDS, ConfigError, Rules, Settings
 from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
+from sfsign.private_files import private_dir
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.records import opportunity_select, quote_select
@@ -34,6 +35,14 @@ DESCRIBE_TYPES = {
     "Currency": "currency", "Percent": "percent", "AutoNumber": "string",
 }
 SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
+NO_TSA_FIX = (
+    "every document of profile {name!r} ({level}) would end in Error. Without internet access (the example rules "
+    "name public TSAs), list a TSA this machine reaches in the profile's tsa.urls: your corporate TSA (ask IT for "
+    "its RFC 3161 URL; tsa.username and tsa.password_env if it needs a login) or a TSA on this network; for a trial "
+    "set `level: B-B` (no timestamp; `sfsign demo` shows the other levels with its own local TSA), or "
+    "`on_tsa_failure: downgrade` to sign at B-B while no TSA answers"
+)
+SIGNING_KEYS_FIX = "fix the key file, its passphrase variable or the certificate"
 
 
 @dataclass
@@ -55,8 +64,7 @@ def _fail(name: str, detail: str, fix: str) -> Check:
 def check_signing(rules: Rules) -> list[Check]:
     problems = preflight_profiles(rules)
     if problems:
-        return [_fail("signing keys", p, "fix the key file, its passphrase variable or the certificate")
-                for p in problems]
+        return [_fail("signing keys", p, SIGNING_KEYS_FIX) for p in problems]
     out = []
     from sfsign.documents.sign import load_signer
 
@@ -73,6 +81,49 @@ def check_signing(rules: Rules) -> list[Check]:
         else:
             out.append(_ok("signing certificate", detail))
     return out
+
+
+def check_revocation_sources(rules: Rules) -> list[Check]:
+    """B-LT and B-LTA embed OCSP answers or CRLs for every certificate of the signer's chain; a certificate
+    that names neither has none to fetch, and every document would end "upgrade failed" after signing."""
+    from sfsign.documents.sign import load_signer
+
+    out = []
+    for name in sorted({r.profile for r in rules.rules}):
+        profile = rules.profiles[name]
+        if profile.level not in ("B-LT", "B-LTA"):
+            continue
+        try:
+            signer = load_signer(signing_request(profile).key)
+        except Exception:
+            continue
+        chain = [c for c in (signer.signing_cert, *signer.cert_registry) if c is not None]
+        lacking = sorted({c.subject.human_friendly for c in chain
+                          if not c.self_issued and not c.ocsp_urls and not c.crl_distribution_points})
+        if lacking:
+            out.append(_fail(
+                "revocation data", f"profile {name!r} is level {profile.level}, but the certificate(s) "
+                f"{'; '.join(lacking)} name no OCSP responder and no CRL, so no document could reach that level",
+                f"set `level: B-T` in profile {name!r}, or use a certificate from a CA that publishes OCSP "
+                "or CRLs (its certificates carry the URLs)"))
+        else:
+            out.append(_ok("revocation data", f"profile {name!r}: every certificate of the chain names OCSP or a CRL"))
+    return out
+
+
+def check_data_dir(settings: Settings) -> list[Check]:
+    """The outbox, the artifacts and the work files all live here: a directory sfsign cannot write is
+    found before start, not as a traceback from the first database write."""
+    path = settings.data_dir
+    try:
+        private_dir(path)
+        probe = path / ".sfsign-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return [_fail("data directory", f"{path} is not writable ({exc.strerror or type(exc).__name__})",
+                      "create it writable for the user sfsign runs as, or set SFSIGN_DATA_DIR to such a directory")]
+    return [_ok("data directory", f"{path} is writable")]
 
 
 async def check_timestamps(rules: Rules) -> list[Check]:
@@ -96,13 +147,15 @@ async def check_timestamps(rules: Rules) -> list[Check]:
                 out.append(_fail("timestamp authority", f"profile {name!r}: {exc.reason}",
                                  "set the variable named by tsa.password_env"))
                 continue
+            failed: list[Check] = []
             for url in urls:  # each one, so a dead fallback is found before it is needed
                 stamper = get_timestamper([url], auth, timeout=profile.tsa.timeout_s)
                 try:
                     token = await stamper.async_timestamp(hashlib.sha256(secrets.token_bytes(16)).digest(), "sha256")
                 except Exception as exc:  # TimestampUnavailable names the URL and the reason
-                    out.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
-                                     "check the URL, the network path and the TSA credentials"))
+                    failed.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
+                                        "check the URL, the network path and the TSA credentials"))
+                    out.append(failed[-1])
                     continue
                 gen_time = token["content"]["encap_content_info"]["content"].parsed["gen_time"].native
                 skew = abs((gen_time - datetime.now(UTC)).total_seconds())
@@ -112,6 +165,9 @@ async def check_timestamps(rules: Rules) -> list[Check]:
                                      "synchronise this machine's clock (NTP) or check the TSA"))
                 else:
                     out.append(_ok("timestamp authority", detail))
+            if failed and len(failed) == len(urls):
+                failed[-1].detail += f"; none of profile {name!r}'s {len(urls)} TSA(s) answered from this machine"
+                failed[-1].fix = NO_TSA_FIX.format(name=name, level=profile.level)
     finally:
         await aclose_timestampers()
     if not out:
@@ -139,8 +195,8 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
     try:
         token = await authenticator.token()
     except AuthError as exc:
-        return [_fail("login", str(exc), "check SFSIGN_LOGIN_URL, the consumer key, the username and that the "
-                      "connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
+        return [_fail("login", str(exc), exc.fix or "check SFSIGN_LOGIN_URL, the consumer key, the username and "
+                      "that the connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
     out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
@@ -215,16 +271,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 problems.append(f"{fdef.name} is read-only for the integration user")
             elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
-        for rule in rules.for_object(sobject):
-            field = fields.get(rule.field)
-            if field is None:
-                problems.append(f"rule {rule.name}: field {rule.field} does not exist "
-                                "(or is not visible to the integration user)")
-                continue
-            allowed = {v.get("value") for v in field.get("picklistValues") or []}
-            missing = [v for v in rule.values if allowed and v not in allowed]
-            if missing:
-                problems.append(f"rule {rule.name}: {rule.field} has no value {', '.join(map(repr, missing))}")
+        problems += rule_value_problems(rules, sobject, fields)
         if problems:
             out.append(_fail(f"object {sobject}", "; ".join(problems),
                              "deploy salesforce-metadata/ (sf project deploy start) and assign the "
@@ -303,6 +350,45 @@ async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool)
     return out
 
 
+def rule_value_problems(rules: Rules, sobject: str, fields: dict[str, dict[str, Any]]) -> list[str]:
+    """A rule waiting for a value its picklist does not have never fires: a typo would look "ready" forever."""
+    problems = []
+    for rule in rules.for_object(sobject):
+        field = fields.get(rule.field)
+        if field is None:
+            problems.append(f"rule {rule.name}: field {rule.field} does not exist "
+                            "(or is not visible to the integration user)")
+            continue
+        allowed = {v.get("value") for v in field.get("picklistValues") or []}
+        missing = [v for v in rule.values if allowed and v not in allowed]
+        if missing:
+            problems.append(f"rule {rule.name}: {rule.field} has no value {', '.join(map(repr, missing))}"
+                            f" (the org's values: {', '.join(sorted(map(repr, allowed - {None})))})")
+    return problems
+
+
+RULE_VALUES_FIX = ("correct the rule's values to the picklist's API values (rules file), "
+                   "or add the value to the picklist")
+
+
+async def check_rule_values(rest: SalesforceRest, rules: Rules) -> list[Check]:
+    """The rules' fields and values against the org's describe: what `run` checks after its first login."""
+    out = []
+    for sobject in sorted({r.object for r in rules.rules}):
+        try:
+            describe = await rest.describe(sobject)
+        except SalesforceError as exc:
+            out.append(_fail(f"rules on {sobject}", str(exc), f"give the integration user access to {sobject}"))
+            continue
+        fields = {f["name"]: f for f in describe.get("fields", [])}
+        problems = rule_value_problems(rules, sobject, fields)
+        if problems:
+            out.append(_fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
+        else:
+            out.append(_ok(f"rules on {sobject}", "every rule's field and values exist"))
+    return out
+
+
 async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: bool) -> list[Check]:
     """The exact SOQL the worker sends, with a filter that matches nothing."""
     out = []
@@ -345,8 +431,35 @@ async def _check_streaming(settings: Settings, rules: Rules, authenticator: Auth
         await stream.aclose()
 
 
+class StartupRefused(ConfigError):
+    """`run` found what `check` reports as failed: the daemon does not start (exit code 3). A configuration
+    error like any other, with `check`'s words."""
+
+    def __init__(self, checks: list[Check]) -> None:
+        self.checks = checks
+        super().__init__(render_failures(checks))
+
+
+def local_checks(settings: Settings, rules: Rules) -> list[Check]:
+    """What needs no org: the data directory, the keys, the revocation sources, the templates. Blocking."""
+    problems = preflight_profiles(rules)
+    checks = check_data_dir(settings)
+    checks += [_fail("signing keys", p, SIGNING_KEYS_FIX) for p in problems]
+    if not problems:
+        checks += check_revocation_sources(rules)
+    return checks + check_templates(rules)
+
+
+def refuse_on_failures(checks: list[Check]) -> None:
+    failed = [c for c in checks if c.ok is False]
+    if failed:
+        raise StartupRefused(failed)
+
+
 async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
-    checks = await asyncio.to_thread(check_signing, rules)
+    checks = await asyncio.to_thread(check_data_dir, settings)
+    checks += await asyncio.to_thread(check_signing, rules)
+    checks += await asyncio.to_thread(check_revocation_sources, rules)
     checks += await asyncio.to_thread(check_templates, rules)
     checks += await check_timestamps(rules)
     from sfsign.daemon import auth_config
@@ -361,6 +474,18 @@ async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
 
 def as_json(checks: list[Check]) -> list[dict[str, Any]]:
     return [asdict(c) for c in checks]
+
+
+def render_failures(checks: list[Check]) -> str:
+    """The failed checks as `check` prints them (same words), for `run` refusing to start."""
+    width = max((len(c.name) for c in checks), default=0)
+    lines = []
+    for c in checks:
+        if c.ok is False:
+            lines.append(f"FAIL  {c.name.ljust(width)}  {c.detail}")
+            if c.fix:
+                lines.append(f"      {''.ljust(width)}  fix: {c.fix}")
+    return "\n".join(lines)
 
 
 def render_table(checks: list[Check]) -> str:

@@ -29,14 +29,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sfsign.ops.memory import tune_malloc
 
     tune_malloc()  # first: before any thread or pool process exists
-    from sfsign.config import ConfigError
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sfsign.check import local_checks, refuse_on_failures
     from sfsign.daemon import Daemon
-    from sfsign.worker import preflight_profiles
 
     settings, rules = _settings_and_rules(args)
-    problems = preflight_profiles(rules)
-    if problems:
-        raise ConfigError("\n".join(problems))
+    # In a throw-away process: rendering the sample loads Typst and the fonts (~20 MB) that belong in the
+    # pool only. The org's checks follow the daemon's first login.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as once:
+        refuse_on_failures(once.submit(local_checks, settings, rules).result())
     asyncio.run(Daemon(settings, rules).run())
     return 0
 
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfsign.check import StartupRefused
     from sfsign.config import ConfigError
     from sfsign.salesforce.errors import AuthError
     from sfsign.salesforce.stream import SubscriptionFailed
@@ -311,10 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except StartupRefused as exc:
+        print(f"sfsign: refusing to start; `sfsign check` reports the same:\n{exc}", file=sys.stderr)
+        return 3
     except ConfigError as exc:
         print(f"sfsign: configuration error:\n{exc}", file=sys.stderr)
         return 2
     except AuthError as exc:
+        if exc.fix:
+            print(f"sfsign: cannot log in to Salesforce: {exc}\nfix: {exc.fix}", file=sys.stderr)
+            return 3
         print(f"sfsign: Salesforce refused the login: {exc}\n"
               "Check SFSIGN_LOGIN_URL, the consumer key, the user and that the connected app is pre-authorized "
               "for this user (docs/salesforce-setup.md).", file=sys.stderr)

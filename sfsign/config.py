@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -69,6 +70,10 @@ FIELD_PATH = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$"
 CUSTOM_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*__c$")
 
 BUILTIN_TEMPLATES = frozenset({"proposal", "quote", "order"})
+
+
+CA_BUNDLE_FIX = ("unset SFSIGN_CA_BUNDLE to trust only this machine's CAs, or set it to the PEM file of the "
+                 "one extra CA to trust (a TLS-inspecting proxy's, or the emulator's ca.pem)")
 
 
 class ConfigError(ValueError):
@@ -166,6 +171,34 @@ class Settings(BaseSettings):
                              "remove it and set SFSIGN_RETRY_FOR_H (hours, default 72) instead")
         return None
 
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _ca_bundle_set(cls, v: Any) -> Any:
+        # Path("") is ".", a directory: left alone, the first login failed as "IsADirectoryError".
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(f"is set but empty: {CA_BUNDLE_FIX}")
+        return v
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_file(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not v.is_file():
+            raise ValueError(f"{v} is not a file: {CA_BUNDLE_FIX}")
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(v))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"{v} holds no PEM certificate this machine can read ({exc}): {CA_BUNDLE_FIX}") from None
+        return v
+
+    @field_validator("data_dir", "rules_file", "ca_bundle", "private_key_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # One rule for every path setting: relative to the directory sfsign starts in, fixed at start.
+        # (Paths inside the rules file are relative to the rules file's folder.)
+        return v.absolute() if v is not None else None
+
     @field_validator("api_version")
     @classmethod
     def _version(cls, v: str) -> str:
@@ -207,7 +240,7 @@ def _settings_message(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
         name = "SFSIGN_" + "_".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"  {name}: {err['msg']}")
+        lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

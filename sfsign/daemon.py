@@ -182,10 +182,16 @@ class Daemon:
             self.health.instance_url = token.instance_url
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
-            # Before subscribing: a rule on a field this org lacks would never fire (rule_fields.py).
+            # Before subscribing: a rule on a field or value this org lacks would never fire. The same
+            # findings as `sfsign check`, refused with its words (exit code 3).
+            from sfsign.check import Check, check_rule_values, refuse_on_failures  # it imports the renderer
+
+            startup_checks = await check_rule_values(rest, self.rules)
             field_problems = await check_rule_fields(rest, self.rules)
             if field_problems:
-                raise ConfigError("\n".join(field_problems))
+                startup_checks.append(Check("rule fields", False, "\n".join(field_problems),
+                                            "correct the rules file at the lines named, or deploy the fields"))
+            refuse_on_failures(startup_checks)
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))

@@ -368,7 +368,10 @@ def publish_root(pki: DemoPki, output_dir: Path) -> None:
 
 def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
     configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
-    work = keep_dir or Path(tempfile.mkdtemp(prefix="sfsign-demo-"))
+    # Absolute: the demo writes these paths into its rules file, where relative ones would be read
+    # relative to the rules file's folder (wd/wd/pki/signer.p12) instead of the working directory.
+    work = (keep_dir or Path(tempfile.mkdtemp(prefix="sfsign-demo-"))).absolute()
+    output_dir = output_dir.absolute()
     work.mkdir(parents=True, exist_ok=True)
     emulator = EmulatorThread(data_dir=work / "emulator")
     try:

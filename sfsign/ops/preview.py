@@ -13,10 +13,14 @@ from sfsign.daemon import auth_config
 from sfsign.documents import jobs as doc_jobs
 from sfsign.mapping import NotRenderable, build_document
 from sfsign.salesforce.auth import Authenticator
+from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.records import SignableRecord, fetch_records
-from sfsign.salesforce.rest import SalesforceRest, validate_id
+from sfsign.salesforce.rest import SalesforceRest
 from sfsign.triggers import KEY_PREFIXES
 
+ID_FIX = ("copy the id from the record's address in Salesforce (the 15 or 18 characters after /Opportunity/ or "
+          "/Quote/, e.g. 006Dn000004C9bHIAS) and check it is the record you mean")
 PREVIEW_TRANSACTION = "PREVIEW - NOT SIGNED"  # printed in the footer where the transaction id goes
 
 
@@ -49,9 +53,9 @@ async def _find_record(
 async def render_preview(settings: Settings, rules: Rules, record_id: str, rule_name: str | None = None) -> bytes:
     """The unsigned PDF the rule's template makes of the record (default rule: the first of its object)."""
     try:
-        validate_id(record_id)
-    except ValueError:
-        raise PreviewError(f"{record_id!r} is not a Salesforce record id (15 or 18 characters)") from None
+        record_id = canonical_id(record_id)  # the checksum too: Salesforce answers a bad one with a 400
+    except InvalidId as exc:
+        raise PreviewError(f"{exc}; {ID_FIX}") from None
     rule = rules.by_name(rule_name) if rule_name else None
     if rule_name and rule is None:
         raise PreviewError(f"no rule {rule_name!r} in {rules.source}; rules: {', '.join(r.name for r in rules.rules)}")
@@ -62,11 +66,14 @@ async def render_preview(settings: Settings, rules: Rules, record_id: str, rule_
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
         record = await _find_record(rest, record_id, objects, settings.multi_currency, rules)
+    except SalesforceError as exc:
+        raise PreviewError(f"Salesforce could not look up {record_id}: {exc}; {ID_FIX}") from None
     finally:
         await rest.close()
         await authenticator.aclose()
     if record is None:
-        raise PreviewError(f"no {' or '.join(objects)} record {record_id} is visible to the integration user")
+        raise PreviewError(f"no {' or '.join(objects)} record {record_id} is visible to the integration user; "
+                           f"{ID_FIX}, and that the integration user can read it")
     if rule is None:
         rule = rules.for_object(record.sobject)[0]
     try:

@@ -263,9 +263,18 @@ class Authenticator:
                 self.config.token_url, data=form, headers={"Accept": "application/json", **headers}
             )
         except httpx.HTTPError as exc:
+            untrusted = _verify_failure(exc)
+            if untrusted is not None:  # no retry makes a certificate trusted: stop and say which setting
+                host = httpx.URL(self.config.token_url).host
+                raise AuthError(None, "certificate_verify_failed",
+                                f"CERTIFICATE_VERIFY_FAILED: the TLS certificate of {host} is not trusted "
+                                f"({untrusted})", transient=False, fix=CA_BUNDLE_FIX) from None
             raise AuthError(None, "connection_error", f"{type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
-            raise _oauth_error(response)
+            error = _oauth_error(response)
+            if self.config.flow == "password" and error.error == "invalid_grant":
+                error.fix = PASSWORD_FLOW_FIX
+            raise error
         try:
             body = response.json()
         except ValueError:
@@ -277,6 +286,29 @@ class Authenticator:
         log.info("salesforce.login", flow=self.config.flow, instance_url=token.instance_url,
                  org_id=token.org_id)
         return token
+
+
+CA_BUNDLE_FIX = (
+    "if this network inspects TLS (a corporate proxy), set SFSIGN_CA_BUNDLE to the PEM file of the proxy's CA; "
+    "against the emulator, to its ca.pem; otherwise check SFSIGN_LOGIN_URL names the org's real host"
+)
+PASSWORD_FLOW_FIX = (
+    "check SFSIGN_USERNAME, SFSIGN_PASSWORD, SFSIGN_CONSUMER_KEY and SFSIGN_CONSUMER_SECRET. The username-password "
+    "flow wants the security token appended to the password: SFSIGN_PASSWORD=<password><security token>, no space "
+    "(a new token comes by email from Settings > Reset My Security Token; none is needed from a trusted IP range)"
+)
+
+
+def _verify_failure(exc: BaseException) -> str | None:
+    """The verification message of the TLS error under an httpx error (it sits a few causes deep)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current.reason or "certificate verify failed")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _oauth_error(response: httpx.Response) -> AuthError:

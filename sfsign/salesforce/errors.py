@@ -180,11 +180,13 @@ class AuthError(Exception):
     """
 
     def __init__(
-        self, status: int | None, error: str, description: str = "", *, transient: bool | None = None
+        self, status: int | None, error: str, description: str = "", *, transient: bool | None = None,
+        fix: str = "",
     ) -> None:
         self.status = status
         self.error = error
         self.description = description
+        self.fix = fix  # what the operator should change, when the cause is known (never a secret)
         if transient is None:
             transient = status is None or status >= 500 or status == 429
         self.transient = transient

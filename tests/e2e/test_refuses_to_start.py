@@ -1,0 +1,117 @@
+"""`sfsign run` refuses to start what `sfsign check` finds fatal: same words, exit code 3, before any job.
+
+Each case runs the real command line (`python -m sfsign.cli run`) against the emulator over HTTPS. On a
+daemon that starts anyway the command would not end; `run_cli`'s timeout then fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from e2e_support import run_cli
+
+from sfsign.config import Rules, Settings
+from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.documents.pki import DemoPki
+
+RUN_TIMEOUT_S = 90.0
+REFUSED = "sfsign: refusing to start"
+
+
+def _write_rules(tmp_path: Path, pki: DemoPki, text: str | None = None, name: str = "rules-under-test.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text if text is not None else RULES_TEMPLATE.format(
+        p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV))
+    return path
+
+
+def _run(settings: Settings, rules_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["run"], settings, timeout=RUN_TIMEOUT_S, SFSIGN_RULES_FILE=str(rules_file), **env)
+
+
+def _check(settings: Settings, rules_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["check"], settings, SFSIGN_RULES_FILE=str(rules_file), **env)
+
+
+def _assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert REFUSED in result.stderr, result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_rule_value_missing_from_the_picklist_stops_run_as_check_reports_it(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    """A typo ("Qoute") would otherwise start "ready" and never fire."""
+    typo = RULES_TEMPLATE.replace('["Proposal/Price Quote"]', '["Proposal/Price Qoute"]').format(
+        p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    path = _write_rules(tmp_path, pki, typo)
+    problem = "rule opportunity-proposal: StageName has no value 'Proposal/Price Qoute'"
+
+    result = await asyncio.to_thread(_run, settings, path)
+    _assert_refused(result, problem, "'Proposal/Price Quote'",
+                    "fix: correct the rule's values to the picklist's API values")
+    checked = await asyncio.to_thread(_check, settings, path)
+    assert checked.returncode == 1 and problem in checked.stdout, checked.stdout
+    assert not (settings.data_dir / "artifacts").exists()  # no worker ever started
+
+
+async def test_a_template_that_does_not_render_stops_run(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    (tmp_path / "broken.typ").write_text('#let x = (\n= Offer #undefined_function("a")\n')
+    text = RULES_TEMPLATE.replace("template: quote", "template: broken.typ").format(
+        p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    path = _write_rules(tmp_path, pki, text)
+
+    result = await asyncio.to_thread(_run, settings, path)
+    _assert_refused(result, "FAIL  template", "broken.typ", "fix: fix the template (line and message above)")
+    checked = await asyncio.to_thread(_check, settings, path)
+    assert checked.returncode == 1 and "FAIL  template" in checked.stdout, checked.stdout
+
+
+async def test_a_data_directory_that_is_not_writable_stops_run_without_a_traceback(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    data_dir = blocker / "data"
+    path = _write_rules(tmp_path, pki)
+
+    result = await asyncio.to_thread(_run, settings, path, SFSIGN_DATA_DIR=str(data_dir))
+    _assert_refused(result, f"FAIL  data directory  {data_dir} is not writable",
+                    "set SFSIGN_DATA_DIR to such a directory")
+    checked = await asyncio.to_thread(_check, settings, path, SFSIGN_DATA_DIR=str(data_dir))
+    assert checked.returncode == 1 and f"{data_dir} is not writable" in checked.stdout, checked.stdout
+
+
+async def test_b_lt_with_a_chain_naming_no_ocsp_or_crl_stops_run(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    """The session's demo PKI is made without service URLs: no OCSP, no CRL, so B-LT could never be reached."""
+    text = RULES_TEMPLATE.replace("    level: B-B\n", "    level: B-LT\n    tsa:\n      urls: [http://127.0.0.1:9/tsa]\n")
+    path = _write_rules(tmp_path, pki, text.format(
+        p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV))
+
+    result = await asyncio.to_thread(_run, settings, path)
+    _assert_refused(result, "FAIL  revocation data", "profile 'company-seal' is level B-LT",
+                    "name no OCSP responder and no CRL", "fix: set `level: B-T` in profile 'company-seal'")
+
+
+async def test_a_signing_key_file_that_cannot_be_read_stops_run_with_exit_code_3(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "signer.p12"
+    garbage.write_bytes(b"this is not a PKCS#12 file")
+    text = RULES_TEMPLATE.format(p12=garbage, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    path = _write_rules(tmp_path, pki, text)
+
+    result = await asyncio.to_thread(_run, settings, path)
+    _assert_refused(result, "FAIL  signing keys", "signing profile 'company-seal'",
+                    "fix: fix the key file, its passphrase variable or the certificate")
+    checked = await asyncio.to_thread(_check, settings, path)
+    assert checked.returncode == 1 and "FAIL  signing keys" in checked.stdout, checked.stdout
