@@ -35,7 +35,7 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
-from sfsign.outbox import Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, NewJob, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
@@ -573,6 +573,8 @@ class Daemon:
         if decision and decision.reconcile:
             await self.request_reconcile(decision.reconcile)
         refused = decision.refused if decision else []
+        jobs, told = await self._tell_already_signed(rest, jobs)
+        refused = [*refused, *told]
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, refused)
         for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
@@ -586,6 +588,47 @@ class Daemon:
                 log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
         if result.created and self.worker is not None:
             self.worker.wake()
+
+    async def _tell_already_signed(
+        self, rest: SalesforceRest, jobs: list[NewJob]
+    ) -> tuple[list[NewJob], list[AuditEvent]]:
+        """The rule for a trigger on a record already signed (stage moved away and back, a second
+        "Send for signature"): it signs nothing, and the rep is told so on the record (`Sign_Error__c`,
+        while the status stays `Signed`) and in its audit trail, with the way to a new version: Re-issue.
+
+        The note is written before the event commits, so a failed write is retried with the event; a
+        replayed event whose job exists is an ordinary duplicate and says nothing twice.
+        """
+        keep: list[NewJob] = []
+        told: list[AuditEvent] = []
+        for job in jobs:
+            if job.source == REISSUE_SOURCE:
+                keep.append(job)
+                continue
+            signed = await self.outbox.call(partial(_signed_unless_known, job=job))
+            if signed is None:
+                keep.append(job)
+                continue
+            signed_on = signed.signed_at or audit_time(signed.done_at or signed.updated_at)
+            note = (f"Already signed on {signed_on}, transaction {signed.transaction_id}; this request "
+                    "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
+                    "Send for Signature with the action Re-issue.")
+            try:
+                await rest.update(job.sobject, job.record_id, {"Sign_Error__c": note})
+            except SalesforceError as exc:
+                if exc.transient:
+                    raise  # the event is handled again, note and all
+                log.error("could not write the already-signed note on the record", record_id=job.record_id,
+                          error_code=exc.error_code)
+            detail = f"{job.source} trigger signed nothing: {note}"
+            if job.reason:
+                detail += f" Reason given: {job.reason}"
+            told.append(AuditEvent(transaction_id=signed.transaction_id, sobject=job.sobject, record_id=job.record_id,
+                                   event_type="already_signed", actor=job.requested_by or "sfsign", detail=detail))
+            log.info("trigger for a record already signed: nothing signed, the record says so",
+                     record_id=job.record_id, rule=job.rule, signed_transaction_id=signed.transaction_id,
+                     source=job.source)
+        return keep, told
 
     def _org_id(self) -> str:
         if self._token is None or not self._token.org_id:
@@ -861,6 +904,13 @@ def _replay_id_of(message: dict[str, Any]) -> Any:
 def _event_label(message: dict[str, Any]) -> str:
     """`<channel> replay id <n>` of a raw message, for /readyz."""
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
+
+
+def _signed_unless_known(store: OutboxStore, job: NewJob) -> Job | None:
+    """The record's signed job when `job` is a new trigger for it (not a replay of a known one)."""
+    if store.has_transaction(job.transaction_id):
+        return None
+    return store.signed_job(job.sobject, job.record_id, job.rule)
 
 
 def _probe_write(store: OutboxStore) -> None:
