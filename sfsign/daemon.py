@@ -213,6 +213,9 @@ class Daemon:
                 api_version=settings.api_version,
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
+                # A "Send for signature" click carries no state a reconciliation could find: without a
+                # position, read every retained event (72 h); their EventUuid makes a replay a no-op.
+                replay_all=[c for c in self.rules.channels() if c.startswith("/event/")],
                 long_poll_margin_s=settings.stream_long_poll_margin_s,
                 backoff_base_s=settings.stream_backoff_base_s,
                 backoff_cap_s=settings.stream_backoff_cap_s,
@@ -527,11 +530,11 @@ class Daemon:
             await asyncio.sleep(0.05)
 
     async def _reconcile_channels_without_position(self) -> None:
-        """A channel without a stored replay id subscribes from -1 (new events only). On the very first
-        start that is the intent; on a later one it would skip what was published while sfsign was down
-        on a channel that never had an event, so the objects of such channels are reconciled instead.
-        (A `Sign_Request__e` published while down on such a channel cannot be recovered: events carry
-        no state to query.)"""
+        """A change-event channel without a stored replay id subscribes from -1 (new events only). On the
+        very first start that is the intent; on a later one it would skip what was published while sfsign
+        was down on a channel that never had an event, so the objects of such channels are reconciled
+        instead. (Platform-event channels without a position subscribe from -2 instead: a
+        `Sign_Request__e` carries no state to query, so every retained one is read, deduped by EventUuid.)"""
         assert self.stream is not None
         if await self.outbox.call(partial(OutboxStore.get_meta, key=FIRST_SUBSCRIBED_KEY)) is None:
             return
