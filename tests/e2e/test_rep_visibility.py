@@ -112,3 +112,19 @@ async def test_an_unknown_action_is_refused_on_the_audit_trail_not_guessed(
         jobs = await daemon.outbox.call(lambda s: s.jobs())
     assert jobs == []
     assert any("Action__c 'Destroy'" in e["Detail__c"] for e in events)
+
+
+async def test_the_reason_the_rep_types_reaches_the_job_and_the_audit_trail_in_salesforce(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest
+) -> None:
+    opp = await record_id(control, "Opportunity", ACME)
+    reason = "Signed offer for the board meeting — Müller 🙂"
+    quick = settings.model_copy(update={"audit_flush_s": 0.1})
+    async with run_daemon(quick, rules) as daemon:
+        await control.publish("Sign_Request__e", {"RecordId__c": opp, "Reason__c": f"  {reason} "}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+        events = await _audit(rest, opp, "done")
+        [job] = await daemon.outbox.call(lambda s: s.jobs())
+    assert record["Sign_Status__c"] == "Signed" and job.reason == reason
+    [queued] = [e for e in events if e["Event_Type__c"] == "queued"]
+    assert queued["Detail__c"].endswith(f"reason: {reason}") and queued["Actor__c"].startswith("005")
