@@ -56,7 +56,7 @@ from sfsign.ops.status import human_age
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
+from sfsign.salesforce.records import SignableRecord, fetch_records
 from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
 
@@ -735,24 +735,21 @@ class Worker:
     # ------------------------------------------------------------------ batch handlers (one API call each)
 
     async def _fetch_batch(self, keys: list[tuple[str, str, str]]) -> list[Fetched]:
-        """The records, and any file already carrying a job's transaction id, in one `/composite` call
-        (five queries per call): the file lookup costs no API call of its own."""
+        """The records, then any file already carrying a job's transaction id: one more query per batch
+        (not per job), so exactly one document per trigger does not rest on the outbox alone."""
         by_object: dict[str, list[str]] = {}
         for sobject, record_id, _tx in keys:
             by_object.setdefault(sobject, []).append(record_id)
-        plans = [(sobject, list(dict.fromkeys(ids)),
-                  record_queries(sobject, list(dict.fromkeys(ids)), multi_currency=self.config.multi_currency))
-                 for sobject, ids in by_object.items()]
-        file_queries = self.rest.files_by_transaction_queries([tx for _s, _r, tx in keys])
-        soqls = [q for _s, _ids, queries in plans for q in queries] + file_queries
-        results = await self._sf(self.rest.query_many, soqls)
         found: dict[tuple[str, str], SignableRecord] = {}
-        at = 0
-        for sobject, ids, queries in plans:
-            records = parse_records(sobject, ids, results[at : at + len(queries)])
-            at += len(queries)
+        for sobject, ids in by_object.items():
+            records = await self._sf(
+                partial(fetch_records, multi_currency=self.config.multi_currency), self.rest, sobject, ids
+            )
             found.update({(sobject, rid): rec for rid, rec in records.items()})
-        files = self.rest.files_by_transaction(results[at:])
+        soqls = self.rest.files_by_transaction_queries([tx for _s, _r, tx in keys])
+        answers = [await self._sf(self.rest.query, soqls[0])] if len(soqls) == 1 else \
+            await self._sf(self.rest.query_many, soqls)
+        files = self.rest.files_by_transaction(answers)
         return [Fetched(found.get((s, r)) or found.get((s, r[:15])), files.get(tx)) for s, r, tx in keys]
 
     async def _upload_batch(self, files: list[NewFile]) -> list[str | BaseException]:

@@ -411,30 +411,17 @@ async def fetch_records(
     caller asked for, that id too. Ids that do not exist (or are not visible) are simply absent.
     `multi_currency=False` leaves out CurrencyIsoCode, which single-currency orgs do not have.
     """
+    if sobject not in _SELECTS:
+        raise ValueError(f"cannot fetch {sobject!r}: only Opportunity and Quote are supported")
+    select, parse = _SELECTS[sobject]
     wanted = list(dict.fromkeys(validate_id(i) for i in ids))
-    soqls = record_queries(sobject, wanted, multi_currency=multi_currency)
+    prefix = select(multi_currency)
+    out: dict[str, SignableRecord] = {}
+    soqls = [f"{prefix} WHERE Id IN {soql_id_list(chunk)}" for chunk in chunk_ids(prefix, wanted)]
     if len(soqls) == 1:
         results = [await rest.query(soqls[0])]
     else:  # a batch of many records: several queries in one /composite call
         results = await rest.query_many(soqls)
-    return parse_records(sobject, wanted, results)
-
-
-def record_queries(sobject: str, ids: Sequence[str], *, multi_currency: bool = True) -> list[str]:
-    """The SOQL queries `fetch_records` sends for these (validated) ids, for callers that send more
-    queries in the same `/composite` call."""
-    if sobject not in _SELECTS:
-        raise ValueError(f"cannot fetch {sobject!r}: only Opportunity and Quote are supported")
-    prefix = _SELECTS[sobject][0](multi_currency)
-    return [f"{prefix} WHERE Id IN {soql_id_list(chunk)}" for chunk in chunk_ids(prefix, list(ids))]
-
-
-def parse_records(
-    sobject: str, wanted: Sequence[str], results: Iterable[list[dict[str, Any]]]
-) -> dict[str, SignableRecord]:
-    """The answers to `record_queries`, keyed as `fetch_records` says."""
-    parse = _SELECTS[sobject][1]
-    out: dict[str, SignableRecord] = {}
     for rows in results:
         for row in rows:
             record = parse(row)

@@ -691,7 +691,7 @@ class SalesforceRest:
     @staticmethod
     def files_by_transaction_queries(transaction_ids: Sequence[str]) -> list[str]:
         """SOQL for the latest ContentVersions carrying any of these transaction ids (100 per query, so
-        the URL stays short): the worker sends them with its record fetch, in the same `/composite`."""
+        the URL stays short): the worker's fetch step looks them up once per batch."""
         ids = list(dict.fromkeys(transaction_ids))
         return [
             "SELECT Id, ContentDocumentId, Sign_Transaction_Id__c FROM ContentVersion WHERE Sign_Transaction_Id__c "
