@@ -62,6 +62,7 @@ from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_
 
 log = structlog.get_logger("sfsign.worker")
 
+STATUS_PENDING = "Pending"
 STATUS_SIGNED = "Signed"
 STATUS_ERROR = "Error"
 
@@ -356,6 +357,23 @@ class Worker:
             job.id, attempts=attempts, next_attempt_at=now + delay, last_error=reason, error_code=code,
             failing_since=failing_since,
         )
+        await self._show_pending(job, f"retrying: {reason}")
+
+    async def _show_pending(self, job: Job, note: str | None) -> None:
+        """The record shows `Pending` while its job is on the way (and why it waits, while it retries), so
+        the rep is never left guessing. Only before the record shows the signed document; a note, so a
+        failure to write it is logged and never fails or delays the job."""
+        if job.signed_visible_at is not None:
+            return
+        fields = {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
+                  "Sign_Error__c": note[:32000] if note else None}
+        try:
+            if note is None:  # on the way: batched with the other records' write-backs
+                await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
+            else:  # retrying: one plain update, no in-step retries (Salesforce may be what fails)
+                await self.rest.update(job.sobject, job.record_id, fields)
+        except Exception as exc:
+            log.warning("could not show Pending on the record", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _give_up(self, job: Job, attempts: int, failing_for_s: float, reason: str, code: str) -> bool:
         """Past the retry window: the job is `dead` once its record says so and what a person must do.
@@ -439,6 +457,7 @@ class Worker:
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
+        await self._show_pending(job, None)
         return await self.outbox.update(
             job.id,
             state=JobState.FETCHED,
