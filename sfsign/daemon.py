@@ -35,7 +35,7 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
-from sfsign.outbox import Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, NewJob, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir
 from sfsign.rule_fields import check_rule_fields
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
@@ -225,6 +225,9 @@ class Daemon:
                 api_version=settings.api_version,
                 channels=self.rules.channels(),
                 replay_source=self.outbox.committed_replay_id,
+                # A "Send for signature" click carries no state a reconciliation could find: without a
+                # position, read every retained event (72 h); their EventUuid makes a replay a no-op.
+                replay_all=[c for c in self.rules.channels() if c.startswith("/event/")],
                 long_poll_margin_s=settings.stream_long_poll_margin_s,
                 backoff_base_s=settings.stream_backoff_base_s,
                 backoff_cap_s=settings.stream_backoff_cap_s,
@@ -541,11 +544,11 @@ class Daemon:
             await asyncio.sleep(0.05)
 
     async def _reconcile_channels_without_position(self) -> None:
-        """A channel without a stored replay id subscribes from -1 (new events only). On the very first
-        start that is the intent; on a later one it would skip what was published while sfsign was down
-        on a channel that never had an event, so the objects of such channels are reconciled instead.
-        (A `Sign_Request__e` published while down on such a channel cannot be recovered: events carry
-        no state to query.)"""
+        """A change-event channel without a stored replay id subscribes from -1 (new events only). On the
+        very first start that is the intent; on a later one it would skip what was published while sfsign
+        was down on a channel that never had an event, so the objects of such channels are reconciled
+        instead. (Platform-event channels without a position subscribe from -2 instead: a
+        `Sign_Request__e` carries no state to query, so every retained one is read, deduped by EventUuid.)"""
         assert self.stream is not None
         if await self.outbox.call(partial(OutboxStore.get_meta, key=FIRST_SUBSCRIBED_KEY)) is None:
             return
@@ -587,6 +590,8 @@ class Daemon:
         if decision and decision.reconcile:
             await self.request_reconcile(decision.reconcile)
         refused = decision.refused if decision else []
+        jobs, told = await self._tell_already_signed(rest, jobs)
+        refused = [*refused, *told]
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, refused)
         for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
@@ -600,6 +605,47 @@ class Daemon:
                 log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
         if result.created and self.worker is not None:
             self.worker.wake()
+
+    async def _tell_already_signed(
+        self, rest: SalesforceRest, jobs: list[NewJob]
+    ) -> tuple[list[NewJob], list[AuditEvent]]:
+        """The rule for a trigger on a record already signed (stage moved away and back, a second
+        "Send for signature"): it signs nothing, and the rep is told so on the record (`Sign_Error__c`,
+        while the status stays `Signed`) and in its audit trail, with the way to a new version: Re-issue.
+
+        The note is written before the event commits, so a failed write is retried with the event; a
+        replayed event whose job exists is an ordinary duplicate and says nothing twice.
+        """
+        keep: list[NewJob] = []
+        told: list[AuditEvent] = []
+        for job in jobs:
+            if job.source == REISSUE_SOURCE:
+                keep.append(job)
+                continue
+            signed = await self.outbox.call(partial(_signed_unless_known, job=job))
+            if signed is None:
+                keep.append(job)
+                continue
+            signed_on = signed.signed_at or audit_time(signed.done_at or signed.updated_at)
+            note = (f"Already signed on {signed_on}, transaction {signed.transaction_id}; this request "
+                    "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
+                    "Send for Signature with the action Re-issue.")
+            try:
+                await rest.update(job.sobject, job.record_id, {"Sign_Error__c": note})
+            except SalesforceError as exc:
+                if exc.transient:
+                    raise  # the event is handled again, note and all
+                log.error("could not write the already-signed note on the record", record_id=job.record_id,
+                          error_code=exc.error_code)
+            detail = f"{job.source} trigger signed nothing: {note}"
+            if job.reason:
+                detail += f" Reason given: {job.reason}"
+            told.append(AuditEvent(transaction_id=signed.transaction_id, sobject=job.sobject, record_id=job.record_id,
+                                   event_type="already_signed", actor=job.requested_by or "sfsign", detail=detail))
+            log.info("trigger for a record already signed: nothing signed, the record says so",
+                     record_id=job.record_id, rule=job.rule, signed_transaction_id=signed.transaction_id,
+                     source=job.source)
+        return keep, told
 
     def _org_id(self) -> str:
         if self._token is None or not self._token.org_id:
@@ -881,6 +927,13 @@ def _replay_id_of(message: dict[str, Any]) -> Any:
 def _event_label(message: dict[str, Any]) -> str:
     """`<channel> replay id <n>` of a raw message, for /readyz."""
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
+
+
+def _signed_unless_known(store: OutboxStore, job: NewJob) -> Job | None:
+    """The record's signed job when `job` is a new trigger for it (not a replay of a known one)."""
+    if store.has_transaction(job.transaction_id):
+        return None
+    return store.signed_job(job.sobject, job.record_id, job.rule)
 
 
 def _probe_write(store: OutboxStore) -> None:

@@ -61,13 +61,22 @@ REENTRY_STATES = (JobState.ERROR, JobState.DEAD)
 # Jobs that renew the archive timestamp of a document already signed (sfsign/archive.py): they sit beside
 # the record's `done` job, so the one-job-per-record index leaves them out.
 _ARCHIVE_SOURCE = "ltv-refresh"
+# A Re-issue request: signs a new version of a record already signed, superseding the signed job.
+REISSUE_SOURCE = "reissue"
 # One live (or done) job per record and rule: the duplicate check in `_duplicate_reason`, enforced by
-# SQLite. `duplicate_of` marks the second contracts that outboxes of older versions already hold.
+# SQLite. `duplicate_of` marks the second contracts that outboxes of older versions already hold; a job
+# superseded by a Re-issue (`superseded_by`) leaves the slot to the new version.
+_ONE_PER_RECORD_INDEX_NAME = "jobs_one_per_record_v2"
 _ONE_PER_RECORD_INDEX = (
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_per_record ON jobs (sobject, record_id, rule) WHERE state NOT IN ("
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {_ONE_PER_RECORD_INDEX_NAME} ON jobs (sobject, record_id, rule) "
+    "WHERE state NOT IN ("
     + ", ".join(f"'{s.value}'" for s in REENTRY_STATES)
-    + f") AND source != '{_ARCHIVE_SOURCE}' AND duplicate_of IS NULL"
+    + f") AND source != '{_ARCHIVE_SOURCE}' AND duplicate_of IS NULL AND superseded_by IS NULL"
 )
+# States whose document is on the record (or about to be, written back): a new trigger for the record
+# and rule signs nothing, it is told "already signed" (see `OutboxStore.signed_job`).
+SIGNED_STATES = (JobState.UPLOADED, JobState.LTV_PENDING, JobState.LTV_UPGRADED, JobState.LTV_UPLOADED,
+                 JobState.DONE)
 
 
 @dataclass(frozen=True)
@@ -76,9 +85,10 @@ class NewJob:
     rule: str
     sobject: str
     record_id: str
-    source: str  # cdc | event | gap | reconcile
+    source: str  # cdc | event | gap | reconcile | reissue
     event_time_ms: int | None = None
     requested_by: str | None = None
+    reason: str | None = None  # what the rep typed in the flow (`Reason__c`); in the audit trail
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,8 @@ class Job:
     failing_since: float | None = None  # first failure since the job last moved on: the retry window's start
     file_title: str | None = None  # the ContentVersion Title as the rule wrote it (file_name is allow-listed)
     duplicate_of: int | None = None  # a second job of one record from before the unique index (migration)
+    reason: str | None = None  # the rep's reason (`Reason__c`)
+    superseded_by: str | None = None  # transaction id of the Re-issue that replaced this document
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -216,6 +228,8 @@ _JOB_COLUMNS: dict[str, type] = {
     "failing_since": float,
     "file_title": str,
     "duplicate_of": int,
+    "reason": str,
+    "superseded_by": str,
 }
 
 
@@ -282,8 +296,11 @@ class OutboxStore:
                  "payload": str},
                 pk="id",
             )
-        if "jobs_one_per_record" not in {i.name for i in self.db.table("jobs").indexes}:
-            self._canonical_record_ids()
+        indexes = {i.name for i in self.db.table("jobs").indexes}
+        if _ONE_PER_RECORD_INDEX_NAME not in indexes:
+            if "jobs_one_per_record" not in indexes:  # its predecessor was built after this migration
+                self._canonical_record_ids()
+            self.db.execute("DROP INDEX IF EXISTS jobs_one_per_record")
             self.db.execute(_ONE_PER_RECORD_INDEX)
 
     def _canonical_record_ids(self) -> None:
@@ -339,9 +356,22 @@ class OutboxStore:
         try:
             for job in jobs:
                 reason = self._duplicate_reason(job)
+                superseded: Job | None = None
+                if reason and job.source == REISSUE_SOURCE and not self.has_transaction(job.transaction_id):
+                    superseded = self.signed_job(job.sobject, job.record_id, job.rule)
+                    if superseded is not None:
+                        reason = None
+                    else:
+                        reason = f"{reason}: a signature is in progress; Re-issue once it is signed"
                 if reason:
                     duplicates.append((job, reason))
                     continue
+                if superseded is not None:
+                    conn.execute("UPDATE jobs SET superseded_by = ?, updated_at = ? WHERE id = ?",
+                                 (job.transaction_id, now, superseded.id))
+                    self._audit(superseded.id, "superseded", job.requested_by or "sfsign",
+                                f"Superseded by Re-issue transaction {job.transaction_id}; reason: "
+                                f"{job.reason or '(none given)'}")
                 row = {
                     "transaction_id": job.transaction_id,
                     "rule": job.rule,
@@ -355,6 +385,7 @@ class OutboxStore:
                     "updated_at": now,
                     "event_time_ms": job.event_time_ms,
                     "requested_by": job.requested_by,
+                    "reason": job.reason,
                     "channel": channel,
                     "replay_id": replay_id,
                     "upload_uncertain": 0,
@@ -368,8 +399,12 @@ class OutboxStore:
                     duplicates.append((job, "the record already has a job for this rule (unique index)"))
                     continue
                 created.append(Job.from_row({**row, "id": cur.lastrowid}))
-                self._audit(int(cur.lastrowid or 0), JobState.QUEUED.value, job.requested_by or "sfsign",
-                            f"source: {job.source}, rule: {job.rule}")
+                detail = f"source: {job.source}, rule: {job.rule}"
+                if superseded is not None:
+                    detail += f", supersedes transaction {superseded.transaction_id}"
+                if job.reason:
+                    detail += f", reason: {job.reason}"
+                self._audit(int(cur.lastrowid or 0), JobState.QUEUED.value, job.requested_by or "sfsign", detail)
             for event in audit:
                 self.db.execute(
                     "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, "
@@ -427,6 +462,20 @@ class OutboxStore:
     def parked_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM parked_events").fetchone()[0])
 
+    def has_transaction(self, transaction_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM jobs WHERE transaction_id = ?", (transaction_id,)).fetchone() is not None
+
+    def signed_job(self, sobject: str, record_id: str, rule: str) -> Job | None:
+        """The record's current signed document for `rule` (not superseded), if the outbox still has it."""
+        states = [s.value for s in SIGNED_STATES]
+        rows = self._job_rows(
+            f"SELECT * FROM jobs WHERE sobject = ? AND record_id = ? AND rule = ? AND state IN "
+            f"({', '.join('?' for _ in states)}) AND source != ? AND duplicate_of IS NULL AND superseded_by IS NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (sobject, record_id, rule, *states, _ARCHIVE_SOURCE),
+        )
+        return rows[0] if rows else None
+
     def _duplicate_reason(self, job: NewJob) -> str | None:
         same = self.db.execute(
             "SELECT state FROM jobs WHERE transaction_id = ?", (job.transaction_id,)
@@ -436,8 +485,8 @@ class OutboxStore:
         placeholders = ", ".join("?" for _ in REENTRY_STATES)
         other = self.db.execute(
             f"SELECT transaction_id, state FROM jobs WHERE sobject = ? AND record_id = ? AND rule = ? "
-            f"AND state NOT IN ({placeholders}) ORDER BY id DESC LIMIT 1",
-            (job.sobject, job.record_id, job.rule, *[s.value for s in REENTRY_STATES]),
+            f"AND state NOT IN ({placeholders}) AND source != ? AND superseded_by IS NULL ORDER BY id DESC LIMIT 1",
+            (job.sobject, job.record_id, job.rule, *[s.value for s in REENTRY_STATES], _ARCHIVE_SOURCE),
         ).fetchone()
         if other:
             return f"record already has transaction {other[0]} ({other[1]}) for rule {job.rule}"

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from sfsign.config import RuleConfig, Rules
-from sfsign.outbox import AuditEvent, NewJob
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
 from sfsign.salesforce.ids import InvalidId, canonical_id
 
@@ -21,6 +21,10 @@ _NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
 KEY_PREFIXES = {"006": "Opportunity", "0Q0": "Quote"}
 
 SIGN_REQUEST_EVENT = "Sign_Request__e"
+# `Sign_Request__e.Action__c`: `Sign` (the default, also when empty) signs a record not signed yet;
+# `Reissue` signs a new version of a record already signed and supersedes the old document.
+ACTION_SIGN = "Sign"
+ACTION_REISSUE = "Reissue"
 
 
 def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identity: str) -> str:
@@ -90,7 +94,8 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     18-character id in another case of a record already signed meets that record's job in the
     duplicate check. A `Rule__c` that is not exactly the name of a rule of the record's object is
     refused (logged, and an audit event on the record), never matched loosely: a guess could sign
-    with terms or a key nobody asked for.
+    with terms or a key nobody asked for. `Reason__c` rides with the job into its audit trail;
+    `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one).
     """
     decision = Decision()
     raw_id = event.fields.get("RecordId__c")
@@ -105,6 +110,18 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
         return decision
     identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
     requested_by = str(event.fields.get("RequestedById__c") or event.created_by_id or "") or None
+    raw_reason = event.fields.get("Reason__c")
+    reason = raw_reason.strip()[:255] or None if isinstance(raw_reason, str) else None
+    action = event.fields.get("Action__c") or ACTION_SIGN
+    if action not in (ACTION_SIGN, ACTION_REISSUE):
+        why = f"Action__c {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}"
+        decision.ignored.append(why)
+        decision.refused.append(AuditEvent(
+            transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
+            sobject=sobject, record_id=record_id, event_type="refused",
+            actor=requested_by or "sfsign", detail=f"Sign_Request__e refused: {why}",
+        ))
+        return decision
     wanted = event.fields.get("Rule__c")
     if wanted is not None and wanted != "":
         rule = rules.by_name(wanted) if isinstance(wanted, str) else None
@@ -132,9 +149,10 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             rule=rule.name,
             sobject=sobject,
             record_id=record_id,
-            source="event",
+            source=REISSUE_SOURCE if action == ACTION_REISSUE else "event",
             event_time_ms=created_ms,
             requested_by=requested_by,
+            reason=reason,
         )
     )
     return decision

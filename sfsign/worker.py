@@ -57,11 +57,12 @@ from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, fetch_records
-from sfsign.salesforce.rest import COLLECTION_LIMIT, NewFile, SalesforceRest
+from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
 
 log = structlog.get_logger("sfsign.worker")
 
+STATUS_PENDING = "Pending"
 STATUS_SIGNED = "Signed"
 STATUS_ERROR = "Error"
 
@@ -162,7 +163,7 @@ class Worker:
         self.audit_lock = asyncio.Lock()  # the write-back and the daemon's audit flusher never send a row twice
         linger = self._linger
         self._last_claim = 0.0
-        self.fetcher: Batcher[tuple[str, str], SignableRecord | None] = Batcher(
+        self.fetcher: Batcher[tuple[str, str, str], Fetched] = Batcher(
             "fetch", self._fetch_batch, max_size=config.fetch_batch_max, linger_s=linger,
             waiting_for=lambda: self._count(_BEFORE_FETCH), on_batch=self._batch_metric("fetch"),
             settle_s=self._settle, split_on=refused_as_a_whole,
@@ -356,6 +357,23 @@ class Worker:
             job.id, attempts=attempts, next_attempt_at=now + delay, last_error=reason, error_code=code,
             failing_since=failing_since,
         )
+        await self._show_pending(job, f"retrying: {reason}")
+
+    async def _show_pending(self, job: Job, note: str | None) -> None:
+        """The record shows `Pending` while its job is on the way (and why it waits, while it retries), so
+        the rep is never left guessing. Only before the record shows the signed document; a note, so a
+        failure to write it is logged and never fails or delays the job."""
+        if job.signed_visible_at is not None:
+            return
+        fields = {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
+                  "Sign_Error__c": note[:32000] if note else None}
+        try:
+            if note is None:  # on the way: batched with the other records' write-backs
+                await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
+            else:  # retrying: one plain update, no in-step retries (Salesforce may be what fails)
+                await self.rest.update(job.sobject, job.record_id, fields)
+        except Exception as exc:
+            log.warning("could not show Pending on the record", error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _give_up(self, job: Job, attempts: int, failing_for_s: float, reason: str, code: str) -> bool:
         """Past the retry window: the job is `dead` once its record says so and what a person must do.
@@ -428,7 +446,10 @@ class Worker:
         rule = rules.by_name(job.rule)
         if rule is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
-        record = await self.fetcher.submit((job.sobject, job.record_id))
+        fetched = await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
+        if fetched.existing_file is not None:
+            return await self._adopt_existing_file(job, fetched.existing_file)
+        record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
         try:
@@ -436,12 +457,42 @@ class Worker:
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
+        await self._show_pending(job, None)
         return await self.outbox.update(
             job.id,
             state=JobState.FETCHED,
             document_json=document.model_dump_json(),
             file_title=title,
             file_name=file_name_for(title, job.transaction_id),
+        )
+
+    async def _adopt_existing_file(self, job: Job, file: ContentVersionRef) -> Job:
+        """A file with this job's transaction id is in Salesforce already: the trigger was handled before
+        this outbox knew of it (job rows purged, a fresh or restored data directory). Exactly one document
+        per trigger does not rest on the outbox: nothing is signed again. The record is completed only
+        when it shows no signature or this one (an upload whose write-back never happened); a record that
+        shows a newer transaction is left as it is."""
+        rows = await self._sf(self.rest.query, f"SELECT Sign_Transaction_Id__c, Sign_Status__c FROM {job.sobject} "
+                              f"WHERE Id = {soql_quote(job.record_id)}")
+        shown = rows[0].get("Sign_Transaction_Id__c") if rows else None
+        status = rows[0].get("Sign_Status__c") if rows else None
+        detail = f"file {file.content_document_id or file.id} with this transaction id is already in Salesforce: " \
+                 "not signed again"
+        if rows and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
+            url = f"{self.instance_url()}/lightning/r/ContentDocument/{file.content_document_id}/view"
+            await self._sf(self.rest.update, job.sobject, job.record_id, {
+                "Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_SIGNED, "Sign_Error__c": None,
+                "Signed_Document_Id__c": file.content_document_id, "Signed_Document_Url__c": url,
+            })
+            detail += "; the record now shows it"
+        elif shown and shown != job.transaction_id:
+            detail += f"; the record shows transaction {shown} and is left as it is"
+        log.warning("trigger already handled before this outbox knew of it; not signed again",
+                    content_version_id=file.id, record_transaction_id=shown)
+        now = time.time()
+        return await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, content_version_id=file.id,
+            content_document_id=file.content_document_id, audit_detail=detail,
         )
 
     async def _render(self, job: Job, rules: Rules) -> Job:
@@ -702,9 +753,11 @@ class Worker:
 
     # ------------------------------------------------------------------ batch handlers (one API call each)
 
-    async def _fetch_batch(self, keys: list[tuple[str, str]]) -> list[SignableRecord | None]:
+    async def _fetch_batch(self, keys: list[tuple[str, str, str]]) -> list[Fetched]:
+        """The records, then any file already carrying a job's transaction id: one more query per batch
+        (not per job), so exactly one document per trigger does not rest on the outbox alone."""
         by_object: dict[str, list[str]] = {}
-        for sobject, record_id in keys:
+        for sobject, record_id, _tx in keys:
             by_object.setdefault(sobject, []).append(record_id)
         found: dict[tuple[str, str], SignableRecord] = {}
         for sobject, ids in by_object.items():
@@ -714,7 +767,11 @@ class Worker:
                 self.rest, sobject, ids,
             )
             found.update({(sobject, rid): rec for rid, rec in records.items()})
-        return [found.get((s, r)) or found.get((s, r[:15])) for s, r in keys]
+        soqls = self.rest.files_by_transaction_queries([tx for _s, _r, tx in keys])
+        answers = [await self._sf(self.rest.query, soqls[0])] if len(soqls) == 1 else \
+            await self._sf(self.rest.query_many, soqls)
+        files = self.rest.files_by_transaction(answers)
+        return [Fetched(found.get((s, r)) or found.get((s, r[:15])), files.get(tx)) for s, r, tx in keys]
 
     async def _upload_batch(self, files: list[NewFile]) -> list[str | BaseException]:
         if len(files) == 1:  # a lone document: the plain multipart insert
@@ -747,6 +804,14 @@ class Worker:
         flags = outcome.outcome_sent or [False] * len(items)
         return [r if isinstance(r, BaseException) else Written(r, sent)
                 for r, sent in zip(outcome.results, flags, strict=True)]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A job's record as read for rendering (None: not found), and a file already carrying its transaction id."""
+
+    record: SignableRecord | None
+    existing_file: ContentVersionRef | None = None
 
 
 @dataclass(frozen=True)

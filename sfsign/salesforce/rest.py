@@ -684,6 +684,26 @@ class SalesforceRest:
             return None
         return ContentVersionRef(id=str(rows[0]["Id"]), content_document_id=rows[0].get("ContentDocumentId"))
 
+    @staticmethod
+    def files_by_transaction_queries(transaction_ids: Sequence[str]) -> list[str]:
+        """SOQL for the latest ContentVersions carrying any of these transaction ids (100 per query, so
+        the URL stays short): the worker's fetch step looks them up once per batch."""
+        ids = list(dict.fromkeys(transaction_ids))
+        return [
+            "SELECT Id, ContentDocumentId, Sign_Transaction_Id__c FROM ContentVersion WHERE Sign_Transaction_Id__c "
+            f"IN ({', '.join(soql_quote(t) for t in ids[n : n + 100])}) AND IsLatest = true"
+            for n in range(0, len(ids), 100)
+        ]
+
+    @staticmethod
+    def files_by_transaction(results: Iterable[list[dict[str, Any]]]) -> dict[str, ContentVersionRef]:
+        """The answers to `files_by_transaction_queries`, by transaction id."""
+        return {
+            str(row["Sign_Transaction_Id__c"]): ContentVersionRef(id=str(row["Id"]),
+                                                                 content_document_id=row.get("ContentDocumentId"))
+            for rows in results for row in rows
+        }
+
     async def find_version_by_checksum(self, content_document_id: str, md5_hex: str) -> str | None:
         """The 068 id of a version of this document with this content (Salesforce's MD5 `Checksum`):
         the upload guard for new versions, which share the transaction id of the first one."""

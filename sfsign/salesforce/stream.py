@@ -7,7 +7,8 @@ body). This client makes every such case explicit:
 * every (re)subscribe asks `replay_source(channel)` for the last *committed* replay id, so events
   that were yielded but not committed are replayed rather than lost;
 * an invalid replay id raises `ReplayIdInvalid` out of `messages()`; the daemon calls
-  `reset_replay(channel)` (subscribe from -1) and reconciles: no silent fallback;
+  `reset_replay(channel)` (subscribe from -1, or -2 for `replay_all` channels) and reconciles: no
+  silent fallback;
 * a subscription Salesforce refuses for good raises `SubscriptionFailed`: never silently dropped;
 * error strings are read by the Bayeux 1.0 grammar `code:args:message` (Salesforce `403::Unknown client`,
   faye `401:<clientId>:Unknown client`, CometD `402::session_unknown`): a lost session on any `/meta/*`
@@ -170,6 +171,7 @@ class StreamClient:
         *,
         channels: Sequence[str],
         replay_source: Callable[[str], int | None],
+        replay_all: Sequence[str] = (),
         api_version: str = "68.0",
         long_poll_margin_s: float = 15.0,
         request_timeout_s: float = 30.0,
@@ -189,6 +191,9 @@ class StreamClient:
         self._auth = authenticator
         self._channels = list(dict.fromkeys(channels))
         self._replay_source = replay_source
+        # Channels subscribed from -2 (every retained event) rather than -1 when there is no position to
+        # resume from: requests that carry no state to query later (platform events), deduped downstream.
+        self._replay_all = frozenset(replay_all)
         self.api_version = api_version.removeprefix("v")
         self._margin = long_poll_margin_s
         self._request_timeout = request_timeout_s
@@ -339,11 +344,12 @@ class StreamClient:
 
     def _replay_for(self, channel: str) -> int:
         stored = self._replay_source(channel)
+        start = -2 if channel in self._replay_all else -1
         if channel in self._reset:
             if stored is None or stored == self._reset[channel]:
-                return -1
+                return start
             del self._reset[channel]
-        return -1 if stored is None else int(stored)
+        return start if stored is None else int(stored)
 
     async def _subscribe(self, channel: str) -> None:
         replay_id = self._replay_for(channel)

@@ -45,8 +45,9 @@ async def test_validation_rule_failure_shows_on_the_record_and_sfsign_retry_fini
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
     message = "Signed proposals need a close date in the future"
+    # The rule refuses the record's updates twice: its Pending note (which the job outlives) and the write-back.
     await _fault(control, prefix=OPP_PATH + opp, method="PATCH", status=400,
-                 errorCode="FIELD_CUSTOM_VALIDATION_EXCEPTION", message=message, count=1)
+                 errorCode="FIELD_CUSTOM_VALIDATION_EXCEPTION", message=message, count=2)
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         failed = await wait_for_status(control, "Opportunity", opp)

@@ -302,7 +302,8 @@ async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_
         await settle(daemon, ops, control, [probes[0]])
     stored, jobs = await outbox_file(settings)
 
-    assert resubscribes(first) == {c: -1 for c in CHANNELS}  # first start: new events only
+    # first start: new change events only (reconciliation covers records); every retained platform event
+    assert resubscribes(first) == {OPP_CDC: -1, QUOTE_CDC: -1, PE: -2}
     assert {c for c, *_ in commits} == set(CHANNELS)
     for channel, replay_id, file_before, cache_before, file_after, cache_after in commits:
         assert file_before is None or file_before < replay_id, (channel, replay_id, file_before)
@@ -661,7 +662,8 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
     assert missed["source"] == "reconcile"
     for channel in (OPP_CDC, PE):
         attempts = [(e["replay"], e["successful"]) for e in log if e["channel"] == channel]
-        assert attempts[:2] == [(stored[channel], False), (-1, True)], (channel, attempts)
+        start = -2 if channel == PE else -1  # what retention still holds of the platform events
+        assert attempts[:2] == [(stored[channel], False), (start, True)], (channel, attempts)
     refused = [e for e in logs if e["event"].startswith("stored replay id is outside the retention window")]
     assert {e["channel"] for e in refused} == {OPP_CDC, PE} and all(e["log_level"] == "error" for e in refused)
     assert any(set(c["subscriptions"]) == set(CHANNELS) for c in clients), clients  # no subscription dropped

@@ -60,7 +60,10 @@ async def test_first_failure_starts_the_window_and_the_job_retries_with_fake_res
     await _worker(outbox, rest, tmp_path)._schedule_retry(job, "503 SERVER_UNAVAILABLE", "SERVER_UNAVAILABLE", False)
     again = await outbox.call(lambda s: s.get(job.id))
     assert again.state is JobState.QUEUED and again.attempts == 1 and again.failing_since is not None
-    assert again.next_attempt_at > time.time() and rest.updates == []
+    assert again.next_attempt_at > time.time() and rest.updates == [(
+        "Opportunity", "006000000000001AAA",
+        {"Sign_Transaction_Id__c": "tx-1", "Sign_Status__c": "Pending",
+         "Sign_Error__c": "retrying: 503 SERVER_UNAVAILABLE"})]  # the rep sees it waits, and why
 
 
 async def test_job_failing_past_its_window_is_dead_and_its_record_says_what_to_do_with_fake_rest(
@@ -93,7 +96,8 @@ async def test_job_whose_file_may_be_in_salesforce_is_never_given_up_with_fake_r
     job = await _job(outbox, failing_since=time.time() - 10 * WINDOW_S, **columns)
     await _worker(outbox, rest, tmp_path)._schedule_retry(job, "503 SERVER_UNAVAILABLE", "SERVER_UNAVAILABLE", False)
     again = await outbox.call(lambda s: s.get(job.id))
-    assert again.state is columns["state"] and again.attempts == 1 and rest.updates == []
+    assert again.state is columns["state"] and again.attempts == 1
+    assert [f["Sign_Status__c"] for _, _, f in rest.updates] == ["Pending"]  # never Error or dead
     assert again.next_attempt_at - time.time() <= 600.0  # capped backoff: it comes back within 10 min
 
 

@@ -186,7 +186,7 @@ def test_issue_fields_exist_with_the_promised_types(schema: md.Schema) -> None:
         assert fields["Sign_Document_Hash__c"].length == 64  # SHA-256 in hex
     assert schema.field("ContentVersion", "Sign_Transaction_Id__c").external_id  # type: ignore[union-attr]
     assert set(schema.objects["Sign_Request__e"].fields) == {"RecordId__c", "Rule__c", "RequestedById__c",
-                                                             "Reason__c"}
+                                                             "Reason__c", "Action__c"}
 
 
 def test_signature_event_object_is_an_audit_trail(schema: md.Schema) -> None:
