@@ -115,18 +115,25 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     placeholder literals. Each query comes from the function the daemon itself calls."""
     from sfsign.archive import due_query, latest_version_query
     from sfsign.daemon import current_values_query, reconcile_query
-    from sfsign.salesforce.rest import version_by_checksum_query, version_by_transaction_query, version_document_query
+    from sfsign.salesforce.rest import (
+        SalesforceRest,
+        version_by_checksum_query,
+        version_by_transaction_query,
+        version_document_query,
+    )
     from sfsign.salesforce.writeback import content_document_query
+    from sfsign.worker import shown_signature_query
 
     cv, doc = "068000000000000AAA", "069000000000000AAA"
     now = datetime.now(UTC)
     out = [content_document_query([cv]), version_by_transaction_query("tx"), version_by_checksum_query(doc, "0"),
-           version_document_query(cv), latest_version_query(doc)]
+           version_document_query(cv), latest_version_query(doc), *SalesforceRest.files_by_transaction_queries(["tx"])]
     for sobject, fields in rule_fields.items():
         if sobject in SELECTS:
             out.append(SELECTS[sobject](multi_currency) + " WHERE Id IN ('000000000000000AAA')")
         out.append(due_query(sobject, now))
         out.append(current_values_query(sobject, fields, ["000000000000000AAA"]))
+        out.append(shown_signature_query(sobject, "000000000000000AAA"))
         for field in fields:
             out.append(reconcile_query(sobject, field, ["x"], since=now, until=now))
     return out

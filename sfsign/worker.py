@@ -472,8 +472,7 @@ class Worker:
         per trigger does not rest on the outbox: nothing is signed again. The record is completed only
         when it shows no signature or this one (an upload whose write-back never happened); a record that
         shows a newer transaction is left as it is."""
-        rows = await self._sf(self.rest.query, f"SELECT Sign_Transaction_Id__c, Sign_Status__c FROM {job.sobject} "
-                              f"WHERE Id = {soql_quote(job.record_id)}")
+        rows = await self._sf(self.rest.query, shown_signature_query(job.sobject, job.record_id))
         shown = rows[0].get("Sign_Transaction_Id__c") if rows else None
         status = rows[0].get("Sign_Status__c") if rows else None
         detail = f"file {file.content_document_id or file.id} with this transaction id is already in Salesforce: " \
@@ -956,6 +955,11 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
+
+
+def shown_signature_query(sobject: str, record_id: str) -> str:
+    """What the record shows of its signature: whether an adopted file's write-back is still owed."""
+    return f"SELECT Sign_Transaction_Id__c, Sign_Status__c FROM {sobject} WHERE Id = {soql_quote(record_id)}"
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
