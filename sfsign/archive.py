@@ -23,6 +23,7 @@ import structlog
 
 from sfsign.config import Rules
 from sfsign.outbox import Outbox, OutboxStore
+from sfsign.salesforce.names import Record
 from sfsign.salesforce.rest import SalesforceRest, soql_datetime, validate_api_name, validate_id
 
 log = structlog.get_logger("sfsign.archive")
@@ -38,9 +39,9 @@ def archive_transaction_id(transaction_id: str, due: str) -> str:
 def due_query(sobject: str, before: datetime) -> str:
     validate_api_name(sobject)
     return (
-        f"SELECT Id, Sign_Transaction_Id__c, Signed_Document_Id__c, Sign_Archive_Due__c FROM {sobject} "
-        f"WHERE Sign_Level__c = 'B-LTA' AND Sign_Archive_Due__c != null "
-        f"AND Sign_Archive_Due__c < {soql_datetime(before)} ORDER BY Sign_Archive_Due__c"
+        f"SELECT Id, {Record.TRANSACTION_ID}, {Record.DOCUMENT_ID}, {Record.ARCHIVE_DUE} FROM {sobject} "
+        f"WHERE {Record.LEVEL} = 'B-LTA' AND {Record.ARCHIVE_DUE} != null "
+        f"AND {Record.ARCHIVE_DUE} < {soql_datetime(before)} ORDER BY {Record.ARCHIVE_DUE}"
     )
 
 
@@ -61,7 +62,7 @@ async def queue_due_archive_timestamps(
         if rule is None:
             continue  # no B-LTA profile for this object: nothing of ours to renew
         for row in await rest.query(due_query(sobject, before)):
-            tx, document_id = row.get("Sign_Transaction_Id__c"), row.get("Signed_Document_Id__c")
+            tx, document_id = row.get(Record.TRANSACTION_ID), row.get(Record.DOCUMENT_ID)
             if not tx or not document_id:
                 continue
             docs = await rest.query(latest_version_query(str(document_id)))
@@ -69,7 +70,7 @@ async def queue_due_archive_timestamps(
                 log.warning("signed file no longer exists; cannot renew its archive timestamp",
                             record_id=row["Id"], content_document_id=document_id)
                 continue
-            job_tx = archive_transaction_id(str(tx), str(row["Sign_Archive_Due__c"]))
+            job_tx = archive_transaction_id(str(tx), str(row[Record.ARCHIVE_DUE]))
             added = await outbox.call(partial(
                 OutboxStore.add_archive_job,
                 transaction_id=job_tx,
@@ -82,6 +83,6 @@ async def queue_due_archive_timestamps(
             ))
             if added:
                 created += 1
-                log.info("archive timestamp due; queued", record_id=row["Id"], due=row["Sign_Archive_Due__c"],
+                log.info("archive timestamp due; queued", record_id=row["Id"], due=row[Record.ARCHIVE_DUE],
                          transaction_id=job_tx)
     return created

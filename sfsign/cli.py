@@ -236,6 +236,7 @@ def _cmd_version(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from sfsign.outbox import JobState
+    from sfsign.salesforce.names import Record
 
     parser = argparse.ArgumentParser(prog="sfsign", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retry = sub.add_parser("retry", help="re-queue failed jobs after the cause is fixed")
     which = retry.add_mutually_exclusive_group(required=True)
-    which.add_argument("transaction_id", nargs="?", help="the job's transaction id (Sign_Transaction_Id__c)")
+    which.add_argument("transaction_id", nargs="?", help=f"the job's transaction id ({Record.TRANSACTION_ID})")
     which.add_argument("--all-errors", action="store_true", help="every job in state error or dead")
     retry.set_defaults(func=_cmd_retry)
 
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfsign.check import StartupRefused
     from sfsign.config import ConfigError
     from sfsign.salesforce.errors import AuthError
+    from sfsign.salesforce.names import SignRequest
     from sfsign.salesforce.stream import SubscriptionFailed
 
     args = build_parser().parse_args(argv)
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     except SubscriptionFailed as exc:
         print(f"sfsign: Salesforce refused a subscription: {exc}\n"
               "For a /data/...ChangeEvent channel, select the object for Change Data Capture in Setup; for "
-              "/event/Sign_Request__e, deploy salesforce-metadata/. Or remove the rules that need it.",
+              f"/event/{SignRequest.NAME}, deploy salesforce-metadata/. Or remove the rules that need it.",
               file=sys.stderr)
         return 3
     except KeyboardInterrupt:

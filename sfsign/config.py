@@ -30,26 +30,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sfsign.documents.model import Party
 from sfsign.metadata import MetadataError, load_schema
+from sfsign.salesforce.names import OWNED_FIELDS, SignatureEvent, SignRequest
 
 # Fields sfsign itself writes: a rule watching one of them could re-trigger on our own write-back.
-SFSIGN_OWNED_FIELDS = frozenset(
-    {
-        "Sign_Transaction_Id__c",
-        "Sign_Status__c",
-        "Signed_Document_Id__c",
-        "Signed_Document_Url__c",
-        "Signed_At__c",
-        "Sign_Error__c",
-        "Sign_Document_Hash__c",
-        "Sign_Level__c",
-        "Sign_Timestamp__c",
-        "Sign_Signer__c",
-        "Sign_Signer_Serial__c",
-        "Sign_Validation__c",
-        "Sign_Eidas_Level__c",
-        "Sign_Archive_Due__c",
-    }
-)
+SFSIGN_OWNED_FIELDS = OWNED_FIELDS
 
 # Standard fields a rule may watch. Salesforce's own schema is not in our SFDX package, so the standard
 # fields of the supported objects are listed here, and a typo in one fails at load with the file and line.
@@ -132,7 +116,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="/readyz reports intake stuck when one event has been failing this long",
     )
     audit_flush_s: float = Field(
-        30.0, gt=0, description="how often audit events not yet sent along with a write-back go to Signature_Event__c"
+        30.0, gt=0,
+        description=f"how often audit events not yet sent along with a write-back go to {SignatureEvent.NAME}",
     )
     reconcile_interval_s: float = Field(
         900.0, ge=0, description="how often to look for records in a trigger state that never got a job (a trigger "
@@ -424,7 +409,7 @@ class Rules:
     def channels(self) -> list[str]:
         """CDC channels the rules need, plus the on-demand platform event channel."""
         objects = sorted({r.object for r in self.rules})
-        return [f"/data/{o}ChangeEvent" for o in objects] + ["/event/Sign_Request__e"]
+        return [f"/data/{o}ChangeEvent" for o in objects] + [f"/event/{SignRequest.NAME}"]
 
 
 class _LineLoader(yaml.SafeLoader):

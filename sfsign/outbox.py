@@ -25,6 +25,7 @@ import structlog
 
 from sfsign.private_files import private_dir, private_file
 from sfsign.salesforce.ids import InvalidId, canonical_id
+from sfsign.salesforce.names import AUDIT_RETRIED, AUDIT_SUPERSEDED, LONG_TEXT_WRITE_MAX
 
 T = TypeVar("T")
 
@@ -369,7 +370,7 @@ class OutboxStore:
                 if superseded is not None:
                     conn.execute("UPDATE jobs SET superseded_by = ?, updated_at = ? WHERE id = ?",
                                  (job.transaction_id, now, superseded.id))
-                    self._audit(superseded.id, "superseded", job.requested_by or "sfsign",
+                    self._audit(superseded.id, AUDIT_SUPERSEDED, job.requested_by or "sfsign",
                                 f"Superseded by Re-issue transaction {job.transaction_id}; reason: "
                                 f"{job.reason or '(none given)'}")
                 row = {
@@ -410,7 +411,7 @@ class OutboxStore:
                     "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, "
                     "status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
                     (event.transaction_id, event.sobject, event.record_id, event.event_type, audit_time(now),
-                     event.actor, event.detail[:32000]),
+                     event.actor, event.detail[:LONG_TEXT_WRITE_MAX]),
                 )
             self._set_replay(channel, replay_id, now)
             conn.execute("COMMIT")
@@ -616,7 +617,8 @@ class OutboxStore:
         self.db.execute(
             "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, status)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row[0], row[1], row[2], event_type, occurred or audit_time(), actor, (detail or "")[:32000], status),
+            (row[0], row[1], row[2], event_type, occurred or audit_time(), actor,
+             (detail or "")[:LONG_TEXT_WRITE_MAX], status),
         )
 
     def pending_audit(self, limit: int = 200, older_than: str | None = None) -> list[dict[str, Any]]:
@@ -774,7 +776,7 @@ class OutboxStore:
             job_id, audit=False, state=resume, attempts=0, next_attempt_at=time.time(), last_error=None,
             error_code=None, failing_since=None,
         )
-        self._audit(job_id, "retried", "sfsign retry", f"resumes at step {resume.value}")
+        self._audit(job_id, AUDIT_RETRIED, "sfsign retry", f"resumes at step {resume.value}")
         return again
 
     def get_meta(self, key: str) -> str | None:

@@ -15,16 +15,13 @@ from sfsign.config import RuleConfig, Rules
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
 from sfsign.salesforce.ids import InvalidId, canonical_id
+from sfsign.salesforce.names import ACTION_REISSUE, ACTION_SIGN, AUDIT_REFUSED, REASON_LENGTH, Record, SignRequest
 
 _NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
 
 KEY_PREFIXES = {"006": "Opportunity", "0Q0": "Quote"}
 
-SIGN_REQUEST_EVENT = "Sign_Request__e"
-# `Sign_Request__e.Action__c`: `Sign` (the default, also when empty) signs a record not signed yet;
-# `Reissue` signs a new version of a record already signed and supersedes the old document.
-ACTION_SIGN = "Sign"
-ACTION_REISSUE = "Reissue"
+SIGN_REQUEST_EVENT = SignRequest.NAME  # daemon.py's name for it, until it imports names itself
 
 
 def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identity: str) -> str:
@@ -98,42 +95,42 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one).
     """
     decision = Decision()
-    raw_id = event.fields.get("RecordId__c")
+    raw_id = event.fields.get(SignRequest.RECORD_ID)
     try:
         record_id = canonical_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
     except InvalidId as exc:
-        decision.ignored.append(f"RecordId__c is not an Opportunity or Quote id: {exc}")
+        decision.ignored.append(f"{SignRequest.RECORD_ID} is not an Opportunity or Quote id: {exc}")
         return decision
     sobject = KEY_PREFIXES.get(record_id[:3])
     if sobject is None:
-        decision.ignored.append(f"RecordId__c {record_id!r} is not an Opportunity or Quote id")
+        decision.ignored.append(f"{SignRequest.RECORD_ID} {record_id!r} is not an Opportunity or Quote id")
         return decision
     identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
-    requested_by = str(event.fields.get("RequestedById__c") or event.created_by_id or "") or None
-    raw_reason = event.fields.get("Reason__c")
-    reason = raw_reason.strip()[:255] or None if isinstance(raw_reason, str) else None
-    action = event.fields.get("Action__c") or ACTION_SIGN
+    requested_by = str(event.fields.get(SignRequest.REQUESTED_BY_ID) or event.created_by_id or "") or None
+    raw_reason = event.fields.get(SignRequest.REASON)
+    reason = raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None
+    action = event.fields.get(SignRequest.ACTION) or ACTION_SIGN
     if action not in (ACTION_SIGN, ACTION_REISSUE):
-        why = f"Action__c {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}"
+        why = f"{SignRequest.ACTION} {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}"
         decision.ignored.append(why)
         decision.refused.append(AuditEvent(
             transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
-            sobject=sobject, record_id=record_id, event_type="refused",
-            actor=requested_by or "sfsign", detail=f"Sign_Request__e refused: {why}",
+            sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
+            actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
         ))
         return decision
-    wanted = event.fields.get("Rule__c")
+    wanted = event.fields.get(SignRequest.RULE)
     if wanted is not None and wanted != "":
         rule = rules.by_name(wanted) if isinstance(wanted, str) else None
         if rule is None or rule.object != sobject:
             shown = repr(wanted)[:120]
-            why = f"Rule__c {shown} is not a rule for {sobject} " + (
+            why = f"{SignRequest.RULE} {shown} is not a rule for {sobject} " + (
                 f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)")
             decision.ignored.append(why)
             decision.refused.append(AuditEvent(
                 transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
-                sobject=sobject, record_id=record_id, event_type="refused",
-                actor=requested_by or "sfsign", detail=f"Sign_Request__e refused: {why}",
+                sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
+                actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
             ))
             return decision
     else:
@@ -166,7 +163,7 @@ def decide_current_state(
     Only records in a trigger state *without* a transaction id qualify, so a record sfsign already
     handled is never signed twice by a re-read.
     """
-    if values.get("Sign_Transaction_Id__c"):
+    if values.get(Record.TRANSACTION_ID):
         return []
     record_id = canonical_id(record_id)
     jobs = []

@@ -41,6 +41,7 @@ from urllib3.filepost import encode_multipart_formdata
 from sfsign.salesforce import paging
 from sfsign.salesforce.auth import AccessToken, TokenProvider, build_ssl_context
 from sfsign.salesforce.errors import AuthError, SalesforceError, UncertainOutcome
+from sfsign.salesforce.names import File
 
 log = structlog.get_logger(__name__)
 
@@ -615,7 +616,7 @@ class SalesforceRest:
                                "binaryPartNameAlias": "VersionData"},
                 "Title": file.title,
                 "PathOnClient": file.path_on_client,
-                "Sign_Transaction_Id__c": file.transaction_id,
+                File.TRANSACTION_ID: file.transaction_id,
             }
             if file.content_document_id is not None:
                 entity["ContentDocumentId"] = validate_id(file.content_document_id)
@@ -655,7 +656,7 @@ class SalesforceRest:
         entity: dict[str, Any] = {
             "Title": title,
             "PathOnClient": path_on_client,
-            "Sign_Transaction_Id__c": transaction_id,
+            File.TRANSACTION_ID: transaction_id,
         }
         if content_document_id is not None:
             entity["ContentDocumentId"] = validate_id(content_document_id)
@@ -690,7 +691,7 @@ class SalesforceRest:
         the URL stays short): the worker's fetch step looks them up once per batch."""
         ids = list(dict.fromkeys(transaction_ids))
         return [
-            "SELECT Id, ContentDocumentId, Sign_Transaction_Id__c FROM ContentVersion WHERE Sign_Transaction_Id__c "
+            f"SELECT Id, ContentDocumentId, {File.TRANSACTION_ID} FROM ContentVersion WHERE {File.TRANSACTION_ID} "
             f"IN ({', '.join(soql_quote(t) for t in ids[n : n + 100])}) AND IsLatest = true"
             for n in range(0, len(ids), 100)
         ]
@@ -699,7 +700,7 @@ class SalesforceRest:
     def files_by_transaction(results: Iterable[list[dict[str, Any]]]) -> dict[str, ContentVersionRef]:
         """The answers to `files_by_transaction_queries`, by transaction id."""
         return {
-            str(row["Sign_Transaction_Id__c"]): ContentVersionRef(id=str(row["Id"]),
+            str(row[File.TRANSACTION_ID]): ContentVersionRef(id=str(row["Id"]),
                                                                  content_document_id=row.get("ContentDocumentId"))
             for rows in results for row in rows
         }
@@ -750,7 +751,7 @@ class SalesforceRest:
 
 
 def version_by_transaction_query(transaction_id: str) -> str:
-    return ("SELECT Id, ContentDocumentId FROM ContentVersion WHERE Sign_Transaction_Id__c = "
+    return (f"SELECT Id, ContentDocumentId FROM ContentVersion WHERE {File.TRANSACTION_ID} = "
             f"{soql_quote(transaction_id)} AND IsLatest = true")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.names import Record, SignatureEvent
 from sfsign.salesforce.rest import (
     COLLECTION_LIMIT,
     COMPOSITE_LIMIT,
@@ -36,8 +37,6 @@ from sfsign.salesforce.rest import (
     validate_id,
 )
 
-DOCUMENT_URL_FIELD = "Signed_Document_Url__c"
-DOCUMENT_ID_FIELD = "Signed_Document_Id__c"
 _PER_RECORD_QUERY_MAX = 4  # records whose 069 is read in the same composite (≤ 5 queries/collections)
 
 
@@ -69,14 +68,14 @@ class WriteBackOutcome:
 def _patch_body(item: WriteBack, document_id: str | None) -> dict[str, Any]:
     body = dict(item.fields)
     if item.content_version_id is not None:
-        body[DOCUMENT_ID_FIELD] = document_id
+        body[Record.DOCUMENT_ID] = document_id
         if item.document_url is not None:
-            body[DOCUMENT_URL_FIELD] = item.document_url.format(document_id=document_id)
+            body[Record.DOCUMENT_URL] = item.document_url.format(document_id=document_id)
     return body
 
 
 def _audit_subrequest(rest: SalesforceRest, audit: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    records = [{"attributes": {"type": "Signature_Event__c"}, **r} for r in audit]
+    records = [{"attributes": {"type": SignatureEvent.NAME}, **r} for r in audit]
     return {"method": "POST", "url": rest.subrequest_url("composite/sobjects"), "referenceId": "audit",
             "body": {"allOrNone": False, "records": records}}
 

@@ -12,6 +12,7 @@ Allowed values come from the Metadata API Developer Guide (API 62.0), cited per 
 - CDC subscriber permissions (View All Records per object):
   https://developer.salesforce.com/docs/platform/change-data-capture/guide/cdc-security-perms.html
 Element names, order and required elements are checked against the WSDL by `scripts/validate-metadata.sh`.
+That the daemon's names, lengths and picklist values agree with the package is test_names_vocabulary.py's.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ import pytest
 
 from sfsign import metadata as md
 from sfsign.config import SFSIGN_OWNED_FIELDS
-from sfsign.documents.sign import SignatureLevel
 from sfsign.emulator.schema import build_org_schema
 from sfsign.outbox import JobState
-from sfsign.triggers import transaction_id
-from sfsign.worker import STATUS_ERROR, STATUS_SIGNED
 
 REPO = Path(__file__).resolve().parents[3]
 PACKAGE = REPO / "salesforce-metadata"
@@ -81,9 +79,6 @@ LAYOUT_BEHAVIORS = frozenset({"Edit", "Required", "Readonly"})
 LAYOUT_STYLES = frozenset({"TwoColumnsTopToBottom", "TwoColumnsLeftToRight", "OneColumn", "CustomLinks"})
 SHARING_MODELS = frozenset({"Private", "Read", "ReadWrite", "ReadWriteTransfer", "FullAccess", "ControlledByParent"})
 
-# The daemon's code: every custom API name in it must exist in the package.
-DAEMON_FILES = ("sfsign/worker.py", "sfsign/salesforce/records.py", "sfsign/salesforce/rest.py", "sfsign/daemon.py",
-                "sfsign/triggers.py")
 SIGN_OBJECTS = ("Opportunity", "Quote")
 
 
@@ -273,60 +268,6 @@ def test_permission_sets_name_only_permissionable_package_fields(schema: md.Sche
     for perm in pset.object_permissions.values():
         if perm.allow_edit or perm.view_all_records or perm.allow_create:
             assert perm.allow_read, f"{perm.object}: edit, create and view all depend on read"
-
-
-# ------------------------------------------------------------------------------- one source of truth
-
-
-def _daemon_custom_names() -> set[str]:
-    names: set[str] = set()
-    for rel in DAEMON_FILES:
-        names |= set(re.findall(r"\b([A-Za-z][A-Za-z0-9_]*__[ce])\b", (REPO / rel).read_text()))
-    return names
-
-
-def test_daemon_reads_and_writes_only_fields_the_package_defines(schema: md.Schema) -> None:
-    names = _daemon_custom_names()
-    assert {"Sign_Transaction_Id__c", "Sign_Error__c", "RecordId__c"} <= names, "the scan found the daemon's names"
-    defined_fields = {f for o in schema.objects.values() for f in o.fields}
-    for name in sorted(names):
-        if name.endswith("__e") or name in schema.objects:  # an event or a custom object (Signature_Event__c)
-            assert name in schema.objects, f"the daemon uses {name}; the package lacks it"
-        else:
-            assert name in defined_fields, f"the daemon uses {name}; the package lacks it"
-    sign_names = {n for n in names if n.startswith(("Sign_", "Signed_")) and n.endswith("__c")}
-    for obj in SIGN_OBJECTS:
-        missing = sign_names - set(schema.objects[obj].fields)
-        assert not missing, f"{obj} lacks {missing}"
-    assert SFSIGN_OWNED_FIELDS <= set(schema.objects["Opportunity"].fields)
-
-
-def test_daemon_values_fit_the_package_lengths(schema: md.Schema) -> None:
-    worker = (REPO / "sfsign/worker.py").read_text()
-    (limit,) = {int(n) for n in re.findall(r'"Sign_Error__c":\s*\w+\[:(\d+)\]', worker)}
-    tx = transaction_id("00D" + "x" * 15, "Opportunity", "006" + "y" * 15, "r" * 200, "z" * 500)
-    for obj in SIGN_OBJECTS:
-        fields = schema.objects[obj].fields
-        assert limit <= (fields["Sign_Error__c"].length or 0)
-        assert len(tx) <= (fields["Sign_Transaction_Id__c"].length or 0)
-        assert max(len(level.value) for level in SignatureLevel) <= (fields["Sign_Level__c"].length or 0)
-        assert len("069" + "a" * 15) <= (fields["Signed_Document_Id__c"].length or 0)
-        assert {STATUS_SIGNED, STATUS_ERROR} <= set(fields["Sign_Status__c"].picklist_values)
-    assert len(tx) <= (schema.field("ContentVersion", "Sign_Transaction_Id__c").length or 0)  # type: ignore[union-attr]
-    assert len(tx) <= (schema.field("Signature_Event__c", "Transaction_Id__c").length or 0)  # type: ignore[union-attr]
-    assert len("006" + "a" * 15) <= (schema.field("Sign_Request__e", "RecordId__c").length or 0)  # type: ignore[union-attr]
-
-
-def test_daemon_scan_fails_on_a_field_the_package_lacks(schema: md.Schema, tmp_path: Path) -> None:
-    """The guard above is real: drop a field from a copy of the package and the loader no longer has it."""
-    import shutil
-
-    copy = tmp_path / "pkg"
-    shutil.copytree(PACKAGE, copy)
-    (copy / "force-app/main/default/objects/Quote/fields/Sign_Level__c.field-meta.xml").unlink()
-    reduced = md.load_schema(copy)
-    assert "Sign_Level__c" in _daemon_custom_names()
-    assert "Sign_Level__c" not in reduced.objects["Quote"].fields
 
 
 # ------------------------------------------------------------------------- emulator, layouts, actions
