@@ -56,8 +56,8 @@ from sfsign.ops.status import human_age
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.records import SignableRecord, fetch_records
-from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
+from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
+from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
 
 log = structlog.get_logger("sfsign.worker")
@@ -448,7 +448,7 @@ class Worker:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
         fetched = await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
         if fetched.existing_file is not None:
-            return await self._adopt_existing_file(job, fetched.existing_file)
+            return await self._adopt_existing_file(job, fetched.existing_file, fetched.record)
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
@@ -466,18 +466,17 @@ class Worker:
             file_name=file_name_for(title, job.transaction_id),
         )
 
-    async def _adopt_existing_file(self, job: Job, file: ContentVersionRef) -> Job:
+    async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
         this outbox knew of it (job rows purged, a fresh or restored data directory). Exactly one document
-        per trigger does not rest on the outbox: nothing is signed again. The record is completed only
-        when it shows no signature or this one (an upload whose write-back never happened); a record that
-        shows a newer transaction is left as it is."""
-        rows = await self._sf(self.rest.query, shown_signature_query(job.sobject, job.record_id))
-        shown = rows[0].get("Sign_Transaction_Id__c") if rows else None
-        status = rows[0].get("Sign_Status__c") if rows else None
+        per trigger does not rest on the outbox: nothing is signed again. The record (as read with the file,
+        in the same call) is completed only when it shows no signature or this one (an upload whose
+        write-back never happened); a record that shows a newer transaction is left as it is."""
+        shown = record.sign_transaction_id if record is not None else None
+        status = record.sign_status if record is not None else None
         detail = f"file {file.content_document_id or file.id} with this transaction id is already in Salesforce: " \
                  "not signed again"
-        if rows and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
+        if record is not None and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
             url = f"{self.instance_url()}/lightning/r/ContentDocument/{file.content_document_id}/view"
             await self._sf(self.rest.update, job.sobject, job.record_id, {
                 "Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_SIGNED, "Sign_Error__c": None,
@@ -753,23 +752,30 @@ class Worker:
     # ------------------------------------------------------------------ batch handlers (one API call each)
 
     async def _fetch_batch(self, keys: list[tuple[str, str, str]]) -> list[Fetched]:
-        """The records, then any file already carrying a job's transaction id: one more query per batch
-        (not per job), so exactly one document per trigger does not rest on the outbox alone."""
+        """The records and any file already carrying a job's transaction id (so exactly one document per
+        trigger does not rest on the outbox alone), read together: every query of the batch goes in one
+        `/composite` request (five queries per request), and "the entire series of requests counts as a
+        single call toward your API limits" (Salesforce REST API Developer Guide, Send Multiple Requests
+        Using Composite, developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-composite-post.html).
+        A lone document's fetch is one API call."""
         by_object: dict[str, list[str]] = {}
         for sobject, record_id, _tx in keys:
             by_object.setdefault(sobject, []).append(record_id)
-        found: dict[tuple[str, str], SignableRecord] = {}
+        extras = {sobject: self.rules.fields_for(sobject) for sobject in by_object}  # one set of rules throughout
+        soqls: list[str] = []
+        spans: list[tuple[str, int, int]] = []  # (sobject, first, end) of its record queries in `soqls`
         for sobject, ids in by_object.items():
-            records = await self._sf(
-                partial(fetch_records, multi_currency=self.config.multi_currency,
-                        extra=self.rules.fields_for(sobject)),
-                self.rest, sobject, ids,
-            )
+            queries = record_queries(sobject, ids, multi_currency=self.config.multi_currency, extra=extras[sobject])
+            spans.append((sobject, len(soqls), len(soqls) + len(queries)))
+            soqls += queries
+        files_from = len(soqls)
+        soqls += self.rest.files_by_transaction_queries([tx for _s, _r, tx in keys])
+        answers: list[list[dict[str, Any]]] = await self._sf(self.rest.query_many, soqls)
+        found: dict[tuple[str, str], SignableRecord] = {}
+        for sobject, first, end in spans:
+            records = parse_records(sobject, by_object[sobject], answers[first:end], extra=extras[sobject])
             found.update({(sobject, rid): rec for rid, rec in records.items()})
-        soqls = self.rest.files_by_transaction_queries([tx for _s, _r, tx in keys])
-        answers = [await self._sf(self.rest.query, soqls[0])] if len(soqls) == 1 else \
-            await self._sf(self.rest.query_many, soqls)
-        files = self.rest.files_by_transaction(answers)
+        files = self.rest.files_by_transaction(answers[files_from:])
         return [Fetched(found.get((s, r)) or found.get((s, r[:15])), files.get(tx)) for s, r, tx in keys]
 
     async def _upload_batch(self, files: list[NewFile]) -> list[str | BaseException]:
@@ -955,11 +961,6 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
-
-
-def shown_signature_query(sobject: str, record_id: str) -> str:
-    """What the record shows of its signature: whether an adopted file's write-back is still owed."""
-    return f"SELECT Sign_Transaction_Id__c, Sign_Status__c FROM {sobject} WHERE Id = {soql_quote(record_id)}"
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
