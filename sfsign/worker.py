@@ -130,6 +130,7 @@ class WorkerConfig:
     upload_batch_max: int = 100  # files per sObject Collections request (≤ 200, ≤ 500 MB)
     write_batch_max: int = 800  # records per write-back (4 collections of 200 in one composite)
     governor_defer_s: float = 900.0  # how long non-urgent work waits while the API budget is tight
+    pending_after_s: float = 2.0  # a job waiting this long for a worker shows Pending on its record
 
 
 class Worker:
@@ -181,6 +182,11 @@ class Worker:
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
         self._batch_stop = asyncio.Event()
         self._batch_tasks: list[asyncio.Task[None]] = []
+        # Claiming and choosing jobs to announce as Pending take turns: a job is either claimed or
+        # announced, never both, so its Pending write can never land after its own write-back.
+        self._claim_lock = asyncio.Lock()
+        self._announcing: set[int] = set()
+        self._announcer: asyncio.Task[None] | None = None
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: self._fetch,
             JobState.FETCHED: self._render,
@@ -245,20 +251,26 @@ class Worker:
             self._batch_tasks = [
                 asyncio.create_task(b.run(self._batch_stop), name=f"batcher-{b.name}") for b in self._batchers
             ]
+        if self._announcer is None:
+            self._announcer = asyncio.create_task(self._announce_waiting(stop), name="pending-announcer")
         while not stop.is_set():
             self._wake.clear()
             free = self.config.concurrency - len(self._running)
             if free > 0:
-                jobs = await self.outbox.call(partial(_claim, now=time.time(), limit=free, running=list(self._running)))
-                if jobs:
-                    self._last_claim = time.monotonic()
-                for job in jobs:
-                    task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
-                    self._running[job.id] = task
-                    task.add_done_callback(partial(self._finished, job.id))
+                async with self._claim_lock:
+                    jobs = await self.outbox.call(partial(
+                        _claim, now=time.time(), limit=free, running=[*self._running, *self._announcing]))
+                    if jobs:
+                        self._last_claim = time.monotonic()
+                    for job in jobs:
+                        task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
+                        self._running[job.id] = task
+                        task.add_done_callback(partial(self._finished, job.id))
             # Jobs already running are due too (their next_attempt_at has passed); counting them made
-            # this loop spin, two outbox queries per turn, for as long as any job ran.
-            next_due = await self.outbox.call(partial(OutboxStore.next_due_at, exclude=list(self._running)))
+            # this loop spin, two outbox queries per turn, for as long as any job ran. Jobs being
+            # announced are claimed once their Pending write is through (it wakes this loop).
+            next_due = await self.outbox.call(partial(
+                OutboxStore.next_due_at, exclude=[*self._running, *self._announcing]))
             timeout = self.config.poll_interval_s
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))
@@ -273,6 +285,9 @@ class Worker:
 
     async def drain(self, deadline_s: float) -> int:
         """Let in-flight jobs finish their current step; return how many were still running."""
+        if self._announcer is not None:  # before the batchers stop: its writes go through the write-back batcher
+            self._announcer.cancel()
+            await asyncio.gather(self._announcer, return_exceptions=True)
         tasks = list(self._running.values())
         pending: set[asyncio.Task[None]] = set()
         if tasks:
@@ -359,21 +374,56 @@ class Worker:
         )
         await self._show_pending(job, f"retrying: {reason}")
 
-    async def _show_pending(self, job: Job, note: str | None) -> None:
-        """The record shows `Pending` while its job is on the way (and why it waits, while it retries), so
-        the rep is never left guessing. Only before the record shows the signed document; a note, so a
-        failure to write it is logged and never fails or delays the job."""
+    async def _show_pending(self, job: Job, note: str) -> None:
+        """A retrying job's record shows `Pending` and why it waits, so the rep is never left guessing. Only
+        before the record shows the signed document; a note, so a failure to write it is logged and never
+        fails or delays the job. One plain update, no in-step retries (Salesforce may be what fails)."""
         if job.signed_visible_at is not None:
             return
-        fields = {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
-                  "Sign_Error__c": note[:32000] if note else None}
         try:
-            if note is None:  # on the way: batched with the other records' write-backs
-                await self.writer.submit(WriteBack(job.sobject, job.record_id, fields))
-            else:  # retrying: one plain update, no in-step retries (Salesforce may be what fails)
-                await self.rest.update(job.sobject, job.record_id, fields)
+            await self.rest.update(job.sobject, job.record_id, _pending_fields(job, note))
         except Exception as exc:
             log.warning("could not show Pending on the record", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _announce_waiting(self, stop: asyncio.Event) -> None:
+        """Records whose job has waited `pending_after_s` for a worker (a burst, a held-up worker) show
+        `Pending`, written in batches through the write-back batcher (up to 800 records per call) and once
+        per job. A lone document is claimed at once and signed before anyone looks, so its record is never
+        written twice; that saved call is the difference between 3 and 4 calls per document."""
+        interval = max(0.1, min(self.config.pending_after_s / 2, self.config.poll_interval_s))
+        while not stop.is_set():
+            try:
+                while not stop.is_set() and await self._announce_some():
+                    pass
+            except Exception as exc:  # a note: never stops the daemon, tried again next round
+                log.warning("could not announce waiting jobs as Pending", error=f"{type(exc).__name__}: {exc}"[:300])
+            await wait_any(stop, within_s=interval)
+
+    async def _announce_some(self) -> bool:
+        """One round: returns whether a full batch went (more may be waiting)."""
+        if self.constrained():
+            return False  # non-urgent while the API budget is tight
+        limit = self.config.write_batch_max
+        async with self._claim_lock:
+            jobs = await self.outbox.call(partial(
+                OutboxStore.waiting_unannounced, older_than=time.time() - self.config.pending_after_s,
+                limit=limit, exclude=list(self._running)))
+            self._announcing.update(job.id for job in jobs)
+        if not jobs:
+            return False
+        try:
+            writes = [WriteBack(job.sobject, job.record_id, _pending_fields(job, None)) for job in jobs]
+            results = await asyncio.gather(*(self.writer.submit(w) for w in writes), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                log.warning("could not show Pending on some waiting records", records=len(failed),
+                            error=f"{type(failed[0]).__name__}: {failed[0]}"[:300])
+            await self.outbox.call(partial(OutboxStore.mark_pending_shown, ids=[j.id for j in jobs], at=time.time()))
+        finally:
+            self._announcing.difference_update(job.id for job in jobs)
+            self._wake.set()
+        log.info("waiting jobs shown as Pending", jobs=len(jobs))
+        return len(jobs) >= limit
 
     async def _give_up(self, job: Job, attempts: int, failing_for_s: float, reason: str, code: str) -> bool:
         """Past the retry window: the job is `dead` once its record says so and what a person must do.
@@ -457,7 +507,6 @@ class Worker:
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
-        await self._show_pending(job, None)
         return await self.outbox.update(
             job.id,
             state=JobState.FETCHED,
@@ -961,6 +1010,11 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
+
+
+def _pending_fields(job: Job, note: str | None) -> dict[str, Any]:
+    return {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
+            "Sign_Error__c": note[:32000] if note else None}
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
