@@ -401,6 +401,8 @@ class Worker:
 
     async def _announce_some(self) -> bool:
         """One round: returns whether a full batch went (more may be waiting)."""
+        if len(self._running) < self.config.concurrency:
+            return False  # a free worker claims every due job at once: none can be waiting for one
         if self.constrained():
             return False  # non-urgent while the API budget is tight
         limit = self.config.write_batch_max
