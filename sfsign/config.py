@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
     batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
+    pending_after_s: float = Field(
+        2.0, gt=0, le=3600,
+        description="a job still waiting for a worker this long shows Pending on its record (batched write-backs; "
+                    "a lone document never waits, so never costs that call)",
+    )
     retry_for_h: float = Field(
         72.0, gt=0, description="a job failing transiently is retried this long (hours) before it is `dead`; "
         "a job whose file is uploaded always finishes its write-back"

@@ -209,6 +209,7 @@ class Daemon:
                     cpu_slots=2 * workers,
                     batch_linger_s=settings.batch_linger_s,
                     batch_linger_burst_s=settings.batch_linger_burst_s,
+                    pending_after_s=settings.pending_after_s,
                     retry_for_s=settings.retry_for_h * 3600,
                     backoff_base_s=settings.retry_base_s,
                     backoff_cap_s=settings.retry_cap_s,

@@ -159,6 +159,7 @@ class Job:
     duplicate_of: int | None = None  # a second job of one record from before the unique index (migration)
     reason: str | None = None  # the rep's reason (`Reason__c`)
     superseded_by: str | None = None  # transaction id of the Re-issue that replaced this document
+    pending_shown_at: float | None = None  # when the record was told `Pending` while the job waited for a worker
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -231,6 +232,7 @@ _JOB_COLUMNS: dict[str, type] = {
     "duplicate_of": int,
     "reason": str,
     "superseded_by": str,
+    "pending_shown_at": float,
 }
 
 
@@ -562,6 +564,25 @@ class OutboxStore:
         rows = self.db.execute(sql, [*states, now, *excluded, limit]).fetchall()
         cols = [d[0] for d in self.db.execute("SELECT * FROM jobs LIMIT 0").description]
         return [Job.from_row(dict(zip(cols, r, strict=True))) for r in rows]
+
+    def waiting_unannounced(self, older_than: float, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
+        """Jobs queued before `older_than` that no worker has started yet (no attempt: a retrying job shows
+        its own reason) and whose record was not told `Pending` yet; oldest first."""
+        excluded = list(exclude)
+        sql = (
+            "SELECT * FROM jobs WHERE state = ? AND attempts = 0 AND pending_shown_at IS NULL"
+            " AND signed_visible_at IS NULL AND created_at <= ?"
+            + (f" AND id NOT IN ({', '.join('?' for _ in excluded)})" if excluded else "")
+            + " ORDER BY created_at, id LIMIT ?"
+        )
+        return self._job_rows(sql, [JobState.QUEUED.value, older_than, *excluded, limit])
+
+    def mark_pending_shown(self, ids: list[int], at: float) -> None:
+        """Record that these jobs' records were told `Pending` (once per job, never again)."""
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            self.db.execute(f"UPDATE jobs SET pending_shown_at = ? WHERE id IN ({', '.join('?' for _ in part)})",
+                            [at, *part])
 
     def next_due_at(self, exclude: Iterable[int] = ()) -> float | None:
         """When the next job not in `exclude` (the ones already running) falls due."""

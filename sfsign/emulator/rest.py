@@ -9,6 +9,7 @@ API counter, reading JSON or multipart bodies within Salesforce's size limits, a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -183,6 +184,10 @@ class RestApi:
         try:
             body, parts, raw = await self._read_body(request, segments, method)
             self._body_fault(request, raw, parts)
+            if segments == ["composite"] and method == "POST":
+                delay = self._subrequest_latency(body)
+                if delay > 0:  # before any subrequest runs, as the middleware delays a plain request
+                    await asyncio.sleep(delay)
             ctx = Ctx(method=method, segments=segments, query=dict(request.query), body=body,
                       headers=CIMultiDict(request.headers), session=session, version=version, origin=origin,
                       parts=parts, raw_body=raw)
@@ -206,6 +211,18 @@ class RestApi:
         fault = self.org.faults.error_for(request.method, request.path, modes=("respond",), body=seen)
         if fault is not None:
             raise ApiError(fault.status, fault.error_code, fault.message)
+
+    def _subrequest_latency(self, body: Any) -> float:
+        """Armed latency faults apply to composite subrequests by their path, added up: Salesforce runs
+        the subrequests one after another, so a slow query makes the composite that carries it slow."""
+        subs = body.get("compositeRequest") if isinstance(body, dict) else None
+        if not isinstance(subs, list):
+            return 0.0
+        total = 0.0
+        for sub in subs:
+            if isinstance(sub, dict) and isinstance(sub.get("url"), str) and isinstance(sub.get("method"), str):
+                total += self.org.faults.latency_for(str(sub["method"]).upper(), urllib.parse.urlsplit(sub["url"]).path)
+        return total
 
     async def _read_body(self, request: web.Request, segments: list[str],
                          method: str) -> tuple[Any, list[Part], bytes]:

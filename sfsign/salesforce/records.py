@@ -438,37 +438,58 @@ _SELECTS: dict[str, tuple[Callable[..., str], Callable[[Mapping[str, Any]], Sign
 # ------------------------------------------------------------------------------------------- fetch
 
 
-async def fetch_records(
-    rest: Querier, sobject: str, ids: Iterable[str], *, multi_currency: bool = True, extra: Sequence[str] = ()
-) -> dict[str, SignableRecord]:
-    """Read records with parents and line items: one SOQL query per ≤ 200 ids, five queries per API call.
-
-    Keys are the ids as Salesforce returns them (18 characters) and, for any 15-character id the
-    caller asked for, that id too. Ids that do not exist (or are not visible) are simply absent.
-    `multi_currency=False` leaves out CurrencyIsoCode, which single-currency orgs do not have.
-    `extra` are the fields the rules list for their templates, read in the same query (`record.fields`).
-    """
+def record_queries(
+    sobject: str, ids: Iterable[str], *, multi_currency: bool = True, extra: Sequence[str] = ()
+) -> list[str]:
+    """The SOQL that reads these records with parents and line items: one query per ≤ 200 ids. Built
+    apart from the call, so the worker can send them in one `/composite` with its other reads."""
     if sobject not in _SELECTS:
         raise ValueError(f"cannot fetch {sobject!r}: only Opportunity and Quote are supported")
-    select, parse = _SELECTS[sobject]
+    select, _parse = _SELECTS[sobject]
     wanted = list(dict.fromkeys(validate_id(i) for i in ids))
     prefix = select(multi_currency, extra)
+    return [f"{prefix} WHERE Id IN {soql_id_list(chunk)}" for chunk in chunk_ids(prefix, wanted)]
+
+
+def parse_records(
+    sobject: str, ids: Iterable[str], results: Iterable[list[dict[str, Any]]], *, extra: Sequence[str] = ()
+) -> dict[str, SignableRecord]:
+    """The answers to `record_queries(sobject, ids, ...)` as typed records.
+
+    Keys are the ids as Salesforce returns them (18 characters) and, for any 15-character id the
+    caller asked for, that id too. Ids that do not exist (or are not visible) are simply absent."""
+    if sobject not in _SELECTS:
+        raise ValueError(f"cannot fetch {sobject!r}: only Opportunity and Quote are supported")
+    _select, parse = _SELECTS[sobject]
     out: dict[str, SignableRecord] = {}
-    soqls = [f"{prefix} WHERE Id IN {soql_id_list(chunk)}" for chunk in chunk_ids(prefix, wanted)]
-    if len(soqls) == 1:
-        results = [await rest.query(soqls[0])]
-    else:  # a batch of many records: several queries in one /composite call
-        results = await rest.query_many(soqls)
     for rows in results:
         for row in rows:
             record = _with_fields(parse(row), row, extra)
             out[record.id] = record
-    for requested in wanted:
+    for requested in dict.fromkeys(ids):
         if requested not in out and len(requested) == 15:
             match = next((r for key, r in out.items() if key[:15] == requested), None)
             if match is not None:
                 out[requested] = match
     return out
+
+
+async def fetch_records(
+    rest: Querier, sobject: str, ids: Iterable[str], *, multi_currency: bool = True, extra: Sequence[str] = ()
+) -> dict[str, SignableRecord]:
+    """Read records with parents and line items: one SOQL query per ≤ 200 ids, five queries per API call.
+
+    Keys as `parse_records`. `multi_currency=False` leaves out CurrencyIsoCode, which single-currency
+    orgs do not have. `extra` are the fields the rules list for their templates, read in the same query
+    (`record.fields`).
+    """
+    wanted = list(ids)
+    soqls = record_queries(sobject, wanted, multi_currency=multi_currency, extra=extra)
+    if len(soqls) == 1:
+        results = [await rest.query(soqls[0])]
+    else:  # a batch of many records: several queries in one /composite call
+        results = await rest.query_many(soqls)
+    return parse_records(sobject, wanted, results, extra=extra)
 
 
 async def find_records_in_state(

@@ -49,9 +49,11 @@ async def test_long_outage_uploaded_job_finishes_its_write_back_and_a_job_past_t
     started = time.monotonic()
     daemon = await org.start_daemon(env=OUTAGE_ENV)
 
-    # The write-back route goes down: the first job uploads its file, then cannot write its record.
+    # The write-back route goes down: the first job uploads its file, then cannot write its record. Only
+    # composites that update records (PATCH): the fetch step reads through /composite too.
     await org.control_post("/_control/faults/errors", {
-        "prefix": f"{REST_PREFIX}composite", "method": "POST", "status": 503, "errorCode": "SERVER_UNAVAILABLE"})
+        "prefix": f"{REST_PREFIX}composite", "method": "POST", "status": 503, "errorCode": "SERVER_UNAVAILABLE",
+        "bodyContains": '"PATCH"'})
     await org.trigger([uploaded])
 
     async def write_back_failing() -> bool:

@@ -45,9 +45,10 @@ async def test_validation_rule_failure_shows_on_the_record_and_sfsign_retry_fini
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
     message = "Signed proposals need a close date in the future"
-    # The rule refuses the record's updates twice: its Pending note (which the job outlives) and the write-back.
+    # The rule refuses the record's write-back once (a lone document is never written Pending first); the
+    # Error it then shows is the next update, which the fixed rule lets through.
     await _fault(control, prefix=OPP_PATH + opp, method="PATCH", status=400,
-                 errorCode="FIELD_CUSTOM_VALIDATION_EXCEPTION", message=message, count=2)
+                 errorCode="FIELD_CUSTOM_VALIDATION_EXCEPTION", message=message, count=1)
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         failed = await wait_for_status(control, "Opportunity", opp)
@@ -68,8 +69,9 @@ async def test_request_limit_exceeded_waits_long_and_never_logs_in_again(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
+    # The fetch step's call carries two queries (the record, a File by transaction id), each refused: 3 tries.
     await _fault(control, prefix="/services/data/v68.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
-                 message="TotalRequests Limit exceeded.", count=3)
+                 message="TotalRequests Limit exceeded.", count=6)
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         async with asyncio.timeout(30):
@@ -138,9 +140,10 @@ async def test_third_failed_attempt_raises_the_alert_metric_and_the_job_still_co
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
-    # 3 in-step tries per attempt: 9 failures = 3 failed attempts of the fetch step.
+    # 3 in-step tries per attempt, each a /composite with two queries (the record, a File by transaction id)
+    # that both fail: 18 failures = 3 failed attempts of the fetch step.
     await _fault(control, prefix="/services/data/v68.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
-                 message="Server Unavailable", count=9)
+                 message="Server Unavailable", count=18)
     fast = settings.model_copy(update={"retry_base_s": 0.05, "retry_cap_s": 0.2})
     async with run_daemon(fast, rules) as daemon:
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
