@@ -35,7 +35,7 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, NewJob, Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
 from sfsign.rule_fields import check_rule_fields
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
@@ -626,8 +626,7 @@ class Daemon:
             if signed is None:
                 keep.append(job)
                 continue
-            signed_on = signed.signed_at or audit_time(signed.done_at or signed.updated_at)
-            note = (f"Already signed on {signed_on}, transaction {signed.transaction_id}; this request "
+            note = (f"Already signed on {signed.signed_at}, transaction {signed.transaction_id}; this request "
                     "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
                     "Send for Signature with the action Re-issue.")
             try:
@@ -929,11 +928,13 @@ def _event_label(message: dict[str, Any]) -> str:
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
 
 
-def _signed_unless_known(store: OutboxStore, job: NewJob) -> Job | None:
-    """The record's signed job when `job` is a new trigger for it (not a replay of a known one)."""
+def _signed_unless_known(store: OutboxStore, job: NewJob) -> SignedDocument | None:
+    """The record's signed document when `job` is a new trigger for it (not a replay of a known one, whose
+    job row may be purged while the memory of its document is not)."""
     if store.has_transaction(job.transaction_id):
         return None
-    return store.signed_job(job.sobject, job.record_id, job.rule)
+    signed = store.signed_job(job.sobject, job.record_id, job.rule)
+    return None if signed is None or signed.transaction_id == job.transaction_id else signed
 
 
 def _probe_write(store: OutboxStore) -> None:
