@@ -37,7 +37,6 @@ from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
-from sfsign.rule_fields import check_rule_fields
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
@@ -184,14 +183,9 @@ class Daemon:
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
             # Before subscribing: a rule on a field or value this org lacks would never fire. The same
             # findings as `sfsign check`, refused with its words (exit code 3).
-            from sfsign.check import Check, check_rule_values, refuse_on_failures  # it imports the renderer
+            from sfsign.check import check_rules, refuse_on_failures  # it imports the renderer
 
-            startup_checks = await check_rule_values(rest, self.rules)
-            field_problems = await check_rule_fields(rest, self.rules)
-            if field_problems:
-                startup_checks.append(Check("rule fields", False, "\n".join(field_problems),
-                                            "correct the rules file at the lines named, or deploy the fields"))
-            refuse_on_failures(startup_checks)
+            refuse_on_failures(await check_rules(rest, self.rules))
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -392,7 +386,9 @@ class Daemon:
                 rules = await loop.run_in_executor(None, load_rules, path)
                 problems = await loop.run_in_executor(None, preflight_profiles, rules)
                 if not problems and self._rest is not None:
-                    problems = await check_rule_fields(self._rest, rules)
+                    from sfsign.check import check_rules
+
+                    problems = [c.detail for c in await check_rules(self._rest, rules) if c.ok is False]
                 if problems:
                     raise ConfigError("\n".join(problems))
             except Exception as exc:
