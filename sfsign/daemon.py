@@ -50,7 +50,14 @@ from sfsign.salesforce.rest import (
 )
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_state, decide_sign_request
-from sfsign.worker import Worker, WorkerConfig, audit_records, preflight_profiles, signing_request
+from sfsign.worker import (
+    Worker,
+    WorkerConfig,
+    already_signed_note,
+    audit_records,
+    preflight_profiles,
+    signing_request,
+)
 
 log = structlog.get_logger("sfsign.daemon")
 
@@ -622,9 +629,7 @@ class Daemon:
             if signed is None:
                 keep.append(job)
                 continue
-            note = (f"Already signed on {signed.signed_at}, transaction {signed.transaction_id}; this request "
-                    "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
-                    "Send for Signature with the action Re-issue.")
+            note = already_signed_note(signed.signed_at, signed.transaction_id)
             try:
                 await rest.update(job.sobject, job.record_id, {"Sign_Error__c": note})
             except SalesforceError as exc:

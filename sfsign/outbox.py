@@ -524,6 +524,11 @@ class OutboxStore:
     def has_transaction(self, transaction_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM jobs WHERE transaction_id = ?", (transaction_id,)).fetchone() is not None
 
+    def knows_transaction(self, transaction_id: str) -> bool:
+        """Whether this outbox ever had the transaction: a job row, or the memory of its signed document."""
+        return self.has_transaction(transaction_id) or self.db.execute(
+            "SELECT 1 FROM signed_documents WHERE transaction_id = ?", (transaction_id,)).fetchone() is not None
+
     def signed_job(self, sobject: str, record_id: str, rule: str) -> SignedDocument | None:
         """The record's current signed document for `rule` (not superseded): from its job while retention
         keeps the row, else from the signed-document memory, which the purge leaves while it is current."""

@@ -120,3 +120,39 @@ async def test_after_the_purge_reissue_signs_a_new_version_that_supersedes_the_r
     [told] = [e for e in events if e["Event_Type__c"] == "already_signed"]
     assert told["Transaction_Id__c"] == new_tx
     assert record["Sign_Transaction_Id__c"] == new_tx and new_tx in record["Sign_Error__c"]
+
+
+async def test_on_a_fresh_data_directory_a_new_trigger_for_a_signed_record_signs_nothing(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest
+) -> None:
+    """The outbox is gone (a new data directory): the record's own `Signed` and transaction id, read at
+    fetch, decide it, since the object has one rule. A Re-issue still signs a new version."""
+    assert len(rules.for_object("Opportunity")) == 1
+    opp = await record_id(control, "Opportunity", ACME)
+    quick = settings.model_copy(update={"audit_flush_s": 0.1})
+    first = await _signed_once(quick, rules, control, opp)
+    tx = first["Sign_Transaction_Id__c"]
+    fresh = quick.model_copy(update={"data_dir": quick.data_dir.parent / "fresh-data"})
+    async with run_daemon(fresh, rules) as daemon:
+        await control.update("Opportunity", opp, AWAY, user=REP)
+        await control.update("Opportunity", opp, TRIGGER, user=REP)
+        events = await _events(rest, opp, "already_signed")
+        record = await control.get("Opportunity", opp, ["Sign_Status__c", "Sign_Transaction_Id__c", "Sign_Error__c"])
+        [job] = await daemon.outbox.call(lambda s: s.jobs())
+        await control.publish("Sign_Request__e", {"RecordId__c": opp, "Action__c": "Reissue",
+                                                  "Reason__c": "Customer changed the billing address"}, user=REP)
+        async with asyncio.timeout(90):
+            while True:
+                second = await wait_for_status(control, "Opportunity", opp)
+                if second["Sign_Transaction_Id__c"] not in (tx, job.transaction_id):
+                    break
+                await asyncio.sleep(0.1)
+    assert job.state.value == "error" and job.error_code == "ALREADY_SIGNED" and job.sha256 is None
+    assert record["Sign_Status__c"] == "Signed" and record["Sign_Transaction_Id__c"] == tx
+    assert f"Already signed on {first['Signed_At__c'][:10]}" in record["Sign_Error__c"]
+    assert tx in record["Sign_Error__c"] and "Re-issue" in record["Sign_Error__c"]
+    [told] = [e for e in events if e["Event_Type__c"] == "already_signed"]
+    assert told["Transaction_Id__c"] == tx and told["Actor__c"].startswith("005")
+    assert second["Sign_Status__c"] == "Signed"
+    files = sorted(f["Sign_Transaction_Id__c"] for f in await _files_of(control, opp))
+    assert files == sorted([tx, second["Sign_Transaction_Id__c"]])  # the stage change signed nothing
