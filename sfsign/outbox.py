@@ -819,9 +819,9 @@ class OutboxStore:
         rows of jobs no longer kept that have left the audit queue (sent or refused).
 
         Data minimisation (GDPR): a job row names the record's file and the requester. Active jobs are
-        never touched, and an audit row still waiting for Salesforce stays until it is sent. Note that a
-        purged `done` row no longer blocks the same record and rule from being signed again on a new
-        trigger (see `_duplicate_reason`).
+        never touched, and an audit row still waiting for Salesforce stays until it is sent. The memory of a
+        record's current signed document (`signed_documents`, no personal data) stays, so a purged `done` row
+        does not let the record be signed again on a new trigger; a superseded one goes.
         """
         if retention_s <= 0:
             raise ValueError("retention must be positive")
