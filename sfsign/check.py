@@ -18,6 +18,7 @@ from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
 from sfsign.private_files import private_dir
+from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.records import opportunity_select, quote_select
@@ -204,6 +205,7 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
         out.append(version)
         if version.ok:  # else every versioned call fails the same way: one clear failure, not ten
             out += await _check_schema(rest, rules)
+            out += await check_rules(rest, rules)
             out += await check_access(rest, rules, settings.multi_currency)
             out += await _check_queries(rest, rules, settings.multi_currency)
     except SalesforceError as exc:
@@ -271,7 +273,6 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 problems.append(f"{fdef.name} is read-only for the integration user")
             elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
-        problems += rule_value_problems(rules, sobject, fields)
         if problems:
             out.append(_fail(f"object {sobject}", "; ".join(problems),
                              "deploy salesforce-metadata/ (sf project deploy start) and assign the "
@@ -371,9 +372,15 @@ RULE_VALUES_FIX = ("correct the rule's values to the picklist's API values (rule
                    "or add the value to the picklist")
 
 
-async def check_rule_values(rest: SalesforceRest, rules: Rules) -> list[Check]:
-    """The rules' fields and values against the org's describe: what `run` checks after its first login."""
+RULE_FIELDS_FIX = "correct the rules file at the lines named, or deploy the fields"
+
+
+async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
+    """The rules against the org's own schema, one describe per object: the watched fields and their trigger
+    values exist (a typo would start "ready" and never fire), and the fields listed for templates can be
+    read. One list for `check` to print, `run` to refuse to start on (exit code 3), and a reload to refuse."""
     out = []
+    field_problems = []
     for sobject in sorted({r.object for r in rules.rules}):
         try:
             describe = await rest.describe(sobject)
@@ -386,6 +393,20 @@ async def check_rule_values(rest: SalesforceRest, rules: Rules) -> list[Check]:
             out.append(_fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
         else:
             out.append(_ok(f"rules on {sobject}", "every rule's field and values exist"))
+        found = problems_in_describe(rules, sobject, describe)
+        field_problems += found
+        paths = [f for f in rules.fields_for(sobject) if "." in f]
+        if paths and not found:
+            try:  # Salesforce itself resolves the relationship paths, as the worker's query will
+                await rest.query(f"SELECT Id, {', '.join(paths)} FROM {sobject} WHERE Id = null LIMIT 1")
+            except SalesforceError as exc:
+                field_problems.append(
+                    f"{rules.source}: the fields {', '.join(paths)} listed for the {sobject} rules' templates "
+                    f"cannot be read ({exc}); check each path (relationship name, then the parent's field API "
+                    "name) and the integration user's read access"
+                )
+    if field_problems:
+        out.append(_fail("rule fields", "\n".join(field_problems), RULE_FIELDS_FIX))
     return out
 
 

@@ -35,9 +35,8 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.ops.status import record_api_usage
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, NewJob, Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
-from sfsign.rule_fields import check_rule_fields
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
@@ -51,7 +50,14 @@ from sfsign.salesforce.rest import (
 )
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_state, decide_sign_request
-from sfsign.worker import Worker, WorkerConfig, audit_records, preflight_profiles, signing_request
+from sfsign.worker import (
+    Worker,
+    WorkerConfig,
+    already_signed_note,
+    audit_records,
+    preflight_profiles,
+    signing_request,
+)
 
 log = structlog.get_logger("sfsign.daemon")
 
@@ -184,14 +190,9 @@ class Daemon:
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
             # Before subscribing: a rule on a field or value this org lacks would never fire. The same
             # findings as `sfsign check`, refused with its words (exit code 3).
-            from sfsign.check import Check, check_rule_values, refuse_on_failures  # it imports the renderer
+            from sfsign.check import check_rules, refuse_on_failures  # it imports the renderer
 
-            startup_checks = await check_rule_values(rest, self.rules)
-            field_problems = await check_rule_fields(rest, self.rules)
-            if field_problems:
-                startup_checks.append(Check("rule fields", False, "\n".join(field_problems),
-                                            "correct the rules file at the lines named, or deploy the fields"))
-            refuse_on_failures(startup_checks)
+            refuse_on_failures(await check_rules(rest, self.rules))
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -393,7 +394,9 @@ class Daemon:
                 rules = await loop.run_in_executor(None, load_rules, path)
                 problems = await loop.run_in_executor(None, preflight_profiles, rules)
                 if not problems and self._rest is not None:
-                    problems = await check_rule_fields(self._rest, rules)
+                    from sfsign.check import check_rules
+
+                    problems = [c.detail for c in await check_rules(self._rest, rules) if c.ok is False]
                 if problems:
                     raise ConfigError("\n".join(problems))
             except Exception as exc:
@@ -627,10 +630,7 @@ class Daemon:
             if signed is None:
                 keep.append(job)
                 continue
-            signed_on = signed.signed_at or audit_time(signed.done_at or signed.updated_at)
-            note = (f"Already signed on {signed_on}, transaction {signed.transaction_id}; this request "
-                    "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
-                    "Send for Signature with the action Re-issue.")
+            note = already_signed_note(signed.signed_at, signed.transaction_id)
             try:
                 await rest.update(job.sobject, job.record_id, {"Sign_Error__c": note})
             except SalesforceError as exc:
@@ -930,11 +930,13 @@ def _event_label(message: dict[str, Any]) -> str:
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
 
 
-def _signed_unless_known(store: OutboxStore, job: NewJob) -> Job | None:
-    """The record's signed job when `job` is a new trigger for it (not a replay of a known one)."""
+def _signed_unless_known(store: OutboxStore, job: NewJob) -> SignedDocument | None:
+    """The record's signed document when `job` is a new trigger for it (not a replay of a known one, whose
+    job row may be purged while the memory of its document is not)."""
     if store.has_transaction(job.transaction_id):
         return None
-    return store.signed_job(job.sobject, job.record_id, job.rule)
+    signed = store.signed_job(job.sobject, job.record_id, job.rule)
+    return None if signed is None or signed.transaction_id == job.transaction_id else signed
 
 
 def _probe_write(store: OutboxStore) -> None:

@@ -78,6 +78,8 @@ _ONE_PER_RECORD_INDEX = (
 # and rule signs nothing, it is told "already signed" (see `OutboxStore.signed_job`).
 SIGNED_STATES = (JobState.UPLOADED, JobState.LTV_PENDING, JobState.LTV_UPGRADED, JobState.LTV_UPLOADED,
                  JobState.DONE)
+SIGNED_VALUES = frozenset(s.value for s in SIGNED_STATES)
+REENTRY_VALUES = frozenset(s.value for s in REENTRY_STATES)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,29 @@ class Job:
 class CommitResult:
     created: list[Job]
     duplicates: list[tuple[NewJob, str]]  # (job, why it was not created)
+
+
+@dataclass(frozen=True)
+class SignedDocument:
+    """A record's current signed document for a rule: what the already-signed rule needs, and no more.
+
+    It comes from the job row while retention keeps it, else from the `signed_documents` memory, which
+    outlives the purge because it names no person (ids, the transaction, a time). `job_id` is None when
+    only the memory knows the document.
+    """
+
+    sobject: str
+    record_id: str
+    rule: str
+    transaction_id: str
+    signed_at: str | None
+    content_document_id: str | None
+    job_id: int | None = None
+
+    @classmethod
+    def of_job(cls, job: Job) -> SignedDocument:
+        return cls(job.sobject, job.record_id, job.rule, job.transaction_id,
+                   job.signed_at or audit_time(job.done_at or job.updated_at), job.content_document_id, job.id)
 
 
 # Finished jobs: the only rows retention may delete. Active jobs are never purged, whatever their age.
@@ -305,6 +330,34 @@ class OutboxStore:
                 self._canonical_record_ids()
             self.db.execute("DROP INDEX IF EXISTS jobs_one_per_record")
             self.db.execute(_ONE_PER_RECORD_INDEX)
+        if not self.db["signed_documents"].exists():
+            self._create_signed_memory()
+
+    def _create_signed_memory(self) -> None:
+        """Migration: the memory of each record's current signed document per rule, filled from the signed
+        jobs an existing outbox holds (after the record ids were made canonical, so keys match)."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS signed_documents (sobject TEXT NOT NULL, record_id TEXT NOT NULL, "
+                "rule TEXT NOT NULL, transaction_id TEXT NOT NULL, signed_at TEXT, content_document_id TEXT, "
+                "superseded_by TEXT, updated_at FLOAT, PRIMARY KEY (sobject, record_id, rule))"
+            )
+            states = [s.value for s in SIGNED_STATES]
+            ids = conn.execute(
+                f"SELECT id FROM jobs WHERE state IN ({', '.join('?' for _ in states)}) AND source != ? "
+                "AND duplicate_of IS NULL AND superseded_by IS NULL ORDER BY id",
+                (*states, _ARCHIVE_SOURCE),
+            ).fetchall()
+            for (job_id,) in ids:
+                self._remember(int(job_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if ids:
+            log.info("outbox migration: remembered the signed document of each record", documents=len(ids))
 
     def _canonical_record_ids(self) -> None:
         """Migration for outboxes written before ids were normalised: rewrite every record id to its
@@ -359,7 +412,7 @@ class OutboxStore:
         try:
             for job in jobs:
                 reason = self._duplicate_reason(job)
-                superseded: Job | None = None
+                superseded: SignedDocument | None = None
                 if reason and job.source == REISSUE_SOURCE and not self.has_transaction(job.transaction_id):
                     superseded = self.signed_job(job.sobject, job.record_id, job.rule)
                     if superseded is not None:
@@ -370,11 +423,17 @@ class OutboxStore:
                     duplicates.append((job, reason))
                     continue
                 if superseded is not None:
-                    conn.execute("UPDATE jobs SET superseded_by = ?, updated_at = ? WHERE id = ?",
-                                 (job.transaction_id, now, superseded.id))
-                    self._audit(superseded.id, AUDIT_SUPERSEDED, job.requested_by or "sfsign",
-                                f"Superseded by Re-issue transaction {job.transaction_id}; reason: "
-                                f"{job.reason or '(none given)'}")
+                    if superseded.job_id is not None:
+                        conn.execute("UPDATE jobs SET superseded_by = ?, updated_at = ? WHERE id = ?",
+                                     (job.transaction_id, now, superseded.job_id))
+                    conn.execute("UPDATE signed_documents SET superseded_by = ?, updated_at = ? WHERE sobject = ? "
+                                 "AND record_id = ? AND rule = ? AND transaction_id = ?",
+                                 (job.transaction_id, now, job.sobject, job.record_id, job.rule,
+                                  superseded.transaction_id))
+                    self._audit_row(superseded.transaction_id, job.sobject, job.record_id, AUDIT_SUPERSEDED,
+                                    job.requested_by or "sfsign",
+                                    f"Superseded by Re-issue transaction {job.transaction_id}; reason: "
+                                    f"{job.reason or '(none given)'}")
                 row = {
                     "transaction_id": job.transaction_id,
                     "rule": job.rule,
@@ -468,8 +527,14 @@ class OutboxStore:
     def has_transaction(self, transaction_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM jobs WHERE transaction_id = ?", (transaction_id,)).fetchone() is not None
 
-    def signed_job(self, sobject: str, record_id: str, rule: str) -> Job | None:
-        """The record's current signed document for `rule` (not superseded), if the outbox still has it."""
+    def knows_transaction(self, transaction_id: str) -> bool:
+        """Whether this outbox ever had the transaction: a job row, or the memory of its signed document."""
+        return self.has_transaction(transaction_id) or self.db.execute(
+            "SELECT 1 FROM signed_documents WHERE transaction_id = ?", (transaction_id,)).fetchone() is not None
+
+    def signed_job(self, sobject: str, record_id: str, rule: str) -> SignedDocument | None:
+        """The record's current signed document for `rule` (not superseded): from its job while retention
+        keeps the row, else from the signed-document memory, which the purge leaves while it is current."""
         states = [s.value for s in SIGNED_STATES]
         rows = self._job_rows(
             f"SELECT * FROM jobs WHERE sobject = ? AND record_id = ? AND rule = ? AND state IN "
@@ -477,7 +542,14 @@ class OutboxStore:
             "ORDER BY id DESC LIMIT 1",
             (sobject, record_id, rule, *states, _ARCHIVE_SOURCE),
         )
-        return rows[0] if rows else None
+        if rows:
+            return SignedDocument.of_job(rows[0])
+        row = self.db.execute(
+            "SELECT transaction_id, signed_at, content_document_id FROM signed_documents WHERE sobject = ? "
+            "AND record_id = ? AND rule = ? AND superseded_by IS NULL",
+            (sobject, record_id, rule),
+        ).fetchone()
+        return SignedDocument(sobject, record_id, rule, str(row[0]), row[1], row[2]) if row else None
 
     def _duplicate_reason(self, job: NewJob) -> str | None:
         same = self.db.execute(
@@ -493,6 +565,9 @@ class OutboxStore:
         ).fetchone()
         if other:
             return f"record already has transaction {other[0]} ({other[1]}) for rule {job.rule}"
+        signed = self.signed_job(job.sobject, job.record_id, job.rule)  # its job row may be purged
+        if signed is not None:
+            return f"record already signed in transaction {signed.transaction_id} for rule {job.rule}"
         return None
 
     def records_with_jobs(self, sobject: str, rule: str, record_ids: Iterable[str]) -> set[str]:
@@ -619,6 +694,8 @@ class OutboxStore:
             before = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             sets = ", ".join(f"{k} = ?" for k in changes)
             conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*changes.values(), job_id])
+            if "state" in changes or "content_document_id" in changes:
+                self._remember(job_id)
             if audit and "state" in changes and before is not None and before[0] != changes["state"]:
                 self._audit(job_id, changes["state"], "sfsign", audit_detail,
                             occurred=audit_occurred_at, status="sent" if audit_sent else "pending")
@@ -628,6 +705,35 @@ class OutboxStore:
             raise
         return self.get(job_id)
 
+    def _remember(self, job_id: int) -> None:
+        """Keep the signed-document memory in step with a job that just changed, inside the caller's
+        transaction: a job whose document is on the record (a signed state, not superseded, not an archive
+        renewal or a flagged duplicate) becomes the record's current document for its rule; a job that
+        leaves for `error`/`dead` (`sfsign retry` puts it back) stops being it, as `signed_job` reads jobs."""
+        row = self.db.conn.execute(
+            "SELECT sobject, record_id, rule, transaction_id, state, source, duplicate_of, superseded_by, signed_at, "
+            "done_at, updated_at, content_document_id FROM jobs WHERE id = ?", (job_id,),
+        ).fetchone()
+        if row is None:
+            return
+        sobject, record_id, rule, tx, state, source, duplicate_of, superseded_by, signed_at, done_at, updated_at, \
+            document_id = row
+        if state in REENTRY_VALUES:
+            self.db.conn.execute("DELETE FROM signed_documents WHERE transaction_id = ? AND superseded_by IS NULL",
+                                 (tx,))
+            return
+        if state not in SIGNED_VALUES or source == _ARCHIVE_SOURCE or duplicate_of is not None \
+                or superseded_by is not None:
+            return
+        self.db.conn.execute(
+            "INSERT INTO signed_documents (sobject, record_id, rule, transaction_id, signed_at, content_document_id, "
+            "superseded_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (sobject, record_id, rule) "
+            "DO UPDATE SET transaction_id = excluded.transaction_id, signed_at = excluded.signed_at, "
+            "content_document_id = excluded.content_document_id, superseded_by = NULL, "
+            "updated_at = excluded.updated_at",
+            (sobject, record_id, rule, tx, signed_at or audit_time(done_at or updated_at), document_id, time.time()),
+        )
+
     def _audit(
         self, job_id: int, event_type: str, actor: str, detail: str | None, *, occurred: str | None = None,
         status: str = "pending",
@@ -635,10 +741,16 @@ class OutboxStore:
         row = self.db.execute(
             "SELECT transaction_id, sobject, record_id FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
+        self._audit_row(row[0], row[1], row[2], event_type, actor, detail, occurred=occurred, status=status)
+
+    def _audit_row(
+        self, transaction_id: str, sobject: str, record_id: str, event_type: str, actor: str, detail: str | None,
+        *, occurred: str | None = None, status: str = "pending",
+    ) -> None:
         self.db.execute(
             "INSERT INTO audit (transaction_id, sobject, record_id, event_type, occurred_at, actor, detail, status)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row[0], row[1], row[2], event_type, occurred or audit_time(), actor,
+            (transaction_id, sobject, record_id, event_type, occurred or audit_time(), actor,
              (detail or "")[:LONG_TEXT_WRITE_MAX], status),
         )
 
@@ -729,9 +841,9 @@ class OutboxStore:
         rows of jobs no longer kept that have left the audit queue (sent or refused).
 
         Data minimisation (GDPR): a job row names the record's file and the requester. Active jobs are
-        never touched, and an audit row still waiting for Salesforce stays until it is sent. Note that a
-        purged `done` row no longer blocks the same record and rule from being signed again on a new
-        trigger (see `_duplicate_reason`).
+        never touched, and an audit row still waiting for Salesforce stays until it is sent. The memory of a
+        record's current signed document (`signed_documents`, no personal data) stays, so a purged `done` row
+        does not let the record be signed again on a new trigger; a superseded one goes.
         """
         if retention_s <= 0:
             raise ValueError("retention must be positive")
@@ -757,6 +869,8 @@ class OutboxStore:
                 conn.execute("ROLLBACK")
                 return PurgeResult(jobs, audit)
             conn.execute(f"DELETE FROM jobs WHERE {expired}", expired_args)
+            # A superseded document is no longer the record's: its memory goes like a finished job.
+            conn.execute("DELETE FROM signed_documents WHERE superseded_by IS NOT NULL AND updated_at < ?", (cutoff,))
             audit = conn.execute(
                 "DELETE FROM audit WHERE status != 'pending' "
                 "AND transaction_id NOT IN (SELECT transaction_id FROM jobs)"
@@ -782,6 +896,10 @@ class OutboxStore:
             if other:  # the record was triggered again meanwhile: that job is the record's contract now
                 raise ValueError(f"job {job.transaction_id} cannot be retried: the record has transaction "
                                  f"{other[0]} ({other[1]}) for rule {job.rule}")
+            signed = self.signed_job(job.sobject, job.record_id, job.rule)
+            if signed is not None and signed.transaction_id != job.transaction_id:  # its job row was purged
+                raise ValueError(f"job {job.transaction_id} cannot be retried: the record was signed in transaction "
+                                 f"{signed.transaction_id} for rule {job.rule}")
         resume = JobState.QUEUED
         if job.ltv_version_id:
             resume = JobState.LTV_UPLOADED  # the upgraded version is in Salesforce: only its write-back is left

@@ -122,6 +122,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         version_document_query,
     )
     from sfsign.salesforce.writeback import content_document_query
+    from sfsign.worker import shown_signature_query
 
     cv, doc = "068000000000000AAA", "069000000000000AAA"
     now = datetime.now(UTC)
@@ -132,6 +133,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
             out.append(SELECTS[sobject](multi_currency) + " WHERE Id IN ('000000000000000AAA')")
         out.append(due_query(sobject, now))
         out.append(current_values_query(sobject, fields, ["000000000000000AAA"]))
+        out.append(shown_signature_query(sobject, "000000000000000AAA"))
         for field in fields:
             out.append(reconcile_query(sobject, field, ["x"], since=now, until=now))
     return out

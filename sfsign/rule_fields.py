@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from sfsign.config import Rules
-from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.rest import SalesforceRest
 
 PICKLISTS = frozenset({"picklist", "multipicklist"})
 COMPOUND = frozenset({"address", "location"})
@@ -56,7 +54,7 @@ def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]
     for rule in rules.for_object(sobject):
         for name in rule.fields:
             if "." in name:
-                continue  # a parent's field (Account.Segment__c) is checked by a query: see check_rule_fields
+                continue  # a parent's field (Account.Segment__c) is checked by a query: see check.check_rules
             if name in fields:
                 if fields[name].get("type") in COMPOUND:
                     problems.append(
@@ -72,31 +70,4 @@ def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]
                 f"{rules.line_of(rule.name, 'fields')}: rule {rule.name!r} lists {sobject}.{name} for its template, "
                 f"which this org does not have or the integration user cannot see; {fix}"
             )
-    return problems
-
-
-async def check_rule_fields(rest: SalesforceRest, rules: Rules) -> list[str]:
-    """Describe each object the rules watch (one call each) and list every mismatch."""
-    problems = []
-    for sobject in sorted({r.object for r in rules.rules}):
-        try:
-            describe = await rest.describe(sobject)
-        except SalesforceError as exc:
-            problems.append(
-                f"{rules.source}: cannot describe {sobject} to check the rules' fields ({exc}); give the "
-                f"integration user read access to {sobject}"
-            )
-            continue
-        found = problems_in_describe(rules, sobject, describe)
-        problems += found
-        paths = [f for f in rules.fields_for(sobject) if "." in f]
-        if paths and not found:
-            try:  # Salesforce itself resolves the relationship paths, as the worker's query will
-                await rest.query(f"SELECT Id, {', '.join(paths)} FROM {sobject} WHERE Id = null LIMIT 1")
-            except SalesforceError as exc:
-                problems.append(
-                    f"{rules.source}: the fields {', '.join(paths)} listed for the {sobject} rules' templates "
-                    f"cannot be read ({exc}); check each path (relationship name, then the parent's field API "
-                    "name) and the integration user's read access"
-                )
     return problems

@@ -53,17 +53,18 @@ from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
 from sfsign.ops.status import human_age
-from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
-from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest
+from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
 
 log = structlog.get_logger("sfsign.worker")
 
 STATUS_PENDING = "Pending"
 STATUS_SIGNED = "Signed"
+ALREADY_SIGNED = "ALREADY_SIGNED"  # error code of a job that found its record signed before this outbox knew it
 STATUS_ERROR = "Error"
 
 
@@ -504,6 +505,10 @@ class Worker:
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        shown = record.sign_transaction_id
+        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.call(
+                partial(OutboxStore.knows_transaction, transaction_id=shown)):
+            return await self._tell_signed_before(job, shown)
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
@@ -516,6 +521,37 @@ class Worker:
             file_title=title,
             file_name=file_name_for(title, job.transaction_id),
         )
+
+    @staticmethod
+    def _signed_before_this_outbox(job: Job, record: SignableRecord, rules: Rules) -> bool:
+        """Whether the record shows `Signed` by another transaction while this job is a new trigger (not a
+        Re-issue) and its object has one rule: then that signature is this rule's document. Only a job the
+        intake let through gets here, so the outbox does not know the document (a fresh or lost data
+        directory), which the caller checks: a transaction it knows (a job ended `error` after its upload)
+        is the documented re-entry, and signs. With several rules on the object the record's `Sign_*` fields
+        cannot say which rule signed, and the job signs too."""
+        shown = record.sign_transaction_id
+        return (job.source != REISSUE_SOURCE and record.sign_status == STATUS_SIGNED and bool(shown)
+                and shown != job.transaction_id and len(rules.for_object(job.sobject)) == 1)
+
+    async def _tell_signed_before(self, job: Job, shown: str) -> Job:
+        """Sign nothing: the record keeps `Signed`, its `Sign_Error__c` gets the intake's already-signed note,
+        the signed transaction's trail an `already_signed` event (first, so a crash repeats it rather than
+        loses it), and the job ends `error` (ALREADY_SIGNED), which holds no slot: a Re-issue signs anew."""
+        rows = await self._sf(self.rest.query, shown_signature_query(job.sobject, job.record_id))
+        signed_on = rows[0].get("Signed_At__c") if rows else None
+        note = already_signed_note(signed_on, shown)
+        await self._sf(self.rest.update, job.sobject, job.record_id, {"Sign_Error__c": note})
+        detail = f"{job.source} trigger signed nothing (the record shows it, the local outbox did not know it): {note}"
+        if job.reason:
+            detail += f" Reason given: {job.reason}"
+        await self.outbox.commit_event(None, None, [], [AuditEvent(
+            transaction_id=shown, sobject=job.sobject, record_id=job.record_id, event_type="already_signed",
+            actor=job.requested_by or "sfsign", detail=detail)])
+        log.warning("trigger for a record signed before this outbox knew of it: nothing signed, the record says so",
+                    signed_transaction_id=shown)
+        return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
+                                        audit_detail=f"{ALREADY_SIGNED}: {note}")
 
     async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
@@ -1017,6 +1053,21 @@ def _file_of(job: Job) -> tuple[str, str]:
 def _pending_fields(job: Job, note: str | None) -> dict[str, Any]:
     return {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
             "Sign_Error__c": note[:32000] if note else None}
+
+
+def shown_signature_query(sobject: str, record_id: str) -> str:
+    """What the record shows of its signature: whether an adopted file's write-back is still owed, and
+    since when a record signed before this outbox knew of it is signed."""
+    return (f"SELECT Sign_Transaction_Id__c, Sign_Status__c, Signed_At__c FROM {sobject} "
+            f"WHERE Id = {soql_quote(record_id)}")
+
+
+def already_signed_note(signed_on: str | None, transaction_id: str) -> str:
+    """What a record already signed shows (`Sign_Error__c`, the status stays `Signed`) when a stage change
+    or a "Send for signature" asks for it again: the intake's answer and the fetch step's say the same."""
+    return (f"Already signed on {signed_on or 'an earlier date'}, transaction {transaction_id}; this request "
+            "(stage change or Send for Signature) signed nothing new. To sign a new version, use "
+            "Send for Signature with the action Re-issue.")
 
 
 def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
