@@ -63,7 +63,8 @@ async def test_a_lone_document_costs_exactly_three_api_calls(
 async def test_a_trigger_replayed_after_the_purge_finds_its_file_in_the_read_without_a_fourth_call(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
-    """Exactly one document per trigger after the job rows are gone (retention purge): the replayed
+    """Exactly one document per trigger after the outbox forgot it (job rows purged and, as on a lost data
+    directory, its signed-document memory gone too, so the intake cannot stop the replay): the replayed
     trigger's read finds the File by transaction id and the record as it stands, in one call; nothing is
     signed again and nothing else is read. Before, the File lookup and the record's status were two
     queries of their own: four calls with the audit events."""
@@ -79,6 +80,8 @@ async def test_a_trigger_replayed_after_the_purge_finds_its_file_in_the_read_wit
         # 31 days later the retention purge has removed the job's row (docs/operations.md).
         purged = await daemon.outbox.call(lambda s: s.purge(time.time() + 31 * DAYS, 30 * DAYS))
         assert purged.job_rows == 1 and await daemon.outbox.call(lambda s: s.by_transaction(tx)) is None
+        forgotten = await daemon.outbox.call(lambda s: s.db.execute("DELETE FROM signed_documents").rowcount)
+        assert forgotten == 1
         before = await _quiet_usage(control)
         # The same event again (same EventUuid), as a replay delivers it.
         await control.post("/_control/streaming/raw", {"channel": EVENT_CHANNEL, "data": original})
