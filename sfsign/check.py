@@ -272,6 +272,8 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
             elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
         problems += rule_value_problems(rules, sobject, fields)
+        if rules.uses_record_types(sobject):
+            out.append(_record_types_check(rules, sobject, describe))
         if problems:
             out.append(_fail(f"object {sobject}", "; ".join(problems),
                              "deploy salesforce-metadata/ (sf project deploy start) and assign the "
@@ -279,6 +281,18 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
         else:
             out.append(_ok(f"object {sobject}", f"{len(expected.fields) if expected else 0} sfsign fields present"))
     return out
+
+
+def _record_types_check(rules: Rules, sobject: str, describe: dict[str, Any]) -> Check:
+    """The rules' `record_types` against describe's recordTypeInfos: the check `run` refuses to start on."""
+    from sfsign.rule_fields import record_type_problems
+
+    problems = record_type_problems(rules, sobject, describe)
+    if problems:
+        return _fail(f"record types {sobject}", "\n".join(problems),
+                     "correct the rules file at the lines named, or create or activate the record types")
+    names = sorted({n for r in rules.for_object(sobject) for n in r.record_types or ()})
+    return _ok(f"record types {sobject}", f"the rules' record types exist and are active: {', '.join(names)}")
 
 
 ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration user (deploy salesforce-metadata/ "

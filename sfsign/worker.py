@@ -36,7 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from sfsign.aio import wait_any
 from sfsign.batching import Batcher
-from sfsign.config import ProfileConfig, Rules, read_secret
+from sfsign.config import ProfileConfig, RuleConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import (
     Appearance,
@@ -55,6 +55,7 @@ from sfsign.ops.metrics import Metrics
 from sfsign.ops.status import human_age
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
+from sfsign.record_types import EXPLICIT_SOURCES, RecordTypeNotRead, uncovered_reason
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, fetch_records
 from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
@@ -452,6 +453,9 @@ class Worker:
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        skipped = await self._skip_other_record_type(job, rule, rules, record)
+        if skipped is not None:
+            return skipped
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
@@ -465,6 +469,22 @@ class Worker:
             file_title=title,
             file_name=file_name_for(title, job.transaction_id),
         )
+
+    async def _skip_other_record_type(self, job: Job, rule: RuleConfig, rules: Rules,
+                                      record: SignableRecord) -> Job | None:
+        """A record whose type the rule does not cover: no document and, for a stage change, no write on
+        the record (the rule was never meant for it); a rep's Send for Signature gets a note saying which
+        record types the rule covers. The audit trail and the log say why, either way."""
+        try:
+            why = uncovered_reason(rule, rules, record)
+        except RecordTypeNotRead as exc:
+            raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
+        if why is None:
+            return None
+        if job.source in EXPLICIT_SOURCES:
+            await self._sf(self.rest.update, job.sobject, job.record_id, {"Sign_Error__c": why[:32000]})
+        log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
+        return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
 
     async def _adopt_existing_file(self, job: Job, file: ContentVersionRef) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
