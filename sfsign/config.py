@@ -609,7 +609,7 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
         lines={
             (rule.name, key): _line_for(lines, ("rules", i, key))
             for i, rule in enumerate(parsed.rules)
-            for key in ("name", "object", "field", "values", "fields")
+            for key in ("name", "object", "field", "values", "fields", "record_types")
         },
     )
 
