@@ -68,6 +68,16 @@ async def _audit(rest: SalesforceRest, opp: str, wanted: str, within_s: float = 
             await asyncio.sleep(0.1)
 
 
+async def _note(control: ControlClient, opp: str, within_s: float = 60.0) -> str:
+    """The record's Sign_Error__c, once there is one."""
+    async with asyncio.timeout(within_s):
+        while True:
+            note = (await control.get("Opportunity", opp, ["Sign_Error__c"])).get("Sign_Error__c")
+            if note:
+                return str(note)
+            await asyncio.sleep(0.1)
+
+
 async def _files_of(control: ControlClient, opp: str) -> list[dict[str, Any]]:
     return [f for f in await control.files() if f.get("FirstPublishLocationId") == opp]
 
@@ -102,11 +112,8 @@ async def test_send_for_signature_on_a_record_of_another_type_gets_a_note_naming
     _a, b = await _typed_deals(control)
     async with run_daemon(settings, rules) as daemon:
         await control.publish("Sign_Request__e", {"RecordId__c": b}, user=REP)
-        async with asyncio.timeout(60):
-            while not (await control.get("Opportunity", b, ["Sign_Error__c"])).get("Sign_Error__c"):
-                await asyncio.sleep(0.1)
+        note = await _note(control, b)
         jobs = await daemon.outbox.call(lambda s: s.jobs())
-    note = (await control.get("Opportunity", b, ["Sign_Error__c"]))["Sign_Error__c"]
     assert note.startswith("Not signed: rule 'opportunity-proposal' signs only Opportunity records of record "
                            "type Enterprise; this record's type is Renewal."), note
     assert [j.state for j in jobs] == [JobState.SKIPPED]

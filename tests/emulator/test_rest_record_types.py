@@ -4,10 +4,10 @@ record type besides Master (before that, SOQL naming it is INVALID_FIELD)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
-
-from typing import Any
 
 V = "/services/data/v68.0"
 MASTER = "012000000000000AAA"
