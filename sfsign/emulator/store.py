@@ -737,6 +737,8 @@ class OrgStore:
                                [name])
             elif spec.type == "reference":
                 rec[name] = self._check_reference(spec, value)
+                if name == "RecordTypeId":
+                    self._check_record_type(obj, rec[name], value)
 
     def _check_reference(self, spec: FieldSpec, value: str) -> str:
         rid = normalize_id(value)
@@ -749,6 +751,13 @@ class OrgStore:
         if rec.get("IsDeleted"):
             raise ApiError(400, "ENTITY_IS_DELETED", "entity is deleted", [spec.name])
         return rid
+
+    def _check_record_type(self, obj: ObjectSpec, rid: str, value: str) -> None:
+        """Only an active record type of the record's own object can be applied to a record."""
+        rt = self._records[rid]
+        if rt.get("SobjectType") != obj.name or not rt.get("IsActive"):
+            raise ApiError(400, "INVALID_CROSS_REFERENCE_KEY",
+                           f"Record Type ID: this ID value isn't valid for the user: {value}", ["RecordTypeId"])
 
     def _check_required(self, obj: ObjectSpec, rec: Record) -> None:
         missing = [s.name for s in obj.fields.values() if s.required and rec.get(s.name) in (None, "")]

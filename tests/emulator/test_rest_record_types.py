@@ -93,3 +93,17 @@ async def test_record_type_must_exist_to_be_set(api: httpx.AsyncClient, ctl: Any
     response = await api.patch(f"{V}/sobjects/Opportunity/{opp}", json={"RecordTypeId": "012000000000099AAA"})
     assert response.status_code == 400
     assert response.json()[0]["errorCode"] == "INVALID_CROSS_REFERENCE_KEY"
+
+
+async def test_only_an_active_record_type_of_the_same_object_can_be_applied(api: httpx.AsyncClient,
+                                                                            ctl: Any) -> None:
+    legacy = (await ctl.post("/_control/record-types", {"sobject": "Opportunity", "developerName": "Legacy",
+                                                        "active": False}))["id"]
+    other = (await ctl.post("/_control/record-types", {"sobject": "Account", "developerName": "Partner"}))["id"]
+    opp = await ctl.an_opportunity()
+    for rt in (legacy, other):
+        response = await api.patch(f"{V}/sobjects/Opportunity/{opp}", json={"RecordTypeId": rt})
+        assert response.status_code == 400, rt
+        [error] = response.json()
+        assert error == {"errorCode": "INVALID_CROSS_REFERENCE_KEY", "fields": ["RecordTypeId"],
+                         "message": f"Record Type ID: this ID value isn't valid for the user: {rt}"}
