@@ -191,3 +191,21 @@ async def test_sfsign_check_reports_an_unknown_record_type_and_passes_a_known_on
     assert [c.ok for c in good] == [True] and "Enterprise, Renewal" in good[0].detail
     assert [c.ok for c in bad] == [False] and "'Enterprize' does not exist in this org" in bad[0].detail
     assert "rules.yaml:" in bad[0].detail
+
+
+async def test_a_reload_naming_a_record_type_the_org_lacks_is_refused_and_the_old_rules_stay(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    await _typed_deals(control)
+    async with run_daemon(settings, rules) as daemon:
+        rules.source.write_text(rules.source.read_text().replace("record_types: [Enterprise]",
+                                                                 "record_types: [Enterprize]"))
+        applied = await daemon.request_reload()
+        kept = daemon.rules
+        rules.source.write_text(rules.source.read_text().replace("record_types: [Enterprize]",
+                                                                 "record_types: [Renewal]"))
+        fixed = await daemon.request_reload()
+        now = daemon.rules
+    assert applied is False and kept is rules
+    assert fixed is True and now.rules[0].record_types == ["Renewal"]
+
