@@ -282,6 +282,18 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
     return out
 
 
+def _record_types_check(rules: Rules, sobject: str, describe: dict[str, Any]) -> Check:
+    """The rules' `record_types` against describe's recordTypeInfos: the check `run` refuses to start on."""
+    from sfsign.rule_fields import record_type_problems
+
+    problems = record_type_problems(rules, sobject, describe)
+    if problems:
+        return _fail(f"record types {sobject}", "\n".join(problems),
+                     "correct the rules file at the lines named, or create or activate the record types")
+    names = sorted({n for r in rules.for_object(sobject) for n in r.record_types or ()})
+    return _ok(f"record types {sobject}", f"the rules' record types exist and are active: {', '.join(names)}")
+
+
 ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration user (deploy salesforce-metadata/ "
               "first); if it is assigned, the org's copy is older than this release: deploy it again")
 
@@ -393,6 +405,8 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
             out.append(_fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
         else:
             out.append(_ok(f"rules on {sobject}", "every rule's field and values exist"))
+        if rules.uses_record_types(sobject):
+            out.append(_record_types_check(rules, sobject, describe))
         found = problems_in_describe(rules, sobject, describe)
         field_problems += found
         paths = [f for f in rules.fields_for(sobject) if "." in f]

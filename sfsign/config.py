@@ -51,6 +51,11 @@ STANDARD_TRIGGER_FIELDS: dict[str, frozenset[str]] = {
     ),
 }
 FIELD_PATH = r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*){0,4}$"
+RECORD_TYPE_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,79}$"
+#: The record type every object has; a record without a record type (made before the object had any) is one.
+MASTER_RECORD_TYPE = "Master"
+#: What the fetch query reads, for objects whose rules name record types, to tell a record's type.
+RECORD_TYPE_PATH = "RecordType.DeveloperName"
 CUSTOM_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*__c$")
 
 BUILTIN_TEMPLATES = frozenset({"proposal", "quote", "order"})
@@ -368,6 +373,15 @@ class RuleConfig(_Strict):
     # read in the same query as the rest of the record; checked against the org's describe at start.
     fields: list[Annotated[str, StringConstraints(pattern=FIELD_PATH)]] = Field(default_factory=list, max_length=100)
     language: Literal["en", "de"] = Field("en", description="language of the document's labels, dates and numbers")
+    # Record types (DeveloperName) whose records the rule signs; None: all. A record's type is read when it
+    # is fetched (change events carry only changed fields); checked against the org's describe at start.
+    record_types: list[Annotated[str, StringConstraints(pattern=RECORD_TYPE_NAME)]] | None = Field(
+        None, min_length=1, max_length=200)
+
+    def covers(self, record_type: str | None) -> bool:
+        """Whether the rule signs a record of this record type (its DeveloperName; None: Master, as for
+        records made before the object had record types)."""
+        return self.record_types is None or (record_type or MASTER_RECORD_TYPE) in self.record_types
 
 
 class RulesFile(_Strict):
@@ -398,8 +412,16 @@ class Rules:
         return [r for r in self.rules if r.object == sobject]
 
     def fields_for(self, sobject: str) -> list[str]:
-        """The fields the rules of `sobject` list for their templates: one query reads them for all."""
-        return list(dict.fromkeys(f for r in self.for_object(sobject) for f in r.fields))
+        """The fields the fetch query reads beyond sfsign's own: those the rules of `sobject` list for their
+        templates, and the record type where a rule is limited to record types (only then: an org without
+        record types has no such field). One query reads them for all."""
+        wanted = [f for r in self.for_object(sobject) for f in r.fields]
+        if self.uses_record_types(sobject):
+            wanted.append(RECORD_TYPE_PATH)
+        return list(dict.fromkeys(wanted))
+
+    def uses_record_types(self, sobject: str) -> bool:
+        return any(r.record_types is not None for r in self.for_object(sobject))
 
     def template_fields(self) -> dict[str, list[str]]:
         """Per template (as `str(templates[rule])`), the fields its rules list: sample data for checks."""
@@ -577,7 +599,7 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
         lines={
             (rule.name, key): _line_for(lines, ("rules", i, key))
             for i, rule in enumerate(parsed.rules)
-            for key in ("name", "object", "field", "values", "fields")
+            for key in ("name", "object", "field", "values", "fields", "record_types")
         },
     )
 

@@ -40,6 +40,7 @@ from sfsign.private_files import private_dir
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
+from sfsign.salesforce.records import record_type_filter
 from sfsign.salesforce.rest import (
     SalesforceRest,
     soql_datetime,
@@ -806,7 +807,7 @@ class Daemon:
         org_id = self._org_id()
         for sobject in dict.fromkeys(sobjects):
             for rule in self.rules.for_object(sobject):
-                soql = reconcile_query(sobject, rule.field, rule.values, since, until)
+                soql = reconcile_query(sobject, rule.field, rule.values, since, until, rule.record_types)
                 page = await rest.query_page(soql)
                 while True:
                     jobs = []
@@ -878,12 +879,16 @@ def current_values_query(sobject: str, fields: Iterable[str], ids: Iterable[str]
 
 
 def reconcile_query(
-    sobject: str, field: str, values: list[str], since: datetime | None, until: datetime | None = None
+    sobject: str, field: str, values: list[str], since: datetime | None, until: datetime | None = None,
+    record_types: list[str] | None = None,
 ) -> str:
-    """Records in a trigger state that sfsign never handled (no transaction id), oldest first."""
+    """Records in a trigger state that sfsign never handled (no transaction id), oldest first; only those of
+    the rule's `record_types` when it has them."""
     validate_api_name(sobject)
     validate_field_path(field)
     where = f"{field} IN ({', '.join(soql_quote(v) for v in values)}) AND Sign_Transaction_Id__c = null"
+    if record_types is not None:
+        where += f" AND {record_type_filter(record_types)}"
     if since is not None:
         where += f" AND LastModifiedDate >= {soql_datetime(since)}"
     if until is not None:

@@ -45,6 +45,8 @@ class JobState(StrEnum):
     DONE = "done"
     ERROR = "error"  # permanent: reason written on the record; `sfsign retry` re-queues it
     DEAD = "dead"  # failed transiently for the whole retry window: a person must act, then `sfsign retry`
+    # The record's type is not one of the rule's `record_types` (seen at fetch): nothing signed, nothing to retry.
+    SKIPPED = "skipped"
 
 
 ACTIVE_STATES = (
@@ -58,7 +60,9 @@ ACTIVE_STATES = (
     JobState.LTV_UPLOADED,
 )
 # After these, the same record entering the trigger state again starts a new transaction.
-REENTRY_STATES = (JobState.ERROR, JobState.DEAD)
+REENTRY_STATES = (JobState.ERROR, JobState.DEAD, JobState.SKIPPED)
+# Of those, the ones `sfsign retry` puts back in the queue (a skipped job would only be skipped again).
+RETRYABLE_STATES = (JobState.ERROR, JobState.DEAD)
 # Jobs that renew the archive timestamp of a document already signed (sfsign/archive.py): they sit beside
 # the record's `done` job, so the one-job-per-record index leaves them out.
 _ARCHIVE_SOURCE = "ltv-refresh"
@@ -67,7 +71,7 @@ REISSUE_SOURCE = "reissue"
 # One live (or done) job per record and rule: the duplicate check in `_duplicate_reason`, enforced by
 # SQLite. `duplicate_of` marks the second contracts that outboxes of older versions already hold; a job
 # superseded by a Re-issue (`superseded_by`) leaves the slot to the new version.
-_ONE_PER_RECORD_INDEX_NAME = "jobs_one_per_record_v2"
+_ONE_PER_RECORD_INDEX_NAME = "jobs_one_per_record_v3"  # v3: `skipped` leaves the slot free too
 _ONE_PER_RECORD_INDEX = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {_ONE_PER_RECORD_INDEX_NAME} ON jobs (sobject, record_id, rule) "
     "WHERE state NOT IN ("
@@ -201,7 +205,7 @@ class SignedDocument:
 
 
 # Finished jobs: the only rows retention may delete. Active jobs are never purged, whatever their age.
-FINISHED_STATES = (JobState.DONE, JobState.ERROR, JobState.DEAD)
+FINISHED_STATES = (JobState.DONE, JobState.ERROR, JobState.DEAD, JobState.SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -326,9 +330,10 @@ class OutboxStore:
             )
         indexes = {i.name for i in self.db.table("jobs").indexes}
         if _ONE_PER_RECORD_INDEX_NAME not in indexes:
-            if "jobs_one_per_record" not in indexes:  # its predecessor was built after this migration
+            if not {"jobs_one_per_record", "jobs_one_per_record_v2"} & indexes:  # predecessors came after it
                 self._canonical_record_ids()
             self.db.execute("DROP INDEX IF EXISTS jobs_one_per_record")
+            self.db.execute("DROP INDEX IF EXISTS jobs_one_per_record_v2")
             self.db.execute(_ONE_PER_RECORD_INDEX)
         if not self.db["signed_documents"].exists():
             self._create_signed_memory()
@@ -884,7 +889,7 @@ class OutboxStore:
     def requeue(self, job_id: int) -> Job:
         """Put an `error`/`dead` job back in the queue, keeping its artifacts and upload guard."""
         job = self.get(job_id)
-        if job.state not in REENTRY_STATES:
+        if job.state not in RETRYABLE_STATES:
             raise ValueError(f"job {job.transaction_id} is {job.state}, only error/dead jobs can be retried")
         if job.source != _ARCHIVE_SOURCE and job.duplicate_of is None:
             live = ", ".join("?" for _ in REENTRY_STATES)

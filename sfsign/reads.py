@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from sfsign.config import Rules
+from sfsign.config import RECORD_TYPE_PATH, Rules
 from sfsign.salesforce.records import opportunity_select, quote_select
 
 SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
@@ -22,9 +22,11 @@ SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
 RELATIONSHIPS: Mapping[str, Mapping[str, tuple[str, str | None]]] = {
     # (target object, lookup field on the source object; None for child relationships)
     "Opportunity": {"Account": ("Account", "AccountId"), "Owner": ("User", "OwnerId"),
+                    "RecordType": ("RecordType", "RecordTypeId"),
                     "OpportunityLineItems": ("OpportunityLineItem", None),
                     "OpportunityContactRoles": ("OpportunityContactRole", None)},
     "Quote": {"Opportunity": ("Opportunity", "OpportunityId"), "Account": ("Account", "AccountId"),
+              "RecordType": ("RecordType", "RecordTypeId"),
               "Contact": ("Contact", "ContactId"), "QuoteLineItems": ("QuoteLineItem", None)},
     "OpportunityLineItem": {"Product2": ("Product2", "Product2Id")},
     "QuoteLineItem": {"Product2": ("Product2", "Product2Id")},
@@ -110,9 +112,11 @@ def fields_read(soqls: Iterable[str]) -> dict[str, set[str]]:
     return out
 
 
-def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: bool = True) -> list[str]:
+def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: bool = True,
+                   record_types: Iterable[str] = ()) -> list[str]:
     """The SOQL the daemon sends for rules watching `rule_fields` (object → watched fields), with
-    placeholder literals. Each query comes from the function the daemon itself calls."""
+    placeholder literals; `record_types`: the objects whose rules are limited to record types. Each
+    query comes from the function the daemon itself calls."""
     from sfsign.archive import due_query, latest_version_query
     from sfsign.daemon import current_values_query, reconcile_query
     from sfsign.salesforce.rest import (
@@ -134,12 +138,17 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         out.append(due_query(sobject, now))
         out.append(current_values_query(sobject, fields, ["000000000000000AAA"]))
         out.append(shown_signature_query(sobject, "000000000000000AAA"))
+        typed = sobject in set(record_types)
+        if typed and sobject in SELECTS:
+            out.append(SELECTS[sobject](multi_currency, [RECORD_TYPE_PATH]) + " WHERE Id IN ('000000000000000AAA')")
         for field in fields:
-            out.append(reconcile_query(sobject, field, ["x"], since=now, until=now))
+            out.append(reconcile_query(sobject, field, ["x"], since=now, until=now,
+                                       record_types=["x"] if typed else None))
     return out
 
 
 def rules_reads(rules: Rules, multi_currency: bool = True) -> dict[str, set[str]]:
     """What the daemon reads under these rules."""
-    watched = {o: [r.field for r in rules.for_object(o)] for o in sorted({r.object for r in rules.rules})}
-    return fields_read(daemon_queries(watched, multi_currency))
+    objects = sorted({r.object for r in rules.rules})
+    watched = {o: [r.field for r in rules.for_object(o)] for o in objects}
+    return fields_read(daemon_queries(watched, multi_currency, [o for o in objects if rules.uses_record_types(o)]))

@@ -32,11 +32,48 @@ def _value_problems(rules: Rules, rule_name: str, field: Mapping[str, Any], valu
     ]
 
 
+def record_type_problems(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
+    """A rule limited to a record type the org lacks, or one no record can be given (inactive), would
+    never sign: each such name, with the rules file's line and the names the org has."""
+    infos = [i for i in describe.get("recordTypeInfos") or [] if isinstance(i, Mapping)]
+    own = [i for i in infos if not i.get("master")]
+    by_name = {str(i.get("developerName")): i for i in infos}
+    active = [str(i.get("developerName")) for i in own if i.get("active")]
+    where = f"Setup > Object Manager > {sobject} > Record Types"
+    problems = []
+    for rule in rules.for_object(sobject):
+        if rule.record_types is None:
+            continue
+        at = rules.line_of(rule.name, "record_types")
+        if not own:
+            problems.append(
+                f"{at}: rule {rule.name!r} is limited to record types {', '.join(map(repr, rule.record_types))}, "
+                f"but {sobject} has no record types in this org (only Master); remove `record_types` from the rule "
+                f"to sign every {sobject}, or create the record types in {where}")
+            continue
+        for name in rule.record_types:
+            info = by_name.get(name)
+            if info is not None and info.get("active", True):
+                continue
+            if info is not None:
+                fix = f"activate it in {where}, or remove it from the rule"
+                what = "is inactive, so no record can be given it"
+            else:
+                hint = next((n for n in by_name if n.lower() == name.lower()), None)
+                fix = (f"the API name is spelt {hint!r} (record type names in the rules file are case-sensitive)"
+                       if hint else f"use the Record Type Name (API name) from {where}: one of "
+                       f"{', '.join(map(repr, active)) or '(none is active)'}")
+                what = "does not exist in this org"
+            problems.append(f"{at}: rule {rule.name!r} lists record type {name!r}: {sobject} record type {name!r} "
+                            f"{what}; {fix}")
+    return problems
+
+
 def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
     """What in the rules for `sobject` does not match the org's describe of it, each with line and fix."""
     fields = {str(f.get("name")): f for f in describe.get("fields") or [] if isinstance(f, Mapping)}
     by_lower = {name.lower(): name for name in fields}
-    problems = []
+    problems: list[str] = []  # record types are their own check (check._record_types_check)
     for rule in rules.for_object(sobject):
         field = fields.get(rule.field)
         if field is None:

@@ -36,7 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from sfsign.aio import wait_any
 from sfsign.batching import Batcher
-from sfsign.config import ProfileConfig, Rules, read_secret
+from sfsign.config import ProfileConfig, RuleConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import (
     Appearance,
@@ -55,6 +55,7 @@ from sfsign.ops.metrics import Metrics
 from sfsign.ops.status import human_age
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
+from sfsign.record_types import EXPLICIT_SOURCES, RecordTypeNotRead, uncovered_reason
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
 from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
@@ -505,6 +506,9 @@ class Worker:
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        skipped = await self._skip_other_record_type(job, rule, rules, record)
+        if skipped is not None:
+            return skipped
         shown = record.sign_transaction_id
         if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.call(
                 partial(OutboxStore.knows_transaction, transaction_id=shown)):
@@ -552,6 +556,22 @@ class Worker:
                     signed_transaction_id=shown)
         return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
                                         audit_detail=f"{ALREADY_SIGNED}: {note}")
+
+    async def _skip_other_record_type(self, job: Job, rule: RuleConfig, rules: Rules,
+                                      record: SignableRecord) -> Job | None:
+        """A record whose type the rule does not cover: no document and, for a stage change, no write on
+        the record (the rule was never meant for it); a rep's Send for Signature gets a note saying which
+        record types the rule covers. The audit trail and the log say why, either way."""
+        try:
+            why = uncovered_reason(rule, rules, record)
+        except RecordTypeNotRead as exc:
+            raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
+        if why is None:
+            return None
+        if job.source in EXPLICIT_SOURCES:
+            await self._sf(self.rest.update, job.sobject, job.record_id, {"Sign_Error__c": why[:32000]})
+        log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
+        return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
 
     async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before

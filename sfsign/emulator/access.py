@@ -27,7 +27,8 @@ CRUD_OBJECTS = frozenset({"Account", "Contact", "Opportunity", "Quote", "Product
 CONTROLLED_BY_PARENT = {"OpportunityLineItem": "Opportunity", "QuoteLineItem": "Quote",
                         "OpportunityContactRole": "Opportunity", "PricebookEntry": "Product2"}
 #: Objects whose standard fields take no field permission for this emulator (always visible).
-NO_FIELD_SECURITY = frozenset({"User", "Organization", "CurrencyType", "ContentDocument", "ContentDocumentLink"})
+NO_FIELD_SECURITY = frozenset({"User", "Organization", "CurrencyType", "ContentDocument", "ContentDocumentLink",
+                               "RecordType"})
 #: Objects whose standard fields have no field-level security, only their custom fields do (Files).
 CUSTOM_FIELD_SECURITY_ONLY = frozenset({"ContentVersion"})
 

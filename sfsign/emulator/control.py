@@ -72,6 +72,7 @@ class Control:
             web.patch("/_control/bulk/{sobject}", g(self.bulk_update)),
             web.post("/_control/query", g(self.query)),
             web.post("/_control/users/access", g(self.set_access)),
+            web.post("/_control/record-types", g(self.add_record_type)),
             web.post("/_control/events/{name}", g(self.publish_event)),
             web.get("/_control/api-usage", g(self.api_usage)),
             web.post("/_control/api-usage", g(self.set_api_usage)),
@@ -231,6 +232,17 @@ class Control:
         self.org.store.access[user["Id"]] = access
         return web.json_response({"user": user["Username"], "profile": access.profile,
                                   "permissionSets": list(access.permission_sets)})
+
+    async def add_record_type(self, request: web.Request) -> web.Response:
+        """An admin adding a record type in Setup: `{"sobject", "developerName", "name"?, "active"?}`."""
+        body = await _json(request)
+        sobject, developer = body.get("sobject"), body.get("developerName")
+        if not isinstance(sobject, str) or not isinstance(developer, str) or not developer:
+            raise ControlError(400, "sobject and developerName (strings) are required")
+        label = body.get("name")
+        record_id = self.org.store.add_record_type(sobject, developer, label if isinstance(label, str) else None,
+                                                   active=bool(body.get("active", True)))
+        return web.json_response({"id": record_id, "success": True}, status=201)
 
     async def publish_event(self, request: web.Request) -> web.Response:
         body = await _json(request)

@@ -64,6 +64,12 @@ class ControlClient:
         records = [{"Id": rid, **fields} for rid in record_ids]
         await self._json("PATCH", f"/_control/bulk/{sobject}", {"user": user, "records": records})
 
+    async def add_record_type(self, sobject: str, developer_name: str, label: str | None = None, *,
+                              active: bool = True) -> str:
+        """A record type, as an admin creates it in Setup; its id."""
+        body = {"sobject": sobject, "developerName": developer_name, "name": label, "active": active}
+        return str((await self._json("POST", "/_control/record-types", body))["id"])
+
     async def publish(self, event: str, fields: dict[str, Any], *, user: str) -> dict[str, Any]:
         return dict(await self._json("POST", f"/_control/events/{event}", {"user": user, "fields": fields}))
 

@@ -34,11 +34,14 @@ KEY_PREFIXES: dict[str, str] = {
     "Pricebook2": "01s",
     "Product2": "01t",
     "PricebookEntry": "01u",
+    "RecordType": "012",
     "Quote": "0Q0",
     "QuoteLineItem": "0QL",
 }
 
 EMPTY_ID = "000000000000000AAA"
+#: The Master record type every object has: describe lists it with this id, and records never carry it.
+MASTER_RECORD_TYPE_ID = "012000000000000AAA"
 
 
 def checksum(id15: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sfsign import metadata as md
 from sfsign.emulator.errors import ApiError
-from sfsign.emulator.ids import KEY_PREFIXES
+from sfsign.emulator.ids import KEY_PREFIXES, MASTER_RECORD_TYPE_ID
 
 STRING_TYPES = frozenset(
     {"id", "string", "textarea", "picklist", "multipicklist", "reference", "url", "email", "phone",
@@ -88,7 +88,7 @@ class FieldSpec:
         """Whether field-level security applies: required, formula and system fields are always visible,
         and so are the currency code and a version's document id."""
         return (self.nillable and not self.calculated and self.createable
-                and self.name not in ("CurrencyIsoCode", "ContentDocumentId"))
+                and self.name not in ("CurrencyIsoCode", "ContentDocumentId", "RecordTypeId"))
 
     @property
     def filterable(self) -> bool:
@@ -273,7 +273,9 @@ class ObjectSpec:
             "urls": self.urls(version),
         }
 
-    def describe(self, version: str, *, currency_codes: Iterable[str] | None = None) -> dict[str, Any]:
+    def describe(self, version: str, *, currency_codes: Iterable[str] | None = None,
+                 record_types: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+        """`record_types`: the object's RecordType records (Id, Name, DeveloperName, IsActive)."""
         out = self.global_entry(version)
         fields = []
         for spec in self.fields.values():
@@ -303,13 +305,41 @@ class ObjectSpec:
             "lookupLayoutable": None,
             "namedLayoutInfos": [],
             "networkScopeFieldName": None,
-            "recordTypeInfos": [],
+            "recordTypeInfos": record_type_infos(self.name, version, record_types) if not self.is_event else [],
             "searchLayoutable": not self.is_event,
             "sobjectDescribeOption": "FULL",
             "supportedScopes": [{"label": "All " + self.label_plural.lower(), "name": "everything"}],
             "urls": urls,
         })
         return out
+
+
+def record_type_infos(sobject: str, version: str, record_types: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """describe's `recordTypeInfos`: the object's record types, then Master, which every object has.
+
+    Master is the default (and available) only while the object has no active record type of its own;
+    an inactive record type is listed, neither available nor the default. Salesforce orders the list
+    by label with Master last; the default is the user's profile's, here the first active one."""
+    layout = f"/services/data/v{version}/sobjects/{sobject}/describe/layouts/"
+    types = sorted(record_types, key=lambda r: str(r.get("Name") or ""))
+    default = next((str(r["Id"]) for r in types if r.get("IsActive")), MASTER_RECORD_TYPE_ID)
+
+    def info(rid: str, name: str, developer: str, active: bool, master: bool) -> dict[str, Any]:
+        return {"active": active, "available": active, "defaultRecordTypeMapping": rid == default,
+                "developerName": developer, "master": master, "name": name, "recordTypeId": rid,
+                "urls": {"layout": layout + rid}}
+
+    out = [info(str(r["Id"]), str(r.get("Name") or ""), str(r.get("DeveloperName") or ""), bool(r.get("IsActive")),
+                False) for r in types]
+    master = info(MASTER_RECORD_TYPE_ID, "Master", "Master", True, True)
+    master["available"] = default == MASTER_RECORD_TYPE_ID
+    return [*out, master]
+
+
+def record_type_field() -> FieldSpec:
+    """`RecordTypeId`: an object has it only once it has a record type besides Master (before that,
+    naming it in SOQL is INVALID_FIELD, as in Salesforce)."""
+    return _ref("RecordTypeId", "Record Type ID", ["RecordType"], "RecordType")
 
 
 class OrgSchema:
@@ -547,6 +577,20 @@ def standard_objects() -> list[ObjectSpec]:
                  _bool("IsActive", "Active"), _bool("IsCorporate", "Corporate", **RO),
                  *[s for s in _system_fields() if s.name != "IsDeleted"])
     objs.append(currency)
+
+    record_type = ObjectSpec("RecordType", "Record Type", "Record Types", KEY_PREFIXES["RecordType"],
+                             createable=False, updateable=False, deletable=False, undeletable=False,
+                             searchable=False, triggerable=False)
+    record_type.add(_id_field(), _str("Name", "Record Type Name", 80, nillable=False, name_field=True),
+                    _str("DeveloperName", "Record Type Name", 80, nillable=False),
+                    _str("NamespacePrefix", "Namespace Prefix", 15, **RO),
+                    _str("Description", "Description", 255),
+                    _picklist("SobjectType", "SObject Type Name", ["Account", "Contact", "Opportunity", "Quote",
+                                                                   "Product2"], restricted=True, length=40,
+                              nillable=False),
+                    _bool("IsActive", "Active"),
+                    *[s for s in _system_fields() if s.name != "IsDeleted"])
+    objs.append(record_type)
 
     account = ObjectSpec("Account", "Account", "Accounts", KEY_PREFIXES["Account"])
     account.add(_id_field(), _bool("IsDeleted", "Deleted", **RO),

@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfsign import metadata as md
@@ -238,7 +238,8 @@ class OrgStore:
         access = self.access_for(user_id)
         if access is not None and not access.can_read_object(obj):
             raise not_found()
-        out = obj.describe(api_version, currency_codes=self.active_currencies() or None)
+        out = obj.describe(api_version, currency_codes=self.active_currencies() or None,
+                           record_types=self.record_types(obj.name))
         if access is None:
             return out
         fields = []
@@ -254,6 +255,33 @@ class OrgStore:
         out["updateable"] = out["updateable"] and access.can_edit_object(obj)
         out["deletable"] = out["deletable"] and access.can_delete_object(obj)
         return out
+
+    def record_types(self, sobject: str) -> list[Record]:
+        """The object's RecordType records (Master is not one: it exists only in describe)."""
+        return [r for r in self._by_type["RecordType"].values() if r.get("SobjectType") == sobject]
+
+    def add_record_type(self, sobject: str, developer_name: str, label: str | None = None, *,
+                        active: bool = True) -> str:
+        """An admin creating a record type in Setup: the RecordType record, and on the object's first one
+        its `RecordTypeId` field, which Salesforce adds only then (before, SOQL naming it is INVALID_FIELD)."""
+        obj = self.object(sobject)
+        if any(r.get("DeveloperName") == developer_name for r in self.record_types(obj.name)):
+            raise ApiError(400, "DUPLICATE_DEVELOPER_NAME",
+                           f"{obj.label} already has a record type named {developer_name}", ["DeveloperName"])
+        self._enable_record_types(obj.name)
+        return self.insert("RecordType", {"SobjectType": obj.name, "DeveloperName": developer_name,
+                                          "Name": label or developer_name, "IsActive": active},
+                           user_id="", system=True, emit=False)
+
+    def _enable_record_types(self, sobject: str) -> None:
+        """Give `sobject` its RecordTypeId field, on copies (stores may share one schema)."""
+        obj = self.object(sobject)
+        if obj.field("RecordTypeId") is not None:
+            return
+        spec = replace(obj, fields=dict(obj.fields), child_relationships=list(obj.child_relationships),
+                       _lower=dict(obj._lower), _rel_lower=dict(obj._rel_lower))
+        spec.add(sch.record_type_field())
+        self.schema = OrgSchema(spec if o.name == obj.name else o for o in self.schema.objects.values())
 
     def describe_global(self, api_version: str = DEFAULT_API_VERSION) -> dict[str, Any]:
         return self.schema.describe_global(api_version)
@@ -709,6 +737,8 @@ class OrgStore:
                                [name])
             elif spec.type == "reference":
                 rec[name] = self._check_reference(spec, value)
+                if name == "RecordTypeId":
+                    self._check_record_type(obj, rec[name], value)
 
     def _check_reference(self, spec: FieldSpec, value: str) -> str:
         rid = normalize_id(value)
@@ -721,6 +751,13 @@ class OrgStore:
         if rec.get("IsDeleted"):
             raise ApiError(400, "ENTITY_IS_DELETED", "entity is deleted", [spec.name])
         return rid
+
+    def _check_record_type(self, obj: ObjectSpec, rid: str, value: str) -> None:
+        """Only an active record type of the record's own object can be applied to a record."""
+        rt = self._records[rid]
+        if rt.get("SobjectType") != obj.name or not rt.get("IsActive"):
+            raise ApiError(400, "INVALID_CROSS_REFERENCE_KEY",
+                           f"Record Type ID: this ID value isn't valid for the user: {value}", ["RecordTypeId"])
 
     def _check_required(self, obj: ObjectSpec, rec: Record) -> None:
         missing = [s.name for s in obj.fields.values() if s.required and rec.get(s.name) in (None, "")]
@@ -1263,6 +1300,8 @@ class OrgStore:
         store._counters.update(data["counters"])
         store._cascade_root = dict(data.get("cascade_root", {}))
         store._locks = set(data.get("locks", []))
+        for row in data["records"].get("RecordType", []):
+            store._enable_record_types(str(row["SobjectType"]))
         for obj_name, rows in data["records"].items():
             obj = store.schema.objects[obj_name]
             for row in rows:

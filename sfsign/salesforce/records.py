@@ -193,6 +193,16 @@ def quote_select(multi_currency: bool = True, extra: Sequence[str] = ()) -> str:
     return f"SELECT {', '.join([*fields, *_extra(fields, extra), *subqueries])} FROM Quote"
 
 
+def record_type_filter(record_types: Sequence[str]) -> str:
+    """A WHERE condition for records of these record types (DeveloperName); `Master` stands for records
+    without a record type, made before the object had any (their RecordTypeId is null)."""
+    names = [soql_quote(n) for n in record_types if n != "Master"]
+    parts = [f"RecordType.DeveloperName IN ({', '.join(names)})"] if names else []
+    if "Master" in record_types:
+        parts.append("RecordTypeId = null")
+    return parts[0] if len(parts) == 1 else f"({' OR '.join(parts)})"
+
+
 def chunk_ids(prefix: str, ids: Sequence[str]) -> list[list[str]]:
     """Split ids so each `prefix WHERE Id IN (…)` stays ≤ 200 ids and within the URL budget."""
     base = len(quote_plus(prefix + " WHERE Id IN ()"))
@@ -499,8 +509,10 @@ async def find_records_in_state(
     values: Iterable[str],
     since: datetime | None = None,
     limit: int = 200,
+    record_types: Sequence[str] | None = None,
 ) -> list[str]:
-    """Ids of records sitting in a trigger state without a transaction id (reconciliation).
+    """Ids of records sitting in a trigger state without a transaction id (reconciliation), of these
+    `record_types` (DeveloperName) only, when given.
 
     Oldest change first, so a later call with `since` = the last seen LastModifiedDate pages on.
     """
@@ -512,6 +524,8 @@ async def find_records_in_state(
     if not 1 <= limit <= 2000:
         raise ValueError("limit must be between 1 and 2000")
     where = f"{field} IN ({', '.join(literals)}) AND Sign_Transaction_Id__c = null"
+    if record_types is not None:
+        where += f" AND {record_type_filter(record_types)}"
     if since is not None:
         where += f" AND LastModifiedDate >= {soql_datetime(since)}"
     soql = f"SELECT Id, {field} FROM {sobject} WHERE {where} ORDER BY LastModifiedDate LIMIT {int(limit)}"

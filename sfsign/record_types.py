@@ -1,0 +1,37 @@
+"""Rules limited to record types: whether a fetched record is one its rule signs, and why not.
+
+Change events carry only the fields that changed, so a record's type is known only once the record is
+fetched; a trigger for a record of another type ends there, quietly for a stage change (the rule was
+never meant for it), with a note on the record for a rep's explicit "Send for signature".
+"""
+
+from __future__ import annotations
+
+from sfsign.config import MASTER_RECORD_TYPE, RECORD_TYPE_PATH, RuleConfig, Rules
+from sfsign.outbox import REISSUE_SOURCE
+from sfsign.salesforce.records import SignableRecord
+
+#: Job sources a rep asked for by name (Sign_Request__e): they are told on the record why nothing came.
+EXPLICIT_SOURCES = frozenset({"event", REISSUE_SOURCE})
+
+
+class RecordTypeNotRead(LookupError):
+    """The record was fetched without its record type (the rules were reloaded in between): fetch again."""
+
+
+def uncovered_reason(rule: RuleConfig, rules: Rules, record: SignableRecord) -> str | None:
+    """None when `rule` signs `record`; else why not, naming the rules of the object that would."""
+    if rule.record_types is None:
+        return None
+    if RECORD_TYPE_PATH not in record.fields:
+        raise RecordTypeNotRead(f"{record.sobject} {record.id} was read without its record type")
+    value = record.fields[RECORD_TYPE_PATH]
+    record_type = value if isinstance(value, str) and value else MASTER_RECORD_TYPE
+    if rule.covers(record_type):
+        return None
+    others = [r.name for r in rules.for_object(record.sobject) if r.name != rule.name and r.covers(record_type)]
+    why = (f"Not signed: rule {rule.name!r} signs only {record.sobject} records of record type "
+           f"{', '.join(rule.record_types)}; this record's type is {record_type}.")
+    if others:
+        return why + f" Rule {', '.join(map(repr, others))} covers it: name it as the rule in Send for Signature."
+    return why + " No rule covers that record type: ask your sfsign administrator."

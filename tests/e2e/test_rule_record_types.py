@@ -1,0 +1,211 @@
+"""Rules limited to record types (issue 12, part 4), end to end against the emulator over real HTTPS.
+
+The org gets two Opportunity record types, as an admin creates them in Setup; the Opportunity rule signs
+only `Enterprise` records. A stage change on a `Renewal` record ends quietly (no document, no write on
+the record, an audit event), a rep's Send for Signature on it gets a note, reconciliation leaves it out,
+and a rules file naming a record type the org lacks refuses to start with the line and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import REP, record_id, run_daemon, wait_for_status
+
+from sfsign.config import ConfigError, Rules, Settings, load_rules
+from sfsign.daemon import Daemon, reconcile_once
+from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.documents.pki import DemoPki
+from sfsign.emulator.control_client import ControlClient
+from sfsign.outbox import JobState, OutboxStore
+from sfsign.salesforce.rest import SalesforceRest
+
+ENTERPRISE_DEAL = "Acme Industries - Platform Renewal 2027"
+RENEWAL_DEAL = "Acme Industries - API Add-on"
+TRIGGER = {"StageName": "Proposal/Price Quote"}
+OPP_RULE = "    template: proposal\n    profile: company-seal\n"
+
+
+def _rules(tmp_path: Path, pki: DemoPki, record_types: str | None) -> Rules:
+    """The tests' rules with the Opportunity rule limited to `record_types` (YAML), if given."""
+    path = tmp_path / "rules.yaml"
+    text = RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    assert OPP_RULE in text
+    if record_types is not None:
+        text = text.replace(OPP_RULE, f"{OPP_RULE}    record_types: {record_types}\n", 1)
+    path.write_text(text)
+    return load_rules(path)
+
+
+@pytest.fixture
+def rules(tmp_path: Path, pki: DemoPki, pki_passphrase: str, monkeypatch: pytest.MonkeyPatch) -> Rules:
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    return _rules(tmp_path, pki, "[Enterprise]")
+
+
+async def _typed_deals(control: ControlClient) -> tuple[str, str]:
+    """Two record types, as an admin creates them; one deal of each. (enterprise deal, renewal deal)"""
+    enterprise = await control.add_record_type("Opportunity", "Enterprise", "Enterprise Deal")
+    renewal = await control.add_record_type("Opportunity", "Renewal", "Renewal")
+    a = await record_id(control, "Opportunity", ENTERPRISE_DEAL)
+    b = await record_id(control, "Opportunity", RENEWAL_DEAL)
+    await control.update("Opportunity", a, {"RecordTypeId": enterprise}, user=REP)
+    await control.update("Opportunity", b, {"RecordTypeId": renewal}, user=REP)
+    return a, b
+
+
+async def _audit(rest: SalesforceRest, opp: str, wanted: str, within_s: float = 30.0) -> list[dict[str, Any]]:
+    async with asyncio.timeout(within_s):
+        while True:
+            events = await rest.query(
+                "SELECT Event_Type__c, Detail__c FROM Signature_Event__c "
+                f"WHERE Opportunity__c = '{opp}' ORDER BY Name")
+            if any(e["Event_Type__c"] == wanted for e in events):
+                return events
+            await asyncio.sleep(0.1)
+
+
+async def _note(control: ControlClient, opp: str, within_s: float = 60.0) -> str:
+    """The record's Sign_Error__c, once there is one."""
+    async with asyncio.timeout(within_s):
+        while True:
+            note = (await control.get("Opportunity", opp, ["Sign_Error__c"])).get("Sign_Error__c")
+            if note:
+                return str(note)
+            await asyncio.sleep(0.1)
+
+
+async def _files_of(control: ControlClient, opp: str) -> list[dict[str, Any]]:
+    return [f for f in await control.files() if f.get("FirstPublishLocationId") == opp]
+
+
+async def test_a_rule_limited_to_a_record_type_signs_its_records_and_quietly_skips_others(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest
+) -> None:
+    a, b = await _typed_deals(control)
+    quick = settings.model_copy(update={"audit_flush_s": 0.1})
+    async with run_daemon(quick, rules) as daemon:
+        await control.update("Opportunity", b, TRIGGER, user=REP)
+        await control.update("Opportunity", a, TRIGGER, user=REP)
+        signed = await wait_for_status(control, "Opportunity", a)
+        events = await _audit(rest, b, "skipped")
+        jobs = {j.record_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
+    assert signed["Sign_Status__c"] == "Signed", signed
+    assert len(await _files_of(control, a)) == 1
+    assert jobs[b].state is JobState.SKIPPED
+    assert await _files_of(control, b) == []
+    record = await control.get("Opportunity", b, ["Sign_Status__c", "Sign_Transaction_Id__c", "Sign_Error__c"])
+    assert record["Sign_Status__c"] is None and record["Sign_Transaction_Id__c"] is None, record
+    assert record["Sign_Error__c"] is None, "a stage change on a record the rule is not for writes nothing on it"
+    [skipped] = [e for e in events if e["Event_Type__c"] == "skipped"]
+    assert "rule 'opportunity-proposal' signs only Opportunity records of record type Enterprise" in skipped[
+        "Detail__c"]
+    assert "this record's type is Renewal" in skipped["Detail__c"]
+
+
+async def test_send_for_signature_on_a_record_of_another_type_gets_a_note_naming_the_covered_types(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    _a, b = await _typed_deals(control)
+    async with run_daemon(settings, rules) as daemon:
+        await control.publish("Sign_Request__e", {"RecordId__c": b}, user=REP)
+        note = await _note(control, b)
+        jobs = await daemon.outbox.call(lambda s: s.jobs())
+    assert note.startswith("Not signed: rule 'opportunity-proposal' signs only Opportunity records of record "
+                           "type Enterprise; this record's type is Renewal."), note
+    assert [j.state for j in jobs] == [JobState.SKIPPED]
+    assert await _files_of(control, b) == []
+
+
+async def test_reconciliation_queues_only_records_of_the_rules_record_types(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    a, b = await _typed_deals(control)
+    await control.update("Opportunity", a, TRIGGER, user=REP)
+    await control.update("Opportunity", b, TRIGGER, user=REP)
+    created = await reconcile_once(settings, rules)
+    store = OutboxStore(settings.data_dir / "outbox.sqlite")
+    try:
+        queued = {j.record_id for j in store.jobs()}
+    finally:
+        store.close()
+    assert created == 1 and queued == {a}
+
+
+@pytest.mark.parametrize(
+    ("record_types", "org", "expected"),
+    [
+        ("[Enterprize]", "typed",
+         "rule 'opportunity-proposal' lists record type 'Enterprize': Opportunity record type 'Enterprize' does "
+         "not exist in this org; use the Record Type Name (API name) from Setup > Object Manager > Opportunity > "
+         "Record Types: one of 'Enterprise', 'Renewal'"),
+        ("[enterprise]", "typed", "the API name is spelt 'Enterprise' (record type names in the rules file are "
+                                  "case-sensitive)"),
+        ("[Enterprise, Legacy]", "typed",
+         "Opportunity record type 'Legacy' is inactive, so no record can be given it; activate it in Setup > "
+         "Object Manager > Opportunity > Record Types, or remove it from the rule"),
+        ("[Enterprise]", "untyped",
+         "rule 'opportunity-proposal' is limited to record types 'Enterprise', but Opportunity has no record "
+         "types in this org (only Master); remove `record_types` from the rule"),
+    ],
+    ids=["typo", "case", "inactive", "org-without-record-types"],
+)
+async def test_a_record_type_the_org_lacks_refuses_to_start_with_line_and_fix(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient, record_types: str, org: str,
+    expected: str,
+) -> None:
+    if org == "typed":
+        await _typed_deals(control)
+        await control.add_record_type("Opportunity", "Legacy", active=False)
+    rules = _rules(tmp_path, pki, record_types)
+    where = f"{rules.source}:{rules.lines[('opportunity-proposal', 'record_types')]}: "
+    daemon = Daemon(settings, rules)
+    with pytest.raises(ConfigError) as caught:
+        await daemon.run()
+    message = str(caught.value)
+    assert where in message and expected in message, message
+    assert not daemon.ready.is_set()
+
+
+async def test_sfsign_check_reports_an_unknown_record_type_and_passes_a_known_one(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient
+) -> None:
+    from sfsign.check import _check_schema
+    from sfsign.daemon import auth_config
+    from sfsign.salesforce.auth import Authenticator
+
+    await _typed_deals(control)
+    authenticator = Authenticator(auth_config(settings))
+    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    try:
+        good = [c for c in await _check_schema(rest, _rules(tmp_path, pki, "[Enterprise, Renewal]"))
+                if c.name == "record types Opportunity"]
+        bad = [c for c in await _check_schema(rest, _rules(tmp_path, pki, "[Enterprize]"))
+               if c.name == "record types Opportunity"]
+    finally:
+        await rest.close()
+        await authenticator.aclose()
+    assert [c.ok for c in good] == [True] and "Enterprise, Renewal" in good[0].detail
+    assert [c.ok for c in bad] == [False] and "'Enterprize' does not exist in this org" in bad[0].detail
+    assert "rules.yaml:" in bad[0].detail
+
+
+async def test_a_reload_naming_a_record_type_the_org_lacks_is_refused_and_the_old_rules_stay(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    await _typed_deals(control)
+    async with run_daemon(settings, rules) as daemon:
+        rules.source.write_text(rules.source.read_text().replace("record_types: [Enterprise]",
+                                                                 "record_types: [Enterprize]"))
+        applied = await daemon.request_reload()
+        kept = daemon.rules
+        rules.source.write_text(rules.source.read_text().replace("record_types: [Enterprize]",
+                                                                 "record_types: [Renewal]"))
+        fixed = await daemon.request_reload()
+        now = daemon.rules
+    assert applied is False and kept is rules
+    assert fixed is True and now.rules[0].record_types == ["Renewal"]
+
