@@ -173,7 +173,7 @@ async def test_a_record_type_the_org_lacks_refuses_to_start_with_line_and_fix(
 async def test_sfsign_check_reports_an_unknown_record_type_and_passes_a_known_one(
     settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient
 ) -> None:
-    from sfsign.check import _check_schema
+    from sfsign.check import check_rules
     from sfsign.daemon import auth_config
     from sfsign.salesforce.auth import Authenticator
 
@@ -181,9 +181,9 @@ async def test_sfsign_check_reports_an_unknown_record_type_and_passes_a_known_on
     authenticator = Authenticator(auth_config(settings))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
-        good = [c for c in await _check_schema(rest, _rules(tmp_path, pki, "[Enterprise, Renewal]"))
+        good = [c for c in await check_rules(rest, _rules(tmp_path, pki, "[Enterprise, Renewal]"))
                 if c.name == "record types Opportunity"]
-        bad = [c for c in await _check_schema(rest, _rules(tmp_path, pki, "[Enterprize]"))
+        bad = [c for c in await check_rules(rest, _rules(tmp_path, pki, "[Enterprize]"))
                if c.name == "record types Opportunity"]
     finally:
         await rest.close()
