@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from sfsign.demo import DEMO_RULES_TAIL, PASSPHRASE_ENV, demo_pki, demo_rules_text
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices
 
 REP = "lena.hoffmann@northwind.example"
 STAGE_BB = "Proposal/Price Quote"  # signed at B-B by the benchmark rules

@@ -203,7 +203,7 @@ def _cmd_demo_keys(args: argparse.Namespace) -> int:
     """A throw-away signing PKI for trying sfsign (the rules file's paths): never for real contracts."""
     import secrets
 
-    from sfsign.documents.pki import create_demo_pki
+    from sfsign.localpki.pki import create_demo_pki
 
     out = Path(args.out)
     passphrase = secrets.token_urlsafe(18)

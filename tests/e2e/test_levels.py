@@ -20,10 +20,10 @@ from e2e_support import REP, pdfsig_required, record_id, run_cli, run_daemon
 
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.demo import PASSPHRASE_ENV, demo_rules_text
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.outbox import JobState
 from sfsign.salesforce.rest import SalesforceRest
 

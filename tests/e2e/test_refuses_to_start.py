@@ -14,7 +14,7 @@ from e2e_support import run_cli
 
 from sfsign.config import Rules, Settings
 from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 RUN_TIMEOUT_S = 90.0
 REFUSED = "sfsign: refusing to start"

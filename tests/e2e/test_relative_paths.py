@@ -17,7 +17,7 @@ from e2e_support import cli_env, echo_output
 
 from sfsign.config import Rules, Settings
 from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "sfsign" / "documents" / "templates"
 
