@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from sfsign.aio import wait_any
+from sfsign.commands.status import record_api_usage
 from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import load_signer
@@ -34,7 +35,6 @@ from sfsign.governor import ApiGovernor
 from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
-from sfsign.ops.status import record_api_usage
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, NewJob, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir
 from sfsign.rule_fields import check_rule_fields

@@ -15,9 +15,9 @@ import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from pdf_glyphs import pdftotext
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.daemon import Daemon
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki

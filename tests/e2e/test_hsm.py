@@ -19,8 +19,8 @@ import pytest
 from e2e_support import REP, cli_env, pdfsig_required, record_id
 from secret_scan import register_secret
 
+from sfsign.commands.demo import RULES_TEMPLATE
 from sfsign.config import Settings
-from sfsign.demo import RULES_TEMPLATE
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localpki.pki import DemoPki

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sfsign.config import Settings
-from sfsign.ops.progress import ProgressLine, _CountingRest
-from sfsign.ops.retention import DAY_S, expired_artifacts, purge, purge_loop
-from sfsign.ops.status import (
+from sfsign.commands.progress import ProgressLine, _CountingRest
+from sfsign.commands.status import (
     API_USAGE_KEY,
     collect_status,
     format_api_usage,
@@ -29,6 +27,8 @@ from sfsign.ops.status import (
     status_json,
     utc_midnight,
 )
+from sfsign.config import Settings
+from sfsign.ops.retention import DAY_S, expired_artifacts, purge, purge_loop
 from sfsign.outbox import JobState, NewJob, Outbox, OutboxStore
 from sfsign.salesforce.rest import QueryPage
 
