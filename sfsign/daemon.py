@@ -27,11 +27,11 @@ from typing import Any
 import structlog
 
 from sfsign.aio import wait_any
-from sfsign.commands.status import record_api_usage
 from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import load_signer
 from sfsign.governor import ApiGovernor
+from sfsign.ops.api_usage import record_api_usage
 from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop

@@ -36,7 +36,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from sfsign.aio import wait_any
 from sfsign.batching import Batcher
-from sfsign.commands.status import human_age
 from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import (
@@ -52,6 +51,7 @@ from sfsign.documents.sign import (
 from sfsign.documents.tsa import TsaAuth
 from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
+from sfsign.ops.durations import human_age
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
