@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sfsign.demo import DEMO_RULES_TAIL, PASSPHRASE_ENV, demo_pki, demo_rules_text
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices
+from sfsign.commands.demo import DEMO_RULES_TAIL, PASSPHRASE_ENV, demo_pki, demo_rules_text
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices
 
 REP = "lena.hoffmann@northwind.example"
 STAGE_BB = "Proposal/Price Quote"  # signed at B-B by the benchmark rules
@@ -65,7 +65,7 @@ rules:
 def bench_rules_text(pki: DemoPki, tsa_url: str) -> str:
     text = demo_rules_text(pki, tsa_url)
     if not text.endswith(DEMO_RULES_TAIL):
-        raise RuntimeError("sfsign.demo changed its rules layout; adapt benchmarks/_support.bench_rules_text")
+        raise RuntimeError("sfsign.commands.demo changed its rules layout; adapt benchmarks/_support.bench_rules_text")
     return text[: -len(DEMO_RULES_TAIL)] + BENCH_RULES
 
 

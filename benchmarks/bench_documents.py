@@ -36,11 +36,11 @@ from pathlib import Path
 from sfsign.documents.jobs import SigningRequest, render_job, sign_job, warm_up
 from sfsign.documents.ltv import upgrade_pdf
 from sfsign.documents.model import ContractDocument, sample_contract
-from sfsign.documents.pki import create_demo_pki
-from sfsign.documents.pkiserver import start_demo_pki_services
 from sfsign.documents.render import POOL_START_METHOD, render_pdf
 from sfsign.documents.sign import Appearance, KeySpec, SignatureLevel, SignedPdf, sign_pdf_bytes
 from sfsign.documents.verify import validate_signed_pdf
+from sfsign.localpki.pki import create_demo_pki
+from sfsign.localpki.pkiserver import start_demo_pki_services
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
 

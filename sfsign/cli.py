@@ -86,7 +86,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from sfsign.ops.progress import ProgressLine, reconcile_with_progress
+    from sfsign.commands.progress import ProgressLine, reconcile_with_progress
 
     settings, rules = _settings_and_rules(args)
     since = datetime.fromisoformat(args.since) if args.since else None
@@ -114,8 +114,8 @@ def _open_existing_outbox(settings: Settings) -> OutboxStore:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from sfsign.commands.status import collect_status, render_status, status_json
     from sfsign.config import load_settings
-    from sfsign.ops.status import collect_status, render_status, status_json
 
     store = _open_existing_outbox(load_settings())
     try:
@@ -127,8 +127,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
+    from sfsign.commands.status import job_line, render_jobs
     from sfsign.config import load_settings
-    from sfsign.ops.status import job_line, render_jobs
     from sfsign.outbox import JobState
 
     store = _open_existing_outbox(load_settings())
@@ -143,7 +143,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from sfsign.ops.preview import PreviewError, render_preview
+    from sfsign.commands.preview import PreviewError, render_preview
 
     settings, rules = _settings_and_rules(args)
     try:
@@ -203,7 +203,7 @@ def _cmd_demo_keys(args: argparse.Namespace) -> int:
     """A throw-away signing PKI for trying sfsign (the rules file's paths): never for real contracts."""
     import secrets
 
-    from sfsign.documents.pki import create_demo_pki
+    from sfsign.localpki.pki import create_demo_pki
 
     out = Path(args.out)
     passphrase = secrets.token_urlsafe(18)
@@ -218,7 +218,7 @@ def _cmd_demo_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sfsign.demo import run_demo
+    from sfsign.commands.demo import run_demo
 
     return run_demo(output_dir=Path(args.output), keep_dir=Path(args.work_dir) if args.work_dir else None)
 

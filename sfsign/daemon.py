@@ -31,10 +31,10 @@ from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import load_signer
 from sfsign.governor import ApiGovernor
+from sfsign.ops.api_usage import record_api_usage
 from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
-from sfsign.ops.status import record_api_usage
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator

@@ -51,8 +51,8 @@ from sfsign.documents.sign import (
 from sfsign.documents.tsa import TsaAuth
 from sfsign.governor import ApiGovernor
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
+from sfsign.ops.durations import human_age
 from sfsign.ops.metrics import Metrics
-from sfsign.ops.status import human_age
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.private_files import private_dir, write_private
 from sfsign.record_types import EXPLICIT_SOURCES, RecordTypeNotRead, uncovered_reason

@@ -14,12 +14,12 @@ import structlog
 from secret_scan import register_secret
 from structlog.testing import LogCapture
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.config import Rules, Settings
 from sfsign.daemon import auth_config
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
-from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki, create_demo_pki
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki, create_demo_pki
 from sfsign.outbox import JobState
 from sfsign.worker import preflight_profiles
 

@@ -19,9 +19,9 @@ from e2e_support import REP, record_id, run_daemon, settled_jobs, wait_for_statu
 from pdf_glyphs import assert_no_notdef, font_names, pdftotext, visible_characters
 
 from sfsign.config import Rules, Settings
-from sfsign.documents.pki import DemoPki
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
 from sfsign.outbox import JobState
 from sfsign.salesforce.rest import SalesforceRest
 

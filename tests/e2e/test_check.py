@@ -45,7 +45,7 @@ async def test_check_fails_with_a_fix_when_the_org_lacks_a_field(
     emulator = EmulatorThread(data_dir=tmp_path / "emu", metadata_dir=org_package, long_poll_timeout_ms=3000)
     await asyncio.to_thread(emulator.start)
     try:
-        from sfsign.demo import daemon_settings
+        from sfsign.commands.demo import daemon_settings
 
         settings = daemon_settings(emulator, tmp_path, rules.source)
         result = await asyncio.to_thread(_check, settings, metadata_dir=REPO_METADATA)

@@ -15,12 +15,12 @@ import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from pdf_glyphs import pdftotext
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.daemon import Daemon
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki
 from sfsign.metadata import default_metadata_dir
 from sfsign.salesforce.rest import SalesforceRest
 

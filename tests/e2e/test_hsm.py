@@ -19,12 +19,12 @@ import pytest
 from e2e_support import REP, cli_env, pdfsig_required, record_id
 from secret_scan import register_secret
 
+from sfsign.commands.demo import RULES_TEMPLATE
 from sfsign.config import Settings
-from sfsign.demo import RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.softhsm import find_softhsm_module, provision_softhsm_token
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.softhsm import find_softhsm_module, provision_softhsm_token
 from sfsign.salesforce.rest import SalesforceRest
 
 HSM_PIN = "e2e-user-pin-2718"  # PIN of a throw-away test token, not a real secret

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from e2e_support import REP, pdfsig_required, record_id, run_cli, run_daemon
 
+from sfsign.commands.demo import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Rules, Settings, load_rules
-from sfsign.demo import PASSPHRASE_ENV, demo_rules_text
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.outbox import JobState
 from sfsign.salesforce.rest import SalesforceRest
 
@@ -70,7 +70,7 @@ def rules(tmp_path: Path, services_pki: tuple[DemoPki, PkiServices, str], monkey
 
 @pytest.fixture
 def settings(emulator: Any, tmp_path: Path, rules: Rules) -> Settings:
-    from sfsign.demo import daemon_settings
+    from sfsign.commands.demo import daemon_settings
 
     return daemon_settings(emulator, tmp_path, rules.source, cpu_workers=1, shutdown_grace_s=10, log_level="INFO",
                            ltv_delay_s=0.1, retry_for_h=2 / 3600, retry_base_s=0.2, retry_cap_s=0.5)

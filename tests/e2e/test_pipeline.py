@@ -14,9 +14,9 @@ from pathlib import Path
 from e2e_support import REP, pdfsig_required, record_id, run_daemon, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
-from sfsign.documents.pki import DemoPki
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
 from sfsign.outbox import JobState
 from sfsign.salesforce.rest import SalesforceRest
 

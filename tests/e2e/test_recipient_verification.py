@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from e2e_support import echo_output
 
-from sfsign.demo import DEMO_ROOT_NAME
+from sfsign.commands.demo import DEMO_ROOT_NAME
 from sfsign.documents.verify import validate_signed_pdf
 
 PYHANKO = Path(sys.executable).parent / "pyhanko"

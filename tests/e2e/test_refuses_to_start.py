@@ -12,9 +12,9 @@ from pathlib import Path
 
 from e2e_support import run_cli
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 RUN_TIMEOUT_S = 90.0
 REFUSED = "sfsign: refusing to start"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from e2e_support import cli_env, echo_output
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "sfsign" / "documents" / "templates"
 

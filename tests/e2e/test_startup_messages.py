@@ -13,8 +13,8 @@ from e2e_support import run_cli
 from secret_scan import register_secret
 
 from sfsign.config import Rules, Settings
-from sfsign.documents.pki import DemoPki
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki
 
 RUN_TIMEOUT_S = 90.0
 CA_FIX = "unset SFSIGN_CA_BUNDLE to trust only this machine's CAs, or set it to the PEM file"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from e2e_support import run_cli
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 UNREACHABLE = "[http://127.0.0.1:9/tsa, http://127.0.0.1:9/fallback]"
 

@@ -33,9 +33,9 @@ import structlog
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from structlog.testing import LogCapture
 
+from sfsign.commands.demo import PASSPHRASE_ENV
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
-from sfsign.demo import PASSPHRASE_ENV
 from sfsign.emulator.control_client import TOKEN_HEADER, ControlClient
 from sfsign.emulator.server import Emulator, EmulatorThread
 from sfsign.outbox import Outbox, OutboxStore

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfsign.documents.pki import create_demo_pki
+from sfsign.localpki.pki import create_demo_pki
 
 REPO = Path(__file__).resolve().parents[2]
 

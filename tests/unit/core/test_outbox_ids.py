@@ -92,7 +92,7 @@ def test_migration_normalises_ids_and_flags_contracts_signed_twice(tmp_path: Pat
 
 
 def test_status_lists_parked_events_without_their_payload(tmp_path: Path) -> None:
-    from sfsign.ops.status import collect_status, render_status, status_json
+    from sfsign.commands.status import collect_status, render_status, status_json
 
     store = OutboxStore(tmp_path / "o.sqlite")
     message = {"channel": "/data/OpportunityChangeEvent",

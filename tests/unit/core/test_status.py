@@ -12,23 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from sfsign.commands.progress import ProgressLine, _CountingRest
+from sfsign.commands.status import collect_status, job_line, render_jobs, render_status, status_json, utc_midnight
 from sfsign.config import Settings
-from sfsign.ops.progress import ProgressLine, _CountingRest
+from sfsign.ops.api_usage import API_USAGE_KEY, format_api_usage, parse_api_usage, record_api_usage, save_api_usage
+from sfsign.ops.durations import human_age
 from sfsign.ops.retention import DAY_S, expired_artifacts, purge, purge_loop
-from sfsign.ops.status import (
-    API_USAGE_KEY,
-    collect_status,
-    format_api_usage,
-    human_age,
-    job_line,
-    parse_api_usage,
-    record_api_usage,
-    render_jobs,
-    render_status,
-    save_api_usage,
-    status_json,
-    utc_midnight,
-)
 from sfsign.outbox import JobState, NewJob, Outbox, OutboxStore
 from sfsign.salesforce.rest import QueryPage
 

@@ -23,10 +23,10 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from secret_scan import register_secret
 
 from sfsign.documents.model import ContractDocument, sample_contract
-from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.documents.render import RenderedPdf, render_pdf
 from sfsign.documents.sign import Pkcs11KeySpec
-from sfsign.documents.softhsm import find_softhsm_module, provision_softhsm_token
+from sfsign.localpki.pki import DemoPki, create_demo_pki
+from sfsign.localpki.softhsm import find_softhsm_module, provision_softhsm_token
 
 PASSPHRASE = "correct horse battery staple"
 SOFTHSM_PIN = "4711-user-pin"  # PINs of a throw-away test token, not real secrets

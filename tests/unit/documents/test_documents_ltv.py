@@ -26,8 +26,6 @@ from sfsign.documents.ltv import (
     newest_timestamp_expiry,
     upgrade_pdf,
 )
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.documents.render import RenderedPdf
 from sfsign.documents.sign import (
     CUSTOMER_FIELD,
@@ -37,6 +35,8 @@ from sfsign.documents.sign import (
     sign_pdf_bytes,
 )
 from sfsign.documents.verify import VERDICT_MAX_CHARS, validate_signed_pdf
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
 TSA_SOON_EXPIRES = dt.timedelta(days=40)

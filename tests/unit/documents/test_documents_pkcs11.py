@@ -20,7 +20,6 @@ from pydantic import SecretStr
 from test_documents_timestamps import LocalTsa  # the RFC 3161 server of the B-T tests
 
 from sfsign.documents import pkcs11 as pkcs11_module
-from sfsign.documents.pki import DemoPki
 from sfsign.documents.render import RenderedPdf
 from sfsign.documents.sign import (
     Appearance,
@@ -33,6 +32,7 @@ from sfsign.documents.sign import (
     sign_pdf_bytes,
 )
 from sfsign.documents.verify import async_validate_signed_pdf, validate_signed_pdf
+from sfsign.localpki.pki import DemoPki
 
 if TYPE_CHECKING:
     from conftest import SoftHsm

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sfsign.documents.pki import DOCUMENT_SIGNING_EKU, DemoPki, create_demo_pki
+from sfsign.localpki.pki import DOCUMENT_SIGNING_EKU, DemoPki, create_demo_pki
 
 
 def _cert(path: Path) -> x509.Certificate:

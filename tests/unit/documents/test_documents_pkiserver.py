@@ -20,8 +20,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 from secret_scan import register_secret
 
-from sfsign.documents.pki import DemoPki, create_demo_pki
-from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
+from sfsign.localpki.pki import DemoPki, create_demo_pki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 
 TSA_USER, TSA_PASSWORD = "tsa-user", "tsa-test-password"  # a test credential for the local TSA only
 register_secret(TSA_PASSWORD)

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 
 from sfsign.documents.ltv import upgrade_pdf
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import start_demo_pki_services
 from sfsign.documents.render import RenderedPdf
 from sfsign.documents.sign import CUSTOMER_FIELD, Appearance, SignatureLevel, sign_pdf_bytes
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import start_demo_pki_services
 
 APPEARANCE = Appearance(name="Northwind Cloud GmbH", reason="Offer approved", location="Berlin")
 PYHANKO = Path(sys.executable).parent / "pyhanko"

@@ -18,7 +18,6 @@ from pydantic import SecretStr
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.documents import sign as sign_module
-from sfsign.documents.pki import DemoPki, create_demo_pki
 from sfsign.documents.render import POOL_START_METHOD, RenderedPdf
 from sfsign.documents.sign import (
     CUSTOMER_FIELD,
@@ -33,6 +32,7 @@ from sfsign.documents.sign import (
     sign_pdf_bytes,
 )
 from sfsign.documents.verify import ValidationError, async_validate_signed_pdf, validate_signed_pdf
+from sfsign.localpki.pki import DemoPki, create_demo_pki
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg", contact_info="+49 40 1")
 

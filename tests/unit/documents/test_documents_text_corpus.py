@@ -21,10 +21,10 @@ from pdf_glyphs import assert_no_notdef, cid_texts, font_names, pdftotext, visib
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.documents.model import ContractDocument, sample_contract
-from sfsign.documents.pki import DemoPki
 from sfsign.documents.render import FALLBACK_FONTS_DIR, TEMPLATES_DIR, RenderedPdf, render_pdf
 from sfsign.documents.sign import Appearance, sign_pdf_bytes
 from sfsign.documents.verify import validate_signed_pdf
+from sfsign.localpki.pki import DemoPki
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man, woman, girl joined by ZWJ
 ENGLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"  # tag sequence flag

@@ -28,7 +28,6 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from secret_scan import register_secret
 
 from sfsign.documents import tsa as tsa_module
-from sfsign.documents.pki import DemoPki
 from sfsign.documents.render import RenderedPdf
 from sfsign.documents.sign import (
     Appearance,
@@ -41,6 +40,7 @@ from sfsign.documents.sign import (
     sign_pdf_bytes,
 )
 from sfsign.documents.verify import validate_signed_pdf
+from sfsign.localpki.pki import DemoPki
 
 APPEARANCE = Appearance(name="Katrin Albers", reason="Binding offer", location="Hamburg")
 TSA_PASSWORD = "tsa-secret-pw"  # a test credential for the local TSA, not a real secret

@@ -29,10 +29,10 @@ import structlog
 
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon, auth_config
-from sfsign.documents.pki import DemoPki
-from sfsign.documents.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest

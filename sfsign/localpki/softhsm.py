@@ -177,7 +177,7 @@ def import_key_and_certificate(
     env = _env(conf)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(_PACKAGE_ROOT), env.get("PYTHONPATH"))))
     done = subprocess.run(
-        [sys.executable, "-m", "sfsign.documents.softhsm"],
+        [sys.executable, "-m", "sfsign.localpki.softhsm"],
         input=json.dumps(request),
         env=env,
         capture_output=True,

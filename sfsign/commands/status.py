@@ -7,72 +7,20 @@ content, file names, requesters or signer names: those may name customers and pe
 
 from __future__ import annotations
 
-import asyncio
-import math
-import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from tabulate import tabulate
 
-from sfsign.aio import wait_any
-from sfsign.outbox import ACTIVE_STATES, Job, JobState, Outbox, OutboxStore, ParkedEvent
+from sfsign.ops.api_usage import API_USAGE_KEY, ApiUsage, parse_api_usage
+from sfsign.ops.durations import human_age
+from sfsign.outbox import ACTIVE_STATES, Job, JobState, OutboxStore, ParkedEvent
 
-# Meta key the daemon writes with the last `Sforce-Limit-Info: api-usage=used/max` it saw: "used/max@epoch".
-API_USAGE_KEY = "api_usage"
-_API_USAGE = re.compile(r"^(\d+)/(\d+)@(\d+(?:\.\d+)?)$")
 ERROR_WIDTH = 60  # characters of `last_error` shown in a table; JSON carries all of it
 DEAD_SHOWN = 20  # dead jobs listed by `sfsign status` (newest first); `sfsign jobs --state dead` has them all
 PARKED_SHOWN = 10  # newest parked events listed; their payloads stay in the outbox (they may name customers)
-
-
-def format_api_usage(used: int, maximum: int, seen_at: float) -> str:
-    """The `api_usage` meta value, e.g. "1234/15000@1767225600.5"."""
-    return f"{int(used)}/{int(maximum)}@{seen_at:.1f}"
-
-
-@dataclass(frozen=True)
-class ApiUsage:
-    used: int
-    maximum: int
-    seen_at: float
-
-    @property
-    def percent(self) -> float | None:
-        return round(100 * self.used / self.maximum, 1) if self.maximum else None
-
-
-def parse_api_usage(value: str | None) -> ApiUsage | None:
-    """The stored `api_usage` value, or None when absent or unreadable (status must not fail on it)."""
-    match = _API_USAGE.match(value or "")
-    if match is None:
-        return None
-    return ApiUsage(int(match[1]), int(match[2]), float(match[3]))
-
-
-def save_api_usage(store: OutboxStore, usage: tuple[int, int] | None, now: float) -> bool:
-    """Persist the daemon's last seen (used, max), so `sfsign status` (another process) can show it."""
-    if usage is None:
-        return False
-    store.set_meta(API_USAGE_KEY, format_api_usage(usage[0], usage[1], now))
-    return True
-
-
-async def record_api_usage(
-    outbox: Outbox, usage: Callable[[], tuple[int, int] | None], stop: asyncio.Event, interval_s: float = 60.0
-) -> None:
-    """Daemon task: copy `SalesforceRest.api_usage` into the outbox every `interval_s` until `stop`."""
-    last: tuple[int, int] | None = None
-    while not stop.is_set():
-        current = usage()
-        if current is not None and current != last:
-            await outbox.call(partial(save_api_usage, usage=current, now=time.time()))
-            last = current
-        await wait_any(stop, within_s=interval_s)
 
 
 @dataclass(frozen=True)
@@ -159,18 +107,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def human_age(seconds: float) -> str:
-    """Compact age for a table: 45s, 3m12s, 5h04m, 2d03h."""
-    s = max(0, math.floor(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def status_json(report: StatusReport) -> dict[str, Any]:

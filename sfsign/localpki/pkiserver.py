@@ -44,7 +44,7 @@ from pyhanko.sign.general import as_signing_certificate, get_pyca_cryptography_h
 from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 
-from sfsign.documents.pki import ISSUING_SLUG, ROOT_SLUG, DemoPki, PrivateKey, create_demo_pki
+from sfsign.localpki.pki import ISSUING_SLUG, ROOT_SLUG, DemoPki, PrivateKey, create_demo_pki
 
 REVOCATION_INFO_VALIDITY = dt.timedelta(days=7)
 _START_TIMEOUT_SECONDS = 30.0
