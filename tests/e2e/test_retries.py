@@ -120,7 +120,9 @@ async def test_sigterm_mid_upload_parks_the_job_and_the_next_start_uploads_exact
                 await asyncio.sleep(0.02)
     [parked] = await _jobs(settings)
     assert parked.state is JobState.SIGNED and parked.upload_uncertain == 1
-    await asyncio.sleep(3.5)  # the interrupted upload still lands in the org
+    async with asyncio.timeout(60):  # the interrupted upload still lands in the org (after its 3 s latency)
+        while not [f for f in await control.files() if f["Sign_Transaction_Id__c"] == parked.transaction_id]:  # noqa: ASYNC110 - the org is elsewhere
+            await asyncio.sleep(0.1)
     async with run_daemon(settings, rules):
         record = await wait_for_status(control, "Opportunity", opp)
     assert record["Sign_Status__c"] == "Signed"

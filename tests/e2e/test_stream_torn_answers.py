@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ async def test_record_moved_while_the_answer_with_its_event_is_torn_is_still_sig
 
 async def test_periodic_reconciliation_signs_a_record_whose_event_never_came(
     settings: Settings, rules: Rules, control: ControlClient, emulator: EmulatorThread,
-    monkeypatch: pytest.MonkeyPatch,
+    logs: list[MutableMapping[str, Any]],
 ) -> None:
     settings = settings.model_copy(update={"reconcile_interval_s": 1.0})
     acme = await record_id(control, "Opportunity", ACME)
@@ -109,16 +109,10 @@ async def test_periodic_reconciliation_signs_a_record_whose_event_never_came(
     moved = int(time.time())
     while int(time.time()) == moved:  # noqa: ASYNC110 - SOQL datetimes have whole seconds: start in the next
         await asyncio.sleep(0.05)
-    passes: list[int] = []  # jobs created by each periodic pass (a spy on the real method)
-    original = Daemon.reconcile
 
-    async def spy(self: Daemon, *args: Any, **kwargs: Any) -> int:
-        created = await original(self, *args, **kwargs)
-        if kwargs.get("unseen_only"):
-            passes.append(created)
-        return created
-
-    monkeypatch.setattr(Daemon, "reconcile", spy)
+    def passes() -> list[int]:
+        """Jobs created by each reconciliation pass, from its structured log event."""
+        return [int(e["jobs_created"]) for e in logs if e.get("event") == "reconciliation done"]
 
     async def move_without_event(emu: Emulator) -> None:
         """The stage moves while Opportunity is not selected for Change Data Capture: no event at all."""
@@ -138,10 +132,11 @@ async def test_periodic_reconciliation_signs_a_record_whose_event_never_came(
         assert record["Sign_Status__c"] == "Signed", record["Sign_Error__c"]
         assert [j.source for j in await jobs_of(daemon, acme)] == ["reconcile"]
         # later passes find nothing more to do: nothing doubled
-        after = len(passes)
+        after = len(passes())
         async with asyncio.timeout(WAIT_S):
-            while len(passes) < after + 2:  # noqa: ASYNC110 - the passes run on their own timer
+            while len(passes()) < after + 2:  # noqa: ASYNC110 - the passes run on their own timer
                 await asyncio.sleep(0.1)
-        assert passes[after:] == [0] * (len(passes) - after)
+        assert passes()[after:] == [0] * (len(passes()) - after)
+        assert sum(passes()) == 1  # the one pass that found the record
         assert len(await jobs_of(daemon, acme)) == 1
         assert await jobs_of(daemon, backlog) == []

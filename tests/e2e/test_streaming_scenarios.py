@@ -38,7 +38,7 @@ from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import TOKEN_HEADER, ControlClient
 from sfsign.emulator.server import Emulator, EmulatorThread
-from sfsign.outbox import Outbox, OutboxStore
+from sfsign.outbox import OutboxStore
 
 T = TypeVar("T")
 Logs = list[MutableMapping[str, Any]]
@@ -79,20 +79,6 @@ def settings(settings: Settings) -> Settings:
     """The e2e settings with CI stream timings (watchdog margin, backoff)."""
     return settings.model_copy(update={"stream_long_poll_margin_s": MARGIN_S, "stream_backoff_base_s": BACKOFF_BASE_S,
                                        "stream_backoff_cap_s": BACKOFF_CAP_S})
-
-
-@pytest.fixture
-def handled(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """(channel, replay id) of every event the daemon handled and committed, in order (a spy, no fake)."""
-    seen: list[tuple[str, int]] = []
-    original = Daemon._handle
-
-    async def spy(self: Daemon, rest: Any, message: dict[str, Any]) -> None:
-        await original(self, rest, message)
-        seen.append((str(message.get("channel")), int(message["data"]["event"]["replayId"])))
-
-    monkeypatch.setattr(Daemon, "_handle", spy)
-    return seen
 
 
 @pytest.fixture
@@ -173,6 +159,35 @@ async def last_event_ids(ops: httpx.AsyncClient) -> dict[str, int]:
         if events:
             out[channel] = int(events[-1]["replayId"])
     return out
+
+
+async def retained_ids(ops: httpx.AsyncClient) -> dict[str, list[int]]:
+    """The replay ids the emulator retains on each channel, oldest first."""
+    out: dict[str, list[int]] = {}
+    for channel in CHANNELS:
+        response = await ops.get("/_control/streaming/events", params={"channel": channel})
+        response.raise_for_status()
+        out[channel] = [int(e["replayId"]) for e in response.json()["events"]]
+    return out
+
+
+def received(daemon: Daemon) -> dict[str, int]:
+    """`sfsign_events_received_total` per channel, as the ops endpoint exports it."""
+    registry = daemon.metrics.registry
+    return {c: int(registry.get_sample_value("sfsign_events_received_total", {"channel": c}) or 0) for c in CHANNELS}
+
+
+async def assert_each_delivered_once_after(
+    ops: httpx.AsyncClient, daemon: Daemon, stored: dict[str, int], counted_before: dict[str, int] | None = None
+) -> None:
+    """The daemon received exactly the events retained after `stored` on its channels: none from before
+    (a resubscribe from an older id) and none twice. Call it once the daemon has settled."""
+    retained = await retained_ids(ops)
+    counts = received(daemon)
+    base = counted_before or {}
+    got = {c: counts[c] - base.get(c, 0) for c in stored}
+    expected = {c: len([r for r in retained[c] if r > stored[c]]) for c in stored}
+    assert got == expected, (got, expected, stored)
 
 
 def read_outbox(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
@@ -272,25 +287,10 @@ def assert_silent(logs: Logs, health: list[bool]) -> None:
 
 async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_after_the_outbox_commit(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
-    handled: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    commits: list[tuple[str, int, int | None, int | None, int | None, int | None]] = []
-    original = Outbox.commit_event
-
-    async def observed(self: Outbox, channel: str | None, replay_id: int | None, *args: Any, **kwargs: Any) -> Any:
-        """What the stream (cache) and the file hold for the channel just before and after the commit."""
-        if channel is None or replay_id is None:
-            return await original(self, channel, replay_id, *args, **kwargs)
-        file_before = await self.call(lambda s: s.replay_id(channel))
-        cache_before = self.committed_replay_id(channel)
-        result = await original(self, channel, replay_id, *args, **kwargs)
-        file_after = await self.call(lambda s: s.replay_id(channel))
-        commits.append((channel, replay_id, file_before, cache_before, file_after, self.committed_replay_id(channel)))
-        return result
-
-    monkeypatch.setattr(Outbox, "commit_event", observed)
     acme = await record_id(control, "Opportunity", ACME)
     quote = await record_id(control, "Quote", GLOBEX_QUOTE)
+    before = await last_event_ids(ops)
     async with run_daemon(settings, rules) as daemon:
         first = await subscribe_log(ops)
         await control.update("Opportunity", acme, {"StageName": PROPOSAL}, user=REP)
@@ -299,24 +299,57 @@ async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_
         assert (await wait_for_status(control, "Opportunity", acme))["Sign_Status__c"] == "Signed"
         assert (await wait_for_status(control, "Quote", quote))["Sign_Status__c"] == "Signed"
         await wait_for_job(settings, probes[0], "event")
-        await settle(daemon, ops, control, [probes[0]])
-    stored, jobs = await outbox_file(settings)
+        stored = await settle(daemon, ops, control, [probes[0]])
+        # Another process holds the outbox's write lock while one more event arrives: the daemon has
+        # received it, but until its commit goes through neither the file nor the replay id the stream
+        # resubscribes from (the outbox's committed id) may have moved.
+        counted = received(daemon)
+        lock = await asyncio.to_thread(OutboxLock, settings.data_dir / "outbox.sqlite")
+        try:
+            await control.publish("Sign_Request__e", {"RecordId__c": probes[1]}, user=REP)
+            await until(lambda: _true(received(daemon)[PE] > counted[PE]))
+            await asyncio.sleep(0.5)  # give a premature advance time to show (the commit is blocked anyway)
+            cached_while_locked = daemon.outbox.committed_replay_id(PE)
+            on_file_while_locked = await asyncio.to_thread(lock.replay_id, PE)
+        finally:
+            await asyncio.to_thread(lock.release)
+        job = await wait_for_job(settings, probes[1], "event")
+        cached_after = daemon.outbox.committed_replay_id(PE)
+        await settle(daemon, ops, control, [probes[0], probes[1]])
+        await assert_each_delivered_once_after(ops, daemon, {c: before.get(c, 0) for c in CHANNELS})
+    on_file, jobs = await outbox_file(settings)
 
     # first start: new change events only (reconciliation covers records); every retained platform event
     assert resubscribes(first) == {OPP_CDC: -1, QUOTE_CDC: -1, PE: -2}
-    assert {c for c, *_ in commits} == set(CHANNELS)
-    for channel, replay_id, file_before, cache_before, file_after, cache_after in commits:
-        assert file_before is None or file_before < replay_id, (channel, replay_id, file_before)
-        assert cache_before is None or cache_before < replay_id, (channel, replay_id, cache_before)
-        assert file_after == cache_after == replay_id
-    for channel in CHANNELS:
-        assert stored[channel] == max(r for c, r in handled if c == channel)
+    assert cached_while_locked == on_file_while_locked == stored[PE] < job["replay_id"]
+    assert cached_after == job["replay_id"]
+    retained = await retained_ids(ops)
+    assert on_file == {c: retained[c][-1] for c in CHANNELS}  # every channel, up to its newest event
     by_record = {j["record_id"]: j for j in jobs}
-    assert set(by_record) == {acme, quote, probes[0]}
-    for job in by_record.values():
-        assert job["replay_id"] <= stored[job["channel"]]
-        assert (job["channel"], job["replay_id"]) in handled
-    assert len(handled) == len(set(handled))
+    assert set(by_record) == {acme, quote, probes[0], probes[1]}
+    for found in by_record.values():
+        assert found["replay_id"] in retained[found["channel"]]
+
+
+class OutboxLock:
+    """Another process's write transaction on the outbox file (as a backup tool or `sqlite3` shell might
+    hold): the daemon's writes wait for it (busy timeout), its reads do not."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def replay_id(self, channel: str) -> int | None:
+        row = self._conn.execute("SELECT replay_id FROM replay WHERE channel = ?", (channel,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def release(self) -> None:
+        self._conn.execute("ROLLBACK")
+        self._conn.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 @contextlib.asynccontextmanager
@@ -352,7 +385,7 @@ async def daemon_process(settings: Settings, ops: httpx.AsyncClient, work: Path)
 
 async def test_s2_restart_after_a_crash_resumes_from_the_stored_ids_and_nothing_arrives_twice(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
-    handled: list[tuple[str, int]], emulator: EmulatorThread, tmp_path: Path,
+    emulator: EmulatorThread, tmp_path: Path,
 ) -> None:
     async with daemon_process(settings, ops, tmp_path) as pid:
         await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)
@@ -367,16 +400,16 @@ async def test_s2_restart_after_a_crash_resumes_from_the_stored_ids_and_nothing_
     await control.update("Opportunity", probes[2], {"StageName": PROPOSAL}, user=REP)  # while away
     await control.publish("Sign_Request__e", {"RecordId__c": probes[3]}, user=REP)
     before = len(await subscribe_log(ops))
-    async with run_daemon(settings, rules):
+    async with run_daemon(settings, rules) as daemon:
         await wait_for_job(settings, probes[2], "cdc")
         await wait_for_job(settings, probes[3], "event")
         log = (await subscribe_log(ops))[before:]
+        await settle(daemon, ops, control, probes[2:])
+        await assert_each_delivered_once_after(ops, daemon, stored)  # none from before the crash, none twice
     _, jobs = await outbox_file(settings)
 
     assert resubscribes(log) == expected_replay(stored)
     assert all(e["successful"] for e in log), log
-    assert handled and all(r > stored.get(c, -1) for c, r in handled), (stored, handled)  # none twice
-    assert len(handled) == len(set(handled))
     assert sorted(j["record_id"] for j in jobs) == sorted(probes)
     assert [j["transaction_id"] for j in jobs[: len(jobs_before)]] == [j["transaction_id"] for j in jobs_before]
 
@@ -403,7 +436,7 @@ async def test_s2_a_channel_that_had_no_event_yet_still_gets_what_was_published_
 
 async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redelivered_after_restart(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
-    handled: list[tuple[str, int]], logs: Logs,
+    logs: Logs,
 ) -> None:
     gap_opp = probes[0]
     await control.update("Opportunity", gap_opp, {"StageName": PROPOSAL}, user=REP)  # before any subscription
@@ -427,14 +460,14 @@ async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redel
 
     assert stored_while_failing[OPP_CDC] < gap["replayId"] and stored[OPP_CDC] < gap["replayId"]
     assert gap_opp not in {j["record_id"] for j in jobs}
-    assert (OPP_CDC, gap["replayId"]) not in handled
     before = len(await subscribe_log(ops))
-    async with run_daemon(settings, rules):
+    async with run_daemon(settings, rules) as daemon:
         job = await wait_for_job(settings, gap_opp, "gap")
         log = (await subscribe_log(ops))[before:]
+        await settle(daemon, ops, control, [gap_opp])
+        await assert_each_delivered_once_after(ops, daemon, stored)  # the gap event once, and nothing older
     assert resubscribes(log)[OPP_CDC] == stored[OPP_CDC]
     assert job["replay_id"] == gap["replayId"]
-    assert handled.count((OPP_CDC, gap["replayId"])) == 1
 
 
 # ------------------------------------------------------------------------------------------ S4 - S9
@@ -470,13 +503,13 @@ async def test_s4_unknown_client_rehandshakes_and_resubscribes_from_the_stored_i
 
 async def test_s5_server_killed_and_restarted_reconnects_with_backoff_and_replays_what_was_published(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
-    emulator: EmulatorThread, handled: list[tuple[str, int]], logs: Logs,
+    emulator: EmulatorThread, logs: Logs,
 ) -> None:
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)
         await control.publish("Sign_Request__e", {"RecordId__c": probes[1]}, user=REP)
         stored = await settle(daemon, ops, control, probes[:2])
-        handled.clear()
+        counted = received(daemon)
         logs.clear()
 
         async def kill_restart_publish(emu: Emulator) -> None:
@@ -490,9 +523,10 @@ async def test_s5_server_killed_and_restarted_reconnects_with_backoff_and_replay
         await wait_for_job(settings, probes[2], "cdc")
         await wait_for_job(settings, probes[3], "event")
         log = await subscribe_log(ops)  # the restarted server's log: only the resubscribes
+        await settle(daemon, ops, control, probes[2:])
+        await assert_each_delivered_once_after(ops, daemon, stored, counted)  # nothing from before, none twice
 
     assert resubscribes(log) == expected_replay(stored)
-    assert all(r > stored.get(c, -1) for c, r in handled) and len(handled) == len(set(handled))
     delays = [e["retry_in_s"] for e in stream_events(logs, "failure")]
     assert delays and all(0 < d <= BACKOFF_CAP_S for d in delays), delays
     assert len(stream_events(logs, "disconnected")) == len(stream_events(logs, "reconnected")) == 1
