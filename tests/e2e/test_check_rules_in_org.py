@@ -8,9 +8,9 @@ from pathlib import Path
 
 from e2e_support import run_cli
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Settings, load_rules
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
+from sfsign.localpki.pki import DemoPki
 
 
 def _rules_file(tmp_path: Path, pki: DemoPki, old: str, new: str) -> Path:

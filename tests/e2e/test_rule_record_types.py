@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 
+from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.daemon import Daemon, reconcile_once
-from sfsign.demo import PASSPHRASE_ENV, RULES_TEMPLATE
-from sfsign.documents.pki import DemoPki
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
 from sfsign.outbox import JobState, OutboxStore
 from sfsign.salesforce.rest import SalesforceRest
 
