@@ -208,8 +208,10 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
             out += await check_rules(rest, rules)
             out += await check_access(rest, rules, settings.multi_currency)
             out += await _check_queries(rest, rules, settings.multi_currency)
-    except SalesforceError as exc:
-        out.append(_fail("REST API", str(exc), "check the integration user's profile: API Enabled"))
+    except SalesforceError as exc:  # the checks above raise only what they cannot judge: outages, limits
+        fix = ("Salesforce did not answer this time (an outage or a limit); run `sfsign check` again"
+               if exc.transient else "check the integration user's profile: API Enabled")
+        out.append(_fail("REST API", str(exc), fix))
     finally:
         await rest.close()
     if any(c.name == "API version" and c.ok is False for c in out):
@@ -254,6 +256,8 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
         try:
             describe = await rest.describe(sobject)
         except SalesforceError as exc:
+            if exc.transient:
+                raise  # one outage line from check_org, not a wrong fix per object
             out.append(_fail(f"object {sobject}", str(exc),
                              f"deploy salesforce-metadata/ and give the integration user access to {sobject}"))
             continue
@@ -333,6 +337,8 @@ async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool)
         try:
             describe = await rest.describe(sobject)
         except SalesforceError as exc:
+            if exc.transient:
+                raise  # one outage line from check_org, not a wrong fix per object
             out.append(_fail(f"access {sobject}", f"the integration user cannot see {sobject}: {exc}", ACCESS_FIX))
             continue
         fields = {f["name"]: f for f in describe.get("fields", [])}
@@ -397,6 +403,8 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
         try:
             describe = await rest.describe(sobject)
         except SalesforceError as exc:
+            if exc.transient:
+                raise  # an outage says nothing about the rules: the caller waits it out or reports it
             out.append(_fail(f"rules on {sobject}", str(exc), f"give the integration user access to {sobject}"))
             continue
         fields = {f["name"]: f for f in describe.get("fields", [])}
@@ -414,6 +422,8 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
             try:  # Salesforce itself resolves the relationship paths, as the worker's query will
                 await rest.query(f"SELECT Id, {', '.join(paths)} FROM {sobject} WHERE Id = null LIMIT 1")
             except SalesforceError as exc:
+                if exc.transient:
+                    raise
                 field_problems.append(
                     f"{rules.source}: the fields {', '.join(paths)} listed for the {sobject} rules' templates "
                     f"cannot be read ({exc}); check each path (relationship name, then the parent's field API "
@@ -431,6 +441,8 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
         try:
             await rest.query(f"{SELECTS[sobject](multi_currency, rules.fields_for(sobject))} WHERE Id = null LIMIT 1")
         except SalesforceError as exc:
+            if exc.transient:
+                raise  # one outage line from check_org, not a wrong fix per object
             fix = "grant read access to these fields, or set SFSIGN_MULTI_CURRENCY=false in a single-currency org"
             out.append(_fail(f"read {sobject}", str(exc), fix))
             continue

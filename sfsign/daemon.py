@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -59,6 +59,9 @@ from sfsign.worker import (
     preflight_profiles,
     signing_request,
 )
+
+if TYPE_CHECKING:
+    from sfsign.check import Check
 
 log = structlog.get_logger("sfsign.daemon")
 
@@ -191,9 +194,12 @@ class Daemon:
             rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
             # Before subscribing: a rule on a field or value this org lacks would never fire. The same
             # findings as `sfsign check`, refused with its words (exit code 3).
-            from sfsign.check import check_rules, refuse_on_failures  # it imports the renderer
+            from sfsign.check import refuse_on_failures  # it imports the renderer
 
-            refuse_on_failures(await check_rules(rest, self.rules))
+            findings = await self._startup_rule_check(rest)
+            if findings is None:
+                return  # stopped while Salesforce was unavailable
+            refuse_on_failures(findings)
             workers = settings.cpu_workers or os.cpu_count() or 2
             # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
@@ -299,6 +305,23 @@ class Daemon:
                 if not exc.transient:
                     raise
                 log.error("cannot reach Salesforce to log in; retrying", error=str(exc), retry_in_s=delay)
+            await wait_any(self._stop, within_s=delay)
+            delay = min(delay * 2, 60.0)
+        return None
+
+    async def _startup_rule_check(self, rest: SalesforceRest) -> list[Check] | None:
+        """The rules against the org, waiting out an outage (a 503 at start says nothing about the rules, and
+        refusing to start on it would turn a Salesforce blip into a crash loop); only real findings refuse."""
+        from sfsign.check import check_rules  # it imports the renderer
+
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                return await check_rules(rest, self.rules)
+            except SalesforceError as exc:
+                if not exc.transient:
+                    raise
+                log.error("cannot check the rules against Salesforce; retrying", error=str(exc), retry_in_s=delay)
             await wait_any(self._stop, within_s=delay)
             delay = min(delay * 2, 60.0)
         return None

@@ -87,3 +87,7 @@ class ControlClient:
 
     async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return await self._json("POST", path, body or {})
+
+    async def faults(self) -> dict[str, Any]:
+        """The armed faults, each with how many requests it has hit so far."""
+        return dict(await self._json("GET", "/_control/faults"))

@@ -10,14 +10,16 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from e2e_support import run_cli
+from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
+from sfsign.emulator.control_client import ControlClient
 from sfsign.localpki.pki import DemoPki
 
 RUN_TIMEOUT_S = 90.0
 REFUSED = "sfsign: refusing to start"
+ACME = "Acme Industries - Platform Renewal 2027"
 
 
 def _write_rules(tmp_path: Path, pki: DemoPki, text: str | None = None, name: str = "rules-under-test.yaml") -> Path:
@@ -115,3 +117,35 @@ async def test_a_signing_key_file_that_cannot_be_read_stops_run_with_exit_code_3
                     "fix: fix the key file, its passphrase variable or the certificate")
     checked = await asyncio.to_thread(_check, settings, path)
     assert checked.returncode == 1 and "FAIL  signing keys" in checked.stdout, checked.stdout
+
+
+async def test_salesforce_unavailable_during_the_start_check_is_waited_out_not_refused(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    """A 503 on the describe says nothing about the rules: refusing would turn a Salesforce blip into a
+    crash loop of exit code 3 with a wrong fix ("give the integration user access"). The daemon waits it
+    out, then starts and signs."""
+    describe = "/services/data/v68.0/sobjects/Opportunity/describe"
+    fault = await control.post("/_control/faults/errors", {
+        "prefix": describe, "status": 503, "errorCode": "SERVER_UNAVAILABLE", "message": "Server Unavailable",
+        "count": 2})
+    opp = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules):
+        await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opp)
+    hit = [f for f in (await control.faults())["errors"] if f["id"] == fault["id"]]
+    assert hit and hit[0]["hits"] == 2, hit  # the start check met both 503s, and went on
+    assert record["Sign_Status__c"] == "Signed", record
+
+
+async def test_check_names_an_outage_as_one_and_asks_to_run_again(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path, control: ControlClient
+) -> None:
+    """`sfsign check` during an outage fails (it could not prove anything) but says why, not "grant access"."""
+    await control.post("/_control/faults/errors", {
+        "prefix": "/services/data/v68.0/sobjects/Opportunity/describe", "status": 503,
+        "errorCode": "SERVER_UNAVAILABLE", "message": "Server Unavailable"})
+    checked = await asyncio.to_thread(_check, settings, _write_rules(tmp_path, pki))
+    assert checked.returncode == 1, checked.stdout
+    assert "SERVER_UNAVAILABLE" in checked.stdout and "run `sfsign check` again" in checked.stdout, checked.stdout
+    assert "give the integration user access to Opportunity" not in checked.stdout, checked.stdout
