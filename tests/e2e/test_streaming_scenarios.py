@@ -514,7 +514,7 @@ async def test_s5_server_killed_and_restarted_reconnects_with_backoff_and_replay
 
         async def kill_restart_publish(emu: Emulator) -> None:
             await emu.stop()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the scenario: the server stays down for a while (not a wait for anything)
             await emu.start()  # same port, org kept, Bayeux clients gone
             move_stage(emu, probes[2])
             request_signature(emu, probes[3])
@@ -577,7 +577,7 @@ async def test_s7_server_unreachable_gives_one_disconnected_signal_capped_backof
 
         async def outage(emu: Emulator) -> None:
             await emu.stop()
-            await asyncio.sleep(OUTAGE_S)
+            await asyncio.sleep(OUTAGE_S)  # the scenario: an outage this long (not a wait for anything)
             await emu.start()
             move_stage(emu, probes[2])
             request_signature(emu, probes[3])
@@ -681,7 +681,7 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
 
         async def outage_past_retention(emu: Emulator) -> None:
             await emu.stop()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the scenario: the server stays down for a while (not a wait for anything)
             await emu.start()
             move_stage(emu, probes[2])
             emu.org.bus.purge(up_to_replay_id=emu.org.bus.last_replay_id)  # the retention window passed
