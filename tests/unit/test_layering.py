@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[2] / "sfsign"
 
 #: Module name pattern → rank; higher ranks may import lower ones. A pattern ending in `.*` places a
 #: package and everything in it; when several patterns match, the longest wins. Modules the other
-#: issue 13 helpers are creating are placed already (connections, intake, reconcile, audit, profiles,
-#: gateway, the archive scheduler).
+#: issue 13 helpers are creating are placed already (connections, intake, reconcile, audit, certificates,
+#: profiles, gateway, pending, the archive scheduler).
 LAYERS: dict[str, int] = {
     "sfsign.cli": 100,
     # `sfsign status/preview/progress/demo`: they run or reuse the daemon's parts.
@@ -48,10 +48,12 @@ LAYERS: dict[str, int] = {
     "sfsign.reconcile": 50,
     "sfsign.audit": 50,
     "sfsign.archive*": 50,  # archive.py and its scheduler beside it
+    "sfsign.certificates": 50,  # the signing certificates' expiry watcher
     # Settings → an authenticated session (REST, stream, governor), for the runners and the commands.
     "sfsign.connections": 45,
     "sfsign.profiles": 40,
     "sfsign.gateway*": 40,
+    "sfsign.pending": 40,  # the worker's Pending announcements
     # Rules and records: what fires, what a record maps to, whether a rule covers a record.
     "sfsign.triggers": 35,
     "sfsign.mapping": 35,
@@ -82,7 +84,10 @@ ONLY_IMPORTS: dict[str, frozenset[str]] = {
 }
 
 #: Sideways arrows between parts of one rank, allowed on purpose: (importer's pattern, imported pattern).
-SIDEWAYS: frozenset[tuple[str, str]] = frozenset()
+SIDEWAYS: frozenset[tuple[str, str]] = frozenset({
+    # A Sign_Request__e without a rule name takes the rule that covers the record's type (issue 12).
+    ("sfsign.triggers", "sfsign.record_types"),
+})
 
 #: Upward arrows that exist today and are being removed by the issue 13 refactoring (importer module,
 #: imported module). The lead empties this list after merging; `test_every_known_upward_arrow_still_exists`
