@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2] / "sfsign"
 #: Module name pattern → rank; higher ranks may import lower ones. A pattern ending in `.*` places a
 #: package and everything in it; when several patterns match, the longest wins. Modules the other
 #: issue 13 helpers are creating are placed already (connections, intake, reconcile, audit, certificates,
-#: profiles, gateway, pending, the archive scheduler).
+#: profiles, gateway, pending, steps, worker_config, failures, artifacts, the archive scheduler).
 LAYERS: dict[str, int] = {
     "sfsign.cli": 100,
     # `sfsign status/preview/progress/demo`: they run or reuse the daemon's parts.
@@ -51,6 +51,8 @@ LAYERS: dict[str, int] = {
     "sfsign.certificates": 50,  # the signing certificates' expiry watcher
     # Settings → an authenticated session (REST, stream, governor), for the runners and the commands.
     "sfsign.connections": 45,
+    # The worker's steps, one per job state, over the gateway, the profiles and the Pending notes.
+    "sfsign.steps": 45,
     "sfsign.profiles": 40,
     "sfsign.gateway*": 40,
     "sfsign.pending": 40,  # the worker's Pending announcements
@@ -64,6 +66,10 @@ LAYERS: dict[str, int] = {
     "sfsign.outbox*": 30,  # outbox.py, or the package it becomes
     "sfsign.governor": 30,
     "sfsign.batching": 30,
+    # Shared by the worker's parts: its knobs, how a step fails, a job's files.
+    "sfsign.worker_config": 30,
+    "sfsign.failures": 30,
+    "sfsign.artifacts": 30,
     "sfsign.config": 20,
     # Client libraries: they know Salesforce or PDF, nothing of sfsign's settings or state, so settings
     # may use their types (the document model) and they never import settings.
