@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import subprocess
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,11 @@ async def test_record_deleted_before_the_daemon_reads_it(
     async with run_daemon(settings, rules) as daemon:
         await control.post("/_control/faults/latency", {"prefix": "/services/data/v68.0/query", "ms": 800})
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(30):  # the job is queued: its read of the record is to come or held up
+            while True:
+                if opp in await _jobs(daemon):
+                    break
+                await asyncio.sleep(0.05)
         await control._json("DELETE", f"/_control/records/Opportunity/{opp}", {"user": REP})
         async with asyncio.timeout(30):
             while True:
@@ -229,10 +234,16 @@ async def test_wrong_credentials_end_the_daemon_with_a_clear_message(
     assert other.returncode == 3 and "invalid_grant" in other.stderr
 
 
-async def test_unreachable_login_url_keeps_retrying_and_stops_cleanly(settings: Settings, rules: Rules) -> None:
+async def test_unreachable_login_url_keeps_retrying_and_stops_cleanly(
+    settings: Settings, rules: Rules, logs: list[MutableMapping[str, Any]]
+) -> None:
     daemon = Daemon(settings.model_copy(update={"login_url": "https://localhost:9"}), rules)
     task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(2.5)
+    async with asyncio.timeout(30):  # the operator's log: each failed login says why and when the next comes
+        while True:
+            if task.done() or len([e for e in logs if e.get("error") and "retry_in_s" in e]) >= 2:
+                break
+            await asyncio.sleep(0.05)
     assert not task.done() and not daemon.health.authenticated  # waiting, not crashed
     daemon.request_stop()
     await asyncio.wait_for(task, 10)

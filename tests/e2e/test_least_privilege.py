@@ -127,16 +127,20 @@ async def test_an_oauth_outage_during_token_refresh_is_a_logged_retry(
         outage = await control.post("/_control/faults/errors", {"prefix": "/services/oauth2/token", "status": 503,
                                                                  "errorCode": "SERVER_UNAVAILABLE"})
         await control.post("/_control/auth/revoke", {})
-        async with asyncio.timeout(60):  # the job met the outage at least once
+        async with asyncio.timeout(60):  # the job met the outage at least once: `sfsign jobs` says why it waits
             while True:
-                if any(e["event"] == "step failed; will retry" for e in logs):
+                [waiting] = await daemon.outbox.call(lambda s: s.jobs())
+                if waiting.attempts:
                     break
                 await asyncio.sleep(0.05)
         for fault in (outage, slow):
             await control._json("DELETE", f"/_control/faults/{fault['id']}")
         assert (await wait_for_status(control, "Opportunity", good))["Sign_Status__c"] == "Signed"
-    assert not [e for e in logs if e["event"] == "unexpected failure"]
+        retried = {s.labels["error_code"]: s.value for m in daemon.metrics.registry.collect()
+                   for s in m.samples if s.name == "sfsign_retries_total"}
+    assert waiting.error_code == "AUTH_UNAVAILABLE" and "HTTP 503" in str(waiting.last_error), waiting
+    assert set(retried) == {"AUTH_UNAVAILABLE"}, retried  # never an UNEXPECTED one (a bug's retry code)
     assert not [e for e in logs if e.get("exc_info")]
-    retries = [e for e in logs if e["event"] == "step failed; will retry"]
-    assert retries and all(e.get("error_code") == "AUTH_UNAVAILABLE" for e in retries), retries
-    assert all("HTTP 503" in e["reason"] for e in retries), retries
+    # Each retry's line tells the operator why (the job keeps only the last reason): found by its fields.
+    retries = [e for e in logs if {"attempts", "retry_in_s", "error_code", "reason"} <= e.keys()]
+    assert retries and all(e["error_code"] == "AUTH_UNAVAILABLE" and "HTTP 503" in e["reason"] for e in retries)

@@ -1,5 +1,14 @@
-"""Fixtures: a real emulator on a random 127.0.0.1 port, HTTPS clients that trust only its CA, tokens,
-and a minimal Bayeux driver for the CometD tests (deliberately not the daemon's client)."""
+"""The emulator as Salesforce's clients meet it: a real server on a random 127.0.0.1 port, over HTTPS.
+
+What belongs here: probes of what goes over the wire, answered by the running server: OAuth flows, REST
+status codes, headers and bodies, Bayeux envelopes and long polls, the control API, fault switches,
+restarts. What belongs in tests/unit/emulator: the org's in-process parts (store, SOQL, ids, seed data,
+field security) called directly, with no server and no network, fast enough to run with the unit tests.
+One behaviour often has a test in each: the rule in the store there, the answer that carries it here.
+
+Fixtures: the emulator, HTTPS clients that trust only its CA, tokens, and a minimal Bayeux driver for the
+CometD tests (deliberately not the daemon's client).
+"""
 
 from __future__ import annotations
 
