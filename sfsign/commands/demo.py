@@ -28,14 +28,13 @@ from typing import Any
 import structlog
 
 from sfsign.config import Rules, Settings, load_rules
-from sfsign.daemon import Daemon, auth_config
+from sfsign.connections import SalesforceSession
+from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
-from sfsign.salesforce.auth import Authenticator
-from sfsign.salesforce.rest import SalesforceRest
 
 log = structlog.get_logger("sfsign.demo")
 
@@ -315,15 +314,13 @@ def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
 async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:
     """Download each signed file through REST and check it is byte for byte what the daemon signed."""
     jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
-    authenticator = Authenticator(auth_config(settings))
-    rest = SalesforceRest(authenticator, api_version=settings.api_version)
-    try:
+    async with SalesforceSession(settings) as session:
         await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
         for row in rows:
             job = jobs.get(row.transaction_id)
             if row.status != "Signed" or job is None or not job.content_version_id:
                 continue
-            data = await rest.download_version_data(job.ltv_version_id or job.content_version_id)
+            data = await session.rest.download_version_data(job.ltv_version_id or job.content_version_id)
             if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if job.ltv_version_id else job.sha256):
                 raise RuntimeError(f"the file on {row.record_id} is not the document sfsign signed")
             target = output_dir / (job.file_name or f"{row.transaction_id}.pdf")
@@ -331,9 +328,6 @@ async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow]
             row.file = str(target)
             if job.event_time_ms and job.signed_visible_at:
                 row.ms = round(job.signed_visible_at * 1000 - job.event_time_ms)
-    finally:
-        await rest.close()
-        await authenticator.aclose()
 
 
 def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
