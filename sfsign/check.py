@@ -21,6 +21,7 @@ from sfsign.metadata import MetadataError, load_schema
 from sfsign.private_files import private_dir
 from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.errors import AuthError, SalesforceError
+from sfsign.salesforce.names import File, SignatureEvent, SignRequest
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
@@ -249,7 +250,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
     except MetadataError as exc:
         return [_fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
     out = []
-    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", "Signature_Event__c", "Sign_Request__e"]
+    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", SignatureEvent.NAME, SignRequest.NAME]
     for sobject in objects:
         try:
             describe = await rest.describe(sobject)
@@ -273,7 +274,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 problems.append(f"{fdef.name} holds {got.get('length')} characters, expected {fdef.length}")
             elif sobject in SELECTS and fdef.name in SFSIGN_OWNED_FIELDS and not got.get("updateable"):
                 problems.append(f"{fdef.name} is read-only for the integration user")
-            elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
+            elif sobject in ("ContentVersion", SignatureEvent.NAME) and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
         if problems:
             out.append(_fail(f"object {sobject}", "; ".join(problems),
@@ -308,9 +309,9 @@ def daemon_writes() -> dict[str, tuple[str, set[str]]]:
            "actor": "", "detail": ""}
     audit = {name for r in audit_records([row, {**row, "sobject": "Quote"}]) for name in r}
     return {
-        "Signature_Event__c": ("create", audit),
+        SignatureEvent.NAME: ("create", audit),
         # The upload (rest.insert_content_version[s]): a first version, then new versions of the same file.
-        "ContentVersion": ("create", {"Title", "PathOnClient", "VersionData", "Sign_Transaction_Id__c",
+        "ContentVersion": ("create", {"Title", "PathOnClient", "VersionData", File.TRANSACTION_ID,
                                       "FirstPublishLocationId", "ContentDocumentId", "ReasonForChange"}),
     }
 

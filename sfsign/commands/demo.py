@@ -35,6 +35,7 @@ from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
+from sfsign.salesforce.names import STATUS_ERROR, STATUS_SIGNED, Record, SignRequest
 
 log = structlog.get_logger("sfsign.demo")
 
@@ -236,8 +237,8 @@ async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
         await control.update("Quote", row.record_id, {"Status": "Approved"}, user=user)
     else:
         await control.publish(
-            "Sign_Request__e",
-            {"RecordId__c": row.record_id, "Reason__c": "Customer asked for the signed proposal today"},
+            SignRequest.NAME,
+            {SignRequest.RECORD_ID: row.record_id, SignRequest.REASON: "Customer asked for the signed proposal today"},
             user=user,
         )
 
@@ -270,17 +271,16 @@ async def run_scenario(
             for row in list(pending):
                 record = await control.get(
                     row.sobject, row.record_id,
-                    ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Sign_Error__c",
-                     "Sign_Level__c"],
+                    [Record.STATUS, Record.TRANSACTION_ID, Record.DOCUMENT_ID, Record.ERROR, Record.LEVEL],
                 )
-                status = record.get("Sign_Status__c")
-                reached = record.get("Sign_Level__c") == targets[row.record_id] or bool(record.get("Sign_Error__c"))
-                if status == "Error" or (status == "Signed" and reached):
-                    row.status = str(record["Sign_Status__c"])
-                    row.level = str(record.get("Sign_Level__c") or "")
-                    row.transaction_id = str(record.get("Sign_Transaction_Id__c") or "")
-                    row.document_id = str(record.get("Signed_Document_Id__c") or "")
-                    row.error = str(record.get("Sign_Error__c") or "")
+                status = record.get(Record.STATUS)
+                reached = record.get(Record.LEVEL) == targets[row.record_id] or bool(record.get(Record.ERROR))
+                if status == STATUS_ERROR or (status == STATUS_SIGNED and reached):
+                    row.status = str(record[Record.STATUS])
+                    row.level = str(record.get(Record.LEVEL) or "")
+                    row.transaction_id = str(record.get(Record.TRANSACTION_ID) or "")
+                    row.document_id = str(record.get(Record.DOCUMENT_ID) or "")
+                    row.error = str(record.get(Record.ERROR) or "")
                     pending.remove(row)
             await asyncio.sleep(0.1)
         for row in pending:
@@ -318,7 +318,7 @@ async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow]
         await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
         for row in rows:
             job = jobs.get(row.transaction_id)
-            if row.status != "Signed" or job is None or not job.content_version_id:
+            if row.status != STATUS_SIGNED or job is None or not job.content_version_id:
                 continue
             data = await session.rest.download_version_data(job.ltv_version_id or job.content_version_id)
             if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if job.ltv_version_id else job.sha256):
@@ -388,7 +388,7 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print_table(rows)
-    signed = [r for r in rows if r.status == "Signed" and r.file]
+    signed = [r for r in rows if r.status == STATUS_SIGNED and r.file]
     print(f"\n{len(signed)} of {len(rows)} documents signed; files in {output_dir.resolve()}")
     print(f"check them as a recipient would, offline, trusting {DEMO_ROOT_NAME}: docs/verifying.md")
     return 0 if len(signed) == len(rows) else 1
