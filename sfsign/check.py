@@ -14,16 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sfsign.config import SFSIGN_OWNED_FIELDS, ConfigError, Rules, Settings
+from sfsign.connections import SalesforceSession
 from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
 from sfsign.private_files import private_dir
 from sfsign.rule_fields import problems_in_describe
-from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
+from sfsign.salesforce.names import File, SignatureEvent, SignRequest
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
+from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
 from sfsign.worker import preflight_profiles, signing_request
 
 EXPIRY_WARNING = timedelta(days=30)
@@ -191,15 +192,15 @@ def check_templates(rules: Rules) -> list[Check]:
     return out
 
 
-async def check_org(settings: Settings, rules: Rules, authenticator: Authenticator) -> list[Check]:
+async def check_org(settings: Settings, rules: Rules, session: SalesforceSession) -> list[Check]:
     out: list[Check] = []
     try:
-        token = await authenticator.token()
+        token = await session.login()
     except AuthError as exc:
         return [_fail("login", str(exc), exc.fix or "check SFSIGN_LOGIN_URL, the consumer key, the username and "
                       "that the connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
     out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
-    rest = SalesforceRest(authenticator, api_version=settings.api_version)
+    rest = session.rest
     try:
         version = api_version_check(settings.api_version, await rest.versions())
         out.append(version)
@@ -212,11 +213,9 @@ async def check_org(settings: Settings, rules: Rules, authenticator: Authenticat
         fix = ("Salesforce did not answer this time (an outage or a limit); run `sfsign check` again"
                if exc.transient else "check the integration user's profile: API Enabled")
         out.append(_fail("REST API", str(exc), fix))
-    finally:
-        await rest.close()
     if any(c.name == "API version" and c.ok is False for c in out):
         return out  # the stream's URI carries the version too
-    out += await _check_streaming(settings, rules, authenticator)
+    out += await _check_streaming(rules, session)
     return out
 
 
@@ -251,7 +250,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
     except MetadataError as exc:
         return [_fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
     out = []
-    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", "Signature_Event__c", "Sign_Request__e"]
+    objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", SignatureEvent.NAME, SignRequest.NAME]
     for sobject in objects:
         try:
             describe = await rest.describe(sobject)
@@ -275,7 +274,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 problems.append(f"{fdef.name} holds {got.get('length')} characters, expected {fdef.length}")
             elif sobject in SELECTS and fdef.name in SFSIGN_OWNED_FIELDS and not got.get("updateable"):
                 problems.append(f"{fdef.name} is read-only for the integration user")
-            elif sobject in ("ContentVersion", "Signature_Event__c") and not got.get("createable"):
+            elif sobject in ("ContentVersion", SignatureEvent.NAME) and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
         if problems:
             out.append(_fail(f"object {sobject}", "; ".join(problems),
@@ -310,9 +309,9 @@ def daemon_writes() -> dict[str, tuple[str, set[str]]]:
            "actor": "", "detail": ""}
     audit = {name for r in audit_records([row, {**row, "sobject": "Quote"}]) for name in r}
     return {
-        "Signature_Event__c": ("create", audit),
+        SignatureEvent.NAME: ("create", audit),
         # The upload (rest.insert_content_version[s]): a first version, then new versions of the same file.
-        "ContentVersion": ("create", {"Title", "PathOnClient", "VersionData", "Sign_Transaction_Id__c",
+        "ContentVersion": ("create", {"Title", "PathOnClient", "VersionData", File.TRANSACTION_ID,
                                       "FirstPublishLocationId", "ContentDocumentId", "ReasonForChange"}),
     }
 
@@ -450,9 +449,10 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
     return out
 
 
-async def _check_streaming(settings: Settings, rules: Rules, authenticator: Authenticator) -> list[Check]:
-    stream = StreamClient(authenticator, channels=rules.channels(), replay_source=lambda _c: None,
-                          api_version=settings.api_version)
+async def _check_streaming(rules: Rules, session: SalesforceSession) -> list[Check]:
+    """Subscribe as the daemon does (its stream settings); only from the live position, as nothing is read."""
+    stream = session.open_stream(rules.channels(), replay_source=lambda _c: None)
+
     async def first_message() -> dict[str, Any]:
         async for message in stream.messages():
             return message
@@ -509,13 +509,8 @@ async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
     checks += await asyncio.to_thread(check_revocation_sources, rules)
     checks += await asyncio.to_thread(check_templates, rules)
     checks += await check_timestamps(rules)
-    from sfsign.daemon import auth_config
-
-    authenticator = Authenticator(auth_config(settings))
-    try:
-        checks += await check_org(settings, rules, authenticator)
-    finally:
-        await authenticator.aclose()
+    async with SalesforceSession(settings) as session:
+        checks += await check_org(settings, rules, session)
     return checks
 
 

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sfsign.aio import wait_any
-from sfsign.config import ConfigError, Rules, Settings, load_rules, read_secret
+from sfsign.config import ConfigError, Rules, Settings, load_rules
+from sfsign.connections import SalesforceSession, auth_config
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import load_signer
 from sfsign.governor import ApiGovernor
@@ -37,7 +38,7 @@ from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_s
 from sfsign.ops.retention import purge_loop
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
-from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
+from sfsign.salesforce.auth import AccessToken, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
 from sfsign.salesforce.records import record_type_filter
@@ -74,22 +75,6 @@ CERTIFICATE_REFRESH_S = 3600.0
 # The periodic reconciliation leaves a record this long (at most) to the stream before it counts its
 # trigger as lost: an event normally arrives within seconds, and one that does comes with who and when.
 PERIODIC_RECONCILE_GRACE_S = 120.0
-
-
-def auth_config(settings: Settings) -> AuthConfig:
-    passphrase = read_secret("SFSIGN_PRIVATE_KEY_PASSPHRASE")
-    return AuthConfig(
-        login_url=settings.login_url,
-        flow=settings.auth_flow,
-        consumer_key=settings.consumer_key,
-        username=settings.username or None,
-        private_key_file=settings.private_key_file,
-        private_key_passphrase=passphrase,
-        consumer_secret=settings.consumer_secret,
-        password=settings.password,
-        api_version=settings.api_version,
-        ca_bundle=settings.ca_bundle,
-    )
 
 
 @dataclass
@@ -169,7 +154,9 @@ class Daemon:
     async def _run(self) -> None:
         settings = self.settings
         await self.outbox.open()
-        authenticator = self.authenticator = Authenticator(auth_config(settings))
+        session = SalesforceSession(settings)
+        authenticator = self.authenticator = session.authenticator
+        self.governor = session.governor
         rest: SalesforceRest | None = None
         pool: ProcessPoolExecutor | None = None
         tasks: list[asyncio.Task[Any]] = []
@@ -191,7 +178,7 @@ class Daemon:
             self.health.org_id = token.org_id
             self.health.instance_url = token.instance_url
             log.info("authenticated", org_id=token.org_id, instance_url=token.instance_url)
-            rest = self._rest = SalesforceRest(authenticator, api_version=settings.api_version)
+            rest = self._rest = session.rest
             # Before subscribing: a rule on a field or value this org lacks would never fire. The same
             # findings as `sfsign check`, refused with its words (exit code 3).
             from sfsign.check import refuse_on_failures  # it imports the renderer
@@ -229,17 +216,12 @@ class Daemon:
                 metrics=self.metrics,
                 governor=self.governor,
             )
-            self.stream = StreamClient(
-                authenticator,
-                api_version=settings.api_version,
-                channels=self.rules.channels(),
-                replay_source=self.outbox.committed_replay_id,
+            self.stream = session.open_stream(
+                self.rules.channels(),
+                self.outbox.committed_replay_id,
                 # A "Send for signature" click carries no state a reconciliation could find: without a
                 # position, read every retained event (72 h); their EventUuid makes a replay a no-op.
                 replay_all=[c for c in self.rules.channels() if c.startswith("/event/")],
-                long_poll_margin_s=settings.stream_long_poll_margin_s,
-                backoff_base_s=settings.stream_backoff_base_s,
-                backoff_cap_s=settings.stream_backoff_cap_s,
             )
             await self._reconcile_channels_without_position()
             tasks.append(asyncio.create_task(self._intake(rest), name="intake"))
@@ -286,9 +268,7 @@ class Daemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-            if rest is not None:
-                await rest.close()
-            await authenticator.aclose()
+            await session.aclose()
             await self.outbox.close()
             self._rest = None
             for sig in installed:

@@ -28,14 +28,14 @@ from typing import Any
 import structlog
 
 from sfsign.config import Rules, Settings, load_rules
-from sfsign.daemon import Daemon, auth_config
+from sfsign.connections import SalesforceSession
+from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
-from sfsign.salesforce.auth import Authenticator
-from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.names import STATUS_ERROR, STATUS_SIGNED, Record, SignRequest
 
 log = structlog.get_logger("sfsign.demo")
 
@@ -237,8 +237,8 @@ async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
         await control.update("Quote", row.record_id, {"Status": "Approved"}, user=user)
     else:
         await control.publish(
-            "Sign_Request__e",
-            {"RecordId__c": row.record_id, "Reason__c": "Customer asked for the signed proposal today"},
+            SignRequest.NAME,
+            {SignRequest.RECORD_ID: row.record_id, SignRequest.REASON: "Customer asked for the signed proposal today"},
             user=user,
         )
 
@@ -271,17 +271,16 @@ async def run_scenario(
             for row in list(pending):
                 record = await control.get(
                     row.sobject, row.record_id,
-                    ["Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Sign_Error__c",
-                     "Sign_Level__c"],
+                    [Record.STATUS, Record.TRANSACTION_ID, Record.DOCUMENT_ID, Record.ERROR, Record.LEVEL],
                 )
-                status = record.get("Sign_Status__c")
-                reached = record.get("Sign_Level__c") == targets[row.record_id] or bool(record.get("Sign_Error__c"))
-                if status == "Error" or (status == "Signed" and reached):
-                    row.status = str(record["Sign_Status__c"])
-                    row.level = str(record.get("Sign_Level__c") or "")
-                    row.transaction_id = str(record.get("Sign_Transaction_Id__c") or "")
-                    row.document_id = str(record.get("Signed_Document_Id__c") or "")
-                    row.error = str(record.get("Sign_Error__c") or "")
+                status = record.get(Record.STATUS)
+                reached = record.get(Record.LEVEL) == targets[row.record_id] or bool(record.get(Record.ERROR))
+                if status == STATUS_ERROR or (status == STATUS_SIGNED and reached):
+                    row.status = str(record[Record.STATUS])
+                    row.level = str(record.get(Record.LEVEL) or "")
+                    row.transaction_id = str(record.get(Record.TRANSACTION_ID) or "")
+                    row.document_id = str(record.get(Record.DOCUMENT_ID) or "")
+                    row.error = str(record.get(Record.ERROR) or "")
                     pending.remove(row)
             await asyncio.sleep(0.1)
         for row in pending:
@@ -315,15 +314,13 @@ def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
 async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:
     """Download each signed file through REST and check it is byte for byte what the daemon signed."""
     jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
-    authenticator = Authenticator(auth_config(settings))
-    rest = SalesforceRest(authenticator, api_version=settings.api_version)
-    try:
+    async with SalesforceSession(settings) as session:
         await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
         for row in rows:
             job = jobs.get(row.transaction_id)
-            if row.status != "Signed" or job is None or not job.content_version_id:
+            if row.status != STATUS_SIGNED or job is None or not job.content_version_id:
                 continue
-            data = await rest.download_version_data(job.ltv_version_id or job.content_version_id)
+            data = await session.rest.download_version_data(job.ltv_version_id or job.content_version_id)
             if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if job.ltv_version_id else job.sha256):
                 raise RuntimeError(f"the file on {row.record_id} is not the document sfsign signed")
             target = output_dir / (job.file_name or f"{row.transaction_id}.pdf")
@@ -331,9 +328,6 @@ async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow]
             row.file = str(target)
             if job.event_time_ms and job.signed_visible_at:
                 row.ms = round(job.signed_visible_at * 1000 - job.event_time_ms)
-    finally:
-        await rest.close()
-        await authenticator.aclose()
 
 
 def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
@@ -394,7 +388,7 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print_table(rows)
-    signed = [r for r in rows if r.status == "Signed" and r.file]
+    signed = [r for r in rows if r.status == STATUS_SIGNED and r.file]
     print(f"\n{len(signed)} of {len(rows)} documents signed; files in {output_dir.resolve()}")
     print(f"check them as a recipient would, offline, trusting {DEMO_ROOT_NAME}: docs/verifying.md")
     return 0 if len(signed) == len(rows) else 1

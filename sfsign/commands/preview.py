@@ -9,10 +9,9 @@ import asyncio
 from datetime import UTC, datetime
 
 from sfsign.config import RuleConfig, Rules, Settings
-from sfsign.daemon import auth_config
+from sfsign.connections import SalesforceSession
 from sfsign.documents import jobs as doc_jobs
 from sfsign.mapping import NotRenderable, build_document
-from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.records import SignableRecord, fetch_records
@@ -62,15 +61,11 @@ async def render_preview(settings: Settings, rules: Rules, record_id: str, rule_
     objects = candidate_objects(record_id, rules, rule)
     if not any(rules.for_object(o) for o in objects):
         raise PreviewError(f"no rule in {rules.source} handles {', '.join(objects)} records")
-    authenticator = Authenticator(auth_config(settings))
-    rest = SalesforceRest(authenticator, api_version=settings.api_version)
-    try:
-        record = await _find_record(rest, record_id, objects, settings.multi_currency, rules)
-    except SalesforceError as exc:
-        raise PreviewError(f"Salesforce could not look up {record_id}: {exc}; {ID_FIX}") from None
-    finally:
-        await rest.close()
-        await authenticator.aclose()
+    async with SalesforceSession(settings) as session:
+        try:
+            record = await _find_record(session.rest, record_id, objects, settings.multi_currency, rules)
+        except SalesforceError as exc:
+            raise PreviewError(f"Salesforce could not look up {record_id}: {exc}; {ID_FIX}") from None
     if record is None:
         raise PreviewError(f"no {' or '.join(objects)} record {record_id} is visible to the integration user; "
                            f"{ID_FIX}, and that the integration user can read it")

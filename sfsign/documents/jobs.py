@@ -32,6 +32,11 @@ from sfsign.documents.sign import (
 from sfsign.documents.tsa import TsaAuth
 from sfsign.documents.verify import ValidationError, validate_signed_pdf
 
+# What the record's validation field holds: `sfsign.salesforce.names.VALIDATION_LENGTH`, pinned equal by
+# tests/unit/documents/test_documents_jobs_imports.py. Not imported from there: that package brings the
+# Salesforce clients (about 18 MB and 0.3 s) into every pool process, which only renders and signs.
+VERDICT_MAX_LENGTH = 255
+
 
 class DocumentFailure(Exception):
     """Rendering or signing failed for a reason retrying cannot fix (template, data, key)."""
@@ -95,7 +100,7 @@ def _validate(pdf: bytes, trust_roots: Sequence[Path]) -> str:
     try:
         return validate_signed_pdf(pdf, trust_roots).verdict()
     except ValidationError as exc:
-        return f"not validated: {exc}"[:255]
+        return f"not validated: {exc}"[:VERDICT_MAX_LENGTH]
 
 
 def warm_up(

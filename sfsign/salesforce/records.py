@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sfsign.salesforce.names import Record
 from sfsign.salesforce.rest import (
     soql_datetime,
     soql_id_list,
@@ -163,7 +164,7 @@ def opportunity_select(multi_currency: bool = True, extra: Sequence[str] = ()) -
     """SELECT … FROM Opportunity, without the WHERE clause; `extra` fields in the same query."""
     fields = [
         "Id", "Name", "StageName", "Amount", "CloseDate", *(["CurrencyIsoCode"] if multi_currency else []),
-        "Description", "Sign_Transaction_Id__c", "Sign_Status__c", *_ACCOUNT,
+        "Description", Record.TRANSACTION_ID, Record.STATUS, *_ACCOUNT,
         "Owner.Name", "Owner.Email", "Owner.Title",
         "(SELECT Id, Name, ProductCode, Product2.Name, Product2.ProductCode, Description, Quantity, UnitPrice,"
         " ListPrice, Discount, TotalPrice, SortOrder FROM OpportunityLineItems ORDER BY SortOrder, Name)",
@@ -182,7 +183,7 @@ def quote_select(multi_currency: bool = True, extra: Sequence[str] = ()) -> str:
         *(["CurrencyIsoCode"] if multi_currency else []), "Description", "Subtotal", "Discount",
         "TotalPrice", "Tax", "ShippingHandling", "GrandTotal", "Email", "Phone", "BillingName",
         "BillingStreet", "BillingCity", "BillingPostalCode", "BillingState", "BillingCountry",
-        "Sign_Transaction_Id__c", "Sign_Status__c", "OpportunityId", "Opportunity.Name",
+        Record.TRANSACTION_ID, Record.STATUS, "OpportunityId", "Opportunity.Name",
         "Opportunity.Owner.Name", "Opportunity.Owner.Email", "Opportunity.Owner.Title", *_ACCOUNT,
         "Contact.Name", "Contact.Title", "Contact.Email", "Contact.Phone",
         "(SELECT Id, LineNumber, Product2.Name, Product2.ProductCode, Description, Quantity, UnitPrice,"
@@ -370,8 +371,8 @@ def parse_opportunity(row: Mapping[str, Any]) -> OpportunityRecord:
         owner=_user(_parent(row, "Owner"), "Owner"),
         primary_contact=primary,
         lines=[_line(r) for r in _children(row, "OpportunityLineItems")],
-        sign_transaction_id=_str(row.get("Sign_Transaction_Id__c"), "Sign_Transaction_Id__c"),
-        sign_status=_str(row.get("Sign_Status__c"), "Sign_Status__c"),
+        sign_transaction_id=_str(row.get(Record.TRANSACTION_ID), Record.TRANSACTION_ID),
+        sign_status=_str(row.get(Record.STATUS), Record.STATUS),
     )
 
 
@@ -412,8 +413,8 @@ def parse_quote(row: Mapping[str, Any]) -> QuoteRecord:
         account=_account(row),
         contact=_contact(_parent(row, "Contact")),
         lines=[_line(r) for r in _children(row, "QuoteLineItems")],
-        sign_transaction_id=_str(row.get("Sign_Transaction_Id__c"), "Sign_Transaction_Id__c"),
-        sign_status=_str(row.get("Sign_Status__c"), "Sign_Status__c"),
+        sign_transaction_id=_str(row.get(Record.TRANSACTION_ID), Record.TRANSACTION_ID),
+        sign_status=_str(row.get(Record.STATUS), Record.STATUS),
     )
 
 
@@ -523,7 +524,7 @@ async def find_records_in_state(
         return []
     if not 1 <= limit <= 2000:
         raise ValueError("limit must be between 1 and 2000")
-    where = f"{field} IN ({', '.join(literals)}) AND Sign_Transaction_Id__c = null"
+    where = f"{field} IN ({', '.join(literals)}) AND {Record.TRANSACTION_ID} = null"
     if record_types is not None:
         where += f" AND {record_type_filter(record_types)}"
     if since is not None:

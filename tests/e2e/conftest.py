@@ -16,11 +16,10 @@ from structlog.testing import LogCapture
 
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.config import Rules, Settings
-from sfsign.daemon import auth_config
+from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki, create_demo_pki
-from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest
 
 
@@ -74,13 +73,8 @@ async def control(emulator: EmulatorThread) -> AsyncIterator[ControlClient]:
 @pytest.fixture
 async def rest(settings: Settings) -> AsyncIterator[SalesforceRest]:
     """A REST client of our own, to read what the daemon left in the org (as a second integration)."""
-    authenticator = Authenticator(auth_config(settings))
-    client = SalesforceRest(authenticator, api_version=settings.api_version)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await authenticator.aclose()
+    async with SalesforceSession(settings) as session:
+        yield session.rest
 
 
 @pytest.fixture

@@ -19,12 +19,11 @@ import pytest
 from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
 from sfsign.config import Rules, Settings
-from sfsign.daemon import auth_config
+from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient
-from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.stream import StreamClient, SubscriptionFailed
+from sfsign.salesforce.stream import SubscriptionFailed
 
 OPPORTUNITY = "Globex - Enterprise Rollout"
 QUOTE = "Globex Enterprise Rollout - Proposal"
@@ -130,27 +129,24 @@ async def test_the_emulator_hides_fields_as_salesforce_does(
 async def _first_change(settings: Settings, channel: str, change: Any = None) -> dict[str, Any]:
     """Subscribe as the integration user with the real stream client, make `change` and return the first
     event (without a change: return once subscribed)."""
-    authenticator = Authenticator(auth_config(settings))
-    stream = StreamClient(authenticator, channels=[channel], replay_source=lambda _c: None,
-                          api_version=settings.api_version)
-    messages = stream.messages()
-    reader = asyncio.ensure_future(messages.__anext__())
-    try:
-        async with asyncio.timeout(60):
-            while channel not in stream.subscribed_replay:
-                if reader.done():
-                    reader.result()
-                await asyncio.sleep(0.05)
-            if change is None:
-                return {}
-            await change()
-            return dict(await reader)
-    finally:
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
-        await stream.aclose()
-        await authenticator.aclose()
+    async with SalesforceSession(settings) as session:
+        stream = session.open_stream([channel], replay_source=lambda _c: None)
+        messages = stream.messages()
+        reader = asyncio.ensure_future(messages.__anext__())
+        try:
+            async with asyncio.timeout(60):
+                while channel not in stream.subscribed_replay:
+                    if reader.done():
+                        reader.result()
+                    await asyncio.sleep(0.05)
+                if change is None:
+                    return {}
+                await change()
+                return dict(await reader)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
 
 
 async def test_change_events_carry_only_the_fields_the_integration_user_can_read(

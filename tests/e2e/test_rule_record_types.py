@@ -174,20 +174,14 @@ async def test_sfsign_check_reports_an_unknown_record_type_and_passes_a_known_on
     settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient
 ) -> None:
     from sfsign.check import check_rules
-    from sfsign.daemon import auth_config
-    from sfsign.salesforce.auth import Authenticator
+    from sfsign.connections import SalesforceSession
 
     await _typed_deals(control)
-    authenticator = Authenticator(auth_config(settings))
-    rest = SalesforceRest(authenticator, api_version=settings.api_version)
-    try:
-        good = [c for c in await check_rules(rest, _rules(tmp_path, pki, "[Enterprise, Renewal]"))
+    async with SalesforceSession(settings) as session:
+        good = [c for c in await check_rules(session.rest, _rules(tmp_path, pki, "[Enterprise, Renewal]"))
                 if c.name == "record types Opportunity"]
-        bad = [c for c in await check_rules(rest, _rules(tmp_path, pki, "[Enterprize]"))
+        bad = [c for c in await check_rules(session.rest, _rules(tmp_path, pki, "[Enterprize]"))
                if c.name == "record types Opportunity"]
-    finally:
-        await rest.close()
-        await authenticator.aclose()
     assert [c.ok for c in good] == [True] and "Enterprise, Renewal" in good[0].detail
     assert [c.ok for c in bad] == [False] and "'Enterprize' does not exist in this org" in bad[0].detail
     assert "rules.yaml:" in bad[0].detail
