@@ -99,8 +99,6 @@ SIDEWAYS: frozenset[tuple[str, str]] = frozenset({
 #: imported module). The lead empties this list after merging; `test_every_known_upward_arrow_still_exists`
 #: says which entries a merge made stale.
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
-    # `auth_config` moves from daemon.py to sfsign/connections.py (the connection factory).
-    ("sfsign.check", "sfsign.daemon"),
     # reconcile_query/current_values_query move from daemon.py to sfsign/reconcile.py.
     ("sfsign.reads", "sfsign.daemon"),
     # Not listed because they are not upward in this table, though the same moves remove them:
