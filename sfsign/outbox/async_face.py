@@ -92,8 +92,21 @@ class Outbox:
         await self.call(lambda s: s.reset_replay(channel))
         self._replay.pop(channel, None)
 
+    async def replay_id(self, channel: str) -> int | None:
+        """The channel's committed replay id as stored (`committed_replay_id` answers from the cache)."""
+        return await self.call(lambda s: s.replay_id(channel))
+
+    async def replay_ids(self) -> dict[str, int]:
+        return await self.call(OutboxStore.replay_ids)
+
+    async def has_transaction(self, transaction_id: str) -> bool:
+        return await self.call(lambda s: s.has_transaction(transaction_id))
+
     async def knows_transaction(self, transaction_id: str) -> bool:
         return await self.call(lambda s: s.knows_transaction(transaction_id))
+
+    async def signed_job(self, sobject: str, record_id: str, rule: str) -> SignedDocument | None:
+        return await self.call(lambda s: s.signed_job(sobject, record_id, rule))
 
     async def signed_unless_known(self, job: NewJob) -> SignedDocument | None:
         return await self.call(lambda s: s.signed_unless_known(job))
@@ -132,9 +145,14 @@ class Outbox:
 
     # --------------------------------------------------------------------------------- job steps
 
-    async def update(self, job_id: int, **changes: Any) -> Job:
+    async def update(
+        self, job_id: int, *, audit_detail: str | None = None, audit: bool = True, audit_occurred_at: str | None = None,
+        audit_sent: bool = False, **changes: Any,
+    ) -> Job:
         """Untyped: prefer the named step below that says what changed."""
-        return await self.call(lambda s: s.update(job_id, **changes))
+        return await self.call(lambda s: s.update(
+            job_id, audit_detail=audit_detail, audit=audit, audit_occurred_at=audit_occurred_at, audit_sent=audit_sent,
+            **changes))
 
     async def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str) -> Job:
         return await self.call(lambda s: s.mark_fetched(
@@ -219,6 +237,27 @@ class Outbox:
     async def jobs(self, state: JobState | None = None, limit: int = 1000) -> list[Job]:
         return await self.call(lambda s: s.jobs(state, limit))
 
+    async def counts(self) -> dict[str, int]:
+        return await self.call(OutboxStore.counts)
+
+    async def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[Job]:
+        return await self.call(lambda s: s.recent_jobs(state, limit))
+
+    async def oldest_active(self) -> Job | None:
+        return await self.call(OutboxStore.oldest_active)
+
+    async def last_event(self) -> tuple[str, float] | None:
+        return await self.call(OutboxStore.last_event)
+
+    async def signed_visible_since(self, since: float) -> int:
+        return await self.call(lambda s: s.signed_visible_since(since))
+
+    async def parked_events(self, limit: int = 20) -> list[ParkedEvent]:
+        return await self.call(lambda s: s.parked_events(limit))
+
+    async def parked_count(self) -> int:
+        return await self.call(OutboxStore.parked_count)
+
     async def stats(self, signed_since: float) -> OutboxStats:
         return await self.call(lambda s: s.stats(signed_since))
 
@@ -251,8 +290,8 @@ class Outbox:
     async def meta_with_prefix(self, prefix: str) -> list[str]:
         return await self.call(lambda s: s.meta_with_prefix(prefix))
 
-    async def mark_first_subscribed(self) -> None:
-        await self.call(lambda s: s.mark_first_subscribed())
+    async def mark_first_subscribed(self, at: str | None = None) -> None:
+        await self.call(lambda s: s.mark_first_subscribed(at))
 
     async def first_subscribed_at(self) -> str | None:
         return await self.call(OutboxStore.first_subscribed_at)
@@ -260,8 +299,8 @@ class Outbox:
     async def probe_write(self) -> None:
         await self.call(OutboxStore.probe_write)
 
-    async def request_reconcile(self, sobject: str) -> None:
-        await self.call(lambda s: s.request_reconcile(sobject))
+    async def request_reconcile(self, sobject: str, at: str | None = None) -> None:
+        await self.call(lambda s: s.request_reconcile(sobject, at))
 
     async def pending_reconciles(self) -> list[str]:
         return await self.call(OutboxStore.pending_reconciles)
