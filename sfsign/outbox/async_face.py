@@ -1,8 +1,8 @@
 """`Outbox`: the async face of `OutboxStore`. Every call runs on one dedicated thread, so SQLite sees a
 single writer and the event loop never waits on disk.
 
-Each store operation async code needs has a typed method here, so such code never holds the store itself;
-`call` remains for the few places that still pass their own function (see the report of issue 13).
+Every public store operation has a typed twin here (a test holds them to it), so async code never needs to
+hold the store; `call` remains for code that still passes a function of its own.
 """
 
 from __future__ import annotations

@@ -24,13 +24,12 @@ from sfsign.ops.logging import MASK, redact
 from sfsign.ops.metrics import (
     CertificateExpiry,
     Metrics,
-    OutboxStats,
     ScrapeSources,
     Snapshot,
     take_snapshot,
     utc_day_start,
 )
-from sfsign.outbox import OPS_PROBE_KEY, JobState, NewJob, OutboxStore
+from sfsign.outbox import OPS_PROBE_KEY, JobState, NewJob, OutboxStats, OutboxStore
 
 NOW = datetime(2026, 3, 14, 15, 0, tzinfo=UTC).timestamp()
 
