@@ -314,7 +314,7 @@ def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
 
 async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:
     """Download each signed file through REST and check it is byte for byte what the daemon signed."""
-    jobs = {j.transaction_id: j for j in await daemon.outbox.jobs()}
+    jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
     authenticator = Authenticator(auth_config(settings))
     rest = SalesforceRest(authenticator, api_version=settings.api_version)
     try:
