@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 import structlog
 
 from sfsign.config import Rules
-from sfsign.outbox import Outbox, OutboxStore
+from sfsign.outbox import ARCHIVE_SOURCE, Outbox
 from sfsign.salesforce.names import Record
 from sfsign.salesforce.rest import SalesforceRest, soql_datetime, validate_api_name, validate_id
 
 log = structlog.get_logger("sfsign.archive")
 
 _NAMESPACE = uuid.UUID("0c1b5c38-5d0c-4b57-a1c2-6a1e6f0f2b11")
-SOURCE = "ltv-refresh"
+SOURCE = ARCHIVE_SOURCE  # the outbox keeps these jobs out of the one-job-per-record rule
 
 
 def archive_transaction_id(transaction_id: str, due: str) -> str:
@@ -71,8 +70,7 @@ async def queue_due_archive_timestamps(
                             record_id=row["Id"], content_document_id=document_id)
                 continue
             job_tx = archive_transaction_id(str(tx), str(row[Record.ARCHIVE_DUE]))
-            added = await outbox.call(partial(
-                OutboxStore.add_archive_job,
+            added = await outbox.add_archive_job(
                 transaction_id=job_tx,
                 rule=rule.name,
                 sobject=sobject,
@@ -80,7 +78,7 @@ async def queue_due_archive_timestamps(
                 content_document_id=str(document_id),
                 content_version_id=str(docs[0]["LatestPublishedVersionId"]),
                 source=SOURCE,
-            ))
+            )
             if added:
                 created += 1
                 log.info("archive timestamp due; queued", record_id=row["Id"], due=row[Record.ARCHIVE_DUE],

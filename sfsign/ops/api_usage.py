@@ -14,13 +14,11 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from sfsign.aio import wait_any
 from sfsign.outbox import Outbox, OutboxStore
+from sfsign.outbox.meta import API_USAGE_KEY as API_USAGE_KEY  # re-exported: the status command reads it here
 
-# Meta key the daemon writes with the last `Sforce-Limit-Info: api-usage=used/max` it saw: "used/max@epoch".
-API_USAGE_KEY = "api_usage"
 _API_USAGE = re.compile(r"^(\d+)/(\d+)@(\d+(?:\.\d+)?)$")
 
 
@@ -64,6 +62,6 @@ async def record_api_usage(
     while not stop.is_set():
         current = usage()
         if current is not None and current != last:
-            await outbox.call(partial(save_api_usage, usage=current, now=time.time()))
+            await outbox.set_meta(API_USAGE_KEY, format_api_usage(current[0], current[1], time.time()))
             last = current
         await wait_any(stop, within_s=interval_s)

@@ -15,22 +15,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sfsign.outbox import JobState, OutboxStore
+from sfsign.outbox import JobState, OutboxStats
 
 log = structlog.get_logger("sfsign.ops.metrics")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
-# Jobs that renew a B-LTA archive timestamp (sfsign/archive.py) are not new signed documents.
-ARCHIVE_RENEWAL_SOURCE = "ltv-refresh"
-
-T = TypeVar("T")
 
 
 class Metrics:
@@ -98,13 +94,6 @@ class Metrics:
 
 
 # ------------------------------------------------------------------------------------ scrape-time state
-
-
-@dataclass(frozen=True)
-class OutboxStats:
-    jobs_by_state: dict[str, int]
-    signed_today: int
-    parked_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,17 +172,8 @@ def utc_day_start(now: float) -> float:
     return day.timestamp()
 
 
-def read_outbox_stats(store: OutboxStore, *, day_start: float) -> OutboxStats:
-    """Jobs per state and documents signed since `day_start` (runs on the outbox thread)."""
-    row = store.db.execute(
-        "SELECT COUNT(*) FROM jobs WHERE signed_visible_at >= ? AND source != ?", (day_start, ARCHIVE_RENEWAL_SOURCE)
-    ).fetchone()
-    return OutboxStats(jobs_by_state=store.counts(), signed_today=int(row[0]) if row else 0,
-                       parked_events=store.parked_count())
-
-
 class OutboxLike(Protocol):
-    async def call(self, fn: Callable[[OutboxStore], T]) -> T: ...
+    async def stats(self, signed_since: float) -> OutboxStats: ...
 
 
 class CertificateExpiry:
@@ -231,7 +211,7 @@ async def take_snapshot(sources: ScrapeSources) -> Snapshot:
     stats: OutboxStats | None
     try:
         stats = await asyncio.wait_for(
-            sources.outbox.call(lambda s: read_outbox_stats(s, day_start=utc_day_start(now))),
+            sources.outbox.stats(signed_since=utc_day_start(now)),
             sources.outbox_timeout_s,
         )
     except Exception as exc:

@@ -41,10 +41,20 @@ def expired_artifacts(directory: Path, store: OutboxStore, now: float, grace_s: 
     A job that is gone was purged, or the file is a leftover of a crash: nothing will read it again.
     For a done job the grace counts from `done_at`; for a file without a job, from its modification time.
     """
-    if not directory.is_dir():
-        return []
-    files = [p for p in directory.iterdir() if p.is_file()]
-    states = store.job_states(p.name.split(".", 1)[0] for p in files)
+    files = _artifact_files(directory)
+    return _expired(files, store.job_states(_transaction_ids(files)), now, grace_s)
+
+
+def _artifact_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.is_file()] if directory.is_dir() else []
+
+
+def _transaction_ids(files: list[Path]) -> list[str]:
+    return [p.name.split(".", 1)[0] for p in files]
+
+
+def _expired(files: list[Path], states: dict[str, tuple[JobState, float | None]], now: float, grace_s: float
+             ) -> list[Path]:
     expired = []
     for path in files:
         known = states.get(path.name.split(".", 1)[0])
@@ -69,9 +79,26 @@ def purge(store: OutboxStore, settings: Settings, now: float | None = None, *, d
     rows = store.purge(now, settings.job_retention_days * DAY_S, dry_run=dry_run)
     files = expired_artifacts(artifacts_dir(settings), store, now, settings.artifact_grace_s)
     if not dry_run:
-        for path in files:
-            path.unlink(missing_ok=True)
+        _unlink_all(files)
     return RetentionResult(rows, files)
+
+
+async def purge_outbox(outbox: Outbox, settings: Settings, now: float | None = None) -> RetentionResult:
+    """`purge` for the daemon: the rows through the outbox's own thread, the files in an executor, so
+    neither the event loop nor the outbox thread waits on the artifacts directory."""
+    now = time.time() if now is None else now
+    rows = await outbox.purge(now, settings.job_retention_days * DAY_S)
+    loop = asyncio.get_running_loop()
+    files = await loop.run_in_executor(None, _artifact_files, artifacts_dir(settings))
+    states = await outbox.job_states(_transaction_ids(files))
+    expired = await loop.run_in_executor(None, _expired, files, states, now, settings.artifact_grace_s)
+    await loop.run_in_executor(None, _unlink_all, expired)
+    return RetentionResult(rows, expired)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 async def purge_loop(outbox: Outbox, settings: Settings, stop: asyncio.Event, interval_s: float | None = None) -> None:
@@ -81,7 +108,7 @@ async def purge_loop(outbox: Outbox, settings: Settings, stop: asyncio.Event, in
     every = interval_s if interval_s is not None else min(3600.0, max(60.0, settings.artifact_grace_s))
     while not stop.is_set():
         try:
-            result = await outbox.call(lambda s: purge(s, settings))
+            result = await purge_outbox(outbox, settings)
             if result.rows.job_rows or result.rows.audit_rows or result.artifacts:
                 # Counts only: the rows and files name records and customers.
                 log.info("retention purge", jobs=result.rows.jobs, audit_rows=result.rows.audit_rows,

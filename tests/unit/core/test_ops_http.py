@@ -7,10 +7,9 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -25,16 +24,13 @@ from sfsign.ops.logging import MASK, redact
 from sfsign.ops.metrics import (
     CertificateExpiry,
     Metrics,
-    OutboxStats,
     ScrapeSources,
     Snapshot,
-    read_outbox_stats,
     take_snapshot,
     utc_day_start,
 )
-from sfsign.outbox import JobState, NewJob, OutboxStore
+from sfsign.outbox import OPS_PROBE_KEY, JobState, NewJob, OutboxStats, OutboxStore
 
-T = TypeVar("T")
 NOW = datetime(2026, 3, 14, 15, 0, tzinfo=UTC).timestamp()
 
 
@@ -129,7 +125,7 @@ async def test_readiness_names_every_failed_check_of_a_daemon_that_has_not_conne
         ready = await daemon.readiness()
         daemon.request_stop()
         stopping = await daemon.readiness()
-        probe = await daemon.outbox.call(lambda s: s.get_meta(daemon_module.OPS_PROBE_KEY))
+        probe = await daemon.outbox.get_meta(OPS_PROBE_KEY)
     finally:
         await daemon.outbox.close()
 
@@ -160,8 +156,8 @@ def test_outbox_stats_count_states_and_documents_signed_since_midnight_utc(tmp_p
     assert store.add_archive_job(transaction_id="renewal", rule="r", sobject="Opportunity", record_id="006x",
                                  content_document_id="069x", content_version_id="068x", source="ltv-refresh")
 
-    stats = read_outbox_stats(store, day_start=utc_day_start(time.time()))  # the renewal is stamped "now"
-    stats_at_noon = read_outbox_stats(store, day_start=utc_day_start(NOW))
+    stats = store.stats(signed_since=utc_day_start(time.time()))  # the renewal is stamped "now"
+    stats_at_noon = store.stats(signed_since=utc_day_start(NOW))
 
     assert stats.jobs_by_state == {"done": 2, "ltv_pending": 2, "error": 1, "queued": 1}
     assert stats_at_noon.signed_today == 2  # not yesterday's, not the archive renewal
@@ -169,18 +165,18 @@ def test_outbox_stats_count_states_and_documents_signed_since_midnight_utc(tmp_p
 
 
 class FakeOutbox:
-    """Answers `call` with canned statistics, or fails / hangs like a broken database."""
+    """Answers `stats` with canned statistics, or fails / hangs like a broken database."""
 
     def __init__(self, stats: OutboxStats | None = None, *, hang: bool = False) -> None:
-        self.stats = stats
+        self.canned = stats
         self.hang = hang
 
-    async def call(self, fn: Callable[[Any], T]) -> T:
+    async def stats(self, signed_since: float) -> OutboxStats:
         if self.hang:
             await asyncio.sleep(3600)
-        if self.stats is None:
+        if self.canned is None:
             raise RuntimeError("outbox is not open")
-        return self.stats  # type: ignore[return-value]
+        return self.canned
 
 
 def _families(text: bytes) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
