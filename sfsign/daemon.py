@@ -105,6 +105,11 @@ class Part:
 
 
 class Daemon:
+    """One sfsign process: its health, its parts, and the order they start and stop in.
+
+    Tests and `sfsign demo` watch it through `health`, `ready`, `outbox`, `metrics` and `readiness()`.
+    """
+
     def __init__(self, settings: Settings, rules: Rules) -> None:
         self.settings = settings
         self.rules = rules
@@ -228,6 +233,7 @@ class Daemon:
             done, _ = await asyncio.wait([stop_wait, *(t for _, t in running)], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            await asyncio.gather(stop_wait, return_exceptions=True)
         for task in done:
             if task is not stop_wait and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
