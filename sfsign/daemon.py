@@ -56,8 +56,6 @@ from sfsign.worker import Worker, WorkerConfig, preflight_profiles
 if TYPE_CHECKING:
     from sfsign.check import Check
 
-__all__ = ["Daemon", "Health", "Part", "Stop", "auth_config"]
-
 log = structlog.get_logger("sfsign.daemon")
 T = TypeVar("T")
 
@@ -179,7 +177,7 @@ class Daemon:
                 finally:
                     self._stop.set()
                     log.info("stopping: intake first")
-                    await _stop_parts(running)
+                    await stop_parts(running)
         finally:
             self._rest = None
             for sig in installed:
@@ -470,7 +468,7 @@ class Daemon:
             return True
 
 
-async def _stop_parts(running: list[tuple[Part, asyncio.Task[object]]]) -> None:
+async def stop_parts(running: list[tuple[Part, asyncio.Task[object]]]) -> None:
     """Stop the parts in the order they declare: per `Stop` value, drain, cancel, then close each part
     (in the reverse of the start order); wait for every task once all are cancelled."""
     for when in sorted({part.stop for part, _ in running}):
