@@ -252,27 +252,17 @@ class Daemon:
     def _build_worker(self, rest: SalesforceRest, pool: ProcessPoolExecutor, token: AccessToken) -> Worker:
         settings, authenticator = self.settings, self.authenticator
         assert authenticator is not None
+        config = WorkerConfig(
+            artifacts_dir=settings.data_dir / "artifacts", concurrency=settings.workers,
+            cpu_slots=2 * self._pool_size(), batch_linger_s=settings.batch_linger_s,
+            batch_linger_burst_s=settings.batch_linger_burst_s, pending_after_s=settings.pending_after_s,
+            retry_for_s=settings.retry_for_h * 3600, backoff_base_s=settings.retry_base_s,
+            backoff_cap_s=settings.retry_cap_s, multi_currency=settings.multi_currency,
+            ltv_delay_s=settings.ltv_delay_s, artifact_grace_s=settings.artifact_grace_s,
+        )
         return Worker(
-            outbox=self.outbox,
-            rest=rest,
-            rules=self.rules,
-            cpu_pool=pool,
-            config=WorkerConfig(
-                artifacts_dir=settings.data_dir / "artifacts",
-                concurrency=settings.workers,
-                cpu_slots=2 * self._pool_size(),
-                batch_linger_s=settings.batch_linger_s,
-                batch_linger_burst_s=settings.batch_linger_burst_s,
-                pending_after_s=settings.pending_after_s,
-                retry_for_s=settings.retry_for_h * 3600,
-                backoff_base_s=settings.retry_base_s,
-                backoff_cap_s=settings.retry_cap_s,
-                multi_currency=settings.multi_currency,
-                ltv_delay_s=settings.ltv_delay_s,
-                artifact_grace_s=settings.artifact_grace_s,
-            ),
-            instance_url=lambda: (authenticator.current or token).instance_url,
-            metrics=self.metrics,
+            outbox=self.outbox, rest=rest, rules=self.rules, cpu_pool=pool, config=config,
+            instance_url=lambda: (authenticator.current or token).instance_url, metrics=self.metrics,
             governor=self.governor,
         )
 
@@ -282,15 +272,12 @@ class Daemon:
         assert worker is not None and self.authenticator is not None
         rules = self._current_rules
         self.stream = StreamClient(
-            self.authenticator,
-            api_version=settings.api_version,
-            channels=self.rules.channels(),
+            self.authenticator, api_version=settings.api_version, channels=self.rules.channels(),
             replay_source=self.outbox.committed_replay_id,
             # A "Send for signature" click carries no state a reconciliation could find: without a
             # position, read every retained event (72 h); their EventUuid makes a replay a no-op.
             replay_all=[c for c in self.rules.channels() if c.startswith("/event/")],
-            long_poll_margin_s=settings.stream_long_poll_margin_s,
-            backoff_base_s=settings.stream_backoff_base_s,
+            long_poll_margin_s=settings.stream_long_poll_margin_s, backoff_base_s=settings.stream_backoff_base_s,
             backoff_cap_s=settings.stream_backoff_cap_s,
         )
         reconciler = Reconciler(
@@ -388,13 +375,10 @@ class Daemon:
         except Exception as exc:
             writable = False
             reasons.append(f"the outbox is not writable: {type(exc).__name__}: {exc}")
-        stalled = self.health.intake_stalled_s()
-        intake_moving = stalled is None or stalled < self.settings.intake_stuck_after_s
-        if not intake_moving:
-            reasons.append(
-                f"intake stuck: the event {self.health.intake_failing_event} has been failing for {stalled:.0f} s "
-                f"and the replay id does not move ({self.health.intake_last_error})"
-            )
+        stuck = self.health.intake_stuck(self.settings.intake_stuck_after_s)
+        intake_moving = stuck is None
+        if stuck is not None:
+            reasons.append(stuck)
         checks = {"authenticated": self.health.authenticated, "subscribed": self.health.subscribed,
                   "outbox_writable": writable, "intake_moving": intake_moving}
         return Readiness(reasons=tuple(reasons), checks=checks)

@@ -67,10 +67,14 @@ class Health:
     intake_failing_event: str | None = None
     intake_last_error: str | None = None
 
-    def intake_stalled_s(self) -> float | None:
-        """How long the event intake is working on has been failing (None while none fails)."""
+    def intake_stuck(self, after_s: float) -> str | None:
+        """Why intake is stuck, when the event it works on has been failing for `after_s` or longer."""
         since = self.intake_failing_since
-        return None if since is None else max(0.0, time.time() - since)
+        stalled = None if since is None else max(0.0, time.time() - since)
+        if stalled is None or stalled < after_s:
+            return None
+        return (f"intake stuck: the event {self.intake_failing_event} has been failing for {stalled:.0f} s "
+                f"and the replay id does not move ({self.intake_last_error})")
 
 
 class Intake:
