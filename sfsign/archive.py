@@ -11,16 +11,26 @@ upgrade path (download, timestamp, upload as a new version of the same File, wri
 work, with its retries and its upload guard. The job's transaction id is derived from the record's
 transaction id and the due date it renews, so a second scan before the first job finishes, or a
 crash, never adds a second archive timestamp for the same due date.
+
+Entry points: `ArchiveScheduler.run()` in the daemon, `ltv_refresh_once()` for `sfsign ltv-refresh`.
+Knobs (Settings): `ltv_refresh_interval_h` (SFSIGN_LTV_REFRESH_INTERVAL_H, 24 h; 0: the daemon does not
+schedule it), `ltv_refresh_within_days` (SFSIGN_LTV_REFRESH_WITHIN_DAYS, 90 days before expiry); while
+the org is near its daily API allocation the scan waits (renewals have days of margin), and after a
+failed scan it is tried again within `RETRY_AFTER_S`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from sfsign.config import Rules
+from sfsign.aio import wait_any
+from sfsign.config import Rules, Settings
+from sfsign.governor import ApiGovernor
 from sfsign.outbox import ARCHIVE_SOURCE, Outbox
 from sfsign.salesforce.names import Record
 from sfsign.salesforce.rest import SalesforceRest, soql_datetime, validate_api_name, validate_id
@@ -29,6 +39,8 @@ log = structlog.get_logger("sfsign.archive")
 
 _NAMESPACE = uuid.UUID("0c1b5c38-5d0c-4b57-a1c2-6a1e6f0f2b11")
 SOURCE = ARCHIVE_SOURCE  # the outbox keeps these jobs out of the one-job-per-record rule
+RETRY_AFTER_S = 300.0
+CONSTRAINED_WAIT_S = 900.0
 
 
 def archive_transaction_id(transaction_id: str, due: str) -> str:
@@ -84,3 +96,51 @@ async def queue_due_archive_timestamps(
                 log.info("archive timestamp due; queued", record_id=row["Id"], due=row[Record.ARCHIVE_DUE],
                          transaction_id=job_tx)
     return created
+
+
+class ArchiveScheduler:
+    """Renews archive timestamps that come due: one scan at start, then one every interval."""
+
+    def __init__(
+        self, rest: SalesforceRest, outbox: Outbox, *, rules: Callable[[], Rules], interval_h: float,
+        within_days: float, wake: Callable[[], None], governor: ApiGovernor, stop: asyncio.Event,
+    ) -> None:
+        self.rest = rest
+        self.outbox = outbox
+        self.rules = rules  # read at each scan: a reload applies to the next one
+        self.interval_s = interval_h * 3600
+        self.within_days = within_days
+        self.wake = wake
+        self.governor = governor
+        self.stop = stop
+
+    async def run(self) -> None:
+        interval_s = self.interval_s
+        while not self.stop.is_set():
+            if self.governor.constrained():  # renewals can wait for the API budget (days of margin)
+                await wait_any(self.stop, within_s=min(interval_s, CONSTRAINED_WAIT_S))
+                continue
+            try:
+                queued = await queue_due_archive_timestamps(
+                    self.rest, self.outbox, self.rules(), within_days=self.within_days
+                )
+                if queued:
+                    self.wake()
+                wait_s = interval_s
+            except Exception as exc:  # Salesforce down: try again soon, never stop the daemon for this
+                log.error("archive timestamp scan failed; will retry", error=f"{type(exc).__name__}: {exc}")
+                wait_s = min(interval_s, RETRY_AFTER_S)
+            await wait_any(self.stop, within_s=wait_s)
+
+
+async def ltv_refresh_once(settings: Settings, rules: Rules, within_days: float) -> int:
+    """`sfsign ltv-refresh`: queue the archive timestamps due within `within_days`; a daemon does the work."""
+    from sfsign.connections import SalesforceSession
+
+    outbox = Outbox(settings.data_dir / "outbox.sqlite")
+    await outbox.open()
+    try:
+        async with SalesforceSession(settings) as session:
+            return await queue_due_archive_timestamps(session.rest, outbox, rules, within_days=within_days)
+    finally:
+        await outbox.close()

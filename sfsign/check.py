@@ -303,7 +303,7 @@ ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration u
 
 def daemon_writes() -> dict[str, tuple[str, set[str]]]:
     """Object → ("create" | "update", the fields the daemon sets), from the code that builds the records."""
-    from sfsign.worker import audit_records
+    from sfsign.audit import audit_records
 
     row = {"sobject": "Opportunity", "record_id": "", "transaction_id": "", "event_type": "", "occurred_at": "",
            "actor": "", "detail": ""}

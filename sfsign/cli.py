@@ -177,7 +177,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_ltv_refresh(args: argparse.Namespace) -> int:
-    from sfsign.daemon import ltv_refresh_once
+    from sfsign.archive import ltv_refresh_once
 
     settings, rules = _settings_and_rules(args)
     within = args.within_days if args.within_days is not None else settings.ltv_refresh_within_days

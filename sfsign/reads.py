@@ -118,7 +118,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     placeholder literals; `record_types`: the objects whose rules are limited to record types. Each
     query comes from the function the daemon itself calls."""
     from sfsign.archive import due_query, latest_version_query
-    from sfsign.daemon import current_values_query, reconcile_query
+    from sfsign.reconcile import current_values_query, reconcile_query
     from sfsign.salesforce.rest import (
         SalesforceRest,
         version_by_checksum_query,

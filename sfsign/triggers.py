@@ -21,8 +21,6 @@ _NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
 
 KEY_PREFIXES = {"006": "Opportunity", "0Q0": "Quote"}
 
-SIGN_REQUEST_EVENT = SignRequest.NAME  # daemon.py's name for it, until it imports names itself
-
 
 def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identity: str) -> str:
     """Stable id of one trigger; 36 characters, fits `Sign_Transaction_Id__c` (Text 64).

@@ -35,6 +35,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from sfsign.aio import wait_any
+from sfsign.audit import audit_records
 from sfsign.batching import Batcher
 from sfsign.config import ProfileConfig, RuleConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
@@ -954,21 +955,6 @@ class _Outcome:
         """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
         return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
                 "audit_occurred_at": self.occurred_at, "audit_sent": sent}
-
-
-def audit_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Outbox audit rows as `Signature_Event__c` records."""
-    return [
-        {
-            "Opportunity__c" if r["sobject"] == "Opportunity" else "Quote__c": r["record_id"],
-            "Transaction_Id__c": r["transaction_id"],
-            "Event_Type__c": r["event_type"],
-            "Occurred_At__c": r["occurred_at"],
-            "Actor__c": (r["actor"] or "")[:255],
-            "Detail__c": r["detail"] or None,
-        }
-        for r in rows
-    ]
 
 
 def _secret(env: str | None, what: str) -> Any:

@@ -2,7 +2,7 @@
 thousands of records, and an operator at a terminal should see it move rather than wonder if it hangs.
 
 The progress is counted from the query pages the reconciliation reads (each reports the query's total
-size), so it runs exactly the daemon's `Daemon.reconcile`; nothing is drawn when stderr is not a terminal.
+size), so it runs exactly the daemon's `sfsign.reconcile.reconcile`; nothing is drawn when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -10,33 +10,28 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TextIO, cast
+from typing import TextIO
 
 from sfsign.config import Rules, Settings
-from sfsign.salesforce.rest import QueryPage, SalesforceRest
+from sfsign.salesforce.rest import QueryPage
 
 ProgressFn = Callable[[int, int], None]  # (records read so far, records announced so far)
 
 
-class _CountingRest:
-    """Delegates to a `SalesforceRest`, reporting how many records its query pages have delivered."""
+class PageCounter:
+    """A reconciliation's page callback (`sfsign.reconcile.PageFn`): counts the records its query pages
+    deliver, and the records their queries announce, and reports both to `progress`."""
 
-    def __init__(self, rest: SalesforceRest, progress: ProgressFn) -> None:
-        self._rest = rest
+    def __init__(self, progress: ProgressFn) -> None:
         self._progress = progress
         self.read = 0
         self.total = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rest, name)
-
-    async def query_page(self, soql: str | None = None, *, next_records_url: str | None = None) -> QueryPage:
-        page = await self._rest.query_page(soql, next_records_url=next_records_url)
-        if soql is not None:  # a new query: its total joins the announced work
+    def __call__(self, page: QueryPage, first: bool) -> None:
+        if first:  # a new query: its total joins the announced work
             self.total += page.total_size
         self.read += len(page.records)
         self._progress(self.read, self.total)
-        return page
 
 
 class ProgressLine:
@@ -65,8 +60,7 @@ class ProgressLine:
 async def reconcile_with_progress(
     settings: Settings, rules: Rules, since: datetime | None, progress: ProgressFn | None
 ) -> int:
-    """`sfsign.daemon.reconcile_once`, with each query page reported to `progress`."""
-    from sfsign.daemon import reconcile_once
+    """`sfsign.reconcile.reconcile_once`, with each query page reported to `progress`."""
+    from sfsign.reconcile import reconcile_once
 
-    wrap = (lambda rest: cast(SalesforceRest, _CountingRest(rest, progress))) if progress else None
-    return await reconcile_once(settings, rules, since, wrap_rest=wrap)
+    return await reconcile_once(settings, rules, since, on_page=PageCounter(progress) if progress else None)

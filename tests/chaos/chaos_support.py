@@ -31,10 +31,10 @@ from typing import IO, Any
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.config import load_rules
 from sfsign.connections import auth_config
-from sfsign.daemon import FIRST_SUBSCRIBED_KEY
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki, create_demo_pki
+from sfsign.outbox import FIRST_SUBSCRIBED_KEY
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.rest import SalesforceRest
 

@@ -17,10 +17,11 @@ from e2e_support import REP, record_id, run_daemon, wait_for_status
 
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
-from sfsign.daemon import Daemon, reconcile_once
+from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localpki.pki import DemoPki
 from sfsign.outbox import JobState, OutboxStore
+from sfsign.reconcile import reconcile_once
 from sfsign.salesforce.rest import SalesforceRest
 
 ENTERPRISE_DEAL = "Acme Industries - Platform Renewal 2027"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sfsign.daemon import reconcile_query
 from sfsign.outbox import JobState, NewJob, OutboxStore
+from sfsign.reconcile import reconcile_query
 
 
 def _job(tx: str, record: str, rule: str = "quote") -> NewJob:

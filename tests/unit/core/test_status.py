@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sfsign.commands.progress import ProgressLine, _CountingRest
+from sfsign.commands.progress import PageCounter, ProgressLine
 from sfsign.commands.status import collect_status, job_line, render_jobs, render_status, status_json, utc_midnight
 from sfsign.config import Settings
 from sfsign.ops.api_usage import API_USAGE_KEY, format_api_usage, parse_api_usage, record_api_usage, save_api_usage
@@ -274,26 +274,18 @@ async def test_purge_loop_purges_at_start_and_stops_when_asked(tmp_path: Path, s
 # ------------------------------------------------------------------------------------- reconcile progress
 
 
-class _FakeRest:
-    """Stands in for SalesforceRest: two pages of one query, then one page of another."""
-
-    def __init__(self) -> None:
-        self.pages = {
-            "q1": QueryPage([{"Id": "a"}] * 2, 3, "/next"),
-            "/next": QueryPage([{"Id": "b"}], 3, None),
-            "q2": QueryPage([{"Id": "c"}] * 4, 4, None),
-        }
-
-    async def query_page(self, soql: str | None = None, *, next_records_url: str | None = None) -> QueryPage:
-        return self.pages[soql or next_records_url or ""]
-
-
-async def test_reconcile_progress_counts_pages_with_fake_rest() -> None:
+def test_reconcile_progress_counts_the_pages_of_every_query() -> None:
+    """Two pages of one query, then one page of another, as `reconcile` reads them from Salesforce."""
+    pages = {
+        "q1": QueryPage([{"Id": "a"}] * 2, 3, "/next"),
+        "/next": QueryPage([{"Id": "b"}], 3, None),
+        "q2": QueryPage([{"Id": "c"}] * 4, 4, None),
+    }
     seen: list[tuple[int, int]] = []
-    counting = _CountingRest(_FakeRest(), lambda done, total: seen.append((done, total)))  # type: ignore[arg-type]
-    await counting.query_page("q1")
-    await counting.query_page(next_records_url="/next")
-    await counting.query_page("q2")
+    counter = PageCounter(lambda done, total: seen.append((done, total)))
+    counter(pages["q1"], True)
+    counter(pages["/next"], False)
+    counter(pages["q2"], True)
     assert seen == [(2, 3), (3, 3), (7, 7)]
 
 

@@ -97,8 +97,9 @@ def _soql_builders() -> set[str]:
 def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
     """A new query elsewhere in the daemon fails here until `sfsign.reads.daemon_queries` includes it."""
     covered = {
-        "archive.py:due_query", "archive.py:latest_version_query", "daemon.py:current_values_query",
-        "daemon.py:reconcile_query", "salesforce/records.py:opportunity_select", "salesforce/records.py:quote_select",
+        "archive.py:due_query", "archive.py:latest_version_query", "reconcile.py:current_values_query",
+        "reconcile.py:reconcile_query", "salesforce/records.py:opportunity_select",
+        "salesforce/records.py:quote_select",
         "salesforce/rest.py:version_by_transaction_query", "salesforce/rest.py:version_by_checksum_query",
         "salesforce/rest.py:version_document_query", "salesforce/writeback.py:content_document_query",
         "salesforce/rest.py:files_by_transaction_queries", "worker.py:shown_signature_query",
