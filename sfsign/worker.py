@@ -54,9 +54,11 @@ from sfsign.mapping import NotRenderable, build_document, file_name_for, file_ti
 from sfsign.ops.durations import human_age
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.pending import PendingNotes
 from sfsign.private_files import private_dir, write_private
 from sfsign.record_types import EXPLICIT_SOURCES, RecordTypeNotRead, uncovered_reason
 from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.record_fields import pending_fields
 from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
 from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
@@ -184,10 +186,13 @@ class Worker:
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
         self._batch_stop = asyncio.Event()
         self._batch_tasks: list[asyncio.Task[None]] = []
-        # Claiming and choosing jobs to announce as Pending take turns: a job is either claimed or
-        # announced, never both, so its Pending write can never land after its own write-back.
-        self._claim_lock = asyncio.Lock()
-        self._announcing: set[int] = set()
+        self._claimed: dict[int, Job] = {}  # each running job as it was claimed
+        self.pending = PendingNotes(
+            outbox=outbox, write=self._write_batch, after_s=config.pending_after_s, batch_max=config.write_batch_max,
+            claimed=self._claimed.values, workers_busy=lambda: len(self._running) >= config.concurrency,
+            cpu_busy=lambda: len(self._running) > config.cpu_slots, constrained=self.constrained,
+            announced=self._wake.set,
+        )
         self._announcer: asyncio.Task[None] | None = None
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: self._fetch,
@@ -254,25 +259,27 @@ class Worker:
                 asyncio.create_task(b.run(self._batch_stop), name=f"batcher-{b.name}") for b in self._batchers
             ]
         if self._announcer is None:
-            self._announcer = asyncio.create_task(self._announce_waiting(stop), name="pending-announcer")
+            self._announcer = asyncio.create_task(self.pending.run(stop, self.config.poll_interval_s),
+                                                  name="pending-announcer")
         while not stop.is_set():
             self._wake.clear()
             free = self.config.concurrency - len(self._running)
             if free > 0:
-                async with self._claim_lock:
+                async with self.pending.claim_lock:
                     jobs = await self.outbox.call(partial(
-                        _claim, now=time.time(), limit=free, running=[*self._running, *self._announcing]))
+                        _claim, now=time.time(), limit=free, running=[*self._running, *self.pending.announcing]))
                     if jobs:
                         self._last_claim = time.monotonic()
                     for job in jobs:
                         task = asyncio.create_task(self._process(job), name=f"job-{job.transaction_id}")
                         self._running[job.id] = task
+                        self._claimed[job.id] = job
                         task.add_done_callback(partial(self._finished, job.id))
             # Jobs already running are due too (their next_attempt_at has passed); counting them made
             # this loop spin, two outbox queries per turn, for as long as any job ran. Jobs being
             # announced are claimed once their Pending write is through (it wakes this loop).
             next_due = await self.outbox.call(partial(
-                OutboxStore.next_due_at, exclude=[*self._running, *self._announcing]))
+                OutboxStore.next_due_at, exclude=[*self._running, *self.pending.announcing]))
             timeout = self.config.poll_interval_s
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))
@@ -281,13 +288,15 @@ class Worker:
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._claimed.pop(job_id, None)
+        self.pending.forget(job_id)
         self._set_state(job_id, None)
         self._poke_batchers()
         self._wake.set()
 
     async def drain(self, deadline_s: float) -> int:
         """Let in-flight jobs finish their current step; return how many were still running."""
-        if self._announcer is not None:  # before the batchers stop: its writes go through the write-back batcher
+        if self._announcer is not None:  # first: no Pending note may start once jobs are being cancelled
             self._announcer.cancel()
             await asyncio.gather(self._announcer, return_exceptions=True)
         tasks = list(self._running.values())
@@ -382,52 +391,11 @@ class Worker:
         fails or delays the job. One plain update, no in-step retries (Salesforce may be what fails)."""
         if job.signed_visible_at is not None:
             return
+        await self.pending.before_record_write(job.id)
         try:
-            await self.rest.update(job.sobject, job.record_id, _pending_fields(job, note))
+            await self.rest.update(job.sobject, job.record_id, pending_fields(job.transaction_id, note))
         except Exception as exc:
             log.warning("could not show Pending on the record", error=f"{type(exc).__name__}: {exc}"[:300])
-
-    async def _announce_waiting(self, stop: asyncio.Event) -> None:
-        """Records whose job has waited `pending_after_s` for a worker (a burst, a held-up worker) show
-        `Pending`, written in batches through the write-back batcher (up to 800 records per call) and once
-        per job. A lone document is claimed at once and signed before anyone looks, so its record is never
-        written twice; that saved call is the difference between 3 and 4 calls per document."""
-        interval = max(0.1, min(self.config.pending_after_s / 2, self.config.poll_interval_s))
-        while not stop.is_set():
-            try:
-                while not stop.is_set() and await self._announce_some():
-                    pass
-            except Exception as exc:  # a note: never stops the daemon, tried again next round
-                log.warning("could not announce waiting jobs as Pending", error=f"{type(exc).__name__}: {exc}"[:300])
-            await wait_any(stop, within_s=interval)
-
-    async def _announce_some(self) -> bool:
-        """One round: returns whether a full batch went (more may be waiting)."""
-        if len(self._running) < self.config.concurrency:
-            return False  # a free worker claims every due job at once: none can be waiting for one
-        if self.constrained():
-            return False  # non-urgent while the API budget is tight
-        limit = self.config.write_batch_max
-        async with self._claim_lock:
-            jobs = await self.outbox.call(partial(
-                OutboxStore.waiting_unannounced, older_than=time.time() - self.config.pending_after_s,
-                limit=limit, exclude=list(self._running)))
-            self._announcing.update(job.id for job in jobs)
-        if not jobs:
-            return False
-        try:
-            writes = [WriteBack(job.sobject, job.record_id, _pending_fields(job, None)) for job in jobs]
-            results = await asyncio.gather(*(self.writer.submit(w) for w in writes), return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                log.warning("could not show Pending on some waiting records", records=len(failed),
-                            error=f"{type(failed[0]).__name__}: {failed[0]}"[:300])
-            await self.outbox.call(partial(OutboxStore.mark_pending_shown, ids=[j.id for j in jobs], at=time.time()))
-        finally:
-            self._announcing.difference_update(job.id for job in jobs)
-            self._wake.set()
-        log.info("waiting jobs shown as Pending", jobs=len(jobs))
-        return len(jobs) >= limit
 
     async def _give_up(self, job: Job, attempts: int, failing_for_s: float, reason: str, code: str) -> bool:
         """Past the retry window: the job is `dead` once its record says so and what a person must do.
@@ -466,6 +434,7 @@ class Worker:
         await self.outbox.update(job.id, state=JobState.ERROR, audit_detail=f"{code}: {reason}")
 
     async def _write_error(self, job: Job, reason: str) -> None:
+        await self.pending.before_record_write(job.id)
         if job.signed_visible_at:
             # The B-T document is signed and on the record; only its long-term upgrade failed. The
             # status stays `Signed` (it is true) and the reason says what is missing.
@@ -545,6 +514,7 @@ class Worker:
         rows = await self._sf(self.rest.query, shown_signature_query(job.sobject, job.record_id))
         signed_on = rows[0].get("Signed_At__c") if rows else None
         note = already_signed_note(signed_on, shown)
+        await self.pending.before_record_write(job.id)
         await self._sf(self.rest.update, job.sobject, job.record_id, {"Sign_Error__c": note})
         detail = f"{job.source} trigger signed nothing (the record shows it, the local outbox did not know it): {note}"
         if job.reason:
@@ -569,6 +539,7 @@ class Worker:
         if why is None:
             return None
         if job.source in EXPLICIT_SOURCES:
+            await self.pending.before_record_write(job.id)
             await self._sf(self.rest.update, job.sobject, job.record_id, {"Sign_Error__c": why[:32000]})
         log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
         return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
@@ -585,6 +556,7 @@ class Worker:
                  "not signed again"
         if record is not None and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
             url = f"{self.instance_url()}/lightning/r/ContentDocument/{file.content_document_id}/view"
+            await self.pending.before_record_write(job.id)
             await self._sf(self.rest.update, job.sobject, job.record_id, {
                 "Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_SIGNED, "Sign_Error__c": None,
                 "Signed_Document_Id__c": file.content_document_id, "Signed_Document_Url__c": url,
@@ -737,6 +709,7 @@ class Worker:
             f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
             else "Signed; file {document_id}",
         )
+        await self.pending.before_record_write(job.id)
         if job.content_document_id:  # known from the upload guard: no lookup needed
             document_id: str | None = job.content_document_id
             fields["Signed_Document_Id__c"] = document_id
@@ -1068,11 +1041,6 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
-
-
-def _pending_fields(job: Job, note: str | None) -> dict[str, Any]:
-    return {"Sign_Transaction_Id__c": job.transaction_id, "Sign_Status__c": STATUS_PENDING,
-            "Sign_Error__c": note[:32000] if note else None}
 
 
 def shown_signature_query(sobject: str, record_id: str) -> str:
