@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -56,9 +57,16 @@ from sfsign.ops.metrics import Metrics
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
 from sfsign.pending import PendingNotes
 from sfsign.private_files import private_dir, write_private
-from sfsign.record_types import EXPLICIT_SOURCES, RecordTypeNotRead, uncovered_reason
+from sfsign.record_types import (
+    EVENT_ANY_RULE_SOURCE,
+    EXPLICIT_SOURCES,
+    RecordTypeNotRead,
+    covering_rule,
+    uncovered_reason,
+)
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.record_fields import pending_fields
+from sfsign.salesforce.names import Record
+from sfsign.salesforce.record_fields import long_text, pending_fields
 from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
 from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest, soql_quote
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, write_back_many
@@ -475,6 +483,11 @@ class Worker:
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        if job.source == EVENT_ANY_RULE_SOURCE:
+            taken = await self._take_covering_rule(job, rule, rules, record)
+            if isinstance(taken, Job):
+                return taken
+            job, rule = taken
         skipped = await self._skip_other_record_type(job, rule, rules, record)
         if skipped is not None:
             return skipped
@@ -526,6 +539,33 @@ class Worker:
                     signed_transaction_id=shown)
         return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
                                         audit_detail=f"{ALREADY_SIGNED}: {note}")
+
+    async def _take_covering_rule(self, job: Job, rule: RuleConfig, rules: Rules,
+                                  record: SignableRecord) -> tuple[Job, RuleConfig] | Job:
+        """A Send for Signature that named no rule got the object's first rule; the record is read now, so it
+        takes the rule covering its type instead. That rule's slot may be taken: signed already (the record
+        is told so, as the intake would have), or a signature in progress (nothing more is signed)."""
+        try:
+            covering = covering_rule(rule, rules, record)
+        except RecordTypeNotRead as exc:
+            raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
+        if covering is None:
+            return job, rule
+        signed = await self.outbox.call(partial(
+            OutboxStore.signed_job, sobject=job.sobject, record_id=job.record_id, rule=covering.name))
+        if signed is not None:
+            return await self._tell_signed_before(job, signed.transaction_id)
+        try:
+            job = await self.outbox.update(job.id, rule=covering.name)
+        except sqlite3.IntegrityError:  # the one-job-per-record-and-rule index: another job has it in hand
+            why = (f"Not signed: rule {covering.name!r}, which covers this record's type, is already signing it "
+                   "in another transaction.")
+            await self.pending.before_record_write(job.id)
+            await self._sf(self.rest.update, job.sobject, job.record_id, {Record.ERROR: long_text(why)})
+            return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+        log.info("Send for Signature named no rule: the rule covering the record's type signs it",
+                 rule=covering.name, first_rule=rule.name)
+        return job, covering
 
     async def _skip_other_record_type(self, job: Job, rule: RuleConfig, rules: Rules,
                                       record: SignableRecord) -> Job | None:

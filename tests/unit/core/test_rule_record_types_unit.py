@@ -13,7 +13,7 @@ from sfsign.emulator.access import Access
 from sfsign.emulator.store import OrgStore
 from sfsign.outbox import JobState, NewJob, OutboxStore
 from sfsign.reads import rules_reads
-from sfsign.record_types import RecordTypeNotRead, uncovered_reason
+from sfsign.record_types import RecordTypeNotRead, covering_rule, uncovered_reason
 from sfsign.salesforce.records import OpportunityRecord, record_type_filter
 
 RULES = """\
@@ -87,6 +87,18 @@ def test_coverage_names_the_rules_that_would_sign_the_record(tmp_path: Path) -> 
     assert lone is not None and "No rule covers that record type" in lone
     with pytest.raises(RecordTypeNotRead):
         uncovered_reason(enterprise, rules, OpportunityRecord(id="006000000000001AAA"))
+
+
+def test_a_request_naming_no_rule_takes_the_rule_covering_the_record_type(tmp_path: Path) -> None:
+    rules = _rules(tmp_path)
+    enterprise, renewal, _quote = rules.rules
+
+    def record(record_type: str | None) -> OpportunityRecord:
+        return OpportunityRecord(id="006000000000001AAA", fields={RECORD_TYPE_PATH: record_type})
+
+    assert covering_rule(enterprise, rules, record("Renewal")) is renewal
+    assert covering_rule(enterprise, rules, record("Enterprise")) is None  # the first rule covers it: kept
+    assert covering_rule(enterprise, rules, record("Partner")) is None  # none covers it: the skip note says so
 
 
 def test_reconciliation_filter_treats_master_as_no_record_type() -> None:
