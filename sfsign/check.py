@@ -18,13 +18,13 @@ from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
 from sfsign.private_files import private_dir
+from sfsign.profiles import preflight_profiles, signing_request
 from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.auth import Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
-from sfsign.worker import preflight_profiles, signing_request
 
 EXPIRY_WARNING = timedelta(days=30)
 
@@ -133,7 +133,8 @@ async def check_timestamps(rules: Rules) -> list[Check]:
     import secrets
 
     from sfsign.documents.tsa import aclose_timestampers, get_timestamper, redact_url
-    from sfsign.worker import PermanentFailure, tsa_of
+    from sfsign.failures import PermanentFailure
+    from sfsign.profiles import tsa_of
 
     used = sorted({r.profile for r in rules.rules})
     out: list[Check] = []

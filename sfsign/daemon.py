@@ -37,9 +37,11 @@ from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_s
 from sfsign.ops.retention import purge_loop
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox, OutboxStore, SignedDocument, audit_time
 from sfsign.private_files import private_dir
+from sfsign.profiles import preflight_profiles, signing_request
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
+from sfsign.salesforce.record_fields import already_signed_note
 from sfsign.salesforce.records import record_type_filter
 from sfsign.salesforce.rest import (
     SalesforceRest,
@@ -54,10 +56,7 @@ from sfsign.triggers import SIGN_REQUEST_EVENT, decide_change, decide_current_st
 from sfsign.worker import (
     Worker,
     WorkerConfig,
-    already_signed_note,
     audit_records,
-    preflight_profiles,
-    signing_request,
 )
 
 if TYPE_CHECKING:
