@@ -149,13 +149,21 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             rule=rule.name,
             sobject=sobject,
             record_id=record_id,
-            source=REISSUE_SOURCE if action == ACTION_REISSUE else EVENT_SOURCE if named else EVENT_ANY_RULE_SOURCE,
+            source=_sign_request_source(action, named, rule),
             event_time_ms=created_ms,
             requested_by=requested_by,
             reason=reason,
         )
     )
     return decision
+
+
+def _sign_request_source(action: str, named: bool, rule: RuleConfig) -> str:
+    """A Re-issue; a request for the named rule; or, when no rule was named and the object's first rule is
+    limited to record types, one whose rule the worker chooses once it has read the record's type."""
+    if action == ACTION_REISSUE:
+        return REISSUE_SOURCE
+    return EVENT_SOURCE if named or rule.record_types is None else EVENT_ANY_RULE_SOURCE
 
 
 def decide_current_state(

@@ -80,10 +80,7 @@ def _sign_request(record_id: str, rule: str = "") -> PlatformEvent:
 
 def test_sign_request_picks_the_object_rule_from_the_id_prefix(rules: Rules) -> None:
     [job] = decide_sign_request(_sign_request("0Q05g000000AbCdCAK"), rules, ORG).jobs
-    # No rule named: the object's first rule, until the worker reads the record's type (`event-any-rule`).
-    assert (job.rule, job.sobject, job.source) == ("quote-approved", "Quote", "event-any-rule")
-    [named] = decide_sign_request(_sign_request("0Q05g000000AbCdCAK", "quote-approved"), rules, ORG).jobs
-    assert (named.rule, named.source) == ("quote-approved", "event")
+    assert (job.rule, job.sobject, job.source) == ("quote-approved", "Quote", "event")
 
 
 @pytest.mark.parametrize(
