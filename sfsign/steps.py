@@ -23,11 +23,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -36,10 +34,10 @@ from sfsign.config import ProfileConfig, RuleConfig, Rules
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import SignatureLevel
 from sfsign.failures import PermanentFailure, TransientFailure
-from sfsign.gateway import SalesforceGateway
+from sfsign.gateway import Outcome, SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore
 from sfsign.pending import PendingNotes
 from sfsign.profiles import signing_request, upgrade_request
 from sfsign.record_types import (
@@ -62,7 +60,6 @@ from sfsign.salesforce.record_fields import (
 )
 from sfsign.salesforce.records import SignableRecord
 from sfsign.salesforce.rest import ContentVersionRef, NewFile
-from sfsign.salesforce.writeback import WriteBack
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")
@@ -86,26 +83,6 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """The audit event a write-back step ends with. It can ride in the write-back call itself
-    (`writeback.WriteBack.outcome_audit`), so a lone document costs no fourth call for its trail."""
-
-    state: JobState
-    detail: str  # may hold `{document_id}`
-    occurred_at: str = field(default_factory=audit_time)
-
-    def row(self, job: Job, document_id: str | None) -> dict[str, Any]:
-        detail = self.detail if document_id is None else self.detail.replace("{document_id}", document_id)
-        return {"sobject": job.sobject, "record_id": job.record_id, "transaction_id": job.transaction_id,
-                "event_type": self.state.value, "occurred_at": self.occurred_at, "actor": "sfsign", "detail": detail}
-
-    def audit_changes(self, document_id: str | None, sent: bool) -> dict[str, Any]:
-        """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
-        return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
-                "audit_occurred_at": self.occurred_at, "audit_sent": sent}
 
 
 class Steps:
@@ -374,7 +351,7 @@ class Steps:
         )
         upgrade = profile.upgrades and job.level == SignatureLevel.B_T.value
         # The audit event of this step's outcome; `{document_id}` is filled in once the 069 is known.
-        outcome = _Outcome(
+        outcome = Outcome(
             JobState.LTV_PENDING if upgrade else JobState.DONE,
             f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
             else "Signed; file {document_id}",
@@ -383,14 +360,10 @@ class Steps:
         if job.content_document_id:  # known from the upload guard: no lookup needed
             document_id: str | None = job.content_document_id
             fields.update(document_fields(self.instance_url(), job.content_document_id))
-            written = await self.sf.write(WriteBack(
-                job.sobject, job.record_id, fields, outcome_audit=self.sf.audit_record(outcome.row(job, document_id))))
+            written = await self.sf.write(job, fields, outcome, document_id=document_id)
         else:
-            written = await self.sf.write(WriteBack(
-                job.sobject, job.record_id, fields, content_version_id=job.content_version_id,
-                document_url=document_url_template(self.instance_url()),
-                outcome_audit=self.sf.audit_record(outcome.row(job, None)),
-            ))
+            written = await self.sf.write(job, fields, outcome, content_version_id=job.content_version_id,
+                                          document_url=document_url_template(self.instance_url()))
             document_id = written.document_id
             job = await self.outbox.update(job.id, content_document_id=document_id)
         now = time.time()
@@ -472,9 +445,8 @@ class Steps:
     async def ltv_write_back(self, job: Job, rules: Rules) -> Job:
         fields = upgraded_fields(level=job.ltv_level, sha256=job.ltv_sha256, validation=job.validation,
                                  archive_due=job.archive_due)
-        outcome = _Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
-        written = await self.sf.write(WriteBack(
-            job.sobject, job.record_id, fields, outcome_audit=self.sf.audit_record(outcome.row(job, None))))
+        outcome = Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
+        written = await self.sf.write(job, fields, outcome)
         job = await self.outbox.update(
             job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
             **outcome.audit_changes(None, written.outcome_sent),
