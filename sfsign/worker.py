@@ -84,7 +84,6 @@ class Worker:
             rest=rest, outbox=outbox, config=config, rules=lambda: self.rules, running=lambda: len(self._running),
             audit_records=audit_records, metrics=self.metrics, governor=governor,
         )
-        self.audit_lock = self.gateway.audit_lock  # shared with the daemon's audit flusher
         self.pending = PendingNotes(
             outbox=outbox, write=self.gateway.write_now, after_s=config.pending_after_s,
             batch_max=config.write_batch_max, claimed=self._claimed.values,
@@ -106,6 +105,16 @@ class Worker:
             JobState.LTV_UPGRADED: steps.ltv_upload,
             JobState.LTV_UPLOADED: steps.ltv_write_back,
         }
+
+    @property
+    def audit_lock(self) -> asyncio.Lock:
+        """Held while audit rows go to Salesforce: the write-back and the daemon's audit flusher never send a
+        row twice. The daemon may hand in the flusher's own lock; the write-back then takes that one."""
+        return self.gateway.audit_lock
+
+    @audit_lock.setter
+    def audit_lock(self, lock: asyncio.Lock) -> None:
+        self.gateway.audit_lock = lock
 
     # ------------------------------------------------------------------------------- dispatching
 
