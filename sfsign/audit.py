@@ -28,7 +28,8 @@ from sfsign.aio import wait_any
 from sfsign.governor import ApiGovernor
 from sfsign.outbox import Outbox, OutboxStore, audit_time
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.names import ACTOR_LENGTH, SignatureEvent
+from sfsign.salesforce.names import SignatureEvent
+from sfsign.salesforce.record_fields import audit_records
 from sfsign.salesforce.rest import RecordResult, SalesforceRest
 
 log = structlog.get_logger("sfsign.audit")
@@ -36,21 +37,6 @@ log = structlog.get_logger("sfsign.audit")
 AUDIT_ROWS_PER_CALL = 1000
 #: The longest wait between two attempts after Salesforce refused a whole call.
 RETRY_CAP_S = 300.0
-
-
-def audit_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Outbox audit rows as `Signature_Event__c` records."""
-    return [
-        {
-            SignatureEvent.OPPORTUNITY if r["sobject"] == "Opportunity" else SignatureEvent.QUOTE: r["record_id"],
-            SignatureEvent.TRANSACTION_ID: r["transaction_id"],
-            SignatureEvent.EVENT_TYPE: r["event_type"],
-            SignatureEvent.OCCURRED_AT: r["occurred_at"],
-            SignatureEvent.ACTOR: (r["actor"] or "")[:ACTOR_LENGTH],
-            SignatureEvent.DETAIL: r["detail"] or None,
-        }
-        for r in rows
-    ]
 
 
 class AuditRelay:

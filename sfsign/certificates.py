@@ -19,7 +19,7 @@ from sfsign.aio import wait_any
 from sfsign.config import Rules
 from sfsign.documents.sign import load_signer
 from sfsign.ops.metrics import CertificateExpiry
-from sfsign.worker import signing_request
+from sfsign.profiles import signing_request
 
 log = structlog.get_logger("sfsign.certificates")
 

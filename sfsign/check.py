@@ -19,13 +19,13 @@ from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
 from sfsign.private_files import private_dir
+from sfsign.profiles import preflight_profiles, signing_request
 from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.names import File, SignatureEvent, SignRequest
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
-from sfsign.worker import preflight_profiles, signing_request
 
 EXPIRY_WARNING = timedelta(days=30)
 
@@ -134,7 +134,8 @@ async def check_timestamps(rules: Rules) -> list[Check]:
     import secrets
 
     from sfsign.documents.tsa import aclose_timestampers, get_timestamper, redact_url
-    from sfsign.worker import PermanentFailure, tsa_of
+    from sfsign.failures import PermanentFailure
+    from sfsign.profiles import tsa_of
 
     used = sorted({r.profile for r in rules.rules})
     out: list[Check] = []
@@ -303,7 +304,7 @@ ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration u
 
 def daemon_writes() -> dict[str, tuple[str, set[str]]]:
     """Object → ("create" | "update", the fields the daemon sets), from the code that builds the records."""
-    from sfsign.audit import audit_records
+    from sfsign.salesforce.record_fields import audit_records
 
     row = {"sobject": "Opportunity", "record_id": "", "transaction_id": "", "event_type": "", "occurred_at": "",
            "actor": "", "detail": ""}

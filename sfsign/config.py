@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     pending_after_s: float = Field(
         2.0, gt=0, le=3600,
-        description="a job still waiting for a worker this long shows Pending on its record (batched write-backs; "
-                    "a lone document never waits, so never costs that call)",
+        description="a job still waiting (for a worker, a CPU slot, a batch) this long shows Pending on its record "
+                    "(batched write-backs; a lone document never waits, so never costs that call)",
     )
     retry_for_h: float = Field(
         72.0, gt=0, description="a job failing transiently is retried this long (hours) before it is `dead`; "

@@ -46,12 +46,13 @@ from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_s
 from sfsign.ops.retention import purge_loop
 from sfsign.outbox import Outbox
 from sfsign.private_files import private_dir
+from sfsign.profiles import preflight_profiles
 from sfsign.reconcile import Reconciler
 from sfsign.salesforce.auth import AccessToken, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
-from sfsign.worker import Worker, WorkerConfig, preflight_profiles
+from sfsign.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
     from sfsign.check import Check

@@ -35,10 +35,10 @@ from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
 from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, Record, SignRequest
+from sfsign.salesforce.record_fields import already_signed_note
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 from sfsign.triggers import Decision, decide_change, decide_current_state, decide_sign_request
-from sfsign.worker import already_signed_note
 
 log = structlog.get_logger("sfsign.intake")
 

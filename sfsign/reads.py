@@ -119,6 +119,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     query comes from the function the daemon itself calls."""
     from sfsign.archive import due_query, latest_version_query
     from sfsign.reconcile import current_values_query, reconcile_query
+    from sfsign.salesforce.record_fields import shown_signature_query
     from sfsign.salesforce.rest import (
         SalesforceRest,
         version_by_checksum_query,
@@ -126,7 +127,6 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         version_document_query,
     )
     from sfsign.salesforce.writeback import content_document_query
-    from sfsign.worker import shown_signature_query
 
     cv, doc = "068000000000000AAA", "069000000000000AAA"
     now = datetime.now(UTC)

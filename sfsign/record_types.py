@@ -2,7 +2,8 @@
 
 Change events carry only the fields that changed, so a record's type is known only once the record is
 fetched; a trigger for a record of another type ends there, quietly for a stage change (the rule was
-never meant for it), with a note on the record for a rep's explicit "Send for signature".
+never meant for it), with a note on the record for a rep's explicit "Send for signature". A "Send for
+signature" that named no rule takes the rule that covers the record's type.
 """
 
 from __future__ import annotations
@@ -11,22 +12,42 @@ from sfsign.config import MASTER_RECORD_TYPE, RECORD_TYPE_PATH, RuleConfig, Rule
 from sfsign.outbox import REISSUE_SOURCE
 from sfsign.salesforce.records import SignableRecord
 
+#: The source of a job for a Sign_Request__e that named its rule, and of one that named none: that one
+#: starts with the object's first rule and takes, once the record is read, the rule covering its type.
+EVENT_SOURCE = "event"
+EVENT_ANY_RULE_SOURCE = "event-any-rule"
 #: Job sources a rep asked for by name (Sign_Request__e): they are told on the record why nothing came.
-EXPLICIT_SOURCES = frozenset({"event", REISSUE_SOURCE})
+EXPLICIT_SOURCES = frozenset({EVENT_SOURCE, EVENT_ANY_RULE_SOURCE, REISSUE_SOURCE})
 
 
 class RecordTypeNotRead(LookupError):
     """The record was fetched without its record type (the rules were reloaded in between): fetch again."""
 
 
+def record_type_of(record: SignableRecord) -> str:
+    """The record's type (DeveloperName), Master for a record without one."""
+    if RECORD_TYPE_PATH not in record.fields:
+        raise RecordTypeNotRead(f"{record.sobject} {record.id} was read without its record type")
+    value = record.fields[RECORD_TYPE_PATH]
+    return value if isinstance(value, str) and value else MASTER_RECORD_TYPE
+
+
+def covering_rule(rule: RuleConfig, rules: Rules, record: SignableRecord) -> RuleConfig | None:
+    """For a Send for Signature that named no rule: the object's first rule covering the record's type,
+    when `rule` (the object's first rule, all the intake could choose) does not cover it; else None."""
+    if rule.record_types is None:
+        return None
+    record_type = record_type_of(record)
+    if rule.covers(record_type):
+        return None
+    return next((r for r in rules.for_object(record.sobject) if r.covers(record_type)), None)
+
+
 def uncovered_reason(rule: RuleConfig, rules: Rules, record: SignableRecord) -> str | None:
     """None when `rule` signs `record`; else why not, naming the rules of the object that would."""
     if rule.record_types is None:
         return None
-    if RECORD_TYPE_PATH not in record.fields:
-        raise RecordTypeNotRead(f"{record.sobject} {record.id} was read without its record type")
-    value = record.fields[RECORD_TYPE_PATH]
-    record_type = value if isinstance(value, str) and value else MASTER_RECORD_TYPE
+    record_type = record_type_of(record)
     if rule.covers(record_type):
         return None
     others = [r.name for r in rules.for_object(record.sobject) if r.name != rule.name and r.covers(record_type)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sfsign.config import RuleConfig, Rules
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
+from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
 from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.names import ACTION_REISSUE, ACTION_SIGN, AUDIT_REFUSED, REASON_LENGTH, Record, SignRequest
@@ -83,7 +84,8 @@ def decide_change(event: ChangeEvent, rules: Rules, org_id: str) -> Decision:
 
 
 def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Decision:
-    """`Sign_Request__e`: sign this record now with the named rule (or the object's first rule).
+    """`Sign_Request__e`: sign this record now with the named rule (or the object's first rule, which the
+    worker swaps for the rule covering the record's type once it has read the record).
 
     The record id is taken in its canonical 18-character form, so the 15-character id or the
     18-character id in another case of a record already signed meets that record's job in the
@@ -118,7 +120,8 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
         ))
         return decision
     wanted = event.fields.get(SignRequest.RULE)
-    if wanted is not None and wanted != "":
+    named = wanted is not None and wanted != ""
+    if named:
         rule = rules.by_name(wanted) if isinstance(wanted, str) else None
         if rule is None or rule.object != sobject:
             shown = repr(wanted)[:120]
@@ -144,13 +147,21 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             rule=rule.name,
             sobject=sobject,
             record_id=record_id,
-            source=REISSUE_SOURCE if action == ACTION_REISSUE else "event",
+            source=_sign_request_source(action, named, rule),
             event_time_ms=created_ms,
             requested_by=requested_by,
             reason=reason,
         )
     )
     return decision
+
+
+def _sign_request_source(action: str, named: bool, rule: RuleConfig) -> str:
+    """A Re-issue; a request for the named rule; or, when no rule was named and the object's first rule is
+    limited to record types, one whose rule the worker chooses once it has read the record's type."""
+    if action == ACTION_REISSUE:
+        return REISSUE_SOURCE
+    return EVENT_SOURCE if named or rule.record_types is None else EVENT_ANY_RULE_SOURCE
 
 
 def decide_current_state(

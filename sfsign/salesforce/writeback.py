@@ -65,6 +65,21 @@ class WriteBackOutcome:
     outcome_sent: list[bool] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Written:
+    """A record's write-back: the 069 it now shows, and whether its outcome event went in the same call."""
+
+    document_id: str | None
+    outcome_sent: bool = False
+
+
+def written(outcome: WriteBackOutcome) -> list[Written | BaseException]:
+    """Per record of a write-back: what it now shows, or its own error."""
+    flags = outcome.outcome_sent or [False] * len(outcome.results)
+    return [r if isinstance(r, BaseException) else Written(r, sent)
+            for r, sent in zip(outcome.results, flags, strict=True)]
+
+
 def _patch_body(item: WriteBack, document_id: str | None) -> dict[str, Any]:
     body = dict(item.fields)
     if item.content_version_id is not None:

@@ -20,7 +20,7 @@ from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki, create_demo_pki
 from sfsign.outbox import JobState
-from sfsign.worker import preflight_profiles
+from sfsign.profiles import preflight_profiles
 
 ACME = "Acme Industries - Platform Renewal 2027"
 GOOD = "Globex - Enterprise Rollout"

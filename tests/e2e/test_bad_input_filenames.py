@@ -50,7 +50,7 @@ async def test_a_name_no_upload_can_carry_leaves_no_record_of_the_batch_without_
     async with run_daemon(_burst_settings(settings), rules) as daemon:
         await _move_together(control, [odd, *plain])
         records = {rid: await wait_for_status(control, "Opportunity", rid) for rid in [odd, *plain]}
-        uploader = daemon.worker.uploader if daemon.worker else None
+        uploader = daemon.worker.gateway.uploader if daemon.worker else None
     assert {rid: r["Sign_Status__c"] for rid, r in records.items()} == dict.fromkeys([odd, *plain], "Signed"), records
     assert uploader is not None and uploader.items > uploader.calls, "the files did not share a request"
     (file,) = await _files_of(control, odd)

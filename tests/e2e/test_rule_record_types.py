@@ -204,3 +204,36 @@ async def test_a_reload_naming_a_record_type_the_org_lacks_is_refused_and_the_ol
     assert applied is False and kept is rules
     assert fixed is True and now.rules[0].record_types == ["Renewal"]
 
+
+
+RENEWAL_RULE = """\
+  - name: opportunity-renewal
+    object: Opportunity
+    field: StageName
+    values: ["Proposal/Price Quote"]
+    template: proposal
+    profile: company-seal
+    record_types: [Renewal]
+"""
+
+
+async def test_send_for_signature_without_a_rule_name_takes_the_rule_covering_the_record_type(
+    settings: Settings, tmp_path: Path, pki: DemoPki, pki_passphrase: str, control: ControlClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The object's first rule signs only Enterprise records; a second signs Renewal ones. A rep's Send for
+    Signature naming no rule on a Renewal deal is signed by the second, not skipped by the first."""
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _rules(tmp_path, pki, "[Enterprise]")
+    text = rules.source.read_text()
+    rules.source.write_text(text.replace("  - name: quote-approved\n", RENEWAL_RULE + "  - name: quote-approved\n"))
+    rules = load_rules(rules.source)
+    assert [r.name for r in rules.for_object("Opportunity")] == ["opportunity-proposal", "opportunity-renewal"]
+    _a, b = await _typed_deals(control)
+    async with run_daemon(settings.model_copy(update={"rules_file": rules.source}), rules) as daemon:
+        await control.publish("Sign_Request__e", {"RecordId__c": b}, user=REP)
+        signed = await wait_for_status(control, "Opportunity", b)
+        [job] = await daemon.outbox.call(lambda s: s.jobs())
+    assert signed["Sign_Status__c"] == "Signed" and signed["Sign_Error__c"] is None, signed
+    assert job.rule == "opportunity-renewal" and job.transaction_id == signed["Sign_Transaction_Id__c"]
+    assert len(await _files_of(control, b)) == 1

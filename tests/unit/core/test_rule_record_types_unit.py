@@ -13,8 +13,10 @@ from sfsign.emulator.access import Access
 from sfsign.emulator.store import OrgStore
 from sfsign.outbox import JobState, NewJob, OutboxStore
 from sfsign.reads import rules_reads
-from sfsign.record_types import RecordTypeNotRead, uncovered_reason
+from sfsign.record_types import RecordTypeNotRead, covering_rule, uncovered_reason
+from sfsign.salesforce.events import PlatformEvent
 from sfsign.salesforce.records import OpportunityRecord, record_type_filter
+from sfsign.triggers import decide_sign_request
 
 RULES = """\
 version: 1
@@ -87,6 +89,29 @@ def test_coverage_names_the_rules_that_would_sign_the_record(tmp_path: Path) -> 
     assert lone is not None and "No rule covers that record type" in lone
     with pytest.raises(RecordTypeNotRead):
         uncovered_reason(enterprise, rules, OpportunityRecord(id="006000000000001AAA"))
+
+
+def test_a_request_naming_no_rule_takes_the_rule_covering_the_record_type(tmp_path: Path) -> None:
+    rules = _rules(tmp_path)
+    enterprise, renewal, _quote = rules.rules
+
+    def record(record_type: str | None) -> OpportunityRecord:
+        return OpportunityRecord(id="006000000000001AAA", fields={RECORD_TYPE_PATH: record_type})
+
+    assert covering_rule(enterprise, rules, record("Renewal")) is renewal
+    assert covering_rule(enterprise, rules, record("Enterprise")) is None  # the first rule covers it: kept
+    assert covering_rule(enterprise, rules, record("Partner")) is None  # none covers it: the skip note says so
+
+
+@pytest.mark.parametrize(("rule", "source"), [("", "event-any-rule"), ("enterprise", "event")])
+def test_a_request_naming_no_rule_leaves_the_choice_to_the_worker(tmp_path: Path, rule: str, source: str) -> None:
+    """The object's first rule is limited to record types: unnamed, the worker picks the rule once it has
+    read the record's type; named, the rule stays as the rep named it."""
+    event = PlatformEvent(channel="/event/Sign_Request__e", replay_id=1,
+                          event_uuid="6f1c1a52-5b57-4f9e-9c55-0d1c0e0c1a01", name="Sign_Request__e",
+                          fields={"RecordId__c": "006000000000001AAA", "Rule__c": rule})
+    [job] = decide_sign_request(event, _rules(tmp_path), "00D000000000001AAA").jobs
+    assert (job.rule, job.source) == ("enterprise", source)
 
 
 def test_reconciliation_filter_treats_master_as_no_record_type() -> None:

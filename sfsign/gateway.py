@@ -1,0 +1,234 @@
+"""The worker's one door to Salesforce: the batched calls of many jobs, and the single calls a step makes.
+
+Each job walks its own states, but its fetch, upload and write-back join those of other jobs: the
+three batchers (`sfsign.batching`) send one API call for many jobs. When a batch goes is decided from
+what the running jobs are doing (`track`): at once when every job that could still join is waiting
+(a lone document never waits); during a burst (more jobs running than CPU slots, or the API budget
+tight), after the jobs stop arriving for `batch_settle_s`, or after the burst linger.
+
+A lone record's write-back carries its step's outcome event (`Outcome`), inserted with the update or not
+at all; every write-back sends the outbox's pending audit events along (as many as fit) when the daemon's
+audit flusher is not sending them at that moment (`audit_lock`), so the trail rarely costs a call of its
+own.
+
+Knobs (`WorkerConfig`): `batch_linger_s` (0.05 s, SFSIGN_BATCH_LINGER_S) and `batch_linger_burst_s`
+(8 s, SFSIGN_BATCH_LINGER_BURST_S), `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
+`upload_batch_max` (100), `write_batch_max` (800), `cpu_slots` (what "a burst" is measured against),
+`multi_currency`; the API governor's share (SFSIGN_API_BUDGET_SHARE) through `constrained`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sfsign.batching import Batcher
+from sfsign.config import Rules
+from sfsign.governor import ApiGovernor
+from sfsign.ops.metrics import Metrics
+from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.salesforce.batch_calls import (
+    Fetched,
+    FetchKey,
+    fetch_many,
+    quick_retries,
+    refused_as_a_whole,
+    upload_many,
+)
+from sfsign.salesforce.record_fields import shown_signature_query
+from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest
+from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, Written, write_back_many, written
+from sfsign.worker_config import WorkerConfig
+
+AuditRecords = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+# Running jobs in these states may still join the fetch / upload / write-back batch.
+_BEFORE_FETCH = frozenset({JobState.QUEUED})
+_BEFORE_UPLOAD = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED,
+                            JobState.LTV_PENDING, JobState.LTV_UPGRADED})
+_BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The audit event a write-back step ends with. It rides in the write-back call itself
+    (`writeback.WriteBack.outcome_audit`), so a lone document costs no fourth call for its trail; the step
+    records the same event in the outbox (`audit_changes`), sent or pending."""
+
+    state: JobState
+    detail: str  # may hold `{document_id}`
+    occurred_at: str = field(default_factory=audit_time)
+
+    def row(self, job: Job, document_id: str | None) -> dict[str, Any]:
+        detail = self.detail if document_id is None else self.detail.replace("{document_id}", document_id)
+        return {"sobject": job.sobject, "record_id": job.record_id, "transaction_id": job.transaction_id,
+                "event_type": self.state.value, "occurred_at": self.occurred_at, "actor": "sfsign", "detail": detail}
+
+    def audit_changes(self, document_id: str | None, sent: bool) -> dict[str, Any]:
+        """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
+        return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
+                "audit_occurred_at": self.occurred_at, "audit_sent": sent}
+
+
+class SalesforceGateway:
+    """Batchers and single calls, for jobs; `start` before the first job, `stop` after the last."""
+
+    def __init__(
+        self,
+        *,
+        rest: SalesforceRest,
+        outbox: Outbox,
+        config: WorkerConfig,
+        rules: Callable[[], Rules],
+        running: Callable[[], int],
+        audit_records: AuditRecords,
+        metrics: Metrics,
+        governor: ApiGovernor | None = None,
+    ) -> None:
+        self.rest = rest
+        self._outbox = outbox
+        self._config = config
+        self._rules = rules  # the rules in force: a batch reads the fields of one set throughout
+        self._running = running  # how many jobs the worker runs
+        self._audit_records = audit_records
+        self._metrics = metrics
+        self._governor = governor
+        self.audit_lock = asyncio.Lock()  # the write-back and the daemon's audit flusher never send a row twice
+        self._state_of: dict[int, JobState] = {}  # what each running job is doing: when batches may go
+        self._per_state: Counter[JobState] = Counter()  # the same, counted (read on every batcher wake-up)
+        self._last_claim = 0.0
+        self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
+            "fetch", self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
+        self.uploader: Batcher[NewFile, str] = self._batcher(
+            "upload", partial(upload_many, rest), min(config.upload_batch_max, COLLECTION_LIMIT), _BEFORE_UPLOAD)
+        self.writer: Batcher[WriteBack, Written] = self._batcher(
+            "write-back", self.write_now, config.write_batch_max, _BEFORE_WRITE)
+        self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _batcher(self, name: str, handler: Any, max_size: int, upstream: frozenset[JobState]) -> Any:
+        return Batcher(name, handler, max_size=max_size, linger_s=self._linger,
+                       waiting_for=lambda: self._count(upstream),
+                       on_batch=self._metrics.batch_size.labels(name).observe,
+                       settle_s=self._settle, split_on=refused_as_a_whole)
+
+    # ------------------------------------------------------------------------------ when batches go
+
+    def track(self, job_id: int, state: JobState | None) -> None:
+        """The job now runs the step of `state` (None: it ended); batches waiting on it re-check."""
+        previous = self._state_of.pop(job_id, None)
+        if previous is not None:
+            self._per_state[previous] -= 1
+        if state is not None:
+            self._state_of[job_id] = state
+            self._per_state[state] += 1
+        self.poke()
+
+    def claimed(self) -> None:
+        """Jobs were just claimed: during a burst, batches wait until jobs stop arriving for a moment."""
+        self._last_claim = time.monotonic()
+
+    def poke(self) -> None:
+        for batcher in self._batchers:
+            batcher.poke()
+
+    def constrained(self) -> bool:
+        """The API budget is tight (see governor.py); the gauge follows."""
+        tight = self._governor is not None and self._governor.constrained()
+        self._metrics.governor_constrained.set(1 if tight else 0)
+        return tight
+
+    def _count(self, states: frozenset[JobState]) -> int:
+        return sum(self._per_state[s] for s in states)
+
+    def _settle(self) -> float:
+        """During a burst, wait until jobs stop arriving for a moment before a batch counts as complete."""
+        if self._running() <= self._config.cpu_slots:
+            return 0.0
+        return max(0.0, self._last_claim + self._config.batch_settle_s - time.monotonic())
+
+    def _linger(self) -> float:
+        """Short while documents trickle in; long when more jobs run than the CPU can sign at once, or when
+        the API budget is tight (bigger batches, fewer calls)."""
+        busy = self._running() > self._config.cpu_slots or self.constrained()
+        return self._config.batch_linger_burst_s if busy else self._config.batch_linger_s
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(b.run(self._stop), name=f"batcher-{b.name}") for b in self._batchers]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---------------------------------------------------------------------------------- batched calls
+
+    async def fetch(self, job: Job) -> Fetched:
+        return await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
+
+    async def upload(self, file: NewFile) -> str:
+        return await self.uploader.submit(file)
+
+    async def write(self, job: Job, fields: dict[str, Any], outcome: Outcome, *, document_id: str | None = None,
+                    content_version_id: str | None = None, document_url: str | None = None) -> Written:
+        """The job's record write-back with its outcome event. With `content_version_id`, the write-back
+        looks up the file's 069 (`document_url` holds `{document_id}`); else `document_id` is known."""
+        audit = self._audit_records([outcome.row(job, document_id)])[0]
+        return await self.writer.submit(WriteBack(job.sobject, job.record_id, fields, outcome_audit=audit,
+                                                  content_version_id=content_version_id, document_url=document_url))
+
+    async def _fetch_batch(self, keys: list[FetchKey]) -> list[Fetched]:
+        rules = self._rules()
+        extras = {sobject: rules.fields_for(sobject) for sobject, _r, _tx in keys}
+        return await fetch_many(self.rest, keys, extras=extras, multi_currency=self._config.multi_currency)
+
+    async def write_now(self, items: list[WriteBack]) -> list[Written | BaseException]:
+        """Write the records back in one call now, with pending audit events along when the flusher is not
+        busy (the write-back batcher's handler, and the Pending notes' own call)."""
+        rows: list[dict[str, Any]] = []
+        locked = not self.audit_lock.locked()
+        if locked:
+            await self.audit_lock.acquire()
+        try:
+            if locked:
+                rows = await self._outbox.call(OutboxStore.pending_audit)
+            outcome: WriteBackOutcome = await quick_retries(write_back_many, self.rest, items,
+                                                            self._audit_records(rows))
+            if rows and outcome.audit_results:
+                sent = [r["id"] for r, ok in zip(rows, outcome.audit_results, strict=False) if ok is True]
+                await self._outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+        finally:
+            if locked:
+                self.audit_lock.release()
+        return written(outcome)
+
+    # ----------------------------------------------------------------------------------- single calls
+
+    async def update(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
+        """One record's fields, with quick retries."""
+        await quick_retries(self.rest.update, sobject, record_id, fields)
+
+    async def update_once(self, sobject: str, record_id: str, fields: dict[str, Any]) -> None:
+        """One plain update, no retries: for a note whose failure must not delay the job."""
+        await self.rest.update(sobject, record_id, fields)
+
+    async def shown_signature(self, sobject: str, record_id: str) -> dict[str, Any] | None:
+        """What the record shows of its signature (`record_fields.shown_signature_query`)."""
+        rows = await quick_retries(self.rest.query, shown_signature_query(sobject, record_id))
+        return dict(rows[0]) if rows else None
+
+    async def find_file(self, transaction_id: str) -> ContentVersionRef | None:
+        return await quick_retries(self.rest.find_content_version, transaction_id)
+
+    async def find_version(self, content_document_id: str, md5: str) -> str | None:
+        return await quick_retries(self.rest.find_version_by_checksum, content_document_id, md5)
+
+    async def download(self, content_version_id: str | None) -> bytes:
+        return await quick_retries(self.rest.download_version_data, content_version_id)

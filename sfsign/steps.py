@@ -1,0 +1,455 @@
+"""A job's steps, one per state: each reads what the previous step persisted and persists its own result.
+
+    queued ─fetch→ fetched ─render→ rendered ─sign→ signed ─upload→ uploaded ─write_back→ done
+    (B-LT/B-LTA)                                          write_back→ ltv_pending ─ltv_upgrade→
+    ltv_upgraded ─ltv_upload→ ltv_uploaded ─ltv_write_back→ done
+
+A step returns the job as the outbox now holds it, or raises (`sfsign.failures`, or a
+`SalesforceError`): the worker (`sfsign.worker`) owns the order, the retries and the give-up. Salesforce
+calls go through the gateway (`sfsign.gateway`), CPU work through the process pool, a bounded number at
+once, files through `sfsign.artifacts`. Before a step writes its record it lets a `Pending` note in flight
+land first (`sfsign.pending`).
+
+Knobs (`WorkerConfig`): `cpu_slots` (documents in the process pool at once), `ltv_delay_s` (2 s: upgrades
+wait so fresh documents go first), `governor_defer_s` (900 s: upgrades wait while the API budget is tight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import structlog
+
+from sfsign.artifacts import Artifacts
+from sfsign.config import ProfileConfig, RuleConfig, Rules
+from sfsign.documents import jobs as doc_jobs
+from sfsign.documents.sign import SignatureLevel
+from sfsign.failures import PermanentFailure, TransientFailure
+from sfsign.gateway import Outcome, SalesforceGateway
+from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
+from sfsign.ops.metrics import Metrics
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore
+from sfsign.pending import PendingNotes
+from sfsign.profiles import signing_request, upgrade_request
+from sfsign.record_types import (
+    EVENT_ANY_RULE_SOURCE,
+    EXPLICIT_SOURCES,
+    RecordTypeNotRead,
+    covering_rule,
+    uncovered_reason,
+)
+from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, STATUS_SIGNED, Record
+from sfsign.salesforce.record_fields import (
+    adopted_fields,
+    already_signed_note,
+    document_fields,
+    document_url_template,
+    note_fields,
+    signed_fields,
+    upgraded_fields,
+)
+from sfsign.salesforce.records import SignableRecord
+from sfsign.salesforce.rest import ContentVersionRef, NewFile
+from sfsign.worker_config import WorkerConfig
+
+log = structlog.get_logger("sfsign.worker")
+
+ALREADY_SIGNED = "ALREADY_SIGNED"  # error code of a job that found its record signed before this outbox knew it
+
+
+def _rule(job: Job, rules: Rules) -> RuleConfig:
+    rule = rules.by_name(job.rule)
+    if rule is None:
+        raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
+    return rule
+
+
+def _profile(job: Job, rules: Rules) -> ProfileConfig:
+    return rules.profiles[_rule(job, rules).profile]
+
+
+def _file_of(job: Job) -> tuple[str, str]:
+    """(Title, PathOnClient) of the job's file. The name is allow-listed again here, so a job fetched by
+    an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
+    title = job.file_title or Path(job.file_name or job.transaction_id).stem
+    return title, file_name_for(title, job.transaction_id)
+
+
+class Steps:
+    """The steps of every job, sharing the collaborators; `table` maps each state to its step."""
+
+    def __init__(self, *, outbox: Outbox, gateway: SalesforceGateway, pending: PendingNotes, artifacts: Artifacts,
+                 cpu_pool: Executor, config: WorkerConfig, metrics: Metrics, instance_url: Callable[[], str]) -> None:
+        self.outbox = outbox
+        self.sf = gateway
+        self.pending = pending
+        self.artifacts = artifacts
+        self.cpu_pool = cpu_pool
+        self.config = config
+        self.metrics = metrics
+        self.instance_url = instance_url
+        self._cpu = asyncio.Semaphore(max(1, config.cpu_slots))
+
+    # ------------------------------------------------------------------------------------------ fetch
+
+    async def fetch(self, job: Job, rules: Rules) -> Job:
+        rule = _rule(job, rules)
+        fetched = await self.sf.fetch(job)
+        if fetched.existing_file is not None:
+            return await self._adopt_existing_file(job, fetched.existing_file, fetched.record)
+        record = fetched.record
+        if record is None:
+            raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
+        if job.source == EVENT_ANY_RULE_SOURCE:
+            taken = await self._take_covering_rule(job, rule, rules, record)
+            if isinstance(taken, Job):
+                return taken
+            job, rule = taken
+        skipped = await self._skip_other_record_type(job, rule, rules, record)
+        if skipped is not None:
+            return skipped
+        shown = record.sign_transaction_id
+        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.call(
+                partial(OutboxStore.knows_transaction, transaction_id=shown)):
+            return await self._tell_signed_before(job, shown)
+        try:
+            document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
+        except NotRenderable as exc:
+            raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
+        title = file_title_for(rule, document, job.record_id)
+        return await self.outbox.update(
+            job.id,
+            state=JobState.FETCHED,
+            document_json=document.model_dump_json(),
+            file_title=title,
+            file_name=file_name_for(title, job.transaction_id),
+        )
+
+    @staticmethod
+    def _signed_before_this_outbox(job: Job, record: SignableRecord, rules: Rules) -> bool:
+        """Whether the record shows `Signed` by another transaction while this job is a new trigger (not a
+        Re-issue) and its object has one rule: then that signature is this rule's document. Only a job the
+        intake let through gets here, so the outbox does not know the document (a fresh or lost data
+        directory), which the caller checks: a transaction it knows (a job ended `error` after its upload)
+        is the documented re-entry, and signs. With several rules on the object the record's `Sign_*` fields
+        cannot say which rule signed, and the job signs too."""
+        shown = record.sign_transaction_id
+        return (job.source != REISSUE_SOURCE and record.sign_status == STATUS_SIGNED and bool(shown)
+                and shown != job.transaction_id and len(rules.for_object(job.sobject)) == 1)
+
+    async def _tell_signed_before(self, job: Job, shown: str) -> Job:
+        """Sign nothing: the record keeps `Signed`, its `Sign_Error__c` gets the intake's already-signed note,
+        the signed transaction's trail an `already_signed` event (first, so a crash repeats it rather than
+        loses it), and the job ends `error` (ALREADY_SIGNED), which holds no slot: a Re-issue signs anew."""
+        row = await self.sf.shown_signature(job.sobject, job.record_id)
+        note = already_signed_note(row.get(Record.SIGNED_AT) if row else None, shown)
+        await self.pending.before_record_write(job.id)
+        await self.sf.update(job.sobject, job.record_id, note_fields(note))
+        detail = f"{job.source} trigger signed nothing (the record shows it, the local outbox did not know it): {note}"
+        if job.reason:
+            detail += f" Reason given: {job.reason}"
+        await self.outbox.commit_event(None, None, [], [AuditEvent(
+            transaction_id=shown, sobject=job.sobject, record_id=job.record_id, event_type=AUDIT_ALREADY_SIGNED,
+            actor=job.requested_by or "sfsign", detail=detail)])
+        log.warning("trigger for a record signed before this outbox knew of it: nothing signed, the record says so",
+                    signed_transaction_id=shown)
+        return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
+                                        audit_detail=f"{ALREADY_SIGNED}: {note}")
+
+    async def _take_covering_rule(self, job: Job, rule: RuleConfig, rules: Rules,
+                                  record: SignableRecord) -> tuple[Job, RuleConfig] | Job:
+        """A Send for Signature that named no rule got the object's first rule; the record is read now, so it
+        takes the rule covering its type instead. That rule's slot may be taken: signed already (the record
+        is told so, as the intake would have), or a signature in progress (nothing more is signed)."""
+        try:
+            covering = covering_rule(rule, rules, record)
+        except RecordTypeNotRead as exc:
+            raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
+        if covering is None:
+            return job, rule
+        signed = await self.outbox.call(partial(
+            OutboxStore.signed_job, sobject=job.sobject, record_id=job.record_id, rule=covering.name))
+        if signed is not None:
+            return await self._tell_signed_before(job, signed.transaction_id)
+        try:
+            job = await self.outbox.update(job.id, rule=covering.name)
+        except sqlite3.IntegrityError:  # the one-job-per-record-and-rule index: another job has it in hand
+            why = (f"Not signed: rule {covering.name!r}, which covers this record's type, is already signing it "
+                   "in another transaction.")
+            await self.pending.before_record_write(job.id)
+            await self.sf.update(job.sobject, job.record_id, note_fields(why))
+            return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+        log.info("Send for Signature named no rule: the rule covering the record's type signs it",
+                 rule=covering.name, first_rule=rule.name)
+        return job, covering
+
+    async def _skip_other_record_type(self, job: Job, rule: RuleConfig, rules: Rules,
+                                      record: SignableRecord) -> Job | None:
+        """A record whose type the rule does not cover: no document and, for a stage change, no write on
+        the record (the rule was never meant for it); a rep's Send for Signature gets a note saying which
+        record types the rule covers. The audit trail and the log say why, either way."""
+        try:
+            why = uncovered_reason(rule, rules, record)
+        except RecordTypeNotRead as exc:
+            raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
+        if why is None:
+            return None
+        if job.source in EXPLICIT_SOURCES:
+            await self.pending.before_record_write(job.id)
+            await self.sf.update(job.sobject, job.record_id, note_fields(why))
+        log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
+        return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+
+    async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
+        """A file with this job's transaction id is in Salesforce already: the trigger was handled before
+        this outbox knew of it (job rows purged, a fresh or restored data directory). Exactly one document
+        per trigger does not rest on the outbox: nothing is signed again. The record (as read with the file,
+        in the same call) is completed only when it shows no signature or this one (an upload whose
+        write-back never happened); a record that shows a newer transaction is left as it is."""
+        shown = record.sign_transaction_id if record is not None else None
+        status = record.sign_status if record is not None else None
+        detail = f"file {file.content_document_id or file.id} with this transaction id is already in Salesforce: " \
+                 "not signed again"
+        if record is not None and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
+            await self.pending.before_record_write(job.id)
+            await self.sf.update(job.sobject, job.record_id, adopted_fields(
+                job.transaction_id, self.instance_url(), file.content_document_id))
+            detail += "; the record now shows it"
+        elif shown and shown != job.transaction_id:
+            detail += f"; the record shows transaction {shown} and is left as it is"
+        log.warning("trigger already handled before this outbox knew of it; not signed again",
+                    content_version_id=file.id, record_transaction_id=shown)
+        now = time.time()
+        return await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, content_version_id=file.id,
+            content_document_id=file.content_document_id, audit_detail=detail,
+        )
+
+    # ---------------------------------------------------------------------------------- render, sign
+
+    async def render(self, job: Job, rules: Rules) -> Job:
+        template = rules.templates.get(job.rule)
+        if template is None:
+            raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._cpu:
+                pdf, boxes, notes = await loop.run_in_executor(
+                    self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
+                )
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "RENDER_FAILED") from None
+        for note in notes:
+            log.warning("rendering changed the document", note=note)
+        await self.artifacts.write(job.transaction_id, "rendered.pdf", pdf)
+        await self.artifacts.write(job.transaction_id, "boxes.json", json.dumps(boxes).encode())
+        return await self.outbox.update(job.id, state=JobState.RENDERED)
+
+    async def sign(self, job: Job, rules: Rules) -> Job:
+        rule = _rule(job, rules)
+        profile = rules.profiles[rule.profile]
+        pdf = await self.artifacts.read(job.transaction_id, "rendered.pdf")
+        box_file = await self.artifacts.read(job.transaction_id, "boxes.json")
+        if pdf is None or box_file is None:
+            # The artifact vanished (disk wiped?): render again; nothing was signed yet.
+            return await self.outbox.update(job.id, state=JobState.FETCHED)
+        boxes = json.loads(box_file)
+        try:
+            async with self._cpu:
+                signed = await asyncio.get_running_loop().run_in_executor(
+                    self.cpu_pool, doc_jobs.sign_job, pdf, boxes, signing_request(profile)
+                )
+        except doc_jobs.TransientDocumentFailure as exc:
+            raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "SIGN_FAILED") from None
+        detail = (
+            f"PAdES {signed.level}, SHA-256 {signed.sha256}, signer {signed.signer_subject} "
+            f"(serial {signed.signer_serial}), timestamp {signed.timestamp_time or 'none'}, "
+            f"eIDAS {profile.eidas_level} (declared), validation: {signed.validation}"
+        )
+        if signed.downgraded_because:
+            log.warning("signed at B-B: no timestamp authority answered and the profile allows a downgrade",
+                        profile=rule.profile, reason=signed.downgraded_because)
+            detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
+        await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
+        return await self.outbox.update(
+            job.id,
+            state=JobState.SIGNED,
+            sha256=signed.sha256,
+            level=signed.level,
+            signer_subject=signed.signer_subject,
+            signer_serial=signed.signer_serial,
+            signed_at=signed.signed_at,
+            timestamp_time=signed.timestamp_time,
+            validation=signed.validation,
+            audit_detail=detail,
+        )
+
+    # ---------------------------------------------------------------------------------------- upload
+
+    async def upload(self, job: Job, rules: Rules) -> Job:
+        signed_path = self.artifacts.path(job.transaction_id, "signed.pdf")
+        if job.upload_uncertain or job.attempts > 0 or not signed_path.exists():
+            # A previous insert may have reached Salesforce before the connection failed: look first.
+            existing = await self.sf.find_file(job.transaction_id)
+            if existing is not None:
+                log.info("upload already happened; reusing it", content_version_id=existing.id)
+                return await self.outbox.update(
+                    job.id,
+                    state=JobState.UPLOADED,
+                    content_version_id=existing.id,
+                    content_document_id=existing.content_document_id,
+                    upload_uncertain=0,
+                )
+        if not signed_path.exists():
+            # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
+            log.warning("signed PDF missing from the data directory; rendering and signing again")
+            return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
+        title, path_on_client = _file_of(job)
+        cv_id = await self._guarded_upload(job, NewFile(
+            title=title,
+            path_on_client=path_on_client,
+            path=signed_path,  # read into the request body, not held by every waiting job
+            first_publish_location_id=job.record_id,
+            transaction_id=job.transaction_id,
+        ))
+        return await self.outbox.update(
+            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0,
+            audit_detail=f"ContentVersion {cv_id}",
+        )
+
+    async def _guarded_upload(self, job: Job, file: NewFile) -> str:
+        """Upload with the job marked `upload_uncertain` first: a failure that may have reached Salesforce
+        leaves the mark, so the next attempt looks for the file before uploading it again."""
+        await self.outbox.update(job.id, upload_uncertain=1)
+        try:
+            return await self.sf.upload(file)
+        except SalesforceError as exc:
+            if not exc.uncertain:
+                await self.outbox.update(job.id, upload_uncertain=0)
+            raise
+
+    # ------------------------------------------------------------------------------------ write back
+
+    async def write_back(self, job: Job, rules: Rules) -> Job:
+        profile = _profile(job, rules)
+        fields = signed_fields(
+            transaction_id=job.transaction_id, signed_at=job.signed_at, sha256=job.sha256, level=job.level,
+            timestamp=job.timestamp_time, signer=job.signer_subject, signer_serial=job.signer_serial,
+            validation=job.validation, eidas_level=profile.eidas_level,
+        )
+        upgrade = profile.upgrades and job.level == SignatureLevel.B_T.value
+        # The audit event of this step's outcome; `{document_id}` is filled in once the 069 is known.
+        outcome = Outcome(
+            JobState.LTV_PENDING if upgrade else JobState.DONE,
+            f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
+            else "Signed; file {document_id}",
+        )
+        await self.pending.before_record_write(job.id)
+        if job.content_document_id:  # known from the upload guard: no lookup needed
+            document_id: str | None = job.content_document_id
+            fields.update(document_fields(self.instance_url(), job.content_document_id))
+            written = await self.sf.write(job, fields, outcome, document_id=document_id)
+        else:
+            written = await self.sf.write(job, fields, outcome, content_version_id=job.content_version_id,
+                                          document_url=document_url_template(self.instance_url()))
+            document_id = written.document_id
+            job = await self.outbox.update(job.id, content_document_id=document_id)
+        now = time.time()
+        self.metrics.documents_signed.labels(job.rule).inc()
+        if job.event_time_ms:
+            latency = now * 1000 - job.event_time_ms
+            self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
+            log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
+        recorded = outcome.audit_changes(document_id, written.outcome_sent)
+        if upgrade:
+            # The rep sees `Signed` now; the long-term validation data follows in the background.
+            return await self.outbox.update(
+                job.id, state=JobState.LTV_PENDING, signed_visible_at=now, document_json=None, attempts=0,
+                next_attempt_at=now + self.config.ltv_delay_s, **recorded,
+            )
+        job = await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, document_json=None, last_error=None,
+            **recorded,
+        )
+        await self.artifacts.remove(job.transaction_id)  # the signed file now lives in Salesforce
+        return job
+
+    # ------------------------------------------------------------- long-term validation (B-LT, B-LTA)
+
+    async def ltv_upgrade(self, job: Job, rules: Rules) -> Job:
+        if self.sf.constrained():
+            # Non-urgent: the record already shows Signed. Wait for the API budget to recover.
+            log.info("API budget tight; long-term validation upgrade deferred",
+                     defer_s=self.config.governor_defer_s)
+            return await self.outbox.update(job.id, next_attempt_at=time.time() + self.config.governor_defer_s)
+        profile = _profile(job, rules)
+        pdf = await self.artifacts.read(job.transaction_id, "signed.pdf")
+        if pdf is None:  # the data directory was wiped or moved: Salesforce has the signed file
+            pdf = await self.sf.download(job.content_version_id)
+        try:
+            async with self._cpu:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self.cpu_pool, doc_jobs.upgrade_job, pdf, upgrade_request(profile)
+                )
+        except doc_jobs.TransientDocumentFailure as exc:
+            raise TransientFailure(str(exc), "LTV_UNAVAILABLE") from None
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "LTV_FAILED") from None
+        await self.artifacts.write(job.transaction_id, "ltv.pdf", result.pdf)
+        return await self.outbox.update(
+            job.id, state=JobState.LTV_UPGRADED, ltv_sha256=result.sha256, ltv_level=result.level,
+            validation=result.validation, archive_due=result.archive_due,
+            audit_detail=f"PAdES {result.level}, SHA-256 {result.sha256}, validation: {result.validation}, "
+            f"archive timestamp due {result.archive_due or 'unknown'}",
+        )
+
+    async def ltv_upload(self, job: Job, rules: Rules) -> Job:
+        data = await self.artifacts.read(job.transaction_id, "ltv.pdf")
+        if job.upload_uncertain or job.attempts > 0 or data is None:
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if data is not None else None
+            if md5 is not None and job.content_document_id:
+                existing = await self.sf.find_version(job.content_document_id, md5)
+                if existing is not None:
+                    return await self.outbox.update(
+                        job.id, state=JobState.LTV_UPLOADED, ltv_version_id=existing, upload_uncertain=0
+                    )
+        if data is None:
+            log.warning("upgraded PDF missing from the data directory; upgrading again")
+            return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
+        title, path_on_client = _file_of(job)
+        version_id = await self._guarded_upload(job, NewFile(
+            title=title,
+            path_on_client=path_on_client,
+            data=data,
+            transaction_id=job.transaction_id,
+            content_document_id=job.content_document_id,
+            reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
+        ))
+        return await self.outbox.update(
+            job.id, state=JobState.LTV_UPLOADED, ltv_version_id=version_id, upload_uncertain=0,
+            audit_detail=f"ContentVersion {version_id} (PAdES {job.ltv_level})",
+        )
+
+    async def ltv_write_back(self, job: Job, rules: Rules) -> Job:
+        fields = upgraded_fields(level=job.ltv_level, sha256=job.ltv_sha256, validation=job.validation,
+                                 archive_due=job.archive_due)
+        outcome = Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
+        written = await self.sf.write(job, fields, outcome)
+        job = await self.outbox.update(
+            job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
+            **outcome.audit_changes(None, written.outcome_sent),
+        )
+        await self.artifacts.remove(job.transaction_id)
+        return job
