@@ -92,7 +92,6 @@ class SubscriptionFailed(StreamError):
         super().__init__(f"subscription to {channel} refused: {error}")
 
 
-
 class StreamClient:
     """Subscribes to `channels` and yields their raw data messages (`{"channel", "data"}`)."""
 
