@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sf_fakes import FakeAuth
 
-from sfsign.salesforce.errors import AuthError
 from sfsign.salesforce.bayeux import BayeuxError
+from sfsign.salesforce.errors import AuthError
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
 
 CDC = "/data/OpportunityChangeEvent"
