@@ -33,7 +33,8 @@ from sfsign.config import Rules, Settings
 from sfsign.governor import ApiGovernor
 from sfsign.outbox import ARCHIVE_SOURCE, Outbox
 from sfsign.salesforce.names import Record
-from sfsign.salesforce.rest import SalesforceRest, soql_datetime, validate_api_name, validate_id
+from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.soql import soql_datetime, validate_api_name, validate_id
 
 log = structlog.get_logger("sfsign.archive")
 

@@ -27,10 +27,11 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.governor import ApiGovernor
 from sfsign.outbox import Outbox, OutboxStore, audit_time
+from sfsign.salesforce.composite import RecordResult
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.names import SignatureEvent
 from sfsign.salesforce.record_fields import audit_records
-from sfsign.salesforce.rest import RecordResult, SalesforceRest
+from sfsign.salesforce.rest import SalesforceRest
 
 log = structlog.get_logger("sfsign.audit")
 

@@ -40,8 +40,10 @@ from sfsign.salesforce.batch_calls import (
     refused_as_a_whole,
     upload_many,
 )
+from sfsign.salesforce.composite import COLLECTION_LIMIT
+from sfsign.salesforce.files import ContentVersionRef, NewFile
 from sfsign.salesforce.record_fields import shown_signature_query
-from sfsign.salesforce.rest import COLLECTION_LIMIT, ContentVersionRef, NewFile, SalesforceRest
+from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, Written, write_back_many, written
 from sfsign.worker_config import WorkerConfig
 

@@ -30,15 +30,8 @@ from sfsign.governor import ApiGovernor
 from sfsign.outbox import NewJob, Outbox, OutboxStore
 from sfsign.salesforce.names import Record
 from sfsign.salesforce.records import record_type_filter
-from sfsign.salesforce.rest import (
-    QueryPage,
-    SalesforceRest,
-    soql_datetime,
-    soql_id_list,
-    soql_quote,
-    validate_api_name,
-    validate_field_path,
-)
+from sfsign.salesforce.rest import QueryPage, SalesforceRest
+from sfsign.salesforce.soql import soql_datetime, soql_id_list, soql_quote, validate_api_name, validate_field_path
 from sfsign.triggers import decide_current_state
 
 log = structlog.get_logger("sfsign.reconcile")

@@ -48,6 +48,7 @@ from sfsign.record_types import (
     uncovered_reason,
 )
 from sfsign.salesforce.errors import SalesforceError
+from sfsign.salesforce.files import ContentVersionRef, NewFile
 from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, STATUS_SIGNED, Record
 from sfsign.salesforce.record_fields import (
     adopted_fields,
@@ -59,7 +60,6 @@ from sfsign.salesforce.record_fields import (
     upgraded_fields,
 )
 from sfsign.salesforce.records import SignableRecord
-from sfsign.salesforce.rest import ContentVersionRef, NewFile
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")

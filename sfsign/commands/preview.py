@@ -14,7 +14,8 @@ from sfsign.documents import jobs as doc_jobs
 from sfsign.mapping import NotRenderable, build_document
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.ids import InvalidId, canonical_id
-from sfsign.salesforce.records import SignableRecord, fetch_records
+from sfsign.salesforce.record_parsing import fetch_records
+from sfsign.salesforce.records import SignableRecord
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.triggers import KEY_PREFIXES
 

@@ -31,11 +31,7 @@ from sfsign.documents.sign import (
 )
 from sfsign.documents.tsa import TsaAuth
 from sfsign.documents.verify import ValidationError, validate_signed_pdf
-
-# What the record's validation field holds: `sfsign.salesforce.names.VALIDATION_LENGTH`, pinned equal by
-# tests/unit/documents/test_documents_jobs_imports.py. Not imported from there: that package brings the
-# Salesforce clients (about 18 MB and 0.3 s) into every pool process, which only renders and signs.
-VERDICT_MAX_LENGTH = 255
+from sfsign.salesforce.names import VALIDATION_LENGTH
 
 
 class DocumentFailure(Exception):
@@ -100,7 +96,7 @@ def _validate(pdf: bytes, trust_roots: Sequence[Path]) -> str:
     try:
         return validate_signed_pdf(pdf, trust_roots).verdict()
     except ValidationError as exc:
-        return f"not validated: {exc}"[:VERDICT_MAX_LENGTH]
+        return f"not validated: {exc}"[:VALIDATION_LENGTH]  # what the record's validation field holds
 
 
 def warm_up(

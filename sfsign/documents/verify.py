@@ -44,10 +44,12 @@ from pyhanko_certvalidator.ltv.types import ValidationTimingInfo
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy, FreshnessReqType
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
+from sfsign.salesforce.names import VALIDATION_LENGTH
+
 PADES_SUBFILTER = "/ETSI.CAdES.detached"
 # A document signature is acceptable if the certificate allows either of these (RFC 5280 names).
 _KEY_USAGE = KeyUsageConstraints(key_usage={"digital_signature", "non_repudiation"}, match_all_key_usages=False)
-VERDICT_MAX_CHARS = 255  # a Salesforce text field
+VERDICT_MAX_CHARS = VALIDATION_LENGTH  # the verdict goes into the record's Sign_Validation__c
 # "Any age" for TSA revocation data (see the module docstring): far beyond any certificate's life.
 _TSA_REVINFO_FRESHNESS = dt.timedelta(days=365 * 100)
 _PDFA_RE = re.compile(

@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.records import SignableRecord, parse_records, record_queries
-from sfsign.salesforce.rest import ContentVersionRef, NewFile, SalesforceRest
+from sfsign.salesforce.files import ContentVersionRef, NewFile
+from sfsign.salesforce.record_parsing import parse_records
+from sfsign.salesforce.records import SignableRecord, record_queries
+from sfsign.salesforce.rest import SalesforceRest
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from sfsign.salesforce.names import (
     Record,
     SignatureEvent,
 )
-from sfsign.salesforce.rest import soql_quote
+from sfsign.salesforce.soql import soql_quote
 
 
 def long_text(text: str | None) -> str | None:

@@ -25,17 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sfsign.salesforce.composite import COLLECTION_LIMIT, COMPOSITE_LIMIT, COMPOSITE_QUERY_LIMIT
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.names import Record, SignatureEvent
-from sfsign.salesforce.rest import (
-    COLLECTION_LIMIT,
-    COMPOSITE_LIMIT,
-    COMPOSITE_QUERY_LIMIT,
-    IN_LIMIT,
-    SalesforceRest,
-    validate_api_name,
-    validate_id,
-)
+from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.soql import IN_LIMIT, validate_api_name, validate_id
 
 _PER_RECORD_QUERY_MAX = 4  # records whose 069 is read in the same composite (≤ 5 queries/collections)
 

@@ -15,8 +15,9 @@ import pytest
 from sfsign.emulator.ids import to18
 from sfsign.emulator.server import Emulator
 from sfsign.salesforce.auth import AuthConfig, Authenticator
-from sfsign.salesforce.records import fetch_records
-from sfsign.salesforce.rest import NewFile, SalesforceRest
+from sfsign.salesforce.files import NewFile
+from sfsign.salesforce.record_parsing import fetch_records
+from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.writeback import WriteBack, write_back_many
 
 

@@ -19,7 +19,8 @@ pytest.importorskip("sfsign.emulator.server", reason="the emulator is not import
 from sfsign.emulator.server import Emulator
 from sfsign.salesforce.auth import AuthConfig, Authenticator
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent, parse_event
-from sfsign.salesforce.records import OpportunityRecord, fetch_records, find_records_in_state
+from sfsign.salesforce.record_parsing import fetch_records
+from sfsign.salesforce.records import OpportunityRecord, find_records_in_state
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
 

@@ -19,7 +19,8 @@ from sfsign.config import Rules, Settings
 from sfsign.documents.render import format_money
 from sfsign.emulator.control_client import ControlClient
 from sfsign.outbox import Job, JobState
-from sfsign.salesforce.records import chunk_ids, fetch_records, opportunity_select, quote_select
+from sfsign.salesforce.record_parsing import fetch_records
+from sfsign.salesforce.records import chunk_ids, opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 
 ACME = "Acme Industries - Platform Renewal 2027"

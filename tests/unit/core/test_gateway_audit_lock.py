@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sfsign.outbox import AuditEvent, Outbox
-from sfsign.salesforce.rest import CompositeResult
+from sfsign.salesforce.composite import CompositeResult
 from sfsign.salesforce.writeback import WriteBack
 from sfsign.worker import Worker, WorkerConfig
 

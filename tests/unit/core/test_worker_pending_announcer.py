@@ -15,7 +15,7 @@ from typing import Any
 
 from sfsign.config import load_rules
 from sfsign.outbox import JobState, NewJob, Outbox
-from sfsign.salesforce.rest import CompositeResult
+from sfsign.salesforce.composite import CompositeResult
 from sfsign.worker import Worker, WorkerConfig
 
 REPO = Path(__file__).resolve().parents[3]

@@ -11,7 +11,8 @@ from sf_fakes import FakeAuth
 from test_sf_rest import Reply, make_rest, path_of
 
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.records import RecordParseError, parse_quote
+from sfsign.salesforce.record_parsing import parse_quote
+from sfsign.salesforce.records import RecordParseError
 
 V = "/services/data/v68.0"
 Q1, Q2 = "0Q0000000000001AAA", "0Q0000000000002AAA"

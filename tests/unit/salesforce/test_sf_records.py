@@ -9,15 +9,14 @@ from typing import Any
 
 import pytest
 
+from sfsign.salesforce.record_parsing import fetch_records, parse_opportunity
 from sfsign.salesforce.records import (
     OpportunityRecord,
     QuoteRecord,
     RecordParseError,
     chunk_ids,
-    fetch_records,
     find_records_in_state,
     opportunity_select,
-    parse_opportunity,
 )
 
 OPP = "006000000000001AAA"

@@ -21,13 +21,10 @@ from sf_fakes import FakeAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from sfsign.salesforce.errors import SalesforceError, UncertainOutcome
-from sfsign.salesforce.rest import (
-    SalesforceRest,
-    _DefaultTimeoutAdapter,
-    soql_id_list,
-    soql_quote,
-    validate_id,
-)
+from sfsign.salesforce.files import NewFile
+from sfsign.salesforce.rest import SalesforceRest
+from sfsign.salesforce.session import DefaultTimeoutAdapter
+from sfsign.salesforce.soql import soql_id_list, soql_quote, validate_id
 
 BASE = "https://org.example.com/services/data/v68.0/"
 OPP1 = "006000000000001AAA"
@@ -406,7 +403,7 @@ async def test_ca_bundle_is_trusted_through_a_context_without_a_temporary_file(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     rest = SalesforceRest(fake_auth, api_version="68.0", ca_bundle=ca)
     adapter = rest._session.get_adapter("https://org.example.com/")
-    assert isinstance(adapter, _DefaultTimeoutAdapter) and adapter._ssl_context is not None
+    assert isinstance(adapter, DefaultTimeoutAdapter) and adapter._ssl_context is not None
     subjects = [dict(x[0] for x in c["subject"]) for c in adapter._ssl_context.get_ca_certs()]
     assert any(s.get("commonName", "").startswith("sfsign emulator") for s in subjects), subjects[-3:]
     assert len(subjects) > 100  # the public roots stay trusted beside the extra CA
@@ -428,14 +425,12 @@ def test_configured_ca_wins_over_requests_ca_bundle_env(monkeypatch: pytest.Monk
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/some-other-bundle.crt")
     monkeypatch.setattr(HTTPAdapter, "send", fake_send)
     session = requests.Session()
-    session.mount("https://", _DefaultTimeoutAdapter((1.0, 2.0), 1, ssl.create_default_context()))
+    session.mount("https://", DefaultTimeoutAdapter((1.0, 2.0), 1, ssl.create_default_context()))
     session.get("https://org.example.com/services/data/")
     assert seen["verify"] is True and seen["timeout"] == (1.0, 2.0)
 
 
 def test_a_new_file_reads_its_path_only_when_asked(tmp_path: Path) -> None:
-    from sfsign.salesforce.rest import NewFile
-
     path = tmp_path / "signed.pdf"
     lazy = NewFile(title="t", path_on_client="t.pdf", transaction_id="tx", path=path)
     path.write_bytes(b"%PDF-1.7 written after the NewFile was made")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 from sf_fakes import FakeAuth
 
+from sfsign.salesforce.bayeux import BayeuxError
 from sfsign.salesforce.errors import AuthError
-from sfsign.salesforce.stream import BayeuxError, ReplayIdInvalid, StreamClient, SubscriptionFailed
+from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient, SubscriptionFailed
 
 CDC = "/data/OpportunityChangeEvent"
 PE = "/event/Sign_Request__e"
@@ -118,7 +119,7 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def make_client(server: FakeBayeux, auth: FakeAuth, replay: dict[str, int], sleeps: Sleeps,
+def make_client(server: FakeBayeux, auth: FakeAuth, replay: dict[str, int], sleeps: Callable[[float], Awaitable[None]],
                 channels: list[str] | None = None, **kwargs: Any) -> StreamClient:
     return StreamClient(auth, channels=channels or [CDC, PE], replay_source=replay.get, api_version="68.0",
                         transport=httpx.MockTransport(server), sleep=sleeps, rng=lambda: 1.0, **kwargs)
@@ -366,14 +367,13 @@ async def test_connection_errors_back_off_exponentially_up_to_the_cap_with_fake_
     server.connect_script.extend(httpx.ConnectError("refused") for _ in range(6))
     server.connect_script.append([ok_connect(), event(CDC, 1)])
     sleeps = Sleeps()
-    client = make_client(server, fake_auth, {}, sleeps, channels=[CDC], backoff_base_s=0.5, backoff_cap_s=4.0)
     states: list[tuple[bool, bool]] = []
 
-    async def watch(delay: float) -> None:
+    async def watch(delay: float) -> None:  # what a readiness probe would see during each backoff
         states.append((client.connected, client.disconnected_since is not None))
         await sleeps(delay)
 
-    client._sleep = watch
+    client = make_client(server, fake_auth, {}, watch, channels=[CDC], backoff_base_s=0.5, backoff_cap_s=4.0)
     assert len(await take(client, 1)) == 1
     assert sleeps.delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert states == [(False, True)] * 6  # one continuous "disconnected" period, no flapping
