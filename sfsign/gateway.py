@@ -31,7 +31,7 @@ from sfsign.batching import Batcher
 from sfsign.config import Rules
 from sfsign.governor import ApiGovernor
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.outbox import Job, JobState, Outbox, StepAudit, audit_time
 from sfsign.salesforce.batch_calls import (
     Fetched,
     FetchKey,
@@ -69,10 +69,9 @@ class Outcome:
         return {"sobject": job.sobject, "record_id": job.record_id, "transaction_id": job.transaction_id,
                 "event_type": self.state.value, "occurred_at": self.occurred_at, "actor": "sfsign", "detail": detail}
 
-    def audit_changes(self, document_id: str | None, sent: bool) -> dict[str, Any]:
-        """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
-        return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
-                "audit_occurred_at": self.occurred_at, "audit_sent": sent}
+    def audit_changes(self, document_id: str | None, sent: bool) -> StepAudit:
+        """The same event in the outbox, sent or pending."""
+        return StepAudit(self.detail.replace("{document_id}", document_id or ""), self.occurred_at, sent)
 
 
 class SalesforceGateway:
@@ -198,12 +197,12 @@ class SalesforceGateway:
             await self.audit_lock.acquire()
         try:
             if locked:
-                rows = await self._outbox.call(OutboxStore.pending_audit)
+                rows = await self._outbox.pending_audit()
             outcome: WriteBackOutcome = await quick_retries(write_back_many, self.rest, items,
                                                             self._audit_records(rows))
             if rows and outcome.audit_results:
                 sent = [r["id"] for r, ok in zip(rows, outcome.audit_results, strict=False) if ok is True]
-                await self._outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+                await self._outbox.mark_audit(sent, "sent")
         finally:
             if locked:
                 self.audit_lock.release()

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -37,7 +36,7 @@ from sfsign.failures import PermanentFailure, TransientFailure
 from sfsign.gateway import Outcome, SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox
 from sfsign.pending import PendingNotes
 from sfsign.profiles import signing_request, upgrade_request
 from sfsign.record_types import (
@@ -119,21 +118,16 @@ class Steps:
         if skipped is not None:
             return skipped
         shown = record.sign_transaction_id
-        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.call(
-                partial(OutboxStore.knows_transaction, transaction_id=shown)):
+        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.knows_transaction(
+                shown):
             return await self._tell_signed_before(job, shown)
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
-        return await self.outbox.update(
-            job.id,
-            state=JobState.FETCHED,
-            document_json=document.model_dump_json(),
-            file_title=title,
-            file_name=file_name_for(title, job.transaction_id),
-        )
+        return await self.outbox.mark_fetched(job, document_json=document.model_dump_json(), file_title=title,
+                                              file_name=file_name_for(title, job.transaction_id))
 
     @staticmethod
     def _signed_before_this_outbox(job: Job, record: SignableRecord, rules: Rules) -> bool:
@@ -163,8 +157,7 @@ class Steps:
             actor=job.requested_by or "sfsign", detail=detail)])
         log.warning("trigger for a record signed before this outbox knew of it: nothing signed, the record says so",
                     signed_transaction_id=shown)
-        return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
-                                        audit_detail=f"{ALREADY_SIGNED}: {note}")
+        return await self.outbox.mark_error(job, note, ALREADY_SIGNED)
 
     async def _take_covering_rule(self, job: Job, rule: RuleConfig, rules: Rules,
                                   record: SignableRecord) -> tuple[Job, RuleConfig] | Job:
@@ -177,18 +170,17 @@ class Steps:
             raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
         if covering is None:
             return job, rule
-        signed = await self.outbox.call(partial(
-            OutboxStore.signed_job, sobject=job.sobject, record_id=job.record_id, rule=covering.name))
+        signed = await self.outbox.signed_job(job.sobject, job.record_id, covering.name)
         if signed is not None:
             return await self._tell_signed_before(job, signed.transaction_id)
         try:
-            job = await self.outbox.update(job.id, rule=covering.name)
+            job = await self.outbox.take_rule(job, covering.name)
         except sqlite3.IntegrityError:  # the one-job-per-record-and-rule index: another job has it in hand
             why = (f"Not signed: rule {covering.name!r}, which covers this record's type, is already signing it "
                    "in another transaction.")
             await self.pending.before_record_write(job.id)
             await self.sf.update(job.sobject, job.record_id, note_fields(why))
-            return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+            return await self.outbox.mark_skipped(job, why)
         log.info("Send for Signature named no rule: the rule covering the record's type signs it",
                  rule=covering.name, first_rule=rule.name)
         return job, covering
@@ -208,7 +200,7 @@ class Steps:
             await self.pending.before_record_write(job.id)
             await self.sf.update(job.sobject, job.record_id, note_fields(why))
         log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
-        return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+        return await self.outbox.mark_skipped(job, why)
 
     async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
@@ -229,11 +221,8 @@ class Steps:
             detail += f"; the record shows transaction {shown} and is left as it is"
         log.warning("trigger already handled before this outbox knew of it; not signed again",
                     content_version_id=file.id, record_transaction_id=shown)
-        now = time.time()
-        return await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, content_version_id=file.id,
-            content_document_id=file.content_document_id, audit_detail=detail,
-        )
+        return await self.outbox.mark_adopted(job, version_id=file.id, document_id=file.content_document_id,
+                                              detail=detail)
 
     # ---------------------------------------------------------------------------------- render, sign
 
@@ -253,7 +242,7 @@ class Steps:
             log.warning("rendering changed the document", note=note)
         await self.artifacts.write(job.transaction_id, "rendered.pdf", pdf)
         await self.artifacts.write(job.transaction_id, "boxes.json", json.dumps(boxes).encode())
-        return await self.outbox.update(job.id, state=JobState.RENDERED)
+        return await self.outbox.mark_rendered(job)
 
     async def sign(self, job: Job, rules: Rules) -> Job:
         rule = _rule(job, rules)
@@ -262,7 +251,7 @@ class Steps:
         box_file = await self.artifacts.read(job.transaction_id, "boxes.json")
         if pdf is None or box_file is None:
             # The artifact vanished (disk wiped?): render again; nothing was signed yet.
-            return await self.outbox.update(job.id, state=JobState.FETCHED)
+            return await self.outbox.redo_from_fetched(job)
         boxes = json.loads(box_file)
         try:
             async with self._cpu:
@@ -283,18 +272,7 @@ class Steps:
                         profile=rule.profile, reason=signed.downgraded_because)
             detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
         await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
-        return await self.outbox.update(
-            job.id,
-            state=JobState.SIGNED,
-            sha256=signed.sha256,
-            level=signed.level,
-            signer_subject=signed.signer_subject,
-            signer_serial=signed.signer_serial,
-            signed_at=signed.signed_at,
-            timestamp_time=signed.timestamp_time,
-            validation=signed.validation,
-            audit_detail=detail,
-        )
+        return await self.outbox.mark_signed(job, signed, detail)
 
     # ---------------------------------------------------------------------------------------- upload
 
@@ -305,17 +283,11 @@ class Steps:
             existing = await self.sf.find_file(job.transaction_id)
             if existing is not None:
                 log.info("upload already happened; reusing it", content_version_id=existing.id)
-                return await self.outbox.update(
-                    job.id,
-                    state=JobState.UPLOADED,
-                    content_version_id=existing.id,
-                    content_document_id=existing.content_document_id,
-                    upload_uncertain=0,
-                )
+                return await self.outbox.mark_upload_found(job, existing.id, existing.content_document_id)
         if not signed_path.exists():
             # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
             log.warning("signed PDF missing from the data directory; rendering and signing again")
-            return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
+            return await self.outbox.redo_from_fetched(job, drop_signature=True)
         title, path_on_client = _file_of(job)
         cv_id = await self._guarded_upload(job, NewFile(
             title=title,
@@ -324,20 +296,17 @@ class Steps:
             first_publish_location_id=job.record_id,
             transaction_id=job.transaction_id,
         ))
-        return await self.outbox.update(
-            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0,
-            audit_detail=f"ContentVersion {cv_id}",
-        )
+        return await self.outbox.mark_uploaded(job, cv_id)
 
     async def _guarded_upload(self, job: Job, file: NewFile) -> str:
         """Upload with the job marked `upload_uncertain` first: a failure that may have reached Salesforce
         leaves the mark, so the next attempt looks for the file before uploading it again."""
-        await self.outbox.update(job.id, upload_uncertain=1)
+        await self.outbox.set_upload_uncertain(job, True)
         try:
             return await self.sf.upload(file)
         except SalesforceError as exc:
             if not exc.uncertain:
-                await self.outbox.update(job.id, upload_uncertain=0)
+                await self.outbox.set_upload_uncertain(job, False)
             raise
 
     # ------------------------------------------------------------------------------------ write back
@@ -365,7 +334,7 @@ class Steps:
             written = await self.sf.write(job, fields, outcome, content_version_id=job.content_version_id,
                                           document_url=document_url_template(self.instance_url()))
             document_id = written.document_id
-            job = await self.outbox.update(job.id, content_document_id=document_id)
+            job = await self.outbox.set_document_id(job, document_id)
         now = time.time()
         self.metrics.documents_signed.labels(job.rule).inc()
         if job.event_time_ms:
@@ -375,14 +344,9 @@ class Steps:
         recorded = outcome.audit_changes(document_id, written.outcome_sent)
         if upgrade:
             # The rep sees `Signed` now; the long-term validation data follows in the background.
-            return await self.outbox.update(
-                job.id, state=JobState.LTV_PENDING, signed_visible_at=now, document_json=None, attempts=0,
-                next_attempt_at=now + self.config.ltv_delay_s, **recorded,
-            )
-        job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, document_json=None, last_error=None,
-            **recorded,
-        )
+            return await self.outbox.mark_ltv_pending(job, recorded, visible_at=now,
+                                                      upgrade_at=now + self.config.ltv_delay_s)
+        job = await self.outbox.mark_done(job, recorded, at=now, signed_visible=True)
         await self.artifacts.remove(job.transaction_id)  # the signed file now lives in Salesforce
         return job
 
@@ -393,7 +357,7 @@ class Steps:
             # Non-urgent: the record already shows Signed. Wait for the API budget to recover.
             log.info("API budget tight; long-term validation upgrade deferred",
                      defer_s=self.config.governor_defer_s)
-            return await self.outbox.update(job.id, next_attempt_at=time.time() + self.config.governor_defer_s)
+            return await self.outbox.defer(job, time.time() + self.config.governor_defer_s)
         profile = _profile(job, rules)
         pdf = await self.artifacts.read(job.transaction_id, "signed.pdf")
         if pdf is None:  # the data directory was wiped or moved: Salesforce has the signed file
@@ -408,12 +372,7 @@ class Steps:
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "LTV_FAILED") from None
         await self.artifacts.write(job.transaction_id, "ltv.pdf", result.pdf)
-        return await self.outbox.update(
-            job.id, state=JobState.LTV_UPGRADED, ltv_sha256=result.sha256, ltv_level=result.level,
-            validation=result.validation, archive_due=result.archive_due,
-            audit_detail=f"PAdES {result.level}, SHA-256 {result.sha256}, validation: {result.validation}, "
-            f"archive timestamp due {result.archive_due or 'unknown'}",
-        )
+        return await self.outbox.mark_ltv_upgraded(job, result)
 
     async def ltv_upload(self, job: Job, rules: Rules) -> Job:
         data = await self.artifacts.read(job.transaction_id, "ltv.pdf")
@@ -422,12 +381,10 @@ class Steps:
             if md5 is not None and job.content_document_id:
                 existing = await self.sf.find_version(job.content_document_id, md5)
                 if existing is not None:
-                    return await self.outbox.update(
-                        job.id, state=JobState.LTV_UPLOADED, ltv_version_id=existing, upload_uncertain=0
-                    )
+                    return await self.outbox.mark_ltv_upload_found(job, existing)
         if data is None:
             log.warning("upgraded PDF missing from the data directory; upgrading again")
-            return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
+            return await self.outbox.redo_ltv_upgrade(job)
         title, path_on_client = _file_of(job)
         version_id = await self._guarded_upload(job, NewFile(
             title=title,
@@ -437,19 +394,13 @@ class Steps:
             content_document_id=job.content_document_id,
             reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
         ))
-        return await self.outbox.update(
-            job.id, state=JobState.LTV_UPLOADED, ltv_version_id=version_id, upload_uncertain=0,
-            audit_detail=f"ContentVersion {version_id} (PAdES {job.ltv_level})",
-        )
+        return await self.outbox.mark_ltv_uploaded(job, version_id)
 
     async def ltv_write_back(self, job: Job, rules: Rules) -> Job:
         fields = upgraded_fields(level=job.ltv_level, sha256=job.ltv_sha256, validation=job.validation,
                                  archive_due=job.archive_due)
         outcome = Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
         written = await self.sf.write(job, fields, outcome)
-        job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
-            **outcome.audit_changes(None, written.outcome_sent),
-        )
+        job = await self.outbox.mark_done(job, outcome.audit_changes(None, written.outcome_sent))
         await self.artifacts.remove(job.transaction_id)
         return job

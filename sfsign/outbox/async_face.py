@@ -167,6 +167,9 @@ class Outbox:
     async def mark_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
         return await self.call(lambda s: s.mark_signed(job, evidence, detail))
 
+    async def take_rule(self, job: Job, rule: str) -> Job:
+        return await self.call(lambda s: s.take_rule(job, rule))
+
     async def set_upload_uncertain(self, job: Job, uncertain: bool) -> Job:
         return await self.call(lambda s: s.set_upload_uncertain(job, uncertain))
 

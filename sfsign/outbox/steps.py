@@ -54,6 +54,11 @@ class JobSteps(JobChanges):
             "validation": evidence.validation,
         }, StepAudit(detail))
 
+    def take_rule(self, job: Job, rule: str) -> Job:
+        """A Send for Signature that named no rule takes the rule covering the record's type, read at fetch.
+        Raises `sqlite3.IntegrityError` when another job of the record holds that rule's slot."""
+        return self._change(job.id, {"rule": rule}, None)
+
     def set_upload_uncertain(self, job: Job, uncertain: bool) -> Job:
         """The upload guard: set before an upload, cleared when its failure surely did not reach Salesforce.
         A job left marked looks for its file before uploading it again."""
