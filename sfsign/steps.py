@@ -33,10 +33,10 @@ from sfsign.config import ProfileConfig, RuleConfig, Rules
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import SignatureLevel
 from sfsign.failures import PermanentFailure, TransientFailure
-from sfsign.gateway import Outcome, SalesforceGateway
+from sfsign.gateway import SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, StepAudit, audit_time
 from sfsign.pending import PendingNotes
 from sfsign.profiles import signing_request, upgrade_request
 from sfsign.record_types import (
@@ -51,14 +51,13 @@ from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, STATUS_SIGNED, Record
 from sfsign.salesforce.record_fields import (
     adopted_fields,
     already_signed_note,
-    document_fields,
-    document_url_template,
     note_fields,
     signed_fields,
     upgraded_fields,
 )
 from sfsign.salesforce.records import SignableRecord
 from sfsign.salesforce.rest import ContentVersionRef, NewFile
+from sfsign.salesforce.writeback import OutcomeEvent, SignedFile, Written
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")
@@ -82,6 +81,13 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
+
+
+def _recorded(written: Written) -> StepAudit:
+    """The write-back's outcome event for the job's audit row: same detail and time, and `sent` when it went
+    with the write-back (the audit relay then never sends it again)."""
+    event = written.event
+    return StepAudit() if event is None else StepAudit(event.detail, event.occurred_at, event.sent)
 
 
 class Steps:
@@ -319,34 +325,26 @@ class Steps:
             validation=job.validation, eidas_level=profile.eidas_level,
         )
         upgrade = profile.upgrades and job.level == SignatureLevel.B_T.value
-        # The audit event of this step's outcome; `{document_id}` is filled in once the 069 is known.
-        outcome = Outcome(
-            JobState.LTV_PENDING if upgrade else JobState.DONE,
-            f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
-            else "Signed; file {document_id}",
-        )
+        event = OutcomeEvent(job.transaction_id, (JobState.LTV_PENDING if upgrade else JobState.DONE).value,
+                             audit_time(), f"upgrade to {profile.level} pending" if upgrade else None)
+        # The upload guard may have learnt the file's 069 already; else the write-back reads it.
+        file = SignedFile(self.instance_url(), version_id=job.content_version_id,
+                          document_id=job.content_document_id or None)
         await self.pending.before_record_write(job.id)
-        if job.content_document_id:  # known from the upload guard: no lookup needed
-            document_id: str | None = job.content_document_id
-            fields.update(document_fields(self.instance_url(), job.content_document_id))
-            written = await self.sf.write(job, fields, outcome, document_id=document_id)
-        else:
-            written = await self.sf.write(job, fields, outcome, content_version_id=job.content_version_id,
-                                          document_url=document_url_template(self.instance_url()))
-            document_id = written.document_id
-            job = await self.outbox.set_document_id(job, document_id)
+        written = await self.sf.write(job, fields, event, file=file)
         now = time.time()
         self.metrics.documents_signed.labels(job.rule).inc()
         if job.event_time_ms:
             latency = now * 1000 - job.event_time_ms
             self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
             log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
-        recorded = outcome.audit_changes(document_id, written.outcome_sent)
         if upgrade:
             # The rep sees `Signed` now; the long-term validation data follows in the background.
-            return await self.outbox.mark_ltv_pending(job, recorded, visible_at=now,
-                                                      upgrade_at=now + self.config.ltv_delay_s)
-        job = await self.outbox.mark_done(job, recorded, at=now, signed_visible=True)
+            return await self.outbox.mark_ltv_pending(job, _recorded(written), visible_at=now,
+                                                      upgrade_at=now + self.config.ltv_delay_s,
+                                                      document_id=written.document_id)
+        job = await self.outbox.mark_done(job, _recorded(written), at=now, signed_visible=True,
+                                          document_id=written.document_id)
         await self.artifacts.remove(job.transaction_id)  # the signed file now lives in Salesforce
         return job
 
@@ -399,8 +397,9 @@ class Steps:
     async def ltv_write_back(self, job: Job, rules: Rules) -> Job:
         fields = upgraded_fields(level=job.ltv_level, sha256=job.ltv_sha256, validation=job.validation,
                                  archive_due=job.archive_due)
-        outcome = Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
-        written = await self.sf.write(job, fields, outcome)
-        job = await self.outbox.mark_done(job, outcome.audit_changes(None, written.outcome_sent))
+        event = OutcomeEvent(job.transaction_id, JobState.DONE.value, audit_time(),
+                             f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
+        written = await self.sf.write(job, fields, event)
+        job = await self.outbox.mark_done(job, _recorded(written))
         await self.artifacts.remove(job.transaction_id)
         return job

@@ -179,15 +179,15 @@ class Outbox:
     async def mark_upload_found(self, job: Job, version_id: str, document_id: str | None) -> Job:
         return await self.call(lambda s: s.mark_upload_found(job, version_id, document_id))
 
-    async def set_document_id(self, job: Job, document_id: str | None) -> Job:
-        return await self.call(lambda s: s.set_document_id(job, document_id))
+    async def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None, signed_visible: bool = False,
+                        document_id: str | None = None) -> Job:
+        return await self.call(lambda s: s.mark_done(job, audit, at=at, signed_visible=signed_visible,
+                                                     document_id=document_id))
 
-    async def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None,
-                        signed_visible: bool = False) -> Job:
-        return await self.call(lambda s: s.mark_done(job, audit, at=at, signed_visible=signed_visible))
-
-    async def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float) -> Job:
-        return await self.call(lambda s: s.mark_ltv_pending(job, audit, visible_at=visible_at, upgrade_at=upgrade_at))
+    async def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float,
+                               document_id: str | None = None) -> Job:
+        return await self.call(lambda s: s.mark_ltv_pending(job, audit, visible_at=visible_at, upgrade_at=upgrade_at,
+                                                            document_id=document_id))
 
     async def mark_adopted(self, job: Job, *, version_id: str, document_id: str | None, detail: str) -> Job:
         return await self.call(lambda s: s.mark_adopted(

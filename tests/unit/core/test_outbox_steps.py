@@ -67,11 +67,12 @@ def test_a_b_t_document_moves_by_named_steps_each_with_its_audit_row(tmp_path: P
     assert store.set_upload_uncertain(job, True).upload_uncertain == 1
     job = store.mark_uploaded(job, "068000000000001AAA")
     assert (job.state, job.content_version_id, job.upload_uncertain) == (JobState.UPLOADED, "068000000000001AAA", 0)
-    job = store.set_document_id(job, "069000000000001AAA")
-    job = store.mark_done(job, StepAudit("Signed; file 069000000000001AAA"), at=1_800_000_000.0, signed_visible=True)
+    job = store.mark_done(job, StepAudit("Signed; file 069000000000001AAA"), at=1_800_000_000.0, signed_visible=True,
+                          document_id="069000000000001AAA")
 
     assert (job.state, job.done_at, job.signed_visible_at, job.document_json, job.last_error) == (
         JobState.DONE, 1_800_000_000.0, 1_800_000_000.0, None, None)
+    assert job.content_document_id == "069000000000001AAA"
     assert _trail(store, job) == [
         ("queued", "source: cdc, rule: r", "pending"),
         ("fetched", "", "pending"),
@@ -89,9 +90,10 @@ def test_a_long_term_upgrade_keeps_the_time_the_record_first_showed_signed(tmp_p
     job = _at(store, JobState.UPLOADED, _queued(store))
     occurred = "2026-03-14T15:00:02.000Z"
     job = store.mark_ltv_pending(job, StepAudit("Signed; upgrade to B-LTA pending", occurred, sent=True),
-                                 visible_at=1_800_000_000.0, upgrade_at=1_800_000_060.0)
-    assert (job.state, job.signed_visible_at, job.next_attempt_at, job.attempts) == (
-        JobState.LTV_PENDING, 1_800_000_000.0, 1_800_000_060.0, 0)
+                                 visible_at=1_800_000_000.0, upgrade_at=1_800_000_060.0,
+                                 document_id="069000000000001AAA")
+    assert (job.state, job.signed_visible_at, job.next_attempt_at, job.attempts, job.content_document_id) == (
+        JobState.LTV_PENDING, 1_800_000_000.0, 1_800_000_060.0, 0, "069000000000001AAA")
     assert store.defer(job, 1_800_000_900.0).next_attempt_at == 1_800_000_900.0
     job = store.mark_ltv_upgraded(job, UPGRADED)
     assert (job.state, job.ltv_sha256, job.ltv_level, job.validation, job.archive_due) == (
@@ -223,7 +225,6 @@ def test_steps_without_a_change_of_state_write_no_audit_row_with_failing_audit_i
     store.reset_retry_window(job)
     store.defer(job, 9.0)
     store.set_upload_uncertain(job, True)
-    store.set_document_id(job, "069000000000001AAA")
     assert store.get(job.id).next_attempt_at == 9.0
 
 
