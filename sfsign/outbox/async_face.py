@@ -145,15 +145,6 @@ class Outbox:
 
     # --------------------------------------------------------------------------------- job steps
 
-    async def update(
-        self, job_id: int, *, audit_detail: str | None = None, audit: bool = True, audit_occurred_at: str | None = None,
-        audit_sent: bool = False, **changes: Any,
-    ) -> Job:
-        """Untyped: prefer the named step below that says what changed."""
-        return await self.call(lambda s: s.update(
-            job_id, audit_detail=audit_detail, audit=audit, audit_occurred_at=audit_occurred_at, audit_sent=audit_sent,
-            **changes))
-
     async def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str) -> Job:
         return await self.call(lambda s: s.mark_fetched(
             job, document_json=document_json, file_title=file_title, file_name=file_name))
