@@ -221,30 +221,34 @@ def content_document_query(version_ids: Sequence[str]) -> str:
             + ", ".join(f"'{validate_id(v)}'" for v in version_ids) + ")")
 
 
+def _document_ref(n: int, item: WriteBack) -> str | None:
+    """The 069 as the `n`th record's PATCH (and a lone record's event) carries it in one composite: the known
+    id, or a reference to the query reading it in the same call."""
+    if _lookup(item) is not None:
+        return f"@{{q{n}.records[0].ContentDocumentId}}"
+    return item.file.document_id if item.file is not None else None
+
+
 async def _one_composite(
     rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
 ) -> _Answers:
     subs: list[dict[str, Any]] = []
     for n, item in enumerate(items):
-        ref = item.file.document_id if item.file is not None else None
         version = _lookup(item)
         if version is not None:
             soql = content_document_query([version])
             subs.append({"method": "GET", "url": rest.subrequest_url("query/?q=" + _quote(soql)),
                          "referenceId": f"q{n}"})
-            ref = f"@{{q{n}.records[0].ContentDocumentId}}"
         subs.append({
             "method": "PATCH",
             "url": rest.subrequest_url(f"sobjects/{validate_api_name(item.sobject)}/{validate_id(item.record_id)}"),
             "referenceId": f"p{n}",
-            "body": _patch_body(item, ref),
+            "body": _patch_body(item, _document_ref(n, item)),
         })
     outcome_record = None
-    if len(items) == 1 and items[0].event is not None:  # a lone record: its event, all or none
-        lone = items[0]
-        document = "@{q0.records[0].ContentDocumentId}" if _lookup(lone) is not None else (
-            lone.file.document_id if lone.file is not None else None)
-        outcome_record = _event_record(lone, items[0].event, document)
+    lone_event = items[0].event if len(items) == 1 else None
+    if lone_event is not None:  # a lone record: its event, all or none
+        outcome_record = _event_record(items[0], lone_event, _document_ref(0, items[0]))
         audit = audit[: COLLECTION_LIMIT - 1]  # room for it in the one collections subrequest
     events = [*audit, outcome_record] if outcome_record is not None else audit
     if events:
