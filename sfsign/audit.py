@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from typing import Any
 
 import structlog
 
 from sfsign.aio import wait_any
 from sfsign.governor import ApiGovernor
-from sfsign.outbox import Outbox, OutboxStore, audit_time
+from sfsign.outbox import Outbox, audit_time
 from sfsign.salesforce.composite import RecordResult
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.names import SignatureEvent
@@ -61,9 +60,8 @@ class AuditRelay:
             if self.governor.constrained():  # tight budget: audit rows ride along with the write-backs
                 await wait_any(self.stop, within_s=self.flush_s * 12)
             async with self.lock:  # the worker's write-back also sends audit rows along: never the same row twice
-                rows = await self.outbox.call(partial(
-                    OutboxStore.pending_audit, limit=AUDIT_ROWS_PER_CALL,
-                    older_than=audit_time(time.time() - self.flush_s)))
+                rows = await self.outbox.pending_audit(AUDIT_ROWS_PER_CALL,
+                                                       older_than=audit_time(time.time() - self.flush_s))
                 results = await self._send(rows, delay) if rows else None
             if not rows:
                 await wait_any(self.stop, within_s=self.flush_s)
@@ -89,7 +87,7 @@ class AuditRelay:
         """Sent rows are done; a row Salesforce refused on its own is kept as failed, with the reason."""
         sent = [r["id"] for r, res in zip(rows, results, strict=True) if res.success]
         failed = [(r["id"], res.error) for r, res in zip(rows, results, strict=True) if not res.success]
-        await self.outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+        await self.outbox.mark_audit(sent, "sent")
         for row_id, error in failed:
             log.error("audit event refused by Salesforce", error=str(error))
-            await self.outbox.call(partial(OutboxStore.mark_audit, ids=[row_id], status="failed", error=str(error)))
+            await self.outbox.mark_audit([row_id], "failed", str(error))

@@ -6,10 +6,11 @@ what the running jobs are doing (`track`): at once when every job that could sti
 (a lone document never waits); during a burst (more jobs running than CPU slots, or the API budget
 tight), after the jobs stop arriving for `batch_settle_s`, or after the burst linger.
 
-A lone record's write-back carries its step's outcome event (`Outcome`), inserted with the update or not
-at all; every write-back sends the outbox's pending audit events along (as many as fit) when the daemon's
-audit flusher is not sending them at that moment (`audit_lock`), so the trail rarely costs a call of its
-own.
+A lone record's write-back carries its step's outcome event (`writeback.OutcomeEvent`), inserted with the
+update or not at all, and comes back typed (`writeback.Written`: the file's 069, its link, the event as
+built and whether it was sent). Every write-back sends the outbox's pending audit events along (as many
+as fit) when the daemon's audit flusher is not sending them at that moment (`audit_lock`), so the trail
+rarely costs a call of its own.
 
 Knobs (`WorkerConfig`): `batch_linger_s` (0.05 s, SFSIGN_BATCH_LINGER_S) and `batch_linger_burst_s`
 (8 s, SFSIGN_BATCH_LINGER_BURST_S), `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
@@ -23,7 +24,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -31,7 +31,7 @@ from sfsign.batching import Batcher
 from sfsign.config import Rules
 from sfsign.governor import ApiGovernor
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import Job, JobState, Outbox, OutboxStore, audit_time
+from sfsign.outbox import Job, JobState, Outbox
 from sfsign.salesforce.batch_calls import (
     Fetched,
     FetchKey,
@@ -44,7 +44,14 @@ from sfsign.salesforce.composite import COLLECTION_LIMIT
 from sfsign.salesforce.files import ContentVersionRef, NewFile
 from sfsign.salesforce.record_fields import shown_signature_query
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.writeback import WriteBack, WriteBackOutcome, Written, write_back_many, written
+from sfsign.salesforce.writeback import (
+    OutcomeEvent,
+    SignedFile,
+    WriteBack,
+    WriteBackOutcome,
+    Written,
+    write_back_many,
+)
 from sfsign.worker_config import WorkerConfig
 
 AuditRecords = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
@@ -54,27 +61,6 @@ _BEFORE_FETCH = frozenset({JobState.QUEUED})
 _BEFORE_UPLOAD = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED,
                             JobState.LTV_PENDING, JobState.LTV_UPGRADED})
 _BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The audit event a write-back step ends with. It rides in the write-back call itself
-    (`writeback.WriteBack.outcome_audit`), so a lone document costs no fourth call for its trail; the step
-    records the same event in the outbox (`audit_changes`), sent or pending."""
-
-    state: JobState
-    detail: str  # may hold `{document_id}`
-    occurred_at: str = field(default_factory=audit_time)
-
-    def row(self, job: Job, document_id: str | None) -> dict[str, Any]:
-        detail = self.detail if document_id is None else self.detail.replace("{document_id}", document_id)
-        return {"sobject": job.sobject, "record_id": job.record_id, "transaction_id": job.transaction_id,
-                "event_type": self.state.value, "occurred_at": self.occurred_at, "actor": "sfsign", "detail": detail}
-
-    def audit_changes(self, document_id: str | None, sent: bool) -> dict[str, Any]:
-        """Keyword arguments for `OutboxStore.update`: the same event in the outbox, sent or pending."""
-        return {"audit_detail": self.detail.replace("{document_id}", document_id or ""),
-                "audit_occurred_at": self.occurred_at, "audit_sent": sent}
 
 
 class SalesforceGateway:
@@ -178,13 +164,10 @@ class SalesforceGateway:
     async def upload(self, file: NewFile) -> str:
         return await self.uploader.submit(file)
 
-    async def write(self, job: Job, fields: dict[str, Any], outcome: Outcome, *, document_id: str | None = None,
-                    content_version_id: str | None = None, document_url: str | None = None) -> Written:
-        """The job's record write-back with its outcome event. With `content_version_id`, the write-back
-        looks up the file's 069 (`document_url` holds `{document_id}`); else `document_id` is known."""
-        audit = self._audit_records([outcome.row(job, document_id)])[0]
-        return await self.writer.submit(WriteBack(job.sobject, job.record_id, fields, outcome_audit=audit,
-                                                  content_version_id=content_version_id, document_url=document_url))
+    async def write(self, job: Job, fields: dict[str, Any], event: OutcomeEvent, *,
+                    file: SignedFile | None = None) -> Written:
+        """The job's record write-back, showing `file` (when given), with its outcome event."""
+        return await self.writer.submit(WriteBack(job.sobject, job.record_id, fields, file=file, event=event))
 
     async def _fetch_batch(self, keys: list[FetchKey]) -> list[Fetched]:
         rules = self._rules()
@@ -200,16 +183,16 @@ class SalesforceGateway:
             await self.audit_lock.acquire()
         try:
             if locked:
-                rows = await self._outbox.call(OutboxStore.pending_audit)
+                rows = await self._outbox.pending_audit()
             outcome: WriteBackOutcome = await quick_retries(write_back_many, self.rest, items,
                                                             self._audit_records(rows))
             if rows and outcome.audit_results:
                 sent = [r["id"] for r, ok in zip(rows, outcome.audit_results, strict=False) if ok is True]
-                await self._outbox.call(partial(OutboxStore.mark_audit, ids=sent, status="sent"))
+                await self._outbox.mark_audit(sent, "sent")
         finally:
             if locked:
                 self.audit_lock.release()
-        return written(outcome)
+        return [*outcome.records]
 
     # ----------------------------------------------------------------------------------- single calls
 

@@ -26,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from functools import partial
 
 import structlog
 
 from sfsign.aio import wait_any
-from sfsign.outbox import Job, Outbox, OutboxStore
+from sfsign.outbox import Job, Outbox
 from sfsign.salesforce.record_fields import pending_fields
 from sfsign.salesforce.writeback import WriteBack
 
@@ -127,9 +126,7 @@ class PendingNotes:
             return []  # a free worker claims every due job at once: none can be waiting for one
         async with self.claim_lock:
             running = [job.id for job in self._claimed()]
-            jobs = await self._outbox.call(partial(
-                OutboxStore.waiting_unannounced, older_than=time.time() - self._after_s, limit=self._batch_max,
-                exclude=running))
+            jobs = await self._outbox.waiting_unannounced(time.time() - self._after_s, self._batch_max, running)
             self.announcing.update(job.id for job in jobs)
         return jobs
 
@@ -151,4 +148,4 @@ class PendingNotes:
         if failed:
             log.warning("could not show Pending on some waiting records", records=len(failed),
                         error=f"{type(failed[0]).__name__}: {failed[0]}"[:300])
-        await self._outbox.call(partial(OutboxStore.mark_pending_shown, ids=[j.id for j in jobs], at=time.time()))
+        await self._outbox.mark_pending_shown([j.id for j in jobs], time.time())

@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 import structlog
 
 from sfsign.aio import wait_any
 from sfsign.config import Rules, Settings
 from sfsign.governor import ApiGovernor
-from sfsign.outbox import NewJob, Outbox, OutboxStore
+from sfsign.outbox import NewJob, Outbox
 from sfsign.salesforce.names import Record
 from sfsign.salesforce.records import record_type_filter
 from sfsign.salesforce.rest import QueryPage, SalesforceRest
@@ -98,9 +97,7 @@ async def reconcile(
                     on_page(page, first)
                 rows = page.records
                 if unseen_only and rows:
-                    seen = await outbox.call(partial(
-                        OutboxStore.records_with_jobs, sobject=sobject, rule=rule.name,
-                        record_ids=[str(r["Id"]) for r in rows]))
+                    seen = await outbox.records_with_jobs(sobject, rule.name, [str(r["Id"]) for r in rows])
                     rows = [r for r in rows if str(r["Id"]) not in seen]
                 jobs: list[NewJob] = []
                 for row in rows:

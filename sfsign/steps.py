@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import structlog
@@ -34,10 +33,10 @@ from sfsign.config import ProfileConfig, RuleConfig, Rules
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.sign import SignatureLevel
 from sfsign.failures import PermanentFailure, TransientFailure
-from sfsign.gateway import Outcome, SalesforceGateway
+from sfsign.gateway import SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, OutboxStore
+from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, StepAudit, audit_time
 from sfsign.pending import PendingNotes
 from sfsign.profiles import signing_request, upgrade_request
 from sfsign.record_types import (
@@ -53,13 +52,12 @@ from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, STATUS_SIGNED, Record
 from sfsign.salesforce.record_fields import (
     adopted_fields,
     already_signed_note,
-    document_fields,
-    document_url_template,
     note_fields,
     signed_fields,
     upgraded_fields,
 )
 from sfsign.salesforce.records import SignableRecord
+from sfsign.salesforce.writeback import OutcomeEvent, SignedFile, Written
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")
@@ -83,6 +81,13 @@ def _file_of(job: Job) -> tuple[str, str]:
     an older version (its name stored unfiltered) cannot poison the batch it is uploaded in."""
     title = job.file_title or Path(job.file_name or job.transaction_id).stem
     return title, file_name_for(title, job.transaction_id)
+
+
+def _recorded(written: Written) -> StepAudit:
+    """The write-back's outcome event for the job's audit row: same detail and time, and `sent` when it went
+    with the write-back (the audit relay then never sends it again)."""
+    event = written.event
+    return StepAudit() if event is None else StepAudit(event.detail, event.occurred_at, event.sent)
 
 
 class Steps:
@@ -119,21 +124,16 @@ class Steps:
         if skipped is not None:
             return skipped
         shown = record.sign_transaction_id
-        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.call(
-                partial(OutboxStore.knows_transaction, transaction_id=shown)):
+        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.knows_transaction(
+                shown):
             return await self._tell_signed_before(job, shown)
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
-        return await self.outbox.update(
-            job.id,
-            state=JobState.FETCHED,
-            document_json=document.model_dump_json(),
-            file_title=title,
-            file_name=file_name_for(title, job.transaction_id),
-        )
+        return await self.outbox.mark_fetched(job, document_json=document.model_dump_json(), file_title=title,
+                                              file_name=file_name_for(title, job.transaction_id))
 
     @staticmethod
     def _signed_before_this_outbox(job: Job, record: SignableRecord, rules: Rules) -> bool:
@@ -163,8 +163,7 @@ class Steps:
             actor=job.requested_by or "sfsign", detail=detail)])
         log.warning("trigger for a record signed before this outbox knew of it: nothing signed, the record says so",
                     signed_transaction_id=shown)
-        return await self.outbox.update(job.id, state=JobState.ERROR, error_code=ALREADY_SIGNED, last_error=note,
-                                        audit_detail=f"{ALREADY_SIGNED}: {note}")
+        return await self.outbox.mark_error(job, note, ALREADY_SIGNED)
 
     async def _take_covering_rule(self, job: Job, rule: RuleConfig, rules: Rules,
                                   record: SignableRecord) -> tuple[Job, RuleConfig] | Job:
@@ -177,18 +176,17 @@ class Steps:
             raise TransientFailure(f"{exc}; fetching it again", "RECORD_TYPE_NOT_READ") from None
         if covering is None:
             return job, rule
-        signed = await self.outbox.call(partial(
-            OutboxStore.signed_job, sobject=job.sobject, record_id=job.record_id, rule=covering.name))
+        signed = await self.outbox.signed_job(job.sobject, job.record_id, covering.name)
         if signed is not None:
             return await self._tell_signed_before(job, signed.transaction_id)
         try:
-            job = await self.outbox.update(job.id, rule=covering.name)
+            job = await self.outbox.take_rule(job, covering.name)
         except sqlite3.IntegrityError:  # the one-job-per-record-and-rule index: another job has it in hand
             why = (f"Not signed: rule {covering.name!r}, which covers this record's type, is already signing it "
                    "in another transaction.")
             await self.pending.before_record_write(job.id)
             await self.sf.update(job.sobject, job.record_id, note_fields(why))
-            return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+            return await self.outbox.mark_skipped(job, why)
         log.info("Send for Signature named no rule: the rule covering the record's type signs it",
                  rule=covering.name, first_rule=rule.name)
         return job, covering
@@ -208,7 +206,7 @@ class Steps:
             await self.pending.before_record_write(job.id)
             await self.sf.update(job.sobject, job.record_id, note_fields(why))
         log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
-        return await self.outbox.update(job.id, state=JobState.SKIPPED, done_at=time.time(), audit_detail=why)
+        return await self.outbox.mark_skipped(job, why)
 
     async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
@@ -229,11 +227,8 @@ class Steps:
             detail += f"; the record shows transaction {shown} and is left as it is"
         log.warning("trigger already handled before this outbox knew of it; not signed again",
                     content_version_id=file.id, record_transaction_id=shown)
-        now = time.time()
-        return await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, content_version_id=file.id,
-            content_document_id=file.content_document_id, audit_detail=detail,
-        )
+        return await self.outbox.mark_adopted(job, version_id=file.id, document_id=file.content_document_id,
+                                              detail=detail)
 
     # ---------------------------------------------------------------------------------- render, sign
 
@@ -253,7 +248,7 @@ class Steps:
             log.warning("rendering changed the document", note=note)
         await self.artifacts.write(job.transaction_id, "rendered.pdf", pdf)
         await self.artifacts.write(job.transaction_id, "boxes.json", json.dumps(boxes).encode())
-        return await self.outbox.update(job.id, state=JobState.RENDERED)
+        return await self.outbox.mark_rendered(job)
 
     async def sign(self, job: Job, rules: Rules) -> Job:
         rule = _rule(job, rules)
@@ -262,7 +257,7 @@ class Steps:
         box_file = await self.artifacts.read(job.transaction_id, "boxes.json")
         if pdf is None or box_file is None:
             # The artifact vanished (disk wiped?): render again; nothing was signed yet.
-            return await self.outbox.update(job.id, state=JobState.FETCHED)
+            return await self.outbox.redo_from_fetched(job)
         boxes = json.loads(box_file)
         try:
             async with self._cpu:
@@ -283,18 +278,7 @@ class Steps:
                         profile=rule.profile, reason=signed.downgraded_because)
             detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
         await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
-        return await self.outbox.update(
-            job.id,
-            state=JobState.SIGNED,
-            sha256=signed.sha256,
-            level=signed.level,
-            signer_subject=signed.signer_subject,
-            signer_serial=signed.signer_serial,
-            signed_at=signed.signed_at,
-            timestamp_time=signed.timestamp_time,
-            validation=signed.validation,
-            audit_detail=detail,
-        )
+        return await self.outbox.mark_signed(job, signed, detail)
 
     # ---------------------------------------------------------------------------------------- upload
 
@@ -305,17 +289,11 @@ class Steps:
             existing = await self.sf.find_file(job.transaction_id)
             if existing is not None:
                 log.info("upload already happened; reusing it", content_version_id=existing.id)
-                return await self.outbox.update(
-                    job.id,
-                    state=JobState.UPLOADED,
-                    content_version_id=existing.id,
-                    content_document_id=existing.content_document_id,
-                    upload_uncertain=0,
-                )
+                return await self.outbox.mark_upload_found(job, existing.id, existing.content_document_id)
         if not signed_path.exists():
             # Nothing of this transaction is in Salesforce (checked above when in doubt): sign afresh.
             log.warning("signed PDF missing from the data directory; rendering and signing again")
-            return await self.outbox.update(job.id, state=JobState.FETCHED, sha256=None)
+            return await self.outbox.redo_from_fetched(job, drop_signature=True)
         title, path_on_client = _file_of(job)
         cv_id = await self._guarded_upload(job, NewFile(
             title=title,
@@ -324,20 +302,17 @@ class Steps:
             first_publish_location_id=job.record_id,
             transaction_id=job.transaction_id,
         ))
-        return await self.outbox.update(
-            job.id, state=JobState.UPLOADED, content_version_id=cv_id, upload_uncertain=0,
-            audit_detail=f"ContentVersion {cv_id}",
-        )
+        return await self.outbox.mark_uploaded(job, cv_id)
 
     async def _guarded_upload(self, job: Job, file: NewFile) -> str:
         """Upload with the job marked `upload_uncertain` first: a failure that may have reached Salesforce
         leaves the mark, so the next attempt looks for the file before uploading it again."""
-        await self.outbox.update(job.id, upload_uncertain=1)
+        await self.outbox.set_upload_uncertain(job, True)
         try:
             return await self.sf.upload(file)
         except SalesforceError as exc:
             if not exc.uncertain:
-                await self.outbox.update(job.id, upload_uncertain=0)
+                await self.outbox.set_upload_uncertain(job, False)
             raise
 
     # ------------------------------------------------------------------------------------ write back
@@ -350,39 +325,26 @@ class Steps:
             validation=job.validation, eidas_level=profile.eidas_level,
         )
         upgrade = profile.upgrades and job.level == SignatureLevel.B_T.value
-        # The audit event of this step's outcome; `{document_id}` is filled in once the 069 is known.
-        outcome = Outcome(
-            JobState.LTV_PENDING if upgrade else JobState.DONE,
-            f"Signed; file {{document_id}}; upgrade to {profile.level} pending" if upgrade
-            else "Signed; file {document_id}",
-        )
+        event = OutcomeEvent(job.transaction_id, (JobState.LTV_PENDING if upgrade else JobState.DONE).value,
+                             audit_time(), f"upgrade to {profile.level} pending" if upgrade else None)
+        # The upload guard may have learnt the file's 069 already; else the write-back reads it.
+        file = SignedFile(self.instance_url(), version_id=job.content_version_id,
+                          document_id=job.content_document_id or None)
         await self.pending.before_record_write(job.id)
-        if job.content_document_id:  # known from the upload guard: no lookup needed
-            document_id: str | None = job.content_document_id
-            fields.update(document_fields(self.instance_url(), job.content_document_id))
-            written = await self.sf.write(job, fields, outcome, document_id=document_id)
-        else:
-            written = await self.sf.write(job, fields, outcome, content_version_id=job.content_version_id,
-                                          document_url=document_url_template(self.instance_url()))
-            document_id = written.document_id
-            job = await self.outbox.update(job.id, content_document_id=document_id)
+        written = await self.sf.write(job, fields, event, file=file)
         now = time.time()
         self.metrics.documents_signed.labels(job.rule).inc()
         if job.event_time_ms:
             latency = now * 1000 - job.event_time_ms
             self.metrics.end_to_end_seconds.observe(max(latency, 0) / 1000)
             log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
-        recorded = outcome.audit_changes(document_id, written.outcome_sent)
         if upgrade:
             # The rep sees `Signed` now; the long-term validation data follows in the background.
-            return await self.outbox.update(
-                job.id, state=JobState.LTV_PENDING, signed_visible_at=now, document_json=None, attempts=0,
-                next_attempt_at=now + self.config.ltv_delay_s, **recorded,
-            )
-        job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=now, signed_visible_at=now, document_json=None, last_error=None,
-            **recorded,
-        )
+            return await self.outbox.mark_ltv_pending(job, _recorded(written), visible_at=now,
+                                                      upgrade_at=now + self.config.ltv_delay_s,
+                                                      document_id=written.document_id)
+        job = await self.outbox.mark_done(job, _recorded(written), at=now, signed_visible=True,
+                                          document_id=written.document_id)
         await self.artifacts.remove(job.transaction_id)  # the signed file now lives in Salesforce
         return job
 
@@ -393,7 +355,7 @@ class Steps:
             # Non-urgent: the record already shows Signed. Wait for the API budget to recover.
             log.info("API budget tight; long-term validation upgrade deferred",
                      defer_s=self.config.governor_defer_s)
-            return await self.outbox.update(job.id, next_attempt_at=time.time() + self.config.governor_defer_s)
+            return await self.outbox.defer(job, time.time() + self.config.governor_defer_s)
         profile = _profile(job, rules)
         pdf = await self.artifacts.read(job.transaction_id, "signed.pdf")
         if pdf is None:  # the data directory was wiped or moved: Salesforce has the signed file
@@ -408,12 +370,7 @@ class Steps:
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "LTV_FAILED") from None
         await self.artifacts.write(job.transaction_id, "ltv.pdf", result.pdf)
-        return await self.outbox.update(
-            job.id, state=JobState.LTV_UPGRADED, ltv_sha256=result.sha256, ltv_level=result.level,
-            validation=result.validation, archive_due=result.archive_due,
-            audit_detail=f"PAdES {result.level}, SHA-256 {result.sha256}, validation: {result.validation}, "
-            f"archive timestamp due {result.archive_due or 'unknown'}",
-        )
+        return await self.outbox.mark_ltv_upgraded(job, result)
 
     async def ltv_upload(self, job: Job, rules: Rules) -> Job:
         data = await self.artifacts.read(job.transaction_id, "ltv.pdf")
@@ -422,12 +379,10 @@ class Steps:
             if md5 is not None and job.content_document_id:
                 existing = await self.sf.find_version(job.content_document_id, md5)
                 if existing is not None:
-                    return await self.outbox.update(
-                        job.id, state=JobState.LTV_UPLOADED, ltv_version_id=existing, upload_uncertain=0
-                    )
+                    return await self.outbox.mark_ltv_upload_found(job, existing)
         if data is None:
             log.warning("upgraded PDF missing from the data directory; upgrading again")
-            return await self.outbox.update(job.id, state=JobState.LTV_PENDING, ltv_sha256=None)
+            return await self.outbox.redo_ltv_upgrade(job)
         title, path_on_client = _file_of(job)
         version_id = await self._guarded_upload(job, NewFile(
             title=title,
@@ -437,19 +392,14 @@ class Steps:
             content_document_id=job.content_document_id,
             reason_for_change=f"sfsign: PAdES {job.ltv_level} (long-term validation data)",
         ))
-        return await self.outbox.update(
-            job.id, state=JobState.LTV_UPLOADED, ltv_version_id=version_id, upload_uncertain=0,
-            audit_detail=f"ContentVersion {version_id} (PAdES {job.ltv_level})",
-        )
+        return await self.outbox.mark_ltv_uploaded(job, version_id)
 
     async def ltv_write_back(self, job: Job, rules: Rules) -> Job:
         fields = upgraded_fields(level=job.ltv_level, sha256=job.ltv_sha256, validation=job.validation,
                                  archive_due=job.archive_due)
-        outcome = Outcome(JobState.DONE, f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
-        written = await self.sf.write(job, fields, outcome)
-        job = await self.outbox.update(
-            job.id, state=JobState.DONE, done_at=time.time(), last_error=None,
-            **outcome.audit_changes(None, written.outcome_sent),
-        )
+        event = OutcomeEvent(job.transaction_id, JobState.DONE.value, audit_time(),
+                             f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
+        written = await self.sf.write(job, fields, event)
+        job = await self.outbox.mark_done(job, _recorded(written))
         await self.artifacts.remove(job.transaction_id)
         return job

@@ -42,7 +42,7 @@ from sfsign.gateway import SalesforceGateway
 from sfsign.governor import ApiGovernor
 from sfsign.ops.durations import human_age
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import Job, JobState, Outbox, OutboxStore
+from sfsign.outbox import Job, JobState, Outbox
 from sfsign.pending import PendingNotes
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.record_fields import audit_records, error_fields, pending_fields, upgrade_failed_fields
@@ -139,8 +139,7 @@ class Worker:
             # Jobs already running are due too (their next_attempt_at has passed); counting them made
             # this loop spin, two outbox queries per turn, for as long as any job ran. Jobs being
             # announced are claimed once their Pending write is through (it wakes this loop).
-            next_due = await self.outbox.call(partial(
-                OutboxStore.next_due_at, exclude=[*self._running, *self.pending.announcing]))
+            next_due = await self.outbox.next_due_at([*self._running, *self.pending.announcing])
             timeout = self.config.poll_interval_s
             if next_due is not None:
                 timeout = min(timeout, max(0.0, next_due - time.time()))
@@ -150,8 +149,7 @@ class Worker:
     async def _claim(self, free: int) -> None:
         """Claim up to `free` due jobs and start them; never one whose Pending write is in flight."""
         async with self.pending.claim_lock:
-            jobs = await self.outbox.call(partial(
-                _claim, now=time.time(), limit=free, running=[*self._running, *self.pending.announcing]))
+            jobs = await self.outbox.claim_due(time.time(), free, [*self._running, *self.pending.announcing])
             if jobs:
                 self.gateway.claimed()
             for job in jobs:
@@ -201,7 +199,7 @@ class Worker:
                     before = job.state
                     job = await step(job, rules)
                     if job.failing_since is not None and job.state is not before:
-                        job = await self.outbox.update(job.id, failing_since=None)  # it moved on: a new window
+                        job = await self.outbox.reset_retry_window(job)  # it moved on: a new window
                     self.metrics.step_seconds.labels(step.__name__.lstrip("_")).observe(
                         time.perf_counter() - started
                     )
@@ -238,7 +236,7 @@ class Worker:
             self.metrics.failing_jobs.labels(code).inc()
         if now - failing_since >= self.config.retry_for_s:
             # Read again: the step may have changed the row (an upload marked in doubt) after `job` was read.
-            current = await self.outbox.call(partial(OutboxStore.get, job_id=job.id))
+            current = await self.outbox.get(job.id)
             if current.state not in _FILE_IN_SALESFORCE and not current.upload_uncertain:
                 if await self._give_up(current, attempts, now - failing_since, reason, code):
                     return
@@ -249,10 +247,8 @@ class Worker:
         level = log.error if attempts >= self.config.alert_after_attempts else log.warning
         level("step failed; will retry", attempts=attempts, retry_in_s=round(delay, 1), error_code=code,
               reason=reason)
-        await self.outbox.update(
-            job.id, attempts=attempts, next_attempt_at=now + delay, last_error=reason, error_code=code,
-            failing_since=failing_since,
-        )
+        await self.outbox.schedule_retry(job, now + delay, reason, code, attempts=attempts,
+                                         failing_since=failing_since)
         await self._show_pending(job, f"retrying: {reason}")
 
     async def _show_pending(self, job: Job, note: str) -> None:
@@ -284,14 +280,13 @@ class Worker:
         self.metrics.dead_jobs.inc()
         log.error("job dead: failing for the whole retry window", attempts=attempts, error_code=code, reason=reason,
                   failing_for_s=round(failing_for_s))
-        await self.outbox.update(job.id, state=JobState.DEAD, attempts=attempts, last_error=message, error_code=code,
-                                 audit_detail=f"{code}: {reason}")
+        await self.outbox.mark_dead(job, attempts=attempts, message=message, reason=reason, code=code)
         return True
 
     async def _fail_permanently(self, job: Job, reason: str, code: str) -> None:
         log.error("job failed permanently", error_code=code, reason=reason)
         self.metrics.errored_jobs.labels(code).inc()
-        job = await self.outbox.update(job.id, last_error=reason, error_code=code)
+        job = await self.outbox.note_failure(job, reason, code)
         try:
             await self._write_error(job, reason)
         except SalesforceError as exc:
@@ -301,7 +296,7 @@ class Worker:
                 # The record must show the error: keep the job active so the report is retried.
                 await self._schedule_retry(job, f"{reason} (not yet reported on the record: {exc})", code, False)
                 return
-        await self.outbox.update(job.id, state=JobState.ERROR, audit_detail=f"{code}: {reason}")
+        await self.outbox.mark_error(job, reason, code)
 
     async def _write_error(self, job: Job, reason: str) -> None:
         await self.pending.before_record_write(job.id)
@@ -310,7 +305,3 @@ class Worker:
         else:
             fields = error_fields(job.transaction_id, reason)
         await self.gateway.update(job.sobject, job.record_id, fields)
-
-
-def _claim(store: OutboxStore, *, now: float, limit: int, running: list[int]) -> list[Job]:
-    return store.claim_due(now, limit, running)

@@ -145,15 +145,6 @@ class Outbox:
 
     # --------------------------------------------------------------------------------- job steps
 
-    async def update(
-        self, job_id: int, *, audit_detail: str | None = None, audit: bool = True, audit_occurred_at: str | None = None,
-        audit_sent: bool = False, **changes: Any,
-    ) -> Job:
-        """Untyped: prefer the named step below that says what changed."""
-        return await self.call(lambda s: s.update(
-            job_id, audit_detail=audit_detail, audit=audit, audit_occurred_at=audit_occurred_at, audit_sent=audit_sent,
-            **changes))
-
     async def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str) -> Job:
         return await self.call(lambda s: s.mark_fetched(
             job, document_json=document_json, file_title=file_title, file_name=file_name))
@@ -167,6 +158,9 @@ class Outbox:
     async def mark_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
         return await self.call(lambda s: s.mark_signed(job, evidence, detail))
 
+    async def take_rule(self, job: Job, rule: str) -> Job:
+        return await self.call(lambda s: s.take_rule(job, rule))
+
     async def set_upload_uncertain(self, job: Job, uncertain: bool) -> Job:
         return await self.call(lambda s: s.set_upload_uncertain(job, uncertain))
 
@@ -176,15 +170,15 @@ class Outbox:
     async def mark_upload_found(self, job: Job, version_id: str, document_id: str | None) -> Job:
         return await self.call(lambda s: s.mark_upload_found(job, version_id, document_id))
 
-    async def set_document_id(self, job: Job, document_id: str | None) -> Job:
-        return await self.call(lambda s: s.set_document_id(job, document_id))
+    async def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None, signed_visible: bool = False,
+                        document_id: str | None = None) -> Job:
+        return await self.call(lambda s: s.mark_done(job, audit, at=at, signed_visible=signed_visible,
+                                                     document_id=document_id))
 
-    async def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None,
-                        signed_visible: bool = False) -> Job:
-        return await self.call(lambda s: s.mark_done(job, audit, at=at, signed_visible=signed_visible))
-
-    async def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float) -> Job:
-        return await self.call(lambda s: s.mark_ltv_pending(job, audit, visible_at=visible_at, upgrade_at=upgrade_at))
+    async def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float,
+                               document_id: str | None = None) -> Job:
+        return await self.call(lambda s: s.mark_ltv_pending(job, audit, visible_at=visible_at, upgrade_at=upgrade_at,
+                                                            document_id=document_id))
 
     async def mark_adopted(self, job: Job, *, version_id: str, document_id: str | None, detail: str) -> Job:
         return await self.call(lambda s: s.mark_adopted(

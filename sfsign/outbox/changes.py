@@ -67,22 +67,6 @@ class JobChanges:
                             occurred=audit.occurred_at, status="sent" if audit.sent else "pending")
         return self.get(job_id)
 
-    def update(
-        self,
-        job_id: int,
-        *,
-        audit_detail: str | None = None,
-        audit: bool = True,
-        audit_occurred_at: str | None = None,
-        audit_sent: bool = False,
-        **changes: Any,
-    ) -> Job:
-        """Change any columns of a job (the untyped form the named steps in `JobSteps` replace); a change of
-        state also writes its audit row, in the same transaction. The row is `sent` already when the event
-        went to Salesforce with the step's own call (`audit_sent`)."""
-        step_audit = StepAudit(audit_detail, audit_occurred_at, audit_sent) if audit else None
-        return self._change(job_id, changes, step_audit)
-
     def _audit(
         self, job_id: int, event_type: str, actor: str, detail: str | None, *, occurred: str | None = None,
         status: str = "pending",

@@ -54,6 +54,11 @@ class JobSteps(JobChanges):
             "validation": evidence.validation,
         }, StepAudit(detail))
 
+    def take_rule(self, job: Job, rule: str) -> Job:
+        """A Send for Signature that named no rule takes the rule covering the record's type, read at fetch.
+        Raises `sqlite3.IntegrityError` when another job of the record holds that rule's slot."""
+        return self._change(job.id, {"rule": rule}, None)
+
     def set_upload_uncertain(self, job: Job, uncertain: bool) -> Job:
         """The upload guard: set before an upload, cleared when its failure surely did not reach Salesforce.
         A job left marked looks for its file before uploading it again."""
@@ -69,24 +74,28 @@ class JobSteps(JobChanges):
         return self._change(job.id, {"state": JobState.UPLOADED, "content_version_id": version_id,
                                      "content_document_id": document_id, "upload_uncertain": 0}, _NO_DETAIL)
 
-    def set_document_id(self, job: Job, document_id: str | None) -> Job:
-        """The uploaded file's ContentDocument id (069…), learnt with the write-back."""
-        return self._change(job.id, {"content_document_id": document_id}, None)
-
-    def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None, signed_visible: bool = False) -> Job:
+    def mark_done(self, job: Job, audit: StepAudit, *, at: float | None = None, signed_visible: bool = False,
+                  document_id: str | None = None) -> Job:
         """The record shows the document: the job is finished. `signed_visible` when this write-back is the
         one that showed `Signed` (not a long-term upgrade of a document shown before); the document's data
-        then leaves the row."""
+        then leaves the row. `document_id`: the file's ContentDocument (069), when the write-back read it."""
         now = time.time() if at is None else at
         changes: dict[str, object] = {"state": JobState.DONE, "done_at": now, "last_error": None}
         if signed_visible:
             changes.update(signed_visible_at=now, document_json=None)
+        if document_id is not None:
+            changes["content_document_id"] = document_id
         return self._change(job.id, changes, audit)
 
-    def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float) -> Job:
-        """The record shows `Signed` (B-T); the long-term validation upgrade runs from `upgrade_at`."""
-        return self._change(job.id, {"state": JobState.LTV_PENDING, "signed_visible_at": visible_at,
-                                     "document_json": None, "attempts": 0, "next_attempt_at": upgrade_at}, audit)
+    def mark_ltv_pending(self, job: Job, audit: StepAudit, *, visible_at: float, upgrade_at: float,
+                         document_id: str | None = None) -> Job:
+        """The record shows `Signed` (B-T); the long-term validation upgrade runs from `upgrade_at`.
+        `document_id`: the file's ContentDocument (069), when the write-back read it."""
+        changes: dict[str, object] = {"state": JobState.LTV_PENDING, "signed_visible_at": visible_at,
+                                      "document_json": None, "attempts": 0, "next_attempt_at": upgrade_at}
+        if document_id is not None:
+            changes["content_document_id"] = document_id
+        return self._change(job.id, changes, audit)
 
     def mark_adopted(self, job: Job, *, version_id: str, document_id: str | None, detail: str) -> Job:
         """A file with this transaction id was already in Salesforce (the trigger was handled before this

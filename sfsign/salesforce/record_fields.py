@@ -32,13 +32,9 @@ def _short(text: str | None, length: int) -> str | None:
     return (text or "")[:length] or None
 
 
-def document_url_template(instance_url: str) -> str:
-    """The signed file's Lightning URL with `{document_id}` to fill in (`writeback.WriteBack.document_url`)."""
-    return f"{instance_url}/lightning/r/ContentDocument/{{document_id}}/view"
-
-
 def document_url(instance_url: str, document_id: str | None) -> str:
-    return document_url_template(instance_url).format(document_id=document_id)
+    """The signed file's Lightning link; `document_id` may be a `/composite` reference to the 069 being read."""
+    return f"{instance_url}/lightning/r/ContentDocument/{document_id}/view"
 
 
 def pending_fields(transaction_id: str, note: str | None) -> dict[str, Any]:
@@ -51,7 +47,7 @@ def signed_fields(
     signer: str | None, signer_serial: str | None, validation: str | None, eidas_level: str | None,
 ) -> dict[str, Any]:
     """The signature as the record shows it once the file is uploaded (without the file's id and link,
-    which the write-back adds: `writeback.WriteBack.content_version_id`, or `document_fields`)."""
+    which the write-back adds: `writeback.SignedFile`)."""
     return {
         Record.TRANSACTION_ID: transaction_id,
         Record.STATUS: STATUS_SIGNED,

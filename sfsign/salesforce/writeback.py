@@ -12,11 +12,15 @@ is room, so the audit trail rarely costs a call of its own.
 Every record succeeds or fails on its own (`allOrNone` false): a row lock on one opportunity does not
 fail the other 799; its job gets the error and retries alone.
 
-A lone record may also carry its *outcome* event (`WriteBack.outcome_audit`: "Signed; file 069…"),
+A lone record may also carry its *outcome* event (`WriteBack.event`: "Signed; file 069…"),
 which is true only if the update succeeds. That composite is sent with `allOrNone` true, so the event
 is inserted exactly when the update is; otherwise it would wait for a later call, and a lone
 document would cost a fourth call for its own audit trail. Should the audit subrequest itself be
 what stopped the transaction, the record is written again without the events.
+
+Each record's write-back comes back typed (`Written`): the 069 it now shows, the file's link, and its
+outcome event as built here, with the 069 in it, sent or still to send. The 069 of a file just
+uploaded is known only here, so the event is completed here: nothing leaves with a blank to fill in.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from sfsign.salesforce.composite import COLLECTION_LIMIT, COMPOSITE_LIMIT, COMPOSITE_QUERY_LIMIT
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.names import Record, SignatureEvent
+from sfsign.salesforce.record_fields import audit_records, document_url
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.soql import IN_LIMIT, validate_api_name, validate_id
 
@@ -35,52 +40,124 @@ _PER_RECORD_QUERY_MAX = 4  # records whose 069 is read in the same composite (�
 
 
 @dataclass(frozen=True)
+class SignedFile:
+    """The signed file a record is to show (`Signed_Document_Id__c` and its link, `Signed_Document_Url__c`).
+    The upload answers with the ContentVersion (068) only: with `version_id` the write-back reads the file's
+    ContentDocument (069) in its own call; `document_id` when the 069 is known already."""
+
+    instance_url: str
+    version_id: str | None = None
+    document_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeEvent:
+    """The audit event (`Signature_Event__c`) a job's write-back ends with; true only once the update is.
+
+    A write-back that shows a file names it, as only the write-back knows the 069: the detail reads
+    `Signed; file 069…`, then `; note`. Without a file the detail is the note."""
+
+    transaction_id: str
+    event_type: str
+    occurred_at: str
+    note: str | None = None
+    actor: str = "sfsign"
+
+
+@dataclass(frozen=True)
 class WriteBack:
-    """Fields for one record. With `content_version_id`, the 069 of that version is looked up and put
-    in `Signed_Document_Id__c` and `Signed_Document_Url__c` (`document_url` with `{document_id}`)."""
+    """Fields for one record, the signed file it is to show, and the event its job's step ends with.
+
+    A record alone in its call sends `event` in that call, inserted with the update or not at all; in a
+    batch of several the event is left to the audit relay (`WrittenEvent.sent`)."""
 
     sobject: str
     record_id: str
     fields: Mapping[str, Any]
-    content_version_id: str | None = None
-    document_url: str | None = None
-    # The record's outcome event, inserted together with the update or not at all (lone records
-    # only; `{document_id}` in its values is the 069 looked up). Ignored in a batch of several.
-    outcome_audit: Mapping[str, Any] | None = None
+    file: SignedFile | None = None
+    event: OutcomeEvent | None = None
 
 
-@dataclass
-class WriteBackOutcome:
-    """Per record: the 069 written (if looked up) or the error; whether the audit rows went too; and
-    per record whether its `outcome_audit` was inserted."""
+@dataclass(frozen=True)
+class WrittenEvent:
+    """A write-back's outcome event as built for Salesforce (the file's 069 in its detail); `sent` when it
+    went in the write-back's own call, else it is still to be sent."""
 
-    results: list[str | SalesforceError | None]
-    audit_results: list[bool | SalesforceError] = field(default_factory=list)
-    outcome_sent: list[bool] = field(default_factory=list)
+    event_type: str
+    occurred_at: str
+    detail: str
+    sent: bool = False
 
 
 @dataclass(frozen=True)
 class Written:
-    """A record's write-back: the 069 it now shows, and whether its outcome event went in the same call."""
+    """A record's write-back as Salesforce took it: the file the record now shows (None without a
+    `SignedFile`, or when Salesforce knew no such version) and its link, and the outcome event."""
 
-    document_id: str | None
-    outcome_sent: bool = False
+    document_id: str | None = None
+    document_url: str | None = None
+    event: WrittenEvent | None = None
 
 
-def written(outcome: WriteBackOutcome) -> list[Written | BaseException]:
-    """Per record of a write-back: what it now shows, or its own error."""
-    flags = outcome.outcome_sent or [False] * len(outcome.results)
-    return [r if isinstance(r, BaseException) else Written(r, sent)
-            for r, sent in zip(outcome.results, flags, strict=True)]
+@dataclass(frozen=True)
+class WriteBackOutcome:
+    """Per record, in the order given, what it now shows or its own error; per pending audit row sent
+    along, whether it went too (empty when none were sent)."""
+
+    records: list[Written | SalesforceError]
+    audit_results: list[bool | SalesforceError] = field(default_factory=list)
+
+
+@dataclass
+class _Answers:
+    """What the calls answered, per record: the file's 069 (None without a file) or the error; per
+    record whether its outcome event went along; per pending audit row whether it went."""
+
+    results: list[str | SalesforceError | None]
+    audit_results: list[bool | SalesforceError] = field(default_factory=list)
+    sent: list[bool] = field(default_factory=list)
+
+
+def _event_detail(item: WriteBack, event: OutcomeEvent, document_id: str | None) -> str:
+    if item.file is None:
+        return event.note or ""
+    named = f"Signed; file {document_id or ''}"
+    return f"{named}; {event.note}" if event.note else named
+
+
+def _event_record(item: WriteBack, event: OutcomeEvent, document_id: str | None) -> dict[str, Any]:
+    """The event as a `Signature_Event__c`; `document_id` may be a composite reference to the 069."""
+    return audit_records([{
+        "sobject": item.sobject, "record_id": item.record_id, "transaction_id": event.transaction_id,
+        "event_type": event.event_type, "occurred_at": event.occurred_at, "actor": event.actor,
+        "detail": _event_detail(item, event, document_id)}])[0]
+
+
+def _written(items: Sequence[WriteBack], answers: _Answers) -> list[Written | SalesforceError]:
+    flags = answers.sent or [False] * len(answers.results)
+    out: list[Written | SalesforceError] = []
+    for item, result, sent in zip(items, answers.results, flags, strict=True):
+        if isinstance(result, SalesforceError):
+            out.append(result)
+            continue
+        url = document_url(item.file.instance_url, result) if item.file is not None and result else None
+        event = None if item.event is None else WrittenEvent(
+            item.event.event_type, item.event.occurred_at, _event_detail(item, item.event, result), sent)
+        out.append(Written(result, url, event))
+    return out
 
 
 def _patch_body(item: WriteBack, document_id: str | None) -> dict[str, Any]:
     body = dict(item.fields)
-    if item.content_version_id is not None:
+    if item.file is not None:
         body[Record.DOCUMENT_ID] = document_id
-        if item.document_url is not None:
-            body[Record.DOCUMENT_URL] = item.document_url.format(document_id=document_id)
+        body[Record.DOCUMENT_URL] = document_url(item.file.instance_url, document_id)
     return body
+
+
+def _lookup(item: WriteBack) -> str | None:
+    """The 068 whose 069 the write-back reads, if it must."""
+    return item.file.version_id if item.file is not None and item.file.document_id is None else None
 
 
 def _audit_subrequest(rest: SalesforceRest, audit: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -108,15 +185,16 @@ async def write_back_many(
 ) -> WriteBackOutcome:
     """Write `items` (and the `audit` records, ≤ 200) in one or two API calls; see the module docstring."""
     audit = list(audit)[:COLLECTION_LIMIT]
-    lookups = [i for i in items if i.content_version_id is not None]
+    lookups = [i for i in items if _lookup(i) is not None]
     if len(lookups) <= _PER_RECORD_QUERY_MAX and 2 * len(items) + 1 <= COMPOSITE_LIMIT:
-        outcome = await _one_composite(rest, items, audit)
-        first = outcome.results[0] if outcome.results else None
+        answers = await _one_composite(rest, items, audit)
+        first = answers.results[0] if answers.results else None
         if isinstance(first, SalesforceError) and first.error_code == _AUDIT_HALT:
             # The events could not be inserted, and took the update down with them: write it alone.
-            return await _one_composite(rest, [replace(items[0], outcome_audit=None)], [])
-        return outcome
-    return await _lookup_then_collections(rest, items, audit)
+            answers = await _one_composite(rest, [replace(items[0], event=None)], [])
+    else:
+        answers = await _lookup_then_collections(rest, items, audit)
+    return WriteBackOutcome(_written(items, answers), answers.audit_results)
 
 
 _HALTED = "PROCESSING_HALTED"
@@ -137,28 +215,34 @@ def content_document_query(version_ids: Sequence[str]) -> str:
             + ", ".join(f"'{validate_id(v)}'" for v in version_ids) + ")")
 
 
+def _document_ref(n: int, item: WriteBack) -> str | None:
+    """The 069 as the `n`th record's PATCH (and a lone record's event) carries it in one composite: the known
+    id, or a reference to the query reading it in the same call."""
+    if _lookup(item) is not None:
+        return f"@{{q{n}.records[0].ContentDocumentId}}"
+    return item.file.document_id if item.file is not None else None
+
+
 async def _one_composite(
     rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
-) -> WriteBackOutcome:
+) -> _Answers:
     subs: list[dict[str, Any]] = []
     for n, item in enumerate(items):
-        ref = None
-        if item.content_version_id is not None:
-            soql = content_document_query([item.content_version_id])
+        version = _lookup(item)
+        if version is not None:
+            soql = content_document_query([version])
             subs.append({"method": "GET", "url": rest.subrequest_url("query/?q=" + _quote(soql)),
                          "referenceId": f"q{n}"})
-            ref = f"@{{q{n}.records[0].ContentDocumentId}}"
         subs.append({
             "method": "PATCH",
             "url": rest.subrequest_url(f"sobjects/{validate_api_name(item.sobject)}/{validate_id(item.record_id)}"),
             "referenceId": f"p{n}",
-            "body": _patch_body(item, ref),
+            "body": _patch_body(item, _document_ref(n, item)),
         })
     outcome_record = None
-    if len(items) == 1 and items[0].outcome_audit is not None:  # a lone record: its event, all or none
-        document = "@{q0.records[0].ContentDocumentId}" if items[0].content_version_id is not None else None
-        outcome_record = {k: v.replace("{document_id}", document or "") if isinstance(v, str) else v
-                          for k, v in items[0].outcome_audit.items()}
+    lone_event = items[0].event if len(items) == 1 else None
+    if lone_event is not None:  # a lone record: its event, all or none
+        outcome_record = _event_record(items[0], lone_event, _document_ref(0, items[0]))
         audit = audit[: COLLECTION_LIMIT - 1]  # room for it in the one collections subrequest
     events = [*audit, outcome_record] if outcome_record is not None else audit
     if events:
@@ -170,9 +254,9 @@ async def _one_composite(
         if ref == "audit":
             error = SalesforceError(error.status, _AUDIT_HALT, f"audit events refused: {error}", transient=True)
         audit_results: list[bool | SalesforceError] = [error] * len(audit)
-        return WriteBackOutcome([error] * len(items), audit_results, [False] * len(items))
+        return _Answers([error] * len(items), audit_results, [False] * len(items))
     results: list[str | SalesforceError | None] = []
-    for n in range(len(items)):
+    for n, item in enumerate(items):
         query, patch = answers.get(f"q{n}"), answers[f"p{n}"]
         if query is not None and query.error is not None:
             results.append(query.error)
@@ -182,7 +266,7 @@ async def _one_composite(
             rows = query.body.get("records") if isinstance(query.body, Mapping) else None
             results.append(str(rows[0]["ContentDocumentId"]) if rows else None)
         else:
-            results.append(None)
+            results.append(item.file.document_id if item.file is not None else None)
     audit_answer = answers.get("audit")
     audit_results = (
         _audit_results(audit_answer.body, len(events), audit_answer.error) if audit_answer is not None else []
@@ -190,13 +274,13 @@ async def _one_composite(
     sent = [False] * len(items)
     if outcome_record is not None:
         sent = [audit_results.pop() is True]
-    return WriteBackOutcome(results, audit_results, sent)
+    return _Answers(results, audit_results, sent)
 
 
 async def _lookup_then_collections(
     rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
-) -> WriteBackOutcome:
-    version_ids = sorted({validate_id(i.content_version_id) for i in items if i.content_version_id})
+) -> _Answers:
+    version_ids = sorted({validate_id(v) for i in items if (v := _lookup(i))})
     documents: dict[str, str] = {}
     if version_ids:
         soqls = [content_document_query(version_ids[k : k + IN_LIMIT])
@@ -208,14 +292,15 @@ async def _lookup_then_collections(
     results: list[str | SalesforceError | None] = [None] * len(items)
     payload: list[tuple[int, dict[str, Any]]] = []
     for n, item in enumerate(items):
-        document_id = None
-        if item.content_version_id is not None:
-            document_id = documents.get(validate_id(item.content_version_id))
+        document_id = item.file.document_id if item.file is not None else None
+        version = _lookup(item)
+        if version is not None:
+            document_id = documents.get(validate_id(version))
             if document_id is None:
-                results[n] = SalesforceError(None, "NOT_FOUND", f"ContentVersion {item.content_version_id} not found",
+                results[n] = SalesforceError(None, "NOT_FOUND", f"ContentVersion {version} not found",
                                              transient=True)
                 continue
-            results[n] = document_id
+        results[n] = document_id
         record = {"attributes": {"type": validate_api_name(item.sobject)}, "id": validate_id(item.record_id),
                   **_patch_body(item, document_id)}
         payload.append((n, record))
@@ -249,7 +334,7 @@ async def _lookup_then_collections(
         if send_audit:
             answer = answers["audit"]
             audit_results = _audit_results(answer.body, len(audit), answer.error)
-    return WriteBackOutcome(results, audit_results)
+    return _Answers(results, audit_results)
 
 
 def _quote(soql: str) -> str:

@@ -18,7 +18,7 @@ from sfsign.salesforce.auth import AuthConfig, Authenticator
 from sfsign.salesforce.files import NewFile
 from sfsign.salesforce.record_parsing import fetch_records
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.writeback import WriteBack, write_back_many
+from sfsign.salesforce.writeback import OutcomeEvent, SignedFile, WriteBack, Written, WrittenEvent, write_back_many
 
 
 @pytest.fixture
@@ -84,15 +84,17 @@ async def test_files_upload_in_one_collections_call_and_write_back_with_audit_in
 
     audit = [{"Opportunity__c": ids[0], "Transaction_Id__c": "tx-batch-0", "Event_Type__c": "uploaded",
               "Occurred_At__c": "2026-11-27T10:00:00.000Z", "Actor__c": "sfsign", "Detail__c": "test"}]
-    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, content_version_id=cv,
-                       document_url="https://x/lightning/r/ContentDocument/{document_id}/view")
+    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, file=SignedFile("https://x", version_id=cv))
              for rid, cv in zip(ids, versions, strict=True)]
     before = _calls(emulator)
     outcome = await write_back_many(rest, items, audit)
     assert _calls(emulator) - before == 1  # 3 lookups + 3 updates + audit in one composite
     assert outcome.audit_results == [True]
-    for rid, cv, document_id in zip(ids, versions, outcome.results, strict=True):
-        assert isinstance(document_id, str) and document_id.startswith("069")
+    for rid, cv, written in zip(ids, versions, outcome.records, strict=True):
+        assert isinstance(written, Written) and written.document_id is not None
+        document_id = written.document_id
+        assert document_id.startswith("069")
+        assert written.document_url == f"https://x/lightning/r/ContentDocument/{document_id}/view"
         row = (await rest.query(f"SELECT Signed_Document_Id__c, Signed_Document_Url__c, Sign_Status__c "
                                 f"FROM Opportunity WHERE Id = '{rid}'"))[0]
         assert row["Signed_Document_Id__c"] == document_id and row["Sign_Status__c"] == "Signed"
@@ -110,15 +112,21 @@ async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
         NewFile(title="d", path_on_client="d.pdf", data=b"%PDF-1.7 x", first_publish_location_id=rid,
                 transaction_id=f"tx-large-{n}") for n, rid in enumerate(ids)
     ])
-    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, content_version_id=r.id,
-                       document_url="u/{document_id}") for rid, r in zip(ids, uploaded, strict=True)]
+    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, file=SignedFile("u", version_id=r.id),
+                       event=OutcomeEvent(f"tx-large-{n}", "done", "2026-11-27T10:00:00.000Z"))
+             for n, (rid, r) in enumerate(zip(ids, uploaded, strict=True))]
     items.append(WriteBack("Opportunity", ids[0], {"Sign_Status__c": "Not a picklist value"}))
     before = _calls(emulator)
     outcome = await write_back_many(rest, items)
     assert _calls(emulator) - before == 2  # one lookup call, one composite of collections
-    assert all(isinstance(r, str) and r.startswith("069") for r in outcome.results[:6]), outcome.results
-    bad = outcome.results[6]
-    assert not isinstance(bad, str) and bad is not None and bad.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    good = outcome.records[:6]
+    assert all(isinstance(w, Written) and (w.document_id or "").startswith("069") for w in good), outcome.records
+    for w in good:  # in a batch of several, each outcome event is built with its 069 and left to the relay
+        assert isinstance(w, Written) and w.event is not None
+        assert (w.event.detail, w.event.sent) == (f"Signed; file {w.document_id}", False)
+    assert await _events(rest, "tx-large-0") == []
+    bad = outcome.records[6]
+    assert not isinstance(bad, Written) and bad.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
 
 
 async def test_a_thousand_audit_events_cost_one_call(emulator: Emulator, rest: SalesforceRest) -> None:
@@ -135,7 +143,11 @@ async def test_a_thousand_audit_events_cost_one_call(emulator: Emulator, rest: S
     assert len(ids) == 999
 
 
+OCCURRED = "2026-11-27T10:00:00.000Z"
+
+
 def _event(opp: str, tx: str, kind: str, detail: str) -> dict[str, str]:
+    """A pending audit row as the outbox's relay sends it."""
     return {"Opportunity__c": opp, "Transaction_Id__c": tx, "Event_Type__c": kind,
             "Occurred_At__c": "2026-11-27T10:00:00.000Z", "Actor__c": "sfsign", "Detail__c": detail}
 
@@ -153,17 +165,20 @@ async def test_a_lone_write_back_carries_its_outcome_event_in_the_same_call(
     [version] = await rest.insert_content_versions([NewFile(
         title="d", path_on_client="d.pdf", data=b"%PDF-1.7 lone", first_publish_location_id=opp,
         transaction_id="tx-lone")])
-    item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"}, content_version_id=version.id,
-                     document_url="u/{document_id}",
-                     outcome_audit=_event(opp, "tx-lone", "done", "Signed; file {document_id}"))
+    item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"}, file=SignedFile("u", version_id=version.id),
+                     event=OutcomeEvent("tx-lone", "done", OCCURRED, "upgrade to B-LTA pending"))
     before = _calls(emulator)
     outcome = await write_back_many(rest, [item], [_event(opp, "tx-lone", "uploaded", "pending row")])
     assert _calls(emulator) - before == 1
-    document_id = outcome.results[0]
-    assert isinstance(document_id, str) and document_id.startswith("069")
-    assert outcome.outcome_sent == [True] and outcome.audit_results == [True]
-    assert await _events(rest, "tx-lone") == [
-        {"Event_Type__c": "done", "Detail__c": f"Signed; file {document_id}"},
+    [written] = outcome.records
+    assert isinstance(written, Written) and (written.document_id or "").startswith("069")
+    detail = f"Signed; file {written.document_id}; upgrade to B-LTA pending"
+    assert written.event is not None and (written.event.detail, written.event.occurred_at, written.event.sent) == (
+        detail, OCCURRED, True)
+    assert written.document_url == f"u/lightning/r/ContentDocument/{written.document_id}/view"
+    assert outcome.audit_results == [True]
+    assert await _events(rest, "tx-lone") == [  # the event as sent is the event as returned
+        {"Event_Type__c": "done", "Detail__c": detail},
         {"Event_Type__c": "uploaded", "Detail__c": "pending row"},
     ]
 
@@ -173,12 +188,11 @@ async def test_a_failed_lone_write_back_inserts_no_event_and_reports_its_own_err
 ) -> None:
     [opp] = await _ids(rest, 1)
     item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Not a picklist value"},
-                     outcome_audit=_event(opp, "tx-fails", "done", "Signed"))
+                     event=OutcomeEvent("tx-fails", "done", OCCURRED, "Signed"))
     outcome = await write_back_many(rest, [item], [_event(opp, "tx-fails", "uploaded", "pending row")])
-    error = outcome.results[0]
-    assert not isinstance(error, str) and error is not None
+    [error] = outcome.records
+    assert not isinstance(error, Written)  # no outcome, so no event to record as sent
     assert error.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"  # the cause, not PROCESSING_HALTED
-    assert outcome.outcome_sent == [False]
     assert [r is True for r in outcome.audit_results] == [False]  # rolled back: still pending
     assert await _events(rest, "tx-fails") == []
 
@@ -191,11 +205,13 @@ async def test_audit_events_that_stop_the_transaction_do_not_stop_the_write_back
                                   message="sObject type 'Signature_Event__c' is not supported.", method="POST",
                                   count=1)
     item = WriteBack("Opportunity", opp, {"Sign_Status__c": "Signed"},
-                     outcome_audit=_event(opp, "tx-audit-down", "done", "Signed"))
+                     event=OutcomeEvent("tx-audit-down", "done", OCCURRED, "Signed"))
     before = _calls(emulator)
     outcome = await write_back_many(rest, [item], [_event(opp, "tx-audit-down", "uploaded", "pending row")])
     assert _calls(emulator) - before == 2  # the all-or-none attempt, then the record alone
-    assert outcome.results == [None] and outcome.outcome_sent == [False]
+    # The record is written; its event comes back unsent, for the relay to send later.
+    assert outcome.records == [Written(event=WrittenEvent("done", OCCURRED, "Signed", sent=False))]
+    assert outcome.audit_results == []
     assert (await rest.query(f"SELECT Sign_Status__c FROM Opportunity WHERE Id = '{opp}'"))[0]["Sign_Status__c"] == (
         "Signed")
     assert await _events(rest, "tx-audit-down") == []

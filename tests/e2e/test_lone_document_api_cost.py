@@ -53,11 +53,24 @@ async def test_a_lone_document_costs_exactly_three_api_calls(
         signed = await wait_for_status(control, "Opportunity", opp)
         await _finished(daemon, signed["Sign_Transaction_Id__c"])
         after = await _quiet_usage(control)
-        [job] = await daemon.outbox.call(lambda s: s.jobs())
+        [job] = await daemon.outbox.jobs()
+        trail = await daemon.outbox.call(lambda s: s.db.execute(
+            "SELECT event_type, detail, occurred_at FROM audit WHERE transaction_id = ? ORDER BY id",
+            (job.transaction_id,)).fetchall())
     assert signed["Sign_Status__c"] == "Signed", signed
     # read (record + File by transaction id, one /composite), upload, write-back with the audit events
     assert after - before == 3
     assert job.pending_shown_at is None  # claimed at once: its record was never written Pending
+    # The outcome event went with the write-back, naming the file the record shows; the outbox holds the same.
+    document = signed["Signed_Document_Id__c"]
+    assert document.startswith("069") and job.content_document_id == document
+    assert signed["Signed_Document_Url__c"].endswith(f"/lightning/r/ContentDocument/{document}/view")
+    events = await control.query(f"SELECT Event_Type__c, Detail__c, Occurred_At__c FROM Signature_Event__c "
+                                 f"WHERE Transaction_Id__c = '{job.transaction_id}' AND Event_Type__c = 'done'")
+    # (the same instant: Salesforce answers a datetime as …050+0000 where it was sent as …050Z)
+    assert [(e["Detail__c"], e["Occurred_At__c"][:23]) for e in events] == [
+        (f"Signed; file {document}", trail[-1][2][:23])]
+    assert trail[-1][:2] == ("done", f"Signed; file {document}")
 
 
 async def test_a_trigger_replayed_after_the_purge_finds_its_file_in_the_read_without_a_fourth_call(

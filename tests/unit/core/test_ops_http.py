@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from job_paths import done, ltv_pending
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -147,12 +148,12 @@ async def test_readiness_names_every_failed_check_of_a_daemon_that_has_not_conne
 def test_outbox_stats_count_states_and_documents_signed_since_midnight_utc(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "o.sqlite")
     jobs = [NewJob(f"tx-{n}", "r", "Opportunity", f"006{n:015d}", "cdc") for n in range(5)]
-    created = {j.transaction_id: j.id for j in store.commit_event("/c", 1, jobs).created}
+    created = {j.transaction_id: j for j in store.commit_event("/c", 1, jobs).created}
     today, yesterday = utc_day_start(NOW) + 60, utc_day_start(NOW) - 60
-    store.update(created["tx-0"], state=JobState.DONE, signed_visible_at=today)
-    store.update(created["tx-1"], state=JobState.LTV_PENDING, signed_visible_at=today)  # Signed, upgrade pending
-    store.update(created["tx-2"], state=JobState.DONE, signed_visible_at=yesterday)
-    store.update(created["tx-3"], state=JobState.ERROR)
+    done(store, created["tx-0"], at=today)
+    ltv_pending(store, created["tx-1"], at=today)  # Signed, upgrade pending
+    done(store, created["tx-2"], at=yesterday)
+    store.mark_error(created["tx-3"], "no line items", "NOT_RENDERABLE")
     assert store.add_archive_job(transaction_id="renewal", rule="r", sobject="Opportunity", record_id="006x",
                                  content_document_id="069x", content_version_id="068x", source="ltv-refresh")
 

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from job_paths import UPGRADED, ltv_pending, uploaded
 
-from sfsign.outbox import JobState, NewJob, Outbox, OutboxStore
+from sfsign.outbox import JobState, NewJob, Outbox, OutboxStore, StepAudit, audit_time
 
 
 def _job(tx: str = "tx-1", record: str = "006000000000001AAA", rule: str = "r") -> NewJob:
@@ -49,7 +50,7 @@ def test_second_trigger_for_an_active_record_is_a_noop_but_reentry_after_error_i
     first = store.commit_event("/c", 1, [_job("tx-1")]).created[0]
     dup = store.commit_event("/c", 2, [_job("tx-2")])
     assert dup.created == [] and "already has transaction tx-1" in dup.duplicates[0][1]
-    store.update(first.id, state=JobState.ERROR, last_error="no line items")
+    store.mark_error(first, "no line items", "NOT_RENDERABLE")
     again = store.commit_event("/c", 3, [_job("tx-3")])
     assert [j.transaction_id for j in again.created] == ["tx-3"]
 
@@ -58,10 +59,10 @@ def test_claim_due_respects_time_and_exclusions(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "o.sqlite")
     a = store.commit_event(None, None, [_job("a", record="006000000000001AAA")]).created[0]
     b = store.commit_event(None, None, [_job("b", record="006000000000002AAA")]).created[0]
-    store.update(b.id, next_attempt_at=time.time() + 3600)
+    store.defer(b, time.time() + 3600)
     assert [j.transaction_id for j in store.claim_due(time.time(), 10)] == ["a"]
     assert store.claim_due(time.time(), 10, exclude=[a.id]) == []
-    store.update(a.id, state=JobState.DONE)
+    store.mark_done(a, StepAudit())
     assert store.claim_due(time.time() + 7200, 10)[0].transaction_id == "b"
 
 
@@ -70,28 +71,28 @@ def test_requeue_only_error_or_dead_and_resume_after_upload(tmp_path: Path) -> N
     job = store.commit_event(None, None, [_job()]).created[0]
     with pytest.raises(ValueError, match="only error/dead"):
         store.requeue(job.id)
-    store.update(job.id, state=JobState.DEAD, attempts=8, content_version_id="068000000000001AAA",
-                 failing_since=time.time() - 73 * 3600)
+    job = store.schedule_retry(uploaded(store, job), time.time(), "HTTP 503", "UNAVAILABLE", attempts=8,
+                               failing_since=time.time() - 73 * 3600)
+    store.mark_dead(job, attempts=8, message="Gave up after 8 attempts", reason="HTTP 503", code="UNAVAILABLE")
     again = store.requeue(job.id)
     assert again.state is JobState.UPLOADED and again.attempts == 0
     assert again.failing_since is None  # a retried job gets a whole new retry window
 
 
 @pytest.mark.parametrize(
-    ("changes", "resumes_at"),
-    [
-        ({"signed_visible_at": 1.0}, JobState.LTV_PENDING),
-        ({"signed_visible_at": 1.0, "ltv_sha256": "ab"}, JobState.LTV_UPGRADED),
-        ({"signed_visible_at": 1.0, "ltv_sha256": "ab", "ltv_version_id": "068000000000002AAA"},
-         JobState.LTV_UPLOADED),
-    ],
+    ("upgrade_steps", "resumes_at"),
+    [(0, JobState.LTV_PENDING), (1, JobState.LTV_UPGRADED), (2, JobState.LTV_UPLOADED)],
 )
 def test_requeue_of_a_failed_long_term_upgrade_never_signs_or_uploads_the_first_file_again(
-    tmp_path: Path, changes: dict[str, object], resumes_at: JobState
+    tmp_path: Path, upgrade_steps: int, resumes_at: JobState
 ) -> None:
     store = OutboxStore(tmp_path / "o.sqlite")
-    job = store.commit_event(None, None, [_job()]).created[0]
-    store.update(job.id, state=JobState.ERROR, sha256="cd", content_version_id="068000000000001AAA", **changes)
+    job = ltv_pending(store, store.commit_event(None, None, [_job()]).created[0])  # shown Signed at B-T
+    if upgrade_steps >= 1:
+        job = store.mark_ltv_upgraded(job, UPGRADED)
+    if upgrade_steps >= 2:
+        job = store.mark_ltv_uploaded(job, "068000000000002AAA")
+    store.mark_error(job, "the upgrade failed", "LTV_FAILED")
     assert store.requeue(job.id).state is resumes_at
 
 
@@ -111,9 +112,12 @@ def test_outbox_of_an_older_version_gains_the_new_columns_and_keeps_its_jobs(tmp
     store = OutboxStore(path)
     job = store.by_transaction("tx-old")
     assert job is not None and job.state is JobState.SIGNED and job.ltv_level is None
-    assert store.update(job.id, ltv_level="B-LTA", validation="TRUSTED INTACT B-LTA").ltv_level == "B-LTA"
+    assert store.mark_ltv_upgraded(job, UPGRADED).ltv_level == "B-LTA"
     assert job.failing_since is None and job.file_title is None  # the retry window's start, the file's title
-    assert store.update(job.id, failing_since=12.5, file_title="Proposal 🚀").failing_since == 12.5
+    retrying = store.schedule_retry(job, 0.0, "HTTP 503", "UNAVAILABLE", attempts=1, failing_since=12.5)
+    assert retrying.failing_since == 12.5
+    fetched = store.mark_fetched(job, document_json="{}", file_title="Proposal 🚀", file_name="Proposal.pdf")
+    assert fetched.file_title == "Proposal 🚀"
 
 
 def test_outbox_survives_reopen(tmp_path: Path) -> None:
@@ -143,20 +147,21 @@ def test_next_due_ignores_the_jobs_already_running(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "o.sqlite")
     first = store.commit_event("/c", 1, [_job("tx-a", record="006000000000001AAA")]).created[0]
     later = store.commit_event("/c", 2, [_job("tx-b", record="006000000000002AAA")]).created[0]
-    store.update(later.id, next_attempt_at=time.time() + 60)
+    store.defer(later, time.time() + 60)
     assert store.next_due_at() == pytest.approx(first.next_attempt_at)
     assert store.next_due_at(exclude=[first.id]) == pytest.approx(time.time() + 60, abs=5)
     assert store.next_due_at(exclude=[first.id, later.id]) is None
 
 
 def test_pending_audit_can_leave_out_the_rows_of_jobs_still_running(tmp_path: Path) -> None:
-    from sfsign.outbox import audit_time
-
     store = OutboxStore(tmp_path / "o.sqlite")
-    job = store.commit_event("/c", 1, [_job()]).created[0]
-    store.update(job.id, state=JobState.FETCHED, audit_occurred_at=audit_time(time.time() - 120))
-    store.update(job.id, state=JobState.RENDERED)
-    store.update(job.id, state=JobState.SIGNED, audit_sent=True)
-    assert [r["event_type"] for r in store.pending_audit()][-2:] == ["fetched", "rendered"]
+    early = uploaded(store, store.commit_event("/c", 1, [_job()]).created[0])
+    sent = uploaded(store, store.commit_event("/c", 2, [_job("tx-2", record="006000000000002AAA")]).created[0])
+    store.db.execute("UPDATE audit SET status = 'sent'")  # the trail so far is in Salesforce
+    store.mark_done(early, StepAudit("signed a while ago", audit_time(time.time() - 120)))
+    store.mark_error(store.commit_event("/c", 3, [_job("tx-3", record="006000000000003AAA")]).created[0],
+                     "no line items", "NOT_RENDERABLE")
+    store.mark_done(sent, StepAudit("went with the write-back", sent=True))
+    assert [r["event_type"] for r in store.pending_audit()] == ["done", "queued", "error"]
     old = store.pending_audit(older_than=audit_time(time.time() - 60))
-    assert [r["event_type"] for r in old] == ["fetched"]
+    assert [r["event_type"] for r in old] == ["done"]

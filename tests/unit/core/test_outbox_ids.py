@@ -6,8 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from job_paths import done
 
-from sfsign.outbox import AuditEvent, JobState, NewJob, OutboxStore
+from sfsign.outbox import AuditEvent, NewJob, OutboxStore
 
 OPP18 = "006Dn0000000001IAA"
 OPP15 = OPP18[:15]
@@ -60,7 +61,7 @@ def test_retry_of_a_failed_job_is_refused_while_the_record_has_a_newer_one(tmp_p
     store.commit_event("/c", 1, [_job("tx-1")])
     first = store.by_transaction("tx-1")
     assert first is not None
-    store.update(first.id, state=JobState.ERROR)
+    store.mark_error(first, "no line items", "NOT_RENDERABLE")
     store.commit_event("/c", 2, [_job("tx-2")])
     with pytest.raises(ValueError, match="tx-2"):
         store.requeue(first.id)
@@ -116,7 +117,7 @@ def test_an_outbox_with_the_previous_index_gets_the_one_that_lets_a_reissue_supe
         "CREATE UNIQUE INDEX jobs_one_per_record ON jobs (sobject, record_id, rule) WHERE state NOT IN "
         "('error', 'dead') AND source != 'ltv-refresh' AND duplicate_of IS NULL")
     old.commit_event("/c", 1, [_job("tx-1")])
-    old.update(old.by_transaction("tx-1").id, state=JobState.DONE)  # type: ignore[union-attr]
+    done(old, old.by_transaction("tx-1"))  # type: ignore[arg-type]
     old.close()
     store = OutboxStore(path)
     names = {i.name for i in store.db.table("jobs").indexes}

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from job_paths import done, rendered, uploaded
 
-from sfsign.outbox import JobState, NewJob, OutboxStore
+from sfsign.outbox import NewJob, OutboxStore
 
 OPP = "006Dn0000000001IAA"
 DAY = 86400.0
@@ -21,11 +22,8 @@ def _job(tx: str, source: str = "cdc", rule: str = "r") -> NewJob:
 def _sign(store: OutboxStore, tx: str, source: str = "cdc") -> None:
     created = store.commit_event(None, None, [_job(tx, source)]).created
     assert [j.transaction_id for j in created] == [tx]
-    job = created[0]
-    store.update(job.id, state=JobState.SIGNED, signed_at="2026-01-02T03:04:05.000Z")
-    store.update(job.id, state=JobState.UPLOADED, content_version_id="068Dn0000000001IAA")
-    store.update(job.id, content_document_id="069Dn0000000001IAA")
-    store.update(job.id, state=JobState.DONE)
+    done(store, created[0], document_id="069Dn0000000001IAA", signed_at="2026-01-02T03:04:05.000Z",
+         version="068Dn0000000001IAA")
 
 
 def _memory(store: OutboxStore) -> list[tuple[object, ...]]:
@@ -69,7 +67,7 @@ def test_a_reissue_after_the_purge_supersedes_the_remembered_document_and_become
     assert [(tx, "tx-2" in detail) for tx, detail in superseded] == [("tx-1", True)]
     job = store.by_transaction("tx-2")
     assert job is not None
-    store.update(job.id, state=JobState.UPLOADED, signed_at="2026-02-02T00:00:00.000Z")
+    uploaded(store, job, signed_at="2026-02-02T00:00:00.000Z")
     assert _memory(store) == [("r", "tx-2", "2026-02-02T00:00:00.000Z", None, None)]
 
 
@@ -79,7 +77,7 @@ def test_a_superseded_memory_goes_with_the_purge_and_a_current_one_never(tmp_pat
     store.commit_event(None, None, [_job("tx-2", source="reissue")])
     job = store.by_transaction("tx-2")
     assert job is not None
-    store.update(job.id, state=JobState.ERROR)  # the Re-issue failed: tx-1 stays superseded, as its job says
+    store.mark_error(job, "no line items", "NOT_RENDERABLE")  # the Re-issue failed: tx-1 stays superseded
     store.purge(store_now(store) + 400 * DAY, 30 * DAY)
     assert _memory(store) == []
     _sign(store, "tx-3")
@@ -91,9 +89,9 @@ def test_a_job_that_fails_after_upload_is_no_longer_the_records_document(tmp_pat
     """As before the memory: a record whose job ended `error`/`dead` may be triggered again (re-entry)."""
     store = OutboxStore(tmp_path / "o.sqlite")
     job = store.commit_event(None, None, [_job("tx-1")]).created[0]
-    store.update(job.id, state=JobState.UPLOADED, content_version_id="068Dn0000000001IAA")
+    job = uploaded(store, job, "068Dn0000000001IAA")
     assert [m[1] for m in _memory(store)] == ["tx-1"]
-    store.update(job.id, state=JobState.ERROR)
+    store.mark_error(job, "refused", "INVALID_FIELD")
     assert _memory(store) == [] and store.signed_job("Opportunity", OPP, "r") is None
     store.requeue(job.id)  # resumes at `uploaded`: the record's document again
     assert [m[1] for m in _memory(store)] == ["tx-1"]
@@ -102,7 +100,7 @@ def test_a_job_that_fails_after_upload_is_no_longer_the_records_document(tmp_pat
 def test_retry_refuses_a_failed_job_of_a_record_signed_since_whose_row_was_purged(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "o.sqlite")
     failed = store.commit_event(None, None, [_job("tx-1")]).created[0]
-    store.update(failed.id, state=JobState.ERROR)
+    store.mark_error(failed, "not found", "NOT_FOUND")
     _sign(store, "tx-2")
     store.db.execute("DELETE FROM jobs WHERE transaction_id = 'tx-2'")  # purged; tx-1's row is newer
     with pytest.raises(ValueError, match="signed in transaction tx-2"):
@@ -114,7 +112,7 @@ def test_an_older_outbox_gets_the_memory_filled_from_its_signed_jobs(tmp_path: P
     old = OutboxStore(path)
     _sign(old, "tx-1")
     in_flight = old.commit_event(None, None, [_job("tx-2", rule="other")]).created[0]
-    old.update(in_flight.id, state=JobState.RENDERED)
+    rendered(old, in_flight)
     old.db.execute("DROP TABLE signed_documents")  # as an outbox of the previous version
     old.close()
     store = OutboxStore(path)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from job_paths import SIGNED, UPGRADED, ltv_pending, signed, uploaded
 
-from sfsign.documents.jobs import SignedResult, UpgradedResult
 from sfsign.outbox import (
     API_USAGE_KEY,
     FIRST_SUBSCRIBED_KEY,
@@ -25,12 +25,6 @@ from sfsign.outbox import (
     StepAudit,
 )
 from sfsign.outbox import meta as meta_keys
-
-SIGNED = SignedResult(pdf=b"%PDF", sha256="ab" * 32, level="B-T", signer_subject="CN=Seller", signer_serial="0f",
-                      signed_at="2026-03-14T15:00:00.000Z", timestamp_time="2026-03-14T15:00:01.000Z",
-                      validation="valid")
-UPGRADED = UpgradedResult(pdf=b"%PDF", sha256="cd" * 32, level="B-LTA", validation="valid, LTV",
-                          archive_due="2036-03-14T00:00:00Z")
 
 
 def _store(tmp_path: Path) -> OutboxStore:
@@ -48,11 +42,6 @@ def _trail(store: OutboxStore, job: Job) -> list[tuple[str, str, str]]:
     return [(str(e), str(d), str(s)) for e, d, s in rows]
 
 
-def _at(store: OutboxStore, state: JobState, job: Job) -> Job:
-    """Put a job in `state` without the step that leads there (setup only)."""
-    return store.update(job.id, audit=False, state=state)
-
-
 def test_a_b_t_document_moves_by_named_steps_each_with_its_audit_row(tmp_path: Path) -> None:
     store = _store(tmp_path)
     job = _queued(store)
@@ -67,11 +56,12 @@ def test_a_b_t_document_moves_by_named_steps_each_with_its_audit_row(tmp_path: P
     assert store.set_upload_uncertain(job, True).upload_uncertain == 1
     job = store.mark_uploaded(job, "068000000000001AAA")
     assert (job.state, job.content_version_id, job.upload_uncertain) == (JobState.UPLOADED, "068000000000001AAA", 0)
-    job = store.set_document_id(job, "069000000000001AAA")
-    job = store.mark_done(job, StepAudit("Signed; file 069000000000001AAA"), at=1_800_000_000.0, signed_visible=True)
+    job = store.mark_done(job, StepAudit("Signed; file 069000000000001AAA"), at=1_800_000_000.0, signed_visible=True,
+                          document_id="069000000000001AAA")
 
     assert (job.state, job.done_at, job.signed_visible_at, job.document_json, job.last_error) == (
         JobState.DONE, 1_800_000_000.0, 1_800_000_000.0, None, None)
+    assert job.content_document_id == "069000000000001AAA"
     assert _trail(store, job) == [
         ("queued", "source: cdc, rule: r", "pending"),
         ("fetched", "", "pending"),
@@ -86,12 +76,14 @@ def test_a_b_t_document_moves_by_named_steps_each_with_its_audit_row(tmp_path: P
 
 def test_a_long_term_upgrade_keeps_the_time_the_record_first_showed_signed(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    job = _at(store, JobState.UPLOADED, _queued(store))
+    job = uploaded(store, _queued(store))
+    walked = len(_trail(store, job))  # the setup's rows, up to `uploaded`
     occurred = "2026-03-14T15:00:02.000Z"
     job = store.mark_ltv_pending(job, StepAudit("Signed; upgrade to B-LTA pending", occurred, sent=True),
-                                 visible_at=1_800_000_000.0, upgrade_at=1_800_000_060.0)
-    assert (job.state, job.signed_visible_at, job.next_attempt_at, job.attempts) == (
-        JobState.LTV_PENDING, 1_800_000_000.0, 1_800_000_060.0, 0)
+                                 visible_at=1_800_000_000.0, upgrade_at=1_800_000_060.0,
+                                 document_id="069000000000001AAA")
+    assert (job.state, job.signed_visible_at, job.next_attempt_at, job.attempts, job.content_document_id) == (
+        JobState.LTV_PENDING, 1_800_000_000.0, 1_800_000_060.0, 0, "069000000000001AAA")
     assert store.defer(job, 1_800_000_900.0).next_attempt_at == 1_800_000_900.0
     job = store.mark_ltv_upgraded(job, UPGRADED)
     assert (job.state, job.ltv_sha256, job.ltv_level, job.validation, job.archive_due) == (
@@ -100,7 +92,7 @@ def test_a_long_term_upgrade_keeps_the_time_the_record_first_showed_signed(tmp_p
     job = store.mark_done(job, StepAudit("PAdES B-LTA on the record"))
 
     assert job.state is JobState.DONE and job.signed_visible_at == 1_800_000_000.0
-    trail = _trail(store, job)
+    trail = _trail(store, job)[walked - 1:]
     assert trail[1] == ("ltv_pending", "Signed; upgrade to B-LTA pending", "sent")  # went with the write-back
     assert store.db.execute("SELECT occurred_at FROM audit WHERE event_type = 'ltv_pending'").fetchone()[0] == occurred
     assert trail[2:] == [
@@ -113,7 +105,7 @@ def test_a_long_term_upgrade_keeps_the_time_the_record_first_showed_signed(tmp_p
 
 def test_files_found_in_salesforce_are_used_and_lost_files_are_made_again(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    first = _at(store, JobState.SIGNED, _queued(store, "tx-1", "006000000000001AAA"))
+    first = signed(store, _queued(store, "tx-1", "006000000000001AAA"))
     found = store.mark_upload_found(first, "068000000000001AAA", "069000000000001AAA")
     assert (found.state, found.content_version_id, found.content_document_id) == (
         JobState.UPLOADED, "068000000000001AAA", "069000000000001AAA")
@@ -124,11 +116,10 @@ def test_files_found_in_salesforce_are_used_and_lost_files_are_made_again(tmp_pa
     assert adopted.state is JobState.DONE and adopted.done_at == adopted.signed_visible_at is not None
     assert _trail(store, adopted)[-1] == ("done", "already in Salesforce: not signed again", "pending")
 
-    third = store.update(_queued(store, "tx-3", "006000000000003AAA").id, audit=False, state=JobState.UPLOADED,
-                         sha256="ef" * 32)
+    third = signed(store, _queued(store, "tx-3", "006000000000003AAA"))
+    assert third.sha256 is not None
     assert store.redo_from_fetched(third, drop_signature=True).sha256 is None
-    fourth = store.update(_queued(store, "tx-4", "006000000000004AAA").id, audit=False, state=JobState.LTV_UPGRADED,
-                          ltv_sha256="12" * 32)
+    fourth = store.mark_ltv_upgraded(ltv_pending(store, _queued(store, "tx-4", "006000000000004AAA")), UPGRADED)
     redone = store.redo_ltv_upgrade(fourth)
     assert (redone.state, redone.ltv_sha256) == (JobState.LTV_PENDING, None)
     uploaded = store.mark_ltv_upload_found(redone, "068000000000004AAA")
@@ -162,7 +153,7 @@ def test_failures_keep_their_reason_and_only_final_ones_write_an_audit_row(tmp_p
 
 def test_requeue_writes_its_retried_row_with_the_state_change(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    job = store.mark_error(_at(store, JobState.SIGNED, _queued(store)), "boom", "SALESFORCE")
+    job = store.mark_error(_queued(store), "boom", "SALESFORCE")
     again = store.requeue(job.id)
     assert again.state is JobState.QUEUED
     assert _trail(store, again)[-1] == ("retried", "resumes at step queued", "pending")
@@ -223,7 +214,6 @@ def test_steps_without_a_change_of_state_write_no_audit_row_with_failing_audit_i
     store.reset_retry_window(job)
     store.defer(job, 9.0)
     store.set_upload_uncertain(job, True)
-    store.set_document_id(job, "069000000000001AAA")
     assert store.get(job.id).next_attempt_at == 9.0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sfsign.outbox import JobState, NewJob, OutboxStore
+from sfsign.outbox import NewJob, OutboxStore, StepAudit
 from sfsign.reconcile import reconcile_query
 
 
@@ -17,10 +17,10 @@ def test_records_with_jobs_counts_every_state_and_only_the_rule_asked(tmp_path: 
     store = OutboxStore(tmp_path / "o.sqlite")
     done, errored, other_rule = "006000000000001AAA", "006000000000002AAA", "006000000000003AAA"
     store.commit_event("/c", 1, [_job("tx-1", done), _job("tx-2", errored), _job("tx-3", other_rule, "other")])
-    for tx, state in (("tx-1", JobState.DONE), ("tx-2", JobState.ERROR)):
-        job = store.by_transaction(tx)
-        assert job is not None
-        store.update(job.id, state=state)
+    first, second = store.by_transaction("tx-1"), store.by_transaction("tx-2")
+    assert first is not None and second is not None
+    store.mark_done(first, StepAudit())
+    store.mark_error(second, "no line items", "NOT_RENDERABLE")
     never = "006000000000004AAA"
     asked = [done, errored, other_rule, never]
     assert store.records_with_jobs("Opportunity", "quote", asked) == {done, errored}

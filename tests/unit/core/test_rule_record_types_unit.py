@@ -11,7 +11,7 @@ from sfsign import metadata as md
 from sfsign.config import RECORD_TYPE_PATH, ConfigError, Rules, load_rules
 from sfsign.emulator.access import Access
 from sfsign.emulator.store import OrgStore
-from sfsign.outbox import JobState, NewJob, OutboxStore
+from sfsign.outbox import NewJob, OutboxStore
 from sfsign.reads import rules_reads
 from sfsign.record_types import RecordTypeNotRead, covering_rule, uncovered_reason
 from sfsign.salesforce.events import PlatformEvent
@@ -145,7 +145,7 @@ def test_a_skipped_job_leaves_the_record_free_for_its_next_trigger_and_is_not_re
                       source="cdc")
 
     first = store.commit_event("/c", 1, [job("tx-1")]).created[0]
-    store.update(first.id, state=JobState.SKIPPED, audit_detail="Not signed: record type")
+    store.mark_skipped(first, "Not signed: record type")
     with pytest.raises(ValueError, match="only error/dead jobs can be retried"):
         store.requeue(first.id)
     again = store.commit_event("/c", 2, [job("tx-2")])

@@ -148,9 +148,11 @@ def test_human_age(seconds: float, text: str) -> None:
 def test_jobs_newest_first_filtered_and_without_names_or_document(store: OutboxStore) -> None:
     store.commit_event(CHANNEL, 1, [_new(1, requested_by="lena.hoffmann@northwind.example"), _new(2), _new(3)])
     long_error = "The opportunity has no primary contact. " * 5
-    store.update(store.by_transaction("tx-0002").id, state=JobState.ERROR,  # type: ignore[union-attr]
-                 last_error=long_error, error_code="NOT_RENDERABLE",
-                 document_json='{"customer": {"name": "Acme Secret GmbH"}}', file_name="Proposal Acme Secret.pdf")
+    second = store.by_transaction("tx-0002")
+    assert second is not None
+    second = store.mark_fetched(second, document_json='{"customer": {"name": "Acme Secret GmbH"}}',
+                                file_title="Proposal Acme Secret", file_name="Proposal Acme Secret.pdf")
+    store.mark_error(second, long_error, "NOT_RENDERABLE")
 
     lines = [job_line(j, NOW) for j in store.recent_jobs(limit=10)]
     assert [ln["transaction_id"] for ln in lines] == ["tx-0003", "tx-0002", "tx-0001"]

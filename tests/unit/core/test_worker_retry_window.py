@@ -4,13 +4,14 @@ a job is given up by time, never once its file may be in Salesforce, and only on
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from job_paths import UPGRADED, ltv_pending, signed, uploaded
 
-from sfsign.outbox import Job, JobState, NewJob, Outbox
+from sfsign.outbox import Job, JobState, NewJob, Outbox, OutboxStore
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.worker import Worker, WorkerConfig
 
@@ -45,11 +46,21 @@ def _worker(outbox: Outbox, rest: FakeRest, tmp_path: Path) -> Worker:
                   instance_url=lambda: "https://example.my.salesforce.com")
 
 
-async def _job(outbox: Outbox, **columns: Any) -> Job:
+Walk = Callable[[OutboxStore, Job], Job]
+
+
+async def _job(outbox: Outbox, walk: Walk | None = None, *, attempts: int = 0,
+               failing_since: float | None = None) -> Job:
+    """A job walked by the outbox's steps to its state (`walk`), failing since `failing_since`."""
     [job] = (await outbox.call(lambda s: s.commit_event(None, None, [NewJob(
         transaction_id="tx-1", rule="opp", sobject="Opportunity", record_id="006000000000001AAA",
         source="cdc")]))).created
-    return await outbox.update(job.id, **columns) if columns else job
+    if walk is not None:
+        job = await outbox.call(lambda s: walk(s, job))
+    if failing_since is not None:
+        job = await outbox.schedule_retry(job, time.time(), "503 SERVER_UNAVAILABLE", "SERVER_UNAVAILABLE",
+                                          attempts=attempts, failing_since=failing_since)
+    return job
 
 
 async def test_first_failure_starts_the_window_and_the_job_retries_with_fake_rest(
@@ -81,23 +92,29 @@ async def test_job_failing_past_its_window_is_dead_and_its_record_says_what_to_d
     assert "run `sfsign retry tx-1`" in dead.last_error
 
 
+def _ltv_uploaded(store: OutboxStore, job: Job) -> Job:
+    return store.mark_ltv_uploaded(store.mark_ltv_upgraded(ltv_pending(store, job), UPGRADED), "068000000000002AAA")
+
+
 @pytest.mark.parametrize(
-    "columns",
+    ("walk", "state"),
     [
-        {"state": JobState.UPLOADED, "content_version_id": "068000000000001AAA"},
-        {"state": JobState.LTV_UPLOADED, "ltv_version_id": "068000000000002AAA"},
-        {"state": JobState.SIGNED, "upload_uncertain": 1},  # the insert may have landed
+        (uploaded, JobState.UPLOADED),
+        (_ltv_uploaded, JobState.LTV_UPLOADED),
+        (lambda s, j: s.set_upload_uncertain(signed(s, j), True), JobState.SIGNED),  # the insert may have landed
     ],
 )
 async def test_job_whose_file_may_be_in_salesforce_is_never_given_up_with_fake_rest(
-    outbox: Outbox, tmp_path: Path, columns: dict[str, Any]
+    outbox: Outbox, tmp_path: Path, walk: Walk, state: JobState
 ) -> None:
     rest = FakeRest()
-    job = await _job(outbox, failing_since=time.time() - 10 * WINDOW_S, **columns)
+    job = await _job(outbox, walk, failing_since=time.time() - 10 * WINDOW_S)
     await _worker(outbox, rest, tmp_path)._schedule_retry(job, "503 SERVER_UNAVAILABLE", "SERVER_UNAVAILABLE", False)
     again = await outbox.call(lambda s: s.get(job.id))
-    assert again.state is columns["state"] and again.attempts == 1
-    assert [f["Sign_Status__c"] for _, _, f in rest.updates] == ["Pending"]  # never Error or dead
+    assert again.state is state and again.attempts == 1
+    # Never Error or dead; a record already showing Signed (the long-term upgrade) is not told Pending either.
+    statuses = [f.get("Sign_Status__c") for _, _, f in rest.updates]
+    assert statuses == ([] if again.signed_visible_at is not None else ["Pending"])
     assert again.next_attempt_at - time.time() <= 600.0  # capped backoff: it comes back within 10 min
 
 
