@@ -1,8 +1,8 @@
 """The findings of `sfsign check` and how they are shown: a table for the person at the terminal, JSON
 for scripts, and the failures alone for `run`, which refuses to start on them with `check`'s own words.
 
-Kept apart from the checks themselves so the daemon can refuse to start (and print why) without the
-checks' imports, and so both kinds of check (`local.py`, `org.py`) build findings the same way.
+Kept apart from the checks themselves: both kinds of check (`local.py`, `org.py`) build findings the
+same way, and what a finding is and how it reads is in one place for `check`, `run` and a reload.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from sfsign.config import ConfigError
 
 @dataclass
 class Check:
+    """One line of `sfsign check`: what was checked, the verdict, what was found and, on failure, the fix."""
+
     name: str
     ok: bool | None  # None: not run (an earlier check failed, or not configured)
     detail: str
@@ -22,10 +24,12 @@ class Check:
 
 
 def ok(name: str, detail: str) -> Check:
+    """A passed check."""
     return Check(name, True, detail)
 
 
 def fail(name: str, detail: str, fix: str) -> Check:
+    """A failed check; `fix` says what to do, in the words the table prints after "fix:"."""
     return Check(name, False, detail, fix)
 
 

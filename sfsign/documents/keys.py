@@ -1,4 +1,4 @@
-"""Signing keys: where they live (a PKCS#12 file, PEM/DER files, or a PKCS#12 token via `pkcs11.py`) and
+"""Signing keys: where they live (a PKCS#12 file, PEM/DER files, or a PKCS#11 token via `pkcs11.py`) and
 the pyHanko signer made from them, parsed once per process.
 
 Why it is its own module: parsing and validating a key (~120 ms for RSA) is the costly, security-relevant
