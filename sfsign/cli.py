@@ -234,15 +234,23 @@ def _cmd_version(_: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sfsign.outbox import JobState
-    from sfsign.salesforce.names import Record
+RULES_HELP = "rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)"
 
+Subcommands = argparse._SubParsersAction  # argparse names no public type for what add_subparsers returns
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfsign", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_start_commands(sub)
+    _add_operator_commands(sub)
+    return parser
 
+
+def _add_start_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """Running sfsign, trying it, and proving an org ready for it."""
     run = sub.add_parser("run", help="run the daemon against the configured org")
-    run.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    run.add_argument("--rules", help=RULES_HELP)
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="start the embedded Salesforce emulator and sign 5 documents end to end")
@@ -261,8 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="prove the org and this installation are ready (exit 1 if not)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    check.add_argument("--rules", help=RULES_HELP)
     check.set_defaults(func=_cmd_check)
+
+
+def _add_operator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
+    """What an operator does to a running installation: its jobs, a preview, purge, reconcile, refresh."""
+    from sfsign.outbox import JobState
+    from sfsign.salesforce.names import Record
 
     retry = sub.add_parser("retry", help="re-queue failed jobs after the cause is fixed")
     which = retry.add_mutually_exclusive_group(required=True)
@@ -284,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--record", required=True, help="the Opportunity or Quote id")
     render.add_argument("--rule", help="rule name (default: the first rule of the record's object)")
     render.add_argument("-o", "--output", required=True, help="where to write the unsigned PDF")
-    render.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    render.add_argument("--rules", help=RULES_HELP)
     render.set_defaults(func=_cmd_render)
 
     purge = sub.add_parser("purge", help="delete expired job rows and artifacts now (the daemon does it hourly)")
@@ -293,18 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     reconcile = sub.add_parser("reconcile", help="queue records sitting in a trigger state without a transaction")
     reconcile.add_argument("--since", help="only records modified since (ISO date or datetime, UTC)")
-    reconcile.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    reconcile.add_argument("--rules", help=RULES_HELP)
     reconcile.set_defaults(func=_cmd_reconcile)
 
     refresh = sub.add_parser("ltv-refresh", help="renew the archive timestamp of B-LTA files before it expires")
     refresh.add_argument("--within-days", type=float, default=None,
                          help="renew what expires within this many days (default $SFSIGN_LTV_REFRESH_WITHIN_DAYS, 90)")
-    refresh.add_argument("--rules", help="rules file (default: $SFSIGN_RULES_FILE or config/rules.yaml)")
+    refresh.add_argument("--rules", help=RULES_HELP)
     refresh.set_defaults(func=_cmd_ltv_refresh)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

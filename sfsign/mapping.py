@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -161,46 +161,55 @@ def _build_document(
     now: datetime,
 ) -> ContractDocument:
     profile = rules.profiles[rule.profile]
-    seller = rules.seller
-    seller_party = Party(**seller.model_dump(exclude={"currency"}))
-    signature = SignatureBox(
-        signer_name=profile.appearance.name,
-        location=profile.appearance.location,
-        reason=profile.appearance.reason,
-    )
-    today = now.date()
+    common: dict[str, Any] = {
+        "seller": Party(**rules.seller.model_dump(exclude={"currency"})),
+        "signature": SignatureBox(
+            signer_name=profile.appearance.name,
+            location=profile.appearance.location,
+            reason=profile.appearance.reason,
+        ),
+        "currency": record.currency or rules.seller.currency,
+        "terms": list(rule.terms),
+        "notes": record.description or "",
+        "transaction_id": transaction_id,
+        "locale": rule.language,
+        "fields": {f: record.fields.get(f) for f in rule.fields},
+    }
     if isinstance(record, OpportunityRecord):
-        what = "opportunity"
-        lines = _lines(record.lines, what)
-        customer = _customer(record.account, what)
-        contact = record.primary_contact
-        if contact is None or not contact.name:
-            raise NotRenderable(
-                "The opportunity has no primary contact. Add a contact role marked Primary, then set the "
-                "stage again or run `sfsign retry`."
-            )
-        subtotal = sum((li.quantity * li.unit_price for li in lines), Decimal("0")).quantize(CENT)
-        total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
-        return ContractDocument(
-            kind="proposal",
-            title=_default_title(rule, rules, "proposal"),
-            number=record.name or record.id,
-            issue_date=today,
-            valid_until=today + timedelta(days=rule.valid_days) if rule.valid_days else None,
-            currency=record.currency or seller.currency,
-            seller=seller_party,
-            customer=customer,
-            contact=Contact(name=contact.name, title=contact.title or "", email=contact.email or "",
-                            phone=contact.phone or ""),
-            lines=lines,
-            totals=Totals(subtotal=subtotal, discount=subtotal - total, total=total),
-            terms=list(rule.terms),
-            notes=record.description or "",
-            signature=signature,
-            transaction_id=transaction_id,
-            locale=rule.language,
-            fields={f: record.fields.get(f) for f in rule.fields},
+        return ContractDocument(**common, **_proposal_parts(record, rule, rules, now.date()))
+    return ContractDocument(**common, **_quote_parts(record, rule, rules, now.date()))
+
+
+def _proposal_parts(record: OpportunityRecord, rule: RuleConfig, rules: Rules, today: date) -> dict[str, Any]:
+    """An opportunity's proposal: its products, its account, its primary contact; totals from the lines."""
+    what = "opportunity"
+    lines = _lines(record.lines, what)
+    customer = _customer(record.account, what)
+    contact = record.primary_contact
+    if contact is None or not contact.name:
+        raise NotRenderable(
+            "The opportunity has no primary contact. Add a contact role marked Primary, then set the "
+            "stage again or run `sfsign retry`."
         )
+    subtotal = sum((li.quantity * li.unit_price for li in lines), Decimal("0")).quantize(CENT)
+    total = sum((li.total for li in lines), Decimal("0")).quantize(CENT)
+    return {
+        "kind": "proposal",
+        "title": _default_title(rule, rules, "proposal"),
+        "number": record.name or record.id,
+        "issue_date": today,
+        "valid_until": today + timedelta(days=rule.valid_days) if rule.valid_days else None,
+        "customer": customer,
+        "contact": Contact(name=contact.name, title=contact.title or "", email=contact.email or "",
+                           phone=contact.phone or ""),
+        "lines": lines,
+        "totals": Totals(subtotal=subtotal, discount=subtotal - total, total=total),
+    }
+
+
+def _quote_parts(record: QuoteRecord, rule: RuleConfig, rules: Rules, today: date) -> dict[str, Any]:
+    """A quote: its lines, its bill-to (else its account), its contact; totals as Salesforce computed them
+    where the quote carries them, else from the lines."""
     what = "quote"
     lines = _lines(record.lines, what)
     if record.contact is None or not record.contact.name:
@@ -218,32 +227,24 @@ def _build_document(
     net = record.total_price if record.total_price is not None else sum((li.total for li in lines), Decimal("0"))
     tax = record.tax or Decimal("0")
     grand = record.grand_total if record.grand_total is not None else net + tax
-    return ContractDocument(
-        kind="quote",
-        title=_default_title(rule, rules, "quote"),
-        number=record.quote_number or record.name or record.id,
-        issue_date=today,
-        valid_until=record.expiration_date
+    return {
+        "kind": "quote",
+        "title": _default_title(rule, rules, "quote"),
+        "number": record.quote_number or record.name or record.id,
+        "issue_date": today,
+        "valid_until": record.expiration_date
         or (today + timedelta(days=rule.valid_days) if rule.valid_days else None),
-        currency=record.currency or seller.currency,
-        seller=seller_party,
-        customer=customer,
-        contact=Contact(name=record.contact.name, title=record.contact.title or "",
-                        email=record.contact.email or "", phone=record.contact.phone or ""),
-        lines=lines,
-        totals=Totals(
+        "customer": customer,
+        "contact": Contact(name=record.contact.name, title=record.contact.title or "",
+                           email=record.contact.email or "", phone=record.contact.phone or ""),
+        "lines": lines,
+        "totals": Totals(
             subtotal=quote_subtotal.quantize(CENT),
             discount=(quote_subtotal - net).quantize(CENT),
             tax=tax.quantize(CENT),
             total=grand.quantize(CENT),
         ),
-        terms=list(rule.terms),
-        notes=record.description or "",
-        signature=signature,
-        transaction_id=transaction_id,
-        locale=rule.language,
-        fields={f: record.fields.get(f) for f in rule.fields},
-    )
+    }
 
 
 # Characters a file name may keep: whatever a multipart header, a file system or a download dialog

@@ -94,54 +94,40 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     with terms or a key nobody asked for. `Reason__c` rides with the job into its audit trail;
     `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one).
     """
-    decision = Decision()
-    raw_id = event.fields.get(SignRequest.RECORD_ID)
-    try:
-        record_id = canonical_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
-    except InvalidId as exc:
-        decision.ignored.append(f"{SignRequest.RECORD_ID} is not an Opportunity or Quote id: {exc}")
-        return decision
-    sobject = KEY_PREFIXES.get(record_id[:3])
-    if sobject is None:
-        decision.ignored.append(f"{SignRequest.RECORD_ID} {record_id!r} is not an Opportunity or Quote id")
-        return decision
+    target = _record_of(event)
+    if isinstance(target, str):
+        return Decision(ignored=[target])
+    sobject, record_id = target
     identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
     requested_by = str(event.fields.get(SignRequest.REQUESTED_BY_ID) or event.created_by_id or "") or None
     raw_reason = event.fields.get(SignRequest.REASON)
     reason = raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None
     action = event.fields.get(SignRequest.ACTION) or ACTION_SIGN
-    if action not in (ACTION_SIGN, ACTION_REISSUE):
-        why = f"{SignRequest.ACTION} {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}"
-        decision.ignored.append(why)
-        decision.refused.append(AuditEvent(
+
+    def refusal(why: str) -> Decision:
+        """Logged, and an audit event on the record, so whoever asked can see why nothing was signed."""
+        return Decision(ignored=[why], refused=[AuditEvent(
             transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
             sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
             actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
-        ))
-        return decision
+        )])
+
+    if action not in (ACTION_SIGN, ACTION_REISSUE):
+        return refusal(f"{SignRequest.ACTION} {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}")
     wanted = event.fields.get(SignRequest.RULE)
     named = wanted is not None and wanted != ""
     if named:
         rule = rules.by_name(wanted) if isinstance(wanted, str) else None
         if rule is None or rule.object != sobject:
-            shown = repr(wanted)[:120]
-            why = f"{SignRequest.RULE} {shown} is not a rule for {sobject} " + (
-                f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)")
-            decision.ignored.append(why)
-            decision.refused.append(AuditEvent(
-                transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
-                sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
-                actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
-            ))
-            return decision
+            return refusal(f"{SignRequest.RULE} {repr(wanted)[:120]} is not a rule for {sobject} " + (
+                f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)"))
     else:
         candidates = rules.for_object(sobject)
         if not candidates:
-            decision.ignored.append(f"no rule for {sobject}")
-            return decision
+            return Decision(ignored=[f"no rule for {sobject}"])
         rule = candidates[0]
     created_ms = int(event.created_date.timestamp() * 1000) if event.created_date else None
-    decision.jobs.append(
+    return Decision(jobs=[
         NewJob(
             transaction_id=transaction_id(org_id, sobject, record_id, rule.name, f"pe:{identity}"),
             rule=rule.name,
@@ -152,8 +138,20 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
             requested_by=requested_by,
             reason=reason,
         )
-    )
-    return decision
+    ])
+
+
+def _record_of(event: PlatformEvent) -> tuple[str, str] | str:
+    """(object, canonical 18-character record id) the request names, or why it names none."""
+    raw_id = event.fields.get(SignRequest.RECORD_ID)
+    try:
+        record_id = canonical_id(raw_id.strip() if isinstance(raw_id, str) else raw_id)
+    except InvalidId as exc:
+        return f"{SignRequest.RECORD_ID} is not an Opportunity or Quote id: {exc}"
+    sobject = KEY_PREFIXES.get(record_id[:3])
+    if sobject is None:
+        return f"{SignRequest.RECORD_ID} {record_id!r} is not an Opportunity or Quote id"
+    return sobject, record_id
 
 
 def _sign_request_source(action: str, named: bool, rule: RuleConfig) -> str:

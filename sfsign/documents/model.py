@@ -109,6 +109,65 @@ class ContractDocument(BaseModel):
     fields: dict[str, str | bool | None] = Field(default_factory=dict)
 
 
+# The sample data of `sample_contract` (fictitious companies): what a template preview, the demo and the
+# benchmarks fill a document with. (name, description, product code, list price) per product.
+SAMPLE_CATALOGUE: tuple[tuple[str, str, str, str], ...] = (
+    ("Platform licence, Enterprise", "Annual subscription per named user", "PLT-ENT", "1200.00"),
+    ("Implementation services", "Remote consulting, per day", "SRV-IMP", "1450.00"),
+    ("Premium support", "24/7 support with 1-hour response time, per year", "SUP-PRM", "9800.00"),
+    ("Data migration", "Fixed-price migration of legacy records", "SRV-MIG", "7500.00"),
+    ("Training workshop", "On-site, up to 12 participants, per day", "TRN-WS", "2200.00"),
+    ("Sandbox environment", "Full-copy sandbox, per year", "PLT-SBX", "3600.00"),
+    ("API add-on", "Additional 1,000,000 API calls per month", "PLT-API", "450.00"),
+    ("Archive storage", "Long-term storage, per TB and year", "STO-ARC", "980.00"),
+)
+SAMPLE_SELLER_EUR = Party(
+    name="Nordlicht Software GmbH",
+    street="Hafenstraße 12",
+    city="Hamburg",
+    postal_code="20457",
+    country="Germany",
+    vat_id="DE123456789",
+    email="sales@nordlicht.example",
+    phone="+49 40 1234567",
+)
+SAMPLE_SELLER_OTHER = Party(
+    name="Bluefin Analytics Inc.",
+    street="500 Market Street, Suite 300",
+    city="San Francisco",
+    postal_code="94105",
+    state="CA",
+    country="United States",
+    email="sales@bluefin.example",
+    phone="+1 415 555 0100",
+)
+SAMPLE_CUSTOMER = Party(
+    name="Müller & Söhne Logistik AG",
+    street="Industriestraße 7",
+    city="München",
+    postal_code="80331",
+    country="Germany",
+    vat_id="DE987654321",
+)
+SAMPLE_CONTACT = Contact(
+    name="Dr. Jana Novák",
+    title="Head of Procurement",
+    email="j.novak@mueller-soehne.example",
+    phone="+49 89 7654321",
+)
+SAMPLE_TERMS: tuple[str, ...] = (
+    "Prices are exclusive of statutory VAT unless stated otherwise.",
+    "Payment within 30 days of invoice date without deduction.",
+    "Subscriptions renew annually unless cancelled three months before the end of the term.",
+    "This offer is subject to our General Terms and Conditions (version 2025-01).",
+)
+SAMPLE_NOTES = ("Implementation days are scheduled jointly after order confirmation. "
+                "Travel expenses for on-site work are invoiced at cost.")
+SAMPLE_SIGNATORY = Signatory(
+    signer_name="Katrin Albers", signer_title="Head of Sales", location="Hamburg", reason="Binding offer"
+)
+
+
 def sample_contract(
     *,
     kind: str = "quote",
@@ -125,27 +184,41 @@ def sample_contract(
     8.25 % (other currencies) of the net amount. `variant` shuffles products and quantities so
     benchmarks can render many different documents.
     """
-    catalogue = [
-        ("Platform licence, Enterprise", "Annual subscription per named user", "PLT-ENT", "1200.00"),
-        ("Implementation services", "Remote consulting, per day", "SRV-IMP", "1450.00"),
-        ("Premium support", "24/7 support with 1-hour response time, per year", "SUP-PRM", "9800.00"),
-        ("Data migration", "Fixed-price migration of legacy records", "SRV-MIG", "7500.00"),
-        ("Training workshop", "On-site, up to 12 participants, per day", "TRN-WS", "2200.00"),
-        ("Sandbox environment", "Full-copy sandbox, per year", "PLT-SBX", "3600.00"),
-        ("API add-on", "Additional 1,000,000 API calls per month", "PLT-API", "450.00"),
-        ("Archive storage", "Long-term storage, per TB and year", "STO-ARC", "980.00"),
-    ]
+    lines = _sample_lines(line_count, variant)
+    subtotal = sum((line.quantity * line.unit_price for line in lines), Decimal("0"))
+    net = sum((line.total for line in lines), Decimal("0"))
+    tax_rate = Decimal("0.19") if currency == "EUR" else Decimal("0.0825")
+    tax = (net * tax_rate).quantize(Decimal("0.01"))
+    return ContractDocument(
+        kind=kind,
+        title="Customer data platform rollout" if kind == "proposal" else "Platform subscription and services",
+        number="Q-2025-00042" if kind == "quote" else "OPP-2025-0815",
+        issue_date=date(2025, 11, 27),
+        valid_until=date(2025, 12, 31),
+        currency=currency,
+        locale=locale,
+        seller=SAMPLE_SELLER_EUR if currency == "EUR" else SAMPLE_SELLER_OTHER,
+        customer=SAMPLE_CUSTOMER,
+        contact=SAMPLE_CONTACT,
+        lines=lines,
+        totals=Totals(subtotal=subtotal, discount=subtotal - net, tax=tax, total=net + tax),
+        terms=list(SAMPLE_TERMS),
+        notes=SAMPLE_NOTES,
+        signature=SAMPLE_SIGNATORY,
+        transaction_id=transaction_id,
+    )
+
+
+def _sample_lines(line_count: int, variant: int) -> list[LineItem]:
+    """`line_count` lines from the catalogue, quantities and discounts varied by position and `variant`."""
     lines: list[LineItem] = []
-    subtotal = net = Decimal("0")
     for i in range(line_count):
-        name, description, code, price = catalogue[(i + variant) % len(catalogue)]
+        name, description, code, price = SAMPLE_CATALOGUE[(i + variant) % len(SAMPLE_CATALOGUE)]
         quantity = Decimal((i * 7 + variant * 3) % 40 + 1)
         unit_price = Decimal(price)
         discount = Decimal((0, 5, 10, 12.5)[i % 4]).quantize(Decimal("0.1"))
         gross = quantity * unit_price
         total = (gross * (Decimal(100) - discount) / Decimal(100)).quantize(Decimal("0.01"))
-        subtotal += gross
-        net += total
         lines.append(
             LineItem(
                 name=name,
@@ -157,67 +230,4 @@ def sample_contract(
                 total=total,
             )
         )
-    tax_rate = Decimal("0.19") if currency == "EUR" else Decimal("0.0825")
-    tax = (net * tax_rate).quantize(Decimal("0.01"))
-    issue = date(2025, 11, 27)
-    seller = (
-        Party(
-            name="Nordlicht Software GmbH",
-            street="Hafenstraße 12",
-            city="Hamburg",
-            postal_code="20457",
-            country="Germany",
-            vat_id="DE123456789",
-            email="sales@nordlicht.example",
-            phone="+49 40 1234567",
-        )
-        if currency == "EUR"
-        else Party(
-            name="Bluefin Analytics Inc.",
-            street="500 Market Street, Suite 300",
-            city="San Francisco",
-            postal_code="94105",
-            state="CA",
-            country="United States",
-            email="sales@bluefin.example",
-            phone="+1 415 555 0100",
-        )
-    )
-    return ContractDocument(
-        kind=kind,
-        title="Customer data platform rollout" if kind == "proposal" else "Platform subscription and services",
-        number="Q-2025-00042" if kind == "quote" else "OPP-2025-0815",
-        issue_date=issue,
-        valid_until=date(2025, 12, 31),
-        currency=currency,
-        locale=locale,
-        seller=seller,
-        customer=Party(
-            name="Müller & Söhne Logistik AG",
-            street="Industriestraße 7",
-            city="München",
-            postal_code="80331",
-            country="Germany",
-            vat_id="DE987654321",
-        ),
-        contact=Contact(
-            name="Dr. Jana Novák",
-            title="Head of Procurement",
-            email="j.novak@mueller-soehne.example",
-            phone="+49 89 7654321",
-        ),
-        lines=lines,
-        totals=Totals(subtotal=subtotal, discount=subtotal - net, tax=tax, total=net + tax),
-        terms=[
-            "Prices are exclusive of statutory VAT unless stated otherwise.",
-            "Payment within 30 days of invoice date without deduction.",
-            "Subscriptions renew annually unless cancelled three months before the end of the term.",
-            "This offer is subject to our General Terms and Conditions (version 2025-01).",
-        ],
-        notes="Implementation days are scheduled jointly after order confirmation. "
-        "Travel expenses for on-site work are invoiced at cost.",
-        signature=Signatory(
-            signer_name="Katrin Albers", signer_title="Head of Sales", location="Hamburg", reason="Binding offer"
-        ),
-        transaction_id=transaction_id,
-    )
+    return lines

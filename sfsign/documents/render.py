@@ -436,30 +436,8 @@ def render_pdf(
     template_data = build_template_data(doc)
     _check_not_forked(path)
     compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
-    import typst  # loaded by _compiler_for
-
-    notes: list[str] = []
     with lock:
-        try:
-            pdf, warnings, raw_boxes = _compile(compiler, template_data, timestamp)
-        except typst.TypstError as exc:
-            # A character no font has (unassigned, private use, a script nobody ships) must not
-            # cost the contract: print U+FFFD in its place, once, and say so in the job log.
-            missing = undisplayable_texts(exc)
-            if not missing:
-                raise RenderError(str(path), _diagnostic(exc)) from None
-            changed: set[str] = set()
-            try:
-                pdf, warnings, raw_boxes = _compile(
-                    compiler, _replace_texts(template_data, missing, changed=changed), timestamp
-                )
-            except typst.TypstError as again:
-                raise RenderError(str(path), _diagnostic(again)) from None
-            # Field names only: the characters themselves are customer data.
-            notes.append(
-                f"{len(missing)} distinct character(s) no bundled font can display were printed as U+FFFD "
-                f"in {', '.join(sorted(changed))}"
-            )
+        pdf, warnings, raw_boxes, notes = _compile_printing_what_no_font_has(compiler, template_data, timestamp, path)
     if not isinstance(pdf, bytes):
         raise RenderError(str(path), "Typst returned no PDF")
     boxes = _signature_boxes(raw_boxes, path)
@@ -478,6 +456,33 @@ def render_pdf(
         warnings=tuple(_diagnostic(w) for w in warnings),
         notes=tuple(notes),
     )
+
+
+def _compile_printing_what_no_font_has(
+    compiler: typst.Compiler, template_data: dict[str, Any], timestamp: dt.datetime | None, path: Path
+) -> tuple[Any, list[Any], str, list[str]]:
+    """`_compile`, and the notes for the job log. A character no font has (unassigned, private use, a
+    script nobody ships) must not cost the contract: it is printed as U+FFFD in its place, once, and
+    noted; any other Typst error is the template's, raised as `RenderError`."""
+    import typst  # loaded by _compiler_for
+
+    try:
+        pdf, warnings, raw_boxes = _compile(compiler, template_data, timestamp)
+        return pdf, warnings, raw_boxes, []
+    except typst.TypstError as exc:
+        missing = undisplayable_texts(exc)
+        if not missing:
+            raise RenderError(str(path), _diagnostic(exc)) from None
+    changed: set[str] = set()
+    try:
+        replaced = _replace_texts(template_data, missing, changed=changed)
+        pdf, warnings, raw_boxes = _compile(compiler, replaced, timestamp)
+    except typst.TypstError as again:
+        raise RenderError(str(path), _diagnostic(again)) from None
+    # Field names only: the characters themselves are customer data.
+    note = (f"{len(missing)} distinct character(s) no bundled font can display were printed as U+FFFD "
+            f"in {', '.join(sorted(changed))}")
+    return pdf, warnings, raw_boxes, [note]
 
 
 def _compile(

@@ -297,6 +297,12 @@ async def async_validate_signed_pdf(
             for s in regular
         ]
     )
+    return _document_report(reader, reports)
+
+
+def _document_report(reader: PdfFileReader, reports: tuple[SignatureReport, ...]) -> ValidationReport:
+    """The whole document's verdict: every signature must hold; the last one (the newest) names the
+    coverage, level and signer, as a reader's "signed by" does."""
     doc_timestamps = reader.embedded_timestamp_signatures
     doc_ts_time = _gen_time(doc_timestamps[-1]) if doc_timestamps else None
     unsigned = _unsigned_fields(reader)

@@ -40,7 +40,7 @@ LAYERS: dict[str, int] = {
     "sfsign.daemon": 70,
     # The start check (run by the daemon and by `sfsign check`) needs the read list, which is derived
     # from the SOQL of the parts below, so both sit above those parts.
-    "sfsign.check": 60,
+    "sfsign.check.*": 60,  # the package: local checks, checks against the org, the report
     "sfsign.reads": 55,
     # The runners, siblings: each is a loop the supervisor starts; they talk through the outbox.
     "sfsign.intake": 50,
@@ -70,7 +70,7 @@ LAYERS: dict[str, int] = {
     "sfsign.worker_config": 30,
     "sfsign.failures": 30,
     "sfsign.artifacts": 30,
-    "sfsign.config": 20,
+    "sfsign.config.*": 20,  # the package: settings, the rules file model, loading the rules file
     # Client libraries: they know Salesforce or PDF, nothing of sfsign's settings or state, so settings
     # may use their types (the document model) and they never import settings.
     "sfsign.salesforce.*": 15,

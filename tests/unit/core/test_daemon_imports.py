@@ -25,9 +25,9 @@ def test_rendering_and_signing_load_them_when_first_used() -> None:
         "from sfsign.documents.model import sample_contract;"
         "from sfsign.documents.jobs import render_job;"
         "render_job(sample_contract(line_count=1).model_dump_json(), 'quote');"
-        "from sfsign.documents.sign import _STAMP_STYLE;"
+        "from sfsign.documents.appearance import STAMP_STYLE;"
         "from pyhanko.pdf_utils.writer import PdfFileWriter;"
-        "_STAMP_STYLE.text_box_style.font.create_font_engine(PdfFileWriter());"
+        "STAMP_STYLE.text_box_style.font.create_font_engine(PdfFileWriter());"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

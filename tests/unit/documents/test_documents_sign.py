@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.documents import sign as sign_module
+from sfsign.documents.keys import PreparedKeySigner
 from sfsign.documents.render import POOL_START_METHOD, RenderedPdf
 from sfsign.documents.sign import (
     CUSTOMER_FIELD,
@@ -243,28 +244,19 @@ def test_levels_beyond_b_b_are_refused_with_a_reason(
         _sign(rendered_short, ec_pki.pkcs12_key_spec(), level=level, tsa_url="http://127.0.0.1:9/tsa")
 
 
-def test_signer_is_parsed_once_and_reloaded_when_the_file_changes(
-    rendered_short: RenderedPdf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_signer_is_parsed_once_and_reloaded_when_the_file_changes(rendered_short: RenderedPdf, tmp_path: Path) -> None:
+    """The same signer object serves every document until the key file changes; then a new one is made."""
     pki = create_demo_pki(tmp_path, key_algorithm="ec-p256", passphrase="pw-1")
     spec = pki.pkcs12_key_spec()
-    parses: list[Path] = []
-    real = sign_module._build_signer
-
-    def counting(s: KeySpec) -> Any:
-        parses.append(s.pkcs12_path)  # type: ignore[arg-type]
-        return real(s)
-
-    monkeypatch.setattr(sign_module, "_build_signer", counting)
     first = load_signer(spec)
     _sign(rendered_short, spec)
     _sign(rendered_short, spec)
     assert load_signer(spec) is first
-    assert len(parses) == 1
     stat = spec.pkcs12_path.stat()  # type: ignore[union-attr]
     os.utime(spec.pkcs12_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # type: ignore[arg-type]
-    assert load_signer(spec) is not first
-    assert len(parses) == 2
+    reloaded = load_signer(spec)
+    assert reloaded is not first
+    assert load_signer(spec) is reloaded
 
 
 def test_each_signature_costs_one_real_private_key_operation(
@@ -273,13 +265,13 @@ def test_each_signature_costs_one_real_private_key_operation(
     """pyHanko sizes /Contents with a dry run; that must not be a second real signature, and once
     the size is known for a certificate and level, later documents skip the dry run altogether."""
     calls: list[bool] = []
-    real = sign_module._PreparedKeySigner.sign_raw
+    real = PreparedKeySigner.sign_raw
 
     def recording(self: Any, data: bytes, digest_algorithm: str, dry_run: bool = False) -> bytes:
         calls.append(dry_run)
         return real(self, data, digest_algorithm, dry_run=dry_run)
 
-    monkeypatch.setattr(sign_module._PreparedKeySigner, "sign_raw", recording)
+    monkeypatch.setattr(PreparedKeySigner, "sign_raw", recording)
     monkeypatch.setattr(sign_module, "_reserved", {})
     _sign(rendered_short, ec_pki.pkcs12_key_spec())
     assert calls.count(False) == 1

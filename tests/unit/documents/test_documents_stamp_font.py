@@ -15,7 +15,7 @@ from pyhanko.pdf_utils.font.opentype import GlyphAccumulatorFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.stamp import TextStamp
 
-from sfsign.documents import sign as sign_module
+from sfsign.documents import appearance
 from sfsign.documents.render import RenderedPdf
 from sfsign.documents.sign import StampFontFactory
 from sfsign.documents.stamp_font import ParsedFont, parsed_font
@@ -26,7 +26,7 @@ TEXT = {"ts": "2026-11-27 19:04:58 UTC", "signer": "Zoë Müller-Łukasiewicz", 
 
 def _stamped(pdf: bytes, factory: FontEngineFactory, params: dict[str, str]) -> bytes:
     """`pdf` with the signature stamp drawn on page 1 by `factory`'s font engine."""
-    base = sign_module._STAMP_STYLE
+    base = appearance.STAMP_STYLE
     style = dataclasses.replace(
         base,
         stamp_text="Digitally signed by %(signer)s\nDate: %(ts)s\nReason: %(reason)s\nLocation: %(location)s",
@@ -50,8 +50,8 @@ def test_the_cached_engine_draws_the_stamp_pixel_for_pixel_like_pyhankos_engine(
     rendered_short: RenderedPdf, tmp_path: Path
 ) -> None:
     pdftoppm = _tool("pdftoppm")
-    stock = GlyphAccumulatorFactory(str(sign_module.STAMP_FONT), font_size=sign_module.STAMP_FONT_SIZE)
-    cached = StampFontFactory(sign_module.STAMP_FONT, font_size=sign_module.STAMP_FONT_SIZE)
+    stock = GlyphAccumulatorFactory(str(appearance.STAMP_FONT), font_size=appearance.STAMP_FONT_SIZE)
+    cached = StampFontFactory(appearance.STAMP_FONT, font_size=appearance.STAMP_FONT_SIZE)
     images = []
     for name, factory in (("stock", stock), ("cached", cached), ("cached-again", cached)):
         path = tmp_path / f"{name}.pdf"
@@ -71,7 +71,7 @@ def test_the_cached_engine_draws_the_stamp_pixel_for_pixel_like_pyhankos_engine(
 def test_the_stamp_font_is_an_embedded_subset_with_a_unicode_map(rendered_short: RenderedPdf, tmp_path: Path) -> None:
     pdffonts, pdftotext = _tool("pdffonts"), _tool("pdftotext")
     path = tmp_path / "stamped.pdf"
-    path.write_bytes(_stamped(rendered_short.pdf, StampFontFactory(sign_module.STAMP_FONT, 9), TEXT))
+    path.write_bytes(_stamped(rendered_short.pdf, StampFontFactory(appearance.STAMP_FONT, 9), TEXT))
     fonts = subprocess.run([pdffonts, str(path)], capture_output=True, text=True, check=True).stdout
     stamp = [line for line in fonts.splitlines() if "sfsignStampSans" in line]
     assert stamp, fonts
@@ -87,9 +87,9 @@ def test_the_stamp_font_is_an_embedded_subset_with_a_unicode_map(rendered_short:
 def test_a_new_time_reuses_the_subset_and_new_letters_make_a_new_one(
     rendered_short: RenderedPdf, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    font = ParsedFont.load(sign_module.STAMP_FONT)
+    font = ParsedFont.load(appearance.STAMP_FONT)
     monkeypatch.setattr("sfsign.documents.stamp_font.parsed_font", lambda path: font)
-    factory = StampFontFactory(sign_module.STAMP_FONT, 9)
+    factory = StampFontFactory(appearance.STAMP_FONT, 9)
     _stamped(rendered_short.pdf, factory, TEXT)
     _stamped(rendered_short.pdf, factory, {**TEXT, "ts": "2031-04-19 08:36:27 UTC"})
     assert font.subsets_built == 1  # every digit is in every subset
@@ -98,12 +98,12 @@ def test_a_new_time_reuses_the_subset_and_new_letters_make_a_new_one(
 
 
 def test_each_thread_parses_the_font_once() -> None:
-    assert parsed_font(sign_module.STAMP_FONT) is parsed_font(sign_module.STAMP_FONT)
+    assert parsed_font(appearance.STAMP_FONT) is parsed_font(appearance.STAMP_FONT)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        other = pool.submit(parsed_font, sign_module.STAMP_FONT).result()
-    assert other is not parsed_font(sign_module.STAMP_FONT)
+        other = pool.submit(parsed_font, appearance.STAMP_FONT).result()
+    assert other is not parsed_font(appearance.STAMP_FONT)
 
 
 def test_a_font_without_truetype_outlines_is_refused(tmp_path: Path) -> None:

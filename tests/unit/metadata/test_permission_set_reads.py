@@ -107,6 +107,6 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         "salesforce/records.py:find_records_in_state",
         # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
         # admin grants (docs/templates.md); the permission set covers what sfsign itself reads
-        "check.py:check_rules",
+        "check/org.py:check_rules",
     }
     assert _soql_builders() == covered

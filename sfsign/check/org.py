@@ -1,33 +1,27 @@
-"""`sfsign check`: proves an org (and this installation) is ready, item by item, with the fix for each miss.
+"""The checks against the org, as the integration user: login, API version, the sfsign package's schema,
+the rules against the org's own fields, picklists and record types, field access, the daemon's queries
+and the streaming subscription.
 
-Every check uses the same code path the daemon uses — the same login, the same SOQL, the same
-subscription, the same key loading and rendering — so "check passes" means "the daemon will work",
-not "the fields look right".
+They send the same SOQL and open the same subscription the daemon does (`SalesforceSession`), so "check
+passes" means "the daemon will work". `check_rules` is also what `run` and a reload judge the rules by.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sfsign.config import SFSIGN_OWNED_FIELDS, ConfigError, Rules, Settings
+from sfsign.check.report import Check, fail, ok
+from sfsign.config import SFSIGN_OWNED_FIELDS, Rules, Settings
 from sfsign.connections import SalesforceSession
-from sfsign.documents.model import sample_contract
-from sfsign.documents.render import RenderError, render_pdf
 from sfsign.metadata import MetadataError, load_schema
-from sfsign.private_files import private_dir
-from sfsign.profiles import preflight_profiles, signing_request
 from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.names import File, SignatureEvent, SignRequest
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
-
-EXPIRY_WARNING = timedelta(days=30)
 
 # Metadata API field types → the type `describe` reports for them.
 DESCRIBE_TYPES = {
@@ -37,160 +31,6 @@ DESCRIBE_TYPES = {
     "Currency": "currency", "Percent": "percent", "AutoNumber": "string",
 }
 SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
-NO_TSA_FIX = (
-    "every document of profile {name!r} ({level}) would end in Error. Without internet access (the example rules "
-    "name public TSAs), list a TSA this machine reaches in the profile's tsa.urls: your corporate TSA (ask IT for "
-    "its RFC 3161 URL; tsa.username and tsa.password_env if it needs a login) or a TSA on this network; for a trial "
-    "set `level: B-B` (no timestamp; `sfsign demo` shows the other levels with its own local TSA), or "
-    "`on_tsa_failure: downgrade` to sign at B-B while no TSA answers"
-)
-SIGNING_KEYS_FIX = "fix the key file, its passphrase variable or the certificate"
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool | None  # None: not run (an earlier check failed, or not configured)
-    detail: str
-    fix: str = ""
-
-
-def _ok(name: str, detail: str) -> Check:
-    return Check(name, True, detail)
-
-
-def _fail(name: str, detail: str, fix: str) -> Check:
-    return Check(name, False, detail, fix)
-
-
-def check_signing(rules: Rules) -> list[Check]:
-    problems = preflight_profiles(rules)
-    if problems:
-        return [_fail("signing keys", p, SIGNING_KEYS_FIX) for p in problems]
-    out = []
-    from sfsign.documents.sign import load_signer
-
-    for name in sorted({r.profile for r in rules.rules}):
-        cert = load_signer(signing_request(rules.profiles[name]).key).signing_cert
-        if cert is None:
-            continue  # preflight_profiles already reported it
-        not_after: datetime = cert["tbs_certificate"]["validity"]["not_after"].native
-        left = not_after - datetime.now(UTC)
-        detail = f"profile {name!r}: {cert.subject.human_friendly}, valid until {not_after:%Y-%m-%d}"
-        if left < EXPIRY_WARNING:
-            out.append(_fail("signing certificate expiry", f"{detail} ({left.days} days left)",
-                             "order a new certificate now and put it in the profile's key file"))
-        else:
-            out.append(_ok("signing certificate", detail))
-    return out
-
-
-def check_revocation_sources(rules: Rules) -> list[Check]:
-    """B-LT and B-LTA embed OCSP answers or CRLs for every certificate of the signer's chain; a certificate
-    that names neither has none to fetch, and every document would end "upgrade failed" after signing."""
-    from sfsign.documents.sign import load_signer
-
-    out = []
-    for name in sorted({r.profile for r in rules.rules}):
-        profile = rules.profiles[name]
-        if profile.level not in ("B-LT", "B-LTA"):
-            continue
-        try:
-            signer = load_signer(signing_request(profile).key)
-        except Exception:
-            continue
-        chain = [c for c in (signer.signing_cert, *signer.cert_registry) if c is not None]
-        lacking = sorted({c.subject.human_friendly for c in chain
-                          if not c.self_issued and not c.ocsp_urls and not c.crl_distribution_points})
-        if lacking:
-            out.append(_fail(
-                "revocation data", f"profile {name!r} is level {profile.level}, but the certificate(s) "
-                f"{'; '.join(lacking)} name no OCSP responder and no CRL, so no document could reach that level",
-                f"set `level: B-T` in profile {name!r}, or use a certificate from a CA that publishes OCSP "
-                "or CRLs (its certificates carry the URLs)"))
-        else:
-            out.append(_ok("revocation data", f"profile {name!r}: every certificate of the chain names OCSP or a CRL"))
-    return out
-
-
-def check_data_dir(settings: Settings) -> list[Check]:
-    """The outbox, the artifacts and the work files all live here: a directory sfsign cannot write is
-    found before start, not as a traceback from the first database write."""
-    path = settings.data_dir
-    try:
-        private_dir(path)
-        probe = path / ".sfsign-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        return [_fail("data directory", f"{path} is not writable ({exc.strerror or type(exc).__name__})",
-                      "create it writable for the user sfsign runs as, or set SFSIGN_DATA_DIR to such a directory")]
-    return [_ok("data directory", f"{path} is writable")]
-
-
-async def check_timestamps(rules: Rules) -> list[Check]:
-    """Ask each profile's TSAs for a real token, as signing would (same client, failover, credentials)."""
-    import hashlib
-    import secrets
-
-    from sfsign.documents.tsa import aclose_timestampers, get_timestamper, redact_url
-    from sfsign.failures import PermanentFailure
-    from sfsign.profiles import tsa_of
-
-    used = sorted({r.profile for r in rules.rules})
-    out: list[Check] = []
-    try:
-        for name in used:
-            profile = rules.profiles[name]
-            if profile.tsa is None:
-                continue
-            try:
-                urls, auth = tsa_of(profile)
-            except PermanentFailure as exc:
-                out.append(_fail("timestamp authority", f"profile {name!r}: {exc.reason}",
-                                 "set the variable named by tsa.password_env"))
-                continue
-            failed: list[Check] = []
-            for url in urls:  # each one, so a dead fallback is found before it is needed
-                stamper = get_timestamper([url], auth, timeout=profile.tsa.timeout_s)
-                try:
-                    token = await stamper.async_timestamp(hashlib.sha256(secrets.token_bytes(16)).digest(), "sha256")
-                except Exception as exc:  # TimestampUnavailable names the URL and the reason
-                    failed.append(_fail("timestamp authority", f"profile {name!r}: {exc}",
-                                        "check the URL, the network path and the TSA credentials"))
-                    out.append(failed[-1])
-                    continue
-                gen_time = token["content"]["encap_content_info"]["content"].parsed["gen_time"].native
-                skew = abs((gen_time - datetime.now(UTC)).total_seconds())
-                detail = f"profile {name!r}: {redact_url(url)} answered (genTime {gen_time:%Y-%m-%d %H:%M:%S}Z)"
-                if skew > 300:
-                    out.append(_fail("timestamp authority", f"{detail}, {skew:.0f} s away from this machine's clock",
-                                     "synchronise this machine's clock (NTP) or check the TSA"))
-                else:
-                    out.append(_ok("timestamp authority", detail))
-            if failed and len(failed) == len(urls):
-                failed[-1].detail += f"; none of profile {name!r}'s {len(urls)} TSA(s) answered from this machine"
-                failed[-1].fix = NO_TSA_FIX.format(name=name, level=profile.level)
-    finally:
-        await aclose_timestampers()
-    if not out:
-        out.append(Check("timestamp authority", None, "no profile uses a timestamp (level B-B)"))
-    return out
-
-
-def check_templates(rules: Rules) -> list[Check]:
-    out = []
-    fields = rules.template_fields()
-    for template in sorted({str(t) for t in rules.templates.values()}):
-        sample = sample_contract(kind="quote", line_count=12).model_copy(
-            update={"fields": {name: name for name in fields.get(template, ())}})
-        try:
-            rendered = render_pdf(sample, template)
-        except RenderError as exc:
-            out.append(_fail("template", str(exc), "fix the template (line and message above)"))
-            continue
-        out.append(_ok("template", f"{template}: {rendered.pages} page(s) for a 12-line sample"))
-    return out
 
 
 async def check_org(settings: Settings, rules: Rules, session: SalesforceSession) -> list[Check]:
@@ -198,9 +38,9 @@ async def check_org(settings: Settings, rules: Rules, session: SalesforceSession
     try:
         token = await session.login()
     except AuthError as exc:
-        return [_fail("login", str(exc), exc.fix or "check SFSIGN_LOGIN_URL, the consumer key, the username and "
+        return [fail("login", str(exc), exc.fix or "check SFSIGN_LOGIN_URL, the consumer key, the username and "
                       "that the connected app is pre-authorized for the user (docs/salesforce-setup.md)")]
-    out.append(_ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
+    out.append(ok("login", f"{settings.auth_flow} as {settings.username or 'the run-as user'}, org {token.org_id}"))
     rest = session.rest
     try:
         version = api_version_check(settings.api_version, await rest.versions())
@@ -213,7 +53,7 @@ async def check_org(settings: Settings, rules: Rules, session: SalesforceSession
     except SalesforceError as exc:  # the checks above raise only what they cannot judge: outages, limits
         fix = ("Salesforce did not answer this time (an outage or a limit); run `sfsign check` again"
                if exc.transient else "check the integration user's profile: API Enabled")
-        out.append(_fail("REST API", str(exc), fix))
+        out.append(fail("REST API", str(exc), fix))
     if any(c.name == "API version" and c.ok is False for c in out):
         return out  # the stream's URI carries the version too
     out += await _check_streaming(rules, session)
@@ -233,23 +73,23 @@ def api_version_check(configured: str, served: list[str]) -> Check:
     Salesforce retires it); passes with a warning when the org serves a newer one (a new release
     changes nothing for sfsign until the setting moves, but old versions are retired after a few years)."""
     if not served:
-        return _fail("API version", "the org lists no API versions at /services/data/",
+        return fail("API version", "the org lists no API versions at /services/data/",
                      "check SFSIGN_LOGIN_URL points at the org's My Domain")
     newest = max(served, key=_version_key)
     if configured not in served:
-        return _fail("API version", f"{configured} is not served by this org (it serves up to {newest})",
+        return fail("API version", f"{configured} is not served by this org (it serves up to {newest})",
                      f"set SFSIGN_API_VERSION={newest}")
     if _version_key(configured) < _version_key(newest):
-        return _ok("API version", f"{configured}; warning: the org serves up to {newest}, "
+        return ok("API version", f"{configured}; warning: the org serves up to {newest}, "
                                   f"consider SFSIGN_API_VERSION={newest}")
-    return _ok("API version", f"{configured} (the org's highest)")
+    return ok("API version", f"{configured} (the org's highest)")
 
 
 async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
     try:
         package = load_schema()
     except MetadataError as exc:
-        return [_fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
+        return [fail("sfsign package", str(exc), "set SFSIGN_METADATA_DIR to salesforce-metadata/")]
     out = []
     objects = [*sorted({r.object for r in rules.rules}), "ContentVersion", SignatureEvent.NAME, SignRequest.NAME]
     for sobject in objects:
@@ -258,7 +98,7 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
         except SalesforceError as exc:
             if exc.transient:
                 raise  # one outage line from check_org, not a wrong fix per object
-            out.append(_fail(f"object {sobject}", str(exc),
+            out.append(fail(f"object {sobject}", str(exc),
                              f"deploy salesforce-metadata/ and give the integration user access to {sobject}"))
             continue
         fields = {f["name"]: f for f in describe.get("fields", [])}
@@ -278,11 +118,11 @@ async def _check_schema(rest: SalesforceRest, rules: Rules) -> list[Check]:
             elif sobject in ("ContentVersion", SignatureEvent.NAME) and not got.get("createable"):
                 problems.append(f"{fdef.name} cannot be set by the integration user")
         if problems:
-            out.append(_fail(f"object {sobject}", "; ".join(problems),
+            out.append(fail(f"object {sobject}", "; ".join(problems),
                              "deploy salesforce-metadata/ (sf project deploy start) and assign the "
                              "sfsign_Integration permission set to the integration user"))
         else:
-            out.append(_ok(f"object {sobject}", f"{len(expected.fields) if expected else 0} sfsign fields present"))
+            out.append(ok(f"object {sobject}", f"{len(expected.fields) if expected else 0} sfsign fields present"))
     return out
 
 
@@ -292,10 +132,10 @@ def _record_types_check(rules: Rules, sobject: str, describe: dict[str, Any]) ->
 
     problems = record_type_problems(rules, sobject, describe)
     if problems:
-        return _fail(f"record types {sobject}", "\n".join(problems),
+        return fail(f"record types {sobject}", "\n".join(problems),
                      "correct the rules file at the lines named, or create or activate the record types")
     names = sorted({n for r in rules.for_object(sobject) for n in r.record_types or ()})
-    return _ok(f"record types {sobject}", f"the rules' record types exist and are active: {', '.join(names)}")
+    return ok(f"record types {sobject}", f"the rules' record types exist and are active: {', '.join(names)}")
 
 
 ACCESS_FIX = ("assign the sfsign_Integration permission set to the integration user (deploy salesforce-metadata/ "
@@ -339,7 +179,7 @@ async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool)
         except SalesforceError as exc:
             if exc.transient:
                 raise  # one outage line from check_org, not a wrong fix per object
-            out.append(_fail(f"access {sobject}", f"the integration user cannot see {sobject}: {exc}", ACCESS_FIX))
+            out.append(fail(f"access {sobject}", f"the integration user cannot see {sobject}: {exc}", ACCESS_FIX))
             continue
         fields = {f["name"]: f for f in describe.get("fields", [])}
         ours = package.get(sobject, set())
@@ -360,12 +200,12 @@ async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool)
             verb = "set" if mode == "create" else "edit"
             problems.append(f"cannot {verb} " + ", ".join(f"{sobject}.{n}" for n in read_only))
         if problems:
-            out.append(_fail(f"access {sobject}", "; ".join(problems), ACCESS_FIX))
+            out.append(fail(f"access {sobject}", "; ".join(problems), ACCESS_FIX))
         else:
             what = [f"reads {len(reads.get(sobject, ()))} field(s)"] if sobject in reads else []
             if mode and written:
                 what.append(f"{'creates' if mode == 'create' else 'edits'} {len(written)} field(s)")
-            out.append(_ok(f"access {sobject}", " and ".join(what) or "visible"))
+            out.append(ok(f"access {sobject}", " and ".join(what) or "visible"))
     return out
 
 
@@ -405,14 +245,14 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
         except SalesforceError as exc:
             if exc.transient:
                 raise  # an outage says nothing about the rules: the caller waits it out or reports it
-            out.append(_fail(f"rules on {sobject}", str(exc), f"give the integration user access to {sobject}"))
+            out.append(fail(f"rules on {sobject}", str(exc), f"give the integration user access to {sobject}"))
             continue
         fields = {f["name"]: f for f in describe.get("fields", [])}
         problems = rule_value_problems(rules, sobject, fields)
         if problems:
-            out.append(_fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
+            out.append(fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
         else:
-            out.append(_ok(f"rules on {sobject}", "every rule's field and values exist"))
+            out.append(ok(f"rules on {sobject}", "every rule's field and values exist"))
         if rules.uses_record_types(sobject):
             out.append(_record_types_check(rules, sobject, describe))
         found = problems_in_describe(rules, sobject, describe)
@@ -430,7 +270,7 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
                     "name) and the integration user's read access"
                 )
     if field_problems:
-        out.append(_fail("rule fields", "\n".join(field_problems), RULE_FIELDS_FIX))
+        out.append(fail("rule fields", "\n".join(field_problems), RULE_FIELDS_FIX))
     return out
 
 
@@ -444,9 +284,9 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
             if exc.transient:
                 raise  # one outage line from check_org, not a wrong fix per object
             fix = "grant read access to these fields, or set SFSIGN_MULTI_CURRENCY=false in a single-currency org"
-            out.append(_fail(f"read {sobject}", str(exc), fix))
+            out.append(fail(f"read {sobject}", str(exc), fix))
             continue
-        out.append(_ok(f"read {sobject}", "record, account, contact and line items are readable"))
+        out.append(ok(f"read {sobject}", "record, account, contact and line items are readable"))
     return out
 
 
@@ -466,80 +306,14 @@ async def _check_streaming(rules: Rules, session: SalesforceSession) -> list[Che
                 if reader.done():
                     reader.result()
                 await asyncio.sleep(0.05)
-        return [_ok("streaming", f"subscribed to {', '.join(stream.channels)}")]
+        return [ok("streaming", f"subscribed to {', '.join(stream.channels)}")]
     except SubscriptionFailed as exc:
-        return [_fail("streaming", str(exc), "select the object for Change Data Capture in Setup (or deploy the "
+        return [fail("streaming", str(exc), "select the object for Change Data Capture in Setup (or deploy the "
                       "PlatformEventChannelMember files) and grant the integration user View All on it")]
     except (ReplayIdInvalid, AuthError, TimeoutError, Exception) as exc:
-        return [_fail("streaming", f"{type(exc).__name__}: {exc}", "check network access to /cometd/")]
+        return [fail("streaming", f"{type(exc).__name__}: {exc}", "check network access to /cometd/")]
     finally:
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
         await stream.aclose()
-
-
-class StartupRefused(ConfigError):
-    """`run` found what `check` reports as failed: the daemon does not start (exit code 3). A configuration
-    error like any other, with `check`'s words."""
-
-    def __init__(self, checks: list[Check]) -> None:
-        self.checks = checks
-        super().__init__(render_failures(checks))
-
-
-def local_checks(settings: Settings, rules: Rules) -> list[Check]:
-    """What needs no org: the data directory, the keys, the revocation sources, the templates. Blocking."""
-    problems = preflight_profiles(rules)
-    checks = check_data_dir(settings)
-    checks += [_fail("signing keys", p, SIGNING_KEYS_FIX) for p in problems]
-    if not problems:
-        checks += check_revocation_sources(rules)
-    return checks + check_templates(rules)
-
-
-def refuse_on_failures(checks: list[Check]) -> None:
-    failed = [c for c in checks if c.ok is False]
-    if failed:
-        raise StartupRefused(failed)
-
-
-async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
-    checks = await asyncio.to_thread(check_data_dir, settings)
-    checks += await asyncio.to_thread(check_signing, rules)
-    checks += await asyncio.to_thread(check_revocation_sources, rules)
-    checks += await asyncio.to_thread(check_templates, rules)
-    checks += await check_timestamps(rules)
-    async with SalesforceSession(settings) as session:
-        checks += await check_org(settings, rules, session)
-    return checks
-
-
-def as_json(checks: list[Check]) -> list[dict[str, Any]]:
-    return [asdict(c) for c in checks]
-
-
-def render_failures(checks: list[Check]) -> str:
-    """The failed checks as `check` prints them (same words), for `run` refusing to start."""
-    width = max((len(c.name) for c in checks), default=0)
-    lines = []
-    for c in checks:
-        if c.ok is False:
-            lines.append(f"FAIL  {c.name.ljust(width)}  {c.detail}")
-            if c.fix:
-                lines.append(f"      {''.ljust(width)}  fix: {c.fix}")
-    return "\n".join(lines)
-
-
-def render_table(checks: list[Check]) -> str:
-    mark = {True: "ok  ", False: "FAIL", None: "skip"}
-    width = max(len(c.name) for c in checks)
-    lines = []
-    for c in checks:
-        lines.append(f"{mark[c.ok]}  {c.name.ljust(width)}  {c.detail}")
-        if c.ok is False and c.fix:
-            lines.append(f"      {''.ljust(width)}  fix: {c.fix}")
-    failed = sum(1 for c in checks if c.ok is False)
-    lines.append("")
-    lines.append("ready: every check passed" if not failed else f"not ready: {failed} check(s) failed")
-    return "\n".join(lines)

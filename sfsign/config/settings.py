@@ -1,0 +1,204 @@
+"""Process settings (environment, `.env`, secrets directory), validated at start.
+
+Ops configure the process through `SFSIGN_*` variables, a `.env` file or a secrets directory (Docker and
+Kubernetes secrets). A mistake must stop the daemon before it touches Salesforce, naming the variable
+and the fix; what gets signed is the rules file's business (`rules.py`, `rules_file.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sfsign.config.errors import ConfigError
+from sfsign.salesforce.names import SignatureEvent
+
+CA_BUNDLE_FIX = ("unset SFSIGN_CA_BUNDLE to trust only this machine's CAs, or set it to the PEM file of the "
+                 "one extra CA to trust (a TLS-inspecting proxy's, or the emulator's ca.pem)")
+
+
+class Settings(BaseSettings):
+    """Process settings from the environment (`SFSIGN_*`), `.env` and a secrets directory."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SFSIGN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    login_url: str = Field(
+        "https://login.salesforce.com",
+        description="https://login.salesforce.com, https://test.salesforce.com, a My Domain URL or the emulator",
+    )
+    auth_flow: Literal["jwt", "client_credentials", "password"] = "jwt"
+    consumer_key: str = ""
+    username: str = ""
+    private_key_file: Path | None = None
+    consumer_secret: SecretStr | None = None
+    password: SecretStr | None = None
+    api_version: str = "68.0"
+    ca_bundle: Path | None = Field(None, description="extra CA to trust (corporate proxy, the emulator)")
+    data_dir: Path = Path(".sfsign")
+    rules_file: Path = Path("config/rules.yaml")
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    workers: int = Field(
+        300, ge=1, le=5000,
+        description="jobs in flight at once; their Salesforce calls are batched, their CPU work waits for the pool",
+    )
+    api_budget_share: float = Field(
+        0.8, gt=0, le=1, description="above this share of the daily API allocation, non-urgent work waits"
+    )
+    batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
+    batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
+    cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
+    pending_after_s: float = Field(
+        2.0, gt=0, le=3600,
+        description="a job still waiting (for a worker, a CPU slot, a batch) this long shows Pending on its record "
+                    "(batched write-backs; a lone document never waits, so never costs that call)",
+    )
+    retry_for_h: float = Field(
+        72.0, gt=0, description="a job failing transiently is retried this long (hours) before it is `dead`; "
+        "a job whose file is uploaded always finishes its write-back"
+    )
+    max_attempts: int | None = Field(None, description="replaced by SFSIGN_RETRY_FOR_H; refused when set")
+    retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
+    retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
+    stream_long_poll_margin_s: float = Field(15.0, gt=0, description="watchdog: advice.timeout + this")
+    stream_backoff_base_s: float = Field(0.5, gt=0)
+    stream_backoff_cap_s: float = Field(60.0, gt=0)
+    intake_max_attempts: int = Field(
+        5, ge=1, le=100,
+        description="attempts at an event that fails while Salesforce answers, before it is parked and its "
+                    "objects reconciled (a Salesforce outage is waited out and not counted)",
+    )
+    intake_stuck_after_s: float = Field(
+        300.0, gt=0, description="/readyz reports intake stuck when one event has been failing this long",
+    )
+    audit_flush_s: float = Field(
+        30.0, gt=0,
+        description=f"how often audit events not yet sent along with a write-back go to {SignatureEvent.NAME}",
+    )
+    reconcile_interval_s: float = Field(
+        900.0, ge=0, description="how often to look for records in a trigger state that never got a job (a trigger "
+        "the stream never delivered): one paged query per rule; 0 turns it off"
+    )
+    multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
+    shutdown_grace_s: float = Field(20.0, ge=0)
+    ltv_refresh_interval_h: float = Field(
+        24.0, ge=0, description="how often to look for B-LTA files whose archive timestamp is due; 0 turns it off"
+    )
+    ltv_refresh_within_days: float = Field(
+        90.0, gt=0, description="renew an archive timestamp this many days before its certificate expires"
+    )
+    ltv_delay_s: float = Field(
+        2.0, ge=0, description="B-LT/B-LTA: wait before the background upgrade, so fresh documents go first"
+    )
+    job_retention_days: float = Field(
+        30.0, gt=0, description="done/error/dead job rows (and their sent audit rows) are purged after this (GDPR)"
+    )
+    artifact_grace_s: float = Field(
+        0.0, ge=0, description="rendered/signed PDFs of finished jobs are kept this long on disk, then deleted"
+    )
+
+    ops_host: str = Field(
+        "127.0.0.1", description="address of /healthz, /readyz, /metrics; loopback unless set (the container: 0.0.0.0)"
+    )
+    ops_port: int = Field(8787, ge=-1, le=65535, description="port of the ops endpoint; 0 = any free port, -1 = off")
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def _no_max_attempts(cls, v: Any) -> None:
+        # A count turned a few more minutes of outage into dead jobs; silently ignoring the old
+        # variable would leave ops believing it still applies.
+        if v is not None:
+            raise ValueError("is no longer supported: failing jobs are retried by time, not by count; "
+                             "remove it and set SFSIGN_RETRY_FOR_H (hours, default 72) instead")
+        return None
+
+    @field_validator("ca_bundle", mode="before")
+    @classmethod
+    def _ca_bundle_set(cls, v: Any) -> Any:
+        # Path("") is ".", a directory: left alone, the first login failed as "IsADirectoryError".
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(f"is set but empty: {CA_BUNDLE_FIX}")
+        return v
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_file(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not v.is_file():
+            raise ValueError(f"{v} is not a file: {CA_BUNDLE_FIX}")
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(v))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"{v} holds no PEM certificate this machine can read ({exc}): {CA_BUNDLE_FIX}") from None
+        return v
+
+    @field_validator("data_dir", "rules_file", "ca_bundle", "private_key_file")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # One rule for every path setting: relative to the directory sfsign starts in, fixed at start.
+        # (Paths inside the rules file are relative to the rules file's folder.)
+        return v.absolute() if v is not None else None
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        v = v.removeprefix("v")
+        if not re.fullmatch(r"\d{2}\.0", v):
+            raise ValueError("api_version must look like 68.0")
+        return v
+
+    @field_validator("login_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not v.startswith("https://"):
+            raise ValueError("login_url must be an https:// URL")
+        return v.rstrip("/")
+
+    def missing_credentials(self) -> list[str]:
+        """Names of the settings the chosen auth flow still needs."""
+        need: dict[str, list[str]] = {
+            "jwt": ["consumer_key", "username", "private_key_file"],
+            "client_credentials": ["consumer_key", "consumer_secret"],
+            "password": ["consumer_key", "consumer_secret", "username", "password"],
+        }
+        return [f"SFSIGN_{n.upper()}" for n in need[self.auth_flow] if not getattr(self, n)]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with the secrets directory (`SFSIGN_SECRETS_DIR`, default /run/secrets) if it exists."""
+    secrets_dir = os.environ.get("SFSIGN_SECRETS_DIR", "/run/secrets")
+    kwargs: dict[str, Any] = dict(overrides)
+    if Path(secrets_dir).is_dir():
+        kwargs["_secrets_dir"] = secrets_dir
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError(_settings_message(exc)) from None
+
+
+def _settings_message(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        name = "SFSIGN_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def read_secret(name: str) -> SecretStr | None:
+    """A secret by name: the environment first, then the secrets directory (Docker/Kubernetes)."""
+    value = os.environ.get(name)
+    if value is None:
+        secrets_dir = Path(os.environ.get("SFSIGN_SECRETS_DIR", "/run/secrets"))
+        candidate = secrets_dir / name
+        if candidate.is_file():
+            value = candidate.read_text(encoding="utf-8").rstrip("\n")
+    return SecretStr(value) if value is not None else None
