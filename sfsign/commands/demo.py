@@ -313,7 +313,7 @@ def _stopped(daemon: Daemon, runner: asyncio.Task[None]) -> None:
 
 async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow], output_dir: Path) -> None:
     """Download each signed file through REST and check it is byte for byte what the daemon signed."""
-    jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
+    jobs = {j.transaction_id: j for j in await daemon.outbox.jobs()}
     async with SalesforceSession(settings) as session:
         await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
         for row in rows:
