@@ -42,7 +42,7 @@ from sfsign.salesforce.batch_calls import (
 )
 from sfsign.salesforce.composite import COLLECTION_LIMIT
 from sfsign.salesforce.files import ContentVersionRef, NewFile
-from sfsign.salesforce.record_fields import shown_signature_query
+from sfsign.salesforce.record_fields import audit_records, shown_signature_query
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.writeback import (
     OutcomeEvent,
@@ -53,8 +53,6 @@ from sfsign.salesforce.writeback import (
     write_back_many,
 )
 from sfsign.worker_config import WorkerConfig
-
-AuditRecords = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 # Running jobs in these states may still join the fetch / upload / write-back batch.
 _BEFORE_FETCH = frozenset({JobState.QUEUED})
@@ -74,7 +72,6 @@ class SalesforceGateway:
         config: WorkerConfig,
         rules: Callable[[], Rules],
         running: Callable[[], int],
-        audit_records: AuditRecords,
         metrics: Metrics,
         governor: ApiGovernor | None = None,
     ) -> None:
@@ -83,7 +80,6 @@ class SalesforceGateway:
         self._config = config
         self._rules = rules  # the rules in force: a batch reads the fields of one set throughout
         self._running = running  # how many jobs the worker runs
-        self._audit_records = audit_records
         self._metrics = metrics
         self._governor = governor
         self.audit_lock = asyncio.Lock()  # the write-back and the daemon's audit flusher never send a row twice
@@ -185,7 +181,7 @@ class SalesforceGateway:
             if locked:
                 rows = await self._outbox.pending_audit()
             outcome: WriteBackOutcome = await quick_retries(write_back_many, self.rest, items,
-                                                            self._audit_records(rows))
+                                                            audit_records(rows))
             if rows and outcome.audit_results:
                 sent = [r["id"] for r, ok in zip(rows, outcome.audit_results, strict=False) if ok is True]
                 await self._outbox.mark_audit(sent, "sent")

@@ -45,7 +45,7 @@ from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox
 from sfsign.pending import PendingNotes
 from sfsign.salesforce.errors import SalesforceError
-from sfsign.salesforce.record_fields import audit_records, error_fields, pending_fields, upgrade_failed_fields
+from sfsign.salesforce.record_fields import error_fields, pending_fields, upgrade_failed_fields
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.steps import Steps
 from sfsign.worker_config import WorkerConfig
@@ -81,7 +81,7 @@ class Worker:
         self._claimed: dict[int, Job] = {}  # each running job as it was claimed
         self.gateway = SalesforceGateway(
             rest=rest, outbox=outbox, config=config, rules=lambda: self.rules, running=lambda: len(self._running),
-            audit_records=audit_records, metrics=self.metrics, governor=governor,
+            metrics=self.metrics, governor=governor,
         )
         self.pending = PendingNotes(
             outbox=outbox, write=self.gateway.write_now, after_s=config.pending_after_s,
