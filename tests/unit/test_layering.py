@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     # Tools for trying sfsign, never for production: only the command line and the demo reach them.
     "sfsign.emulator.*": 80,
     "sfsign.localpki.*": 80,
+    "sfsign.localmail.*": 80,  # the embedded SMTP sink (demo and tests), as the local PKI is for signing
     # The supervisor: builds the parts, starts and stops them.
     "sfsign.daemon": 70,
     # The start check (run by the daemon and by `sfsign check`) needs the read list, which is derived
@@ -57,6 +58,9 @@ LAYERS: dict[str, int] = {
     "sfsign.gateway*": 40,
     "sfsign.pending": 40,  # the worker's Pending announcements
     # Rules and records: what fires, what a record maps to, whether a rule covers a record.
+    # Customer signing (issue 14): envelopes, the mailer, the signing listener; they read and write the
+    # outbox and never reach up to the runners. Parts that must sit higher get their own line.
+    "sfsign.signing.*": 38,
     "sfsign.triggers": 35,
     "sfsign.mapping": 35,
     "sfsign.record_types": 35,
@@ -77,6 +81,7 @@ LAYERS: dict[str, int] = {
     "sfsign.documents.*": 15,
     # The foundation: the vocabulary, the metadata reader shared with the emulator, small helpers.
     "sfsign.salesforce.names": 10,
+    "sfsign.signing.model": 10,  # envelope and recipient states, shared by rules, outbox, mailer, listener
     "sfsign.metadata": 10,
     "sfsign.aio": 10,
     "sfsign.private_files": 10,
