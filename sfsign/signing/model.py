@@ -72,3 +72,16 @@ class ResolvedSigner:
     source: SignerSource
     salesforce_id: str | None = None
     role: str | None = None
+
+
+class MailKind(StrEnum):
+    """The mails an envelope sends. Each queued mail is persisted with its Message-ID before it goes out,
+    so a mail sent again after a crash carries the same Message-ID."""
+
+    INVITATION = "invitation"
+    CODE = "code"  # the one-time code (email_otp)
+    REMINDER = "reminder"
+    REFUSED = "refused"  # to the other signers and the sender: someone declined, with the reason
+    VOIDED = "voided"
+    EXPIRED = "expired"
+    COMPLETED = "completed"  # the completed copy, the signed PDF attached unless the rule says otherwise
