@@ -204,8 +204,13 @@ class DaemonProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         shutil.rmtree(self.data_dir, ignore_errors=True)
         self._log = self.log_path.open("wb")
+        # SFSIGN_BENCH_PROFILE=FILE: the daemon process runs under cProfile (its event loop and callbacks;
+        # not the pool's processes nor executor threads) and writes FILE when it stops; for finding where
+        # the daemon's CPU per document goes, never for the figures (cProfile slows it down).
+        profile = os.environ.get("SFSIGN_BENCH_PROFILE")
+        prefix = (["/tmp/yappi_run.py"] if profile and profile.endswith(".yappi") else ["-m", "cProfile", "-o", profile]) if profile else []
         return subprocess.Popen(
-            [sys.executable, "-m", "sfsign.cli", "run"], env=self.stack.daemon_env(self.data_dir),
+            [sys.executable, *prefix, *([] if profile and profile.endswith(".yappi") else ["-m", "sfsign.cli", "run"])], env=self.stack.daemon_env(self.data_dir),
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stack.work,
         )
 

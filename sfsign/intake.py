@@ -260,6 +260,11 @@ class Intake:
         if decision.reconcile:
             await self.reconciler.request(decision.reconcile)
         jobs, told = await self._tell_already_signed(decision.jobs)
+        if not jobs and not decision.refused and not told and not decision.reconcile:
+            await self.outbox.pass_event(event.channel, event.replay_id)
+            for why in decision.ignored:
+                log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
+            return
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
         for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()

@@ -232,23 +232,31 @@ class Steps:
 
     # ---------------------------------------------------------------------------------- render, sign
 
-    async def render(self, job: Job, rules: Rules) -> Job:
+    async def render_and_sign(self, job: Job, rules: Rules) -> Job:
+        """A fetched job's document rendered and signed in one pool task; its signed PDF is the one file
+        written. (A job an older version left `rendered` goes through `sign`.)"""
         template = rules.templates.get(job.rule)
         if template is None:
             raise PermanentFailure(f"rule {job.rule!r} is no longer in the rules file", "UNKNOWN_RULE")
-        loop = asyncio.get_running_loop()
+        rule = _rule(job, rules)
+        profile = rules.profiles[rule.profile]
         try:
             async with self._cpu:
-                pdf, boxes, notes = await loop.run_in_executor(
-                    self.cpu_pool, doc_jobs.render_job, job.document_json or "{}", str(template)
+                signed, notes = await asyncio.get_running_loop().run_in_executor(
+                    self.cpu_pool, doc_jobs.render_and_sign_job, job.document_json or "{}", str(template),
+                    signing_request(profile),
                 )
-        except doc_jobs.DocumentFailure as exc:
+        except doc_jobs.RenderFailure as exc:
             raise PermanentFailure(str(exc), "RENDER_FAILED") from None
+        except doc_jobs.TransientDocumentFailure as exc:
+            raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
+        except doc_jobs.DocumentFailure as exc:
+            raise PermanentFailure(str(exc), "SIGN_FAILED") from None
         for note in notes:
             log.warning("rendering changed the document", note=note)
-        await self.artifacts.write(job.transaction_id, "rendered.pdf", pdf)
-        await self.artifacts.write(job.transaction_id, "boxes.json", json.dumps(boxes).encode())
-        return await self.outbox.mark_rendered(job)
+        detail = self._signed_detail(signed, rule, profile)
+        await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
+        return await self.outbox.mark_rendered_and_signed(job, signed, detail)
 
     async def sign(self, job: Job, rules: Rules) -> Job:
         rule = _rule(job, rules)
@@ -268,6 +276,13 @@ class Steps:
             raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
         except doc_jobs.DocumentFailure as exc:
             raise PermanentFailure(str(exc), "SIGN_FAILED") from None
+        detail = self._signed_detail(signed, rule, profile)
+        await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
+        return await self.outbox.mark_signed(job, signed, detail)
+
+    @staticmethod
+    def _signed_detail(signed: doc_jobs.SignedResult, rule: RuleConfig, profile: ProfileConfig) -> str:
+        """The `signed` audit row's detail (and the log's word on a downgrade)."""
         detail = (
             f"PAdES {signed.level}, SHA-256 {signed.sha256}, signer {signed.signer_subject} "
             f"(serial {signed.signer_serial}), timestamp {signed.timestamp_time or 'none'}, "
@@ -277,8 +292,7 @@ class Steps:
             log.warning("signed at B-B: no timestamp authority answered and the profile allows a downgrade",
                         profile=rule.profile, reason=signed.downgraded_because)
             detail += f"; DOWNGRADED to B-B (profile on_tsa_failure: downgrade): {signed.downgraded_because}"
-        await self.artifacts.write(job.transaction_id, "signed.pdf", signed.pdf)
-        return await self.outbox.mark_signed(job, signed, detail)
+        return detail
 
     # ---------------------------------------------------------------------------------------- upload
 

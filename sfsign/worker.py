@@ -96,7 +96,7 @@ class Worker:
                       config=config, metrics=self.metrics, instance_url=instance_url)
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: steps.fetch,
-            JobState.FETCHED: steps.render,
+            JobState.FETCHED: steps.render_and_sign,
             JobState.RENDERED: steps.sign,
             JobState.SIGNED: steps.upload,
             JobState.UPLOADED: steps.write_back,
@@ -135,19 +135,23 @@ class Worker:
             self._wake.clear()
             free = self.config.concurrency - len(self._running)
             if free > 0:
-                await self._claim(free)
-            # Jobs already running are due too (their next_attempt_at has passed); counting them made
-            # this loop spin, two outbox queries per turn, for as long as any job ran. Jobs being
-            # announced are claimed once their Pending write is through (it wakes this loop).
-            next_due = await self.outbox.next_due_at([*self._running, *self.pending.announcing])
+                free -= await self._claim(free)
             timeout = self.config.poll_interval_s
-            if next_due is not None:
-                timeout = min(timeout, max(0.0, next_due - time.time()))
+            if free > 0:
+                # Everything due is running now: when does the next job fall due? Jobs already running
+                # are due too (their next_attempt_at has passed); counting them made this loop spin, two
+                # outbox queries per turn, for as long as any job ran. Jobs being announced are claimed
+                # once their Pending write is through (it wakes this loop). With no slot free there is
+                # nothing to ask: a job that finishes wakes the loop.
+                next_due = await self.outbox.next_due_at([*self._running, *self.pending.announcing])
+                if next_due is not None:
+                    timeout = min(timeout, max(0.0, next_due - time.time()))
             if free <= 0 or timeout > 0:
                 await wait_any(stop, self._wake, within_s=max(timeout, 0.01))
 
-    async def _claim(self, free: int) -> None:
-        """Claim up to `free` due jobs and start them; never one whose Pending write is in flight."""
+    async def _claim(self, free: int) -> int:
+        """Claim up to `free` due jobs and start them, never one whose Pending write is in flight; return
+        how many were claimed."""
         async with self.pending.claim_lock:
             jobs = await self.outbox.claim_due(time.time(), free, [*self._running, *self.pending.announcing])
             if jobs:
@@ -157,6 +161,7 @@ class Worker:
                 self._running[job.id] = task
                 self._claimed[job.id] = job
                 task.add_done_callback(partial(self._finished, job.id))
+        return len(jobs)
 
     def _finished(self, job_id: int, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)

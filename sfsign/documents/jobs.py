@@ -38,6 +38,10 @@ class DocumentFailure(Exception):
     """Rendering or signing failed for a reason retrying cannot fix (template, data, key)."""
 
 
+class RenderFailure(DocumentFailure):
+    """The template could not be rendered with the record's data (as opposed to a signing failure)."""
+
+
 class TransientDocumentFailure(Exception):
     """A timestamp authority or revocation responder did not answer: worth retrying later."""
 
@@ -125,7 +129,7 @@ def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]
     try:
         rendered = render_pdf(json.loads(document_json), template)
     except RenderError as exc:
-        raise DocumentFailure(f"could not render the document: {exc}") from None
+        raise RenderFailure(f"could not render the document: {exc}") from None
     boxes = {
         "seller": rendered.signature_box.model_dump(),
         "customer": rendered.customer_box.model_dump() if rendered.customer_box else None,
@@ -172,6 +176,16 @@ def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> Sign
         validation=_validate(signed.pdf, request.trust_roots),
         downgraded_because=downgraded,
     )
+
+
+def render_and_sign_job(document_json: str, template: str, request: SigningRequest
+                        ) -> tuple[SignedResult, tuple[str, ...]]:
+    """`render_job` then `sign_job` in one pool task: the rendered PDF never crosses back to the daemon
+    and out again, nor touches the disk. Re-rendering after a crash or a timestamp authority that did
+    not answer costs one render; the daemon's work per document (two hand-offs, two files, a transaction)
+    cost more than that in a burst."""
+    pdf, boxes, notes = render_job(document_json, template)
+    return sign_job(pdf, boxes, request), notes
 
 
 def upgrade_job(pdf: bytes, request: UpgradeRequest) -> UpgradedResult:

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from sfsign.outbox.models import (
     AuditEvent,
     CommitResult,
@@ -30,6 +32,10 @@ from sfsign.outbox.models import (
 from sfsign.outbox.store import OutboxStore
 
 T = TypeVar("T")
+log = structlog.get_logger("sfsign.outbox")
+
+#: How long the position of an event that asked for nothing may wait to be saved (see `Outbox.pass_event`).
+REPLAY_SAVE_DELAY_S = 0.5
 
 
 class Outbox:
@@ -40,12 +46,20 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfsign-outbox")
         self._store: OutboxStore | None = None
         self._replay: dict[str, int] = {}
+        self._unsaved_replay: dict[str, int] = {}  # positions of events that asked for nothing (`pass_event`)
+        self._replay_saver: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self._store = await self._run(lambda: OutboxStore(self.path))
         self._replay = await self.call(OutboxStore.replay_ids)
 
     async def close(self) -> None:
+        if self._replay_saver is not None:
+            self._replay_saver.cancel()
+            await asyncio.gather(self._replay_saver, return_exceptions=True)
+            self._replay_saver = None
+        if self._store is not None and self._unsaved_replay:
+            await self._save_unsaved_replay()
         if self._store is not None:
             store = self._store
             await self._run(store.close)
@@ -71,10 +85,42 @@ class Outbox:
         """The last replay id committed for `channel` (cached; safe to call from the event loop)."""
         return self._replay.get(channel)
 
+    async def pass_event(self, channel: str | None, replay_id: int | None) -> None:
+        """An event that asks for nothing (no job, no audit row, nothing to reconcile), such as the change
+        event of sfsign's own write-back, which is two of every three events in a burst: its position is
+        saved within `REPLAY_SAVE_DELAY_S` or by the channel's next commit, not in a transaction of its own.
+        A crash in between replays such events, which again ask for nothing."""
+        if channel is None or replay_id is None:
+            return
+        self._unsaved_replay[channel] = replay_id
+        if self._replay_saver is None:
+            self._replay_saver = asyncio.create_task(self._save_replay_later(), name="outbox-replay-saver")
+
+    async def _save_replay_later(self) -> None:
+        await asyncio.sleep(REPLAY_SAVE_DELAY_S)
+        self._replay_saver = None
+        try:
+            await self._save_unsaved_replay()
+        except Exception as exc:  # the outbox is busy or full: such events are replayed, and ask for nothing
+            log.warning("could not save the replay position of events that asked for nothing",
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _save_unsaved_replay(self) -> None:
+        positions, self._unsaved_replay = self._unsaved_replay, {}
+        if positions:
+            await self.advance_replay_ids(positions)
+
+    async def advance_replay_ids(self, positions: dict[str, int]) -> None:
+        await self.call(lambda s: s.advance_replay_ids(dict(positions)))
+        for channel, replay_id in positions.items():
+            self._replay[channel] = max(replay_id, self._replay.get(channel, replay_id))
+
     async def commit_event(
         self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent] = ()
     ) -> CommitResult:
         jobs, events = list(jobs), list(audit)
+        if channel is not None and replay_id is not None:
+            self._unsaved_replay.pop(channel, None)  # this commit saves a later position of the channel
         result = await self.call(lambda s: s.commit_event(channel, replay_id, jobs, events))
         if channel is not None and replay_id is not None:
             self._replay[channel] = replay_id
@@ -89,6 +135,7 @@ class Outbox:
         return parked
 
     async def reset_replay(self, channel: str) -> None:
+        self._unsaved_replay.pop(channel, None)
         await self.call(lambda s: s.reset_replay(channel))
         self._replay.pop(channel, None)
 
@@ -157,6 +204,9 @@ class Outbox:
 
     async def mark_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
         return await self.call(lambda s: s.mark_signed(job, evidence, detail))
+
+    async def mark_rendered_and_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
+        return await self.call(lambda s: s.mark_rendered_and_signed(job, evidence, detail))
 
     async def take_rule(self, job: Job, rule: str) -> Job:
         return await self.call(lambda s: s.take_rule(job, rule))

@@ -15,7 +15,7 @@ import sqlite_utils
 
 from sfsign.outbox.models import Job, JobState, StepAudit, audit_time
 from sfsign.outbox.schema import JOB_COLUMNS
-from sfsign.outbox.signed_memory import remember
+from sfsign.outbox.signed_memory import remember_row
 from sfsign.salesforce.names import LONG_TEXT_WRITE_MAX
 
 
@@ -38,7 +38,10 @@ class JobChanges:
             raise
 
     def get(self, job_id: int) -> Job:
-        return Job.from_row(self.db.table("jobs").get(job_id))
+        jobs = self._job_rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not jobs:
+            raise KeyError(f"no job with id {job_id}")
+        return jobs[0]
 
     def _job_rows(self, sql: str, args: Iterable[Any]) -> list[Job]:
         cur = self.db.execute(sql, list(args))
@@ -50,22 +53,38 @@ class JobChanges:
         actor: str = "sfsign",
     ) -> Job:
         """Write `changes` to the job; when its state changes and `audit` is given, the audit row goes in the
-        same transaction (event type: the new state, unless `event_type` names another)."""
+        same transaction (event type: the new state, unless `event_type` names another).
+
+        Every step of every job comes through here, so it reads and writes as little as it can: one read
+        of what the audit row needs, one `UPDATE … RETURNING` that hands back the new row."""
+        with self._transaction() as conn:
+            return self._apply(conn, job_id, changes, audit, event_type=event_type, actor=actor)
+
+    def _apply(
+        self, conn: sqlite3.Connection, job_id: int, changes: Mapping[str, object], audit: StepAudit | None, *,
+        event_type: str | None = None, actor: str = "sfsign",
+    ) -> Job:
+        """`_change` inside the caller's transaction: several steps that finish together (render and sign
+        in one pool task) commit together, each with its own audit row."""
         values = {k: (v.value if isinstance(v, JobState) else v) for k, v in changes.items()}
         values["updated_at"] = time.time()
-        unknown = set(values) - set(JOB_COLUMNS)
+        unknown = values.keys() - JOB_COLUMNS.keys()
         if unknown:
             raise KeyError(f"unknown job columns: {sorted(unknown)}")
-        with self._transaction() as conn:
-            before = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            sets = ", ".join(f"{k} = ?" for k in values)
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
-            if "state" in values or "content_document_id" in values:
-                remember(conn, job_id)
-            if audit is not None and "state" in values and before is not None and before[0] != values["state"]:
-                self._audit(job_id, event_type or str(values["state"]), actor, audit.detail,
-                            occurred=audit.occurred_at, status="sent" if audit.sent else "pending")
-        return self.get(job_id)
+        before = conn.execute("SELECT state, transaction_id, sobject, record_id FROM jobs WHERE id = ?",
+                              (job_id,)).fetchone()
+        if before is None:
+            raise KeyError(f"no job with id {job_id}")
+        sets = ", ".join(f"{k} = ?" for k in values)
+        cur = conn.execute(f"UPDATE jobs SET {sets} WHERE id = ? RETURNING *", [*values.values(), job_id])
+        row = dict(zip([d[0] for d in cur.description], cur.fetchone(), strict=True))
+        cur.close()
+        if "state" in values or "content_document_id" in values:
+            remember_row(conn, row)
+        if audit is not None and "state" in values and before[0] != values["state"]:
+            self._audit_row(before[1], before[2], before[3], event_type or str(values["state"]), actor,
+                            audit.detail, occurred=audit.occurred_at, status="sent" if audit.sent else "pending")
+        return Job.from_row(row)
 
     def _audit(
         self, job_id: int, event_type: str, actor: str, detail: str | None, *, occurred: str | None = None,

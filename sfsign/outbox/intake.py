@@ -156,6 +156,19 @@ class IntakeStore(JobSteps):
         """Every channel's committed replay id (the async face caches them at open)."""
         return {str(c): int(r) for c, r in self.db.execute("SELECT channel, replay_id FROM replay").fetchall()}
 
+    def advance_replay_ids(self, positions: dict[str, int]) -> None:
+        """Save replay ids of events that asked for nothing, never moving a channel back (a commit of a
+        later event may have landed first)."""
+        now = time.time()
+        with self._transaction() as conn:
+            for channel, replay_id in positions.items():
+                conn.execute(
+                    "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
+                    "updated_at = excluded.updated_at WHERE excluded.replay_id > replay.replay_id",
+                    (channel, replay_id, now),
+                )
+
     def reset_replay(self, channel: str) -> None:
         self.db.execute("DELETE FROM replay WHERE channel = ?", (channel,))
 

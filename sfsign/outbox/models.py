@@ -194,10 +194,15 @@ class Job:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
-        names = {f.name for f in fields(cls)}
+        names = _JOB_FIELDS.get(cls)
+        if names is None:  # computed once per class: every step of every job builds a Job from its row
+            names = _JOB_FIELDS[cls] = frozenset(f.name for f in fields(cls))
         data = {k: v for k, v in row.items() if k in names}
         data["state"] = JobState(data["state"])
         return cls(**data)
+
+
+_JOB_FIELDS: dict[type, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)

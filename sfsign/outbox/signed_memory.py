@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -28,19 +30,21 @@ def remember(conn: sqlite3.Connection, job_id: int) -> None:
     document is on the record (a signed state, not superseded, not an archive renewal or a flagged
     duplicate) becomes the record's current document for its rule; a job that leaves for `error`/`dead`
     (`sfsign retry` puts it back) stops being it, as `signed_job` reads jobs."""
-    row = conn.execute(
-        "SELECT sobject, record_id, rule, transaction_id, state, source, duplicate_of, superseded_by, signed_at, "
-        "done_at, updated_at, content_document_id FROM jobs WHERE id = ?", (job_id,),
-    ).fetchone()
-    if row is None:
-        return
-    sobject, record_id, rule, tx, state, source, duplicate_of, superseded_by, signed_at, done_at, updated_at, \
-        document_id = row
+    cur = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    row = cur.fetchone()
+    if row is not None:
+        remember_row(conn, dict(zip([d[0] for d in cur.description], row, strict=True)))
+
+
+def remember_row(conn: sqlite3.Connection, job: Mapping[str, Any]) -> None:
+    """`remember` for a job row the caller has just read or written (`UPDATE … RETURNING`), so the write
+    path of every step does not read the row a second time."""
+    state, tx = job["state"], job["transaction_id"]
     if state in REENTRY_VALUES:
         conn.execute("DELETE FROM signed_documents WHERE transaction_id = ? AND superseded_by IS NULL", (tx,))
         return
-    if state not in SIGNED_VALUES or source == ARCHIVE_SOURCE or duplicate_of is not None \
-            or superseded_by is not None:
+    if state not in SIGNED_VALUES or job["source"] == ARCHIVE_SOURCE or job["duplicate_of"] is not None \
+            or job["superseded_by"] is not None:
         return
     conn.execute(
         "INSERT INTO signed_documents (sobject, record_id, rule, transaction_id, signed_at, content_document_id, "
@@ -48,7 +52,9 @@ def remember(conn: sqlite3.Connection, job_id: int) -> None:
         "DO UPDATE SET transaction_id = excluded.transaction_id, signed_at = excluded.signed_at, "
         "content_document_id = excluded.content_document_id, superseded_by = NULL, "
         "updated_at = excluded.updated_at",
-        (sobject, record_id, rule, tx, signed_at or audit_time(done_at or updated_at), document_id, time.time()),
+        (job["sobject"], job["record_id"], job["rule"], tx,
+         job["signed_at"] or audit_time(job["done_at"] or job["updated_at"]), job["content_document_id"],
+         time.time()),
     )
 
 

@@ -47,12 +47,14 @@ class JobSteps(JobChanges):
 
     def mark_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
         """The signed PDF is on disk; the row keeps what the record will show of the signature."""
-        return self._change(job.id, {
-            "state": JobState.SIGNED, "sha256": evidence.sha256, "level": evidence.level,
-            "signer_subject": evidence.signer_subject, "signer_serial": evidence.signer_serial,
-            "signed_at": evidence.signed_at, "timestamp_time": evidence.timestamp_time,
-            "validation": evidence.validation,
-        }, StepAudit(detail))
+        return self._change(job.id, _signed_changes(evidence), StepAudit(detail))
+
+    def mark_rendered_and_signed(self, job: Job, evidence: SignatureEvidence, detail: str) -> Job:
+        """Rendered and signed in one pool task (the signed PDF is on disk, the rendered one never was):
+        both states, each with its audit row, in one transaction, as if the steps had run one by one."""
+        with self._transaction() as conn:
+            self._apply(conn, job.id, {"state": JobState.RENDERED}, _NO_DETAIL)
+            return self._apply(conn, job.id, _signed_changes(evidence), StepAudit(detail))
 
     def take_rule(self, job: Job, rule: str) -> Job:
         """A Send for Signature that named no rule takes the rule covering the record's type, read at fetch.
@@ -164,3 +166,12 @@ class JobSteps(JobChanges):
         """Failing for the whole retry window and the record says so (`message`): a person must act."""
         return self._change(job.id, {"state": JobState.DEAD, "attempts": attempts, "last_error": message,
                                      "error_code": code}, StepAudit(f"{code}: {reason}"))
+
+
+def _signed_changes(evidence: SignatureEvidence) -> dict[str, object]:
+    return {
+        "state": JobState.SIGNED, "sha256": evidence.sha256, "level": evidence.level,
+        "signer_subject": evidence.signer_subject, "signer_serial": evidence.signer_serial,
+        "signed_at": evidence.signed_at, "timestamp_time": evidence.timestamp_time,
+        "validation": evidence.validation,
+    }

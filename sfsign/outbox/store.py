@@ -7,6 +7,7 @@ audit relay's queue, operator queries, retention, and the `meta` table (its keys
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,16 +39,25 @@ class OutboxStore(IntakeStore):
     # ------------------------------------------------------------------------------- the worker's queue
 
     def claim_due(self, now: float, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
-        excluded = list(exclude)
-        states = [s.value for s in ACTIVE_STATES]
-        sql = (
-            f"SELECT * FROM jobs WHERE state IN ({', '.join('?' for _ in states)}) AND next_attempt_at <= ?"
-            + (f" AND id NOT IN ({', '.join('?' for _ in excluded)})" if excluded else "")
-            + " ORDER BY next_attempt_at, id LIMIT ?"
-        )
-        rows = self.db.execute(sql, [*states, now, *excluded, limit]).fetchall()
-        cols = [d[0] for d in self.db.execute("SELECT * FROM jobs LIMIT 0").description]
-        return [Job.from_row(dict(zip(cols, r, strict=True))) for r in rows]
+        """Up to `limit` jobs due by `now` and not in `exclude` (the running ones), earliest first.
+
+        The dispatcher asks after every step of every job, with hundreds running in a burst. One query
+        per active state walks the index `jobs(state, next_attempt_at)` in order and stops at `limit`;
+        a single query over all states had to collect and sort every due job each time (quadratic in a
+        burst). The running ids go in as one JSON parameter, not one parameter each."""
+        excluded = _json_ids(exclude)
+        found: list[tuple[float, int]] = []
+        for state in ACTIVE_STATES:
+            found += self.db.execute(
+                "SELECT next_attempt_at, id FROM jobs WHERE state = ? AND next_attempt_at <= ? "
+                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY next_attempt_at, id LIMIT ?",
+                (state.value, now, excluded, limit)).fetchall()
+        ids = [job_id for _, job_id in sorted(found)[:limit]]
+        if not ids:
+            return []
+        jobs = {job.id: job for job in self._job_rows(
+            "SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids),))}
+        return [jobs[i] for i in ids if i in jobs]
 
     def waiting_unannounced(self, older_than: float, limit: int, exclude: Iterable[int] = ()) -> list[Job]:
         """Jobs queued before `older_than` that no worker has started yet (no attempt: a retrying job shows
@@ -69,15 +79,14 @@ class OutboxStore(IntakeStore):
                             [at, *part])
 
     def next_due_at(self, exclude: Iterable[int] = ()) -> float | None:
-        """When the next job not in `exclude` (the ones already running) falls due."""
-        excluded = list(exclude)
-        states = [s.value for s in ACTIVE_STATES]
-        row = self.db.execute(
-            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({', '.join('?' for _ in states)})"
-            + (f" AND id NOT IN ({', '.join('?' for _ in excluded)})" if excluded else ""),
-            [*states, *excluded],
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
+        """When the next job not in `exclude` (the ones already running) falls due (per state, in index
+        order, as `claim_due`)."""
+        excluded = _json_ids(exclude)
+        found = [row[0] for state in ACTIVE_STATES for row in self.db.execute(
+            "SELECT next_attempt_at FROM jobs WHERE state = ? AND next_attempt_at IS NOT NULL "
+            "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY next_attempt_at LIMIT 1",
+            (state.value, excluded)).fetchall()]
+        return float(min(found)) if found else None
 
     # ------------------------------------------------------------------------- the audit relay's queue
 
@@ -248,3 +257,8 @@ class OutboxStore(IntakeStore):
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _json_ids(ids: Iterable[int]) -> str:
+    """Job ids as one SQL parameter, for `id NOT IN (SELECT value FROM json_each(?))`."""
+    return json.dumps([int(i) for i in ids])
