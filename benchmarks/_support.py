@@ -208,9 +208,9 @@ class DaemonProcess:
         # not the pool's processes nor executor threads) and writes FILE when it stops; for finding where
         # the daemon's CPU per document goes, never for the figures (cProfile slows it down).
         profile = os.environ.get("SFSIGN_BENCH_PROFILE")
-        prefix = (["/tmp/yappi_run.py"] if profile and profile.endswith(".yappi") else ["-m", "cProfile", "-o", profile]) if profile else []
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
         return subprocess.Popen(
-            [sys.executable, *prefix, *([] if profile and profile.endswith(".yappi") else ["-m", "sfsign.cli", "run"])], env=self.stack.daemon_env(self.data_dir),
+            [sys.executable, *prefix, "-m", "sfsign.cli", "run"], env=self.stack.daemon_env(self.data_dir),
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stack.work,
         )
 
