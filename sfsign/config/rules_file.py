@@ -16,7 +16,6 @@ import yaml
 from pydantic import ValidationError
 
 from sfsign.config.errors import ConfigError
-from sfsign.config.signers import line_key, signer_paths, signer_problems
 from sfsign.config.rules import (
     BUILTIN_TEMPLATES,
     CUSTOM_FIELD,
@@ -28,6 +27,7 @@ from sfsign.config.rules import (
     Rules,
     RulesFile,
 )
+from sfsign.config.signers import line_key, signer_paths, signer_problems
 from sfsign.metadata import MetadataError, load_schema
 
 

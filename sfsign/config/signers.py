@@ -55,7 +55,8 @@ class SignerEntry(_Strict):
         if isinstance(data, dict):
             unknown = [str(k) for k in data if k not in cls.model_fields]
             if unknown:
-                raise ValueError(f"unknown key {', '.join(map(repr, unknown))}; a signer is exactly one of {ENTRY_FORMS}")
+                keys = ", ".join(map(repr, unknown))
+                raise ValueError(f"unknown key {keys}; a signer is exactly one of {ENTRY_FORMS}")
         elif not isinstance(data, SignerEntry):
             raise ValueError(f"a signer is a mapping, exactly one of {ENTRY_FORMS}")
         return data
@@ -139,7 +140,7 @@ class SignersConfig(_Strict):
     steps: list[list[SignerEntry]] = Field(min_length=1, max_length=10)
     authentication: AuthMethod = AuthMethod.EMAIL_OTP
     expires_after_days: int = Field(30, ge=1, le=365)
-    reminders: ReminderConfig | None = Field(default_factory=ReminderConfig)
+    reminders: ReminderConfig | None = Field(default_factory=lambda: ReminderConfig.model_validate({}))
     on_expiry: ExpiryAction | None = None
     seal: Literal["before_sending", "after_signing"] = Field(
         "before_sending", description="the seller's seal before the invitations go out, or after the last signature")

@@ -176,7 +176,8 @@ def test_an_expiry_stage_the_rule_watches_is_refused_as_it_would_send_again(tmp_
     text = HEAD + '    signers:\n      steps: [[{contact_role: primary}]]\n' \
                   '      on_expiry: {stage: "Proposal/Price Quote"}\n'
     message = _refused(tmp_path, text)
-    assert "rules.yaml:21: on_expiry moves the Opportunity to 'Proposal/Price Quote', which this rule watches" in message
+    assert ("rules.yaml:21: on_expiry moves the Opportunity to 'Proposal/Price Quote', which this rule watches"
+            in message)
 
 
 def test_a_signer_listed_twice_is_refused(tmp_path: Path) -> None:
