@@ -184,3 +184,22 @@ def test_a_signer_listed_twice_is_refused(tmp_path: Path) -> None:
     text = HEAD + "    signers:\n      steps:\n        - [{user: a@b.example}]\n        - [{user: a@b.example}]\n"
     message = _refused(tmp_path, text)
     assert "rules.yaml:22: user 'a@b.example' is listed twice (first in step 1)" in message, message
+
+
+def test_the_commented_example_in_config_rules_yaml_loads_when_uncommented(tmp_path: Path) -> None:
+    """The example admins copy from is the documented block, and valid as written."""
+    example = Path(__file__).resolve().parents[3] / "config" / "rules.yaml"
+    out, inside = [], False
+    for line in example.read_text().splitlines():
+        if line.startswith("    # signers:"):
+            inside = True
+        elif inside and not line.startswith("    #  "):
+            inside = False
+        out.append(line.replace("    # ", "    ", 1) if inside else line)
+    (tmp_path / "keys").mkdir()
+    rules = _load(tmp_path, "\n".join(out) + "\n")
+    opportunity, quote = (r.signers for r in rules.rules)
+    assert opportunity is not None and quote is not None
+    assert opportunity.users() == ["legal@northwind.example"] and opportunity.roles() == ["Decision Maker"]
+    assert opportunity.reminder_days() == [3, 5] and opportunity.on_expiry is not None
+    assert [e.source for step in quote.steps for e in step] == [SignerSource.QUOTE_CONTACT, SignerSource.USER]
