@@ -6,10 +6,11 @@ envelopes yet."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
-from e2e_support import REP, record_id
+from e2e_support import REP, record_id, run_cli
 
 from sfsign.check import StartupRefused, check_rules, refuse_on_failures
 from sfsign.check.org import check_access
@@ -96,14 +97,14 @@ async def test_signers_of_a_seeded_opportunity_and_quote_resolve_over_https(
     assert [c for c in access if not c.ok] == []
 
 
-async def test_start_is_refused_for_an_expiry_stage_a_role_and_a_user_the_org_lacks(
-    rest: SalesforceRest, pki: DemoPki, tmp_path: Path
+async def test_run_refuses_an_expiry_stage_a_role_and_a_user_the_org_lacks(
+    rest: SalesforceRest, settings: Settings, pki: DemoPki, tmp_path: Path
 ) -> None:
-    """`run` judges the rules with `check_rules` and exits 3 on `StartupRefused` with these words (the command
-    line's exit code for it is `test_refuses_to_start.py`'s; a subprocess here would cost ~8 s of CI)."""
+    """`run` judges the rules with `check_rules` and exits 3 on `StartupRefused`, with these words."""
     wrong = (OPPORTUNITY_SIGNERS.replace('"Closed Lost"', '"Closed Lots"')
              .replace('"Technical Buyer"', '"Legal Counsel"').replace("lena.hoffmann@", "lena.hofmann@"))
-    rules = load_rules(_rules_with_signers(tmp_path, pki, wrong))
+    path = _rules_with_signers(tmp_path, pki, wrong)
+    rules = load_rules(path)
     line = rules.line_of
 
     with pytest.raises(StartupRefused) as refused:
@@ -120,3 +121,8 @@ async def test_start_is_refused_for_an_expiry_stage_a_role_and_a_user_the_org_la
     ):
         assert expected in str(refused.value), (expected, str(refused.value))
     assert [c.name for c in refused.value.checks] == ["rule signers"], "the quote rule's signers exist"
+
+    ran = await asyncio.to_thread(run_cli, ["run"], settings, timeout=90.0, SFSIGN_RULES_FILE=str(path))
+    assert ran.returncode == 3, ran.stdout + ran.stderr
+    assert "sfsign: refusing to start" in ran.stderr and "'Closed Lots'" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
