@@ -198,7 +198,8 @@ class SignersConfig(_Strict):
                                   if e.contact_role is not None and not e.is_primary))
 
     def reminder_days(self) -> list[int]:
-        """Days after the invitation on which a reminder goes out (empty when off)."""
+        """The nominal days after the invitation a reminder is due (empty when off), as the docs state the
+        pattern; the outbox schedules each from when the previous one really went out."""
         return [] if self.reminders is None else self.reminders.due_days(self.expires_after_days)
 
 
