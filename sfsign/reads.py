@@ -113,10 +113,11 @@ def fields_read(soqls: Iterable[str]) -> dict[str, set[str]]:
 
 
 def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: bool = True,
-                   record_types: Iterable[str] = ()) -> list[str]:
+                   record_types: Iterable[str] = (), signers: Iterable[str] | None = None) -> list[str]:
     """The SOQL the daemon sends for rules watching `rule_fields` (object → watched fields), with
-    placeholder literals; `record_types`: the objects whose rules are limited to record types. Each
-    query comes from the function the daemon itself calls."""
+    placeholder literals; `record_types`: the objects whose rules are limited to record types; `signers`:
+    the objects whose rules name customer signers (None: every object, as the shipped permission set must
+    allow any rule to). Each query comes from the function the daemon itself calls."""
     from sfsign.archive import due_query, latest_version_query
     from sfsign.reconcile import current_values_query, reconcile_query
     from sfsign.salesforce.files import (
@@ -126,6 +127,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         version_document_query,
     )
     from sfsign.salesforce.record_fields import shown_signature_query
+    from sfsign.salesforce.signer_records import contact_roles_query, quote_signers_query, users_query
     from sfsign.salesforce.writeback import content_document_query
 
     cv, doc = "068000000000000AAA", "069000000000000AAA"
@@ -144,6 +146,12 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         for field in fields:
             out.append(reconcile_query(sobject, field, ["x"], since=now, until=now,
                                        record_types=["x"] if typed else None))
+    chosen = None if signers is None else set(signers)
+    signing = [o for o in rule_fields if chosen is None or o in chosen]
+    by_object = {"Opportunity": contact_roles_query, "Quote": quote_signers_query}  # as read_signers reads them
+    out += [by_object[o](["000000000000000AAA"]) for o in signing if o in by_object]
+    if signing:  # a counter-signer (`user:`) fits every object; the start check reads the users too
+        out.append(users_query(["user@example.com", "005000000000000AAA"]))
     return out
 
 
@@ -151,4 +159,6 @@ def rules_reads(rules: Rules, multi_currency: bool = True) -> dict[str, set[str]
     """What the daemon reads under these rules."""
     objects = sorted({r.object for r in rules.rules})
     watched = {o: [r.field for r in rules.for_object(o)] for o in objects}
-    return fields_read(daemon_queries(watched, multi_currency, [o for o in objects if rules.uses_record_types(o)]))
+    signing = [o for o in objects if any(r.signers is not None for r in rules.for_object(o))]
+    return fields_read(daemon_queries(watched, multi_currency, [o for o in objects if rules.uses_record_types(o)],
+                                      signing))

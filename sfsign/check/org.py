@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from sfsign.check.report import Check, fail, ok
+from sfsign.check.signers import check_signers
 from sfsign.config import SFSIGN_OWNED_FIELDS, Rules, Settings
 from sfsign.connections import SalesforceSession
 from sfsign.metadata import MetadataError, load_schema
@@ -235,13 +236,15 @@ RULE_FIELDS_FIX = "correct the rules file at the lines named, or deploy the fiel
 
 async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
     """The rules against the org's own schema, one describe per object: the watched fields and their trigger
-    values exist (a typo would start "ready" and never fire), and the fields listed for templates can be
-    read. One list for `check` to print, `run` to refuse to start on (exit code 3), and a reload to refuse."""
+    values exist (a typo would start "ready" and never fire), the fields listed for templates can be
+    read, and the rules' signers exist (`check/signers.py`). One list for `check` to print, `run` to refuse
+    to start on (exit code 3), and a reload to refuse."""
     out = []
     field_problems = []
+    describes: dict[str, dict[str, Any]] = {}
     for sobject in sorted({r.object for r in rules.rules}):
         try:
-            describe = await rest.describe(sobject)
+            describe = describes[sobject] = await rest.describe(sobject)
         except SalesforceError as exc:
             if exc.transient:
                 raise  # an outage says nothing about the rules: the caller waits it out or reports it
@@ -271,7 +274,7 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 )
     if field_problems:
         out.append(fail("rule fields", "\n".join(field_problems), RULE_FIELDS_FIX))
-    return out
+    return out + await check_signers(rest, rules, describes)
 
 
 async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: bool) -> list[Check]:

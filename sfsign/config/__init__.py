@@ -33,3 +33,5 @@ from sfsign.config.settings import CA_BUNDLE_FIX as CA_BUNDLE_FIX
 from sfsign.config.settings import Settings as Settings
 from sfsign.config.settings import load_settings as load_settings
 from sfsign.config.settings import read_secret as read_secret
+from sfsign.config.signers import SignerEntry as SignerEntry
+from sfsign.config.signers import SignersConfig as SignersConfig

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sfsign.config.signers import SignersConfig
 from sfsign.documents.model import Party
 from sfsign.salesforce.names import OWNED_FIELDS, SignRequest
 
@@ -189,6 +190,8 @@ class RuleConfig(_Strict):
     # is fetched (change events carry only changed fields); checked against the org's describe at start.
     record_types: list[Annotated[str, StringConstraints(pattern=RECORD_TYPE_NAME)]] | None = Field(
         None, min_length=1, max_length=200)
+    # Who signs after the document is rendered (customer signing); None: sealed only, as before.
+    signers: SignersConfig | None = None
 
     def covers(self, record_type: str | None) -> bool:
         """Whether the rule signs a record of this record type (its DeveloperName; None: Master, as for

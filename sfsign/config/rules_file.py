@@ -27,6 +27,7 @@ from sfsign.config.rules import (
     Rules,
     RulesFile,
 )
+from sfsign.config.signers import line_key, signer_paths, signer_problems
 from sfsign.metadata import MetadataError, load_schema
 
 
@@ -99,6 +100,10 @@ def load_rules(path: Path, *, metadata_dir: Path | None = None) -> Rules:
             (rule.name, key): _line_for(lines, ("rules", i, key))
             for i, rule in enumerate(parsed.rules)
             for key in ("name", "object", "field", "values", "fields", "record_types")
+        } | {
+            (rule.name, line_key(*sub)): _line_for(lines, ("rules", i, "signers", *sub))
+            for i, rule in enumerate(parsed.rules) if rule.signers is not None
+            for sub in signer_paths(rule.signers)
         },
     )
 
@@ -138,6 +143,9 @@ def _check_rules(
             errors.append(f"{at('name')}: rule name {rule.name!r} is used twice; rule names must be unique")
         names.add(rule.name)
         errors += _watched_field_problems(rule, known, at)
+        if rule.signers is not None:
+            errors += signer_problems(rule.object, rule.field, rule.values, rule.signers,
+                                      lambda *sub, _i=i: f"{path}:{_line_for(lines, ('rules', _i, 'signers', *sub))}")
         if rule.profile not in parsed.signing_profiles:
             errors.append(
                 f"{at('profile')}: unknown signing profile {rule.profile!r}; "

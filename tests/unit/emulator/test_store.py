@@ -284,6 +284,19 @@ def test_primary_contact_role_is_unique_and_mirrored(org: Org) -> None:
     assert org.store.get("Opportunity", org.opp)["ContactId"] == other
 
 
+def test_marking_another_contact_role_primary_by_update_unmarks_the_first(org: Org) -> None:
+    """As in the Contact Roles related list: the primary is edited, not only inserted (customer signing reads it)."""
+    other = org.store.insert("Contact", {"LastName": "Other", "AccountId": org.account}, user_id=org.rep)
+    first = org.store.insert("OpportunityContactRole", {"OpportunityId": org.opp, "ContactId": org.contact,
+                                                        "IsPrimary": True, "Role": "Economic Buyer"}, user_id=org.rep)
+    second = org.store.insert("OpportunityContactRole", {"OpportunityId": org.opp, "ContactId": other,
+                                                         "Role": "Decision Maker"}, user_id=org.rep)
+    assert org.store.get("OpportunityContactRole", second)["IsPrimary"] is False, "IsPrimary defaults to false"
+    org.store.update("OpportunityContactRole", second, {"IsPrimary": True}, user_id=org.rep)
+    assert [org.store.get("OpportunityContactRole", r)["IsPrimary"] for r in (first, second)] == [False, True]
+    assert org.store.get("Opportunity", org.opp)["ContactId"] == other
+
+
 def test_stage_change_sets_probability_and_closed_flags(org: Org) -> None:
     org.store.update("Opportunity", org.opp, {"StageName": "Closed Won"}, user_id=org.rep)
     opp = org.store.get("Opportunity", org.opp)

@@ -27,7 +27,8 @@ def test_integration_permission_set_reads_every_field_the_daemon_queries(schema:
     org = build_org_schema(schema)
     granted = Access.granted_by([schema.permission_sets["sfsign_Integration"]])
     reads = fields_read(daemon_queries(SHIPPED_RULE_FIELDS))
-    assert {"Opportunity.Amount", "Quote.ExpirationDate", "Contact.Email"} <= {
+    assert {"Opportunity.Amount", "Quote.ExpirationDate", "Contact.Email", "OpportunityContactRole.Role",
+            "OpportunityContactRole.IsPrimary", "User.IsActive", "User.Username", "Quote.BillingName"} <= {
         f"{o}.{n}" for o, names in reads.items() for n in names}, "the daemon's reads are found"
     unreadable = sorted(f"{o}.{n}" for o, names in reads.items() for n in names
                         if not granted.can_read_field(org.objects[o], org.objects[o].fields[n]))
@@ -62,6 +63,16 @@ def test_reads_follow_relationships_and_refuse_unknown_ones() -> None:
     assert reads["Product2"] == {"ProductCode"}
     with pytest.raises(UnknownRelationship):
         fields_read(["SELECT Owner.Manager.Name FROM Opportunity"])
+
+
+def test_signer_reads_only_for_objects_whose_rules_name_signers() -> None:
+    """The shipped permission set allows signers on every rule; one org's read list names what its rules use."""
+    seal_only = fields_read(daemon_queries({"Opportunity": ["StageName"]}, signers=[]))
+    assert "User" not in seal_only or "IsActive" not in seal_only["User"]
+    assert "Role" in seal_only.get("OpportunityContactRole", set()), "the document prints the primary contact's role"
+    signing = fields_read(daemon_queries({"Opportunity": ["StageName"]}, signers=["Opportunity"]))
+    assert {"IsPrimary", "Role", "ContactId", "OpportunityId"} <= signing["OpportunityContactRole"]
+    assert {"Username", "Name", "Email", "IsActive"} <= signing["User"]
 
 
 def test_reads_under_a_rule_include_the_watched_field() -> None:
@@ -103,6 +114,9 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         "salesforce/files.py:version_by_transaction_query", "salesforce/files.py:version_by_checksum_query",
         "salesforce/files.py:version_document_query", "salesforce/writeback.py:content_document_query",
         "salesforce/files.py:files_by_transaction_queries", "salesforce/record_fields.py:shown_signature_query",
+        # who signs a record's document (customer signing) and the counter-signers the start check reads
+        "salesforce/signer_records.py:contact_roles_query", "salesforce/signer_records.py:quote_signers_query",
+        "salesforce/signer_records.py:users_query",
         # a library helper the daemon does not call; it reads what reconcile_query reads
         "salesforce/records.py:find_records_in_state",
         # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
