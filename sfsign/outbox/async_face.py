@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sfsign.outbox.envelope_face import EnvelopeFace
 from sfsign.outbox.models import (
     AuditEvent,
     CommitResult,
@@ -32,8 +33,8 @@ from sfsign.outbox.store import OutboxStore
 T = TypeVar("T")
 
 
-class Outbox:
-    """The async face of `OutboxStore`: every call runs on one dedicated thread."""
+class Outbox(EnvelopeFace):
+    """The async face of `OutboxStore`: every call runs on one dedicated thread (envelopes: `EnvelopeFace`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
