@@ -137,8 +137,7 @@ class EnvelopeSteps(EnvelopeBase):
                 "state": RecipientState.SIGNED.value, "signed_at": now, "signed_name": name,
                 "ip": evidence.visit.ip, "user_agent": evidence.visit.user_agent, "next_reminder_at": None})
             self._cancel_live_mails(conn, envelope.id, recipient_id)
-            self._event(conn, envelope, EventType.SIGNED, now, recipient_id=recipient_id, visit=evidence.visit,
-                        detail=f"typed name: {name}")
+            self._event(conn, envelope, EventType.SIGNED, now, recipient_id=recipient_id, visit=evidence.visit)
             invited: tuple[int, ...] = ()
             peers = [r.state for r in self._recipients(envelope.id) if r.step == recipient.step]
             if step_complete(peers) and recipient.step < envelope.steps:
