@@ -31,8 +31,8 @@ def job(store: OutboxStore, tx: str = "tx-env-1", record: str = "006000000000001
 
 
 def envelope(store: OutboxStore, signers: tuple[ResolvedSigner, ...] = SIGNERS, *, tx: str = "tx-env-1",
-             policy: EnvelopePolicy | None = None, at: float = T0) -> Envelope:
-    return store.create_envelope(job(store, tx), signers, policy or EnvelopePolicy(), at, KEYS,
+             record: str = "006000000000001AAA", policy: EnvelopePolicy | None = None, at: float = T0) -> Envelope:
+    return store.create_envelope(job(store, tx, record), signers, policy or EnvelopePolicy(), at, KEYS,
                                  document_sha256="ab" * 32)
 
 
