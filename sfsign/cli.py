@@ -1,4 +1,4 @@
-"""`sfsign` command line: run | check | status | jobs | retry | render | reconcile | ltv-refresh | purge | demo.
+"""`sfsign` command line: run, check, status, jobs, envelopes, retry, render, reconcile, ltv-refresh, purge, demo.
 
 Errors an operator can fix (configuration, credentials) end with one readable message and exit code
 2; they never print a traceback, and never a secret.
@@ -139,6 +139,21 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     now = time.time()
     lines = [job_line(job, now) for job in jobs]
     print(json.dumps(lines, indent=2) if args.json else render_jobs(lines))
+    return 0
+
+
+def _cmd_envelopes(args: argparse.Namespace) -> int:
+    """`sfsign envelopes list|show|void|resend` (sfsign/commands/envelopes.py) on the daemon's outbox."""
+    from sfsign.config import load_settings
+
+    store = _open_existing_outbox(load_settings())
+    try:
+        print(args.run(store, args))
+    except (LookupError, ValueError) as exc:
+        print(f"sfsign: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
     return 0
 
 
@@ -293,6 +308,10 @@ def _add_operator_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     jobs.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
     jobs.add_argument("--json", action="store_true", help="machine-readable output, errors in full")
     jobs.set_defaults(func=_cmd_jobs)
+
+    from sfsign.commands.envelopes import add_envelope_commands
+
+    add_envelope_commands(sub).set_defaults(func=_cmd_envelopes)
 
     render = sub.add_parser("render", help="preview a rule's template on a real record (no signing, no upload)")
     render.add_argument("--record", required=True, help="the Opportunity or Quote id")

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from sfsign.outbox.envelope_face import EnvelopeFace
 from sfsign.outbox.models import (
     AuditEvent,
     CommitResult,
@@ -38,8 +39,8 @@ log = structlog.get_logger("sfsign.outbox")
 REPLAY_SAVE_DELAY_S = 0.5
 
 
-class Outbox:
-    """The async face of `OutboxStore`: every call runs on one dedicated thread."""
+class Outbox(EnvelopeFace):
+    """The async face of `OutboxStore`: every call runs on one dedicated thread (envelopes: `EnvelopeFace`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

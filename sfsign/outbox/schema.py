@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlite_utils
 import structlog
 
+from sfsign.outbox.envelope_schema import migrate_envelopes
 from sfsign.outbox.models import ARCHIVE_SOURCE, REENTRY_STATES
 from sfsign.outbox.signed_memory import create_signed_memory
 from sfsign.private_files import private_dir, private_file
@@ -142,6 +143,7 @@ def migrate(db: sqlite_utils.Database) -> None:
         db.execute(ONE_PER_RECORD_INDEX)
     if not db["signed_documents"].exists():
         create_signed_memory(db.conn)
+    migrate_envelopes(db.conn)  # customer signing (issue 14): its own module
 
 
 def _canonical_record_ids(conn: sqlite3.Connection) -> None:

@@ -56,3 +56,10 @@ def test_the_example_rules_and_key_readme_stay_tracked() -> None:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     assert _ignored(["config/rules.yaml", "config/keys/README.md"]) == set()
+
+
+def test_the_generated_link_key_is_git_ignored_wherever_the_data_directory_is() -> None:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["link.key", "data/link.key", "deploy/data/link.key"]  # sfsign.signing.tokens.LINK_KEY_FILE
+    assert set(paths) - _ignored(paths) == set()

@@ -74,11 +74,15 @@ LAYERS: dict[str, int] = {
     "sfsign.worker_config": 30,
     "sfsign.failures": 30,
     "sfsign.artifacts": 30,
+    # Link tokens and codes: below the outbox, which keeps their hashes; above settings, whose secrets
+    # directory holds the link key.
+    "sfsign.signing.tokens": 25,
     "sfsign.config.*": 20,  # the package: settings, the rules file model, loading the rules file
     # Client libraries: they know Salesforce or PDF, nothing of sfsign's settings or state, so settings
     # may use their types (the document model) and they never import settings.
     "sfsign.salesforce.*": 15,
     "sfsign.documents.*": 15,
+    "sfsign.signing.lifecycle": 12,  # an envelope's transition rules and due times, pure, over the vocabulary
     # The foundation: the vocabulary, the metadata reader shared with the emulator, small helpers.
     "sfsign.salesforce.names": 10,
     "sfsign.signing.model": 10,  # envelope and recipient states, shared by rules, outbox, mailer, listener

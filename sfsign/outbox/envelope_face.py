@@ -1,0 +1,106 @@
+"""The async twins of the envelope steps and reads (`Outbox` inherits them): each runs on the outbox's one
+thread, as every other store operation does, so the signing listener and the mailer never block the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sfsign.outbox.envelope_models import (
+    CodeOutcome,
+    DueOutcome,
+    Envelope,
+    EnvelopeEvent,
+    QueuedMail,
+    Recipient,
+    SignerEvidence,
+    SignOutcome,
+    TokenMatch,
+    Visit,
+)
+from sfsign.outbox.models import Job
+from sfsign.outbox.store import OutboxStore
+from sfsign.signing.lifecycle import EnvelopePolicy
+from sfsign.signing.model import EnvelopeState, ResolvedSigner
+from sfsign.signing.tokens import LinkKeys
+
+T = TypeVar("T")
+_NO_VISIT = Visit()
+
+
+class EnvelopeFace:
+    """Envelope operations of `Outbox`; `call` is the outbox's own (one thread, one store)."""
+
+    async def call(self, fn: Callable[[OutboxStore], T]) -> T:
+        raise NotImplementedError
+
+    async def create_envelope(self, job: Job, signers: Sequence[ResolvedSigner], policy: EnvelopePolicy,
+                              now: float, keys: LinkKeys, *, document_sha256: str | None = None) -> Envelope:
+        people = list(signers)
+        return await self.call(lambda s: s.create_envelope(job, people, policy, now, keys,
+                                                           document_sha256=document_sha256))
+
+    async def mark_recipient_viewed(self, recipient_id: int, now: float, visit: Visit = _NO_VISIT) -> Recipient:
+        return await self.call(lambda s: s.mark_recipient_viewed(recipient_id, now, visit))
+
+    async def mark_recipient_signed(self, recipient_id: int, evidence: SignerEvidence, now: float) -> SignOutcome:
+        return await self.call(lambda s: s.mark_recipient_signed(recipient_id, evidence, now))
+
+    async def mark_recipient_refused(self, recipient_id: int, reason: str, now: float,
+                                     visit: Visit = _NO_VISIT) -> SignOutcome:
+        return await self.call(lambda s: s.mark_recipient_refused(recipient_id, reason, now, visit))
+
+    async def void(self, transaction_id: str, reason: str, now: float, actor: str = "operator") -> Envelope:
+        return await self.call(lambda s: s.void(transaction_id, reason, now, actor))
+
+    async def resend(self, transaction_id: str, recipient_id: int, now: float, actor: str = "operator") -> QueuedMail:
+        return await self.call(lambda s: s.resend(transaction_id, recipient_id, now, actor))
+
+    async def record_signed_document(self, transaction_id: str, sha256: str, now: float) -> Envelope:
+        return await self.call(lambda s: s.record_signed_document(transaction_id, sha256, now))
+
+    async def issue_code(self, recipient_id: int, now: float, keys: LinkKeys, visit: Visit = _NO_VISIT) -> CodeOutcome:
+        return await self.call(lambda s: s.issue_code(recipient_id, now, keys, visit))
+
+    async def check_code(self, recipient_id: int, code: str, now: float, keys: LinkKeys,
+                         visit: Visit = _NO_VISIT) -> CodeOutcome:
+        return await self.call(lambda s: s.check_code(recipient_id, code, now, keys, visit))
+
+    async def next_mail(self, now: float) -> QueuedMail | None:
+        return await self.call(lambda s: s.next_mail(now))
+
+    async def next_mail_at(self) -> float | None:
+        return await self.call(OutboxStore.next_mail_at)
+
+    async def mark_mail_sent(self, mail_id: int, now: float) -> QueuedMail:
+        return await self.call(lambda s: s.mark_mail_sent(mail_id, now))
+
+    async def mark_mail_failed(self, mail_id: int, error: str, now: float, *, permanent: bool) -> QueuedMail:
+        return await self.call(lambda s: s.mark_mail_failed(mail_id, error, now, permanent=permanent))
+
+    async def due_envelopes(self, now: float, limit: int = 100) -> list[Envelope]:
+        return await self.call(lambda s: s.due_envelopes(now, limit))
+
+    async def next_envelope_due_at(self) -> float | None:
+        return await self.call(OutboxStore.next_envelope_due_at)
+
+    async def run_due(self, envelope_id: int, now: float) -> DueOutcome:
+        return await self.call(lambda s: s.run_due(envelope_id, now))
+
+    async def envelope(self, transaction_id: str) -> Envelope | None:
+        return await self.call(lambda s: s.envelope(transaction_id))
+
+    async def envelopes(self, state: EnvelopeState | None = None, limit: int = 50) -> list[Envelope]:
+        return await self.call(lambda s: s.envelopes(state, limit))
+
+    async def recipients(self, envelope_id: int) -> list[Recipient]:
+        return await self.call(lambda s: s.recipients(envelope_id))
+
+    async def timeline(self, envelope_id: int) -> list[EnvelopeEvent]:
+        return await self.call(lambda s: s.timeline(envelope_id))
+
+    async def envelope_mails(self, envelope_id: int) -> list[QueuedMail]:
+        return await self.call(lambda s: s.envelope_mails(envelope_id))
+
+    async def recipient_by_token(self, token: str) -> TokenMatch | None:
+        return await self.call(lambda s: s.recipient_by_token(token))
