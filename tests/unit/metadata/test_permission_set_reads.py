@@ -103,6 +103,7 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         "salesforce/files.py:version_by_transaction_query", "salesforce/files.py:version_by_checksum_query",
         "salesforce/files.py:version_document_query", "salesforce/writeback.py:content_document_query",
         "salesforce/files.py:files_by_transaction_queries", "salesforce/record_fields.py:shown_signature_query",
+        "salesforce/notifications.py:notification_type_query",
         # a library helper the daemon does not call; it reads what reconcile_query reads
         "salesforce/records.py:find_records_in_state",
         # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
