@@ -316,12 +316,17 @@ class Daemon:
         return await self._retrying(authenticator.token, AuthError, "cannot reach Salesforce to log in; retrying")
 
     async def _startup_rule_check(self, rest: SalesforceRest) -> list[Check] | None:
-        """The rules against the org, waiting out an outage (a 503 at start says nothing about the rules, and
-        refusing to start on it would turn a Salesforce blip into a crash loop); only real findings refuse."""
+        """The rules and the notification type against the org, waiting out an outage (a 503 at start says
+        nothing about the rules, and refusing to start on it would turn a Salesforce blip into a crash loop);
+        only real findings refuse."""
         from sfsign.check import check_rules  # it imports the renderer
+        from sfsign.check.org import check_notification_type
 
-        return await self._retrying(partial(check_rules, rest, self.rules), SalesforceError,
-                                    "cannot check the rules against Salesforce; retrying")
+        async def findings() -> list[Check]:
+            return [*await check_rules(rest, self.rules),
+                    await check_notification_type(rest, self.settings.notification_type)]
+
+        return await self._retrying(findings, SalesforceError, "cannot check the rules against Salesforce; retrying")
 
     async def _retrying(
         self, attempt: Callable[[], Awaitable[T]], errors: type[AuthError | SalesforceError], message: str,

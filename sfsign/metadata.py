@@ -103,6 +103,18 @@ class PermissionSetDef:
     user_permissions: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class NotificationTypeDef:
+    """A `CustomNotificationType` of the package; `name` (the file's name) is its DeveloperName."""
+
+    name: str
+    label: str  # customNotifTypeName, what Setup and the CustomNotifTypeName field show
+    master_label: str
+    desktop: bool
+    mobile: bool
+    description: str = ""
+
+
 @dataclass
 class Schema:
     """Everything the package defines, by object API name."""
@@ -112,6 +124,7 @@ class Schema:
     # such as `Opportunity`, in the order of the files.
     cdc_entities: tuple[str, ...] = ()
     permission_sets: dict[str, PermissionSetDef] = field(default_factory=dict)
+    notification_types: dict[str, NotificationTypeDef] = field(default_factory=dict)
 
     def field(self, object_name: str, field_name: str) -> FieldDef | None:
         obj = self.objects.get(object_name)
@@ -250,8 +263,20 @@ def parse_permission_set(path: Path) -> PermissionSetDef:
     return pset
 
 
+def parse_notification_type(path: Path) -> NotificationTypeDef:
+    root = _root(path, "CustomNotificationType")
+    name = path.name.removesuffix(".notiftype-meta.xml")
+    label = _text(root, "customNotifTypeName")
+    if not label:
+        raise MetadataError(f"{path}: customNotifTypeName is required")
+    return NotificationTypeDef(name=name, label=label, master_label=_text(root, "masterLabel") or label,
+                               desktop=_bool(root, "desktop"), mobile=_bool(root, "mobile"),
+                               description=_text(root, "description") or "")
+
+
 def load_schema(metadata_dir: Path | None = None) -> Schema:
-    """Load the objects, the CDC selection and the permission sets under `force-app/main/default`."""
+    """Load the objects, the CDC selection, the permission sets and the custom notification types under
+    `force-app/main/default`."""
     base = metadata_dir or default_metadata_dir()
     default_dir = base / "force-app" / "main" / "default"
     objects_dir = default_dir / "objects"
@@ -272,4 +297,7 @@ def load_schema(metadata_dir: Path | None = None) -> Schema:
     for ppath in sorted((default_dir / "permissionsets").glob("*.permissionset-meta.xml")):
         pset = parse_permission_set(ppath)
         schema.permission_sets[pset.name] = pset
+    for npath in sorted((default_dir / "notificationtypes").glob("*.notiftype-meta.xml")):
+        ntype = parse_notification_type(npath)
+        schema.notification_types[ntype.name] = ntype
     return schema

@@ -126,6 +126,8 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
         version_by_transaction_query,
         version_document_query,
     )
+    from sfsign.salesforce.names import NotificationType
+    from sfsign.salesforce.notifications import notification_type_query
     from sfsign.salesforce.record_fields import shown_signature_query
     from sfsign.salesforce.signer_records import contact_roles_query, quote_signers_query, users_query
     from sfsign.salesforce.writeback import content_document_query
@@ -133,7 +135,8 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     cv, doc = "068000000000000AAA", "069000000000000AAA"
     now = datetime.now(UTC)
     out = [content_document_query([cv]), version_by_transaction_query("tx"), version_by_checksum_query(doc, "0"),
-           version_document_query(cv), latest_version_query(doc), *FileCalls.files_by_transaction_queries(["tx"])]
+           version_document_query(cv), latest_version_query(doc), *FileCalls.files_by_transaction_queries(["tx"]),
+           notification_type_query(NotificationType.SIGNATURE_OUTCOME)]
     for sobject, fields in rule_fields.items():
         if sobject in SELECTS:
             out.append(SELECTS[sobject](multi_currency) + " WHERE Id IN ('000000000000000AAA')")

@@ -20,6 +20,7 @@ from sfsign.metadata import MetadataError, load_schema
 from sfsign.rule_fields import problems_in_describe
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.names import File, SignatureEvent, SignRequest
+from sfsign.salesforce.notifications import NotificationTypeMissing
 from sfsign.salesforce.records import opportunity_select, quote_select
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
@@ -50,6 +51,7 @@ async def check_org(settings: Settings, rules: Rules, session: SalesforceSession
             out += await _check_schema(rest, rules)
             out += await check_rules(rest, rules)
             out += await check_access(rest, rules, settings.multi_currency)
+            out.append(await check_notification_type(rest, settings.notification_type))
             out += await _check_queries(rest, rules, settings.multi_currency)
     except SalesforceError as exc:  # the checks above raise only what they cannot judge: outages, limits
         fix = ("Salesforce did not answer this time (an outage or a limit); run `sfsign check` again"
@@ -208,6 +210,27 @@ async def check_access(rest: SalesforceRest, rules: Rules, multi_currency: bool)
                 what.append(f"{'creates' if mode == 'create' else 'edits'} {len(written)} field(s)")
             out.append(ok(f"access {sobject}", " and ".join(what) or "visible"))
     return out
+
+
+NOTIFICATION_CHECK = "notification type"
+
+
+async def check_notification_type(rest: SalesforceRest, developer_name: str) -> Check:
+    """The custom notification type the record owner hears from sfsign by (refused, expired, completed) is in
+    the org and visible to the integration user: looked up as the daemon looks it up, by DeveloperName. Not
+    run when the setting is empty (no notifications). `run` refuses to start on the same finding."""
+    if not developer_name:
+        return Check(NOTIFICATION_CHECK, None, "SFSIGN_NOTIFICATION_TYPE is empty: no custom notifications")
+    try:
+        ntype = await rest.notification_type(developer_name)
+    except NotificationTypeMissing as exc:
+        return fail(NOTIFICATION_CHECK, exc.message,
+                    "deploy salesforce-metadata/ (it holds the notification type), or set SFSIGN_NOTIFICATION_TYPE")
+    except SalesforceError as exc:
+        if exc.transient:
+            raise  # one outage line from check_org
+        return fail(NOTIFICATION_CHECK, f"cannot read CustomNotificationType: {exc}", ACCESS_FIX)
+    return ok(NOTIFICATION_CHECK, f"{ntype.developer_name} ({ntype.label}, {ntype.id})")
 
 
 def rule_value_problems(rules: Rules, sobject: str, fields: dict[str, dict[str, Any]]) -> list[str]:

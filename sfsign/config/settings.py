@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sfsign.config.errors import ConfigError
-from sfsign.salesforce.names import SignatureEvent
+from sfsign.salesforce.names import NotificationType, SignatureEvent
 
 CA_BUNDLE_FIX = ("unset SFSIGN_CA_BUNDLE to trust only this machine's CAs, or set it to the PEM file of the "
                  "one extra CA to trust (a TLS-inspecting proxy's, or the emulator's ca.pem)")
@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         "the stream never delivered): one paged query per rule; 0 turns it off"
     )
     multi_currency: bool = Field(True, description="false for orgs without multi-currency (no CurrencyIsoCode)")
+    notification_type: str = Field(
+        NotificationType.SIGNATURE_OUTCOME, description="DeveloperName of the custom notification type the record "
+        "owner is told of a refusal, an expiry or a completion by; `check` and `run` require it in the org; empty: none"
+    )
     shutdown_grace_s: float = Field(20.0, ge=0)
     ltv_refresh_interval_h: float = Field(
         24.0, ge=0, description="how often to look for B-LTA files whose archive timestamp is due; 0 turns it off"
@@ -147,6 +151,15 @@ class Settings(BaseSettings):
         # One rule for every path setting: relative to the directory sfsign starts in, fixed at start.
         # (Paths inside the rules file are relative to the rules file's folder.)
         return v.absolute() if v is not None else None
+
+    @field_validator("notification_type")
+    @classmethod
+    def _notification_type(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", v):
+            raise ValueError(f"{v!r} is not a DeveloperName (letters, digits and underscores, e.g. "
+                             f"{NotificationType.SIGNATURE_OUTCOME}); leave it empty to send no notifications")
+        return v
 
     @field_validator("api_version")
     @classmethod

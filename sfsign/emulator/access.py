@@ -28,7 +28,7 @@ CONTROLLED_BY_PARENT = {"OpportunityLineItem": "Opportunity", "QuoteLineItem": "
                         "OpportunityContactRole": "Opportunity", "PricebookEntry": "Product2"}
 #: Objects whose standard fields take no field permission for this emulator (always visible).
 NO_FIELD_SECURITY = frozenset({"User", "Organization", "CurrencyType", "ContentDocument", "ContentDocumentLink",
-                               "RecordType"})
+                               "RecordType", "CustomNotificationType"})
 #: Objects whose standard fields have no field-level security, only their custom fields do (Files).
 CUSTOM_FIELD_SECURITY_ONLY = frozenset({"ContentVersion"})
 
@@ -41,6 +41,8 @@ class Access:
     permission_sets: tuple[str, ...] = ()
     objects: dict[str, md.ObjectPermission] = field(default_factory=dict)
     fields: dict[str, md.FieldPermission] = field(default_factory=dict)
+    #: System permissions (`userPermissions`): ApiEnabled, SendCustomNotifications...
+    user_permissions: frozenset[str] = frozenset()
 
     @classmethod
     def granted_by(cls, sets: Iterable[md.PermissionSetDef], *, revoke_fields: Iterable[str] = (),
@@ -50,8 +52,10 @@ class Access:
         objects: dict[str, md.ObjectPermission] = {}
         fields: dict[str, md.FieldPermission] = {}
         names = []
+        granted: set[str] = set()
         for pset in sets:
             names.append(pset.name)
+            granted |= pset.user_permissions
             for name, op in pset.object_permissions.items():
                 was = objects.get(name, md.ObjectPermission(name))
                 objects[name] = md.ObjectPermission(
@@ -67,7 +71,7 @@ class Access:
         for name in read_only_fields:
             if name in fields:
                 fields[name] = md.FieldPermission(name, fields[name].readable, False)
-        return cls(profile, tuple(names), objects, fields)
+        return cls(profile, tuple(names), objects, fields, frozenset(granted))
 
     def _object(self, obj: ObjectSpec) -> md.ObjectPermission | None:
         """The permission that governs `obj`; None when the object needs none."""
@@ -95,6 +99,10 @@ class Access:
         if perm is not None and obj.name in CONTROLLED_BY_PARENT:
             return perm.allow_edit
         return perm is None or (perm.allow_read and perm.allow_delete)
+
+    def has_permission(self, name: str) -> bool:
+        """A system permission (`SendCustomNotifications`); the profile grants none of those sfsign needs."""
+        return name in self.user_permissions
 
     def _secured(self, obj: ObjectSpec, spec: FieldSpec) -> bool:
         if obj.name in NO_FIELD_SECURITY or obj.is_event or not spec.permissionable:

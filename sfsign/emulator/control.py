@@ -77,6 +77,8 @@ class Control:
             web.get("/_control/api-usage", g(self.api_usage)),
             web.post("/_control/api-usage", g(self.set_api_usage)),
             web.get("/_control/files", g(self.files)),
+            web.get("/_control/notifications", g(self.notifications)),
+            web.delete("/_control/notifications", g(self.clear_notifications)),
             web.get("/_control/settings", g(self.settings)),
             web.post("/_control/settings", g(self.set_settings)),
             web.get("/_control/faults", g(self.faults)),
@@ -298,6 +300,15 @@ class Control:
         return web.json_response({"files": out})
 
     # -- org settings
+
+    async def notifications(self, request: web.Request) -> web.Response:
+        """The custom notifications the org accepted, oldest first (what a test asserts a rep was told)."""
+        return web.json_response({"notifications": list(self.org.notifications)})
+
+    async def clear_notifications(self, request: web.Request) -> web.Response:
+        count = len(self.org.notifications)
+        self.org.notifications.clear()
+        return web.json_response({"cleared": count})
 
     async def settings(self, request: web.Request) -> web.Response:
         return web.json_response({"childBatchSize": self.org.query_child_batch_size})

@@ -77,6 +77,10 @@ class ControlClient:
         result = await self._json("GET", "/_control/files")
         return list(result["files"] if isinstance(result, dict) else result)
 
+    async def notifications(self) -> list[dict[str, Any]]:
+        """The custom notifications the org accepted, oldest first."""
+        return list((await self._json("GET", "/_control/notifications"))["notifications"])
+
     async def api_usage(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/_control/api-usage"))
 

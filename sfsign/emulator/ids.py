@@ -31,6 +31,7 @@ KEY_PREFIXES: dict[str, str] = {
     "ContentVersion": "068",
     "ContentDocument": "069",
     "ContentDocumentLink": "06A",
+    "CustomNotificationType": "0ML",
     "Pricebook2": "01s",
     "Product2": "01t",
     "PricebookEntry": "01u",

@@ -326,6 +326,8 @@ class Org:
         self._revoke_listeners: list[Callable[[], None]] = []
         #: The permission sets deployed with the package, by API name (assignable with the control API).
         self.permission_sets: dict[str, md.PermissionSetDef] = {}
+        #: Custom notifications the org accepted (`notifications.send`), oldest first; not persisted.
+        self.notifications: list[dict[str, Any]] = []
 
     @property
     def org_id(self) -> str:

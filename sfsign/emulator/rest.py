@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from sfsign.emulator.errors import ApiError, not_found
 from sfsign.emulator.ids import normalize_id
+from sfsign.emulator.notifications import actions_resource
 from sfsign.emulator.versions import rest_version, versions_list
 
 if TYPE_CHECKING:
@@ -321,6 +322,9 @@ class RestApi:
         elif head == "limits" and len(seg) == 1:
             self._allow(ctx, "GET")
             return self.limits(ctx)
+        elif head == "actions":
+            status, body = actions_resource(self.org, ctx.method, seg, ctx.body, self._user(ctx), ctx.version)
+            return Resp(status, body)
         raise not_found()
 
     @staticmethod

@@ -840,7 +840,31 @@ def standard_objects() -> list[ObjectSpec]:
             _picklist("Visibility", "Visibility", ["AllUsers", "InternalUsers", "SharedUsers"], restricted=True,
                       length=40, defaulted_on_create=True))
     objs.append(cdl)
+    objs.append(custom_notification_type())
     return objs
+
+
+def custom_notification_type() -> ObjectSpec:
+    """`CustomNotificationType` (object reference, API 47.0+; fields as the field reference lists them):
+    how a client finds a type's 0ML id by DeveloperName. Its records are the package's notification
+    types (`sfsign.emulator.notifications.deploy_notification_types`); an admin creates them in Setup or by
+    deploying, never through the data API here."""
+    spec = ObjectSpec("CustomNotificationType", "Custom Notification Type", "Custom Notification Types",
+                      KEY_PREFIXES["CustomNotificationType"], createable=False, updateable=False, deletable=False,
+                      undeletable=False, searchable=False, triggerable=False)
+    spec.add(_id_field(),
+             _str("CustomNotifTypeName", "Name", 80, nillable=False, unique=True, id_lookup=True),
+             _textarea("Description", "Description", 255),
+             _bool("Desktop", "Desktop"),
+             _str("DeveloperName", "Name", 80, nillable=False),
+             _bool("IsSlack", "Slack", **RO),
+             _picklist("Language", "Master Language", ["en_US", "de", "fr"], restricted=True, length=40,
+                       defaulted_on_create=True),
+             _str("MasterLabel", "Label", 80, nillable=False, name_field=True),
+             _bool("Mobile", "Mobile"),
+             _str("NamespacePrefix", "Namespace Prefix", 15, **RO),
+             *_system_fields())
+    return spec
 
 
 # (child, field) -> child relationship name on the parent; cascade-delete children are marked in FieldSpec.

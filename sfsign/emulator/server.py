@@ -35,6 +35,7 @@ from sfsign.emulator import seed as seed_mod
 from sfsign.emulator.bus import DEFAULT_CDC_ENTITIES, EventBus
 from sfsign.emulator.cometd import BayeuxServer
 from sfsign.emulator.control import Control
+from sfsign.emulator.notifications import deploy_notification_types
 from sfsign.emulator.oauth import oauth_routes
 from sfsign.emulator.org import HOLD_AFTER_MAX_S, ConnectedApp, Org
 from sfsign.emulator.rest import rest_routes
@@ -274,6 +275,7 @@ class Emulator:
             result = seed_mod.seed_org(store)
             self._default_username = result.integration_username
             self._rep_username = result.rep_username
+        deploy_notification_types(store, meta)  # as a deploy of the package adds them (after the seed: its ids)
         bus.attach(store)
         return org
 

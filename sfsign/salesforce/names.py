@@ -32,6 +32,8 @@ ACTION_LENGTH: Final = 20
 RULE_LENGTH: Final = 80
 REASON_LENGTH: Final = 255
 ACTOR_LENGTH: Final = 255
+PROGRESS_LENGTH: Final = 40  # Text: "1 of 2 signed"
+DECLINE_REASON_LENGTH: Final = 255  # Text: the first 255 characters; the whole reason goes to the audit row
 # What sfsign writes into a LongTextArea (error text, audit detail): cut below what the field holds, as
 # it has been since the first version; the test only pins that it fits.
 LONG_TEXT_WRITE_MAX: Final = 32_000
@@ -55,6 +57,12 @@ class Record:
     VALIDATION: Final = "Sign_Validation__c"
     EIDAS_LEVEL: Final = "Sign_Eidas_Level__c"  # restricted picklist: EIDAS_LEVEL_VALUES
     ARCHIVE_DUE: Final = "Sign_Archive_Due__c"
+    # Customer signing: what the rep follows an envelope by (nothing writes them yet).
+    PROGRESS: Final = "Sign_Progress__c"  # "1 of 2 signed"
+    SENT_AT: Final = "Sign_Sent_At__c"
+    EXPIRES_AT: Final = "Sign_Expires_At__c"
+    COMPLETED_AT: Final = "Sign_Completed_At__c"
+    DECLINE_REASON: Final = "Sign_Decline_Reason__c"
 
 
 class File:
@@ -81,7 +89,7 @@ class SignatureEvent:
     OPPORTUNITY: Final = "Opportunity__c"
     QUOTE: Final = "Quote__c"
     TRANSACTION_ID: Final = "Transaction_Id__c"
-    EVENT_TYPE: Final = "Event_Type__c"  # restricted picklist: job states and AUDIT_ONLY_EVENT_TYPES
+    EVENT_TYPE: Final = "Event_Type__c"  # restricted picklist: job states, AUDIT_ONLY_ and ENVELOPE_EVENT_TYPES
     OCCURRED_AT: Final = "Occurred_At__c"
     ACTOR: Final = "Actor__c"
     DETAIL: Final = "Detail__c"
@@ -96,6 +104,7 @@ OWNED_FIELDS: Final = frozenset(
         Record.TRANSACTION_ID, Record.STATUS, Record.DOCUMENT_ID, Record.DOCUMENT_URL, Record.SIGNED_AT,
         Record.ERROR, Record.DOCUMENT_HASH, Record.LEVEL, Record.TIMESTAMP, Record.SIGNER,
         Record.SIGNER_SERIAL, Record.VALIDATION, Record.EIDAS_LEVEL, Record.ARCHIVE_DUE,
+        Record.PROGRESS, Record.SENT_AT, Record.EXPIRES_AT, Record.COMPLETED_AT, Record.DECLINE_REASON,
     }
 )
 
@@ -129,6 +138,44 @@ AUDIT_RETRIED: Final = "retried"  # `sfsign retry` re-queued the job
 AUDIT_ALREADY_SIGNED: Final = "already_signed"  # the record was signed before; nothing was signed again
 AUDIT_SUPERSEDED: Final = "superseded"  # a Re-issue replaced this job's document
 AUDIT_ONLY_EVENT_TYPES: Final = (AUDIT_REFUSED, AUDIT_RETRIED, AUDIT_ALREADY_SIGNED, AUDIT_SUPERSEDED)
+# ... and an envelope's events (customer signing), in the package's order. `signed` is also a job state
+# (the seller's seal): a customer's signature is written as the same value, its actor the signer.
+EVENT_SENT: Final = "sent"
+EVENT_VIEWED: Final = "viewed"
+EVENT_CODE_FAILED: Final = "code_failed"
+EVENT_SIGNED: Final = "signed"
+EVENT_DECLINED: Final = "declined"
+EVENT_REMINDED: Final = "reminded"
+EVENT_EXPIRED: Final = "expired"
+EVENT_VOIDED: Final = "voided"
+EVENT_COMPLETED: Final = "completed"
+ENVELOPE_EVENT_TYPES: Final = (EVENT_SENT, EVENT_VIEWED, EVENT_CODE_FAILED, EVENT_SIGNED, EVENT_DECLINED,
+                               EVENT_REMINDED, EVENT_EXPIRED, EVENT_VOIDED, EVENT_COMPLETED)
+
+
+# ------------------------------------------------------------------------------ custom notifications
+class NotificationType:
+    """`CustomNotificationType`, the package's notification type and the standard object an org lists
+    it in (queried by DeveloperName for its 0ML id, which differs in every org)."""
+
+    NAME: Final = "CustomNotificationType"
+    DEVELOPER_NAME: Final = "DeveloperName"
+    LABEL: Final = "CustomNotifTypeName"
+    DESKTOP: Final = "Desktop"
+    MOBILE: Final = "Mobile"
+    #: The package's type (notificationtypes/sfsign_Signature_Outcome.notiftype-meta.xml): the record
+    #: owner hears of a refusal, an expiry and a completion.
+    SIGNATURE_OUTCOME: Final = "sfsign_Signature_Outcome"
+
+
+#: The standard invocable action that sends one (`POST /services/data/vXX.X/actions/standard/...`).
+CUSTOM_NOTIFICATION_ACTION: Final = "customNotificationAction"
+#: Its documented input limits (Actions Developer Guide, "Custom Notification Actions").
+NOTIFICATION_TITLE_MAX: Final = 250
+NOTIFICATION_BODY_MAX: Final = 750
+NOTIFICATION_RECIPIENTS_MAX: Final = 500
+#: The user permission the integration user needs to call the action over REST (orgs from Winter '21 on).
+SEND_CUSTOM_NOTIFICATIONS_PERMISSION: Final = "SendCustomNotifications"
 
 
 # ------------------------------------------------------------------------------------ the whole list
@@ -164,6 +211,11 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(_RECORD, Record.VALIDATION, "Text", VALIDATION_LENGTH),
     FieldSpec(_RECORD, Record.EIDAS_LEVEL, "Picklist", values=EIDAS_LEVEL_VALUES),
     FieldSpec(_RECORD, Record.ARCHIVE_DUE, "DateTime"),
+    FieldSpec(_RECORD, Record.PROGRESS, "Text", PROGRESS_LENGTH),
+    FieldSpec(_RECORD, Record.SENT_AT, "DateTime"),
+    FieldSpec(_RECORD, Record.EXPIRES_AT, "DateTime"),
+    FieldSpec(_RECORD, Record.COMPLETED_AT, "DateTime"),
+    FieldSpec(_RECORD, Record.DECLINE_REASON, "Text", DECLINE_REASON_LENGTH),
     FieldSpec(_REQUEST, SignRequest.RECORD_ID, "Text", ID_LENGTH),
     FieldSpec(_REQUEST, SignRequest.RULE, "Text", RULE_LENGTH),
     FieldSpec(_REQUEST, SignRequest.REQUESTED_BY_ID, "Text", ID_LENGTH),
@@ -172,7 +224,7 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(_EVENT, SignatureEvent.OPPORTUNITY, "Lookup", reference_to="Opportunity"),
     FieldSpec(_EVENT, SignatureEvent.QUOTE, "Lookup", reference_to="Quote"),
     FieldSpec(_EVENT, SignatureEvent.TRANSACTION_ID, "Text", TRANSACTION_ID_LENGTH),
-    FieldSpec(_EVENT, SignatureEvent.EVENT_TYPE, "Picklist"),  # values: see AUDIT_ONLY_EVENT_TYPES
+    FieldSpec(_EVENT, SignatureEvent.EVENT_TYPE, "Picklist"),  # values: job states, AUDIT_ONLY_, ENVELOPE_
     FieldSpec(_EVENT, SignatureEvent.OCCURRED_AT, "DateTime"),
     FieldSpec(_EVENT, SignatureEvent.ACTOR, "Text", ACTOR_LENGTH),
     FieldSpec(_EVENT, SignatureEvent.DETAIL, "LongTextArea", LONG_TEXT_LENGTH),
@@ -180,3 +232,5 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
 
 # The custom objects the package defines (a platform event and the audit trail object).
 CUSTOM_OBJECTS: Final = (SignRequest.NAME, SignatureEvent.NAME)
+# The custom notification types the package defines (by DeveloperName, the file's name).
+NOTIFICATION_TYPES: Final = (NotificationType.SIGNATURE_OUTCOME,)

@@ -2,8 +2,9 @@
 
 The client is one object with every call on it, assembled from the groups in their own modules:
 the session they all run through (`session`: token, thread pool, errors), the batched calls
-(`composite`), the file calls (`files`), and here the calls on one record, the paged queries and the
-org's metadata. Callers and test fakes see one `SalesforceRest`, as before the split.
+(`composite`), the file calls (`files`), the custom notifications (`notifications`), and here the
+calls on one record, the paged queries and the org's metadata. Callers and test fakes see one
+`SalesforceRest`, as before the split.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sfsign.salesforce import paging
 from sfsign.salesforce.composite import CompositeCalls
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.files import FileCalls
+from sfsign.salesforce.notifications import NotificationCalls
 from sfsign.salesforce.session import created_id, dump_json
 from sfsign.salesforce.soql import validate_api_name, validate_field_path, validate_id
 
@@ -30,7 +32,7 @@ class QueryPage:
     next_records_url: str | None
 
 
-class SalesforceRest(FileCalls, CompositeCalls):
+class SalesforceRest(FileCalls, CompositeCalls, NotificationCalls):
     """REST calls for the daemon. One instance per org; safe to use from many tasks at once."""
 
     async def query_page(self, soql: str | None = None, *, next_records_url: str | None = None) -> QueryPage:

@@ -9,6 +9,12 @@ Allowed values come from the Metadata API Developer Guide (API 62.0), cited per 
 - QuickAction: https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/quickaction.htm
 - Flow: https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/meta_visual_workflow.htm
 - Layout: https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/meta_layouts.htm
+- CompactLayout (at most 10 fields):
+  https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/meta_compactlayout.htm
+- CustomNotificationType (customNotifTypeName and masterLabel at most 80 characters, description 255):
+  https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/meta_customnotificationtype.htm
+- Custom Notification Actions (the Send Custom Notifications user permission, needed for REST calls):
+  https://developer.salesforce.com/docs/atlas.en-us.api_action.meta/api_action/actions_obj_custom_notification.htm
 - CDC subscriber permissions (View All Records per object):
   https://developer.salesforce.com/docs/platform/change-data-capture/guide/cdc-security-perms.html
 Element names, order and required elements are checked against the WSDL by `scripts/validate-metadata.sh`.
@@ -27,6 +33,7 @@ from sfsign import metadata as md
 from sfsign.config import SFSIGN_OWNED_FIELDS
 from sfsign.emulator.schema import build_org_schema
 from sfsign.outbox import JobState
+from sfsign.salesforce import names
 
 REPO = Path(__file__).resolve().parents[3]
 PACKAGE = REPO / "salesforce-metadata"
@@ -45,6 +52,8 @@ SOURCE_FORMAT = {
     "Flow": ("flows", ".flow-meta.xml"),
     "Layout": ("layouts", ".layout-meta.xml"),
     "FlexiPage": ("flexipages", ".flexipage-meta.xml"),
+    "CompactLayout": ("compactLayouts", ".compactLayout-meta.xml"),
+    "CustomNotificationType": ("notificationtypes", ".notiftype-meta.xml"),
 }
 
 # CustomField `type` (FieldType enumeration).
@@ -118,7 +127,7 @@ def test_every_file_is_well_formed_metadata_named_as_source_format_expects(path:
     folder, suffix = SOURCE_FORMAT[kind]
     assert path.name.endswith(suffix)
     rel = path.relative_to(DEFAULT).parts
-    if kind == "CustomField":
+    if kind in ("CustomField", "CompactLayout"):  # children of an object: objects/X/<folder>/
         assert rel[0] == "objects" and rel[2] == folder
         assert _text(root, "fullName") == path.name.removesuffix(suffix)
     elif kind == "CustomObject":
@@ -235,6 +244,7 @@ def test_integration_permission_set_can_do_what_the_daemon_does(schema: md.Schem
     for parent in ("Account", "Contact", "Product2"):
         assert pset.object_permissions[parent].allow_read
     assert "ApiEnabled" in pset.user_permissions
+    assert names.SEND_CUSTOM_NOTIFICATIONS_PERMISSION in pset.user_permissions, "the REST notification action"
 
 
 def test_viewer_permission_set_reads_everything_and_edits_nothing(schema: md.Schema) -> None:
@@ -305,7 +315,12 @@ def test_layouts_name_real_fields_and_show_the_signature_section(schema: md.Sche
             assert _text(item, "behavior") in LAYOUT_BEHAVIORS
             assert org_obj.field(_text(item, "field") or "") is not None, f"{obj_name}.{_text(item, 'field')}"
     if obj_name in SIGN_OBJECTS:
-        assert set(sections["Signature"]) == SFSIGN_OWNED_FIELDS
+        customer = {names.Record.PROGRESS, names.Record.SENT_AT, names.Record.EXPIRES_AT, names.Record.COMPLETED_AT,
+                    names.Record.DECLINE_REASON}
+        assert set(sections["Customer Signature"]) == customer, "what a rep follows an envelope by"
+        assert set(sections["Signature"]) | customer == SFSIGN_OWNED_FIELDS
+        labels = list(sections)
+        assert labels.index("Customer Signature") < labels.index("Signature"), "above the seal's details"
         related = [_text(r, "relatedList") for r in root.iterfind(f"{Q}relatedLists")]
         assert f"Signature_Event__c.{obj_name}__c" in related
         actions = [_text(a, "actionName") for a in root.iterfind(f"{Q}platformActionList/{Q}platformActionListItems")]
@@ -329,3 +344,36 @@ def test_send_for_signature_action_publishes_a_sign_request(schema: md.Schema) -
         assert _text(action, "type") in QUICK_ACTION_TYPES and _text(action, "type") == "Flow"
         assert _text(action, "flowDefinition") == "Send_for_Signature"
         assert _text(action, "optionsCreateFeedItem") in ("true", "false")
+
+
+def _compact_layouts() -> list[Path]:
+    return sorted(DEFAULT.glob("objects/*/compactLayouts/*.compactLayout-meta.xml"))
+
+
+def test_each_signed_object_has_a_compact_layout_with_the_envelope_at_a_glance() -> None:
+    assert {p.parts[-3] for p in _compact_layouts()} == set(SIGN_OBJECTS)
+
+
+@pytest.mark.parametrize("path", _compact_layouts(), ids=lambda p: p.parts[-3])
+def test_compact_layouts_name_real_fields(schema: md.Schema, path: Path) -> None:
+    obj_name = path.parts[-3]
+    org_obj = build_org_schema(schema).objects[obj_name]
+    root = _root(path)
+    assert _text(root, "fullName") == path.name.removesuffix(".compactLayout-meta.xml")
+    fields = [f.text or "" for f in root.iterfind(f"{Q}fields")]
+    assert 0 < len(fields) <= 10 and len(fields) == len(set(fields))
+    for name in fields:
+        assert org_obj.field(name) is not None, f"{obj_name}.{name}"
+    assert {names.Record.STATUS, names.Record.PROGRESS, names.Record.EXPIRES_AT} <= set(fields)
+    assert 0 < len(_text(root, "label") or "") <= 80
+
+
+def test_notification_type_is_deployable() -> None:
+    (path,) = DEFAULT.glob("notificationtypes/*.notiftype-meta.xml")
+    root = _root(path)
+    for tag in ("customNotifTypeName", "desktop", "masterLabel", "mobile"):  # required by the Metadata API
+        assert _text(root, tag), tag
+    assert len(_text(root, "customNotifTypeName") or "") <= 80 and len(_text(root, "masterLabel") or "") <= 80
+    assert len(_text(root, "description") or "") <= 255
+    assert _text(root, "desktop") == "true" and _text(root, "mobile") == "true"
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", path.name.removesuffix(".notiftype-meta.xml"))

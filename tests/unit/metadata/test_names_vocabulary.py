@@ -76,10 +76,13 @@ def vocabulary_mismatches(package: Path) -> list[str]:
     out += [f"object {o}: not in the package" for o in set(names.CUSTOM_OBJECTS) - package_objects]
     out += [f"object {o}: in the package, not in names" for o in package_objects - set(names.CUSTOM_OBJECTS)]
     event_types = schema.field(names.SignatureEvent.NAME, names.SignatureEvent.EVENT_TYPE)
-    written = {s.value for s in JobState} | set(names.AUDIT_ONLY_EVENT_TYPES)
+    written = {s.value for s in JobState} | set(names.AUDIT_ONLY_EVENT_TYPES) | set(names.ENVELOPE_EVENT_TYPES)
     if event_types is not None and set(event_types.picklist_values) != written:
         out.append(f"Event_Type__c: picklist {sorted(event_types.picklist_values)} in the package, "
                    f"{sorted(written)} written by sfsign")
+    types, named = set(schema.notification_types), set(names.NOTIFICATION_TYPES)
+    out += [f"notification type {n}: not in the package" for n in sorted(named - types)]
+    out += [f"notification type {n}: in the package, not in names" for n in sorted(types - named)]
     created, offered = _flow_actions(package)
     if created != names.SignRequest.NAME:
         out.append(f"the flow publishes {created}, names says {names.SignRequest.NAME}")
@@ -106,6 +109,24 @@ def test_every_name_in_the_module_is_in_its_field_list() -> None:
 
 def test_owned_fields_are_the_record_fields() -> None:
     assert names.OWNED_FIELDS == frozenset(_namespace_names(names.Record).values())
+
+
+def test_envelope_events_keep_the_existing_values_first_and_in_order() -> None:
+    """New event types are appended: reports and list views filtering on the old values keep working, and
+    a value that already is a job state (`signed`) is not added twice."""
+    field = md.load_schema(PACKAGE).field(names.SignatureEvent.NAME, names.SignatureEvent.EVENT_TYPE)
+    assert field is not None
+    before = {s.value for s in JobState} | set(names.AUDIT_ONLY_EVENT_TYPES)
+    new = [v for v in names.ENVELOPE_EVENT_TYPES if v not in before]
+    assert list(field.picklist_values[-len(new):]) == new
+    assert set(field.picklist_values[: -len(new)]) == before
+    assert names.EVENT_SIGNED == JobState.SIGNED.value
+
+
+def test_the_notification_type_is_what_names_says() -> None:
+    ntype = md.load_schema(PACKAGE).notification_types[names.NotificationType.SIGNATURE_OUTCOME]
+    assert ntype.desktop and ntype.mobile, "the rep hears of it on the desktop and on the phone"
+    assert 0 < len(ntype.label) <= 80 and 0 < len(ntype.master_label) <= 80
 
 
 def test_values_sfsign_writes_fit_the_package_lengths() -> None:
@@ -154,9 +175,17 @@ FIELDS_DIR = DEFAULT / "objects"
          "the flow offers actions ['Sign', 'Re-issue']"),
         (lambda p: shutil.rmtree(p / FIELDS_DIR / "Sign_Request__e"),
          "object Sign_Request__e: not in the package"),
+        (lambda p: _edit(p / FIELDS_DIR / "Signature_Event__c/fields/Event_Type__c.field-meta.xml",
+                         "<fullName>code_failed</fullName>", "<fullName>wrong_code</fullName>"),
+         "Event_Type__c: picklist"),
+        (lambda p: _edit(p / FIELDS_DIR / "Opportunity/fields/Sign_Progress__c.field-meta.xml",
+                         "<length>40</length>", "<length>20</length>"),
+         "Opportunity.Sign_Progress__c: length 20 in the package, 40 in names"),
+        (lambda p: (p / DEFAULT / "notificationtypes/sfsign_Signature_Outcome.notiftype-meta.xml").unlink(),
+         "notification type sfsign_Signature_Outcome: not in the package"),
     ],
     ids=["length", "type", "picklist", "missing-field", "extra-field", "event-types", "lookup", "flow-action",
-         "missing-object"],
+         "missing-object", "envelope-event", "new-field-length", "missing-notification-type"],
 )
 def test_a_drifted_package_is_reported(tmp_path: Path, mutate: Callable[[Path], object], expected: str) -> None:
     copy = tmp_path / "pkg"

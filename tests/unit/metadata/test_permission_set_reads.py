@@ -117,6 +117,7 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         # who signs a record's document (customer signing) and the counter-signers the start check reads
         "salesforce/signer_records.py:contact_roles_query", "salesforce/signer_records.py:quote_signers_query",
         "salesforce/signer_records.py:users_query",
+        "salesforce/notifications.py:notification_type_query",
         # a library helper the daemon does not call; it reads what reconcile_query reads
         "salesforce/records.py:find_records_in_state",
         # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
