@@ -153,8 +153,8 @@ class Steps:
     async def _supersede_shown(self, job: Job, shown: str) -> None:
         """A Re-issue replaces a signature this outbox never knew (its memory started after it): the new
         version will take the record's `Sign_*` fields, and the old transaction's trail says by which Re-issue
-        and why, as a superseded document the outbox remembered does (written now, before the new version is
-        signed, so the trail tells it even when the new version later fails)."""
+        and why. It is written when the Re-issue is decided, as the intake writes it for a document the outbox
+        remembers (when the Re-issue is queued), not when the new version lands."""
         detail = (f"Superseded by Re-issue transaction {job.transaction_id} (the record showed this signature; "
                   f"the local outbox did not know it); reason: {job.reason or '(none given)'}")
         await self.outbox.commit_event(None, None, [], [AuditEvent(
