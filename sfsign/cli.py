@@ -1,7 +1,11 @@
 """`sfsign` command line: run, check, status, jobs, envelopes, retry, render, reconcile, ltv-refresh, purge, demo.
 
-Errors an operator can fix (configuration, credentials) end with one readable message and exit code
-2; they never print a traceback, and never a secret.
+Errors an operator can fix end with one readable message, never a traceback and never a secret, and an
+exit code that says which kind (docs/operations.md, "Exit codes"): 1 `check` found a failure; 2 the
+configuration cannot be loaded (a setting missing or invalid, `SFSIGN_CA_BUNDLE` empty or not a PEM file
+included, or the rules file); 3 the configuration loads but `run` refuses to start on what it finds (the
+fatal findings `check` reports, a login Salesforce refuses or a TLS certificate it cannot trust, a refused
+subscription); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -30,15 +30,16 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.config import Rules
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob, Outbox
+from sfsign.outbox import AuditEvent, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
+from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
-from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, Record, SignRequest
-from sfsign.salesforce.record_fields import already_signed_note
+from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
+from sfsign.salesforce.record_fields import already_signed_note, note_fields
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
-from sfsign.triggers import Decision, decide_change, decide_current_state, decide_sign_request
+from sfsign.triggers import Decision, decide_change, decide_current_state, decide_sign_request, reissue_rule
 
 log = structlog.get_logger("sfsign.intake")
 
@@ -292,8 +293,43 @@ class Intake:
                     )
             return decision
         if isinstance(event, PlatformEvent) and event.name == SignRequest.NAME:
-            return decide_sign_request(event, rules, org_id)
+            decision = decide_sign_request(event, rules, org_id)
+            await self._choose_reissue_rules(decision, rules)
+            return decision
         return None
+
+    async def _choose_reissue_rules(self, decision: Decision, rules: Rules) -> None:
+        """A Re-issue that named no rule takes the rule of the record's signed document (`reissue_rule`); one
+        that cannot be told which is refused, with a note on the record (written before the event commits,
+        so a failed write is retried with the event) and a `refused` event in its audit trail."""
+        kept: list[NewJob] = []
+        for job in decision.jobs:
+            chosen = await self._reissue_rule(job, rules)
+            if isinstance(chosen, NewJob):
+                kept.append(chosen)
+                continue
+            try:
+                await self.rest.update(job.sobject, job.record_id, note_fields(chosen))
+            except SalesforceError as exc:
+                if exc.transient:
+                    raise
+                log.error("could not write the Re-issue refusal on the record", record_id=job.record_id,
+                          error_code=exc.error_code)
+            decision.ignored.append(chosen)
+            decision.refused.append(AuditEvent(
+                transaction_id=job.transaction_id, sobject=job.sobject, record_id=job.record_id,
+                event_type=AUDIT_REFUSED, actor=job.requested_by or "sfsign",
+                detail=f"{SignRequest.NAME} refused: {chosen}"))
+        decision.jobs = kept
+
+    async def _reissue_rule(self, job: NewJob, rules: Rules) -> NewJob | str:
+        """`reissue_rule` for a Re-issue naming no rule, from the outbox; a replayed event whose job exists
+        keeps its job as it is, to meet it as a duplicate."""
+        if job.source != REISSUE_ANY_RULE_SOURCE:
+            return job
+        names = [rule.name for rule in rules.for_object(job.sobject)]
+        signed = await self.outbox.call(lambda store: _signed_rules(store, job, names))
+        return job if signed is None else reissue_rule(job, signed)
 
     async def _tell_already_signed(self, jobs: list[NewJob]) -> tuple[list[NewJob], list[AuditEvent]]:
         """The rule for a trigger on a record already signed (stage moved away and back, a second
@@ -307,7 +343,7 @@ class Intake:
         told: list[AuditEvent] = []
         for job in jobs:
             signed = None
-            if job.source != REISSUE_SOURCE:
+            if job.source not in REISSUE_SOURCES:
                 signed = await self.outbox.signed_unless_known(job)
             if signed is None:
                 keep.append(job)
@@ -335,6 +371,14 @@ class Intake:
         fields = [r.field for r in self.rules().for_object(sobject)]
         rows = await self.rest.query(current_values_query(sobject, fields, ids))
         return {str(r["Id"]): r for r in rows}
+
+
+def _signed_rules(store: OutboxStore, job: NewJob, names: list[str]) -> list[str] | None:
+    """The rules (of `names`, in order) with a current signed document of the job's record; None when the job
+    exists already (a replayed event)."""
+    if store.has_transaction(job.transaction_id):
+        return None
+    return [name for name in names if store.signed_job(job.sobject, job.record_id, name) is not None]
 
 
 def _commit_time(event: ChangeEvent | PlatformEvent | Any) -> float | None:

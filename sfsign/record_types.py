@@ -3,7 +3,8 @@
 Change events carry only the fields that changed, so a record's type is known only once the record is
 fetched; a trigger for a record of another type ends there, quietly for a stage change (the rule was
 never meant for it), with a note on the record for a rep's explicit "Send for signature". A "Send for
-signature" that named no rule takes the rule that covers the record's type.
+signature" that named no rule takes the rule that covers the record's type; so does a Re-issue that named
+none, unless the outbox remembers the rule the record was signed with (`sfsign.triggers.reissue_rule`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,17 @@ from sfsign.salesforce.records import SignableRecord
 #: starts with the object's first rule and takes, once the record is read, the rule covering its type.
 EVENT_SOURCE = "event"
 EVENT_ANY_RULE_SOURCE = "event-any-rule"
+#: A Re-issue that named no rule for a record the outbox has no signed document of (a fresh data directory,
+#: or never signed): it signs like a Send for Signature naming no rule, and is a Re-issue in the audit trail
+#: and at fetch (a signature the record shows is superseded, not refused). A blank-rule Re-issue of a record
+#: the outbox remembers signed takes that document's rule at intake and becomes a plain `reissue` job.
+REISSUE_ANY_RULE_SOURCE = "reissue-any-rule"
+#: Sources whose rule is chosen once the record's type is read.
+ANY_RULE_SOURCES = frozenset({EVENT_ANY_RULE_SOURCE, REISSUE_ANY_RULE_SOURCE})
+#: Sources that ask for a new version of a signed record.
+REISSUE_SOURCES = frozenset({REISSUE_SOURCE, REISSUE_ANY_RULE_SOURCE})
 #: Job sources a rep asked for by name (Sign_Request__e): they are told on the record why nothing came.
-EXPLICIT_SOURCES = frozenset({EVENT_SOURCE, EVENT_ANY_RULE_SOURCE, REISSUE_SOURCE})
+EXPLICIT_SOURCES = frozenset({EVENT_SOURCE, *ANY_RULE_SOURCES, *REISSUE_SOURCES})
 
 
 class RecordTypeNotRead(LookupError):

@@ -36,19 +36,20 @@ from sfsign.failures import PermanentFailure, TransientFailure
 from sfsign.gateway import SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import REISSUE_SOURCE, AuditEvent, Job, JobState, Outbox, StepAudit, audit_time
+from sfsign.outbox import AuditEvent, Job, JobState, Outbox, StepAudit, audit_time
 from sfsign.pending import PendingNotes
 from sfsign.profiles import signing_request, upgrade_request
 from sfsign.record_types import (
-    EVENT_ANY_RULE_SOURCE,
+    ANY_RULE_SOURCES,
     EXPLICIT_SOURCES,
+    REISSUE_SOURCES,
     RecordTypeNotRead,
     covering_rule,
     uncovered_reason,
 )
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.files import ContentVersionRef, NewFile
-from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, STATUS_SIGNED, Record
+from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, AUDIT_SUPERSEDED, STATUS_SIGNED, Record
 from sfsign.salesforce.record_fields import (
     adopted_fields,
     already_signed_note,
@@ -115,7 +116,7 @@ class Steps:
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
-        if job.source == EVENT_ANY_RULE_SOURCE:
+        if job.source in ANY_RULE_SOURCES:
             taken = await self._take_covering_rule(job, rule, rules, record)
             if isinstance(taken, Job):
                 return taken
@@ -124,9 +125,11 @@ class Steps:
         if skipped is not None:
             return skipped
         shown = record.sign_transaction_id
-        if shown and self._signed_before_this_outbox(job, record, rules) and not await self.outbox.knows_transaction(
-                shown):
-            return await self._tell_signed_before(job, shown)
+        if shown and self._signed_before_this_outbox(job, record) and not await self.outbox.knows_transaction(shown):
+            if job.source in REISSUE_SOURCES:
+                await self._supersede_shown(job, shown)
+            elif len(rules.for_object(job.sobject)) == 1:
+                return await self._tell_signed_before(job, shown)
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
         except NotRenderable as exc:
@@ -136,16 +139,29 @@ class Steps:
                                               file_name=file_name_for(title, job.transaction_id))
 
     @staticmethod
-    def _signed_before_this_outbox(job: Job, record: SignableRecord, rules: Rules) -> bool:
-        """Whether the record shows `Signed` by another transaction while this job is a new trigger (not a
-        Re-issue) and its object has one rule: then that signature is this rule's document. Only a job the
-        intake let through gets here, so the outbox does not know the document (a fresh or lost data
-        directory), which the caller checks: a transaction it knows (a job ended `error` after its upload)
-        is the documented re-entry, and signs. With several rules on the object the record's `Sign_*` fields
-        cannot say which rule signed, and the job signs too."""
+    def _signed_before_this_outbox(job: Job, record: SignableRecord) -> bool:
+        """Whether the record shows `Signed` by another transaction. Only a job the intake let through gets
+        here, so when the outbox does not know that transaction either (a fresh or lost data directory; the
+        caller checks, as a transaction it knows, a job ended `error` after its upload, is the documented
+        re-entry and signs), the record was signed before this outbox. A new trigger on an object with one
+        rule then signs nothing (that signature is this rule's document); with several rules the record's
+        `Sign_*` fields cannot say which rule signed, and it signs. A Re-issue signs a new version, which is
+        what it asks for, and the signature the record showed is superseded on the record and in its trail."""
         shown = record.sign_transaction_id
-        return (job.source != REISSUE_SOURCE and record.sign_status == STATUS_SIGNED and bool(shown)
-                and shown != job.transaction_id and len(rules.for_object(job.sobject)) == 1)
+        return record.sign_status == STATUS_SIGNED and bool(shown) and shown != job.transaction_id
+
+    async def _supersede_shown(self, job: Job, shown: str) -> None:
+        """A Re-issue replaces a signature this outbox never knew (its memory started after it): the new
+        version will take the record's `Sign_*` fields, and the old transaction's trail says by which Re-issue
+        and why. It is written when the Re-issue is decided, as the intake writes it for a document the outbox
+        remembers (when the Re-issue is queued), not when the new version lands."""
+        detail = (f"Superseded by Re-issue transaction {job.transaction_id} (the record showed this signature; "
+                  f"the local outbox did not know it); reason: {job.reason or '(none given)'}")
+        await self.outbox.commit_event(None, None, [], [AuditEvent(
+            transaction_id=shown, sobject=job.sobject, record_id=job.record_id, event_type=AUDIT_SUPERSEDED,
+            actor=job.requested_by or "sfsign", detail=detail)])
+        log.info("Re-issue of a record signed before this outbox knew of it: signing a new version",
+                 superseded_transaction_id=shown)
 
     async def _tell_signed_before(self, job: Job, shown: str) -> Job:
         """Sign nothing: the record keeps `Signed`, its `Sign_Error__c` gets the intake's already-signed note,

@@ -9,11 +9,12 @@ it into a no-op. Replay ids are not used: Salesforce says they are not stable ac
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from sfsign.config import RuleConfig, Rules
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
-from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE
+from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE, REISSUE_ANY_RULE_SOURCE
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
 from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.names import ACTION_REISSUE, ACTION_SIGN, AUDIT_REFUSED, REASON_LENGTH, Record, SignRequest
@@ -92,7 +93,8 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     duplicate check. A `Rule__c` that is not exactly the name of a rule of the record's object is
     refused (logged, and an audit event on the record), never matched loosely: a guess could sign
     with terms or a key nobody asked for. `Reason__c` rides with the job into its audit trail;
-    `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one).
+    `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one); one
+    that names no rule gets its rule from the outbox's memory at intake (`reissue_rule`).
     """
     target = _record_of(event)
     if isinstance(target, str):
@@ -155,11 +157,34 @@ def _record_of(event: PlatformEvent) -> tuple[str, str] | str:
 
 
 def _sign_request_source(action: str, named: bool, rule: RuleConfig) -> str:
-    """A Re-issue; a request for the named rule; or, when no rule was named and the object's first rule is
-    limited to record types, one whose rule the worker chooses once it has read the record's type."""
+    """A Re-issue of the named rule, or of no rule named (its rule is chosen at intake, `reissue_rule`); a
+    request for the named rule; or, when no rule was named and the object's first rule is limited to record
+    types, one whose rule the worker chooses once it has read the record's type."""
     if action == ACTION_REISSUE:
-        return REISSUE_SOURCE
+        return REISSUE_SOURCE if named else REISSUE_ANY_RULE_SOURCE
     return EVENT_SOURCE if named or rule.record_types is None else EVENT_ANY_RULE_SOURCE
+
+
+def reissue_rule(job: NewJob, signed_rules: Sequence[str]) -> NewJob | str:
+    """The rule of a Re-issue that named none, from the rules that hold a signed document of the record in the
+    outbox (current, not superseded; the memory survives the job purge), in the rules file's order.
+
+    "Re-issue" with no rule named means "a new version of the document this record was signed with", which
+    need not be the object's first rule when rules are limited to record types. One such rule: the job takes
+    it and becomes a plain Re-issue, which supersedes that document at insert; its transaction id stays the
+    one derived from the event, so a replayed event still meets the job. None (never signed, or a fresh data
+    directory): the job is left as it is and signs like a Send for Signature naming no rule, the covering rule
+    taken once the record's type is read. Several: which document is meant cannot be known, and guessing
+    could supersede the wrong contract, so the request is refused; the returned text says why and how to ask.
+    """
+    if job.source != REISSUE_ANY_RULE_SOURCE or not signed_rules:
+        return job
+    if len(signed_rules) == 1:
+        return replace(job, rule=signed_rules[0], source=REISSUE_SOURCE)
+    names = [repr(name) for name in signed_rules]
+    return (f"Not re-issued: this {job.sobject} has signed documents of {len(names)} rules "
+            f"({', '.join(names)}) and the Re-issue named none; name the rule to re-issue in "
+            f"{SignRequest.RULE}: {', '.join(names[:-1])} or {names[-1]}.")
 
 
 def decide_current_state(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 from pdf_glyphs import pdftotext
+from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
@@ -25,6 +27,7 @@ from sfsign.metadata import default_metadata_dir
 from sfsign.salesforce.rest import SalesforceRest
 
 ACME = "Acme Industries - Platform Renewal 2027"
+ACME_QUOTE = "Acme Renewal 2027 - Offer"
 
 DEAL_DESK_FIELD = """\
 <?xml version="1.0" encoding="UTF-8"?>
@@ -267,6 +270,36 @@ async def test_builtin_order_confirmation_reads_as_one_and_the_transaction_id_ne
     # The transaction id is printed whole, on one line, on every page.
     pages = raw.count("\f") or 1
     assert raw.count(str(record["Sign_Transaction_Id__c"])) >= pages, raw
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+async def test_builtin_quote_reads_as_a_quote_not_a_proposal_or_an_order(
+    settings: Settings, tmp_path: Path, pki: DemoPki, control: ControlClient, rest: SalesforceRest,
+    pki_passphrase: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo's Quote rule (Status Approved): the built-in `quote` template, on a quote whose own name says
+    neither proposal nor order. Heading, intro and the PDF's title say quote."""
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _rules(tmp_path, pki, field="StageName", value="Proposal/Price Quote")
+    [quote_rule] = rules.for_object("Quote")
+    assert quote_rule.template == "quote"
+    quote = await record_id(control, "Quote", ACME_QUOTE)
+    async with run_daemon(settings, rules):
+        await control.update("Quote", quote, {"Status": "Approved"}, user=REP)
+        record = await wait_for_status(control, "Quote", quote)
+    assert record["Sign_Status__c"] == "Signed", record
+    found = await rest.find_content_version(str(record["Sign_Transaction_Id__c"]))
+    assert found is not None
+    pdf = await rest.download_version_data(found.id)
+    raw = await asyncio.to_thread(pdftotext, pdf, tmp_path)
+    text = " ".join(raw.split())
+    squeezed = "".join(raw.split())
+    assert "QUOTE" in squeezed and "We are pleased to quote as follows." in text, text  # the heading, the intro
+    assert "Valid until" in text, "a quote is an offer: it says until when"
+    assert "PROPOSAL" not in squeezed.upper() and "ORDERCONFIRMATION" not in squeezed.upper(), text
+    assert "pleased to submit" not in text and "Thank you for your order" not in text, text
+    title = PdfFileReader(BytesIO(pdf)).trailer["/Info"]["/Title"]
+    assert str(title).startswith("Quote ") and not {"proposal", "order"} & set(str(title).lower().split()), title
 
 
 async def test_sfsign_check_reads_the_fields_the_rules_list_with_the_workers_own_query(

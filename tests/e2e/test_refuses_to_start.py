@@ -62,6 +62,23 @@ async def test_a_rule_value_missing_from_the_picklist_stops_run_as_check_reports
     assert not (settings.data_dir / "artifacts").exists()  # no worker ever started
 
 
+async def test_a_quote_status_missing_from_the_picklist_stops_run_too(
+    settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
+) -> None:
+    """The Quote rule's `Status` values are checked as the Opportunity rule's stages are (`check` reports both
+    with the same code, so only `run` is exercised here)."""
+    assert '["Approved"]' in RULES_TEMPLATE
+    typo = RULES_TEMPLATE.replace('["Approved"]', '["Aproved"]').format(
+        p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    path = _write_rules(tmp_path, pki, typo)
+
+    result = await asyncio.to_thread(_run, settings, path)
+    _assert_refused(result, "rule quote-approved: Status has no value 'Aproved'", "'Approved'",
+                    "fix: correct the rule's values to the picklist's API values")
+    assert "StageName has no value" not in result.stderr
+    assert not (settings.data_dir / "artifacts").exists()
+
+
 async def test_a_template_that_does_not_render_stops_run(
     settings: Settings, rules: Rules, pki: DemoPki, tmp_path: Path
 ) -> None:

@@ -3,7 +3,9 @@
 The org gets two Opportunity record types, as an admin creates them in Setup; the Opportunity rule signs
 only `Enterprise` records. A stage change on a `Renewal` record ends quietly (no document, no write on
 the record, an audit event), a rep's Send for Signature on it gets a note, reconciliation leaves it out,
-and a rules file naming a record type the org lacks refuses to start with the line and the fix.
+and a rules file naming a record type the org lacks refuses to start with the line and the fix. With a second
+rule for `Renewal` records, a request naming no rule takes the covering rule, and a Re-issue naming none
+takes the rule that signed the record (or is refused when two did).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ async def _audit(rest: SalesforceRest, opp: str, wanted: str, within_s: float = 
     async with asyncio.timeout(within_s):
         while True:
             events = await rest.query(
-                "SELECT Event_Type__c, Detail__c FROM Signature_Event__c "
+                "SELECT Event_Type__c, Transaction_Id__c, Detail__c FROM Signature_Event__c "
                 f"WHERE Opportunity__c = '{opp}' ORDER BY Name")
             if any(e["Event_Type__c"] == wanted for e in events):
                 return events
@@ -217,6 +219,16 @@ RENEWAL_RULE = """\
 """
 
 
+def _two_typed_rules(tmp_path: Path, pki: DemoPki) -> Rules:
+    """The Opportunity's first rule signs only Enterprise records, its second only Renewal ones."""
+    rules = _rules(tmp_path, pki, "[Enterprise]")
+    text = rules.source.read_text()
+    rules.source.write_text(text.replace("  - name: quote-approved\n", RENEWAL_RULE + "  - name: quote-approved\n"))
+    rules = load_rules(rules.source)
+    assert [r.name for r in rules.for_object("Opportunity")] == ["opportunity-proposal", "opportunity-renewal"]
+    return rules
+
+
 async def test_send_for_signature_without_a_rule_name_takes_the_rule_covering_the_record_type(
     settings: Settings, tmp_path: Path, pki: DemoPki, pki_passphrase: str, control: ControlClient,
     monkeypatch: pytest.MonkeyPatch,
@@ -224,11 +236,7 @@ async def test_send_for_signature_without_a_rule_name_takes_the_rule_covering_th
     """The object's first rule signs only Enterprise records; a second signs Renewal ones. A rep's Send for
     Signature naming no rule on a Renewal deal is signed by the second, not skipped by the first."""
     monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
-    rules = _rules(tmp_path, pki, "[Enterprise]")
-    text = rules.source.read_text()
-    rules.source.write_text(text.replace("  - name: quote-approved\n", RENEWAL_RULE + "  - name: quote-approved\n"))
-    rules = load_rules(rules.source)
-    assert [r.name for r in rules.for_object("Opportunity")] == ["opportunity-proposal", "opportunity-renewal"]
+    rules = _two_typed_rules(tmp_path, pki)
     _a, b = await _typed_deals(control)
     async with run_daemon(settings.model_copy(update={"rules_file": rules.source}), rules) as daemon:
         await control.publish("Sign_Request__e", {"RecordId__c": b}, user=REP)
@@ -237,3 +245,87 @@ async def test_send_for_signature_without_a_rule_name_takes_the_rule_covering_th
     assert signed["Sign_Status__c"] == "Signed" and signed["Sign_Error__c"] is None, signed
     assert job.rule == "opportunity-renewal" and job.transaction_id == signed["Sign_Transaction_Id__c"]
     assert len(await _files_of(control, b)) == 1
+
+
+async def test_a_reissue_without_a_rule_name_signs_a_new_version_with_the_rule_that_signed_the_record(
+    settings: Settings, tmp_path: Path, pki: DemoPki, pki_passphrase: str, control: ControlClient,
+    rest: SalesforceRest, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Renewal deal is signed by the object's second rule; a Re-issue naming no rule means "a new version of
+    that document": the second rule signs it and supersedes the first version (the object's first rule, which
+    does not cover Renewal records, is not asked)."""
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _two_typed_rules(tmp_path, pki)
+    _a, b = await _typed_deals(control)
+    reason = "Customer changed the billing address"
+    quick = settings.model_copy(update={"rules_file": rules.source, "audit_flush_s": 0.1})
+    async with run_daemon(quick, rules) as daemon:
+        await control.update("Opportunity", b, TRIGGER, user=REP)
+        first = await wait_for_status(control, "Opportunity", b)
+        old_tx = first["Sign_Transaction_Id__c"]
+        await control.publish("Sign_Request__e", {"RecordId__c": b, "Action__c": "Reissue", "Reason__c": reason},
+                              user=REP)
+        async with asyncio.timeout(60):
+            while True:
+                second = await wait_for_status(control, "Opportunity", b)
+                if second["Sign_Transaction_Id__c"] != old_tx:
+                    break
+                await asyncio.sleep(0.1)
+        new_tx = second["Sign_Transaction_Id__c"]
+        async with asyncio.timeout(30):
+            while True:
+                events = await _audit(rest, b, "superseded")
+                if any(e["Event_Type__c"] == "done" and e["Transaction_Id__c"] == new_tx for e in events):
+                    break
+                await asyncio.sleep(0.1)
+        jobs = {j.transaction_id: j for j in await daemon.outbox.call(lambda s: s.jobs())}
+    assert first["Sign_Status__c"] == "Signed" and jobs[old_tx].rule == "opportunity-renewal"
+    assert second["Sign_Status__c"] == "Signed" and second["Sign_Error__c"] is None, second
+    assert second["Signed_Document_Id__c"] != first["Signed_Document_Id__c"]
+    assert jobs[new_tx].rule == "opportunity-renewal" and jobs[new_tx].state is JobState.DONE
+    assert jobs[old_tx].superseded_by == new_tx
+    assert sorted(f["Sign_Transaction_Id__c"] for f in await _files_of(control, b)) == sorted([old_tx, new_tx])
+    [superseded] = [e for e in events if e["Event_Type__c"] == "superseded"]
+    assert superseded["Transaction_Id__c"] == old_tx and new_tx in superseded["Detail__c"]
+    assert reason in superseded["Detail__c"]
+    [queued] = [e for e in events if e["Event_Type__c"] == "queued" and e["Transaction_Id__c"] == new_tx]
+    assert queued["Detail__c"].startswith("source: reissue, rule: opportunity-renewal, ")
+    assert f"supersedes transaction {old_tx}" in queued["Detail__c"]
+
+
+async def test_a_reissue_without_a_rule_name_of_a_record_signed_by_two_rules_is_refused_asking_for_the_rule(
+    settings: Settings, tmp_path: Path, pki: DemoPki, pki_passphrase: str, control: ControlClient,
+    rest: SalesforceRest, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Enterprise deal signed by the first rule becomes a Renewal deal and is signed by the second: a
+    Re-issue naming no rule cannot say which document it replaces, so nothing is signed or superseded and
+    the rep is asked, on the record and in its trail, to name the rule."""
+    monkeypatch.setenv(PASSPHRASE_ENV, pki_passphrase)
+    rules = _two_typed_rules(tmp_path, pki)
+    a, b = await _typed_deals(control)
+    renewal = (await control.get("Opportunity", b, ["RecordTypeId"]))["RecordTypeId"]
+    quick = settings.model_copy(update={"rules_file": rules.source, "audit_flush_s": 0.1})
+    async with run_daemon(quick, rules) as daemon:
+        await control.update("Opportunity", a, TRIGGER, user=REP)
+        first = await wait_for_status(control, "Opportunity", a)
+        await control.update("Opportunity", a, {"RecordTypeId": renewal}, user=REP)
+        await control.publish("Sign_Request__e", {"RecordId__c": a, "Rule__c": "opportunity-renewal"}, user=REP)
+        async with asyncio.timeout(60):
+            while True:
+                second = await wait_for_status(control, "Opportunity", a)
+                if second["Sign_Transaction_Id__c"] != first["Sign_Transaction_Id__c"]:
+                    break
+                await asyncio.sleep(0.1)
+        await control.publish("Sign_Request__e", {"RecordId__c": a, "Action__c": "Reissue"}, user=REP)
+        note = await _note(control, a)
+        events = await _audit(rest, a, "refused")
+        jobs = await daemon.outbox.call(lambda s: s.jobs())
+    ask = "name the rule to re-issue in Rule__c: 'opportunity-proposal' or 'opportunity-renewal'."
+    assert note.startswith("Not re-issued: this Opportunity has signed documents of 2 rules") and note.endswith(ask)
+    [refused] = [e for e in events if e["Event_Type__c"] == "refused"]
+    assert refused["Detail__c"] == f"Sign_Request__e refused: {note}"
+    assert not any(e["Event_Type__c"] == "superseded" for e in events)
+    assert sorted(j.rule for j in jobs if j.state is JobState.DONE) == ["opportunity-proposal", "opportunity-renewal"]
+    assert all(j.superseded_by is None for j in jobs) and len(await _files_of(control, a)) == 2
+    record = await control.get("Opportunity", a, ["Sign_Status__c", "Sign_Transaction_Id__c"])
+    assert (record["Sign_Status__c"], record["Sign_Transaction_Id__c"]) == ("Signed", second["Sign_Transaction_Id__c"])

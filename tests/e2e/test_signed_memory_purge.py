@@ -126,7 +126,8 @@ async def test_on_a_fresh_data_directory_a_new_trigger_for_a_signed_record_signs
     settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest
 ) -> None:
     """The outbox is gone (a new data directory): the record's own `Signed` and transaction id, read at
-    fetch, decide it, since the object has one rule. A Re-issue still signs a new version."""
+    fetch, decide it, since the object has one rule. A Re-issue still signs a new version, and the signature
+    the record showed is superseded in its audit trail."""
     assert len(rules.for_object("Opportunity")) == 1
     opp = await record_id(control, "Opportunity", ACME)
     quick = settings.model_copy(update={"audit_flush_s": 0.1})
@@ -147,6 +148,7 @@ async def test_on_a_fresh_data_directory_a_new_trigger_for_a_signed_record_signs
                 if second["Sign_Transaction_Id__c"] not in (tx, job.transaction_id):
                     break
                 await asyncio.sleep(0.1)
+        trail = await _events(rest, opp, "superseded")
     assert job.state.value == "error" and job.error_code == "ALREADY_SIGNED" and job.sha256 is None
     assert record["Sign_Status__c"] == "Signed" and record["Sign_Transaction_Id__c"] == tx
     assert f"Already signed on {first['Signed_At__c'][:10]}" in record["Sign_Error__c"]
@@ -156,3 +158,7 @@ async def test_on_a_fresh_data_directory_a_new_trigger_for_a_signed_record_signs
     assert second["Sign_Status__c"] == "Signed"
     files = sorted(f["Sign_Transaction_Id__c"] for f in await _files_of(control, opp))
     assert files == sorted([tx, second["Sign_Transaction_Id__c"]])  # the stage change signed nothing
+    # The Re-issue superseded the signature the record showed, though this outbox never knew it.
+    [superseded] = [e for e in trail if e["Event_Type__c"] == "superseded"]
+    assert superseded["Transaction_Id__c"] == tx and second["Sign_Transaction_Id__c"] in superseded["Detail__c"]
+    assert "Customer changed the billing address" in superseded["Detail__c"]

@@ -27,6 +27,9 @@ def _cli(command: str, settings: Settings, **env: str) -> subprocess.CompletedPr
 async def test_an_empty_ca_bundle_setting_is_refused_with_the_fix_not_a_login_traceback(
     settings: Settings, rules: Rules
 ) -> None:
+    """Exit 2, as every setting that cannot be loaded (docs/operations.md, "Exit codes"): `check` cannot run
+    on it either; 3 is for a configuration that loads and fails against the org (the untrusted certificate
+    below)."""
     result = await asyncio.to_thread(_cli, "run", settings, SFSIGN_CA_BUNDLE="")
     assert result.returncode == 2, result.stderr
     assert "SFSIGN_CA_BUNDLE: is set but empty" in result.stderr and CA_FIX in result.stderr

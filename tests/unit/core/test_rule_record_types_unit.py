@@ -16,7 +16,7 @@ from sfsign.reads import rules_reads
 from sfsign.record_types import RecordTypeNotRead, covering_rule, uncovered_reason
 from sfsign.salesforce.events import PlatformEvent
 from sfsign.salesforce.records import OpportunityRecord, record_type_filter
-from sfsign.triggers import decide_sign_request
+from sfsign.triggers import decide_sign_request, reissue_rule
 
 RULES = """\
 version: 1
@@ -112,6 +112,54 @@ def test_a_request_naming_no_rule_leaves_the_choice_to_the_worker(tmp_path: Path
                           fields={"RecordId__c": "006000000000001AAA", "Rule__c": rule})
     [job] = decide_sign_request(event, _rules(tmp_path), "00D000000000001AAA").jobs
     assert (job.rule, job.source) == ("enterprise", source)
+
+
+def _request(rule: str, action: str | None = None) -> PlatformEvent:
+    fields = {"RecordId__c": "006000000000001AAA", "Rule__c": rule}
+    if action is not None:
+        fields["Action__c"] = action
+    return PlatformEvent(channel="/event/Sign_Request__e", replay_id=1,
+                         event_uuid="6f1c1a52-5b57-4f9e-9c55-0d1c0e0c1a01", name="Sign_Request__e", fields=fields)
+
+
+@pytest.mark.parametrize(("rule", "source"), [("", "reissue-any-rule"), ("renewal", "reissue")])
+def test_a_reissue_naming_no_rule_leaves_the_choice_to_intake_and_a_named_one_keeps_its_rule(
+    tmp_path: Path, rule: str, source: str
+) -> None:
+    [job] = decide_sign_request(_request(rule, "Reissue"), _rules(tmp_path), "00D000000000001AAA").jobs
+    assert (job.rule, job.source) == (rule or "enterprise", source)
+
+
+def test_a_reissue_naming_no_rule_takes_the_rule_of_the_records_signed_document(tmp_path: Path) -> None:
+    """One rule holds a signed document of the record: the Re-issue becomes a plain Re-issue of that rule,
+    with the transaction id derived from its event (a replay still meets it)."""
+    [job] = decide_sign_request(_request("", "Reissue"), _rules(tmp_path), "00D000000000001AAA").jobs
+    chosen = reissue_rule(job, ["renewal"])
+    assert isinstance(chosen, NewJob)
+    assert (chosen.rule, chosen.source, chosen.transaction_id) == ("renewal", "reissue", job.transaction_id)
+
+
+def test_a_reissue_naming_no_rule_of_a_record_never_signed_here_signs_as_an_unnamed_request(
+    tmp_path: Path
+) -> None:
+    [job] = decide_sign_request(_request("", "Reissue"), _rules(tmp_path), "00D000000000001AAA").jobs
+    assert reissue_rule(job, []) is job  # the covering rule is taken at fetch, as for Send for Signature
+
+
+def test_a_reissue_naming_no_rule_of_a_record_signed_by_several_rules_is_refused_asking_for_the_rule(
+    tmp_path: Path
+) -> None:
+    [job] = decide_sign_request(_request("", "Reissue"), _rules(tmp_path), "00D000000000001AAA").jobs
+    why = reissue_rule(job, ["enterprise", "renewal"])
+    assert why == ("Not re-issued: this Opportunity has signed documents of 2 rules ('enterprise', 'renewal') "
+                   "and the Re-issue named none; name the rule to re-issue in Rule__c: 'enterprise' or 'renewal'.")
+
+
+def test_only_a_reissue_naming_no_rule_has_its_rule_chosen_at_intake(tmp_path: Path) -> None:
+    rules = _rules(tmp_path)
+    for request in (_request(""), _request("renewal", "Reissue")):
+        [job] = decide_sign_request(request, rules, "00D000000000001AAA").jobs
+        assert reissue_rule(job, ["renewal", "enterprise"]) is job
 
 
 def test_reconciliation_filter_treats_master_as_no_record_type() -> None:
