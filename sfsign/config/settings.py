@@ -202,11 +202,13 @@ class Settings(BaseSettings):
         if self.smtp_url is None:
             return None
         if self.mail_from is None:
-            raise ConfigError("invalid settings:\n  SFSIGN_MAIL_FROM: is required with SFSIGN_SMTP_URL: set it to the "
-                              'address mail is sent from, with a display name ("Acme Contracts <contracts@acme.example>")')
+            raise ConfigError("invalid settings:\n  SFSIGN_MAIL_FROM: is required with SFSIGN_SMTP_URL: set it to "
+                              "the address mail is sent from, with a display name "
+                              '("Acme Contracts <contracts@acme.example>")')
         if bool(self.smtp_username) != (self.smtp_password is not None):
-            raise ConfigError("invalid settings:\n  SFSIGN_SMTP_USERNAME, SFSIGN_SMTP_PASSWORD: set both (the relay "
-                              "login; the password from the secrets directory) or neither (a relay that needs no login)")
+            raise ConfigError("invalid settings:\n  SFSIGN_SMTP_USERNAME, SFSIGN_SMTP_PASSWORD: set both (the "
+                              "relay login; the password from the secrets directory) or neither (a relay that needs "
+                              "no login)")
         security, host, port = parse_smtp_url(self.smtp_url)
         return SmtpRelay(host=host, port=port, security=security, mail_from=parse_mail_from(self.mail_from),
                          timeout_s=self.smtp_timeout_s, username=self.smtp_username or None,

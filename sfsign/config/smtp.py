@@ -105,7 +105,7 @@ def parse_mail_from(value: str) -> MailFrom:
     if "\r" in value or "\n" in value:
         raise ValueError(f"must be one line: {MAIL_FROM_FIX}")
     header = email.policy.default.header_factory("From", value)
-    addresses = getattr(header, "addresses", ())
+    addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", ()))
     if len(addresses) != 1 or header.defects or not addresses[0].domain or not addresses[0].username:
         raise ValueError(f"{value!r} is not one address: {MAIL_FROM_FIX}")
     if not addresses[0].display_name.strip():

@@ -183,7 +183,7 @@ class LocalMailServer:
         ok = (creds is not None and isinstance(auth_data, LoginPassword)
               and hmac.compare_digest(auth_data.login, creds.username.encode())
               and hmac.compare_digest(auth_data.password, creds.password.encode()))
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
     # -- storage ---------------------------------------------------------------------------------
 
