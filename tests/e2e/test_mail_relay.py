@@ -4,6 +4,7 @@ answer with (down, 4xx, a rejected recipient, a wrong login, an untrusted certif
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import io
@@ -244,3 +245,30 @@ def _json_logs(output: io.StringIO) -> Iterator[None]:
             yield
         finally:
             structlog.configure(**previous)
+
+
+@pytest.mark.parametrize("behaviour", ["closes", "hangs"])
+async def test_a_relay_that_drops_or_stalls_the_tls_handshake_means_retry_later(
+        behaviour: str, tls_files: TlsServerFiles) -> None:
+    """A half-up relay: it accepts the connection, then hangs up (or says nothing) before TLS is set up."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def half_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if behaviour == "closes":
+            writer.close()
+        else:
+            held.append(writer)
+
+    listener = await asyncio.start_server(half_up, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        for security in (SmtpSecurity.IMPLICIT_TLS, SmtpSecurity.STARTTLS):
+            relay = SmtpRelay(host="127.0.0.1", port=port, security=security, mail_from=parse_mail_from(SENDER),
+                              timeout_s=0.3, ca_bundle=tls_files.ca_file)
+            outcome = await Mailer(relay).send(request(MailKind.INVITATION, new_recipient()), log_id="r")
+            assert outcome.status is SendStatus.RETRY, (security, outcome)
+    finally:
+        for writer in held:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
