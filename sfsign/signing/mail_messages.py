@@ -62,8 +62,14 @@ class Party:
     name: str
     email: str
 
+    @property
+    def ascii_email(self) -> str:
+        """The address as it goes on the wire: an internationalised domain in its ASCII (IDNA) form."""
+        local, _, domain = self.email.rpartition("@")
+        return f"{local}@{domain.encode('idna').decode('ascii')}" if not domain.isascii() else self.email
+
     def address(self) -> Address:
-        return Address(display_name=self.name, addr_spec=self.email)
+        return Address(display_name=self.name, addr_spec=self.ascii_email)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,21 @@ class MailRequest:
                     self.document_title, self.declined_by or "")
         if any(ch in value for value in one_line for ch in "\r\n"):
             raise ValueError("names, addresses and the document title must be one line each")
+        for party in (self.recipient, self.owner):
+            _check_address(party)
+
+
+def _check_address(party: Party) -> None:
+    """One plain address; a non-ASCII local part (RFC 6531) is refused: few relays and mailboxes take it."""
+    local, at, domain = party.email.rpartition("@")
+    if not at or not local or not domain or any(ch.isspace() or ch in "<>,;" for ch in party.email):
+        raise ValueError("an e-mail address must be one plain local@domain address")
+    if not local.isascii():
+        raise ValueError("an e-mail address with non-ASCII characters before the @ cannot be sent")
+    try:
+        party.address()
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"an e-mail address that a mail cannot carry ({type(exc).__name__})") from None
 
 
 def _check_link(url: str) -> None:

@@ -76,12 +76,12 @@ class Mailer:
 
     async def send(self, request: MailRequest, *, log_id: str) -> SendOutcome:
         """Compose and send `request`; `log_id` names the recipient in log lines (never the address)."""
-        sender, recipient = self.relay.mail_from.address, request.recipient.email
-        data, smtputf8 = await asyncio.to_thread(self._flatten, request)
+        sender, recipient = self.relay.mail_from.address, request.recipient.ascii_email
+        data = await asyncio.to_thread(self._flatten, request)
         client = self._client()
         try:
             await client.connect()
-            _, reply = await client.sendmail(sender, [recipient], data, mail_options=["SMTPUTF8"] if smtputf8 else [])
+            _, reply = await client.sendmail(sender, [recipient], data)
         except (aiosmtplib.SMTPException, OSError) as exc:
             outcome = classify(exc, self.relay.security)
         else:
@@ -91,12 +91,10 @@ class Mailer:
         self._log(outcome, request, log_id)
         return outcome
 
-    def _flatten(self, request: MailRequest) -> tuple[bytes, bool]:
-        """The wire bytes (CRLF lines); SMTPUTF8 only when an address is not ASCII."""
+    def _flatten(self, request: MailRequest) -> bytes:
+        """The wire bytes: CRLF lines, headers in ASCII (RFC 2047 words for names)."""
         message: EmailMessage = compose(request, self.relay.mail_from)
-        smtputf8 = not (self.relay.mail_from.address + request.recipient.email).isascii()
-        policy = email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP
-        return message.as_bytes(policy=policy), smtputf8
+        return message.as_bytes(policy=email.policy.SMTP)
 
     def _client(self) -> aiosmtplib.SMTP:
         relay = self.relay
@@ -111,7 +109,7 @@ class Mailer:
     def _log(self, outcome: SendOutcome, request: MailRequest, log_id: str) -> None:
         fields = {"kind": request.kind.value, "recipient": log_id, "message_id": request.message_id,
                   "relay": self.relay.url}
-        reply = self._scrub(outcome.reply, request.recipient.email)
+        reply = self._scrub(self._scrub(outcome.reply, request.recipient.ascii_email), request.recipient.email)
         if outcome.status is SendStatus.DELIVERED:
             log.info("mail delivered to the relay", **fields)
         elif outcome.status is SendStatus.RETRY:

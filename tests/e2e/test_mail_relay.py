@@ -123,6 +123,16 @@ async def test_every_kind_is_delivered_and_reads_back_from_the_mailbox(
     assert "Ihr Code" in mails[sent[MailKind.CODE].message_id].subject
 
 
+async def test_an_internationalised_domain_goes_out_in_its_ascii_form(
+        implicit_server: LocalMailServer, tls_files: TlsServerFiles) -> None:
+    local = f"juergen-{uuid.uuid4().hex[:6]}"
+    req = request(MailKind.INVITATION, f"{local}@kunde-müller.example")
+    assert (await Mailer(relay_for(implicit_server, tls_files)).send(req, log_id="r")).status is SendStatus.DELIVERED
+    (mail,) = stored(implicit_server, f"{local}@xn--kunde-mller-zhb.example")
+    assert mail.message["To"].addresses[0].addr_spec == f"{local}@xn--kunde-mller-zhb.example"
+    assert mail.links[0] == req.link_url
+
+
 async def test_a_second_send_of_the_same_request_carries_the_same_message_id(
         implicit_server: LocalMailServer, tls_files: TlsServerFiles) -> None:
     mailer, recipient = Mailer(relay_for(implicit_server, tls_files)), new_recipient()

@@ -48,6 +48,7 @@ def test_every_kind_renders_in_every_language_as_valid_mime(kind: MailKind, lang
     raw = compose(request(kind, language), SENDER, now=NOW).as_bytes(policy=email.policy.SMTP)
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii() and all(len(line) <= 998 for line in raw.split(b"\r\n")), "RFC 5322 2.1.1 / 2.2"
+    assert b"To: =?utf-8?" in head, "a non-ASCII name travels as an RFC 2047 encoded word"
     mail = wire(compose(request(kind, language), SENDER, now=NOW))
     for part in mail.walk():
         assert not part.defects, (part.get_content_type(), part.defects)
@@ -156,3 +157,10 @@ def test_the_same_request_gives_the_same_message_id() -> None:
     req = request(MailKind.INVITATION)
     first, second = compose(req, SENDER), compose(dataclasses.replace(req), SENDER)
     assert first["Message-ID"] == second["Message-ID"] == req.message_id
+
+
+def test_an_address_with_a_non_ascii_local_part_is_refused_before_it_is_queued() -> None:
+    with pytest.raises(ValueError, match="non-ASCII characters before the @"):
+        request(MailKind.INVITATION, recipient=Party("Jürgen", "jürgen@kunde.example"))
+    with pytest.raises(ValueError, match="one plain local@domain"):
+        request(MailKind.INVITATION, recipient=Party("Two", "a@kunde.example, b@kunde.example"))
