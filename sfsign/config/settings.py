@@ -13,14 +13,17 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sfsign.config.errors import ConfigError
+from sfsign.config.smtp import SmtpRelay, parse_mail_from, parse_smtp_url
 from sfsign.salesforce.names import NotificationType, SignatureEvent
 
 CA_BUNDLE_FIX = ("unset SFSIGN_CA_BUNDLE to trust only this machine's CAs, or set it to the PEM file of the "
                  "one extra CA to trust (a TLS-inspecting proxy's, or the emulator's ca.pem)")
+SMTP_CA_BUNDLE_FIX = ("unset SFSIGN_SMTP_CA_BUNDLE to trust this machine's CAs (and SFSIGN_CA_BUNDLE's) for the "
+                      "mail relay, or set it to the PEM file of the one extra CA that issued the relay's certificate")
 
 
 class Settings(BaseSettings):
@@ -114,6 +117,14 @@ class Settings(BaseSettings):
     )
     ops_port: int = Field(8787, ge=-1, le=65535, description="port of the ops endpoint; 0 = any free port, -1 = off")
 
+    # The mail relay for customer signing (sfsign/config/smtp.py says why an unencrypted one is refused).
+    smtp_url: str | None = Field(None, description="smtp://HOST:587 (STARTTLS) or smtps://HOST:465 (implicit TLS)")
+    smtp_username: str | None = Field(None, description="AUTH user at the relay; the password is SFSIGN_SMTP_PASSWORD")
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = Field(30.0, gt=0, le=300, description="connect and per-command timeout at the relay")
+    smtp_ca_bundle: Path | None = Field(None, description="extra CA for the relay; default SFSIGN_CA_BUNDLE's")
+    mail_from: str | None = Field(None, description='"Acme Contracts <contracts@acme.example>"')
+
     @field_validator("max_attempts", mode="before")
     @classmethod
     def _no_max_attempts(cls, v: Any) -> None:
@@ -124,28 +135,42 @@ class Settings(BaseSettings):
                              "remove it and set SFSIGN_RETRY_FOR_H (hours, default 72) instead")
         return None
 
-    @field_validator("ca_bundle", mode="before")
+    @field_validator("ca_bundle", "smtp_ca_bundle", mode="before")
     @classmethod
-    def _ca_bundle_set(cls, v: Any) -> Any:
+    def _ca_bundle_set(cls, v: Any, info: ValidationInfo) -> Any:
         # Path("") is ".", a directory: left alone, the first login failed as "IsADirectoryError".
         if isinstance(v, str) and not v.strip():
-            raise ValueError(f"is set but empty: {CA_BUNDLE_FIX}")
+            raise ValueError(f"is set but empty: {_ca_fix(info)}")
         return v
 
-    @field_validator("ca_bundle")
+    @field_validator("ca_bundle", "smtp_ca_bundle")
     @classmethod
-    def _ca_bundle_file(cls, v: Path | None) -> Path | None:
+    def _ca_bundle_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is None:
             return v
         if not v.is_file():
-            raise ValueError(f"{v} is not a file: {CA_BUNDLE_FIX}")
+            raise ValueError(f"{v} is not a file: {_ca_fix(info)}")
         try:
             ssl.create_default_context().load_verify_locations(cafile=str(v))
         except (ssl.SSLError, OSError, ValueError) as exc:
-            raise ValueError(f"{v} holds no PEM certificate this machine can read ({exc}): {CA_BUNDLE_FIX}") from None
+            raise ValueError(f"{v} holds no PEM certificate this machine can read ({exc}): {_ca_fix(info)}") from None
         return v
 
-    @field_validator("data_dir", "rules_file", "ca_bundle", "private_key_file")
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_smtp_url(v)
+        return v
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_mail_from(v)
+        return v
+
+    @field_validator("data_dir", "rules_file", "ca_bundle", "smtp_ca_bundle", "private_key_file")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # One rule for every path setting: relative to the directory sfsign starts in, fixed at start.
@@ -185,6 +210,23 @@ class Settings(BaseSettings):
         }
         return [f"SFSIGN_{n.upper()}" for n in need[self.auth_flow] if not getattr(self, n)]
 
+    def smtp_relay(self) -> SmtpRelay | None:
+        """The mail relay, or None when SFSIGN_SMTP_URL is unset; a ConfigError names what is missing."""
+        if self.smtp_url is None:
+            return None
+        if self.mail_from is None:
+            raise ConfigError("invalid settings:\n  SFSIGN_MAIL_FROM: is required with SFSIGN_SMTP_URL: set it to "
+                              "the address mail is sent from, with a display name "
+                              '("Acme Contracts <contracts@acme.example>")')
+        if bool(self.smtp_username) != (self.smtp_password is not None):
+            raise ConfigError("invalid settings:\n  SFSIGN_SMTP_USERNAME, SFSIGN_SMTP_PASSWORD: set both (the "
+                              "relay login; the password from the secrets directory) or neither (a relay that needs "
+                              "no login)")
+        security, host, port = parse_smtp_url(self.smtp_url)
+        return SmtpRelay(host=host, port=port, security=security, mail_from=parse_mail_from(self.mail_from),
+                         timeout_s=self.smtp_timeout_s, username=self.smtp_username or None,
+                         password=self.smtp_password, ca_bundle=self.smtp_ca_bundle or self.ca_bundle)
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings with the secrets directory (`SFSIGN_SECRETS_DIR`, default /run/secrets) if it exists."""
@@ -193,9 +235,15 @@ def load_settings(**overrides: Any) -> Settings:
     if Path(secrets_dir).is_dir():
         kwargs["_secrets_dir"] = secrets_dir
     try:
-        return Settings(**kwargs)
+        settings = Settings(**kwargs)
     except ValidationError as exc:
         raise ConfigError(_settings_message(exc)) from None
+    settings.smtp_relay()  # the relay settings that only make sense together, checked at start too
+    return settings
+
+
+def _ca_fix(info: ValidationInfo) -> str:
+    return SMTP_CA_BUNDLE_FIX if info.field_name == "smtp_ca_bundle" else CA_BUNDLE_FIX
 
 
 def _settings_message(exc: ValidationError) -> str:

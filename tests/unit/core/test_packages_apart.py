@@ -1,8 +1,9 @@
-"""Two packages that must stay apart from the daemon's code, pinned by reading the imports (AST).
+"""Packages that must stay apart from the daemon's code, pinned by reading the imports (AST).
 
 - `sfsign.localpki`, the throw-away PKI (demo CAs, local TSA/OCSP/CRL services, SoftHSM tokens), is for
   the demo and the tests only. If production code imported it, a deployment could end up signing or
   validating against a demo CA without anyone noticing; so only the commands for trying sfsign reach it.
+- `sfsign.localmail`, the embedded SMTP relay, likewise; and it imports nothing of sfsign at all.
 - `sfsign.commands` holds the command-line commands that are not the daemon and sit above it (they run
   or reuse the daemon). Only the command line imports them; a helper the daemon needs lives below.
 """
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[3] / "sfsign"
 # `sfsign demo` runs on it, `sfsign demo-keys` (in the command line module) writes a demo key from it.
 MAY_IMPORT_LOCALPKI = ("localpki/", "commands/demo.py", "cli.py")
 MAY_IMPORT_COMMANDS = ("commands/", "cli.py")
+# The embedded SMTP relay, like the local PKI: for the demo and the tests only.
+MAY_IMPORT_LOCALMAIL = ("localmail/", "commands/demo.py", "cli.py")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -63,3 +66,15 @@ def test_operations_helpers_do_not_import_the_daemon() -> None:
     """sfsign.ops is what the daemon uses (metrics, ops endpoint, retention, API usage): an arrow back up
     to the daemon is a command that belongs in sfsign.commands."""
     assert {rel for rel in _importers_of("sfsign.daemon") if rel.startswith("ops/")} == set()
+
+
+def test_only_the_demo_commands_import_the_local_mail_server() -> None:
+    importers = _importers_of("sfsign.localmail")
+    assert {rel for rel in importers if not rel.startswith(MAY_IMPORT_LOCALMAIL)} == set()
+
+
+def test_the_local_mail_server_imports_nothing_of_sfsign() -> None:
+    """It plays the org's relay: sharing the mailer's code would let the two agree on a mistake."""
+    for path in sorted((ROOT / "localmail").glob("*.py")):
+        ours = {m for m in _imported_modules(path) if m == "sfsign" or m.startswith("sfsign.")}
+        assert {m for m in ours if not m.startswith("sfsign.localmail")} == set(), path.name
