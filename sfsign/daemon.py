@@ -38,6 +38,7 @@ from sfsign.certificates import CertificateWatch
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.connections import SalesforceSession
 from sfsign.documents import jobs as doc_jobs
+from sfsign.documents.render import POOL_PRELOAD, POOL_START_METHOD
 from sfsign.governor import ApiGovernor
 from sfsign.intake import Health, Intake
 from sfsign.ops.api_usage import record_api_usage
@@ -229,8 +230,12 @@ class Daemon:
     def _start_pool(self) -> tuple[ProcessPoolExecutor, list[asyncio.Future[list[str]]]]:
         """The render/sign processes, each warming up (interpreter, templates) as soon as it starts."""
         workers = self._pool_size()
-        # spawn, not fork: the parent has threads (outbox, REST pool), and fork would copy their locks.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        # Not fork: the parent has threads (outbox, REST pool), and fork would copy their locks. A fork
+        # server that has imported the signing stack (documents/pool_preload.py) forks each process, so
+        # they share those pages instead of each importing its own copy, as spawn did.
+        context = multiprocessing.get_context(POOL_START_METHOD)
+        context.set_forkserver_preload([POOL_PRELOAD])
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         templates = tuple(sorted({str(t) for t in self.rules.templates.values()}))
         fields = self.rules.template_fields()
         loop = asyncio.get_running_loop()
@@ -242,7 +247,9 @@ class Daemon:
         config = WorkerConfig(
             artifacts_dir=settings.data_dir / "artifacts", concurrency=settings.workers,
             cpu_slots=2 * self._pool_size(), batch_linger_s=settings.batch_linger_s,
-            batch_linger_burst_s=settings.batch_linger_burst_s, pending_after_s=settings.pending_after_s,
+            batch_linger_burst_s=settings.batch_linger_burst_s,
+            batch_linger_burst_first_s=settings.batch_linger_burst_first_s,
+            api_latency_share=settings.api_latency_share, pending_after_s=settings.pending_after_s,
             retry_for_s=settings.retry_for_h * 3600, backoff_base_s=settings.retry_base_s,
             backoff_cap_s=settings.retry_cap_s, multi_currency=settings.multi_currency,
             ltv_delay_s=settings.ltv_delay_s, artifact_grace_s=settings.artifact_grace_s,

@@ -13,7 +13,9 @@ as fit) when the daemon's audit flusher is not sending them at that moment (`aud
 rarely costs a call of its own.
 
 Knobs (`WorkerConfig`): `batch_linger_s` (0.05 s, SFSIGN_BATCH_LINGER_S) and `batch_linger_burst_s`
-(8 s, SFSIGN_BATCH_LINGER_BURST_S), `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
+(8 s, SFSIGN_BATCH_LINGER_BURST_S); while the org's daily API use is below `api_latency_share` (0.5,
+SFSIGN_API_LATENCY_SHARE) a burst's batches start at `batch_linger_burst_first_s` (0.25 s,
+SFSIGN_BATCH_LINGER_BURST_FIRST_S) and double; `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
 `upload_batch_max` (100), `write_batch_max` (800), `cpu_slots` (what "a burst" is measured against),
 `multi_currency`; the API governor's share (SFSIGN_API_BUDGET_SHARE) through `constrained`.
 """
@@ -59,6 +61,7 @@ _BEFORE_FETCH = frozenset({JobState.QUEUED})
 _BEFORE_UPLOAD = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED,
                             JobState.LTV_PENDING, JobState.LTV_UPGRADED})
 _BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
+_WRITE_BACK = "write-back"
 
 
 class SalesforceGateway:
@@ -86,21 +89,26 @@ class SalesforceGateway:
         self._state_of: dict[int, JobState] = {}  # what each running job is doing: when batches may go
         self._per_state: Counter[JobState] = Counter()  # the same, counted (read on every batcher wake-up)
         self._last_claim = 0.0
+        self._burst_batches: Counter[str] = Counter()  # batches each batcher sent in the current burst
         self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
             "fetch", self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
         self.uploader: Batcher[NewFile, str] = self._batcher(
             "upload", partial(upload_many, rest), min(config.upload_batch_max, COLLECTION_LIMIT), _BEFORE_UPLOAD)
         self.writer: Batcher[WriteBack, Written] = self._batcher(
-            "write-back", self.write_now, config.write_batch_max, _BEFORE_WRITE)
+            _WRITE_BACK, self.write_now, config.write_batch_max, _BEFORE_WRITE)
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def _batcher(self, name: str, handler: Any, max_size: int, upstream: frozenset[JobState]) -> Any:
-        return Batcher(name, handler, max_size=max_size, linger_s=self._linger,
-                       waiting_for=lambda: self._count(upstream),
-                       on_batch=self._metrics.batch_size.labels(name).observe,
+        return Batcher(name, handler, max_size=max_size, linger_s=partial(self.linger_for, name),
+                       waiting_for=lambda: self._count(upstream), on_batch=partial(self.note_batch, name),
                        settle_s=self._settle, split_on=refused_as_a_whole)
+
+    def note_batch(self, name: str, size: int) -> None:
+        """Batcher `name` sent a call for `size` items: the metric, and the burst's count for `linger_for`."""
+        self._metrics.batch_size.labels(name).observe(size)
+        self._burst_batches[name] += 1
 
     # ------------------------------------------------------------------------------ when batches go
 
@@ -137,11 +145,29 @@ class SalesforceGateway:
             return 0.0
         return max(0.0, self._last_claim + self._config.batch_settle_s - time.monotonic())
 
-    def _linger(self) -> float:
-        """Short while documents trickle in; long when more jobs run than the CPU can sign at once, or when
-        the API budget is tight (bigger batches, fewer calls)."""
-        busy = self._running() > self._config.cpu_slots or self.constrained()
-        return self._config.batch_linger_burst_s if busy else self._config.batch_linger_s
+    def linger_for(self, name: str) -> float:
+        """How long batcher `name`'s oldest item may wait. Short while documents trickle in. During a burst
+        (more jobs than the CPU signs at once) it depends on the org's API budget: below
+        `api_latency_share` of the daily allocation the first batches go soon and each next one waits twice
+        as long (a rep sees records turn Signed from the first second, and a long burst still ends up at
+        the long linger's few calls); above it, or when the governor says the budget is tight, every batch
+        waits the long burst linger (bigger batches, fewer calls). Write-backs then follow the uploads: a
+        returning upload batch is written back as one."""
+        config = self._config
+        tight = self.constrained()
+        if self._running() <= config.cpu_slots and not tight:
+            self._burst_batches.clear()  # the burst is over; the next one starts fast again
+            return config.batch_linger_s
+        if tight or not self._budget_allows_latency():
+            return config.batch_linger_burst_s
+        if name == _WRITE_BACK:
+            return config.batch_linger_s
+        return min(config.batch_linger_burst_s,
+                   config.batch_linger_burst_first_s * 2 ** min(self._burst_batches[name], 16))
+
+    def _budget_allows_latency(self) -> bool:
+        share = self._governor.share() if self._governor is not None else None
+        return share is None or share < self._config.api_latency_share
 
     def start(self) -> None:
         if not self._tasks:

@@ -31,6 +31,8 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Lone surrogates (JSON can carry them) and the 66 noncharacters are not text: printed as U+FFFD.
 _NONCHARACTERS = "".join(chr(plane + 0xFFFE) + chr(plane + 0xFFFF) for plane in range(0, 0x110000, 0x10000))
 _NOT_TEXT = re.compile("[\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
+# Anything `printable` might change: most values have none of it and are returned as they are.
+_SUSPECT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef" + re.escape(_NONCHARACTERS) + "]")
 
 
 # The document's title when the rule sets none, in the rule's language (as the template's labels are).
@@ -106,6 +108,8 @@ def printable(value: str, *, multiline: bool) -> tuple[str, int]:
     meaning on paper), line breaks and tabs survive only where the template prints several lines,
     and what is not text at all becomes U+FFFD so the reader sees that something was there.
     """
+    if _SUSPECT.search(value) is None:  # the common case, once per value of every document: one scan
+        return value, 0
     text = value.replace("\r\n", "\n").replace("\r", "\n")  # a Windows line end is still one line end
     if multiline:
         text, changed = _LINE_BREAKS.subn("\n", text)

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     )
     batch_linger_s: float = Field(0.05, ge=0, le=5, description="longest wait to fill a batch while work trickles in")
     batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
+    batch_linger_burst_first_s: float = Field(
+        0.25, ge=0, le=60, description="while the org's daily API use is below SFSIGN_API_LATENCY_SHARE: how long "
+        "a burst's first batch waits; each next batch waits twice as long, up to SFSIGN_BATCH_LINGER_BURST_S")
+    api_latency_share: float = Field(
+        0.5, ge=0, le=1, description="below this share of the org's daily API allocation, bursts spend calls on "
+        "latency (0: never, always the long burst linger)")
     cpu_workers: int = Field(0, ge=0, le=64, description="render/sign processes; 0 = number of cores")
     pending_after_s: float = Field(
         2.0, gt=0, le=3600,

@@ -271,6 +271,8 @@ _compilers_lock = threading.Lock()
 _typst_pid: int | None = None
 # Use this multiprocessing start method for render pools (Python 3.11 defaults to "fork").
 POOL_START_METHOD = "forkserver"
+#: What the fork server imports before it forks pool processes (a name: importing it freezes the GC).
+POOL_PRELOAD = "sfsign.documents.pool_preload"
 
 
 def _check_not_forked(template: Path) -> None:

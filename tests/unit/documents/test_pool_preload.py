@@ -1,0 +1,43 @@
+"""The fork server's preload (sfsign/documents/pool_preload.py) must leave nothing that does not survive
+fork(): no thread, no Typst compiler, no PKCS#11 library. And it must freeze what it imported, or every
+pool process copies the pages the collector touches."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from sfsign.documents.render import POOL_PRELOAD, POOL_START_METHOD
+
+
+def test_the_preload_imports_the_signing_stack_and_starts_nothing_fork_unsafe() -> None:
+    code = (
+        "import gc, json, sys, threading\n"
+        f"import {POOL_PRELOAD}\n"
+        "print(json.dumps({'threads': threading.active_count(), 'frozen': gc.get_freeze_count(),"
+        " 'typst': 'typst' in sys.modules, 'pyhanko': 'pyhanko.sign.signers' in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    found = json.loads(out.stdout)
+    assert found["threads"] == 1
+    assert found["frozen"] > 10_000  # the imported modules' objects are in the permanent generation
+    assert not found["typst"]
+    assert found["pyhanko"]
+
+
+def _pool_process_state() -> tuple[bool, int]:
+    import gc
+
+    return "pyhanko.sign.signers" in sys.modules, gc.get_freeze_count()
+
+
+def test_a_pool_process_forked_from_the_preloaded_server_starts_with_the_stack_loaded() -> None:
+    context = multiprocessing.get_context(POOL_START_METHOD)
+    context.set_forkserver_preload([POOL_PRELOAD])
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        loaded, frozen = pool.submit(_pool_process_state).result(timeout=120)
+    assert loaded
+    assert frozen > 10_000
