@@ -122,7 +122,7 @@ async def test_metrics_agree_with_the_emulators_own_counts_of_files_updates_even
             assert samples["sfsign_replay_lag_seconds"][(("channel", channel),)] >= 0
     assert received[PE] == 1 and received[OPP_CDC] >= 2 and received[QUOTE_CDC] >= 2  # change + write-back
     # Per-step and end-to-end histograms saw every document; nothing failed.
-    assert samples["sfsign_step_duration_seconds_count"][(("step", "sign"),)] == 3
+    assert samples["sfsign_step_duration_seconds_count"][(("step", "render_and_sign"),)] == 3
     assert samples["sfsign_end_to_end_latency_seconds_count"][()] == 3
     assert total(samples, "sfsign_retries_total") == 0 and samples["sfsign_dead_jobs_total"][()] == 0
     assert 0 < samples["sfsign_signing_certificate_expiry_days"][(("profile", "company-seal"),)] < 3700

@@ -69,10 +69,11 @@ async def test_request_limit_exceeded_waits_long_and_never_logs_in_again(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
-    # The fetch step's call carries two queries (the record, a File by transaction id), each refused: 3 tries.
-    await _fault(control, prefix="/services/data/v68.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
-                 message="TotalRequests Limit exceeded.", count=6)
     async with run_daemon(settings, rules) as daemon:
+        # Once the start check's own queries are through: the fetch step's call carries two queries (the
+        # record, a File by transaction id), each refused: 3 tries.
+        await _fault(control, prefix="/services/data/v68.0/query", status=403, errorCode="REQUEST_LIMIT_EXCEEDED",
+                     message="TotalRequests Limit exceeded.", count=6)
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         async with asyncio.timeout(30):
             while True:
@@ -142,12 +143,12 @@ async def test_third_failed_attempt_raises_the_alert_metric_and_the_job_still_co
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
     opp = await record_id(control, "Opportunity", ACME)
-    # 3 in-step tries per attempt, each a /composite with two queries (the record, a File by transaction id)
-    # that both fail: 18 failures = 3 failed attempts of the fetch step.
-    await _fault(control, prefix="/services/data/v68.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
-                 message="Server Unavailable", count=18)
     fast = settings.model_copy(update={"retry_base_s": 0.05, "retry_cap_s": 0.2})
     async with run_daemon(fast, rules) as daemon:
+        # Once the start check's own queries are through: 3 in-step tries per attempt, each a /composite with
+        # two queries (the record, a File by transaction id) that both fail: 18 failures = 3 failed attempts.
+        await _fault(control, prefix="/services/data/v68.0/query", status=503, errorCode="SERVER_UNAVAILABLE",
+                     message="Server Unavailable", count=18)
         await control.update("Opportunity", opp, {"StageName": "Proposal/Price Quote"}, user=REP)
         record = await wait_for_status(control, "Opportunity", opp)
         alerts = daemon.metrics.registry.get_sample_value(
