@@ -96,7 +96,8 @@ class RenderedPdf(BaseModel):
     pdf: bytes
     signature_box: SignatureBox  # where the seller signs
     pages: int
-    customer_box: SignatureBox | None = None  # reserved for a later counter-signature
+    customer_box: SignatureBox | None = None  # the first signer's box (`customer_boxes[0]`), if any
+    customer_boxes: tuple[SignatureBox, ...] = ()  # one per signer, in signing order ("customer", "customer-2", ...)
     warnings: tuple[str, ...] = ()  # Typst warnings, worth showing to template authors
     notes: tuple[str, ...] = ()  # what rendering changed in the data (characters no font has), for the job log
 
@@ -448,10 +449,12 @@ def render_pdf(
             'the template marks no seller signature box: use signature-field("seller") from common.typ '
             f'or a metadata((field: "seller", ...)) {SIGNATURE_FIELD_LABEL}',
         )
+    customers = tuple(boxes[n] for n in ("customer", *(f"customer-{i}" for i in range(2, len(boxes) + 1))) if n in boxes)
     return RenderedPdf(
         pdf=pdf,
         signature_box=seller,
-        customer_box=boxes.get("customer"),
+        customer_box=customers[0] if customers else None,
+        customer_boxes=customers,
         pages=_page_count(pdf),
         warnings=tuple(_diagnostic(w) for w in warnings),
         notes=tuple(notes),
