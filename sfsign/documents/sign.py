@@ -159,7 +159,7 @@ class MetadataPreservingWriter(IncrementalPdfFileWriter):
         return None
 
 
-def _rect(box: SignatureBox) -> Any:
+def field_rect(box: SignatureBox) -> Any:
     """pyHanko annotates SigFieldSpec.box as ints but writes floats fine; keep the exact box."""
     return box.as_tuple()
 
@@ -212,7 +212,7 @@ def _prepare(
             continue
         fields.append_signature_field(
             writer,
-            fields.SigFieldSpec(name, on_page=empty_box.page, box=_rect(empty_box)),
+            fields.SigFieldSpec(name, on_page=empty_box.page, box=field_rect(empty_box)),
         )
     meta = signers.PdfSignatureMetadata(
         field_name=field_name,
@@ -230,7 +230,7 @@ def _prepare(
         signer=signer,
         stamp_style=style,
         timestamper=timestamper,
-        new_field_spec=fields.SigFieldSpec(field_name, on_page=box.page, box=_rect(box)),
+        new_field_spec=fields.SigFieldSpec(field_name, on_page=box.page, box=field_rect(box)),
     )
     return _Prepared(signer, pdf_signer, writer, now, stamp_params(appearance))
 

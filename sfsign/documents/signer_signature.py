@@ -36,6 +36,7 @@ from sfsign.documents.sign import (
     SignedPdf,
     TsaAuth,
     customer_field,
+    field_rect,
     sign_pdf_bytes,
 )
 
@@ -122,7 +123,7 @@ def add_signature_fields(pdf: bytes, empty_fields: Sequence[tuple[str, Signature
         return pdf
     writer = MetadataPreservingWriter(BytesIO(pdf))
     for name, box in missing:
-        fields.append_signature_field(writer, fields.SigFieldSpec(name, on_page=box.page, box=box.as_tuple()))
+        fields.append_signature_field(writer, fields.SigFieldSpec(name, on_page=box.page, box=field_rect(box)))
     out = BytesIO()
     writer.write(out)
     return out.getvalue()
