@@ -33,7 +33,7 @@ from sfsign.documents.signer_jobs import (
     signer_sign_job,
 )
 from sfsign.documents.signer_signature import FieldAlreadySigned, SignerEvidence, signature_fields
-from sfsign.documents.verify import validate_signed_pdf
+from sfsign.documents.verify import ValidationError, validate_signed_pdf
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 
@@ -172,7 +172,7 @@ def test_one_signer_validates_with_the_seal_still_intact(first_signed: bytes,
     assert report.unsigned_fields == ("CustomerSignature2",)
 
 
-def test_a_second_attempt_on_a_signed_field_is_refused_and_changes_nothing(
+def test_a_second_attempt_on_a_signed_field_is_refused(
     first_signed: bytes, services: tuple[DemoPki, PkiServices]
 ) -> None:
     with pytest.raises(FieldAlreadySigned, match="CustomerSignature") as caught:
@@ -235,3 +235,19 @@ def test_missing_signatures_fail_the_verdict(sealed_two: bytes, services: tuple[
     verdict = check_completed(sealed_two, [services[0].root_cert_pem_path], (SIGNATURE_FIELD, CUSTOMER_FIELD))
     assert not verdict.ok and verdict.missing == (CUSTOMER_FIELD,)
     assert "not signed: CustomerSignature" in verdict.lines()[-1]
+
+
+def test_the_completed_result_crosses_the_pool_boundary(completed_two: CompletedResult) -> None:
+    assert pickle.loads(pickle.dumps(completed_two)) == completed_two
+
+
+def test_without_pdfsig_installed_the_verdict_says_so_or_refuses(
+    first_signed: bytes, services: tuple[DemoPki, PkiServices], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pdfsig faked absent (PATH without it): pyHanko alone decides, and each line says pdfsig was absent."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    roots = [services[0].root_cert_pem_path]
+    verdict = check_completed(first_signed, roots, (SIGNATURE_FIELD, CUSTOMER_FIELD))
+    assert verdict.ok and all(line.endswith("pdfsig absent") for line in verdict.lines())
+    with pytest.raises(ValidationError, match="pdfsig"):
+        check_completed(first_signed, roots, (SIGNATURE_FIELD,), require_pdfsig=True)
