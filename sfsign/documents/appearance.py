@@ -35,7 +35,7 @@ class Appearance(BaseModel):
     location: str = ""
     contact_info: str = ""  # the signer's e-mail for a signer's signature
     # A line under the name that says how the person signed (a signer's stamp, e.g. "Signed electronically
-    # via e-mail code"). When set, the stamp shows name, contact, this line and the date; reason and location
+    # via e-mail code"). When set, the stamp shows name, contact, this line and the time; reason and location
     # stay in the signature dictionary only.
     statement: str = ""
 
@@ -88,7 +88,8 @@ def stamp_text(appearance: Appearance) -> str:
     """The stamp template holds only our own wording; user data arrives as %-parameters, so a
     '%' in a name cannot break or inject into the template."""
     if appearance.statement:
-        lines = ["%(signer)s", *(["%(contact)s"] if appearance.contact_info else []), "%(statement)s", "Date: %(ts)s"]
+        # No "Date:" label: the statement is in the document's language, and a UTC time needs no label.
+        lines = ["%(signer)s", *(["%(contact)s"] if appearance.contact_info else []), "%(statement)s", "%(ts)s"]
         return "\n".join(lines)
     lines = ["Digitally signed by %(signer)s", "Date: %(ts)s"]
     if appearance.reason:

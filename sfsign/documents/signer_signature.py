@@ -40,10 +40,10 @@ from sfsign.documents.sign import (
     sign_pdf_bytes,
 )
 
-#: What the stamp says about how a person signed, per authentication method (`signing.model.AuthMethod`).
-STATEMENTS = {
-    "email_otp": "Signed electronically via e-mail code",
-    "none": "Signed electronically via e-mail link",
+#: What the stamp says about how a person signed, per language and authentication method (`AuthMethod`).
+STATEMENTS: dict[str, dict[str, str]] = {
+    "en": {"email_otp": "Signed electronically via e-mail code", "none": "Signed electronically via e-mail link"},
+    "de": {"email_otp": "Elektronisch signiert per E-Mail-Code", "none": "Elektronisch signiert per E-Mail-Link"},
 }
 #: A claimed signing time may lie this far ahead of our clock (the web listener's and the pool's clocks).
 _CLOCK_SKEW = dt.timedelta(seconds=30)
@@ -67,10 +67,12 @@ class SignerEvidence:
     signed_at: dt.datetime  # when the signer pressed "Sign" (aware)
     ip: str
     authenticated_at: dt.datetime | None = None  # when the e-mail code was accepted (aware)
+    language: str = "en"  # the rule's language: the stamp's statement (the dictionary's /Reason stays English)
 
     def appearance(self) -> Appearance:
-        statement = STATEMENTS.get(self.auth_method, f"Signed electronically ({self.auth_method})")
-        reason = f"{statement}; authentication: {self.auth_method}; IP address: {self.ip}"
+        english = STATEMENTS["en"].get(self.auth_method, f"Signed electronically ({self.auth_method})")
+        statement = STATEMENTS.get(self.language, {}).get(self.auth_method, english)
+        reason = f"{english}; authentication: {self.auth_method}; IP address: {self.ip}"
         return Appearance(name=self.name, contact_info=self.email, statement=statement, reason=reason)
 
     def auth_seconds(self) -> int | None:

@@ -42,7 +42,7 @@ SIGNED_AT = dt.datetime(2026, 11, 27, 16, 2, 11, tzinfo=dt.UTC)
 JANA = SignerEvidence(name="Jana Novák", email="j.novak@mueller-soehne.example", auth_method="email_otp",
                       signed_at=SIGNED_AT, ip="203.0.113.7", authenticated_at=SIGNED_AT - dt.timedelta(seconds=42))
 PAUL = SignerEvidence(name="Paul Weber", email="p.weber@mueller-soehne.example", auth_method="email_otp",
-                      signed_at=SIGNED_AT + dt.timedelta(minutes=5), ip="198.51.100.23")
+                      signed_at=SIGNED_AT + dt.timedelta(minutes=5), ip="198.51.100.23", language="de")
 TWO_SIGNERS = [DocumentSigner(name="Jana Novák", role="Head of Procurement"), DocumentSigner(name="Paul Weber")]
 
 
@@ -158,8 +158,18 @@ def test_the_signers_stamp_shows_name_email_method_and_time(first_signed: bytes,
     text = subprocess.run([_tool("pdftotext"), "-f", "1", "-l", "1", str(path), "-"], capture_output=True,
                           text=True, check=True, timeout=60).stdout
     for line in ("Jana Novák", "j.novak@mueller-soehne.example", "Signed electronically via e-mail code",
-                 "Date: 2026-11-27 16:02:11 UTC"):
+                 "2026-11-27 16:02:11 UTC"):
         assert line in text
+
+
+def test_the_stamp_speaks_the_rules_language_and_the_reason_stays_english(completed_two: CompletedResult,
+                                                                          tmp_path: Path) -> None:
+    path = tmp_path / "completed.pdf"
+    path.write_bytes(completed_two.pdf)
+    text = subprocess.run([_tool("pdftotext"), str(path), "-"], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    assert "Elektronisch signiert per E-Mail-Code" in text
+    assert "via e-mail code" in str(_sig_dict(completed_two.pdf, "CustomerSignature2")["/Reason"])
 
 
 def test_one_signer_validates_with_the_seal_still_intact(first_signed: bytes,
