@@ -6,7 +6,7 @@ Why a separate document: the signed contract must not change after its last sign
 validation data, and an audit trail that grows with every view and failed code does not belong in it. The
 certificate binds itself to the contract by the hashes, and the seal makes it tamper-evident.
 The input is plain dataclasses the worker fills from the envelope's timeline; rendering reuses the
-contracts' Typst pipeline (fonts, U+FFFD fallback, PDF/A) with `templates/completion.typ`.
+contracts' Typst pipeline (fonts, U+FFFD fallback, PDF/A) with `templates/internal/completion.typ`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from sfsign.documents.render import TEMPLATES_DIR, RenderError, compile_template
 from sfsign.documents.sign import Appearance, KeySource, SignatureLevel, SignedPdf, TsaAuth, sign_pdf_bytes
 
-TEMPLATE = TEMPLATES_DIR / "completion.typ"
+# Not beside the contract templates: a rule naming `template: completion` must not find it.
+TEMPLATE = TEMPLATES_DIR / "internal" / "completion.typ"
 SEAL_FIELD = "CompletionSeal"
 
 LABELS: dict[str, dict[str, str]] = {
