@@ -33,7 +33,11 @@ class Appearance(BaseModel):
     name: str  # the person signing for the seller
     reason: str = ""
     location: str = ""
-    contact_info: str = ""
+    contact_info: str = ""  # the signer's e-mail for a signer's signature
+    # A line under the name that says how the person signed (a signer's stamp, e.g. "Signed electronically
+    # via e-mail code"). When set, the stamp shows name, contact, this line and the time; reason and location
+    # stay in the signature dictionary only.
+    statement: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +78,19 @@ STAMP_STYLE = TextStampStyle(
 )
 
 
+def stamp_params(appearance: Appearance) -> dict[str, str]:
+    """The values `stamp_text`'s placeholders take (pyHanko adds `ts`, the signing time)."""
+    return {"signer": appearance.name, "reason": appearance.reason, "location": appearance.location,
+            "contact": appearance.contact_info, "statement": appearance.statement}
+
+
 def stamp_text(appearance: Appearance) -> str:
     """The stamp template holds only our own wording; user data arrives as %-parameters, so a
     '%' in a name cannot break or inject into the template."""
+    if appearance.statement:
+        # No "Date:" label: the statement is in the document's language, and a UTC time needs no label.
+        lines = ["%(signer)s", *(["%(contact)s"] if appearance.contact_info else []), "%(statement)s", "%(ts)s"]
+        return "\n".join(lines)
     lines = ["Digitally signed by %(signer)s", "Date: %(ts)s"]
     if appearance.reason:
         lines.append("Reason: %(reason)s")

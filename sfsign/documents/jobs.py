@@ -22,13 +22,13 @@ from sfsign.documents.errors import TimestampUnavailable, ValidationInfoUnavaila
 from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, SignatureBox, render_pdf
 from sfsign.documents.sign import (
-    CUSTOMER_FIELD,
     Appearance,
     KeySource,
     SignatureLevel,
     SigningError,
     sign_pdf_bytes,
 )
+from sfsign.documents.signer_signature import customer_fields
 from sfsign.documents.tsa import TsaAuth
 from sfsign.documents.verify import ValidationError, validate_signed_pdf
 from sfsign.salesforce.names import VALIDATION_LENGTH
@@ -133,6 +133,7 @@ def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]
     boxes = {
         "seller": rendered.signature_box.model_dump(),
         "customer": rendered.customer_box.model_dump() if rendered.customer_box else None,
+        "customers": [box.model_dump() for box in rendered.customer_boxes],  # one per signer, in order
     }
     return rendered.pdf, boxes, rendered.notes
 
@@ -140,11 +141,11 @@ def render_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any]
 def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> SignedResult:
     """Sign one rendered document on the seller's box, then validate the result for the record.
 
-    The customer's box becomes an empty signature field *before* the seller signs: a field added
-    after the first signature would invalidate it (signing-notes pitfall 7).
+    Every signer's box becomes an empty signature field *before* the seller signs: a field added
+    after the first signature would invalidate it (signing-notes pitfall 7). Fields that exist already
+    (signed by the customers first, `signer_jobs`) are left as they are.
     """
-    customer = boxes.get("customer")
-    empty = ((CUSTOMER_FIELD, SignatureBox.model_validate(customer)),) if customer else ()
+    empty = customer_fields(boxes)
     level, downgraded = request.level, None
     while True:
         try:

@@ -83,6 +83,21 @@ class Signatory(BaseModel):
 SignatureBox = Signatory  # backwards-compatible alias; prefer Signatory
 
 
+class DocumentSigner(BaseModel):
+    """A person who signs the document after the seller's side (a customer, or an internal counter-signer).
+
+    The template draws one signature box per signer, in this order; the first keeps the box (and the
+    PDF field) a document without signers has, so existing documents keep working.
+    `organisation` names who they sign for when it is not the customer (an internal counter-signer).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    role: str = ""
+    organisation: str = ""
+
+
 class ContractDocument(BaseModel):
     """Everything printed on a proposal or quote."""
 
@@ -104,6 +119,8 @@ class ContractDocument(BaseModel):
     notes: str = ""
     signature: Signatory
     transaction_id: str  # printed in the footer so paper and record can be matched
+    # Who signs after the seller, in signing order; empty: one unnamed customer box, as before signers existed.
+    signers: list[DocumentSigner] = Field(default_factory=list)
     # The record's fields the rule lists (`fields:` in the rules file), by API name as written there:
     # the org's own custom fields reach a template without a change to this model.
     fields: dict[str, str | bool | None] = Field(default_factory=dict)

@@ -96,7 +96,8 @@ class RenderedPdf(BaseModel):
     pdf: bytes
     signature_box: SignatureBox  # where the seller signs
     pages: int
-    customer_box: SignatureBox | None = None  # reserved for a later counter-signature
+    customer_box: SignatureBox | None = None  # the first signer's box (`customer_boxes[0]`), if any
+    customer_boxes: tuple[SignatureBox, ...] = ()  # one per signer, in signing order ("customer", "customer-2", ...)
     warnings: tuple[str, ...] = ()  # Typst warnings, worth showing to template authors
     notes: tuple[str, ...] = ()  # what rendering changed in the data (characters no font has), for the job log
 
@@ -435,14 +436,7 @@ def render_pdf(
             doc = ContractDocument.model_validate(doc)
         except ValidationError as exc:  # pydantic errors do not pickle; keep the text
             raise RenderError(str(path), f"invalid contract document: {exc}") from None
-    template_data = build_template_data(doc)
-    _check_not_forked(path)
-    compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
-    with lock:
-        pdf, warnings, raw_boxes, notes = _compile_printing_what_no_font_has(compiler, template_data, timestamp, path)
-    if not isinstance(pdf, bytes):
-        raise RenderError(str(path), "Typst returned no PDF")
-    boxes = _signature_boxes(raw_boxes, path)
+    pdf, boxes, warnings, notes = compile_template(path, build_template_data(doc), font_dirs, timestamp)
     seller = boxes.get("seller")
     if seller is None:
         raise RenderError(
@@ -450,14 +444,32 @@ def render_pdf(
             'the template marks no seller signature box: use signature-field("seller") from common.typ '
             f'or a metadata((field: "seller", ...)) {SIGNATURE_FIELD_LABEL}',
         )
+    names = ("customer", *(f"customer-{i}" for i in range(2, len(boxes) + 1)))  # the signers' boxes, in order
+    customers = tuple(boxes[n] for n in names if n in boxes)
     return RenderedPdf(
         pdf=pdf,
         signature_box=seller,
-        customer_box=boxes.get("customer"),
+        customer_box=customers[0] if customers else None,
+        customer_boxes=customers,
         pages=_page_count(pdf),
-        warnings=tuple(_diagnostic(w) for w in warnings),
-        notes=tuple(notes),
+        warnings=warnings,
+        notes=notes,
     )
+
+
+def compile_template(path: Path, template_data: dict[str, Any], font_dirs: Sequence[Path] = (),
+                     timestamp: dt.datetime | None = None
+                     ) -> tuple[bytes, dict[str, SignatureBox], tuple[str, ...], tuple[str, ...]]:
+    """Any template at `path` with `template_data` as `sys.inputs.data` to PDF/A-2b, with the same
+    compiler cache, fonts and U+FFFD fallback as a contract (the certificate of completion uses it):
+    the PDF, its signature boxes by name, Typst's warnings and the notes for the job log."""
+    _check_not_forked(path)
+    compiler, lock = _compiler_for(path, tuple(Path(p).resolve() for p in font_dirs))
+    with lock:
+        pdf, warnings, raw_boxes, notes = _compile_printing_what_no_font_has(compiler, template_data, timestamp, path)
+    if not isinstance(pdf, bytes):
+        raise RenderError(str(path), "Typst returned no PDF")
+    return pdf, _signature_boxes(raw_boxes, path), tuple(_diagnostic(w) for w in warnings), tuple(notes)
 
 
 def _compile_printing_what_no_font_has(

@@ -39,7 +39,7 @@ from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
 from pyhanko.sign.timestamps import TimeStamper
 
 # Re-exported (`X as X`): callers import the signing API from here, the keys and the stamp included.
-from sfsign.documents.appearance import STAMP_STYLE, stamp_text
+from sfsign.documents.appearance import STAMP_STYLE, stamp_params, stamp_text
 from sfsign.documents.appearance import Appearance as Appearance
 from sfsign.documents.appearance import StampFontFactory as StampFontFactory
 from sfsign.documents.errors import SigningError as SigningError
@@ -54,6 +54,12 @@ from sfsign.documents.tsa import get_timestamper, run_on_process_loop
 
 SIGNATURE_FIELD = "SellerSignature"
 CUSTOMER_FIELD = "CustomerSignature"
+
+
+def customer_field(index: int) -> str:
+    """The PDF field of the signer at 0-based `index` in signing order: the first keeps `CUSTOMER_FIELD`
+    (documents sealed before there were several signers have it), then CustomerSignature2, 3, ..."""
+    return CUSTOMER_FIELD if index == 0 else f"{CUSTOMER_FIELD}{index + 1}"
 
 
 class SignatureLevel(enum.StrEnum):
@@ -153,9 +159,19 @@ class MetadataPreservingWriter(IncrementalPdfFileWriter):
         return None
 
 
-def _rect(box: SignatureBox) -> Any:
+def field_rect(box: SignatureBox) -> Any:
     """pyHanko annotates SigFieldSpec.box as ints but writes floats fine; keep the exact box."""
     return box.as_tuple()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Claimed:
+    """What a signature says about a person signing through us: when they signed (their click, not our
+    clock; the timestamp token proves when the signature existed) and how long before that they proved
+    who they are (/Prop_AuthTime). Both None for the seller's seal, which is signed now."""
+
+    signing_time: dt.datetime | None = None
+    auth_seconds: int | None = None
 
 
 @dataclasses.dataclass
@@ -177,20 +193,26 @@ def _prepare(
     timestamper: TimeStamper | None,
     empty_fields: tuple[tuple[str, SignatureBox], ...],
     field_name: str,
+    claimed: _Claimed,
 ) -> _Prepared:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     cert = signer.signing_cert
     assert cert is not None
     check_certificate_validity(cert, now)
+    if claimed.signing_time is not None:
+        now = claimed.signing_time.astimezone(dt.UTC).replace(microsecond=0)
     try:
         writer = MetadataPreservingWriter(BytesIO(pdf))
     except Exception as exc:  # pyHanko raises several types for unreadable input
         raise SigningError(f"input is not a readable PDF: {exc}") from None
     # Pitfall 7: every field a later party will sign must exist before the first signature.
+    existing = {str(name) for name, _, _ in fields.enumerate_sig_fields(writer)}
     for name, empty_box in empty_fields:
+        if name in existing:  # created earlier (seal after the signers): filled or not, it stays as it is
+            continue
         fields.append_signature_field(
             writer,
-            fields.SigFieldSpec(name, on_page=empty_box.page, box=_rect(empty_box)),
+            fields.SigFieldSpec(name, on_page=empty_box.page, box=field_rect(empty_box)),
         )
     meta = signers.PdfSignatureMetadata(
         field_name=field_name,
@@ -200,6 +222,7 @@ def _prepare(
         reason=appearance.reason or None,
         location=appearance.location or None,
         contact_info=appearance.contact_info or None,
+        prop_auth_time=claimed.auth_seconds,
     )
     style = dataclasses.replace(STAMP_STYLE, stamp_text=stamp_text(appearance))
     pdf_signer = signers.PdfSigner(
@@ -207,10 +230,9 @@ def _prepare(
         signer=signer,
         stamp_style=style,
         timestamper=timestamper,
-        new_field_spec=fields.SigFieldSpec(field_name, on_page=box.page, box=_rect(box)),
+        new_field_spec=fields.SigFieldSpec(field_name, on_page=box.page, box=field_rect(box)),
     )
-    params = {"signer": appearance.name, "reason": appearance.reason, "location": appearance.location}
-    return _Prepared(signer, pdf_signer, writer, now, params)
+    return _Prepared(signer, pdf_signer, writer, now, stamp_params(appearance))
 
 
 # Room reserved for the CMS container, per (signer certificate, level, TSAs), as first estimated.
@@ -259,6 +281,8 @@ async def async_sign_pdf_bytes(
     tsa_auth: TsaAuth | None = None,
     empty_fields: tuple[tuple[str, SignatureBox], ...] = (),
     field_name: str = SIGNATURE_FIELD,
+    signing_time: dt.datetime | None = None,
+    auth_seconds: int | None = None,
 ) -> SignedPdf:
     """Sign `pdf` with a visible PAdES signature on `box`, as an incremental update.
 
@@ -269,6 +293,8 @@ async def async_sign_pdf_bytes(
 
     B-T asks the TSAs (`tsa_url`, then `tsa_urls`) in order with `tsa_auth`; if every one fails it
     raises `TimestampUnavailable` and produces nothing. The TSA clients are cached per event loop.
+    `signing_time` (default: now) and `auth_seconds` (/Prop_AuthTime) are what a signature made on a
+    person's behalf claims (`signer_signature.py`).
     """
     urls = _tsa_list(tsa_url, tsa_urls)
     _check_level(level, urls)
@@ -279,7 +305,9 @@ async def async_sign_pdf_bytes(
     cert = signer.signing_cert
     assert cert is not None
     size_key = (cert.sha256, level, urls)
-    prepare = functools.partial(_prepare, pdf, box, signer, appearance, level, timestamper, empty_fields, field_name)
+    claimed = _Claimed(signing_time, auth_seconds)
+    prepare = functools.partial(_prepare, pdf, box, signer, appearance, level, timestamper, empty_fields, field_name,
+                                claimed)
     prep = prepare()
     try:
         buffer = await _sign_once(prep, _reserved.get(size_key))
@@ -317,6 +345,8 @@ def sign_pdf_bytes(
     tsa_auth: TsaAuth | None = None,
     empty_fields: tuple[tuple[str, SignatureBox], ...] = (),
     field_name: str = SIGNATURE_FIELD,
+    signing_time: dt.datetime | None = None,
+    auth_seconds: int | None = None,
 ) -> SignedPdf:
     """Synchronous `async_sign_pdf_bytes`, for a process-pool worker. It runs on this process's
     background event loop (so TSA sessions are reused) and blocks the calling thread meanwhile."""
@@ -332,5 +362,7 @@ def sign_pdf_bytes(
             tsa_auth=tsa_auth,
             empty_fields=empty_fields,
             field_name=field_name,
+            signing_time=signing_time,
+            auth_seconds=auth_seconds,
         )
     )

@@ -76,6 +76,9 @@ class SignatureReport(BaseModel):
     timestamp_time: dt.datetime | None = None  # genTime of the signature timestamp token, if any
     timestamp_trusted: bool | None = None  # the token is intact and its TSA chains to a trust root
     revocation_checked: bool = False  # validated with required revocation data from the file (B-LT and up)
+    # What later revisions changed, by pyHanko's difference analysis: NONE, LTA_UPDATES (DSS, document
+    # timestamps), FORM_FILLING (filling fields, signing), ANNOTATIONS or OTHER (e.g. a page changed).
+    modification_level: str | None = None
     summary: str
 
 
@@ -253,6 +256,7 @@ async def _report_one(
         timestamp_time=ts.timestamp.astimezone(dt.UTC) if ts is not None else None,
         timestamp_trusted=(ts.intact and ts.valid and ts.trusted) if ts is not None else None,
         revocation_checked=revocation_checked,
+        modification_level=status.modification_level.name if status.modification_level is not None else None,
         summary=summary,
     )
 
