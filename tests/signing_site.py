@@ -81,7 +81,7 @@ class Site:
 @asynccontextmanager
 async def signing_site(tmp: Path, pdf: bytes, *, signers: tuple[ResolvedSigner, ...] = (ANNA, CARA),
                        auth: AuthMethod = AuthMethod.EMAIL_OTP, language: str = "en", limits: Limits | None = None,
-                       tx: str = "tx-sign-1") -> AsyncIterator[Site]:
+                       tx: str = "tx-sign-1", proxy_hops: int = 0) -> AsyncIterator[Site]:
     outbox = Outbox(tmp / "outbox.sqlite")
     await outbox.open()
     clock = FakeClock()
@@ -94,7 +94,7 @@ async def signing_site(tmp: Path, pdf: bytes, *, signers: tuple[ResolvedSigner, 
                                                 document_sha256="cd" * 32)
         (artifacts / f"{tx}.signed.pdf").write_bytes(pdf)
         write_about(artifacts, tx, ABOUT)
-        flows = Flows(outbox, KEYS, Documents(artifacts), clock, secure=False, limits=limits)
+        flows = Flows(outbox, KEYS, Documents(artifacts), clock, secure=False, limits=limits, proxy_hops=proxy_hops)
         listener = SigningListener(flows, "127.0.0.1", 0, secure=False)
         await listener.start()
         site = Site(outbox, listener, clock, envelope, artifacts)

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     signing_port: int = Field(
         8788, ge=-1, le=65535, description="port of the signing pages; 0 = any free port, -1 = off"
     )
+    signing_proxy_hops: int = Field(
+        0, ge=0, le=5, description="reverse proxies in front of the signing pages that append to X-Forwarded-For: the "
+        "signer's address (rate limits, the signature's evidence) is read that many hops from its end; 0 = the socket"
+    )
     signing_download_days: float = Field(
         7.0, ge=0, description="a completed document can be downloaded from its signing link this many days; 0 = never"
     )

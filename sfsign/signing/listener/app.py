@@ -23,7 +23,6 @@ from sfsign.signing.listener.documents import About, Documents
 from sfsign.signing.listener.flows import Flows
 from sfsign.signing.listener.i18n import from_accept_language
 from sfsign.signing.listener.limits import Limits
-from sfsign.signing.listener.pages import Pages
 from sfsign.signing.tokens import LinkKeys
 
 log = structlog.get_logger("sfsign.signing.listener")
@@ -140,6 +139,7 @@ class SigningListener:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        await self.flows.documents.close()
 
 
 async def start_listener(outbox: Outbox, keys: LinkKeys, settings: Settings, artifacts_dir: Path, *,
@@ -149,7 +149,7 @@ async def start_listener(outbox: Outbox, keys: LinkKeys, settings: Settings, art
         return None
     secure = settings.signing_url.startswith("https://")
     flows = Flows(outbox, keys, Documents(artifacts_dir), clock or SystemClock(), secure=secure, limits=limits,
-                  download_s=settings.signing_download_days * DAY, pages=Pages())
+                  download_s=settings.signing_download_days * DAY, proxy_hops=settings.signing_proxy_hops)
     listener = SigningListener(flows, settings.signing_host, settings.signing_port, secure=secure)
     await listener.start()
     return listener

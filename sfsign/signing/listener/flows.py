@@ -63,7 +63,7 @@ class Flows:
 
     def __init__(self, outbox: Outbox, keys: LinkKeys, documents: Documents, clock: Clock, *, secure: bool,
                  limits: Limits | None = None, download_s: float = 7 * 86_400.0, sessions: Sessions | None = None,
-                 pages: Pages | None = None) -> None:
+                 pages: Pages | None = None, proxy_hops: int = 0) -> None:
         self.outbox, self.keys, self.documents, self.clock = outbox, keys, documents, clock
         self.limits = limits or Limits()
         self.windows = Windows()
@@ -71,12 +71,23 @@ class Flows:
         self.pages = pages or Pages()
         self.download_s = download_s
         self.secure = secure
+        self.proxy_hops = proxy_hops
+
+    def client_ip(self, request: web.Request) -> str:
+        """The signer's address: the socket's peer, or with `proxy_hops` trusted proxies in front, the address
+        the outermost of them saw (each appends its peer to X-Forwarded-For; what a client wrote before them
+        is never trusted)."""
+        if self.proxy_hops:
+            hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")]
+            if len(hops) >= self.proxy_hops and hops[-self.proxy_hops]:
+                return hops[-self.proxy_hops][:64]
+        return request.remote or "?"
 
     # --------------------------------------------------------------------------------- the common start
 
     async def _open(self, request: web.Request) -> Link:
         now = self.clock.now()
-        ip = request.remote or "?"
+        ip = self.client_ip(request)
         if not self.windows.allow(f"ip:{ip}", self.limits.per_ip, now):
             log.info("signing.rate_limited", limit="ip")
             raise self.limited(request)
@@ -90,7 +101,7 @@ class Flows:
             log.info("signing.rate_limited", limit="recipient", recipient=recipient.id)
             raise self.limited(request, match.envelope.language)
         session = self.sessions.read(request.cookies.get(COOKIE), recipient.id, recipient.token_generation, now)
-        visit = Visit(ip=request.remote, user_agent=request.headers.get("User-Agent", "")[:UA_MAX] or None)
+        visit = Visit(ip=None if ip == "?" else ip, user_agent=request.headers.get("User-Agent", "")[:UA_MAX] or None)
         about = await self.documents.about(match.envelope.transaction_id)
         return Link(match, session, f"/s/{token}", language(match.envelope.language), about, visit, now)
 
@@ -120,6 +131,9 @@ class Flows:
             await self.outbox.mark_recipient_viewed(recipient.id, link.now, link.visit)
             log.info("signing.viewed", recipient=recipient.id)
         if not link.authenticated:
+            path = self.documents.pdf(link.match.envelope.transaction_id)
+            if path is not None:
+                self.documents.warm(path)  # rendered while the signer reads their mail
             return self._code_page(link)
         return await self._sign_page(link)
 

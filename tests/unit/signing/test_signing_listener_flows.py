@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from signing_site import ANNA, CARA, Site, browser, contract_pdf, csrf, signing_site
 
+from sfsign.config import ConfigError
+from sfsign.config.settings import load_settings
+from sfsign.outbox.async_face import Outbox
 from sfsign.outbox.envelope_models import MailState
 from sfsign.signing.lifecycle import DAY, EventType
+from sfsign.signing.listener import start_listener
 from sfsign.signing.model import AuthMethod, EnvelopeState, MailKind, RecipientState
+from sfsign.signing.tokens import LinkKeys
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) sfsign-test"
 
@@ -178,3 +184,35 @@ async def test_pages_speak_the_envelopes_language(tmp_path: Path) -> None:
         assert '<html lang="de">' in html and "Code senden" in html
         async with client.get(site.url + site.links["Cara"]) as waiting:
             assert "Sie sind noch nicht an der Reihe" in await waiting.text()
+
+
+async def test_behind_a_trusted_proxy_the_signers_address_is_the_one_it_saw(tmp_path: Path) -> None:
+    async with signing_site(tmp_path, contract_pdf(), signers=(ANNA,), auth=AuthMethod.NONE, proxy_hops=1) as site, \
+            browser() as client:
+        link = site.links["Anna"]
+        forwarded = {"X-Forwarded-For": "10.9.9.9, 198.51.100.23"}  # the client wrote the first; the proxy the last
+        async with client.get(site.url + link, headers=forwarded) as page:
+            token = csrf(await page.text())
+        async with client.post(f"{site.url}{link}/sign", data={"csrf": token, "name": "Anna Buyer", "consent": "yes"},
+                               headers=forwarded, allow_redirects=False) as signed:
+            assert signed.status == 303
+        assert (await site.recipient("Anna")).ip == "198.51.100.23"
+
+
+async def test_the_listener_starts_from_the_settings(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    await outbox.open()
+    keys = LinkKeys(b"q" * 32)
+    try:
+        assert await start_listener(outbox, keys, load_settings(signing_port=-1), tmp_path) is None
+        listener = await start_listener(outbox, keys, load_settings(signing_port=0), tmp_path)
+        assert listener is not None and listener.port
+        try:
+            async with browser() as client, client.get(f"http://127.0.0.1:{listener.port}/s/x") as unknown:
+                assert unknown.status == 404
+            with pytest.raises(ConfigError, match="SFSIGN_SIGNING_PORT"):
+                await start_listener(outbox, keys, load_settings(signing_port=listener.port), tmp_path)
+        finally:
+            await listener.stop()
+    finally:
+        await outbox.close()
