@@ -4,6 +4,7 @@ page, its status) and what the outbox recorded (recipient and envelope states, t
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,48 @@ async def test_the_listener_starts_from_the_settings(tmp_path: Path) -> None:
             await listener.stop()
     finally:
         await outbox.close()
+
+
+class _Tags(HTMLParser):
+    """Collects what an accessibility check needs from a page: landmarks, labels, inputs, images' alt text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _accessible(html: str) -> None:
+    parser = _Tags()
+    parser.feed(html)
+    tags = parser.tags
+    names = [t for t, _ in tags]
+    assert {"header", "main", "footer", "h1"} <= set(names) and names.count("h1") == 1
+    assert ("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}) in tags
+    labelled = {a.get("for") for t, a in tags if t == "label"}
+    for tag, attrs in tags:
+        if tag in ("input", "textarea") and attrs.get("type") != "hidden":
+            assert attrs.get("id") in labelled, attrs
+        if tag == "img":
+            assert attrs.get("alt")
+        assert "tabindex" not in attrs or attrs["tabindex"] in ("-1", "0")  # the natural keyboard order
+
+
+async def test_every_form_field_has_a_label_and_every_page_its_landmarks(tmp_path: Path) -> None:
+    async with signing_site(tmp_path, contract_pdf()) as site, browser() as client:
+        link = site.links["Anna"]
+        async with client.get(site.url + link) as start:
+            _accessible(await start.text())
+        await _authenticate(client, site)
+        async with client.get(site.url + link) as document:
+            _accessible(await document.text())
+        async with client.get(site.url + site.links["Cara"]) as waiting:
+            _accessible(await waiting.text())
+
+
+async def test_an_unknown_link_answers_in_the_browsers_language(tmp_path: Path) -> None:
+    async with signing_site(tmp_path, contract_pdf()) as site, browser() as client:
+        async with client.get(f"{site.url}/s/nothing", headers={"Accept-Language": "de-DE,de;q=0.9"}) as page:
+            assert page.status == 404 and "Dieser Link funktioniert nicht" in await page.text()
