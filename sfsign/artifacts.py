@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sfsign.private_files import private_dir, write_private
 
-KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf")
+KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf", "about.json")  # about.json: the signing page
 
 
 class Artifacts:

@@ -122,6 +122,22 @@ class Settings(BaseSettings):
         "127.0.0.1", description="address of /healthz, /readyz, /metrics; loopback unless set (the container: 0.0.0.0)"
     )
     ops_port: int = Field(8787, ge=-1, le=65535, description="port of the ops endpoint; 0 = any free port, -1 = off")
+    # The signing pages (issue 14): a listener of their own, apart from the ops endpoint, since only they may be
+    # reachable from the internet (behind a TLS-terminating proxy at `signing_url`).
+    signing_url: str = Field(
+        "http://127.0.0.1:8788", description="public base URL of the signing pages, as the links in the mails show it"
+    )
+    signing_host: str = Field("127.0.0.1", description="address the signing pages listen on (the container: 0.0.0.0)")
+    signing_port: int = Field(
+        8788, ge=-1, le=65535, description="port of the signing pages; 0 = any free port, -1 = off"
+    )
+    signing_proxy_hops: int = Field(
+        0, ge=0, le=5, description="reverse proxies in front of the signing pages that append to X-Forwarded-For: the "
+        "signer's address (rate limits, the signature's evidence) is read that many hops from its end; 0 = the socket"
+    )
+    signing_download_days: float = Field(
+        7.0, ge=0, description="a completed document can be downloaded from its signing link this many days; 0 = never"
+    )
 
     # The mail relay for customer signing (sfsign/config/smtp.py says why an unencrypted one is refused).
     smtp_url: str | None = Field(None, description="smtp://HOST:587 (STARTTLS) or smtps://HOST:465 (implicit TLS)")
@@ -191,6 +207,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not a DeveloperName (letters, digits and underscores, e.g. "
                              f"{NotificationType.SIGNATURE_OUTCOME}); leave it empty to send no notifications")
         return v
+
+    @field_validator("signing_url")
+    @classmethod
+    def _signing_url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", v):
+            raise ValueError(f"{v!r} is not a base URL: give the public https:// address the signing pages are reached "
+                             "at, e.g. https://sign.example.com")
+        return v.rstrip("/")
 
     @field_validator("api_version")
     @classmethod

@@ -1,0 +1,195 @@
+"""A person signs in a real browser: Debian's chromium driven by Selenium through chromedriver, against the
+signing pages on 127.0.0.1 over a real outbox (the mailer is not wired yet, so the code is read from the
+queued code mail through the library, as the mailer will read it).
+
+Each page state is saved as a screenshot under the test's tmp dir so a person can look at them; with
+SFSIGN_WRITE_SCREENSHOTS=1 they are copied to docs/screenshots/ too. CI installs chromium and chromium-driver
+(.ci/run) and sets SFSIGN_REQUIRE_CHROMIUM=1, so there a missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from signing_site import ABOUT, ANNA, CARA, KEYS, T0, Site, contract_pdf, signing_site
+
+from sfsign.outbox import NewJob
+from sfsign.signing.lifecycle import EnvelopePolicy
+from sfsign.signing.listener import write_about
+from sfsign.signing.model import AuthMethod, ResolvedSigner
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("SFSIGN_REQUIRE_CHROMIUM"):
+    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver; "
+                ".ci/run installs them)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402  (only once the browser is known to be there)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+                 "--window-size=800,1000", "--lang=en-GB"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Person:
+    """What a person does in the browser; each call runs in a thread, so the listener's loop keeps serving."""
+
+    def __init__(self, driver: WebDriver, site: Site, shots: Path) -> None:
+        self.driver, self.site, self.shots = driver, site, shots
+
+    async def open(self, link: str) -> None:
+        await asyncio.to_thread(self.driver.get, self.site.url + link)
+
+    async def click(self, text: str) -> None:
+        """Press a button and wait until the next page replaced this one (a form always answers with a page)."""
+        def go() -> None:
+            old = self.driver.find_element(By.TAG_NAME, "html")
+            self.driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click()
+            WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+        await asyncio.to_thread(go)
+
+    async def type(self, field_id: str, text: str) -> None:
+        def go() -> None:
+            box = self.driver.find_element(By.ID, field_id)
+            box.clear()
+            box.send_keys(text)
+        await asyncio.to_thread(go)
+
+    async def tick(self, field_id: str) -> None:
+        await asyncio.to_thread(lambda: self.driver.find_element(By.ID, field_id).click())
+
+    async def state(self) -> str:
+        """The page's state (never asked from the loop's own thread: chromedriver answers once the page has
+        loaded, which needs the loop to serve its images)."""
+        return await asyncio.to_thread(
+            lambda: str(self.driver.find_element(By.CSS_SELECTOR, "[data-state]").get_attribute("data-state")))
+
+    async def text(self) -> str:
+        return await asyncio.to_thread(lambda: str(self.driver.find_element(By.TAG_NAME, "main").text))
+
+    async def shot(self, name: str, scroll_to: str | None = None) -> None:
+        def go() -> None:
+            if scroll_to:
+                self.driver.execute_script("arguments[0].scrollIntoView()",
+                                           self.driver.find_element(By.ID, scroll_to))
+            self.driver.save_screenshot(str(self.shots / f"signing-{name}.png"))
+        await asyncio.to_thread(go)
+
+
+async def _other_envelope(site: Site, tx: str, policy: EnvelopePolicy, at: float = T0) -> tuple[int, str]:
+    """A second envelope in the same outbox (another state to look at): its one recipient's id and link."""
+    job = (await site.outbox.call(lambda s: s.commit_event(
+        None, None, [NewJob(tx, "quote", "Quote", f"0Q0{tx[-1]}00000000001AAA", "cdc")]))).created[0]
+    signer = ResolvedSigner(1, "Dana Buyer", "dana@example.com", ANNA.source)
+    envelope = await site.outbox.create_envelope(job, [signer], policy, at, KEYS)
+    (site.artifacts / f"{tx}.signed.pdf").write_bytes(contract_pdf())
+    write_about(site.artifacts, tx, ABOUT)
+    [recipient] = await site.outbox.recipients(envelope.id)
+    return recipient.id, f"/s/{KEYS.link_token(tx, recipient.id, 1)}"
+
+
+async def test_a_person_signs_in_chromium(tmp_path: Path, chrome: WebDriver) -> None:
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    async with signing_site(tmp_path, contract_pdf(), signers=(ANNA, CARA)) as site:
+        person = Person(chrome, site, shots)
+        await person.open(site.links["Cara"])
+        assert await person.state() == "waiting"
+        await person.shot("not-your-turn")
+
+        await person.open(site.links["Anna"])
+        assert "Nordlicht Software GmbH asks you to sign" in await person.text()
+        await person.shot("start")
+        await person.click("Send me a code")
+        await person.type("code", "000000" if await site.code("Anna") != "000000" else "111111")
+        await person.click("Confirm code")
+        assert "4 tries left" in await person.text()
+        await person.shot("wrong-code")
+        await person.type("code", await site.code("Anna"))
+        await person.click("Confirm code")
+        assert await person.state() == "sign"
+        await person.shot("document")
+        await person.type("name", "Anna Buyer")
+        await person.tick("consent")
+        await person.shot("sign-form", scroll_to="sign-heading")
+        await person.click("Sign")
+        assert await person.state() == "signed"
+        await person.shot("signed")
+
+        await person.open(site.links["Cara"])  # Cara's turn now, in the same browser (her own session)
+        await person.click("Send me a code")
+        await person.type("code", await site.code("Cara"))
+        await person.click("Confirm code")
+        await person.type("name", "Cara Seller")
+        await person.tick("consent")
+        await person.click("Sign")
+        (site.artifacts / f"{site.envelope.transaction_id}.ltv.pdf").write_bytes(contract_pdf())
+        await person.open(site.links["Cara"])
+        assert await person.state() == "completed" and "Download the signed document" in await person.text()
+        await person.shot("completed")
+
+        await _more_states(person, site)
+    assert len(list(shots.glob("*.png"))) == 13
+    if os.environ.get("SFSIGN_WRITE_SCREENSHOTS") == "1":
+        DOCS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, DOCS / png.name)
+
+
+async def _more_states(person: Person, site: Site) -> None:
+    """The pages a person meets when something else happened: declined, expired, voided, locked, unknown."""
+    _, link = await _other_envelope(site, "tx-voided-2", EnvelopePolicy())
+    await site.outbox.void("tx-voided-2", "prices changed", T0)
+    await person.open(link)
+    assert await person.state() == "voided"
+    await person.shot("voided")
+
+    _, link = await _other_envelope(site, "tx-expired-3", EnvelopePolicy(expires_after_s=60), at=T0 - 120)
+    await person.open(link)
+    assert await person.state() == "expired"
+    await person.shot("expired")
+
+    rid, link = await _other_envelope(site, "tx-declined-4", EnvelopePolicy(auth=AuthMethod.NONE, language="de"))
+    await asyncio.to_thread(person.driver.set_window_size, 390, 844)  # a phone
+    await person.open(link)
+    await person.shot("document-de-phone")
+    await asyncio.to_thread(person.driver.set_window_size, 800, 1000)
+    await site.outbox.mark_recipient_refused(rid, "Der Preis ist zu hoch.", T0)
+    await person.open(link)
+    assert await person.state() == "you_declined"
+    await person.shot("declined-de")
+
+    rid, link = await _other_envelope(site, "tx-locked-5", EnvelopePolicy())
+    await site.outbox.issue_code(rid, T0, KEYS)
+    for _ in range(5):
+        await site.outbox.check_code(rid, "not-it", T0, KEYS)
+    await person.open(link)
+    assert await person.state() == "locked"
+    await person.shot("locked")
+
+    await person.open("/s/this-is-not-a-link")
+    assert await person.state() == "unknown"
+    await person.shot("unknown-link")
