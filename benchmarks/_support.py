@@ -14,10 +14,12 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +90,8 @@ class Stack:
         """The environment ops would give `sfsign run` (only SFSIGN_* variables, no .env file)."""
         login = self.emulator.login
         # Tuning knobs may be passed through for experiments; everything else SFSIGN_* is set here.
-        tuning = ("SFSIGN_WORKERS", "SFSIGN_BATCH_LINGER_S", "SFSIGN_BATCH_LINGER_BURST_S")
+        tuning = ("SFSIGN_WORKERS", "SFSIGN_BATCH_LINGER_S", "SFSIGN_BATCH_LINGER_BURST_S",
+                  "SFSIGN_BATCH_LINGER_BURST_FIRST_S", "SFSIGN_API_LATENCY_SHARE")
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV or k in tuning}
         env.update({
@@ -180,6 +183,22 @@ class DaemonProcess:
         self.log_path = stack.work / f"daemon-{name}.log"
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ops_port = _free_port()  # the daemon's /metrics: where its own step timings are read
+
+    def step_ms(self) -> dict[str, tuple[int, float]]:
+        """Per job step, from the daemon's own histogram: (steps, mean ms). Time spent inside the daemon,
+        from the step's start to its state change committed (hand-offs, queues and the call included)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ops_port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            for name, into in (("sfsign_step_duration_seconds_sum", sums), ("sfsign_step_duration_seconds_count",
+                                                                             counts)):
+                if line.startswith(name + '{step="'):
+                    label = line.split('"')[1]
+                    into[label] = float(line.rsplit(" ", 1)[1])  # type: ignore[assignment]
+        return {k: (int(counts[k]), sums[k] * 1000 / counts[k]) for k in sums if counts.get(k)}
 
     @property
     def pid(self) -> int:
@@ -209,8 +228,10 @@ class DaemonProcess:
         # the daemon's CPU per document goes, never for the figures (cProfile slows it down).
         profile = os.environ.get("SFSIGN_BENCH_PROFILE")
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        env = self.stack.daemon_env(self.data_dir)
+        env["SFSIGN_OPS_PORT"] = str(self.ops_port)
         return subprocess.Popen(
-            [sys.executable, *prefix, "-m", "sfsign.cli", "run"], env=self.stack.daemon_env(self.data_dir),
+            [sys.executable, *prefix, "-m", "sfsign.cli", "run"], env=env,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stack.work,
         )
 
@@ -237,6 +258,12 @@ class DaemonProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _support import Stack, bench_stack, machine_details, step
-from bench_burst import BurstResult, burst_table, run_burst
+from bench_burst import VISIBLE_POLL_MAX, BurstResult, burst_table, run_burst, visible_table
 from bench_burst import cpu_table as burst_cpu_table
 from bench_documents import (
     CeilingResult,
@@ -41,7 +41,7 @@ from bench_documents import (
     two_page_documents,
     warm_pool,
 )
-from bench_latency import LatencyResult, latency_table, run_latency
+from bench_latency import LatencyResult, latency_table, run_latency, steps_table
 
 from sfsign.documents.jobs import SigningRequest
 from sfsign.documents.sign import Appearance, SignatureLevel
@@ -205,7 +205,9 @@ def report(results: Results, sizes: Sizes, command: str, burst_level: str) -> st
                 f"{sizes.latency} opportunities (3 line items) per level, moved one at a time, each after the previous "
                 "one shows `Signed`; from the control call's return to the first poll (every 10 ms) showing "
                 "`Signed`. API calls include the audit events flushed after the documents.", "",
-                *latency_table(results.latency)]
+                *latency_table(results.latency), "",
+                "Mean time per step inside the daemon (its own `sfsign_step_duration_seconds`, read from /metrics "
+                "before and after each level):", "", *steps_table(results.latency)]
     if results.bursts:
         out += ["", f"## Burst at {burst_level}", "",
                 "Opportunities (3 line items) moved in bulk transactions of 200 records, back to back; from the "
@@ -214,6 +216,9 @@ def report(results: Results, sizes: Sizes, command: str, burst_level: str) -> st
                 "(sampled every 100 ms; shared pages count once per process), PSS the same tree with shared pages "
                 "split (every 0.5 s).", "",
                 *burst_table(results.bursts), "",
+                f"What a rep watching the records sees in bursts up to {VISIBLE_POLL_MAX} records: seconds from "
+                "the first bulk call until each record was first seen `Signed` (every record polled every 0.1 s "
+                "through the control API):", "", *visible_table(results.bursts), "",
                 "Where the two cores went, CPU time per document during the burst (the emulator runs in the "
                 "benchmark's own process):", "", *burst_cpu_table(results.bursts)]
     if results.ceiling:

@@ -142,7 +142,7 @@ async def _pipeline(pool: ProcessPoolExecutor, docs: list[str], template: str, r
 
     async def one(document_json: str) -> None:
         async with gate:
-            pdf, boxes = await loop.run_in_executor(pool, render_job, document_json, template)
+            pdf, boxes, _notes = await loop.run_in_executor(pool, render_job, document_json, template)
             await loop.run_in_executor(pool, sign_job, pdf, boxes, request)
 
     await asyncio.gather(*(one(d) for d in docs))

@@ -19,7 +19,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _support import (
@@ -46,6 +46,7 @@ class LatencyResult:
     ms: list[float]  # sorted
     api_calls: int
     errors: int
+    steps: dict[str, tuple[int, float]] = field(default_factory=dict)  # the daemon's own: step → (n, mean ms)
 
     @property
     def count(self) -> int:
@@ -92,11 +93,34 @@ async def run_latency(stack: Stack, count: int, levels: tuple[str, ...], *, warm
         for n, level in enumerate(levels):
             with step(f"latency: {count} sequential stage changes at {level}"):
                 before = await api_calls_used(stack.control)
+                steps_before = await asyncio.to_thread(daemon.step_ms)
                 ms, errors = await measure_latency(stack, ids[n * count:(n + 1) * count], level)
                 calls = await settled_api_calls(stack.control) - before
                 daemon.check_alive()
-            results.append(LatencyResult(level, ms, calls, errors))
+                steps = _steps_between(steps_before, await asyncio.to_thread(daemon.step_ms))
+            results.append(LatencyResult(level, ms, calls, errors, steps))
     return results
+
+
+def _steps_between(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]
+                   ) -> dict[str, tuple[int, float]]:
+    """Mean ms per step over the steps taken between two readings of the daemon's histogram."""
+    out = {}
+    for step_name, (n, mean) in after.items():
+        n0, mean0 = before.get(step_name, (0, 0.0))
+        if n > n0:
+            out[step_name] = (n - n0, (n * mean - n0 * mean0) / (n - n0))
+    return out
+
+
+def steps_table(results: list[LatencyResult]) -> list[str]:
+    """Where a lone document's time goes inside the daemon, by its own step histogram."""
+    names = sorted({s for r in results for s in r.steps})
+    lines = ["| level | " + " | ".join(f"{s} ms" for s in names) + " |", "|---|" + "---:|" * len(names)]
+    for r in results:
+        lines.append(f"| {r.level} | " + " | ".join(f"{r.steps[s][1]:.1f}" if s in r.steps else "-"
+                                                    for s in names) + " |")
+    return lines
 
 
 def latency_table(results: list[LatencyResult]) -> list[str]:
@@ -112,7 +136,8 @@ async def _main(records: int, levels: tuple[str, ...], warmup_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="sfsign-bench-") as tmp:
         async with bench_stack(Path(tmp)) as stack:
             results = await run_latency(stack, records, levels, warmup_s=warmup_s)
-    print("\n".join(latency_table(results)))
+    print("\n".join([*latency_table(results), "", "Mean time per step inside the daemon:", "",
+                     *steps_table(results)]))
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 """A job's files in the data directory, named by transaction id, owner-only.
 
-`rendered.pdf` and `boxes.json` (render), `signed.pdf` (sign), `ltv.pdf` (long-term upgrade): each
-step reads what the previous one wrote, so a restart resumes without signing twice. Once the record
+`signed.pdf` (render and sign, one pool task), `ltv.pdf` (long-term upgrade); `rendered.pdf` and
+`boxes.json` only for a job an older version left `rendered`: each step reads what the previous one
+wrote, so a restart resumes without signing twice. Once the record
 shows the document, Salesforce holds it and the files go: sfsign keeps no customer data on its disk.
 
 Knobs (`WorkerConfig`): `artifacts_dir`; `artifact_grace_s` > 0 keeps a done job's files that long

@@ -22,13 +22,20 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from decimal import ROUND_HALF_UP, Decimal
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sfsign.documents.formatting import (
+    CURRENCY_SYMBOLS,
+    format_date,
+    format_money,
+    format_percent,
+    format_quantity,
+    lang_region,
+)
 from sfsign.documents.model import ContractDocument
 
 if TYPE_CHECKING:
@@ -130,112 +137,11 @@ def resolve_template(template: str | Path, template_dirs: Sequence[Path] = ()) -
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Display formatting: done here (Decimal, exact) so templates never do arithmetic or rounding.
-# ---------------------------------------------------------------------------------------------
-
-_CURRENCY_SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "INR": "₹"}
-_ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "ISK", "VND"})
-_MINUS = "\u2212"
-_NBSP = "\u00a0"
-_NNBSP = "\u202f"
-
-
-class _NumberStyle(BaseModel):
-    group: str
-    decimal: str
-    symbol_after: bool  # "1.234,50 €" rather than "€1,234.50"
-    percent: str  # text between number and "%"
-
-
-_STYLES = {
-    "en": _NumberStyle(group=",", decimal=".", symbol_after=False, percent=""),
-    "de": _NumberStyle(group=".", decimal=",", symbol_after=True, percent=_NBSP),
-    "fr": _NumberStyle(group=_NNBSP, decimal=",", symbol_after=True, percent=_NNBSP),
-}
-
-_MONTHS = {
-    "en": "January February March April May June July August September October November December",
-    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
-    "fr": "janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
-}
-
-_LOCALE_RE = re.compile(r"^(?P<lang>[A-Za-z]{2,3})(?:[-_](?P<region>[A-Za-z]{2}))?")
-
-
-def _lang_region(locale: str) -> tuple[str, str | None]:
-    match = _LOCALE_RE.match(locale.strip())
-    if not match:
-        return "en", None
-    region = match.group("region")
-    return match.group("lang").lower(), region.upper() if region else None
-
-
-def _group_digits(digits: str, sep: str) -> str:
-    head = len(digits) % 3 or 3
-    parts = [digits[:head]] + [digits[i : i + 3] for i in range(head, len(digits), 3)]
-    return sep.join(parts)
-
-
-def _format_number(value: Decimal, style: _NumberStyle, places: int | None) -> str:
-    """places=None keeps the significant decimals (quantities); otherwise round half-up."""
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-        text = f"{abs(value):.{places}f}"
-    else:
-        text = format(abs(value).normalize(), "f")
-    integer, _, fraction = text.partition(".")
-    out = _group_digits(integer, style.group)
-    if fraction:
-        out += style.decimal + fraction
-    return (_MINUS if value < 0 else "") + out
-
-
-def format_money(value: Decimal, currency: str, locale: str = "en") -> str:
-    """ "€1,234.50" (en), "1.234,50 €" (de), "CHF 1,234.50" for currencies without a known symbol."""
-    lang, _ = _lang_region(locale)
-    style = _STYLES.get(lang, _STYLES["en"])
-    code = currency.upper()
-    places = 0 if code in _ZERO_DECIMAL_CURRENCIES else 2
-    rounded = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    sign = _MINUS if rounded < 0 else ""
-    number = _format_number(abs(rounded), style, places)
-    symbol = _CURRENCY_SYMBOLS.get(code)
-    if style.symbol_after:
-        return f"{sign}{number}{_NBSP}{symbol or code}"
-    if symbol:
-        return f"{sign}{symbol}{number}"
-    return f"{sign}{code}{_NBSP}{number}"
-
-
-def format_quantity(value: Decimal, locale: str = "en") -> str:
-    style = _STYLES.get(_lang_region(locale)[0], _STYLES["en"])
-    return _format_number(value, style, None)
-
-
-def format_percent(value: Decimal, locale: str = "en") -> str:
-    if value == 0:
-        return "\u2013"  # en dash: no discount
-    style = _STYLES.get(_lang_region(locale)[0], _STYLES["en"])
-    return f"{_format_number(value, style, None)}{style.percent}%"
-
-
-def format_date(value: dt.date, locale: str = "en") -> str:
-    lang, _ = _lang_region(locale)
-    months = _MONTHS.get(lang)
-    if months is None:
-        return value.isoformat()
-    month = months.split()[value.month - 1]
-    if lang == "de":
-        return f"{value.day}. {month} {value.year}"
-    return f"{value.day} {month} {value.year}"
-
-
 def build_template_data(doc: ContractDocument) -> dict[str, Any]:
     """The JSON a template receives: the model's fields plus display strings under `fmt`."""
     data: dict[str, Any] = doc.model_dump(mode="json")
     loc = doc.locale
-    lang, region = _lang_region(loc)
+    lang, region = lang_region(loc)
     for raw, line in zip(data["lines"], doc.lines, strict=True):
         raw["fmt"] = {
             "quantity": format_quantity(line.quantity, loc),
@@ -253,7 +159,7 @@ def build_template_data(doc: ContractDocument) -> dict[str, Any]:
     data["fmt"] = {
         "issue_date": format_date(doc.issue_date, loc),
         "valid_until": format_date(doc.valid_until, loc) if doc.valid_until else None,
-        "currency_symbol": _CURRENCY_SYMBOLS.get(doc.currency.upper(), doc.currency.upper()),
+        "currency_symbol": CURRENCY_SYMBOLS.get(doc.currency.upper(), doc.currency.upper()),
         "lang": lang,
         "region": region,
     }

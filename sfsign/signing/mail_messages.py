@@ -31,18 +31,13 @@ from urllib.parse import urlsplit
 import jinja2
 
 from sfsign.config.smtp import MailFrom, is_loopback
+from sfsign.documents.formatting import format_date
 from sfsign.signing.model import MailKind
 
 Language = Literal["en", "de"]
 LANGUAGES: tuple[str, ...] = get_args(Language)
 TEMPLATES = Path(__file__).parent / "templates" / "mail"
 _MESSAGE_ID = re.compile(r"<[^<>@\s]+@[^<>@\s]+>")
-_MONTHS = {
-    "en": ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"),
-    "de": ("Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September", "Oktober",
-           "November", "Dezember"),
-}
 #: What each kind cannot go without (the rest is optional); checked when a request is made.
 _REQUIRED: dict[MailKind, tuple[str, ...]] = {
     MailKind.INVITATION: ("link_url", "expires_on"),
@@ -143,12 +138,6 @@ def _check_link(url: str) -> None:
     local_http = parts.scheme == "http" and is_loopback(parts.hostname or "")
     if not (parts.scheme == "https" or local_http) or not parts.hostname:
         raise ValueError("link_url must be an absolute https:// URL (http:// only on this host)")
-
-
-def format_date(day: dt.date, language: str) -> str:
-    """A date as a reader of `language` writes it: "5 January 2027", "5. Januar 2027"."""
-    month = _MONTHS[language][day.month - 1]
-    return f"{day.day}. {month} {day.year}" if language == "de" else f"{day.day} {month} {day.year}"
 
 
 _environment = jinja2.Environment(

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from sfsign.documents.render import format_date, format_money, format_percent, format_quantity
+from sfsign.documents.formatting import format_date, format_money, format_percent, format_quantity
 
 NBSP = "\u00a0"
 
