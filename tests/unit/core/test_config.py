@@ -5,24 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rules_text import RULES_PREAMBLE
 
 from sfsign.config import ConfigError, load_rules, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 
-GOOD = """\
-version: 1
-seller:
-  name: Northwind
-signing_profiles:
-  seal:
-    key:
-      pkcs12: keys/s.p12
-      passphrase_env: SIGNER_PASS
-    level: B-B
-    appearance:
-      name: Northwind
-rules:
+GOOD = RULES_PREAMBLE + """\
   - name: opp
     object: Opportunity
     field: StageName

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rules_text import RULES_PREAMBLE
 
 from sfsign import metadata as md
 from sfsign.config import RECORD_TYPE_PATH, ConfigError, Rules, load_rules
@@ -18,19 +19,7 @@ from sfsign.salesforce.events import PlatformEvent
 from sfsign.salesforce.records import OpportunityRecord, record_type_filter
 from sfsign.triggers import decide_sign_request, reissue_rule
 
-RULES = """\
-version: 1
-seller:
-  name: Northwind
-signing_profiles:
-  seal:
-    key:
-      pkcs12: keys/s.p12
-      passphrase_env: SIGNER_PASS
-    level: B-B
-    appearance:
-      name: Northwind
-rules:
+RULES = RULES_PREAMBLE + """\
   - name: enterprise
     object: Opportunity
     field: StageName

@@ -6,24 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rules_text import RULES_PREAMBLE
 
 from sfsign.config import ConfigError, Rules, load_rules
 from sfsign.config.signers import line_key
 from sfsign.signing.model import AuthMethod, SignerSource
 
-HEAD = """\
-version: 1
-seller:
-  name: Northwind
-signing_profiles:
-  seal:
-    key:
-      pkcs12: keys/s.p12
-      passphrase_env: SIGNER_PASS
-    level: B-B
-    appearance:
-      name: Northwind
-rules:
+HEAD = RULES_PREAMBLE + """\
   - name: proposal
     object: Opportunity
     field: StageName

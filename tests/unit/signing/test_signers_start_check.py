@@ -8,23 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rules_text import RULES_PREAMBLE
+
 from sfsign.check.signers import contact_role_problems, expiry_problems, user_problems
 from sfsign.config import Rules, load_rules
 from sfsign.salesforce.signer_records import UserRow
 
-RULES = """\
-version: 1
-seller:
-  name: Northwind
-signing_profiles:
-  seal:
-    key:
-      pkcs12: keys/s.p12
-      passphrase_env: SIGNER_PASS
-    level: B-B
-    appearance:
-      name: Northwind
-rules:
+RULES = RULES_PREAMBLE + """\
   - name: proposal
     object: Opportunity
     field: StageName
