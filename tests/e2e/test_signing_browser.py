@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("SFSIGN_REQUIRE_CHROMI
                 ".ci/run installs them)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (only once the browser is known to be there)
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -54,6 +56,11 @@ def chrome(tmp_path: Path) -> Iterator[WebDriver]:
         driver.quit()
 
 
+def _document_swapped(error: Exception) -> bool:
+    """Chromium replaced the document between finding the button and pressing it: the press never landed."""
+    return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
+
+
 class Person:
     """What a person does in the browser; each call runs in a thread, so the listener's loop keeps serving."""
 
@@ -61,18 +68,39 @@ class Person:
         self.driver, self.site, self.shots = driver, site, shots
 
     async def open(self, link: str) -> None:
-        await asyncio.to_thread(self.driver.get, self.site.url + link)
+        def go() -> None:
+            self.driver.get(self.site.url + link)
+            self._loaded()
+        await asyncio.to_thread(go)
 
     async def click(self, text: str) -> None:
-        """Press a button and wait until the next page replaced this one (a form always answers with a page)."""
+        """Press a button and wait until the next page replaced this one (a form always answers with a page)
+        and has loaded. Chromium may still be swapping documents when a click comes right after the last page
+        (CI saw "Node with given id does not belong to the document"): the button is looked up again and
+        pressed once the page is steady, and only a press that did not reach the page is tried again."""
         def go() -> None:
-            old = self.driver.find_element(By.TAG_NAME, "html")
-            self.driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click()
-            WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+            for attempt in range(5):
+                self._loaded()
+                old = self.driver.find_element(By.TAG_NAME, "html")
+                try:
+                    self.driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click()
+                except (StaleElementReferenceException, WebDriverException) as e:
+                    if attempt == 4 or not _document_swapped(e):
+                        raise
+                    time.sleep(0.1)
+                    continue
+                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+                self._loaded()
+                return
         await asyncio.to_thread(go)
+
+    def _loaded(self) -> None:
+        WebDriverWait(self.driver, 10, poll_frequency=0.05).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
 
     async def type(self, field_id: str, text: str) -> None:
         def go() -> None:
+            self._loaded()
             box = self.driver.find_element(By.ID, field_id)
             box.clear()
             box.send_keys(text)
