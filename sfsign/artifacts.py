@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sfsign.private_files import private_dir, write_private
 
-KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf", "about.json")  # about.json: the signing page
+# about.json: the signing page; certificate.pdf: an envelope's certificate of completion
+KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf", "about.json", "certificate.pdf")
 
 
 class Artifacts:

@@ -53,7 +53,9 @@ from sfsign.salesforce.auth import AccessToken, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
+from sfsign.signing.tokens import LinkKeys
 from sfsign.worker import Worker, WorkerConfig
+from sfsign.worker_config import message_domain
 
 if TYPE_CHECKING:
     from sfsign.check import Check
@@ -208,6 +210,7 @@ class Daemon:
         pool, warm_up = self._start_pool()
         opened.callback(partial(pool.shutdown, wait=True, cancel_futures=True))
         self.worker = self._build_worker(rest, pool, token)
+        self.outbox.wake = self.worker.wake  # a signature or an envelope's end made a job due
         for part in self._parts(rest, token):
             running.append((part, asyncio.create_task(part.run(), name=part.name)))
         # Renders queue behind the warm-up in the pool, so the first document does not pay for
@@ -253,6 +256,7 @@ class Daemon:
             retry_for_s=settings.retry_for_h * 3600, backoff_base_s=settings.retry_base_s,
             backoff_cap_s=settings.retry_cap_s, multi_currency=settings.multi_currency,
             ltv_delay_s=settings.ltv_delay_s, artifact_grace_s=settings.artifact_grace_s,
+            link_keys=LinkKeys.load(settings.data_dir), message_domain=message_domain(settings.mail_from),
         )
         return Worker(
             outbox=self.outbox, rest=rest, rules=self.rules, cpu_pool=pool, config=config,

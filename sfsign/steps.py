@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -59,9 +60,12 @@ from sfsign.salesforce.record_fields import (
 )
 from sfsign.salesforce.records import SignableRecord
 from sfsign.salesforce.writeback import OutcomeEvent, SignedFile, Written
+from sfsign.signing.listener.documents import About, write_about
+from sfsign.signing.recipients import document_signers, dump_signers, read_signers
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")
+T = TypeVar("T")
 
 ALREADY_SIGNED = "ALREADY_SIGNED"  # error code of a job that found its record signed before this outbox knew it
 
@@ -84,7 +88,7 @@ def _file_of(job: Job) -> tuple[str, str]:
     return title, file_name_for(title, job.transaction_id)
 
 
-def _recorded(written: Written) -> StepAudit:
+def recorded(written: Written) -> StepAudit:
     """The write-back's outcome event for the job's audit row: same detail and time, and `sent` when it went
     with the write-back (the audit relay then never sends it again)."""
     event = written.event
@@ -130,13 +134,23 @@ class Steps:
                 await self._supersede_shown(job, shown)
             elif len(rules.for_object(job.sobject)) == 1:
                 return await self._tell_signed_before(job, shown)
+        signers = None
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
-        except NotRenderable as exc:
+            if rule.signers is not None:  # customer signing: who signs, read once and kept on the job
+                signers = await read_signers(self.sf.rest, rule.signers, job.sobject, job.record_id)
+                document = document.model_copy(update={"signers": document_signers(signers, document.seller.name)})
+        except NotRenderable as exc:  # a signer who cannot be reached is one (`SignerMissing`)
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
         title = file_title_for(rule, document, job.record_id)
+        if signers is not None:  # who sends what, for the signing page (the listener never asks Salesforce)
+            owner = record.owner
+            about = About(document.seller.name, title, (owner.name or "") if owner else "",
+                          (owner.email or "") if owner else "")
+            await asyncio.to_thread(write_about, self.artifacts.directory, job.transaction_id, about)
         return await self.outbox.mark_fetched(job, document_json=document.model_dump_json(), file_title=title,
-                                              file_name=file_name_for(title, job.transaction_id))
+                                              file_name=file_name_for(title, job.transaction_id),
+                                              signers_json=None if signers is None else dump_signers(signers))
 
     @staticmethod
     def _signed_before_this_outbox(job: Job, record: SignableRecord) -> bool:
@@ -325,7 +339,7 @@ class Steps:
             log.warning("signed PDF missing from the data directory; rendering and signing again")
             return await self.outbox.redo_from_fetched(job, drop_signature=True)
         title, path_on_client = _file_of(job)
-        cv_id = await self._guarded_upload(job, NewFile(
+        cv_id = await self.guarded_upload(job, NewFile(
             title=title,
             path_on_client=path_on_client,
             path=signed_path,  # read into the request body, not held by every waiting job
@@ -334,7 +348,7 @@ class Steps:
         ))
         return await self.outbox.mark_uploaded(job, cv_id)
 
-    async def _guarded_upload(self, job: Job, file: NewFile) -> str:
+    async def guarded_upload(self, job: Job, file: NewFile) -> str:
         """Upload with the job marked `upload_uncertain` first: a failure that may have reached Salesforce
         leaves the mark, so the next attempt looks for the file before uploading it again."""
         await self.outbox.set_upload_uncertain(job, True)
@@ -344,6 +358,11 @@ class Steps:
             if not exc.uncertain:
                 await self.outbox.set_upload_uncertain(job, False)
             raise
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the process pool, a bounded number of documents at once (`cpu_slots`)."""
+        async with self._cpu:
+            return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
     # ------------------------------------------------------------------------------------ write back
 
@@ -370,10 +389,10 @@ class Steps:
             log.info("signed document on the record", end_to_end_ms=round(latency), level=job.level)
         if upgrade:
             # The rep sees `Signed` now; the long-term validation data follows in the background.
-            return await self.outbox.mark_ltv_pending(job, _recorded(written), visible_at=now,
+            return await self.outbox.mark_ltv_pending(job, recorded(written), visible_at=now,
                                                       upgrade_at=now + self.config.ltv_delay_s,
                                                       document_id=written.document_id)
-        job = await self.outbox.mark_done(job, _recorded(written), at=now, signed_visible=True,
+        job = await self.outbox.mark_done(job, recorded(written), at=now, signed_visible=True,
                                           document_id=written.document_id)
         await self.artifacts.remove(job.transaction_id)  # the signed file now lives in Salesforce
         return job
@@ -414,7 +433,7 @@ class Steps:
             log.warning("upgraded PDF missing from the data directory; upgrading again")
             return await self.outbox.redo_ltv_upgrade(job)
         title, path_on_client = _file_of(job)
-        version_id = await self._guarded_upload(job, NewFile(
+        version_id = await self.guarded_upload(job, NewFile(
             title=title,
             path_on_client=path_on_client,
             data=data,
@@ -430,6 +449,6 @@ class Steps:
         event = OutcomeEvent(job.transaction_id, JobState.DONE.value, audit_time(),
                              f"PAdES {job.ltv_level} on the record; file version {job.ltv_version_id}")
         written = await self.sf.write(job, fields, event)
-        job = await self.outbox.mark_done(job, _recorded(written))
+        job = await self.outbox.mark_done(job, recorded(written))
         await self.artifacts.remove(job.transaction_id)
         return job

@@ -1,4 +1,5 @@
-"""The job state machine: queued → fetched → rendered → signed → uploaded → done.
+"""The job state machine: queued → fetched → rendered → signed → uploaded → done (a rule with signers:
+`sfsign.envelope_steps`).
 
 For profiles at B-LT or B-LTA the record shows `Signed` (at B-T) after `uploaded`, and the job goes
 on in the background: ltv_pending → ltv_upgraded → ltv_uploaded → done adds the validation data
@@ -37,6 +38,7 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.artifacts import Artifacts
 from sfsign.config import Rules
+from sfsign.envelope_steps import EnvelopeSteps
 from sfsign.failures import PermanentFailure, TransientFailure
 from sfsign.gateway import SalesforceGateway
 from sfsign.governor import ApiGovernor
@@ -94,6 +96,8 @@ class Worker:
         steps = Steps(outbox=outbox, gateway=self.gateway, pending=self.pending,
                       artifacts=Artifacts(config.artifacts_dir, config.artifact_grace_s), cpu_pool=cpu_pool,
                       config=config, metrics=self.metrics, instance_url=instance_url)
+        # Jobs whose rule has signers take their own steps where theirs differ (`EnvelopeSteps.step_for`).
+        self._envelope_steps = EnvelopeSteps(steps, config.link_keys, config.message_domain)
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: steps.fetch,
             JobState.FETCHED: steps.render_and_sign,
@@ -103,6 +107,7 @@ class Worker:
             JobState.LTV_PENDING: steps.ltv_upgrade,
             JobState.LTV_UPGRADED: steps.ltv_upload,
             JobState.LTV_UPLOADED: steps.ltv_write_back,
+            JobState.SIGNATURES_DUE: self._envelope_steps.apply_signatures,
         }
 
     @property
@@ -199,7 +204,7 @@ class Worker:
             try:
                 while job.state in self._steps and job.next_attempt_at <= time.time():
                     self.gateway.track(job.id, job.state)
-                    step = self._steps[job.state]
+                    step = self._envelope_steps.step_for(job) or self._steps[job.state]
                     started = time.perf_counter()
                     before = job.state
                     job = await step(job, rules)
@@ -260,8 +265,8 @@ class Worker:
         """A retrying job's record shows `Pending` and why it waits, so the rep is never left guessing. Only
         before the record shows the signed document; a note, so a failure to write it is logged and never
         fails or delays the job. One plain update, no in-step retries (Salesforce may be what fails)."""
-        if job.signed_visible_at is not None:
-            return
+        if job.signed_visible_at is not None or job.envelope_sent_at is not None:
+            return  # the record shows the signature, or the envelope's state (the envelope mirror writes it)
         await self.pending.before_record_write(job.id)
         try:
             await self.gateway.update_once(job.sobject, job.record_id, pending_fields(job.transaction_id, note))

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sfsign.config.smtp import parse_mail_from
+from sfsign.signing.tokens import LinkKeys
+
 
 @dataclass
 class WorkerConfig:
@@ -24,6 +27,10 @@ class WorkerConfig:
     multi_currency: bool = True
     ltv_delay_s: float = 2.0  # B-LT/B-LTA upgrades wait this long, so fresh documents go first
     artifact_grace_s: float = 0.0  # > 0: keep a done job's PDFs this long (the retention purge removes them)
+    # Customer signing (`sfsign.envelope_steps`): the key the envelopes' link tokens derive from, and the
+    # right-hand side of their mails' Message-IDs.
+    link_keys: LinkKeys | None = None
+    message_domain: str = "sfsign.localhost"
     cpu_slots: int = 4  # documents handed to the process pool at once (2 per pool process): bounded memory
     batch_linger_s: float = 0.05  # a batch waits at most this long while work trickles in ...
     batch_linger_burst_s: float = 8.0  # ... and this long during a burst, when bigger batches save API calls
@@ -38,3 +45,11 @@ class WorkerConfig:
     write_batch_max: int = 800  # records per write-back (4 collections of 200 in one composite)
     governor_defer_s: float = 900.0  # how long non-urgent work waits while the API budget is tight
     pending_after_s: float = 2.0  # a job waiting this long since its trigger shows Pending on its record
+
+
+def message_domain(mail_from: str | None) -> str:
+    """The right-hand side of the envelopes' Message-IDs: the sender's domain (SFSIGN_MAIL_FROM), else a
+    name that is never anybody's."""
+    if not mail_from:
+        return "sfsign.localhost"
+    return parse_mail_from(mail_from).address.rpartition("@")[2] or "sfsign.localhost"

@@ -27,7 +27,13 @@ from sfsign.documents import ltv
 from sfsign.documents.completion_certificate import CompletionCertificate, sealed_certificate
 from sfsign.documents.completion_check import CompletionVerdict, check_completed
 from sfsign.documents.errors import TimestampUnavailable, ValidationInfoUnavailable
-from sfsign.documents.jobs import DocumentFailure, RenderFailure, TransientDocumentFailure, salesforce_datetime
+from sfsign.documents.jobs import (
+    DocumentFailure,
+    RenderFailure,
+    TransientDocumentFailure,
+    render_job,
+    salesforce_datetime,
+)
 from sfsign.documents.render import RenderError, SignatureBox
 from sfsign.documents.sign import SIGNATURE_FIELD, KeySource, SignatureLevel, SigningError, TsaAuth
 from sfsign.documents.signer_signature import (
@@ -84,6 +90,13 @@ def fields_job(pdf: bytes, boxes: Mapping[str, Any]) -> bytes:
         return add_signature_fields(pdf, wanted)
     except SigningError as exc:
         raise DocumentFailure(f"could not add the signature fields: {exc}") from None
+
+
+def render_with_fields_job(document_json: str, template: str) -> tuple[bytes, dict[str, Any], tuple[str, ...]]:
+    """Seal after the signers, in one pool task: `jobs.render_job` then `fields_job`. Returns the PDF with
+    every empty field, its boxes (the seal needs the seller's later) and the rendering notes."""
+    pdf, boxes, notes = render_job(document_json, template)
+    return fields_job(pdf, boxes), boxes, notes
 
 
 def signer_sign_job(pdf: bytes, request: SignerRequest) -> SignerResult:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from sfsign.outbox.envelope_face import EnvelopeFace
+from sfsign.outbox.envelope_face import EnvelopeFace, no_wake
 from sfsign.outbox.models import (
     AuditEvent,
     CommitResult,
@@ -49,6 +49,7 @@ class Outbox(EnvelopeFace):
         self._replay: dict[str, int] = {}
         self._unsaved_replay: dict[str, int] = {}  # positions of events that asked for nothing (`pass_event`)
         self._replay_saver: asyncio.Task[None] | None = None
+        self.wake = no_wake  # the daemon sets the worker's: a signature or an envelope's end may make a job due
 
     async def open(self) -> None:
         self._store = await self._run(lambda: OutboxStore(self.path))
@@ -193,9 +194,10 @@ class Outbox(EnvelopeFace):
 
     # --------------------------------------------------------------------------------- job steps
 
-    async def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str) -> Job:
+    async def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str,
+                           signers_json: str | None = None) -> Job:
         return await self.call(lambda s: s.mark_fetched(
-            job, document_json=document_json, file_title=file_title, file_name=file_name))
+            job, document_json=document_json, file_title=file_title, file_name=file_name, signers_json=signers_json))
 
     async def redo_from_fetched(self, job: Job, *, drop_signature: bool = False) -> Job:
         return await self.call(lambda s: s.redo_from_fetched(job, drop_signature=drop_signature))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from sfsign.outbox.changes import JobChanges
 from sfsign.outbox.envelope_models import Envelope, EnvelopeEvent, MailState, QueuedMail, Recipient, Visit
+from sfsign.outbox.models import JobState, StepAudit
 from sfsign.signing.lifecycle import EventType, envelope_due_at
 from sfsign.signing.model import EnvelopeState, MailKind, RecipientState
 from sfsign.signing.tokens import LinkKeys
@@ -24,6 +26,8 @@ _NO_VISIT = Visit()
 LIVE_ONLY_MAILS = (MailKind.INVITATION, MailKind.CODE, MailKind.REMINDER)
 #: Recipients who hold a link (told of the envelope's end; a `waiting` one never heard of it).
 LINKED_STATES = (RecipientState.INVITED, RecipientState.VIEWED, RecipientState.SIGNED)
+#: Job states in which a job waits on its envelope: the envelope's steps move it (`_move_job`).
+_WAITING_ON_ENVELOPE = frozenset({JobState.AWAITING_SIGNATURES.value, JobState.SIGNATURES_DUE.value})
 
 _MAIL_SELECT = (
     "SELECT m.*, e.transaction_id AS transaction_id, e.language AS language, r.name AS recipient_name, "
@@ -128,6 +132,20 @@ class EnvelopeBase(JobChanges):
             changes["completed_at"] = now
         self._update(conn, "envelopes", envelope.id, changes)
         self._cancel_live_mails(conn, envelope.id)
+        if state is not EnvelopeState.COMPLETED:  # completed: the signature that completed it made the job due
+            detail = f"envelope {state.value}" + (f": {reason}" if reason else "")
+            self._move_job(conn, envelope, {"state": JobState.ENVELOPE_ENDED, "done_at": time.time()},
+                           StepAudit(detail))
+
+    def _move_job(self, conn: sqlite3.Connection, envelope: Envelope, changes: dict[str, object],
+                  audit: StepAudit | None) -> None:
+        """Move the envelope's job, in the envelope step's own transaction, when it waits on its envelope
+        (`awaiting_signatures` or `signatures_due`); a job in any other state is left as it is."""
+        if envelope.job_id is None:
+            return
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (envelope.job_id,)).fetchone()
+        if row is not None and row[0] in _WAITING_ON_ENVELOPE:
+            self._apply(conn, envelope.job_id, changes, audit)
 
     def _refresh_due(self, conn: sqlite3.Connection, envelope_id: int, at: float) -> Envelope:
         """Recompute the envelope's next due time from its expiry and its recipients' reminders (all cleared

@@ -18,7 +18,7 @@ from sfsign.outbox.envelope_models import (
     TokenMatch,
     Visit,
 )
-from sfsign.outbox.models import Job
+from sfsign.outbox.models import Job, SignatureEvidence
 from sfsign.outbox.store import OutboxStore
 from sfsign.signing.lifecycle import EnvelopePolicy
 from sfsign.signing.model import EnvelopeState, ResolvedSigner
@@ -28,11 +28,25 @@ T = TypeVar("T")
 _NO_VISIT = Visit()
 
 
+def no_wake() -> None:
+    """The default `wake`: nobody to tell (a CLI or a test that runs no worker)."""
+
+
 class EnvelopeFace:
-    """Envelope operations of `Outbox`; `call` is the outbox's own (one thread, one store)."""
+    """Envelope operations of `Outbox`; `call` is the outbox's own (one thread, one store).
+
+    `wake` is called after a step that may have made a job due (a signature, the end of an envelope): the
+    daemon sets it to the worker's, so a signature reaches the PDF without waiting for the worker's poll."""
+
+    wake: Callable[[], None]
 
     async def call(self, fn: Callable[[OutboxStore], T]) -> T:
         raise NotImplementedError
+
+    async def _waking(self, fn: Callable[[OutboxStore], T]) -> T:
+        result = await self.call(fn)
+        self.wake()
+        return result
 
     async def create_envelope(self, job: Job, signers: Sequence[ResolvedSigner], policy: EnvelopePolicy,
                               now: float, keys: LinkKeys, *, document_sha256: str | None = None) -> Envelope:
@@ -44,14 +58,14 @@ class EnvelopeFace:
         return await self.call(lambda s: s.mark_recipient_viewed(recipient_id, now, visit))
 
     async def mark_recipient_signed(self, recipient_id: int, evidence: SignerEvidence, now: float) -> SignOutcome:
-        return await self.call(lambda s: s.mark_recipient_signed(recipient_id, evidence, now))
+        return await self._waking(lambda s: s.mark_recipient_signed(recipient_id, evidence, now))
 
     async def mark_recipient_refused(self, recipient_id: int, reason: str, now: float,
                                      visit: Visit = _NO_VISIT) -> SignOutcome:
-        return await self.call(lambda s: s.mark_recipient_refused(recipient_id, reason, now, visit))
+        return await self._waking(lambda s: s.mark_recipient_refused(recipient_id, reason, now, visit))
 
     async def void(self, transaction_id: str, reason: str, now: float, actor: str = "operator") -> Envelope:
-        return await self.call(lambda s: s.void(transaction_id, reason, now, actor))
+        return await self._waking(lambda s: s.void(transaction_id, reason, now, actor))
 
     async def resend(self, transaction_id: str, recipient_id: int, now: float, actor: str = "operator") -> QueuedMail:
         return await self.call(lambda s: s.resend(transaction_id, recipient_id, now, actor))
@@ -85,7 +99,7 @@ class EnvelopeFace:
         return await self.call(OutboxStore.next_envelope_due_at)
 
     async def run_due(self, envelope_id: int, now: float) -> DueOutcome:
-        return await self.call(lambda s: s.run_due(envelope_id, now))
+        return await self._waking(lambda s: s.run_due(envelope_id, now))
 
     async def envelope(self, transaction_id: str) -> Envelope | None:
         return await self.call(lambda s: s.envelope(transaction_id))
@@ -104,3 +118,35 @@ class EnvelopeFace:
 
     async def recipient_by_token(self, token: str) -> TokenMatch | None:
         return await self.call(lambda s: s.recipient_by_token(token))
+
+    # ------------------------------------------------------------------- the job's moves (`envelope_jobs`)
+
+    async def mark_prepared(self, job: Job) -> Job:
+        return await self.call(lambda s: s.mark_prepared(job))
+
+    async def send_envelope(self, job: Job, signers: Sequence[ResolvedSigner], policy: EnvelopePolicy, now: float,
+                            keys: LinkKeys, *, document_sha256: str | None = None) -> tuple[Job, Envelope]:
+        people = list(signers)
+        return await self.call(lambda s: s.send_envelope(job, people, policy, now, keys,
+                                                         document_sha256=document_sha256))
+
+    async def signed_unapplied(self, transaction_id: str) -> list[Recipient]:
+        return await self.call(lambda s: s.signed_unapplied(transaction_id))
+
+    async def mark_applied(self, recipient_id: int, now: float) -> Recipient:
+        return await self.call(lambda s: s.mark_applied(recipient_id, now))
+
+    async def settle_signatures(self, job: Job) -> tuple[Job, bool]:
+        return await self.call(lambda s: s.settle_signatures(job))
+
+    async def mark_envelope_completed(self, job: Job, *, seal: SignatureEvidence | None, sha256: str, level: str,
+                                      validation: str, archive_due: str | None, certificate_sha256: str) -> Job:
+        return await self.call(lambda s: s.mark_envelope_completed(
+            job, seal=seal, sha256=sha256, level=level, validation=validation, archive_due=archive_due,
+            certificate_sha256=certificate_sha256))
+
+    async def set_document_version(self, job: Job, version_id: str) -> Job:
+        return await self.call(lambda s: s.set_document_version(job, version_id))
+
+    async def mark_envelope_uploaded(self, job: Job, certificate_version_id: str) -> Job:
+        return await self.call(lambda s: s.mark_envelope_uploaded(job, certificate_version_id))

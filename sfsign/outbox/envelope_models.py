@@ -102,6 +102,7 @@ class Recipient:
     next_reminder_at: float | None = None
     reminders_sent: int = 0
     mail_error: str | None = None
+    applied_at: float | None = None  # their signature is in the job's PDF
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Recipient:

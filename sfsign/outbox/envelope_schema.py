@@ -69,6 +69,7 @@ ENVELOPE_TABLES: dict[str, dict[str, str]] = {
         "next_reminder_at": "REAL",
         "reminders_sent": "INTEGER NOT NULL DEFAULT 0",
         "mail_error": "TEXT",  # the relay refused this address for good
+        "applied_at": "REAL",  # their signature is in the job's PDF (the worker's signature step)
     },
     # The timeline: what the certificate of completion lists.
     "envelope_events": {

@@ -16,6 +16,7 @@ daemon calls it yet.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from sfsign.outbox.envelope_base import EnvelopeBase
@@ -30,7 +31,7 @@ from sfsign.outbox.envelope_models import (
     TokenMatch,
     Visit,
 )
-from sfsign.outbox.models import Job
+from sfsign.outbox.models import Job, JobState
 from sfsign.salesforce.names import REASON_LENGTH
 from sfsign.signing.lifecycle import (
     EnvelopePolicy,
@@ -56,31 +57,36 @@ class EnvelopeSteps(EnvelopeBase):
         """The job's envelope: its recipients, step 1 `invited` with their invitations queued, later steps
         `waiting`. Called again for the same job (a restart), it returns the envelope made the first time.
         `document_sha256`: the document as sent (default: the job's signed hash, when sealed first)."""
+        with self._transaction() as conn:
+            return self._create_envelope(conn, job, signers, policy, now, keys, document_sha256)
+
+    def _create_envelope(self, conn: sqlite3.Connection, job: Job, signers: Sequence[ResolvedSigner],
+                         policy: EnvelopePolicy, now: float, keys: LinkKeys, document_sha256: str | None) -> Envelope:
+        """`create_envelope` inside the caller's transaction (the worker's send step moves its job with it)."""
         steps = sorted({s.step for s in signers})
         if not signers or steps != list(range(1, len(steps) + 1)):
             raise ValueError("an envelope needs signers in steps 1, 2, … without a gap")
-        with self._transaction() as conn:
-            known = conn.execute("SELECT id FROM envelopes WHERE transaction_id = ?", (job.transaction_id,)).fetchone()
-            if known is not None:
-                return self._envelope(int(known[0]))
-            cur = conn.execute(
-                "INSERT INTO envelopes (job_id, transaction_id, sobject, record_id, rule, state, current_step, steps, "
-                "language, auth_method, reminder_first_s, reminder_every_s, reminder_max, message_domain, created_at, "
-                "sent_at, expires_at, document_sha256_before, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.transaction_id, job.sobject, job.record_id, job.rule, EnvelopeState.SENT.value,
-                 len(steps), policy.language, policy.auth.value, policy.reminders.first_after_s,
-                 policy.reminders.every_s, policy.reminders.max_count, policy.message_domain, now, now,
-                 expiry_time(policy, now), document_sha256 or job.sha256, now),
-            )
-            envelope_id = int(cur.lastrowid or 0)
-            for position, signer in enumerate(signers):
-                self._add_recipient(conn, envelope_id, job.transaction_id, position, signer, keys)
-            envelope = self._envelope(envelope_id)
-            self._event(conn, envelope, EventType.SENT, now,
-                        detail=f"{len(signers)} signer(s) in {len(steps)} step(s)")
-            self._invite_step(conn, envelope, 1, now)
-            return self._refresh_due(conn, envelope_id, now)
+        known = conn.execute("SELECT id FROM envelopes WHERE transaction_id = ?", (job.transaction_id,)).fetchone()
+        if known is not None:
+            return self._envelope(int(known[0]))
+        cur = conn.execute(
+            "INSERT INTO envelopes (job_id, transaction_id, sobject, record_id, rule, state, current_step, steps, "
+            "language, auth_method, reminder_first_s, reminder_every_s, reminder_max, message_domain, created_at, "
+            "sent_at, expires_at, document_sha256_before, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.transaction_id, job.sobject, job.record_id, job.rule, EnvelopeState.SENT.value,
+             len(steps), policy.language, policy.auth.value, policy.reminders.first_after_s,
+             policy.reminders.every_s, policy.reminders.max_count, policy.message_domain, now, now,
+             expiry_time(policy, now), document_sha256 or job.sha256, now),
+        )
+        envelope_id = int(cur.lastrowid or 0)
+        for position, signer in enumerate(signers):
+            self._add_recipient(conn, envelope_id, job.transaction_id, position, signer, keys)
+        envelope = self._envelope(envelope_id)
+        self._event(conn, envelope, EventType.SENT, now,
+                    detail=f"{len(signers)} signer(s) in {len(steps)} step(s)")
+        self._invite_step(conn, envelope, 1, now)
+        return self._refresh_due(conn, envelope_id, now)
 
     def _add_recipient(self, conn: sqlite3.Connection, envelope_id: int, transaction_id: str, position: int,
                        signer: ResolvedSigner, keys: LinkKeys) -> None:
@@ -138,6 +144,9 @@ class EnvelopeSteps(EnvelopeBase):
                 "ip": evidence.visit.ip, "user_agent": evidence.visit.user_agent, "next_reminder_at": None})
             self._cancel_live_mails(conn, envelope.id, recipient_id)
             self._event(conn, envelope, EventType.SIGNED, now, recipient_id=recipient_id, visit=evidence.visit)
+            # The signature goes into the PDF in the worker's pool: its job is due now (wall clock: the job
+            # queue's), with this record of the signature, so a crash between the two loses neither.
+            self._move_job(conn, envelope, {"state": JobState.SIGNATURES_DUE, "next_attempt_at": time.time()}, None)
             invited: tuple[int, ...] = ()
             peers = [r.state for r in self._recipients(envelope.id) if r.step == recipient.step]
             if step_complete(peers) and recipient.step < envelope.steps:

@@ -27,6 +27,12 @@ class JobState(StrEnum):
     DEAD = "dead"  # failed transiently for the whole retry window: a person must act, then `sfsign retry`
     # The record's type is not one of the rule's `record_types` (seen at fetch): nothing signed, nothing to retry.
     SKIPPED = "skipped"
+    # Customer signing (a rule with `signers:`): the envelope is out and nothing is to do until a signer acts
+    # (never claimed); a recorded signature is not in the PDF yet (claimed); the envelope was refused,
+    # expired or voided (final, no file; the same stage again starts a new transaction).
+    AWAITING_SIGNATURES = "awaiting_signatures"
+    SIGNATURES_DUE = "signatures_due"
+    ENVELOPE_ENDED = "envelope_ended"
 
 
 ACTIVE_STATES = (
@@ -38,9 +44,10 @@ ACTIVE_STATES = (
     JobState.LTV_PENDING,
     JobState.LTV_UPGRADED,
     JobState.LTV_UPLOADED,
+    JobState.SIGNATURES_DUE,
 )
 # After these, the same record entering the trigger state again starts a new transaction.
-REENTRY_STATES = (JobState.ERROR, JobState.DEAD, JobState.SKIPPED)
+REENTRY_STATES = (JobState.ERROR, JobState.DEAD, JobState.SKIPPED, JobState.ENVELOPE_ENDED)
 # Of those, the ones `sfsign retry` puts back in the queue (a skipped job would only be skipped again).
 RETRYABLE_STATES = (JobState.ERROR, JobState.DEAD)
 # States whose document is on the record (or about to be, written back): a new trigger for the record
@@ -50,7 +57,7 @@ SIGNED_STATES = (JobState.UPLOADED, JobState.LTV_PENDING, JobState.LTV_UPGRADED,
 SIGNED_VALUES = frozenset(s.value for s in SIGNED_STATES)
 REENTRY_VALUES = frozenset(s.value for s in REENTRY_STATES)
 # Finished jobs: the only rows retention may delete. Active jobs are never purged, whatever their age.
-FINISHED_STATES = (JobState.DONE, JobState.ERROR, JobState.DEAD, JobState.SKIPPED)
+FINISHED_STATES = (JobState.DONE, JobState.ERROR, JobState.DEAD, JobState.SKIPPED, JobState.ENVELOPE_ENDED)
 
 # Jobs that renew the archive timestamp of a document already signed (sfsign/archive.py): they sit beside
 # the record's `done` job, so the one-job-per-record index and the signed-document memory leave them out.
@@ -191,6 +198,12 @@ class Job:
     reason: str | None = None  # the rep's reason (`Reason__c`)
     superseded_by: str | None = None  # transaction id of the Re-issue that replaced this document
     pending_shown_at: float | None = None  # when the record was told `Pending` while the job waited for a worker
+    # Customer signing: the signers resolved at fetch (JSON list of `ResolvedSigner`; None: a seal-only job),
+    # when the envelope went out, and the certificate of completion (its hash, its ContentVersion).
+    signers_json: str | None = None
+    envelope_sent_at: float | None = None
+    certificate_sha256: str | None = None
+    certificate_version_id: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

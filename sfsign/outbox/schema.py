@@ -62,12 +62,16 @@ JOB_COLUMNS: dict[str, type] = {
     "reason": str,
     "superseded_by": str,
     "pending_shown_at": float,
+    "signers_json": str,
+    "envelope_sent_at": float,
+    "certificate_sha256": str,
+    "certificate_version_id": str,
 }
 
 # One live (or done) job per record and rule: the duplicate check in `_duplicate_reason`, enforced by
 # SQLite. `duplicate_of` marks the second contracts that outboxes of older versions already hold; a job
 # superseded by a Re-issue (`superseded_by`) leaves the slot to the new version.
-ONE_PER_RECORD_INDEX_NAME = "jobs_one_per_record_v3"  # v3: `skipped` leaves the slot free too
+ONE_PER_RECORD_INDEX_NAME = "jobs_one_per_record_v4"  # v3: `skipped` leaves the slot free; v4: `envelope_ended`
 ONE_PER_RECORD_INDEX = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {ONE_PER_RECORD_INDEX_NAME} ON jobs (sobject, record_id, rule) "
     "WHERE state NOT IN ("
@@ -136,10 +140,11 @@ def migrate(db: sqlite_utils.Database) -> None:
         )
     indexes = {i.name for i in db.table("jobs").indexes}
     if ONE_PER_RECORD_INDEX_NAME not in indexes:
-        if not {"jobs_one_per_record", "jobs_one_per_record_v2"} & indexes:  # predecessors came after it
+        older = ("jobs_one_per_record", "jobs_one_per_record_v2", "jobs_one_per_record_v3")
+        if not set(older) & indexes:  # predecessors came after it
             _canonical_record_ids(db.conn)
-        db.execute("DROP INDEX IF EXISTS jobs_one_per_record")
-        db.execute("DROP INDEX IF EXISTS jobs_one_per_record_v2")
+        for name in older:
+            db.execute(f"DROP INDEX IF EXISTS {name}")
         db.execute(ONE_PER_RECORD_INDEX)
     if not db["signed_documents"].exists():
         create_signed_memory(db.conn)

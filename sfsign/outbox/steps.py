@@ -28,10 +28,13 @@ class JobSteps(JobChanges):
 
     # ------------------------------------------------------------------------- the first signature
 
-    def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str) -> Job:
-        """The record is read and its document built: rendering is next."""
+    def mark_fetched(self, job: Job, *, document_json: str, file_title: str, file_name: str,
+                     signers_json: str | None = None) -> Job:
+        """The record is read and its document built: rendering is next. `signers_json`: a rule with signers
+        keeps them as resolved now, so a restart does not read them again."""
         return self._change(job.id, {"state": JobState.FETCHED, "document_json": document_json,
-                                     "file_title": file_title, "file_name": file_name}, _NO_DETAIL)
+                                     "file_title": file_title, "file_name": file_name,
+                                     "signers_json": signers_json}, _NO_DETAIL)
 
     def redo_from_fetched(self, job: Job, *, drop_signature: bool = False) -> Job:
         """A rendered or signed file vanished from the data directory before its file reached Salesforce:

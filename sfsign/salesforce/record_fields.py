@@ -12,7 +12,9 @@ from typing import Any
 from sfsign.salesforce.names import (
     ACTOR_LENGTH,
     LONG_TEXT_WRITE_MAX,
+    PROGRESS_LENGTH,
     SIGNER_LENGTH,
+    STATUS_COMPLETED,
     STATUS_ERROR,
     STATUS_PENDING,
     STATUS_SIGNED,
@@ -61,6 +63,27 @@ def signed_fields(
         Record.VALIDATION: _short(validation, VALIDATION_LENGTH),
         Record.EIDAS_LEVEL: eidas_level,
     }
+
+
+def progress_text(signed: int, total: int) -> str:
+    """`Sign_Progress__c`: "1 of 2 signed"."""
+    return f"{signed} of {total} signed"[:PROGRESS_LENGTH]
+
+
+def completed_fields(
+    *, transaction_id: str, completed_at: str | None, signers: int, signed_at: str | None, sha256: str | None,
+    level: str | None, timestamp: str | None, signer: str | None, signer_serial: str | None, validation: str | None,
+    eidas_level: str | None,
+) -> dict[str, Any]:
+    """Every signer signed and the final document (with its certificate of completion) is on the record: the
+    final signature as `signed_fields` shows one, but `Completed`, when and "n of n signed" (the file's id and
+    link come with the write-back: `writeback.SignedFile`)."""
+    fields = signed_fields(transaction_id=transaction_id, signed_at=signed_at, sha256=sha256, level=level,
+                           timestamp=timestamp, signer=signer, signer_serial=signer_serial, validation=validation,
+                           eidas_level=eidas_level)
+    fields.update({Record.STATUS: STATUS_COMPLETED, Record.COMPLETED_AT: completed_at,
+                   Record.PROGRESS: progress_text(signers, signers)})
+    return fields
 
 
 def document_fields(instance_url: str, document_id: str | None) -> dict[str, Any]:

@@ -9,10 +9,12 @@ contact without an e-mail, an inactive counter-signer) is `SignerMissing`, a `No
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sfsign.config.signers import SignerEntry, SignersConfig
+from sfsign.documents.model import DocumentSigner
 from sfsign.mapping import NotRenderable
 from sfsign.salesforce.records import Querier
 from sfsign.salesforce.signer_records import (
@@ -138,3 +140,18 @@ async def read_signers(querier: Querier, signers: SignersConfig, sobject: str, r
         users=await read_users(querier, signers.users()),
     )
     return resolve_signers(signers, sobject, records)
+
+
+def dump_signers(signers: Sequence[ResolvedSigner]) -> str:
+    """The resolved signers as the job keeps them (`jobs.signers_json`), so a restart does not read them again."""
+    return json.dumps([{**asdict(s), "source": s.source.value} for s in signers])
+
+
+def load_signers(text: str) -> list[ResolvedSigner]:
+    return [ResolvedSigner(**{**row, "source": SignerSource(row["source"])}) for row in json.loads(text)]
+
+
+def document_signers(signers: Sequence[ResolvedSigner], seller: str) -> list[DocumentSigner]:
+    """One signature box per signer, in signing order; a counter-signing user signs for the seller."""
+    return [DocumentSigner(name=s.name, role=s.role or "", organisation=seller if s.source is SignerSource.USER else "")
+            for s in signers]

@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "sfsign.connections": 45,
     # The worker's steps, one per job state, over the gateway, the profiles and the Pending notes.
     "sfsign.steps": 45,
+    "sfsign.envelope_steps": 46,  # a rule with signers: its own steps, beside (and reusing) the seal-only ones
     "sfsign.profiles": 40,
     "sfsign.gateway*": 40,
     "sfsign.pending": 40,  # the worker's Pending announcements

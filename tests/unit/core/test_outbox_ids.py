@@ -70,7 +70,7 @@ def test_retry_of_a_failed_job_is_refused_while_the_record_has_a_newer_one(tmp_p
 def test_migration_normalises_ids_and_flags_contracts_signed_twice(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     old = OutboxStore(path)  # make it look like an outbox of the previous version
-    old.db.execute("DROP INDEX jobs_one_per_record_v3")
+    old.db.execute("DROP INDEX jobs_one_per_record_v4")
     old.db.execute("DROP TABLE parked_events")
     old.db.execute("ALTER TABLE jobs DROP COLUMN duplicate_of")
     _insert_raw(old, "tx-18", OPP18, "done")
@@ -112,7 +112,7 @@ def test_status_lists_parked_events_without_their_payload(tmp_path: Path) -> Non
 def test_an_outbox_with_the_previous_index_gets_the_one_that_lets_a_reissue_supersede(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     old = OutboxStore(path)
-    old.db.execute("DROP INDEX jobs_one_per_record_v3")
+    old.db.execute("DROP INDEX jobs_one_per_record_v4")
     old.db.execute(
         "CREATE UNIQUE INDEX jobs_one_per_record ON jobs (sobject, record_id, rule) WHERE state NOT IN "
         "('error', 'dead') AND source != 'ltv-refresh' AND duplicate_of IS NULL")
@@ -121,7 +121,7 @@ def test_an_outbox_with_the_previous_index_gets_the_one_that_lets_a_reissue_supe
     old.close()
     store = OutboxStore(path)
     names = {i.name for i in store.db.table("jobs").indexes}
-    assert "jobs_one_per_record" not in names and "jobs_one_per_record_v3" in names
+    assert "jobs_one_per_record" not in names and "jobs_one_per_record_v4" in names
     result = store.commit_event("/c", 2, [_job("tx-2", source="reissue")])
     assert [j.transaction_id for j in result.created] == ["tx-2"]
     assert store.by_transaction("tx-1").superseded_by == "tx-2"  # type: ignore[union-attr]

@@ -192,12 +192,12 @@ def test_a_skipped_job_leaves_the_record_free_for_its_next_trigger_and_is_not_re
 def test_an_outbox_with_the_previous_unique_index_gets_the_new_one(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite"
     store = OutboxStore(path)
-    store.db.execute("DROP INDEX jobs_one_per_record_v3")
+    store.db.execute("DROP INDEX jobs_one_per_record_v4")
     store.db.execute("CREATE UNIQUE INDEX jobs_one_per_record_v2 ON jobs (sobject, record_id, rule) "
                      "WHERE state NOT IN ('error', 'dead') AND source != 'ltv-refresh' AND duplicate_of IS NULL "
                      "AND superseded_by IS NULL")
     store.close()
     reopened = OutboxStore(path)
     names = {i.name for i in reopened.db.table("jobs").indexes}
-    assert "jobs_one_per_record_v3" in names and "jobs_one_per_record_v2" not in names
+    assert "jobs_one_per_record_v4" in names and "jobs_one_per_record_v2" not in names
     reopened.close()

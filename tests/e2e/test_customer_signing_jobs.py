@@ -1,0 +1,292 @@
+"""Customer signing through the job state machine, end to end: a stage change on an Opportunity whose rule has
+`signers:` makes an envelope (the job waits, the record has no file yet); a signature recorded through the
+outbox library, as the signing listener records it, goes into the PDF in the daemon's process pool; the
+last one completes the document (long-term validation data, both validators' verdict, the certificate of
+completion) and the record shows `Completed` with two Files. A refusal ends the job without a file.
+
+Real emulator over HTTPS, real outbox, real pool, real signatures against the demo PKI's TSA and OCSP
+responder; the final PDF is validated by pyHanko and, each signature, by poppler's pdfsig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import REP, pdfsig_required, record_id, run_daemon
+from pyhanko.pdf_utils.reader import PdfFileReader
+
+from sfsign.commands.demo import PASSPHRASE_ENV, daemon_settings, demo_rules_text
+from sfsign.config import Rules, Settings, load_rules
+from sfsign.daemon import Daemon
+from sfsign.documents.completion_check import check_completed, pdfsig_results
+from sfsign.documents.signer_signature import signature_fields
+from sfsign.documents.verify import validate_signed_pdf
+from sfsign.emulator.control_client import ControlClient
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
+from sfsign.outbox import Job, JobState
+from sfsign.outbox.envelope_models import CodeResult, Envelope, MailState, Recipient, SignerEvidence, SignResult, Visit
+from sfsign.salesforce.rest import SalesforceRest
+from sfsign.signing.model import MailKind
+from sfsign.signing.tokens import LinkKeys
+
+ACME = "Acme Industries - Platform Renewal 2027"  # primary contact role Claire (Economic Buyer), Thomas (Technical)
+STAGE = "Proposal/Price Quote"  # the demo rule `opportunity-proposal`, profile B-LTA
+VISIT = Visit(ip="198.51.100.4", user_agent="Mozilla/5.0 (e2e)")
+ONE_SIGNER = """\
+    signers:
+      authentication: none
+      steps:
+        - [{contact_role: primary}]
+"""
+ONE_SIGNER_OTP_SEALED_AFTER = """\
+    signers:
+      authentication: email_otp
+      seal: after_signing
+      steps:
+        - [{contact_role: primary}]
+"""
+TWO_SIGNERS = """\
+    signers:
+      authentication: none
+      steps:
+        - [{contact_role: primary}]
+        - [{contact_role: "Technical Buyer"}]
+"""
+RECORD_FIELDS = ["Sign_Status__c", "Sign_Progress__c", "Sign_Completed_At__c", "Signed_Document_Id__c",
+                 "Signed_Document_Url__c", "Sign_Document_Hash__c", "Sign_Level__c", "Sign_Error__c",
+                 "Sign_Transaction_Id__c", "Signed_At__c"]
+
+
+@pytest.fixture
+def services_pki(tmp_path: Path) -> Iterator[tuple[DemoPki, PkiServices, str]]:
+    import secrets
+
+    passphrase = secrets.token_urlsafe(18)
+    pki, services = start_demo_pki_services(tmp_path / "pki", passphrase=passphrase,
+                                            org_name="Northwind Cloud GmbH", key_algorithm="ec-p256")
+    try:
+        yield pki, services, passphrase
+    finally:
+        services.stop()
+
+
+@pytest.fixture
+def rules(request: pytest.FixtureRequest, tmp_path: Path, services_pki: tuple[DemoPki, PkiServices, str],
+          monkeypatch: pytest.MonkeyPatch) -> Rules:
+    """The demo's rules on the local TSA, the B-LTA proposal rule with the test's `signers:` block."""
+    pki, services, passphrase = services_pki
+    monkeypatch.setenv(PASSPHRASE_ENV, passphrase)
+    text = demo_rules_text(pki, services.tsa_url)
+    anchor = "  - name: opportunity-negotiation\n"
+    assert anchor in text
+    path = tmp_path / "rules.yaml"
+    path.write_text(text.replace(anchor, getattr(request, "param", ONE_SIGNER) + anchor))
+    return load_rules(path)
+
+
+@pytest.fixture
+def settings(emulator: Any, tmp_path: Path, rules: Rules) -> Settings:
+    return daemon_settings(emulator, tmp_path, rules.source, cpu_workers=1, shutdown_grace_s=10, log_level="INFO",
+                           retry_base_s=0.2, retry_cap_s=0.5)
+
+
+async def _job_in(daemon: Daemon, states: tuple[JobState, ...], within_s: float = 90.0) -> Job:
+    async with asyncio.timeout(within_s):
+        while True:
+            jobs = [j for j in await daemon.outbox.jobs() if j.rule == "opportunity-proposal"]
+            for job in jobs:
+                assert job.state not in (JobState.ERROR, JobState.DEAD), job.last_error
+                if job.state in states:
+                    return job
+            await asyncio.sleep(0.05)
+
+
+async def _envelope(daemon: Daemon, job: Job) -> tuple[Envelope, list[Recipient]]:
+    envelope = await daemon.outbox.envelope(job.transaction_id)
+    assert envelope is not None
+    return envelope, await daemon.outbox.recipients(envelope.id)
+
+
+async def _sign(daemon: Daemon, recipient: Recipient) -> None:
+    outcome = await daemon.outbox.mark_recipient_signed(recipient.id, SignerEvidence(recipient.name, True, VISIT),
+                                                        time.time())
+    assert outcome.result is SignResult.SIGNED, outcome
+
+
+async def _applied(daemon: Daemon, recipient: Recipient, within_s: float = 60.0) -> Recipient:
+    """The recipient once the worker put their signature in the PDF and the job waits again."""
+    async with asyncio.timeout(within_s):
+        while True:
+            [now] = [r for r in await daemon.outbox.recipients(recipient.envelope_id) if r.id == recipient.id]
+            job = await daemon.outbox.call(lambda s: s.db.execute(
+                "SELECT j.state FROM jobs j JOIN envelopes e ON e.job_id = j.id WHERE e.id = ?",
+                (recipient.envelope_id,)).fetchone()[0])
+            if now.applied_at is not None and job == JobState.AWAITING_SIGNATURES.value:
+                return now
+            await asyncio.sleep(0.05)
+
+
+async def _record_files(control: ControlClient, opportunity: str) -> list[dict[str, Any]]:
+    return [f for f in await control.files() if any(link["LinkedEntityId"] == opportunity for link in f["links"])]
+
+
+async def _completed(control: ControlClient, opportunity: str, within_s: float = 120.0) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
+        while True:
+            record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
+            assert record["Sign_Status__c"] != "Error", record
+            if record["Sign_Status__c"] == "Completed":
+                return record
+            await asyncio.sleep(0.1)
+
+
+def _signature_order(pdf: bytes) -> list[str]:
+    """The approval signatures' fields in the order they were made (each covers more of the file)."""
+    reader = PdfFileReader(BytesIO(pdf))
+    signatures = sorted(reader.embedded_regular_signatures, key=lambda s: s.signed_revision)
+    return [s.field_name for s in signatures]
+
+
+async def _check_final(control: ControlClient, rest: SalesforceRest, pki: DemoPki, opportunity: str,
+                       fields: tuple[str, ...], signers: int) -> bytes:
+    """The record shows Completed with the final PDF and the certificate as its two Files, and the final PDF
+    holds every signature intact and valid, by pyHanko and by pdfsig."""
+    record = await _completed(control, opportunity)
+    assert record["Sign_Progress__c"] == f"{signers} of {signers} signed" and record["Sign_Completed_At__c"], record
+    assert record["Sign_Error__c"] is None and record["Sign_Level__c"] == "B-LTA", record
+    files = await _record_files(control, opportunity)
+    assert len(files) == 2, files
+    [final] = [f for f in files if f["ContentDocumentId"] == record["Signed_Document_Id__c"]]
+    [certificate] = [f for f in files if f is not final]
+    assert final["Sign_Transaction_Id__c"] == record["Sign_Transaction_Id__c"]
+    assert certificate["Sign_Transaction_Id__c"] == f"{record['Sign_Transaction_Id__c']}-certificate"
+    assert "Certificate of completion" in certificate["Title"]
+    pdf = await rest.download_version_data(str(final["Id"]))
+    assert hashlib.sha256(pdf).hexdigest() == record["Sign_Document_Hash__c"]
+    roots = [pki.root_cert_pem_path]
+    verdict = await asyncio.to_thread(check_completed, pdf, roots, fields)
+    assert verdict.ok and not verdict.missing, verdict.lines()
+    assert {s.field_name for s in verdict.signatures} == set(fields)
+    assert all(s.intact and s.valid and s.trusted for s in verdict.signatures), verdict.lines()
+    assert verdict.level == "B-LTA" and verdict.document_timestamps >= 1
+    if pdfsig_required():
+        by_field = await asyncio.to_thread(pdfsig_results, pdf)
+        assert by_field is not None and {f: by_field.get(f) for f in fields} == {
+            f: "Signature is Valid." for f in fields}, by_field
+    sealed = await rest.download_version_data(str(certificate["Id"]))
+    report = await asyncio.to_thread(validate_signed_pdf, sealed, roots)
+    assert report.intact and report.valid and report.trusted, report
+    return pdf
+
+
+@pytest.mark.parametrize("rules", [ONE_SIGNER, ONE_SIGNER_OTP_SEALED_AFTER], indirect=True,
+                         ids=["no-code-sealed-first", "email-code-sealed-after"])
+async def test_one_signer_gets_an_envelope_and_their_signature_completes_the_record(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest,
+    services_pki: tuple[DemoPki, PkiServices, str],
+) -> None:
+    opportunity = await record_id(control, "Opportunity", ACME)
+    [signers] = [r.signers for r in rules.rules if r.name == "opportunity-proposal"]
+    assert signers is not None
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        job = await _job_in(daemon, (JobState.AWAITING_SIGNATURES,))
+        envelope, [claire] = await _envelope(daemon, job)
+        assert claire.email == "claire.lefevre@acme-industries.example" and envelope.auth_method.value == (
+            signers.authentication.value)
+        assert job.signers_json and "claire.lefevre@acme-industries.example" in job.signers_json
+        assert await _record_files(control, opportunity) == []  # nothing on the record until it is completed
+        about = settings.data_dir / "artifacts" / f"{job.transaction_id}.about.json"
+        assert "Marc Dubois" in about.read_text()  # the record owner: the rep the page names
+        if signers.authentication.value == "email_otp":
+            keys = LinkKeys.load(settings.data_dir)  # the daemon's: the mailer unseals the code with it
+            refused = await daemon.outbox.mark_recipient_signed(claire.id, SignerEvidence(claire.name, True, VISIT),
+                                                                time.time())
+            assert refused.result is SignResult.NOT_AUTHENTICATED
+            assert (await daemon.outbox.issue_code(claire.id, time.time(), keys, VISIT)).result is CodeResult.SENT
+            [mail] = [m for m in await daemon.outbox.envelope_mails(envelope.id)
+                      if m.kind is MailKind.CODE and m.state is MailState.PENDING]
+            assert mail.sealed is not None
+            code = keys.unseal(mail.sealed, mail.message_id)
+            checked = await daemon.outbox.check_code(claire.id, code, time.time(), keys, VISIT)
+            assert checked.result is CodeResult.VERIFIED
+        await _sign(daemon, claire)
+        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+                                 ("SellerSignature", "CustomerSignature"), 1)
+        order = _signature_order(pdf)
+        assert order == (["CustomerSignature", "SellerSignature"] if signers.seal == "after_signing"
+                         else ["SellerSignature", "CustomerSignature"])
+        done = await _job_in(daemon, (JobState.DONE,))
+        assert done.certificate_version_id and done.content_version_id
+        # The completed copy stays for the signing page's download link.
+        assert (settings.data_dir / "artifacts" / f"{job.transaction_id}.ltv.pdf").read_bytes() == pdf
+        envelope = await daemon.outbox.envelope(job.transaction_id)
+        assert envelope is not None and envelope.document_sha256_after
+
+
+@pytest.mark.parametrize("rules", [TWO_SIGNERS], indirect=True)
+async def test_two_signers_in_sequence_each_signature_once_even_when_its_step_runs_again(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest,
+    services_pki: tuple[DemoPki, PkiServices, str],
+) -> None:
+    opportunity = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        job = await _job_in(daemon, (JobState.AWAITING_SIGNATURES,))
+        _env, [claire, thomas] = await _envelope(daemon, job)
+        assert (claire.step, thomas.step) == (1, 2)
+        assert (await daemon.outbox.mark_recipient_signed(thomas.id, SignerEvidence(thomas.name, True, VISIT),
+                                                          time.time())).result is SignResult.NOT_YOUR_TURN
+        await _sign(daemon, claire)
+        await _applied(daemon, claire)
+        signed_file = settings.data_dir / "artifacts" / f"{job.transaction_id}.signed.pdf"
+        after_first = signed_file.read_bytes()
+        assert signature_fields(after_first) == {"SellerSignature": True, "CustomerSignature": True,
+                                                 "CustomerSignature2": False}
+
+        # A crash after the PDF was written and before the applied mark: the job is due again and the
+        # recipient unmarked. The step runs again, finds the field signed and only marks it.
+        await daemon.outbox.call(lambda s: s.db.execute("UPDATE recipients SET applied_at = NULL WHERE id = ?",
+                                                        (claire.id,)))
+        await daemon.outbox.call(lambda s: s.db.execute(
+            "UPDATE jobs SET state = ?, next_attempt_at = ? WHERE id = ?",
+            (JobState.SIGNATURES_DUE.value, time.time(), job.id)))
+        assert daemon.worker is not None
+        daemon.worker.wake()
+        await _applied(daemon, claire)
+        assert signed_file.read_bytes() == after_first  # nothing signed a second time
+        assert _signature_order(after_first) == ["SellerSignature", "CustomerSignature"]
+
+        await _sign(daemon, thomas)
+        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+                                 ("SellerSignature", "CustomerSignature", "CustomerSignature2"), 2)
+        assert _signature_order(pdf) == ["SellerSignature", "CustomerSignature", "CustomerSignature2"]
+        assert pdf.startswith(after_first)  # the second signature is an increment on the first
+
+
+async def test_a_refusal_ends_the_job_and_puts_no_file_on_the_record(
+    settings: Settings, rules: Rules, control: ControlClient,
+) -> None:
+    opportunity = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        job = await _job_in(daemon, (JobState.AWAITING_SIGNATURES,))
+        _env, [claire] = await _envelope(daemon, job)
+        outcome = await daemon.outbox.mark_recipient_refused(claire.id, "Budget moved to next year", time.time(),
+                                                             VISIT)
+        assert outcome.result is SignResult.REFUSED
+        ended = await _job_in(daemon, (JobState.ENVELOPE_ENDED,))
+        assert ended.id == job.id and ended.content_version_id is None
+        assert await daemon.outbox.signed_unapplied(job.transaction_id) == []
+        assert await daemon.outbox.claim_due(time.time() + 3600, 10) == []
+    assert await _record_files(control, opportunity) == []
+    record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
+    assert record["Sign_Status__c"] != "Completed" and record["Signed_Document_Id__c"] is None, record
