@@ -16,8 +16,9 @@ from pathlib import Path
 
 from sfsign.private_files import private_dir, write_private
 
-# about.json: the signing page; certificate.pdf: an envelope's certificate of completion
-KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf", "about.json", "certificate.pdf")
+ABOUT = "about.json"  # who sends what, for the signing page: only a job that sends an envelope has one
+CERTIFICATE = "certificate.pdf"  # an envelope's certificate of completion
+KINDS = ("rendered.pdf", "boxes.json", "signed.pdf", "ltv.pdf", ABOUT, CERTIFICATE)
 
 
 class Artifacts:

@@ -50,7 +50,7 @@ from sfsign.record_types import (
 )
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.files import ContentVersionRef, NewFile
-from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, AUDIT_SUPERSEDED, STATUS_SIGNED, Record
+from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, AUDIT_SUPERSEDED, STATUS_COMPLETED, STATUS_SIGNED, Record
 from sfsign.salesforce.record_fields import (
     adopted_fields,
     already_signed_note,
@@ -68,6 +68,7 @@ log = structlog.get_logger("sfsign.worker")
 T = TypeVar("T")
 
 ALREADY_SIGNED = "ALREADY_SIGNED"  # error code of a job that found its record signed before this outbox knew it
+_SIGNED_SHOWN = (STATUS_SIGNED, STATUS_COMPLETED)  # a sealed document, or one every customer signed
 
 
 def _rule(job: Job, rules: Rules) -> RuleConfig:
@@ -162,7 +163,7 @@ class Steps:
         `Sign_*` fields cannot say which rule signed, and it signs. A Re-issue signs a new version, which is
         what it asks for, and the signature the record showed is superseded on the record and in its trail."""
         shown = record.sign_transaction_id
-        return record.sign_status == STATUS_SIGNED and bool(shown) and shown != job.transaction_id
+        return record.sign_status in _SIGNED_SHOWN and bool(shown) and shown != job.transaction_id
 
     async def _supersede_shown(self, job: Job, shown: str) -> None:
         """A Re-issue replaces a signature this outbox never knew (its memory started after it): the new

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from sfsign.aio import wait_any
+from sfsign.artifacts import ABOUT
 from sfsign.config import Settings
 from sfsign.outbox import JobState, Outbox, OutboxStore, PurgeResult
 
@@ -35,14 +36,19 @@ def artifacts_dir(settings: Settings) -> Path:
     return settings.data_dir / "artifacts"
 
 
-def expired_artifacts(directory: Path, store: OutboxStore, now: float, grace_s: float) -> list[Path]:
-    """Files `<transaction id>.<kind>` whose job is done (for longer than the grace) or gone.
+def expired_artifacts(directory: Path, store: OutboxStore, now: float, grace_s: float,
+                      download_s: float = 0.0) -> list[Path]:
+    """Files `<transaction id>.<kind>` whose job is done or its envelope ended (for longer than the grace),
+    or gone.
 
     A job that is gone was purged, or the file is a leftover of a crash: nothing will read it again.
-    For a done job the grace counts from `done_at`; for a file without a job, from its modification time.
+    For a finished job the grace counts from `done_at`; for a file without a job, from its modification time.
+    A done job that sent an envelope (its `about.json` is there) keeps its files at least `download_s`
+    (SFSIGN_SIGNING_DOWNLOAD_DAYS): the signing page's download link gives the completed PDF that long. An
+    envelope that ended unsigned has nothing to download: its files go after the grace.
     """
     files = _artifact_files(directory)
-    return _expired(files, store.job_states(_transaction_ids(files)), now, grace_s)
+    return _expired(files, store.job_states(_transaction_ids(files)), now, grace_s, download_s)
 
 
 def _artifact_files(directory: Path) -> list[Path]:
@@ -53,21 +59,25 @@ def _transaction_ids(files: list[Path]) -> list[str]:
     return [p.name.split(".", 1)[0] for p in files]
 
 
-def _expired(files: list[Path], states: dict[str, tuple[JobState, float | None]], now: float, grace_s: float
-             ) -> list[Path]:
+def _expired(files: list[Path], states: dict[str, tuple[JobState, float | None]], now: float, grace_s: float,
+             download_s: float = 0.0) -> list[Path]:
     expired = []
+    envelopes = {p.name.split(".", 1)[0] for p in files if p.name.endswith(f".{ABOUT}")}
     for path in files:
-        known = states.get(path.name.split(".", 1)[0])
+        transaction_id = path.name.split(".", 1)[0]
+        known = states.get(transaction_id)
+        completed = transaction_id in envelopes and known is not None and known[0] is JobState.DONE
+        keep_s = max(grace_s, download_s) if completed else grace_s
         if known is None:
             try:
                 since = path.stat().st_mtime
             except FileNotFoundError:  # the worker removed it meanwhile
                 continue
-        elif known[0] is JobState.DONE:
+        elif known[0] in (JobState.DONE, JobState.ENVELOPE_ENDED):
             since = known[1] if known[1] is not None else path.stat().st_mtime
         else:
             continue
-        if since + grace_s <= now:
+        if since + keep_s <= now:
             expired.append(path)
     return sorted(expired)
 
@@ -77,7 +87,8 @@ def purge(store: OutboxStore, settings: Settings, now: float | None = None, *, d
     """Expired job rows first, then artifacts, so files of the rows just purged go in the same pass."""
     now = time.time() if now is None else now
     rows = store.purge(now, settings.job_retention_days * DAY_S, dry_run=dry_run)
-    files = expired_artifacts(artifacts_dir(settings), store, now, settings.artifact_grace_s)
+    files = expired_artifacts(artifacts_dir(settings), store, now, settings.artifact_grace_s,
+                              settings.signing_download_days * DAY_S)
     if not dry_run:
         _unlink_all(files)
     return RetentionResult(rows, files)
@@ -91,7 +102,8 @@ async def purge_outbox(outbox: Outbox, settings: Settings, now: float | None = N
     loop = asyncio.get_running_loop()
     files = await loop.run_in_executor(None, _artifact_files, artifacts_dir(settings))
     states = await outbox.job_states(_transaction_ids(files))
-    expired = await loop.run_in_executor(None, _expired, files, states, now, settings.artifact_grace_s)
+    expired = await loop.run_in_executor(None, _expired, files, states, now, settings.artifact_grace_s,
+                                         settings.signing_download_days * DAY_S)
     await loop.run_in_executor(None, _unlink_all, expired)
     return RetentionResult(rows, expired)
 

@@ -306,6 +306,12 @@ class IntakeStore(JobSteps):
 
 def _resume_state(job: Job) -> JobState:
     """Where a retried job starts again: past every step whose result is already in Salesforce."""
+    if job.envelope_sent_at is not None:  # customer signing: never sign, send or upload anything twice
+        if job.certificate_version_id:
+            return JobState.UPLOADED  # both files are in Salesforce: only the write-back is left
+        if job.ltv_sha256:
+            return JobState.SIGNED  # completed: its uploads find what an earlier attempt uploaded
+        return JobState.SIGNATURES_DUE  # applies what is signed, then waits, completes or ends with the envelope
     if job.ltv_version_id:
         return JobState.LTV_UPLOADED  # the upgraded version is in Salesforce: only its write-back is left
     if job.signed_visible_at and job.ltv_sha256:

@@ -180,3 +180,17 @@ async def test_the_async_face_wakes_the_worker_after_a_signature_or_an_end(tmp_p
         assert woken == ["wake", "wake"]
     finally:
         await box.close()
+
+
+def test_a_retried_envelope_job_resumes_where_nothing_is_signed_sent_or_uploaded_twice(tmp_path: Path) -> None:
+    store = outbox(tmp_path)
+    waiting, env = _sent(store)
+    store.mark_recipient_signed(people(store, env)["Anna"].id, EVIDENCE, T0 + 60)
+    failed = store.mark_error(store.get(waiting.id), "the signature could not be applied", "SIGN_FAILED")
+    assert store.requeue(failed.id).state is JobState.SIGNATURES_DUE  # not queued: that would render anew
+    completed = store.mark_envelope_completed(store.get(waiting.id), seal=None, sha256="ef" * 32, level="B-LTA",
+                                              validation="ok", archive_due=None, certificate_sha256="01" * 32)
+    half = store.set_document_version(completed, "068000000000001AAA")  # the PDF is up, the certificate not
+    assert store.requeue(store.mark_error(half, "x", "X").id).state is JobState.SIGNED
+    uploaded = store.mark_envelope_uploaded(store.get(waiting.id), "068000000000002AAA")
+    assert store.requeue(store.mark_error(uploaded, "x", "X").id).state is JobState.UPLOADED

@@ -248,6 +248,28 @@ def test_artifacts_of_done_or_vanished_jobs_go_after_the_grace(store: OutboxStor
     assert {name for name, p in files.items() if p.exists()} == {"done-recent", "error", "active", "orphan-new"}
 
 
+def test_an_envelope_jobs_files_stay_for_the_download_link_then_go(store: OutboxStore, settings: Settings) -> None:
+    """A job that sent an envelope (its about.json is there) keeps its files for SFSIGN_SIGNING_DOWNLOAD_DAYS
+    after it is done (the signing page's download gives the completed PDF); an envelope that ended unsigned
+    has nothing to download, and its files go after the grace."""
+    store.commit_event(CHANNEL, 1, [_new(i) for i in range(1, 4)])
+    _finish(store, "tx-0001", "done", 2 * DAY_S)  # completed two days ago: the link still works (7 days)
+    _finish(store, "tx-0002", "done", 8 * DAY_S)  # past the download days
+    _backdate(store, "tx-0003", updated_at=NOW - 2 * DAY_S, state="envelope_ended", done_at=NOW - 2 * DAY_S)
+    old = NOW - 9 * DAY_S
+    files = {f"{tx}.{kind}": _artifact(settings, tx, kind, old)
+             for tx in ("tx-0001", "tx-0002", "tx-0003") for kind in ("ltv.pdf", "about.json")}
+    expired = expired_artifacts(settings.data_dir / "artifacts", store, NOW, settings.artifact_grace_s,
+                                settings.signing_download_days * DAY_S)
+    assert {p.name for p in expired} == {"tx-0002.ltv.pdf", "tx-0002.about.json", "tx-0003.ltv.pdf",
+                                         "tx-0003.about.json"}
+    purge(store, settings, now=NOW)
+    assert sorted(name for name, p in files.items() if p.exists()) == ["tx-0001.about.json", "tx-0001.ltv.pdf"]
+    later = expired_artifacts(settings.data_dir / "artifacts", store, NOW + 5 * DAY_S, settings.artifact_grace_s,
+                              settings.signing_download_days * DAY_S)
+    assert {p.name for p in later} == {"tx-0001.about.json", "tx-0001.ltv.pdf"}
+
+
 def test_no_artifacts_directory_is_nothing_to_purge(store: OutboxStore, settings: Settings) -> None:
     assert expired_artifacts(settings.data_dir / "artifacts", store, NOW, 0) == []
 
