@@ -247,7 +247,9 @@ class Worker:
         if now - failing_since >= self.config.retry_for_s:
             # Read again: the step may have changed the row (an upload marked in doubt) after `job` was read.
             current = await self.outbox.get(job.id)
-            if current.state not in _FILE_IN_SALESFORCE and not current.upload_uncertain:
+            # An envelope job whose final PDF is uploaded (its certificate not yet) has its file in Salesforce too.
+            uploaded = current.envelope_sent_at is not None and current.content_version_id is not None
+            if current.state not in _FILE_IN_SALESFORCE and not current.upload_uncertain and not uploaded:
                 if await self._give_up(current, attempts, now - failing_since, reason, code):
                     return
         delay = self.config.long_backoff_s if long_backoff else min(

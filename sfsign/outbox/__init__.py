@@ -10,7 +10,8 @@ and the event loop never waits on disk.
 Modules: `models` (states, jobs, results), `schema` (tables, migrations), `signed_memory` (the record's
 current document, kept past the purge), `changes` (the one write path), `steps` (named job steps),
 `intake` (jobs in, one per record), `store` (`OutboxStore`: queues, reads, retention, meta), `meta` (the
-meta table's keys), `async_face` (`Outbox`).
+meta table's keys), `async_face` (`Outbox`); customer signing's `envelope_*` modules (`envelope_jobs`: a job's
+moves with its envelope).
 """
 
 from sfsign.outbox.async_face import Outbox

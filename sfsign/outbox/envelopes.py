@@ -9,8 +9,8 @@ and does nothing again. That is what makes these exactly once:
 - a signature per recipient: a second `mark_signed` (a double click, a re-posted form) records nothing and
   answers `already_signed`.
 
-A library for now: the worker and the signing listener will drive it in a later increment; nothing in the
-daemon calls it yet.
+The worker (`sfsign.envelope_steps`, through `envelope_jobs`) and the signing listener drive it; a signature
+makes the envelope's job due and an envelope's end ends it, in the same transaction (`EnvelopeBase._move_job`).
 """
 
 from __future__ import annotations
