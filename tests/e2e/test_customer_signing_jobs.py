@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REP, pdfsig_required, record_id, run_daemon
+from e2e_support import REP, pdfsig_required, record_id, run_daemon, wait_for_status
 from pyhanko.pdf_utils.reader import PdfFileReader
 
 from sfsign.commands.demo import PASSPHRASE_ENV, daemon_settings, demo_rules_text
@@ -290,3 +290,20 @@ async def test_a_refusal_ends_the_job_and_puts_no_file_on_the_record(
     assert await _record_files(control, opportunity) == []
     record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
     assert record["Sign_Status__c"] != "Completed" and record["Signed_Document_Id__c"] is None, record
+
+
+@pytest.mark.parametrize("rules", [TWO_SIGNERS], indirect=True)
+async def test_a_record_that_names_no_signer_is_an_error_saying_what_to_fix(
+    settings: Settings, rules: Rules, control: ControlClient,
+) -> None:
+    # A primary contact (the document renders), but no contact with the role "Technical Buyer".
+    opportunity = await record_id(control, "Opportunity", "Acme Industries - API Add-on")
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        record = await wait_for_status(control, "Opportunity", opportunity, ("Error", "Completed", "Signed"))
+        assert record["Sign_Status__c"] == "Error", record
+        assert "has no contact role 'Technical Buyer'" in str(record["Sign_Error__c"]), record
+        [job] = await daemon.outbox.jobs()
+        assert (job.state, job.error_code, job.signers_json) == (JobState.ERROR, "NOT_RENDERABLE", None)
+        assert await daemon.outbox.envelope(job.transaction_id) is None
+    assert await _record_files(control, opportunity) == []
