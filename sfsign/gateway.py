@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from sfsign.batching import Batcher
-from sfsign.config import Rules
+from sfsign.config import Rules, SignersConfig
 from sfsign.governor import ApiGovernor
 from sfsign.ops.metrics import Metrics
 from sfsign.outbox import Job, JobState, Outbox
@@ -54,6 +54,8 @@ from sfsign.salesforce.writeback import (
     Written,
     write_back_many,
 )
+from sfsign.signing.model import ResolvedSigner
+from sfsign.signing.recipients import read_signers
 from sfsign.worker_config import WorkerConfig
 
 # Running jobs in these states may still join the fetch / upload / write-back batch.
@@ -230,6 +232,10 @@ class SalesforceGateway:
         """What the record shows of its signature (`record_fields.shown_signature_query`)."""
         rows = await quick_retries(self.rest.query, shown_signature_query(sobject, record_id))
         return dict(rows[0]) if rows else None
+
+    async def read_signers(self, signers: SignersConfig, sobject: str, record_id: str) -> list[ResolvedSigner]:
+        """Who signs the record (customer signing): the contact roles, quote and users the rule names."""
+        return await quick_retries(read_signers, self.rest, signers, sobject, record_id)
 
     async def find_file(self, transaction_id: str) -> ContentVersionRef | None:
         return await quick_retries(self.rest.find_content_version, transaction_id)

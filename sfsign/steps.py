@@ -61,7 +61,7 @@ from sfsign.salesforce.record_fields import (
 from sfsign.salesforce.records import SignableRecord
 from sfsign.salesforce.writeback import OutcomeEvent, SignedFile, Written
 from sfsign.signing.listener.documents import About, write_about
-from sfsign.signing.recipients import document_signers, dump_signers, read_signers
+from sfsign.signing.recipients import document_signers, dump_signers
 from sfsign.worker_config import WorkerConfig
 
 log = structlog.get_logger("sfsign.worker")
@@ -139,7 +139,7 @@ class Steps:
         try:
             document = build_document(record, rule, rules, job.transaction_id, datetime.now(UTC))
             if rule.signers is not None:  # customer signing: who signs, read once and kept on the job
-                signers = await read_signers(self.sf.rest, rule.signers, job.sobject, job.record_id)
+                signers = await self.sf.read_signers(rule.signers, job.sobject, job.record_id)
                 document = document.model_copy(update={"signers": document_signers(signers, document.seller.name)})
         except NotRenderable as exc:  # a signer who cannot be reached is one (`SignerMissing`)
             raise PermanentFailure(str(exc), "NOT_RENDERABLE") from None
