@@ -187,11 +187,14 @@ class EnvelopeSteps:
                     raise TransientFailure(str(exc), "TSA_UNAVAILABLE") from None
                 except doc_jobs.DocumentFailure as exc:
                     raise PermanentFailure(str(exc), "SIGN_FAILED") from None
-                if signed is not None:
-                    pdf = signed.pdf
-                    await self.artifacts.write(job.transaction_id, "signed.pdf", pdf)
-                    log.info("signer's signature applied", recipient_id=recipient.id, field=signed.field_name)
-                await self.outbox.mark_applied(recipient.id, time.time())
+                if signed is None:
+                    await self.outbox.mark_applied(recipient.id, time.time())
+                    continue
+                pdf = signed.pdf
+                await self.artifacts.write(job.transaction_id, "signed.pdf", pdf)
+                await self.outbox.mark_applied(recipient.id, time.time(), signed_at=signed.signed_at,
+                                               timestamp_time=signed.timestamp_time)
+                log.info("signer's signature applied", recipient_id=recipient.id, field=signed.field_name)
         job, complete = await self.outbox.settle_signatures(job)
         return await self._complete(job, rules) if complete else job
 
@@ -304,14 +307,13 @@ class EnvelopeSteps:
     async def write_back_completed(self, job: Job, rules: Rules) -> Job:
         """`Completed` on the record, with the final file's link, when, "n of n signed" and the final signature's
         evidence; the job is done (its files stay for the completed download link until retention)."""
-        rule, profile = self._rule(job, rules)
+        _rule, profile = self._rule(job, rules)
         envelope = await self._envelope(job)
         recipients = await self.outbox.recipients(envelope.id)
         completed_at = audit_time(envelope.completed_at)
-        sealed_last = _signers_of(rule).seal == "after_signing"
         fields = completed_fields(
             transaction_id=job.transaction_id, completed_at=completed_at, signers=len(recipients),
-            signed_at=job.signed_at if sealed_last else completed_at,  # the final signature's time
+            signed_at=job.signed_at or completed_at,  # the final signature's (`mark_applied`, or the seal's)
             sha256=job.ltv_sha256, level=job.ltv_level, timestamp=job.timestamp_time, signer=job.signer_subject,
             signer_serial=job.signer_serial, validation=job.validation, eidas_level=profile.eidas_level)
         event = OutcomeEvent(job.transaction_id, JobState.DONE.value, audit_time(),

@@ -133,8 +133,10 @@ class EnvelopeFace:
     async def signed_unapplied(self, transaction_id: str) -> list[Recipient]:
         return await self.call(lambda s: s.signed_unapplied(transaction_id))
 
-    async def mark_applied(self, recipient_id: int, now: float) -> Recipient:
-        return await self.call(lambda s: s.mark_applied(recipient_id, now))
+    async def mark_applied(self, recipient_id: int, now: float, *, signed_at: str | None = None,
+                           timestamp_time: str | None = None) -> Recipient:
+        return await self.call(lambda s: s.mark_applied(recipient_id, now, signed_at=signed_at,
+                                                        timestamp_time=timestamp_time))
 
     async def settle_signatures(self, job: Job) -> tuple[Job, bool]:
         return await self.call(lambda s: s.settle_signatures(job))

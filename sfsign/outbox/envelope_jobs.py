@@ -50,13 +50,19 @@ class EnvelopeJobs(EnvelopeSteps):
             [transaction_id, RecipientState.SIGNED.value])
         return [Recipient.from_row(r) for r in rows]
 
-    def mark_applied(self, recipient_id: int, now: float) -> Recipient:
+    def mark_applied(self, recipient_id: int, now: float, *, signed_at: str | None = None,
+                     timestamp_time: str | None = None) -> Recipient:
         """The recipient's signature is in the PDF on disk (written before this mark: a crash in between
-        finds the field signed, which counts as applied)."""
+        finds the field signed, which counts as applied). `signed_at` and `timestamp_time` (of the signature
+        just made) become the job's latest signature, which the record shows once the envelope completes."""
         with self._transaction() as conn:
             conn.execute("UPDATE recipients SET applied_at = ? WHERE id = ? AND applied_at IS NULL",
                          (now, recipient_id))
-            return self._recipient(recipient_id)
+            recipient = self._recipient(recipient_id)
+            job_id = self._envelope(recipient.envelope_id).job_id
+            if signed_at is not None and job_id is not None:
+                self._apply(conn, job_id, {"signed_at": signed_at, "timestamp_time": timestamp_time}, None)
+            return recipient
 
     def settle_signatures(self, job: Job) -> tuple[Job, bool]:
         """After the worker applied what was due: the job as it now is, and whether it may be completed

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ TWO_SIGNERS = """\
 """
 RECORD_FIELDS = ["Sign_Status__c", "Sign_Progress__c", "Sign_Completed_At__c", "Signed_Document_Id__c",
                  "Signed_Document_Url__c", "Sign_Document_Hash__c", "Sign_Level__c", "Sign_Error__c",
-                 "Sign_Transaction_Id__c", "Signed_At__c"]
+                 "Sign_Transaction_Id__c", "Signed_At__c", "Sign_Timestamp__c"]
 
 
 @pytest.fixture
@@ -224,6 +225,15 @@ async def test_one_signer_gets_an_envelope_and_their_signature_completes_the_rec
         order = _signature_order(pdf)
         assert order == (["CustomerSignature", "SellerSignature"] if signers.seal == "after_signing"
                          else ["SellerSignature", "CustomerSignature"])
+        # The record shows the final signature: the customer's (when they pressed Sign), or the seal after it.
+        [signed] = await daemon.outbox.recipients(envelope.id)
+        clicked = datetime.fromtimestamp(signed.signed_at or 0, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
+        assert record["Sign_Timestamp__c"], record
+        if signers.seal == "after_signing":
+            assert str(record["Signed_At__c"])[:19] >= clicked, record
+        else:
+            assert str(record["Signed_At__c"])[:19] == clicked, record
         done = await _job_in(daemon, (JobState.DONE,))
         assert done.certificate_version_id and done.content_version_id
         # The completed copy stays for the signing page's download link.

@@ -146,7 +146,7 @@ def test_settling_waits_again_stays_due_or_completes_by_what_the_outbox_holds(tm
 
 def test_applied_marks_once_and_unapplied_signatures_come_in_signing_order(tmp_path: Path) -> None:
     store = outbox(tmp_path)
-    _waiting, env = _sent(store)
+    waiting, env = _sent(store)
     who = people(store, env)
     store.mark_recipient_signed(who["Bert"].id, EVIDENCE, T0 + 30)
     store.mark_recipient_signed(who["Anna"].id, EVIDENCE, T0 + 60)
@@ -154,6 +154,11 @@ def test_applied_marks_once_and_unapplied_signatures_come_in_signing_order(tmp_p
     assert store.mark_applied(who["Bert"].id, T0 + 70).applied_at == T0 + 70
     assert store.mark_applied(who["Bert"].id, T0 + 99).applied_at == T0 + 70
     assert [r.name for r in store.signed_unapplied(env.transaction_id)] == ["Anna Buyer"]
+    # The signature just made is the job's latest: the record shows it once the envelope completes.
+    store.mark_applied(who["Anna"].id, T0 + 80, signed_at="2027-01-15T08:00:00.000Z",
+                       timestamp_time="2027-01-15T08:00:01.000Z")
+    latest = store.get(waiting.id)
+    assert (latest.signed_at, latest.timestamp_time) == ("2027-01-15T08:00:00.000Z", "2027-01-15T08:00:01.000Z")
 
 
 def test_with_a_code_the_signature_still_makes_the_job_due(tmp_path: Path) -> None:
