@@ -208,12 +208,12 @@ class EnvelopeSteps:
         """After the last signature: the seal (sealed after signing), long-term validation data at the
         profile's level with both validators' verdict, and the certificate of completion. Nothing leaves
         the machine before the outbox records it, so a crash here only repeats the work."""
-        rule, profile = self._rule(job, rules)
+        _rule, profile = self._rule(job, rules)
         pdf = await self.artifacts.read(job.transaction_id, "signed.pdf")
         if pdf is None:
             raise PermanentFailure("the signed document is missing from the data directory", "DOCUMENT_MISSING")
         seal = None
-        if _signers_of(rule).seal == "after_signing":
+        if job.signer_serial is None:  # not sealed before sending (by the job, whatever the rule says now)
             boxes = json.loads(await self.artifacts.read(job.transaction_id, "boxes.json") or b"{}")
             try:
                 seal = await self.steps.in_pool(doc_jobs.sign_job, pdf, boxes, signing_request(profile))
