@@ -39,6 +39,8 @@ from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.connections import SalesforceSession
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents.render import POOL_PRELOAD, POOL_START_METHOD
+from sfsign.envelope_due import EnvelopeDue
+from sfsign.envelope_mirror import EnvelopeMirror
 from sfsign.governor import ApiGovernor
 from sfsign.intake import Health, Intake
 from sfsign.ops.api_usage import record_api_usage
@@ -53,6 +55,7 @@ from sfsign.salesforce.auth import AccessToken, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
+from sfsign.signing.lifecycle import Clock, SystemClock
 from sfsign.signing.tokens import LinkKeys
 from sfsign.worker import Worker, WorkerConfig
 from sfsign.worker_config import message_domain
@@ -117,6 +120,10 @@ class Daemon:
         self._session: SalesforceSession | None = None
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        #: Where the envelope parts take "now" from (a test sets a fake clock before `run`).
+        self.clock: Clock = SystemClock()
+        self.envelope_mirror: EnvelopeMirror | None = None
+        self.envelope_due: EnvelopeDue | None = None
 
     @property
     def ops_port(self) -> int | None:
@@ -288,10 +295,17 @@ class Daemon:
         )
         audit = AuditRelay(self.outbox, rest, flush_s=settings.audit_flush_s, governor=self.governor, stop=stop)
         worker.audit_lock = audit.lock  # the relay owns the lock its rows are sent under; the write-back takes it
+        # Customer signing: envelopes on their records, reminders and expiry (idle while there are none).
+        mirror = self.envelope_mirror = EnvelopeMirror(
+            self.outbox, rest, rules=rules, notification_type=settings.notification_type, governor=self.governor,
+            audit_lock=audit.lock, stop=stop, clock=self.clock)
+        due = self.envelope_due = EnvelopeDue(self.outbox, stop=stop, clock=self.clock, on_change=mirror.wake)
         parts = [
             Part("intake", intake.run, close=self._close_stream),
             Part("reconciler", reconciler.run),
             Part("audit", audit.run),
+            Part("envelope-mirror", mirror.run),
+            Part("envelope-due", due.run),
         ]
         if settings.ltv_refresh_interval_h > 0:
             archive = ArchiveScheduler(

@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -35,11 +35,18 @@ from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
-from sfsign.salesforce.names import AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
+from sfsign.salesforce.names import ACTION_VOID, AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
 from sfsign.salesforce.record_fields import already_signed_note, note_fields
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
-from sfsign.triggers import Decision, decide_change, decide_current_state, decide_sign_request, reissue_rule
+from sfsign.triggers import (
+    Decision,
+    EnvelopeRequest,
+    decide_change,
+    decide_current_state,
+    decide_sign_request,
+    reissue_rule,
+)
 
 log = structlog.get_logger("sfsign.intake")
 
@@ -260,8 +267,11 @@ class Intake:
             decision = Decision()
         if decision.reconcile:
             await self.reconciler.request(decision.reconcile)
+        for request in decision.envelope_requests:
+            await self._envelope_request(request, decision)
         jobs, told = await self._tell_already_signed(decision.jobs)
-        if not jobs and not decision.refused and not told and not decision.reconcile:
+        if not jobs and not decision.refused and not told and not decision.reconcile and \
+                not decision.envelope_requests:
             await self.outbox.pass_event(event.channel, event.replay_id)
             for why in decision.ignored:
                 log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
@@ -297,6 +307,40 @@ class Intake:
             await self._choose_reissue_rules(decision, rules)
             return decision
         return None
+
+    async def _envelope_request(self, request: EnvelopeRequest, decision: Decision) -> None:
+        """A rep's Void or Resend, on every envelope of the record out for signature (of the named rule). With
+        none, it is refused as other requests are: a note on the record (written before the event commits, so
+        a failed write is retried with the event) and a `refused` event in its audit trail. Done again for a
+        replayed event, it changes nothing: a voided envelope stays as it is, a Resend finds its own request
+        on the timeline."""
+        live = await self.outbox.live_envelopes(request.sobject, request.record_id, request.rule)
+        if not live:
+            of_rule = f" by rule {request.rule!r}" if request.rule else ""
+            undone = "withdrawn" if request.action == ACTION_VOID else "sent again"
+            why = (f"this {request.sobject} has no document out for signature{of_rule}, so nothing was {undone}")
+            try:
+                await self.rest.update(request.sobject, request.record_id,
+                                       note_fields(f"{request.action} refused: {why}."))
+            except SalesforceError as exc:
+                if exc.transient:
+                    raise
+                log.error("could not write the refusal on the record", record_id=request.record_id,
+                          error_code=exc.error_code)
+            decision.ignored.append(f"{request.action}: {why}")
+            decision.refused.append(replace(request.refusal, detail=request.refusal.detail + why))
+            return
+        actor = f"rep {request.requested_by}" if request.requested_by else "rep"
+        now = time.time()
+        for envelope in live:
+            if request.action == ACTION_VOID:
+                await self.outbox.void(envelope.transaction_id, request.reason or "", now, actor)
+                log.info("envelope voided at the rep's request", transaction_id=envelope.transaction_id,
+                         record_id=request.record_id)
+            else:
+                again = await self.outbox.resend_all(envelope.transaction_id, now, actor, request.request)
+                log.info("invitations sent again at the rep's request", transaction_id=envelope.transaction_id,
+                         record_id=request.record_id, recipients=again)
 
     async def _choose_reissue_rules(self, decision: Decision, rules: Rules) -> None:
         """A Re-issue that named no rule takes the rule of the record's signed document (`reissue_rule`); one

@@ -128,7 +128,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     )
     from sfsign.salesforce.names import NotificationType
     from sfsign.salesforce.notifications import notification_type_query
-    from sfsign.salesforce.record_fields import shown_signature_query
+    from sfsign.salesforce.record_fields import owner_query, shown_signature_query
     from sfsign.salesforce.signer_records import contact_roles_query, quote_signers_query, users_query
     from sfsign.salesforce.writeback import content_document_query
 
@@ -153,6 +153,7 @@ def daemon_queries(rule_fields: Mapping[str, Iterable[str]], multi_currency: boo
     signing = [o for o in rule_fields if chosen is None or o in chosen]
     by_object = {"Opportunity": contact_roles_query, "Quote": quote_signers_query}  # as read_signers reads them
     out += [by_object[o](["000000000000000AAA"]) for o in signing if o in by_object]
+    out += [owner_query(o, ["000000000000000AAA"]) for o in signing if o in by_object]  # the mirror's notices
     if signing:  # a counter-signer (`user:`) fits every object; the start check reads the users too
         out.append(users_query(["user@example.com", "005000000000000AAA"]))
     return out

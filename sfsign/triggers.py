@@ -17,7 +17,17 @@ from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
 from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE, REISSUE_ANY_RULE_SOURCE
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent
 from sfsign.salesforce.ids import InvalidId, canonical_id
-from sfsign.salesforce.names import ACTION_REISSUE, ACTION_SIGN, AUDIT_REFUSED, REASON_LENGTH, Record, SignRequest
+from sfsign.salesforce.names import (
+    ACTION_REISSUE,
+    ACTION_SIGN,
+    ACTION_VOID,
+    AUDIT_REFUSED,
+    ENVELOPE_ACTIONS,
+    REASON_LENGTH,
+    SIGN_REQUEST_ACTIONS,
+    Record,
+    SignRequest,
+)
 
 _NAMESPACE = uuid.UUID("5b0f2a56-7a5f-4c1e-9a57-5f1e3a2c9d10")
 
@@ -34,6 +44,21 @@ def transaction_id(org_id: str, sobject: str, record_id: str, rule: str, identit
     return str(uuid.uuid5(_NAMESPACE, f"{org_id[:15]}/{sobject}/{record}/{rule}/{identity}"))
 
 
+@dataclass(frozen=True)
+class EnvelopeRequest:
+    """A rep's request about the record's envelope out for signature (`Action__c` Void or Resend): acted on by
+    intake, against the envelopes the outbox holds for the record (of `rule`, when one is named)."""
+
+    action: str
+    sobject: str
+    record_id: str
+    rule: str | None
+    reason: str | None
+    requested_by: str | None
+    request: str  # the event's identity: a replayed event does the same request once
+    refusal: AuditEvent  # the audit row if there is nothing to act on (its detail completed by intake)
+
+
 @dataclass
 class Decision:
     """What an event asks for: jobs to create, records to re-read, and whether to reconcile."""
@@ -43,6 +68,7 @@ class Decision:
     reconcile: list[str] = field(default_factory=list)  # sobjects whose overflow asks for reconciliation
     ignored: list[str] = field(default_factory=list)  # why parts of the event were not acted upon
     refused: list[AuditEvent] = field(default_factory=list)  # requests refused, for the record's audit trail
+    envelope_requests: list[EnvelopeRequest] = field(default_factory=list)  # Void, Resend
 
 
 def _fires(rule: RuleConfig, event: ChangeEvent) -> bool:
@@ -94,7 +120,9 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     refused (logged, and an audit event on the record), never matched loosely: a guess could sign
     with terms or a key nobody asked for. `Reason__c` rides with the job into its audit trail;
     `Action__c = Reissue` asks for a new version of a signed record (the outbox supersedes the old one); one
-    that names no rule gets its rule from the outbox's memory at intake (`reissue_rule`).
+    that names no rule gets its rule from the outbox's memory at intake (`reissue_rule`). `Void` (with a
+    reason) and `Resend` ask about the record's envelope out for signature (of the named rule, or any):
+    an `EnvelopeRequest` intake acts on.
     """
     target = _record_of(event)
     if isinstance(target, str):
@@ -106,16 +134,20 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     reason = raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None
     action = event.fields.get(SignRequest.ACTION) or ACTION_SIGN
 
-    def refusal(why: str) -> Decision:
-        """Logged, and an audit event on the record, so whoever asked can see why nothing was signed."""
-        return Decision(ignored=[why], refused=[AuditEvent(
+    def refused_row(why: str) -> AuditEvent:
+        return AuditEvent(
             transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
             sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
             actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
-        )])
+        )
 
-    if action not in (ACTION_SIGN, ACTION_REISSUE):
-        return refusal(f"{SignRequest.ACTION} {repr(action)[:60]} is neither {ACTION_SIGN!r} nor {ACTION_REISSUE!r}")
+    def refusal(why: str) -> Decision:
+        """Logged, and an audit event on the record, so whoever asked can see why nothing was signed."""
+        return Decision(ignored=[why], refused=[refused_row(why)])
+
+    if action not in SIGN_REQUEST_ACTIONS:
+        known = ", ".join(repr(a) for a in SIGN_REQUEST_ACTIONS)
+        return refusal(f"{SignRequest.ACTION} {repr(action)[:60]} is not one of {known}")
     wanted = event.fields.get(SignRequest.RULE)
     named = wanted is not None and wanted != ""
     if named:
@@ -123,6 +155,16 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
         if rule is None or rule.object != sobject:
             return refusal(f"{SignRequest.RULE} {repr(wanted)[:120]} is not a rule for {sobject} " + (
                 f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)"))
+    if action in ENVELOPE_ACTIONS:
+        if action == ACTION_VOID and reason is None:
+            return refusal(f"{ACTION_VOID} needs a reason in {SignRequest.REASON}: the signers are told why the "
+                           "document was withdrawn")
+        return Decision(envelope_requests=[EnvelopeRequest(
+            action=action, sobject=sobject, record_id=record_id, rule=str(wanted) if named else None, reason=reason,
+            requested_by=requested_by, request=f"pe:{identity}", refusal=refused_row(f"{action}: "))])
+    if named:
+        rule = rules.by_name(str(wanted))
+        assert rule is not None  # checked above
     else:
         candidates = rules.for_object(sobject)
         if not candidates:

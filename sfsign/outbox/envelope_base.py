@@ -16,8 +16,8 @@ from typing import Any
 
 from sfsign.outbox.changes import JobChanges
 from sfsign.outbox.envelope_models import Envelope, EnvelopeEvent, MailState, QueuedMail, Recipient, Visit
-from sfsign.outbox.models import JobState, StepAudit
-from sfsign.signing.lifecycle import EventType, envelope_due_at
+from sfsign.outbox.models import JobState, StepAudit, audit_time
+from sfsign.signing.lifecycle import RECORD_EVENTS, SIGNATURE_EVENT_TYPES, EventType, envelope_due_at
 from sfsign.signing.model import EnvelopeState, MailKind, RecipientState
 from sfsign.signing.tokens import LinkKeys
 
@@ -81,13 +81,27 @@ class EnvelopeBase(JobChanges):
         conn.execute(f"UPDATE {table} SET {sets} WHERE id = ?", [*changes.values(), row_id])
 
     def _event(self, conn: sqlite3.Connection, envelope: Envelope, kind: EventType, at: float, *,
-               recipient_id: int | None = None, visit: Visit = _NO_VISIT, detail: str | None = None) -> None:
+               recipient_id: int | None = None, visit: Visit = _NO_VISIT, detail: str | None = None,
+               actor: str | None = None) -> None:
+        """The timeline line; for an event the record's audit trail shows, its audit row (sent to
+        `Signature_Event__c` by the relay or along with a record write); for one that changes what the record
+        shows, a new `version` for the record mirror. All in the caller's transaction."""
         conn.execute(
             "INSERT INTO envelope_events (envelope_id, type, at, recipient_id, ip, user_agent, auth_method, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (envelope.id, kind.value, at, recipient_id, visit.ip, visit.user_agent, envelope.auth_method.value,
              detail),
         )
+        if kind in RECORD_EVENTS:
+            conn.execute("UPDATE envelopes SET version = version + 1 WHERE id = ?", (envelope.id,))
+        event_type = SIGNATURE_EVENT_TYPES.get(kind)
+        if event_type is None:
+            return
+        recipient = self._recipient(recipient_id) if recipient_id is not None else None
+        if actor is None:
+            actor = (recipient.salesforce_id or f"recipient {recipient.id}") if recipient is not None else "sfsign"
+        self._audit_row(envelope.transaction_id, envelope.sobject, envelope.record_id, event_type, actor,
+                        audit_detail(envelope, recipient, detail), occurred=audit_time(at))
 
     def _queue_mail(self, conn: sqlite3.Connection, envelope: Envelope, recipient_id: int | None, kind: MailKind,
                     at: float, *, secret: str | None = None, keys: LinkKeys | None = None) -> int:
@@ -124,6 +138,16 @@ class EnvelopeBase(JobChanges):
             if r.state in LINKED_STATES and r.id != but:
                 self._queue_mail(conn, envelope, r.id, kind, at)
 
+    def _resend(self, conn: sqlite3.Connection, envelope: Envelope, recipient_id: int, now: float, actor: str,
+                detail: str | None = None) -> int:
+        """The invitation again, inside the caller's transaction; the new mail's id."""
+        self._cancel_live_mails(conn, envelope.id, recipient_id, (MailKind.INVITATION,))
+        mail_id = self._queue_mail(conn, envelope, recipient_id, MailKind.INVITATION, now)
+        self._event(conn, envelope, EventType.RESENT, now, recipient_id=recipient_id,
+                    detail=detail or f"by {actor}", actor=actor)
+        self._update(conn, "envelopes", envelope.id, {"updated_at": now})
+        return mail_id
+
     def _end(self, conn: sqlite3.Connection, envelope: Envelope, state: EnvelopeState, now: float,
              reason: str | None) -> None:
         """The envelope's final state: links die, pending invitations, codes and reminders are cancelled."""
@@ -157,3 +181,13 @@ class EnvelopeBase(JobChanges):
         due = envelope_due_at(envelope.expires_at, reminders, envelope.state)
         self._update(conn, "envelopes", envelope_id, {"next_due_at": due, "updated_at": at})
         return self._envelope(envelope_id)
+
+
+def audit_detail(envelope: Envelope, recipient: Recipient | None, detail: str | None) -> str:
+    """An envelope event as the record's audit trail says it: who (the recipient by id, their Salesforce id
+    and step, never their address), then what the timeline adds (a decline's reason, a void's, a count)."""
+    who = ""
+    if recipient is not None:
+        ref = f" ({recipient.salesforce_id})" if recipient.salesforce_id else ""
+        who = f"recipient {recipient.id}{ref}, step {recipient.step} of {envelope.steps}"
+    return ": ".join(p for p in (who, detail) if p)

@@ -11,6 +11,7 @@ from sfsign.outbox.envelope_models import (
     DueOutcome,
     Envelope,
     EnvelopeEvent,
+    MirrorView,
     QueuedMail,
     Recipient,
     SignerEvidence,
@@ -152,3 +153,27 @@ class EnvelopeFace:
 
     async def mark_envelope_uploaded(self, job: Job, certificate_version_id: str) -> Job:
         return await self.call(lambda s: s.mark_envelope_uploaded(job, certificate_version_id))
+
+    async def envelopes_to_mirror(self, now: float, limit: int = 200) -> list[MirrorView]:
+        return await self.call(lambda s: s.envelopes_to_mirror(now, limit))
+
+    async def mark_mirrored(self, envelope_id: int, version: int) -> None:
+        await self.call(lambda s: s.mark_mirrored(envelope_id, version))
+
+    async def mark_mirror_failed(self, envelope_id: int, error: str, retry_at: float) -> Envelope:
+        return await self.call(lambda s: s.mark_mirror_failed(envelope_id, error, retry_at))
+
+    async def outcomes_to_notify(self, now: float, limit: int = 100) -> list[MirrorView]:
+        return await self.call(lambda s: s.outcomes_to_notify(now, limit))
+
+    async def mark_notified(self, envelope_id: int, now: float, note: str | None = None) -> None:
+        await self.call(lambda s: s.mark_notified(envelope_id, now, note))
+
+    async def mark_notify_failed(self, envelope_id: int, error: str, retry_at: float) -> Envelope:
+        return await self.call(lambda s: s.mark_notify_failed(envelope_id, error, retry_at))
+
+    async def live_envelopes(self, sobject: str, record_id: str, rule: str | None = None) -> list[Envelope]:
+        return await self.call(lambda s: s.live_envelopes(sobject, record_id, rule))
+
+    async def resend_all(self, transaction_id: str, now: float, actor: str, request: str) -> list[int]:
+        return await self.call(lambda s: s.resend_all(transaction_id, now, actor, request))

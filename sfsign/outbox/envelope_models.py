@@ -57,6 +57,15 @@ class Envelope:
     document_sha256_before: str | None = None
     document_sha256_after: str | None = None
     updated_at: float | None = None
+    version: int = 0
+    synced_version: int = 0
+    mirror_attempts: int = 0
+    mirror_next_at: float | None = None
+    mirror_error: str | None = None
+    notified_at: float | None = None
+    notify_attempts: int = 0
+    notify_next_at: float | None = None
+    notify_error: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Envelope:
@@ -70,6 +79,19 @@ class Envelope:
     @property
     def reminders(self) -> ReminderPolicy:
         return ReminderPolicy(self.reminder_first_s, self.reminder_every_s, self.reminder_max)
+
+
+@dataclass(frozen=True)
+class MirrorView:
+    """An envelope as its record is to show it: how many of how many signed, the document's title and the
+    job's state (for the owner's notification), who declined (their name, for the owner only)."""
+
+    envelope: Envelope
+    signed: int
+    total: int
+    file_title: str | None = None
+    job_state: str | None = None
+    decliner: str | None = None
 
 
 @dataclass(frozen=True)

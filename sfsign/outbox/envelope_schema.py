@@ -39,6 +39,19 @@ ENVELOPE_TABLES: dict[str, dict[str, str]] = {
         "document_sha256_before": "TEXT",
         "document_sha256_after": "TEXT",
         "updated_at": "REAL",
+        # The record mirror (`sfsign.envelope_mirror`): `version` counts the events that change what the
+        # record shows, `synced_version` is the version the record shows; a failed write waits for
+        # `mirror_next_at`. `notified_at`: the record owner was told of the outcome (refused, expired,
+        # completed), once; a failed notification waits for `notify_next_at`.
+        "version": "INTEGER NOT NULL DEFAULT 0",
+        "synced_version": "INTEGER NOT NULL DEFAULT 0",
+        "mirror_attempts": "INTEGER NOT NULL DEFAULT 0",
+        "mirror_next_at": "REAL",
+        "mirror_error": "TEXT",
+        "notified_at": "REAL",
+        "notify_attempts": "INTEGER NOT NULL DEFAULT 0",
+        "notify_next_at": "REAL",
+        "notify_error": "TEXT",
     },
     "recipients": {
         "id": "INTEGER PRIMARY KEY",
@@ -104,6 +117,8 @@ ENVELOPE_TABLES: dict[str, dict[str, str]] = {
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS envelopes_due ON envelopes (next_due_at)",
     "CREATE INDEX IF NOT EXISTS envelopes_record ON envelopes (sobject, record_id)",
+    "CREATE INDEX IF NOT EXISTS envelopes_unsynced ON envelopes (mirror_next_at) WHERE version > synced_version",
+    "CREATE INDEX IF NOT EXISTS envelopes_unnotified ON envelopes (state) WHERE notified_at IS NULL",
     "CREATE INDEX IF NOT EXISTS recipients_envelope ON recipients (envelope_id, step)",
     "CREATE INDEX IF NOT EXISTS envelope_events_envelope ON envelope_events (envelope_id, id)",
     "CREATE INDEX IF NOT EXISTS mails_queue ON mails (state, next_attempt_at)",

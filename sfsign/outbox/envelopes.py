@@ -215,7 +215,7 @@ class EnvelopeSteps(EnvelopeBase):
             envelope = self._by_transaction(transaction_id)
             if envelope.ended:
                 return envelope
-            self._event(conn, envelope, EventType.VOIDED, now, detail=f"{actor}: {reason}")
+            self._event(conn, envelope, EventType.VOIDED, now, detail=f"{actor}: {reason}", actor=actor)
             self._end(conn, envelope, EnvelopeState.VOIDED, now, reason)
             self._tell_linked(conn, envelope, MailKind.VOIDED, now)
             return self._refresh_due(conn, envelope.id, now)
@@ -231,11 +231,7 @@ class EnvelopeSteps(EnvelopeBase):
             if envelope.ended or recipient.state not in (RecipientState.INVITED, RecipientState.VIEWED):
                 raise ValueError(f"recipient {recipient_id} is {recipient.state.value} in a {envelope.state.value} "
                                  "envelope: there is no invitation to send again")
-            self._cancel_live_mails(conn, envelope.id, recipient_id, (MailKind.INVITATION,))
-            mail_id = self._queue_mail(conn, envelope, recipient_id, MailKind.INVITATION, now)
-            self._event(conn, envelope, EventType.RESENT, now, recipient_id=recipient_id, detail=f"by {actor}")
-            self._update(conn, "envelopes", envelope.id, {"updated_at": now})
-            return self._mail(mail_id)
+            return self._mail(self._resend(conn, envelope, recipient_id, now, actor))
 
     def record_signed_document(self, transaction_id: str, sha256: str, now: float) -> Envelope:
         """The SHA-256 of the document after the last signature (the certificate of completion shows both)."""

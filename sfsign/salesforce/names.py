@@ -125,11 +125,16 @@ SIGN_STATUS_VALUES: Final = (STATUS_PENDING, STATUS_SIGNED, STATUS_ERROR, STATUS
 # `Sign_Eidas_Level__c`.
 EIDAS_LEVEL_VALUES: Final = ("SES", "AES", "QES")
 
-# `Sign_Request__e.Action__c` (a Text field; the flow offers these two choices): `Sign` (also when
-# empty) signs a record not signed yet; `Reissue` signs a new version and supersedes the old document.
+# `Sign_Request__e.Action__c` (a Text field; the flow offers these choices): `Sign` (also when empty)
+# signs a record not signed yet; `Reissue` signs a new version and supersedes the old document; `Void`
+# withdraws the record's envelope out for the customer's signature (`Reason__c` required); `Resend` sends
+# its invitations again to every signer who has not answered.
 ACTION_SIGN: Final = "Sign"
 ACTION_REISSUE: Final = "Reissue"
-SIGN_REQUEST_ACTIONS: Final = (ACTION_SIGN, ACTION_REISSUE)
+ACTION_VOID: Final = "Void"
+ACTION_RESEND: Final = "Resend"
+SIGN_REQUEST_ACTIONS: Final = (ACTION_SIGN, ACTION_REISSUE, ACTION_VOID, ACTION_RESEND)
+ENVELOPE_ACTIONS: Final = (ACTION_VOID, ACTION_RESEND)
 
 # `Signature_Event__c.Event_Type__c`: every job state as it is (`sfsign.outbox.JobState`), and these,
 # which record what happened to a job rather than a state it reached.

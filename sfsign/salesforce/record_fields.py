@@ -11,6 +11,7 @@ from typing import Any
 
 from sfsign.salesforce.names import (
     ACTOR_LENGTH,
+    DECLINE_REASON_LENGTH,
     LONG_TEXT_WRITE_MAX,
     PROGRESS_LENGTH,
     SIGNER_LENGTH,
@@ -22,7 +23,10 @@ from sfsign.salesforce.names import (
     Record,
     SignatureEvent,
 )
-from sfsign.salesforce.soql import soql_quote
+from sfsign.salesforce.soql import soql_id_list, soql_quote
+
+#: The field an expired envelope's `on_expiry` moves, per object (the rule's `stage:` or `status:`).
+EXPIRY_FIELDS: dict[str, str] = {"Opportunity": "StageName", "Quote": "Status"}
 
 
 def long_text(text: str | None) -> str | None:
@@ -125,6 +129,46 @@ def upgrade_failed_fields(level: str | None, reason: str) -> dict[str, Any]:
 def note_fields(note: str) -> dict[str, Any]:
     """A note for the rep (`Sign_Error__c`) that leaves the status as it is."""
     return {Record.ERROR: note[:LONG_TEXT_WRITE_MAX]}
+
+
+def envelope_fields(*, transaction_id: str, status: str | None, signed: int, total: int, sent_at: str | None,
+                    expires_at: str | None, decline_reason: str | None, clear_note: bool) -> dict[str, Any]:
+    """An envelope as the record shows it while it is out for signature and when it ended. `status` None
+    leaves the status alone (a completed envelope: the job's write-back sets `Completed` with the files).
+    `decline_reason` None clears an earlier one; `clear_note` clears `Sign_Error__c` (a note of the attempt
+    before, such as `Pending`'s, when the envelope is sent)."""
+    fields: dict[str, Any] = {
+        Record.TRANSACTION_ID: transaction_id,
+        Record.PROGRESS: progress_text(signed, total),
+        Record.SENT_AT: sent_at,
+        Record.EXPIRES_AT: expires_at,
+        Record.DECLINE_REASON: _short(decline_reason, DECLINE_REASON_LENGTH),
+    }
+    if status is not None:
+        fields[Record.STATUS] = status
+    if clear_note:
+        fields[Record.ERROR] = None
+    return fields
+
+
+def expiry_fields(sobject: str, value: str) -> dict[str, Any]:
+    """The rule's `on_expiry`: the Opportunity's stage or the Quote's status."""
+    return {EXPIRY_FIELDS[sobject]: value}
+
+
+def owner_query(sobject: str, record_ids: list[str]) -> str:
+    """Who owns these records (the custom notification's recipient). A Quote has no owner in Salesforce: its
+    opportunity's owner is the rep."""
+    owner = "OwnerId" if sobject == "Opportunity" else "Opportunity.OwnerId"
+    return f"SELECT Id, {owner} FROM {sobject} WHERE Id IN {soql_id_list(record_ids)}"
+
+
+def owner_of(row: dict[str, Any]) -> str | None:
+    """The owner's id in a row of `owner_query`."""
+    if row.get("OwnerId"):
+        return str(row["OwnerId"])
+    opportunity = row.get("Opportunity")
+    return str(opportunity["OwnerId"]) if isinstance(opportunity, dict) and opportunity.get("OwnerId") else None
 
 
 def shown_signature_query(sobject: str, record_id: str) -> str:

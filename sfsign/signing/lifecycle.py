@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from sfsign.salesforce import names
 from sfsign.signing.model import ENVELOPE_FINAL, AuthMethod, EnvelopeState, RecipientState
 
 DAY = 86_400.0
@@ -63,6 +64,30 @@ class EventType(StrEnum):
     EXPIRED = "expired"
     VOIDED = "voided"
     COMPLETED = "completed"
+
+
+#: The timeline events the record's audit trail shows (`Signature_Event__c.Event_Type__c`, the package's
+#: `ENVELOPE_EVENT_TYPES`). A refusal is `declined` there (a rep reads "refused" as sfsign refusing a request);
+#: the fifth wrong code, which locks the recipient, is a `code_failed` like the four before it; an invitation
+#: sent again (by a rep's Resend) is a `reminded`, since for the signer it is one. Invitations, codes sent
+#: and verified, and the mail log stay on the timeline (the certificate of completion lists them).
+SIGNATURE_EVENT_TYPES: dict[EventType, str] = {
+    EventType.SENT: names.EVENT_SENT,
+    EventType.VIEWED: names.EVENT_VIEWED,
+    EventType.CODE_FAILED: names.EVENT_CODE_FAILED,
+    EventType.CODE_LOCKED: names.EVENT_CODE_FAILED,
+    EventType.SIGNED: names.EVENT_SIGNED,
+    EventType.REFUSED: names.EVENT_DECLINED,
+    EventType.REMINDED: names.EVENT_REMINDED,
+    EventType.RESENT: names.EVENT_REMINDED,
+    EventType.EXPIRED: names.EVENT_EXPIRED,
+    EventType.VOIDED: names.EVENT_VOIDED,
+    EventType.COMPLETED: names.EVENT_COMPLETED,
+}
+#: The events after which the record shows something new (status, progress, dates, decline reason): each
+#: bumps the envelope's `version`, which the record mirror writes out.
+RECORD_EVENTS = frozenset({EventType.SENT, EventType.VIEWED, EventType.SIGNED, EventType.REFUSED,
+                           EventType.EXPIRED, EventType.VOIDED, EventType.COMPLETED})
 
 
 @dataclass(frozen=True)

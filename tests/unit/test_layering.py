@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "sfsign.audit": 50,
     "sfsign.archive*": 50,  # archive.py and its scheduler beside it
     "sfsign.certificates": 50,  # the signing certificates' expiry watcher
+    "sfsign.envelope_*": 50,  # customer signing's record mirror and reminder/expiry scheduler
     # Settings → an authenticated session (REST, stream, governor), for the runners and the commands.
     "sfsign.connections": 45,
     # The worker's steps, one per job state, over the gateway, the profiles and the Pending notes.

@@ -70,10 +70,10 @@ def test_gap_event_asks_for_a_reread_and_overflow_for_reconciliation(rules: Rule
     assert overflow.reconcile == ["Opportunity"]
 
 
-def _sign_request(record_id: str, rule: str = "") -> PlatformEvent:
+def _sign_request(record_id: str, rule: str = "", **more: str) -> PlatformEvent:
     return PlatformEvent(
         channel="/event/Sign_Request__e", replay_id=5, event_uuid="2ec0e371-1395-457f-9275-be1b527a72f7",
-        name="Sign_Request__e", fields={"RecordId__c": record_id, "Rule__c": rule},
+        name="Sign_Request__e", fields={"RecordId__c": record_id, "Rule__c": rule, **more},
         created_date=datetime(2026, 11, 27, tzinfo=UTC), created_by_id="005000000000001AAA",
     )
 
@@ -94,6 +94,31 @@ def test_sign_request_picks_the_object_rule_from_the_id_prefix(rules: Rules) -> 
 def test_bad_sign_requests_are_ignored_with_a_reason(rules: Rules, record_id: str, rule: str, why: str) -> None:
     decision = decide_sign_request(_sign_request(record_id, rule), rules, ORG)
     assert decision.jobs == [] and why in decision.ignored[0]
+
+
+def test_void_and_resend_ask_about_the_records_envelope_and_queue_no_job(rules: Rules) -> None:
+    void = decide_sign_request(_sign_request(OPP, Action__c="Void", Reason__c=" Wrong price list "), rules, ORG)
+    [request] = void.envelope_requests
+    assert void.jobs == [] and void.refused == []
+    assert (request.action, request.sobject, request.record_id, request.rule, request.reason, request.requested_by,
+            request.request) == ("Void", "Opportunity", OPP, None, "Wrong price list", "005000000000001AAA",
+                                 "pe:2ec0e371-1395-457f-9275-be1b527a72f7")
+    resend = decide_sign_request(_sign_request(OPP, "opportunity-proposal", Action__c="Resend"), rules, ORG)
+    assert [(r.action, r.rule, r.reason) for r in resend.envelope_requests] == [
+        ("Resend", "opportunity-proposal", None)]
+
+
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"Action__c": "Void"}, "Void needs a reason in Reason__c"),
+    ({"Action__c": "Void", "Reason__c": "   "}, "Void needs a reason in Reason__c"),
+    ({"Action__c": "Cancel"}, "Action__c 'Cancel' is not one of 'Sign', 'Reissue', 'Void', 'Resend'"),
+])
+def test_a_void_without_reason_or_an_unknown_action_is_refused_on_the_record(
+        rules: Rules, fields: dict[str, str], why: str) -> None:
+    decision = decide_sign_request(_sign_request(OPP, **fields), rules, ORG)
+    assert decision.jobs == [] and decision.envelope_requests == []
+    [row] = decision.refused
+    assert why in row.detail and row.event_type == "refused" and row.record_id == OPP
 
 
 def test_reread_never_requeues_a_record_that_already_has_a_transaction(rules: Rules) -> None:

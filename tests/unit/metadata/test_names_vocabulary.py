@@ -172,7 +172,7 @@ FIELDS_DIR = DEFAULT / "objects"
                          "<referenceTo>Quote</referenceTo>", "<referenceTo>Order</referenceTo>"),
          "Signature_Event__c.Quote__c: refers to Order in the package, Quote in names"),
         (lambda p: _edit(p / FLOW, "<stringValue>Reissue</stringValue>", "<stringValue>Re-issue</stringValue>"),
-         "the flow offers actions ['Sign', 'Re-issue']"),
+         "the flow offers actions ['Sign', 'Re-issue', 'Void', 'Resend']"),
         (lambda p: shutil.rmtree(p / FIELDS_DIR / "Sign_Request__e"),
          "object Sign_Request__e: not in the package"),
         (lambda p: _edit(p / FIELDS_DIR / "Signature_Event__c/fields/Event_Type__c.field-meta.xml",

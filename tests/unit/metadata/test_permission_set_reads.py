@@ -118,6 +118,8 @@ def test_every_soql_the_daemon_builds_is_in_the_read_list() -> None:
         "salesforce/signer_records.py:contact_roles_query", "salesforce/signer_records.py:quote_signers_query",
         "salesforce/signer_records.py:users_query",
         "salesforce/notifications.py:notification_type_query",
+        # the owner the record mirror notifies of an envelope's outcome
+        "salesforce/record_fields.py:owner_query",
         # a library helper the daemon does not call; it reads what reconcile_query reads
         "salesforce/records.py:find_records_in_state",
         # reads only the parent fields an admin lists in a rule (`fields:`): the org's own fields, which the
