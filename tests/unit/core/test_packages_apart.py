@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[3] / "sfsign"
 MAY_IMPORT_LOCALPKI = ("localpki/", "commands/demo.py", "cli.py")
 MAY_IMPORT_COMMANDS = ("commands/", "cli.py")
 # The embedded SMTP relay, like the local PKI: for the demo and the tests only.
-MAY_IMPORT_LOCALMAIL = ("localmail/", "commands/demo.py", "cli.py")
+MAY_IMPORT_LOCALMAIL = ("localmail/", "commands/demo.py", "commands/demo_customer.py", "cli.py")
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -5,12 +5,10 @@ pool process copies the pages the collector touches."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
-from sfsign.documents.render import POOL_PRELOAD, POOL_START_METHOD
+from sfsign.documents.render import POOL_PRELOAD
 
 
 def test_the_preload_imports_the_signing_stack_and_starts_nothing_fork_unsafe() -> None:
@@ -28,16 +26,22 @@ def test_the_preload_imports_the_signing_stack_and_starts_nothing_fork_unsafe() 
     assert found["pyhanko"]
 
 
-def _pool_process_state() -> tuple[bool, int]:
-    import gc
-
-    return "pyhanko.sign.signers" in sys.modules, gc.get_freeze_count()
-
-
 def test_a_pool_process_forked_from_the_preloaded_server_starts_with_the_stack_loaded() -> None:
-    context = multiprocessing.get_context(POOL_START_METHOD)
-    context.set_forkserver_preload([POOL_PRELOAD])
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        loaded, frozen = pool.submit(_pool_process_state).result(timeout=120)
+    """In a fresh interpreter: the fork server is one per process, so a test that started it earlier (without
+    the preload) would decide what this one sees."""
+    code = (
+        "import gc, json, multiprocessing, sys\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from sfsign.documents.render import POOL_PRELOAD, POOL_START_METHOD\n"
+        # eval, a builtin, pickles by name: a function of this `-c` script would not reach the pool process.
+        "STATE = \"('pyhanko.sign.signers' in __import__('sys').modules, __import__('gc').get_freeze_count())\"\n"
+        "if __name__ == '__main__':\n"
+        "    context = multiprocessing.get_context(POOL_START_METHOD)\n"
+        "    context.set_forkserver_preload([POOL_PRELOAD])\n"
+        "    with ProcessPoolExecutor(1, mp_context=context) as pool:\n"
+        "        print(json.dumps(pool.submit(eval, STATE).result(timeout=120)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180)
+    loaded, frozen = json.loads(out.stdout)
     assert loaded
     assert frozen > 10_000
