@@ -62,6 +62,7 @@ from sfsign.worker_config import message_domain
 
 if TYPE_CHECKING:
     from sfsign.check import Check
+    from sfsign.signing.service import SigningService
 
 log = structlog.get_logger("sfsign.daemon")
 T = TypeVar("T")
@@ -124,6 +125,7 @@ class Daemon:
         self.clock: Clock = SystemClock()
         self.envelope_mirror: EnvelopeMirror | None = None
         self.envelope_due: EnvelopeDue | None = None
+        self.signing: SigningService | None = None  # the signing pages and the mail loop, when customers sign
 
     @property
     def ops_port(self) -> int | None:
@@ -218,7 +220,7 @@ class Daemon:
         opened.callback(partial(pool.shutdown, wait=True, cancel_futures=True))
         self.worker = self._build_worker(rest, pool, token)
         self.outbox.wake = self.worker.wake  # a signature or an envelope's end made a job due
-        for part in self._parts(rest, token):
+        for part in [*self._parts(rest, token), *await self._signing_parts()]:
             running.append((part, asyncio.create_task(part.run(), name=part.name)))
         # Renders queue behind the warm-up in the pool, so the first document does not pay for
         # interpreter and template start-up twice; intake and fetches proceed meanwhile.
@@ -321,6 +323,25 @@ class Daemon:
             Part("api-usage", partial(record_api_usage, self.outbox, lambda: rest.api_usage, stop)),
         ]
 
+    async def _signing_parts(self) -> list[Part]:
+        """The signing pages and the mail loop, when customers sign (`sfsign.signing.service.needed`). Both
+        stop with the new work: the pages close before the worker drains."""
+        from sfsign.signing.service import SigningService, needed
+
+        if not await needed(self.rules, self.outbox):
+            return []
+        relay = self.settings.smtp_relay()
+        if relay is None:  # only live envelopes of a rule that lost its signers: the rules' check did not see it
+            from sfsign.check import refuse_on_failures
+            from sfsign.check.local import relay_missing
+
+            refuse_on_failures([relay_missing("the outbox holds live envelopes or queued mails")])
+            return []
+        self.signing = SigningService(self.outbox, self.settings, relay, self._current_rules, counters=self.metrics,
+                                      stop=self._stop)
+        return [Part("signing-pages", self.signing.pages, close=self.signing.close_pages),
+                Part("mail", self.signing.mail, drain=self.signing.drain_mail)]
+
     def _current_rules(self) -> Rules:
         """The rules in force: parts read them through this, so a reload applies to their next step."""
         return self.rules
@@ -396,6 +417,10 @@ class Daemon:
             reasons.append(stuck)
         checks = {"authenticated": self.health.authenticated, "subscribed": self.health.subscribed,
                   "outbox_writable": writable, "intake_moving": intake_moving}
+        if self.signing is not None and self.settings.signing_port >= 0:
+            checks["signing_pages"] = self.signing.listening
+            if not self.signing.listening:
+                reasons.append("the signing pages are not listening")
         return Readiness(reasons=tuple(reasons), checks=checks)
 
     async def metrics_text(self) -> bytes:

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from sfsign.check.local import check_data_dir, check_revocation_sources, check_signing, check_templates
+from sfsign.check.local import (
+    check_data_dir,
+    check_mail_relay,
+    check_revocation_sources,
+    check_signing,
+    check_templates,
+)
 from sfsign.check.local import check_timestamps as check_timestamps
 from sfsign.check.local import local_checks as local_checks
 from sfsign.check.org import check_org
@@ -27,6 +33,7 @@ from sfsign.connections import SalesforceSession
 
 async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
     checks = await asyncio.to_thread(check_data_dir, settings)
+    checks += check_mail_relay(settings, rules)
     checks += await asyncio.to_thread(check_signing, rules)
     checks += await asyncio.to_thread(check_revocation_sources, rules)
     checks += await asyncio.to_thread(check_templates, rules)

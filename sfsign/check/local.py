@@ -1,5 +1,5 @@
-"""The checks that need no org: the data directory, the signing keys and their certificates, the revocation
-sources the level needs, the timestamp authorities and the templates.
+"""The checks that need no org: the data directory, the mail relay, the signing keys and their certificates,
+the revocation sources the level needs, the timestamp authorities and the templates.
 
 `run` makes the blocking ones (`local_checks`) before it opens a connection; `check` makes them all.
 Each uses the daemon's own code path (key loading, the TSA client, the renderer), so passing means
@@ -143,6 +143,30 @@ async def check_timestamps(rules: Rules) -> list[Check]:
     return out
 
 
+MAIL_RELAY_FIX = ("set SFSIGN_SMTP_URL to the org's relay (smtp://HOST:587 with STARTTLS, or smtps://HOST:465) and "
+                  "SFSIGN_MAIL_FROM to the address the mails come from; SFSIGN_SMTP_USERNAME and "
+                  "SFSIGN_SMTP_PASSWORD if it needs a login (docs/operations.md, \"Mail relay\")")
+
+
+def relay_missing(why: str) -> Check:
+    """The finding `run` refuses on when customers sign and no relay is set."""
+    return fail("mail relay", f"{why}, but SFSIGN_SMTP_URL is not set: invitations, codes and the completed "
+                              "copies could not be sent", MAIL_RELAY_FIX)
+
+
+def check_mail_relay(settings: Settings, rules: Rules) -> list[Check]:
+    """Customer signing needs the relay from the first envelope on (the invitations); found at start, not
+    as mails piling up in the queue."""
+    signing = [r.name for r in rules.rules if r.signers is not None]
+    if not signing:
+        return []
+    relay = settings.smtp_relay()
+    if relay is None:
+        return [relay_missing(f"rule(s) {', '.join(map(repr, signing))} have signers")]
+    return [ok("mail relay", f"{relay.url}, mail from {relay.mail_from.address} (for {len(signing)} rule(s) with "
+                             "signers)")]
+
+
 def check_templates(rules: Rules) -> list[Check]:
     out = []
     fields = rules.template_fields()
@@ -159,9 +183,10 @@ def check_templates(rules: Rules) -> list[Check]:
 
 
 def local_checks(settings: Settings, rules: Rules) -> list[Check]:
-    """What needs no org: the data directory, the keys, the revocation sources, the templates. Blocking."""
+    """What needs no org: the data directory, the mail relay, the keys, the revocation sources, the templates.
+    Blocking."""
     problems = preflight_profiles(rules)
-    checks = check_data_dir(settings)
+    checks = check_data_dir(settings) + check_mail_relay(settings, rules)
     checks += [fail("signing keys", p, SIGNING_KEYS_FIX) for p in problems]
     if not problems:
         checks += check_revocation_sources(rules)

@@ -17,6 +17,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from sfsign.connections import SalesforceSession
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
+from sfsign.localmail.server import LocalMailServer, ServerSecurity
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
@@ -222,6 +224,32 @@ def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path, **ov
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+DEMO_MAIL_FROM = "Northwind Cloud GmbH <contracts@northwind.example>"
+MAILBOX = "mailbox"
+
+
+@contextlib.contextmanager
+def local_relay(settings: Settings) -> Iterator[tuple[Settings, LocalMailServer | None]]:
+    """The relay of the demo and the tests: with SFSIGN_SMTP_URL unset, the embedded SMTP server on 127.0.0.1
+    keeping each mail as an .eml file under `<data dir>/mailbox` (the server is None when a relay is set),
+    and the signing pages on a free port of this host, so the links in its mails open them."""
+    if settings.smtp_url is not None:
+        yield settings, None
+        return
+    with LocalMailServer(settings.data_dir / MAILBOX, security=ServerSecurity.PLAIN) as server:
+        port = free_port()
+        yield settings.model_copy(update={
+            "smtp_url": server.url, "mail_from": settings.mail_from or DEMO_MAIL_FROM,
+            "signing_port": port, "signing_url": f"http://127.0.0.1:{port}"}), server
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the daemon binds it a moment later; SO_REUSEADDR makes that safe)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def _find(control: ControlClient, sobject: str, name: str) -> str:
     escaped = name.replace("\\", "\\\\").replace("'", "\\'")
     rows = await control.query(f"SELECT Id FROM {sobject} WHERE Name = '{escaped}'")
@@ -375,9 +403,12 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
         with demo_pki(work) as (pki, services):
             print(f"  demo PKI with TSA, OCSP and CRLs at {services.base_url}", flush=True)
             rules = write_demo_config(work, pki, services)
-            settings = daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)
-            print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
-            rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
+            with local_relay(daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)) as (settings, mail):
+                if mail is not None:
+                    kept = "" if keep_dir is not None else " (deleted at the end; keep it with --work-dir)"
+                    print(f"  mails to signers go to {mail.directory} as .eml files{kept}", flush=True)
+                print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
+                rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
             publish_root(pki, output_dir)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

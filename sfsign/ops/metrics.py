@@ -80,8 +80,20 @@ class Metrics:
             "sfsign_config_reload_failures", "Rules reloads refused because the new rules are invalid (SIGHUP)",
             registry=r,
         )
+        self.mails_sent = Counter("sfsign_mails_sent", "Envelope mails the relay accepted", ["kind"], registry=r)
+        self.mails_failed = Counter(
+            "sfsign_mails_failed", "Envelope mails not sent: outcome retry (relay down or 4xx, tried again), "
+            "misconfigured (the relay refuses sfsign's settings; tried again), rejected (5xx for the address) or "
+            "unsendable (the mail cannot be written)", ["kind", "outcome"], registry=r,
+        )
         self.state = SnapshotCollector()
         r.register(self.state)
+
+    def mail_sent(self, kind: str) -> None:
+        self.mails_sent.labels(kind).inc()
+
+    def mail_failed(self, kind: str, outcome: str) -> None:
+        self.mails_failed.labels(kind, outcome).inc()
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The exposition text with the scrape-time gauges taken from `snapshot`.
@@ -106,6 +118,7 @@ class Snapshot:
     certificate_expiry_days: Mapping[str, float] = field(default_factory=dict)
     ready: bool = False
     intake_stalled_s: float = 0.0  # how long the event intake is on has been failing (0: none is)
+    oldest_mail_age_s: float = 0.0  # how long the oldest queued mail has waited for the relay (0: none waits)
 
 
 class SnapshotCollector(Collector):
@@ -135,9 +148,19 @@ class SnapshotCollector(Collector):
         )
         if snap.outbox is not None:
             parked.add_metric([], snap.outbox.parked_events)
+        mails = GaugeMetricFamily("sfsign_mails_pending",
+                                  "Envelope mails queued for the relay (due, or waiting to be tried again)")
+        oldest = GaugeMetricFamily(
+            "sfsign_mail_oldest_pending_seconds", "Age of the oldest mail still queued (0: none); grows while the "
+            "relay is down or refuses sfsign's settings")
+        if snap.outbox is not None:
+            mails.add_metric([], snap.outbox.mails_pending)
+            oldest.add_metric([], snap.oldest_mail_age_s)
         yield jobs
         yield today
         yield parked
+        yield mails
+        yield oldest
         yield GaugeMetricFamily(
             "sfsign_intake_stalled_seconds",
             "How long the event intake is working on has been failing: the replay id does not move meanwhile",
@@ -226,5 +249,6 @@ async def take_snapshot(sources: ScrapeSources) -> Snapshot:
         certificate_expiry_days=sources.certificates.days(now),
         ready=await sources.ready(),
         intake_stalled_s=max(0.0, round(now - failing_since, 3)) if failing_since is not None else 0.0,
+        oldest_mail_age_s=max(0.0, round(now - stats.oldest_mail_at, 3)) if stats and stats.oldest_mail_at else 0.0,
     )
 

@@ -50,6 +50,9 @@ class Outbox(EnvelopeFace):
         self._unsaved_replay: dict[str, int] = {}  # positions of events that asked for nothing (`pass_event`)
         self._replay_saver: asyncio.Task[None] | None = None
         self.wake = no_wake  # the daemon sets the worker's: a signature or an envelope's end may make a job due
+        #: Called (on the loop) after a call that queued a mail: the mail loop's `wake` (sfsign.signing.postman).
+        self.mail_hooks: list[Callable[[], None]] = []
+        self._mails_seen = 0
 
     async def open(self) -> None:
         self._store = await self._run(lambda: OutboxStore(self.path))
@@ -79,7 +82,13 @@ class Outbox(EnvelopeFace):
 
     async def call(self, fn: Callable[[OutboxStore], T]) -> T:
         store = self.store
-        return await self._run(lambda: fn(store))
+        try:
+            return await self._run(lambda: fn(store))
+        finally:
+            if store.mails_queued != self._mails_seen:  # committed: the next call runs after it on the one thread
+                self._mails_seen = store.mails_queued
+                for hook in self.mail_hooks:
+                    hook()
 
     # ------------------------------------------------------------------------------------- intake
 

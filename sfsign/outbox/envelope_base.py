@@ -39,6 +39,10 @@ _MAIL_SELECT = (
 class EnvelopeBase(JobChanges):
     """Reads and the shared write helpers of the envelope steps (`envelopes`, `envelope_codes`, `envelope_queue`)."""
 
+    #: Mails queued by this store so far (rolled-back ones included): the async face compares it after each
+    #: call to wake the mail loop (`Outbox.mail_hooks`) without every step having to say it queued one.
+    mails_queued: int = 0
+
     # -------------------------------------------------------------------------------------- reads
 
     def _dicts(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
@@ -118,6 +122,7 @@ class EnvelopeBase(JobChanges):
             "created_at, sealed) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
             (envelope.id, recipient_id, kind.value, message_id, MailState.PENDING.value, at, at, sealed),
         )
+        self.mails_queued += 1
         return int(cur.lastrowid or 0)
 
     def _cancel_live_mails(self, conn: sqlite3.Connection, envelope_id: int, recipient_id: int | None = None,

@@ -266,3 +266,5 @@ class OutboxStats:
     jobs_by_state: dict[str, int]
     signed_today: int
     parked_events: int = 0
+    mails_pending: int = 0  # envelope mails queued for the relay
+    oldest_mail_at: float | None = None  # when the oldest of them was queued

@@ -158,12 +158,14 @@ class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, Envel
 
     def stats(self, signed_since: float) -> OutboxStats:
         """Jobs per state, documents that reached `Signed` since `signed_since` (archive renewals are no new
-        documents), and parked events: the scrape-time gauges, in one read."""
+        documents), parked events and the mail queue: the scrape-time gauges, in one read."""
         row = self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE signed_visible_at >= ? AND source != ?", (signed_since, ARCHIVE_SOURCE)
         ).fetchone()
+        mails = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM mails WHERE state = 'pending'").fetchone()
         return OutboxStats(jobs_by_state=self.counts(), signed_today=int(row[0]) if row else 0,
-                           parked_events=self.parked_count())
+                           parked_events=self.parked_count(), mails_pending=int(mails[0]) if mails else 0,
+                           oldest_mail_at=float(mails[1]) if mails and mails[1] is not None else None)
 
     def job_states(self, transaction_ids: Iterable[str]) -> dict[str, tuple[JobState, float | None]]:
         """(state, done_at) per transaction id; ids without a job row are absent from the result."""

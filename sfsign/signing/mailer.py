@@ -32,7 +32,7 @@ import aiosmtplib
 from sfsign.config.smtp import SmtpRelay, SmtpSecurity
 from sfsign.ops.logging import MASK, get_logger
 from sfsign.salesforce.auth import build_ssl_context
-from sfsign.signing.mail_messages import MailRequest, compose
+from sfsign.signing.mail_messages import MailRequest, Party, compose
 
 log = get_logger(__name__)
 
@@ -109,7 +109,7 @@ class Mailer:
     def _log(self, outcome: SendOutcome, request: MailRequest, log_id: str) -> None:
         fields = {"kind": request.kind.value, "recipient": log_id, "message_id": request.message_id,
                   "relay": self.relay.url}
-        reply = self._scrub(self._scrub(outcome.reply, request.recipient.ascii_email), request.recipient.email)
+        reply = self.scrub(outcome.reply, request.recipient)
         if outcome.status is SendStatus.DELIVERED:
             log.info("mail delivered to the relay", **fields)
         elif outcome.status is SendStatus.RETRY:
@@ -119,6 +119,11 @@ class Mailer:
         else:
             log.error("the relay refuses sfsign's settings; mail stays queued", reply=reply, fix=outcome.fix,
                       smtp_code=outcome.smtp_code, **fields)
+
+    def scrub(self, text: str, recipient: Party) -> str:
+        """`text` (a relay's reply) without the recipient's address (either spelling) and the relay password:
+        what a log line, the mail row and the envelope's timeline may keep."""
+        return self._scrub(self._scrub(text, recipient.ascii_email), recipient.email)
 
     def _scrub(self, text: str, address: str) -> str:
         """`text` without the recipient's address and the relay password, for a log line."""

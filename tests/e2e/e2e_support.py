@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sfsign.commands.demo import local_relay
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
@@ -20,6 +21,17 @@ REP = "lena.hoffmann@northwind.example"
 
 @contextlib.asynccontextmanager
 async def run_daemon(settings: Settings, rules: Rules) -> AsyncIterator[Daemon]:
+    """The daemon, ready; when a rule has signers and no relay is set, with the demo's embedded relay (its
+    mailbox is `<data dir>/mailbox`, `Mailbox(daemon.settings.data_dir / MAILBOX)`)."""
+    with contextlib.ExitStack() as relay:
+        if any(r.signers is not None for r in rules.rules):
+            settings, _ = relay.enter_context(local_relay(settings))
+        async with _running(settings, rules) as daemon:
+            yield daemon
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings, rules: Rules) -> AsyncIterator[Daemon]:
     daemon = Daemon(settings, rules)
     task = asyncio.create_task(daemon.run(), name="daemon")
     ready = asyncio.create_task(daemon.ready.wait())

@@ -52,6 +52,18 @@ def write_about(artifacts_dir: Path, transaction_id: str, about: About) -> None:
     write_private(artifacts_dir / f"{transaction_id}.{ABOUT}", json.dumps(asdict(about)).encode())
 
 
+def read_about(artifacts_dir: Path, transaction_id: str) -> About:
+    """The job's about.json (blocking); an empty `About` when it is missing or unreadable, so a page or a
+    mail still goes out, only less specific."""
+    try:
+        data = json.loads((artifacts_dir / f"{transaction_id}.{ABOUT}").read_bytes())
+    except (OSError, ValueError):
+        return About()
+    if not isinstance(data, dict):
+        return About()
+    return About(**{k: str(v) for k, v in data.items() if k in About.__dataclass_fields__})
+
+
 class RenderError(RuntimeError):
     """pdftocairo or pdfinfo failed on the document (the message names the tool, never the file's content)."""
 
@@ -75,13 +87,7 @@ class Documents:
         return None
 
     async def about(self, transaction_id: str) -> About:
-        path = self.directory / f"{transaction_id}.{ABOUT}"
-        loop = asyncio.get_running_loop()
-        try:
-            data = json.loads(await loop.run_in_executor(None, path.read_bytes))
-        except (OSError, ValueError):
-            return About()
-        return About(**{k: str(v) for k, v in data.items() if k in About.__dataclass_fields__})
+        return await asyncio.get_running_loop().run_in_executor(None, read_about, self.directory, transaction_id)
 
     async def page_count(self, path: Path) -> int:
         key = _identity(path)

@@ -1,0 +1,127 @@
+"""The signing pages and the mail loop in the daemon (issue 14 wiring, part C): `sfsign run` with a rule that
+has signers serves the pages on their own port and closes it on SIGTERM, refuses to start without a relay,
+and a mail the outbox queues goes out through the relay, its link opening on the daemon's own pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from e2e_support import cli_env, run_cli, run_daemon
+
+from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, RULES_TEMPLATE, free_port
+from sfsign.config import Settings, load_rules
+from sfsign.localmail.mailbox import Mailbox
+from sfsign.localmail.server import LocalMailServer, ServerSecurity
+from sfsign.localpki.pki import DemoPki
+from sfsign.outbox import NewJob
+from sfsign.signing.lifecycle import EnvelopePolicy
+from sfsign.signing.model import MailKind, ResolvedSigner, SignerSource
+from sfsign.signing.tokens import LinkKeys
+
+QUOTE_SIGNERS = """\
+    signers:
+      steps:
+        - {quote_contact: true}
+        - [{user: emily.carter@northwind.example}]
+      on_expiry: {status: Rejected}
+"""
+WAIT_S = 60.0
+
+
+def _rules_with_signers(tmp_path: Path, pki: DemoPki) -> Path:
+    text = RULES_TEMPLATE.format(p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
+    quote = 'file_name: "Quote {number} {date}.pdf"\n'
+    assert quote in text
+    path = tmp_path / "rules-with-signers.yaml"
+    path.write_text(text.replace(quote, quote + QUOTE_SIGNERS))
+    return path
+
+
+async def test_run_refuses_to_start_without_a_relay_when_a_rule_has_signers(
+        settings: Settings, pki: DemoPki, tmp_path: Path) -> None:
+    path = _rules_with_signers(tmp_path, pki)
+    ran = await asyncio.to_thread(run_cli, ["run"], settings, timeout=90.0, SFSIGN_RULES_FILE=str(path))
+    assert ran.returncode == 3, ran.stdout + ran.stderr
+    assert "sfsign: refusing to start" in ran.stderr and "mail relay" in ran.stderr, ran.stderr
+    assert "rule(s) 'quote-approved' have signers, but SFSIGN_SMTP_URL is not set" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr
+    checked = await asyncio.to_thread(run_cli, ["check"], settings, SFSIGN_RULES_FILE=str(path))
+    assert checked.returncode == 1 and "SFSIGN_SMTP_URL is not set" in checked.stdout, checked.stdout
+
+
+async def _answer(url: str) -> int | None:
+    """The status the pages answer `url` with; None while nothing listens."""
+    try:
+        async with aiohttp.ClientSession() as client, client.get(url) as response:
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def test_sfsign_run_serves_the_signing_pages_until_sigterm(settings: Settings, pki: DemoPki,
+                                                                 tmp_path: Path) -> None:
+    path = _rules_with_signers(tmp_path, pki)
+    port = free_port()
+    with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
+        env = cli_env(settings, SFSIGN_RULES_FILE=str(path), SFSIGN_SMTP_URL=relay.url,
+                      SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
+                      SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
+                      SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
+        log = tmp_path / "daemon.log"
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sfsign.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while (status := await _answer(f"http://127.0.0.1:{port}/s/no-such-link")) is None:
+                    assert proc.returncode is None, log.read_text()[-3000:]
+                    await asyncio.sleep(0.1)
+            assert status == 404  # the pages' own answer to an unknown link
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(WAIT_S):
+                assert await proc.wait() == 0, log.read_text()[-3000:]
+            assert await _answer(f"http://127.0.0.1:{port}/s/no-such-link") is None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    sys.stdout.write(log.read_text())  # into the capture the secret scan reads
+
+
+async def test_a_queued_invitation_goes_out_through_the_daemon_and_its_link_opens_its_pages(
+        settings: Settings, pki: DemoPki, tmp_path: Path) -> None:
+    rules = load_rules(_rules_with_signers(tmp_path, pki))
+    async with run_daemon(settings.model_copy(update={"rules_file": rules.source}), rules) as daemon:
+        assert daemon.signing is not None and daemon.signing.listener is not None
+        assert (await daemon.readiness()).checks["signing_pages"] is True
+        assert b"sfsign_mails_pending 0.0" in await daemon.metrics_text()
+        job = (await daemon.outbox.commit_event(None, None, [
+            NewJob("tx-wired-1", "quote-approved", "Quote", "0Q0000000000009AAA", "cdc")])).created[0]
+        signer = ResolvedSigner(1, "Ada Customer", "ada@customer.example", SignerSource.QUOTE_EMAIL)
+        keys = LinkKeys.load(daemon.settings.data_dir)
+        envelope = await daemon.outbox.create_envelope(job, [signer], EnvelopePolicy(), time.time(), keys)
+        mailbox = Mailbox(daemon.settings.data_dir / MAILBOX)
+        mail = await asyncio.to_thread(mailbox.wait_for, lambda m: m.recipients == ["ada@customer.example"],
+                                       timeout_s=WAIT_S)
+        [row] = [m for m in await daemon.outbox.envelope_mails(envelope.id) if m.kind is MailKind.INVITATION]
+        assert mail.message_id == row.message_id
+        [link] = [u for u in mail.links if "/s/" in u]
+        assert link.startswith(f"{daemon.settings.signing_url}/s/")
+        assert await _answer(link) == 200
+        port = daemon.signing.listener.port
+    assert await _answer(f"http://127.0.0.1:{port}/s/x") is None  # stopped with the daemon
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SFSIGN_SMTP_URL", raising=False)
