@@ -239,7 +239,8 @@ def _cmd_demo_keys(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sfsign.commands.demo import run_demo
 
-    return run_demo(output_dir=Path(args.output), keep_dir=Path(args.work_dir) if args.work_dir else None)
+    return run_demo(output_dir=Path(args.output), keep_dir=Path(args.work_dir) if args.work_dir else None,
+                    interactive=args.interactive)
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
@@ -272,9 +273,12 @@ def _add_start_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     run.add_argument("--rules", help=RULES_HELP)
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser("demo", help="start the embedded Salesforce emulator and sign 5 documents end to end")
+    demo = sub.add_parser("demo", help="start the embedded Salesforce emulator and sign 6 documents end to end, "
+                                       "one by a customer")
     demo.add_argument("--output", default="demo-output", help="where the signed PDFs go (default ./demo-output)")
     demo.add_argument("--work-dir", help="keep the emulator and daemon data here (default: a temporary folder)")
+    demo.add_argument("--interactive", action="store_true",
+                      help="sign the customer's document yourself: print its link and the mailbox, and wait")
     demo.set_defaults(func=_cmd_demo)
 
     keys = sub.add_parser("demo-keys", help="generate a throw-away signing key and CA for trying sfsign")

@@ -22,12 +22,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from sfsign.commands.demo_customer import DemoCustomer, quote_contact, timeline
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.connections import SalesforceSession
 from sfsign.daemon import Daemon
@@ -37,7 +38,16 @@ from sfsign.localmail.server import LocalMailServer, ServerSecurity
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.ops.logging import configure_logging
-from sfsign.salesforce.names import STATUS_ERROR, STATUS_SIGNED, Record, SignRequest
+from sfsign.salesforce.names import (
+    STATUS_COMPLETED,
+    STATUS_ERROR,
+    STATUS_EXPIRED,
+    STATUS_REFUSED,
+    STATUS_SIGNED,
+    STATUS_VOIDED,
+    Record,
+    SignRequest,
+)
 
 log = structlog.get_logger("sfsign.demo")
 
@@ -51,6 +61,10 @@ SCENARIO: list[tuple[str, str, str, str]] = [
     ("Quote", "Enterprise Upgrade - Angebot", "lena.hoffmann@northwind.example", "status"),
     ("Opportunity", "Acme Industries - API Add-on", "marc.dubois@northwind.example", "event"),
 ]
+# The sixth, when the demo's rules have the customer rule: the quote is presented and its contact signs.
+CUSTOMER_ROW = ("Quote", "Globex Enterprise Rollout - Proposal", "emily.carter@northwind.example", "customer")
+_ENDED = (STATUS_ERROR, STATUS_REFUSED, STATUS_EXPIRED, STATUS_VOIDED)  # a record that will not be signed
+INTERACTIVE_WAIT_S = 900.0
 _STAGE_FOR = {"stage": "Proposal/Price Quote", "negotiation": "Negotiation/Review", "won": "Closed Won"}
 
 _SELLER = """\
@@ -156,7 +170,26 @@ rules:
 """
 
 
-def demo_rules_text(pki: DemoPki, tsa_url: str) -> str:
+# The demo's sixth document: the customer signs it (issue 14). Only `sfsign demo` adds it: with signers, a
+# daemon needs a mail relay, which the tests that reuse the demo's rules do not all start.
+DEMO_CUSTOMER_RULE = """\
+  - name: quote-presented
+    object: Quote
+    field: Status
+    values: ["Presented"]
+    template: quote
+    profile: seal-b-lt
+    file_name: "Signed quote {number} {date}.pdf"
+    terms:
+      - Prices are exclusive of VAT unless stated otherwise.
+    signers:
+      authentication: email_otp
+      steps:
+        - [{quote_contact: true}]
+"""
+
+
+def demo_rules_text(pki: DemoPki, tsa_url: str, *, customer: bool = False) -> str:
     profiles = "".join(
         _PROFILE.format(
             slug=level.lower(),
@@ -168,7 +201,7 @@ def demo_rules_text(pki: DemoPki, tsa_url: str) -> str:
         )
         for level in ("B-B", "B-T", "B-LT", "B-LTA")
     )
-    return _SELLER + "signing_profiles:\n" + profiles + DEMO_RULES_TAIL
+    return _SELLER + "signing_profiles:\n" + profiles + DEMO_RULES_TAIL + (DEMO_CUSTOMER_RULE if customer else "")
 
 
 @dataclass
@@ -184,6 +217,8 @@ class DemoRow:
     file: str = ""
     ms: int | None = None
     error: str = ""
+    certificate: str = ""
+    timeline: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -198,9 +233,9 @@ def demo_pki(work: Path) -> Iterator[tuple[DemoPki, PkiServices]]:
         services.stop()
 
 
-def write_demo_config(work: Path, pki: DemoPki, services: PkiServices) -> Rules:
+def write_demo_config(work: Path, pki: DemoPki, services: PkiServices, *, customer: bool = False) -> Rules:
     rules_file = work / "rules.yaml"
-    rules_file.write_text(demo_rules_text(pki, services.tsa_url))
+    rules_file.write_text(demo_rules_text(pki, services.tsa_url, customer=customer))
     return load_rules(rules_file)
 
 
@@ -261,8 +296,9 @@ async def _find(control: ControlClient, sobject: str, name: str) -> str:
 async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
     if row.trigger in _STAGE_FOR:
         await control.update("Opportunity", row.record_id, {"StageName": _STAGE_FOR[row.trigger]}, user=user)
-    elif row.trigger == "status":
-        await control.update("Quote", row.record_id, {"Status": "Approved"}, user=user)
+    elif row.trigger in ("status", "customer"):
+        status = "Approved" if row.trigger == "status" else "Presented"
+        await control.update("Quote", row.record_id, {"Status": status}, user=user)
     else:
         await control.publish(
             SignRequest.NAME,
@@ -272,7 +308,8 @@ async def _act(control: ControlClient, row: DemoRow, user: str) -> None:
 
 
 async def run_scenario(
-    emulator: EmulatorThread, settings: Settings, rules: Rules, output_dir: Path, timeout_s: float = 120.0
+    emulator: EmulatorThread, settings: Settings, rules: Rules, output_dir: Path, timeout_s: float = 120.0,
+    *, interactive: bool = False,
 ) -> list[DemoRow]:
     daemon = Daemon(settings, rules)
     runner = asyncio.create_task(daemon.run(), name="daemon")
@@ -286,11 +323,17 @@ async def run_scenario(
         if ready not in done:
             raise RuntimeError("the daemon did not subscribe to the emulator within 60 s")
         targets: dict[str, str] = {}
-        for sobject, name, user, trigger in SCENARIO:
+        customer = rules.by_name("quote-presented") is not None
+        for sobject, name, user, trigger in [*SCENARIO, *([CUSTOMER_ROW] if customer else [])]:
             row = DemoRow(sobject, await _find(control, sobject, name), name, trigger)
             rows.append(row)
             targets[row.record_id] = _target_level(rules, sobject, trigger)
             await _act(control, row, user)
+        signer = None
+        if customer:
+            signer = asyncio.create_task(_customer_signs(control, rows[-1], settings, interactive))
+            if interactive:
+                timeout_s = max(timeout_s, INTERACTIVE_WAIT_S)
         deadline = time.monotonic() + timeout_s
         pending = list(rows)
         while pending and time.monotonic() < deadline:
@@ -303,7 +346,7 @@ async def run_scenario(
                 )
                 status = record.get(Record.STATUS)
                 reached = record.get(Record.LEVEL) == targets[row.record_id] or bool(record.get(Record.ERROR))
-                if status == STATUS_ERROR or (status == STATUS_SIGNED and reached):
+                if status in _ENDED or (status in (STATUS_SIGNED, STATUS_COMPLETED) and reached):
                     row.status = str(record[Record.STATUS])
                     row.level = str(record.get(Record.LEVEL) or "")
                     row.transaction_id = str(record.get(Record.TRANSACTION_ID) or "")
@@ -313,6 +356,14 @@ async def run_scenario(
             await asyncio.sleep(0.1)
         for row in pending:
             row.status = "Timeout"
+        if signer is not None:
+            if not signer.done():
+                signer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                problem = signer.exception()
+                if problem is not None and not rows[-1].error:
+                    rows[-1].error = f"the demo customer could not sign: {problem}"
+            rows[-1].timeline = await timeline(daemon.outbox, rows[-1].transaction_id)
         await _collect_files(daemon, settings, rows, output_dir)
     finally:
         await control.aclose()
@@ -322,8 +373,26 @@ async def run_scenario(
     return rows
 
 
+async def _customer_signs(control: ControlClient, row: DemoRow, settings: Settings, interactive: bool) -> None:
+    """The customer of the sixth document: played over HTTP from the mailbox, or (interactive) a person in
+    their own browser, told where the invitation is."""
+    address, name = await quote_contact(control, row.record_id)
+    mailbox = settings.data_dir / MAILBOX
+    if not interactive:
+        await DemoCustomer(mailbox, address, name).sign()
+        return
+    link = await DemoCustomer(mailbox, address, name).invitation_link()
+    print(f"\n  {name} <{address}> is invited to sign: open\n    {link}\n  in your browser; the one-time code "
+          f"arrives as an .eml file in {mailbox} (open it with any mail client or a text editor).\n"
+          f"  Waiting up to {INTERACTIVE_WAIT_S // 60:.0f} minutes for the signature ...", flush=True)
+
+
 def _target_level(rules: Rules, sobject: str, trigger: str) -> str:
     """The level the record should end at: its rule's profile (events use the object's first rule)."""
+    if trigger == "customer":
+        rule = rules.by_name("quote-presented")
+        assert rule is not None
+        return rules.profiles[rule.profile].level
     if trigger in _STAGE_FOR:
         rule = next(r for r in rules.for_object(sobject) if _STAGE_FOR[trigger] in r.values)
     else:
@@ -346,14 +415,22 @@ async def _collect_files(daemon: Daemon, settings: Settings, rows: list[DemoRow]
         await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
         for row in rows:
             job = jobs.get(row.transaction_id)
-            if row.status != STATUS_SIGNED or job is None or not job.content_version_id:
+            if row.status not in (STATUS_SIGNED, STATUS_COMPLETED) or job is None or not job.content_version_id:
                 continue
+            final = bool(job.ltv_version_id) or row.status == STATUS_COMPLETED  # the completed copy is the ltv one
             data = await session.rest.download_version_data(job.ltv_version_id or job.content_version_id)
-            if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if job.ltv_version_id else job.sha256):
+            if hashlib.sha256(data).hexdigest() != (job.ltv_sha256 if final else job.sha256):
                 raise RuntimeError(f"the file on {row.record_id} is not the document sfsign signed")
             target = output_dir / (job.file_name or f"{row.transaction_id}.pdf")
             await asyncio.to_thread(target.write_bytes, data)
             row.file = str(target)
+            if job.certificate_version_id:
+                sealed = await session.rest.download_version_data(job.certificate_version_id)
+                if hashlib.sha256(sealed).hexdigest() != job.certificate_sha256:
+                    raise RuntimeError(f"the certificate of completion on {row.record_id} is not the one sfsign made")
+                certificate = target.with_name(f"{target.stem} - certificate of completion.pdf")
+                await asyncio.to_thread(certificate.write_bytes, sealed)
+                row.certificate = str(certificate)
             if job.event_time_ms and job.signed_visible_at:
                 row.ms = round(job.signed_visible_at * 1000 - job.event_time_ms)
 
@@ -374,6 +451,13 @@ def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
     for r in rows:
         if r.error:
             print(f"  {r.record_id}: {r.error}", file=out)  # type: ignore[call-overload]
+    for r in rows:
+        if r.timeline:
+            print(f"\n{r.name}: signed by the customer; the envelope's timeline (UTC):", file=out)  # type: ignore[call-overload]
+            for line in r.timeline:
+                print(f"  {line}", file=out)  # type: ignore[call-overload]
+        if r.certificate:
+            print(f"  certificate of completion: {r.certificate}", file=out)  # type: ignore[call-overload]
 
 
 DEMO_ROOT_NAME = "demo-root-ca.pem"
@@ -388,7 +472,7 @@ def publish_root(pki: DemoPki, output_dir: Path) -> None:
     target.chmod(0o644)
 
 
-def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
+def run_demo(output_dir: Path, keep_dir: Path | None = None, *, interactive: bool = False) -> int:
     configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
     # Absolute: the demo writes these paths into its rules file, where relative ones would be read
     # relative to the rules file's folder (wd/wd/pki/signer.p12) instead of the working directory.
@@ -402,13 +486,14 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
         print(f"  {emulator.url} (CA {emulator.ca_file})", flush=True)
         with demo_pki(work) as (pki, services):
             print(f"  demo PKI with TSA, OCSP and CRLs at {services.base_url}", flush=True)
-            rules = write_demo_config(work, pki, services)
+            rules = write_demo_config(work, pki, services, customer=True)
             with local_relay(daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)) as (settings, mail):
                 if mail is not None:
                     kept = "" if keep_dir is not None else " (deleted at the end; keep it with --work-dir)"
                     print(f"  mails to signers go to {mail.directory} as .eml files{kept}", flush=True)
-                print("starting sfsign and moving 3 opportunities, 1 quote and 1 sign request ...", flush=True)
-                rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir))
+                print("starting sfsign and moving 3 opportunities, 2 quotes (one for the customer to sign) and "
+                      "1 sign request ...", flush=True)
+                rows = asyncio.run(run_scenario(emulator, settings, rules, output_dir, interactive=interactive))
             publish_root(pki, output_dir)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -419,7 +504,9 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print_table(rows)
-    signed = [r for r in rows if r.status == STATUS_SIGNED and r.file]
-    print(f"\n{len(signed)} of {len(rows)} documents signed; files in {output_dir.resolve()}")
+    signed = [r for r in rows if r.status in (STATUS_SIGNED, STATUS_COMPLETED) and r.file]
+    customers = sum(1 for r in signed if r.status == STATUS_COMPLETED)
+    print(f"\n{len(signed)} of {len(rows)} documents signed ({customers} of them by the customer too); files in "
+          f"{output_dir.resolve()}")
     print(f"check them as a recipient would, offline, trusting {DEMO_ROOT_NAME}: docs/verifying.md")
     return 0 if len(signed) == len(rows) else 1

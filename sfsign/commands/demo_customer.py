@@ -10,6 +10,7 @@ what a real signer would go through, and a broken page or mail fails it.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import html
 import re
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox, StoredMail
+from sfsign.outbox import Outbox
 
 _STATE = re.compile(r'data-state="([a-z_-]+)"')
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -50,11 +53,16 @@ class DemoCustomer:
         self.timeout_s = timeout_s
         self.verify = verify
 
-    async def sign(self) -> Signed:
-        """Sign the document the newest invitation asks for; returns the state the page ends on."""
+    async def invitation_link(self) -> str:
+        """The signing link of the newest invitation (waiting for it to arrive)."""
         invitation = await self._wait_for_mail(lambda m: self._link_of(m) is not None, skip=0)
         link = self._link_of(invitation)
         assert link is not None
+        return link
+
+    async def sign(self) -> Signed:
+        """Sign the document the newest invitation asks for; returns the state the page ends on."""
+        link = await self.invitation_link()
         steps: list[str] = []
         async with httpx.AsyncClient(verify=self.verify, follow_redirects=True, timeout=30.0) as client:
             page = await self._get(client, link)
@@ -115,3 +123,25 @@ class DemoCustomer:
     def _state(page: str) -> str:
         found = _STATE.search(page)
         return found.group(1) if found else "unknown"
+
+
+async def quote_contact(control: ControlClient, quote_id: str) -> tuple[str, str]:
+    """(e-mail, name) of the quote's contact: who the demo's customer rule invites."""
+    rows = await control.query(f"SELECT Contact.Email, Contact.Name FROM Quote WHERE Id = '{quote_id}'")
+    contact = rows[0].get("Contact") if rows else None
+    if not contact or not contact.get("Email"):
+        raise CustomerError(f"the demo quote {quote_id} has no contact with an e-mail address")
+    return str(contact["Email"]), str(contact.get("Name") or "")
+
+
+async def timeline(outbox: Outbox, transaction_id: str) -> list[str]:
+    """The envelope's timeline as the operator command prints it: time (UTC), event, recipient, detail."""
+    envelope = await outbox.envelope(transaction_id)
+    if envelope is None:
+        return []
+    lines = []
+    for event in await outbox.timeline(envelope.id):
+        at = dt.datetime.fromtimestamp(event.at, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+        who = f"recipient {event.recipient_id}" if event.recipient_id is not None else ""
+        lines.append(f"{at}  {event.type.value:<14} {who:<13} {event.detail or ''}".rstrip())
+    return lines

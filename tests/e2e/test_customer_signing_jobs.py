@@ -23,13 +23,15 @@ import pytest
 from e2e_support import REP, pdfsig_required, record_id, run_daemon, wait_for_status
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from sfsign.commands.demo import PASSPHRASE_ENV, daemon_settings, demo_rules_text
+from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, daemon_settings, demo_rules_text
+from sfsign.commands.demo_customer import DemoCustomer
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
 from sfsign.documents.completion_check import check_completed, pdfsig_results
 from sfsign.documents.signer_signature import signature_fields
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
+from sfsign.localmail.mailbox import Mailbox
 from sfsign.localpki.pki import DemoPki
 from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.outbox import Job, JobState
@@ -317,3 +319,33 @@ async def test_a_record_that_names_no_signer_is_an_error_saying_what_to_fix(
         assert (job.state, job.error_code, job.signers_json) == (JobState.ERROR, "NOT_RENDERABLE", None)
         assert await daemon.outbox.envelope(job.transaction_id) is None
     assert await _record_files(control, opportunity) == []
+
+
+@pytest.mark.parametrize("rules", [ONE_SIGNER_OTP_SEALED_AFTER], indirect=True)
+async def test_the_customer_signs_from_their_mailbox_over_http_and_the_record_is_completed(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest,
+    services_pki: tuple[DemoPki, PkiServices, str],
+) -> None:
+    """Every part at once, as the demo runs it: the stage change sends the invitation through the embedded
+    relay; the customer (`DemoCustomer`, plain HTTP like a browser without script) follows the mail's link, asks
+    for a code, reads it from the next mail, signs; the record ends Completed and the completed copy arrives."""
+    opportunity = await record_id(control, "Opportunity", ACME)
+    claire = "claire.lefevre@acme-industries.example"
+    async with run_daemon(settings, rules) as daemon:
+        mailbox = daemon.settings.data_dir / MAILBOX
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        signed = await DemoCustomer(mailbox, claire, "Claire Lefèvre", timeout_s=90).sign()
+        assert signed.steps == ("code", "code", "sign", "completed") or signed.steps[-1] == "signed", signed
+        assert signed.link.startswith(f"{daemon.settings.signing_url}/s/")
+        final = await _check_final(control, rest, services_pki[0], opportunity,
+                                   ("SellerSignature", "CustomerSignature"), 1)
+        box = Mailbox(mailbox)
+        completed = await asyncio.to_thread(
+            box.wait_for, lambda m: claire in m.recipients and any(n.endswith(".pdf") for n, _ in m.attachments),
+            timeout_s=60)
+        [(_name, attached)] = [(n, c) for n, c in completed.attachments if n.endswith(".pdf")]
+        job = await _job_in(daemon, (JobState.DONE,))
+        assert attached == final, (len(attached), len(final))  # the completed copy is the document on the record
+        kinds = [m.kind for m in await daemon.outbox.envelope_mails(
+            (await _envelope(daemon, job))[0].id) if m.recipient_id is not None]
+        assert kinds.count(MailKind.INVITATION) == 1 and kinds.count(MailKind.CODE) == 1
