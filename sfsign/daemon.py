@@ -219,8 +219,16 @@ class Daemon:
         pool, warm_up = self._start_pool()
         opened.callback(partial(pool.shutdown, wait=True, cancel_futures=True))
         self.worker = self._build_worker(rest, pool, token)
-        self.outbox.wake = self.worker.wake  # a signature or an envelope's end made a job due
-        for part in [*self._parts(rest, token), *await self._signing_parts()]:
+        parts = [*self._parts(rest, token), *await self._signing_parts()]
+        # A signature or an envelope's end: a job may be due (the worker) and the record has news (the mirror).
+        wakes = [self.worker.wake, *([self.envelope_mirror.wake] if self.envelope_mirror else [])]
+
+        def wake_all() -> None:
+            for wake in wakes:
+                wake()
+
+        self.outbox.wake = wake_all
+        for part in parts:
             running.append((part, asyncio.create_task(part.run(), name=part.name)))
         # Renders queue behind the warm-up in the pool, so the first document does not pay for
         # interpreter and template start-up twice; intake and fetches proceed meanwhile.

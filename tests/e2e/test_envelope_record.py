@@ -275,3 +275,25 @@ async def test_a_record_write_that_fails_is_retried_after_its_backoff_and_lands_
         envelope = await o.outbox.envelope("tx-record-4")
         assert envelope is not None and (envelope.synced_version, envelope.mirror_attempts) == (envelope.version, 0)
         assert [e["Event_Type__c"] for e in await o.events()] == ["sent"], "the audit row went once, with the write"
+
+
+async def test_an_expiry_whose_stage_move_salesforce_refuses_is_written_expired_with_a_note(
+    settings: Settings, control: ControlClient, rest: SalesforceRest, signing_rules: Rules, tmp_path: Path
+) -> None:
+    # As a validation rule on the stage would: every write that moves the stage to Closed Lost is refused.
+    await control.post("/_control/faults/errors", {
+        "prefix": f"/services/data/v{settings.api_version}/composite", "method": "POST", "status": 400,
+        "errorCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "message": "Enter a Loss Reason to close as lost",
+        "bodyContains": '"StageName": "Closed Lost"'})
+    async with org(settings, control, rest, signing_rules, tmp_path) as o:
+        await o.envelope("tx-record-5", (ANNA,))
+        before = (await o.record(lambda r: r["Sign_Status__c"] == "Sent"))["StageName"]
+        o.clock.t += 30 * DAY + 1
+        await o.due_pass()
+        expired = await o.record(lambda r: r["Sign_Status__c"] == "Expired")
+        assert expired["StageName"] == before != "Closed Lost"
+        assert expired["Sign_Error__c"] == (
+            "The signature request expired; the StageName could not be moved to 'Closed Lost' "
+            "(FIELD_CUSTOM_VALIDATION_EXCEPTION: Enter a Loss Reason to close as lost)")
+        envelope = await o.outbox.envelope("tx-record-5")
+        assert envelope is not None and envelope.synced_version == envelope.version

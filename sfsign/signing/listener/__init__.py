@@ -1,5 +1,5 @@
 """The signing pages (issue 14 part 4): where a recipient reads the document, proves their address with a
-code, and signs or declines. The daemon starts it in a later increment (`start_listener`)."""
+code, and signs or declines. The daemon starts it through `sfsign.signing.service` (`start_listener`)."""
 
 from sfsign.signing.listener.app import SigningListener, build_app, start_listener
 from sfsign.signing.listener.documents import About, Documents, read_about, write_about
