@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from sfsign.commands.demo_customer import DemoCustomer, quote_contact, timeline
+from sfsign.commands.demo_customer import DemoCustomer, completed_copy_sent, quote_contact, timeline
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.connections import SalesforceSession
 from sfsign.daemon import Daemon
@@ -363,6 +363,8 @@ async def run_scenario(
                 problem = signer.exception()
                 if problem is not None and not rows[-1].error:
                     rows[-1].error = f"the demo customer could not sign: {problem}"
+            if rows[-1].status == STATUS_COMPLETED:
+                await completed_copy_sent(daemon.outbox, rows[-1].transaction_id)
             rows[-1].timeline = await timeline(daemon.outbox, rows[-1].transaction_id)
         await _collect_files(daemon, settings, rows, output_dir)
     finally:

@@ -23,6 +23,8 @@ import httpx
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox, StoredMail
 from sfsign.outbox import Outbox
+from sfsign.outbox.envelope_models import MailState
+from sfsign.signing.model import MailKind
 
 _STATE = re.compile(r'data-state="([a-z_-]+)"')
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -145,3 +147,18 @@ async def timeline(outbox: Outbox, transaction_id: str) -> list[str]:
         who = f"recipient {event.recipient_id}" if event.recipient_id is not None else ""
         lines.append(f"{at}  {event.type.value:<14} {who:<13} {event.detail or ''}".rstrip())
     return lines
+
+
+async def completed_copy_sent(outbox: Outbox, transaction_id: str, within_s: float = 30.0) -> bool:
+    """Wait until the relay took the completed copy (it follows the record's `Completed`: it carries the final
+    document), so the mailbox the demo leaves behind holds the whole exchange."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        envelope = await outbox.envelope(transaction_id)
+        if envelope is None:
+            return False
+        mails = [m for m in await outbox.envelope_mails(envelope.id) if m.kind is MailKind.COMPLETED]
+        if mails and all(m.state is not MailState.PENDING for m in mails):
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,20 @@ def _run(
     return result
 
 
-def test_demo_signs_five_documents_one_per_level_each_valid_at_its_level(tmp_path: Path) -> None:
+def test_demo_signs_six_documents_one_per_level_one_by_the_customer_each_valid(tmp_path: Path) -> None:
     from sfsign.documents.verify import validate_signed_pdf
 
     work = tmp_path / "work"  # kept, so the demo PKI's root can validate the files afterwards
     result = _run(["demo", "--work-dir", str(work)], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     pdfs = sorted((tmp_path / "demo-output").glob("*.pdf"))
-    assert len(pdfs) == 5, result.stdout
-    assert result.stdout.count(" Signed ") == 5, result.stdout
-    assert "5 of 5 documents signed" in result.stdout
+    assert len(pdfs) == 7, result.stdout  # six documents and the customer's certificate of completion
+    assert result.stdout.count(" Signed ") == 5 and result.stdout.count(" Completed ") == 1, result.stdout
+    assert "6 of 6 documents signed (1 of them by the customer too)" in result.stdout
+    # The customer's timeline, as the demo played them over HTTP from the embedded mailbox.
+    for event in ("invited", "viewed", "code_verified", "signed", "completed"):
+        assert re.search(rf"^  \d\d:\d\d:\d\d\.\d{{3}}  {event}\b", result.stdout, re.M), (event, result.stdout)
+    assert len(list((work / "daemon" / "mailbox").glob("*.eml"))) == 3  # invitation, code, completed copy
     levels = {}
     for pdf in pdfs:
         report = validate_signed_pdf(pdf.read_bytes(), [work / "pki" / "root-ca.pem"])

@@ -29,13 +29,13 @@ def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) 
     return result
 
 
-def test_demo_with_a_relative_work_dir_signs_all_five(tmp_path: Path) -> None:
+def test_demo_with_a_relative_work_dir_signs_all_six(tmp_path: Path) -> None:
     """Today: 0 of 5, every job "cannot read …/wd/wd/pki/signer.p12" (the absolute form is in test_cli)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_")}
     result = _cli(["demo", "--work-dir", "wd", "--output", "out"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 of 5 documents signed" in result.stdout
-    assert len(list((tmp_path / "out").glob("*.pdf"))) == 5
+    assert "6 of 6 documents signed" in result.stdout
+    assert len(list((tmp_path / "out").glob("*.pdf"))) == 7  # with the customer's certificate of completion
     assert (tmp_path / "wd" / "pki" / "signer.p12").is_file() and not (tmp_path / "wd" / "wd").exists()
 
 

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from envelope_paths import ANNA, CARA, EVIDENCE, KEYS, SIGNERS, T0, VISIT, job, outbox, people, sign
+from envelope_paths import ANNA, CARA, EVIDENCE, KEYS, SIGNERS, T0, VISIT, job, mails, outbox, people, sign
 
 from sfsign.outbox import Job, JobState, NewJob, Outbox, OutboxStore
 from sfsign.outbox.envelope_models import Envelope
 from sfsign.signing.lifecycle import DAY, EnvelopePolicy
-from sfsign.signing.model import AuthMethod, EnvelopeState, RecipientState
+from sfsign.signing.model import AuthMethod, EnvelopeState, MailKind, RecipientState
 
 NO_CODE = EnvelopePolicy(auth=AuthMethod.NONE)
 
@@ -199,3 +199,20 @@ def test_a_retried_envelope_job_resumes_where_nothing_is_signed_sent_or_uploaded
     assert store.requeue(store.mark_error(half, "x", "X").id).state is JobState.SIGNED
     uploaded = store.mark_envelope_uploaded(store.get(waiting.id), "068000000000002AAA")
     assert store.requeue(store.mark_error(uploaded, "x", "X").id).state is JobState.UPLOADED
+
+
+def test_the_completed_copies_fall_due_when_the_final_document_is_recorded(tmp_path: Path) -> None:
+    """They were queued with the last signature and wait (backing off) for the final PDF; recording it makes
+    them due at once and tells the mail loop, instead of leaving them to their retry time."""
+    store = outbox(tmp_path)
+    waiting, env = _sent(store, (ANNA,))
+    store.mark_recipient_signed(people(store, env)["Anna"].id, EVIDENCE, T0 + 60)
+    [copy] = mails(store, env, MailKind.COMPLETED)
+    store.mark_mail_failed(copy.id, "waiting: the completed document", time.time(), permanent=False)
+    assert store.next_mail(time.time()) is None  # backing off
+    seen = store.mails_queued
+    store.mark_envelope_completed(store.get(waiting.id), seal=None, sha256="ab" * 32, level="B-LTA",
+                                  validation="ok", archive_due=None, certificate_sha256="ef" * 32)
+    assert store.mails_queued > seen
+    due = store.next_mail(time.time())
+    assert due is not None and due.id == copy.id
