@@ -179,7 +179,7 @@ DEMO_CUSTOMER_RULE = """\
     values: ["Presented"]
     template: quote
     profile: seal-b-lt
-    file_name: "Signed quote {number} {date}.pdf"
+    file_name: "Quote {number} {date} for signature.pdf"
     terms:
       - Prices are exclusive of VAT unless stated otherwise.
     signers:
