@@ -15,10 +15,20 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import test_customer_signing_jobs as job_tests
+from e2e_support import REP, record_id, run_daemon
 from signing_site import ABOUT, ANNA, CARA, KEYS, T0, Site, contract_pdf, signing_site
+from test_customer_signing_jobs import ACME, ONE_SIGNER_OTP_SEALED_AFTER, STAGE, _completed
 
+from sfsign.commands.demo import MAILBOX
+from sfsign.config import Rules, Settings
+from sfsign.emulator.control_client import ControlClient
+from sfsign.localmail.mailbox import Mailbox
+from sfsign.localpki.pki import DemoPki
+from sfsign.localpki.pkiserver import PkiServices
 from sfsign.outbox import NewJob
 from sfsign.signing.lifecycle import EnvelopePolicy
 from sfsign.signing.listener import write_about
@@ -59,6 +69,10 @@ def chrome(tmp_path: Path) -> Iterator[WebDriver]:
 def _document_swapped(error: Exception) -> bool:
     """Chromium replaced the document between finding the button and pressing it: the press never landed."""
     return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
+
+
+# The daemon with a signer rule, as the job tests run it (their fixtures, used here by name).
+services_pki, rules, settings = job_tests.services_pki, job_tests.rules, job_tests.settings
 
 
 class Person:
@@ -221,3 +235,38 @@ async def _more_states(person: Person, site: Site) -> None:
     await person.open("/s/this-is-not-a-link")
     assert await person.state() == "unknown"
     await person.shot("unknown-link")
+
+
+@pytest.mark.parametrize("rules", [ONE_SIGNER_OTP_SEALED_AFTER], indirect=True)
+async def test_a_person_signs_from_the_invitation_mail_in_chromium(
+    tmp_path: Path, chrome: WebDriver, settings: Settings, rules: Rules, control: ControlClient,
+    services_pki: tuple[DemoPki, PkiServices, str],
+) -> None:
+    """The whole way a customer goes, in the browser: the stage change sends the invitation through the
+    daemon's relay; the person opens the link in the stored .eml, asks for a code, types the one from the next
+    .eml, signs; the page says completed, and the record shows it."""
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    opportunity = await record_id(control, "Opportunity", ACME)
+    claire = "claire.lefevre@acme-industries.example"
+    async with run_daemon(settings, rules) as daemon:
+        mailbox = Mailbox(daemon.settings.data_dir / MAILBOX)
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        invitation = await asyncio.to_thread(mailbox.wait_for, lambda m: claire in m.recipients, timeout_s=90)
+        [link] = [u for u in invitation.links if "/s/" in u]
+        person = Person(chrome, SimpleNamespace(url=""), shots)  # full links: no base to prepend
+        await person.open(link)
+        assert await person.state() == "code"
+        await person.click("Send me a code")
+        code_mail = await asyncio.to_thread(
+            mailbox.wait_for, lambda m: claire in m.recipients and m.one_time_code is not None, timeout_s=30)
+        await person.type("code", str(code_mail.one_time_code))
+        await person.click("Confirm code")
+        assert await person.state() == "sign"
+        await person.type("name", "Claire Lefèvre")
+        await person.tick("consent")
+        await person.click("Sign")
+        assert await person.state() == "completed"
+        await person.shot("from-mail-completed")
+        record = await _completed(control, opportunity)
+        assert record["Sign_Progress__c"] == "1 of 1 signed"
