@@ -51,6 +51,7 @@ from sfsign.salesforce.names import (
     STATUS_SENT,
     STATUS_VIEWED,
     STATUS_VOIDED,
+    Record,
 )
 from sfsign.salesforce.record_fields import (
     EXPIRY_FIELDS,
@@ -118,15 +119,18 @@ def record_write(view: MirrorView, rules: Rules) -> WriteBack:
     return WriteBack(envelope.sobject, envelope.record_id, fields)
 
 
-def notification_text(view: MirrorView, stage: str | None) -> tuple[str, str]:
-    """The owner's notification: title and body (cut to the action's limits by the client)."""
+def notification_text(view: MirrorView, stage: str | None, shown: object = None) -> tuple[str, str]:
+    """The owner's notification: title and body (cut to the action's limits by the client). `stage`: the
+    rule's `on_expiry` value; `shown`: what the record's field holds now (the move may have been refused)."""
     envelope = view.envelope
     what = view.file_title or f"{envelope.sobject} {envelope.record_id}"
     if envelope.state is EnvelopeState.REFUSED:
         return (f"Signature declined: {what}",
                 f"{view.decliner or 'A signer'} declined to sign. Reason: {envelope.reason or '(none given)'}")
     if envelope.state is EnvelopeState.EXPIRED:
-        moved = f" The {EXPIRY_FIELDS[envelope.sobject]} is now {stage}." if stage else ""
+        field = EXPIRY_FIELDS[envelope.sobject]
+        moved = "" if not stage else f" The {field} is now {stage}." if shown == stage else (
+            f" The {field} could not be moved to {stage}: the record's {Record.ERROR} says why.")
         return (f"Signature request expired: {what}",
                 f"The invitation to sign expired with {progress_text(view.signed, view.total)}.{moved}")
     return (f"Signed by every signer: {what}",
@@ -264,24 +268,25 @@ class EnvelopeMirror:
             return
         rules = self.rules()
         for view in views:
-            await self._notify_one(view, owners.get(view.envelope.record_id), rules)
+            owner, shown = owners.get(view.envelope.record_id, (None, None))
+            await self._notify_one(view, owner, rules, shown)
 
-    async def _owners(self, views: list[MirrorView]) -> dict[str, str]:
-        """Record id → owner id, one query per object."""
+    async def _owners(self, views: list[MirrorView]) -> dict[str, tuple[str, object]]:
+        """Record id → (owner id, the value of the field an expiry moves), one query per object."""
         by_object: dict[str, list[str]] = {}
         for view in views:
             by_object.setdefault(view.envelope.sobject, []).append(view.envelope.record_id)
         objects = sorted(by_object)
         answers = await self.rest.query_many([owner_query(o, sorted(set(by_object[o]))) for o in objects])
-        owners: dict[str, str] = {}
-        for rows in answers:
+        owners: dict[str, tuple[str, object]] = {}
+        for obj, rows in zip(objects, answers, strict=True):
             for row in rows:
                 owner = owner_of(row)
                 if owner is not None:
-                    owners[str(row["Id"])] = owner
+                    owners[str(row["Id"])] = (owner, row.get(EXPIRY_FIELDS[obj]))
         return owners
 
-    async def _notify_one(self, view: MirrorView, owner: str | None, rules: Rules) -> None:
+    async def _notify_one(self, view: MirrorView, owner: str | None, rules: Rules, shown: object = None) -> None:
         envelope, now = view.envelope, self.clock.now()
         if owner is None:
             log.warning("no owner to notify of the envelope's outcome", transaction_id=envelope.transaction_id,
@@ -289,7 +294,7 @@ class EnvelopeMirror:
             await self.outbox.mark_notified(envelope.id, now, "the record has no owner sfsign can read")
             return
         stage = on_expiry_value(rules, view) if envelope.state is EnvelopeState.EXPIRED else None
-        title, body = notification_text(view, stage)
+        title, body = notification_text(view, stage, shown)
         try:
             await self.rest.send_notification(self.notification_type, [owner], title, body, envelope.record_id)
         except SalesforceError as exc:

@@ -160,7 +160,8 @@ def owner_query(sobject: str, record_ids: list[str]) -> str:
     """Who owns these records (the custom notification's recipient). A Quote has no owner in Salesforce: its
     opportunity's owner is the rep."""
     owner = "OwnerId" if sobject == "Opportunity" else "Opportunity.OwnerId"
-    return f"SELECT Id, {owner} FROM {sobject} WHERE Id IN {soql_id_list(record_ids)}"
+    # With the field an expiry moves: the notification says where the record is, not where it was meant to go.
+    return f"SELECT Id, {owner}, {EXPIRY_FIELDS[sobject]} FROM {sobject} WHERE Id IN {soql_id_list(record_ids)}"
 
 
 def owner_of(row: dict[str, Any]) -> str | None:

@@ -297,3 +297,7 @@ async def test_an_expiry_whose_stage_move_salesforce_refuses_is_written_expired_
             "(FIELD_CUSTOM_VALIDATION_EXCEPTION: Enter a Loss Reason to close as lost)")
         envelope = await o.outbox.envelope("tx-record-5")
         assert envelope is not None and envelope.synced_version == envelope.version
+        await until(lambda: _count_notifications(control, 1))
+        [note] = await control.notifications()  # it says where the record is, not where it was meant to go
+        assert note["body"] == ("The invitation to sign expired with 0 of 1 signed. The StageName could not be "
+                                "moved to Closed Lost: the record's Sign_Error__c says why.")
