@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -76,6 +77,8 @@ class _Handler:
         head = f"Return-Path: <{envelope.mail_from}>\r\n".encode()
         head += b"".join(f"Delivered-To: {rcpt}\r\n".encode() for rcpt in envelope.rcpt_tos)
         path = await asyncio.to_thread(self._owner.store, head + content)
+        if self._owner.after_store is not None:  # a test's hook: the message is kept, the 250 not yet sent
+            await asyncio.to_thread(self._owner.after_store, path)
         return f"250 2.0.0 Ok: queued as {path.stem}"
 
 
@@ -96,6 +99,8 @@ class LocalMailServer:
         self.credentials = credentials
         self.rejected_recipients: set[str] = set()
         self.deferred = False
+        #: Called with each stored message's path before the 250 goes out (tests: kill the sender right there).
+        self.after_store: Callable[[Path], None] | None = None
         self.port = port
         self._tls: ssl.SSLContext | None = None
         if cert_file is not None and key_file is not None:

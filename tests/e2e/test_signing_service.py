@@ -14,14 +14,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from e2e_support import cli_env, run_cli, run_daemon
+from e2e_support import REP, cli_env, record_id, run_cli, run_daemon
 
 from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, RULES_TEMPLATE, free_port
 from sfsign.config import Settings, load_rules
+from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox
 from sfsign.localmail.server import LocalMailServer, ServerSecurity
 from sfsign.localpki.pki import DemoPki
-from sfsign.outbox import NewJob
+from sfsign.outbox import NewJob, OutboxStore
 from sfsign.signing.lifecycle import EnvelopePolicy
 from sfsign.signing.model import MailKind, ResolvedSigner, SignerSource
 from sfsign.signing.tokens import LinkKeys
@@ -125,3 +126,80 @@ async def test_a_queued_invitation_goes_out_through_the_daemon_and_its_link_open
 @pytest.fixture(autouse=True)
 def _no_relay_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SFSIGN_SMTP_URL", raising=False)
+
+
+async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_same_message_id(
+        settings: Settings, pki: DemoPki, control: ControlClient, tmp_path: Path) -> None:
+    """`sfsign run` is killed (SIGKILL) after the relay stored the invitation and before its 250 reached the
+    daemon, so the outbox never committed it as sent. Restarted, the daemon sends it again: the customer's
+    mailbox holds it twice with one Message-ID (a mail client shows one message), the outbox one invitation
+    row, sent; one envelope, one recipient, and no other mail twice."""
+    path = _rules_with_signers(tmp_path, pki)
+    port = free_port()
+    quote = await record_id(control, "Quote", "Enterprise Upgrade - Angebot")
+    contact = (await control.query(f"SELECT Contact.Email FROM Quote WHERE Id = '{quote}'"))[0]["Contact"]["Email"]
+    with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
+        env = cli_env(settings, SFSIGN_RULES_FILE=str(path), SFSIGN_SMTP_URL=relay.url,
+                      SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
+                      SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
+                      SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
+        log = tmp_path / "daemon.log"
+        killed: list[int] = []
+
+        def kill_before_the_250(stored: Path) -> None:
+            if not killed and contact in stored.read_text(errors="replace"):
+                killed.append(first.pid)
+                os.killpg(first.pid, signal.SIGKILL)
+
+        relay.after_store = kill_before_the_250
+        first = await _start_run(env, log)
+        try:
+            await control.update("Quote", quote, {"Status": "Approved"}, user=REP)
+            try:
+                async with asyncio.timeout(WAIT_S * 2):
+                    code = await first.wait()
+            except TimeoutError:
+                raise AssertionError(f"not killed: {sorted(p.name for p in relay.directory.glob('*'))}\n"
+                                     + log.read_text()[-4000:]) from None
+            assert code == -signal.SIGKILL, log.read_text()[-3000:]
+            assert killed
+            relay.after_store = None
+            second = await _start_run(env, log)
+            try:
+                mailbox = Mailbox(relay.directory)
+                async with asyncio.timeout(WAIT_S * 2):
+                    while len(mailbox.to(contact)) < 2:
+                        assert second.returncode is None, log.read_text()[-3000:]
+                        await asyncio.sleep(0.1)
+                second.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(WAIT_S):
+                    assert await second.wait() == 0, log.read_text()[-3000:]
+            finally:
+                await _kill(second)
+        finally:
+            await _kill(first)
+    mails = Mailbox(relay.directory).to(contact)
+    assert len(mails) == 2 and mails[0].message_id == mails[1].message_id, [m.message_id for m in mails]
+    store = OutboxStore(settings.data_dir / "outbox.sqlite")
+    try:
+        [envelope] = store.envelopes()
+        assert len(store.recipients(envelope.id)) == 2  # the quote's contact now, the counter-signer later
+        invitations = [m for m in store.envelope_mails(envelope.id) if m.kind is MailKind.INVITATION]
+        assert [(m.message_id, m.state.value) for m in invitations] == [(mails[0].message_id, "sent")]
+    finally:
+        store.close()
+    sys.stdout.write(log.read_text())  # into the capture the secret scan reads
+
+
+async def _start_run(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sfsign.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
