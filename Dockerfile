@@ -25,12 +25,12 @@ FROM ${PYTHON_IMAGE}
 # SoftHSM2 only for trying PKCS#11 keys without a real HSM: `--build-arg WITH_SOFTHSM=1`. A real HSM
 # vendor's PKCS#11 library is mounted (or added in a derived image) and named in the rules file.
 ARG WITH_SOFTHSM=0
+# poppler-utils: pdftocairo and pdfinfo draw the document's pages for the signing pages (customer signing).
 # hadolint ignore=DL3008
-RUN if [ "$WITH_SOFTHSM" = "1" ]; then \
-        apt-get update \
-        && apt-get install -y --no-install-recommends softhsm2 \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends poppler-utils \
+    && if [ "$WITH_SOFTHSM" = "1" ]; then apt-get install -y --no-install-recommends softhsm2; fi \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 sfsign \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin sfsign \
@@ -48,11 +48,14 @@ ENV PATH=/opt/sfsign/bin:$PATH \
     SFSIGN_RULES_FILE=/config/rules.yaml \
     SFSIGN_LOG_FORMAT=json \
     SFSIGN_OPS_HOST=0.0.0.0 \
-    SFSIGN_OPS_PORT=8787
+    SFSIGN_OPS_PORT=8787 \
+    SFSIGN_SIGNING_HOST=0.0.0.0 \
+    SFSIGN_SIGNING_PORT=8788
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 8787
+# 8787: /healthz, /readyz, /metrics (never public); 8788: the signing pages (behind the TLS proxy).
+EXPOSE 8787 8788
 # /healthz answers while the process and its event loop do; slim images have no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SFSIGN_OPS_PORT', '8787') + '/healthz', timeout=4)"]
