@@ -22,10 +22,10 @@ COPY sfsign ./sfsign
 RUN pip wheel --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
-# poppler-utils: the signing pages show each page of the document as an image rendered by pdftocairo.
 # SoftHSM2 only for trying PKCS#11 keys without a real HSM: `--build-arg WITH_SOFTHSM=1`. A real HSM
 # vendor's PKCS#11 library is mounted (or added in a derived image) and named in the rules file.
 ARG WITH_SOFTHSM=0
+# poppler-utils: pdftocairo and pdfinfo draw the document's pages for the signing pages (customer signing).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends poppler-utils \
@@ -49,11 +49,12 @@ ENV PATH=/opt/sfsign/bin:$PATH \
     SFSIGN_LOG_FORMAT=json \
     SFSIGN_OPS_HOST=0.0.0.0 \
     SFSIGN_OPS_PORT=8787 \
-    SFSIGN_SIGNING_HOST=0.0.0.0
+    SFSIGN_SIGNING_HOST=0.0.0.0 \
+    SFSIGN_SIGNING_PORT=8788
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-# 8787: the ops endpoint (health, metrics); 8788: the signing pages customers open (behind your proxy).
+# 8787: /healthz, /readyz, /metrics (never public); 8788: the signing pages (behind the TLS proxy).
 EXPOSE 8787 8788
 # /healthz answers while the process and its event loop do; slim images have no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
