@@ -154,6 +154,7 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
         relay.after_store = kill_before_the_250
         first = await _start_run(env, log)
         try:
+            await _subscribed(first, log)  # the stage change must come after: a first start reads new events
             await control.update("Quote", quote, {"Status": "Approved"}, user=REP)
             try:
                 async with asyncio.timeout(WAIT_S * 2):
@@ -196,6 +197,13 @@ async def _start_run(env: dict[str, str], log: Path) -> asyncio.subprocess.Proce
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sfsign.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+
+async def _subscribed(proc: asyncio.subprocess.Process, log: Path) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while '"ready: subscribed"' not in log.read_text():
+            assert proc.returncode is None, log.read_text()[-3000:]
+            await asyncio.sleep(0.1)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
