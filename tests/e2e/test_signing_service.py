@@ -201,8 +201,8 @@ async def _start_run(env: dict[str, str], log: Path) -> asyncio.subprocess.Proce
 
 async def _subscribed(proc: asyncio.subprocess.Process, log: Path) -> None:
     async with asyncio.timeout(WAIT_S):
-        while '"ready: subscribed"' not in log.read_text():
-            assert proc.returncode is None, log.read_text()[-3000:]
+        while '"ready: subscribed"' not in (text := await asyncio.to_thread(log.read_text)):
+            assert proc.returncode is None, text[-3000:]
             await asyncio.sleep(0.1)
 
 
