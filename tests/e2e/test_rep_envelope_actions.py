@@ -13,6 +13,7 @@ from typing import Any
 
 from e2e_support import REP, record_id, run_daemon
 
+from sfsign.commands.demo import local_relay
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
@@ -82,6 +83,13 @@ async def test_resend_and_void_from_salesforce_act_on_the_live_envelope_and_noth
     async def record() -> dict[str, Any]:
         return await control.get("Opportunity", opportunity, ["Sign_Status__c", "Sign_Error__c"])
 
+    # The outbox holds a live envelope: the daemon needs a relay (it sends the invitations, then the resent ones).
+    with local_relay(settings) as (settings, _relay):
+        await _rep_acts(settings, rules, control, opportunity, rep, request, record)
+
+
+async def _rep_acts(settings: Settings, rules: Rules, control: ControlClient, opportunity: str, rep: dict[str, Any],
+                    request: Any, record: Any) -> None:
     async with run_daemon(settings, rules) as daemon:
         await _until(lambda: _status(record, "Sent"))
         envelope = await daemon.outbox.envelope(TX)
@@ -89,7 +97,8 @@ async def test_resend_and_void_from_salesforce_act_on_the_live_envelope_and_noth
 
         await request(Action__c="Resend")
         counts = await _until(lambda: _resent(daemon, envelope))
-        assert counts[MailState.PENDING] == 2 and counts[MailState.CANCELLED] == 2, "each signer's invitation again"
+        # Each signer's invitation again: two more rows (an earlier one the relay had not taken yet is cancelled).
+        assert counts[MailState.PENDING] + counts[MailState.SENT] >= 2 and counts[MailState.REJECTED] == 0, counts
         reminded = await _until(lambda: _at_least(control, opportunity, "reminded", 2))
         assert all(f"sent again by rep {rep['Id']}" in r["Detail__c"] for r in reminded)
 
@@ -129,7 +138,7 @@ async def _noted(record: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, A
 
 async def _resent(daemon: Daemon, envelope: Envelope) -> dict[MailState, int] | None:
     counts = await _invitations(daemon, envelope)
-    return counts if counts[MailState.CANCELLED] == 2 else None
+    return counts if sum(counts.values()) == 4 else None
 
 
 async def _at_least(control: ControlClient, opportunity: str, event_type: str, count: int) -> list[dict[str, Any]]:

@@ -122,7 +122,11 @@ async def test_run_refuses_an_expiry_stage_a_role_and_a_user_the_org_lacks(
         assert expected in str(refused.value), (expected, str(refused.value))
     assert [c.name for c in refused.value.checks] == ["rule signers"], "the quote rule's signers exist"
 
-    ran = await asyncio.to_thread(run_cli, ["run"], settings, timeout=90.0, SFSIGN_RULES_FILE=str(path))
+    # A relay is set (never reached: the start is refused first), so the refusal is the rules' alone.
+    ran = await asyncio.to_thread(run_cli, ["run"], settings, timeout=90.0, SFSIGN_RULES_FILE=str(path),
+                                  SFSIGN_SMTP_URL="smtp+insecure://127.0.0.1:9",
+                                  SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>")
     assert ran.returncode == 3, ran.stdout + ran.stderr
     assert "sfsign: refusing to start" in ran.stderr and "'Closed Lots'" in ran.stderr, ran.stderr
+    assert "mail relay" not in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr
