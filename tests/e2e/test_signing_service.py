@@ -72,15 +72,9 @@ async def test_sfsign_run_serves_the_signing_pages_until_sigterm(settings: Setti
     path = _rules_with_signers(tmp_path, pki)
     port = free_port()
     with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
-        env = cli_env(settings, SFSIGN_RULES_FILE=str(path), SFSIGN_SMTP_URL=relay.url,
-                      SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
-                      SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
-                      SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
+        env = _run_env(settings, path, relay, port, tmp_path)
         log = tmp_path / "daemon.log"
-        with log.open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sfsign.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        proc = await _start_run(env, log)
         try:
             async with asyncio.timeout(WAIT_S):
                 while (status := await _answer(f"http://127.0.0.1:{port}/s/no-such-link")) is None:
@@ -92,10 +86,7 @@ async def test_sfsign_run_serves_the_signing_pages_until_sigterm(settings: Setti
                 assert await proc.wait() == 0, log.read_text()[-3000:]
             assert await _answer(f"http://127.0.0.1:{port}/s/no-such-link") is None
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+            await _kill(proc)
     sys.stdout.write(log.read_text())  # into the capture the secret scan reads
 
 
@@ -139,10 +130,7 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
     quote = await record_id(control, "Quote", "Enterprise Upgrade - Angebot")
     contact = (await control.query(f"SELECT Contact.Email FROM Quote WHERE Id = '{quote}'"))[0]["Contact"]["Email"]
     with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
-        env = cli_env(settings, SFSIGN_RULES_FILE=str(path), SFSIGN_SMTP_URL=relay.url,
-                      SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
-                      SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
-                      SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
+        env = _run_env(settings, path, relay, port, tmp_path)
         log = tmp_path / "daemon.log"
         killed: list[int] = []
 
@@ -190,6 +178,14 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
     finally:
         store.close()
     sys.stdout.write(log.read_text())  # into the capture the secret scan reads
+
+
+def _run_env(settings: Settings, rules_file: Path, relay: LocalMailServer, port: int, tmp_path: Path) -> dict[str, str]:
+    """`sfsign run`'s environment: the rules with signers, the test's relay, the signing pages on `port`."""
+    return cli_env(settings, SFSIGN_RULES_FILE=str(rules_file), SFSIGN_SMTP_URL=relay.url,
+                   SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
+                   SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
+                   SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
 
 
 async def _start_run(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
