@@ -177,8 +177,9 @@ async def settled_api_calls(control: ControlClient, *, quiet_s: float = 7.0, cap
 class DaemonProcess:
     """`python -m sfsign.cli run` with a fresh data directory; its output goes to a log file."""
 
-    def __init__(self, stack: Stack, name: str) -> None:
+    def __init__(self, stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> None:
         self.stack = stack
+        self.extra_env = extra_env or {}
         self.data_dir = stack.work / f"daemon-{name}"
         self.log_path = stack.work / f"daemon-{name}.log"
         self._log: IO[bytes] | None = None
@@ -230,6 +231,7 @@ class DaemonProcess:
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
         env = self.stack.daemon_env(self.data_dir)
         env["SFSIGN_OPS_PORT"] = str(self.ops_port)
+        env.update(self.extra_env)
         return subprocess.Popen(
             [sys.executable, *prefix, "-m", "sfsign.cli", "run"], env=env,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stack.work,
@@ -267,8 +269,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(stack: Stack, name: str, *, warmup_s: float) -> AsyncIterator[DaemonProcess]:
-    daemon = DaemonProcess(stack, name)
+async def running_daemon(stack: Stack, name: str, *, warmup_s: float,
+                         extra_env: dict[str, str] | None = None) -> AsyncIterator[DaemonProcess]:
+    daemon = DaemonProcess(stack, name, extra_env)
     try:
         await daemon.start(warmup_s=warmup_s)
         yield daemon
