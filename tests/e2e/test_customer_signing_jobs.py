@@ -63,6 +63,14 @@ TWO_SIGNERS = """\
         - [{contact_role: primary}]
         - [{contact_role: "Technical Buyer"}]
 """
+TWO_IN_PARALLEL = """\
+    signers:
+      authentication: none
+      order: parallel
+      steps:
+        - [{contact_role: primary}]
+        - [{contact_role: "Technical Buyer"}]
+"""
 RECORD_FIELDS = ["Sign_Status__c", "Sign_Progress__c", "Sign_Completed_At__c", "Signed_Document_Id__c",
                  "Signed_Document_Url__c", "Sign_Document_Hash__c", "Sign_Level__c", "Sign_Error__c",
                  "Sign_Transaction_Id__c", "Signed_At__c", "Sign_Timestamp__c"]
@@ -282,6 +290,28 @@ async def test_two_signers_in_sequence_each_signature_once_even_when_its_step_ru
                                  ("SellerSignature", "CustomerSignature", "CustomerSignature2"), 2)
         assert _signature_order(pdf) == ["SellerSignature", "CustomerSignature", "CustomerSignature2"]
         assert pdf.startswith(after_first)  # the second signature is an increment on the first
+
+
+@pytest.mark.parametrize("rules", [TWO_IN_PARALLEL], indirect=True)
+async def test_two_signers_in_parallel_are_invited_at_once_and_sign_in_either_order(
+    settings: Settings, rules: Rules, control: ControlClient, rest: SalesforceRest,
+    services_pki: tuple[DemoPki, PkiServices, str],
+) -> None:
+    opportunity = await record_id(control, "Opportunity", ACME)
+    async with run_daemon(settings, rules) as daemon:
+        await control.update("Opportunity", opportunity, {"StageName": STAGE}, user=REP)
+        job = await _job_in(daemon, (JobState.AWAITING_SIGNATURES,))
+        envelope, [claire, thomas] = await _envelope(daemon, job)
+        invited = [m.recipient_id for m in await daemon.outbox.envelope_mails(envelope.id)
+                   if m.kind is MailKind.INVITATION]
+        assert sorted(invited) == sorted([claire.id, thomas.id])  # both at once, once each
+        await _sign(daemon, thomas)  # the second in the list signs first: nobody waits for anybody
+        await _applied(daemon, thomas)
+        await _sign(daemon, claire)
+        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+                                 ("SellerSignature", "CustomerSignature", "CustomerSignature2"), 2)
+        # Each signature in its signer's own field, applied in the order they signed.
+        assert _signature_order(pdf) == ["SellerSignature", "CustomerSignature2", "CustomerSignature"]
 
 
 async def test_a_refusal_ends_the_job_and_puts_no_file_on_the_record(
