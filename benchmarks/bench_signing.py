@@ -24,6 +24,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ from _support import (
     step,
 )
 
+from sfsign.commands.demo import free_port
 from sfsign.localmail.mailbox import Mailbox
 from sfsign.localmail.server import LocalMailServer, ServerSecurity
 
@@ -114,8 +116,7 @@ async def _full_ms(client: httpx.AsyncClient, url: str) -> float:
     return (time.monotonic() - start) * 1000
 
 
-async def _until(predicate: object, timeout_s: float) -> None:
-    assert callable(predicate)
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not await predicate():
         if time.monotonic() > deadline:
@@ -132,7 +133,7 @@ async def run(records: int, burst: int) -> dict[str, object]:
             lone_ids = await create_opportunities(stack.control, records, "Signing lone")
             burst_ids = await create_opportunities(stack.control, burst, "Signing burst")
         with LocalMailServer(work / "relay", security=ServerSecurity.PLAIN) as relay:
-            port = _free_port()
+            port = free_port()
             env = {"SFSIGN_SMTP_URL": relay.url,
                    "SFSIGN_MAIL_FROM": "Northwind Contracts <contracts@northwind.example>",
                    "SFSIGN_SIGNING_PORT": str(port), "SFSIGN_SIGNING_URL": f"http://127.0.0.1:{port}",
@@ -212,14 +213,6 @@ def _summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"n": len(ordered), "p50 ms": round(percentile(ordered, 50), 1), "p90 ms": round(percentile(ordered, 90), 1),
             "max ms": round(ordered[-1], 1)}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
 from sfsign.signing.lifecycle import Clock, SystemClock
-from sfsign.signing.tokens import LinkKeys
+from sfsign.signing.tokens import LinkKeyError, LinkKeys
 from sfsign.worker import Worker, WorkerConfig
 from sfsign.worker_config import message_domain
 
@@ -125,7 +125,8 @@ class Daemon:
         self.clock: Clock = SystemClock()
         self.envelope_mirror: EnvelopeMirror | None = None
         self.envelope_due: EnvelopeDue | None = None
-        self.signing: SigningService | None = None  # the signing pages and the mail loop, when customers sign
+        self.signing: SigningService | None = None
+        self._keys: LinkKeys | None = None  # the signing pages and the mail loop, when customers sign
 
     @property
     def ops_port(self) -> int | None:
@@ -273,7 +274,7 @@ class Daemon:
             retry_for_s=settings.retry_for_h * 3600, backoff_base_s=settings.retry_base_s,
             backoff_cap_s=settings.retry_cap_s, multi_currency=settings.multi_currency,
             ltv_delay_s=settings.ltv_delay_s, artifact_grace_s=settings.artifact_grace_s,
-            link_keys=LinkKeys.load(settings.data_dir), message_domain=message_domain(settings.mail_from),
+            link_keys=self._link_keys(), message_domain=message_domain(settings.mail_from),
         )
         return Worker(
             outbox=self.outbox, rest=rest, rules=self.rules, cpu_pool=pool, config=config,
@@ -331,6 +332,16 @@ class Daemon:
             Part("api-usage", partial(record_api_usage, self.outbox, lambda: rest.api_usage, stop)),
         ]
 
+    def _link_keys(self) -> LinkKeys:
+        """The signing links' key, read once for the worker (which makes the links) and the signing pages and
+        mail loop (which check and send them); an unusable configured key is a configuration error."""
+        if self._keys is None:
+            try:
+                self._keys = LinkKeys.load(self.settings.data_dir)
+            except LinkKeyError as exc:
+                raise ConfigError(str(exc)) from None
+        return self._keys
+
     async def _signing_parts(self) -> list[Part]:
         """The signing pages and the mail loop, when customers sign (`sfsign.signing.service.needed`). Both
         stop with the new work: the pages close before the worker drains."""
@@ -345,7 +356,8 @@ class Daemon:
 
             refuse_on_failures([relay_missing("the outbox holds live envelopes or queued mails")])
             return []
-        self.signing = SigningService(self.outbox, self.settings, relay, self._current_rules, counters=self.metrics,
+        self.signing = SigningService(self.outbox, self.settings, relay, self._current_rules, self._link_keys(),
+                                      counters=self.metrics,
                                       stop=self._stop)
         return [Part("signing-pages", self.signing.pages, close=self.signing.close_pages),
                 Part("mail", self.signing.mail, drain=self.signing.drain_mail)]

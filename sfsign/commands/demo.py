@@ -357,12 +357,10 @@ async def run_scenario(
         for row in pending:
             row.status = "Timeout"
         if signer is not None:
-            if not signer.done():
-                signer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                problem = signer.exception()
-                if problem is not None and not rows[-1].error:
-                    rows[-1].error = f"the demo customer could not sign: {problem}"
+            signer.cancel()  # a customer still waiting at the timeout (done: no effect)
+            [problem] = await asyncio.gather(signer, return_exceptions=True)
+            if isinstance(problem, Exception) and not rows[-1].error:
+                rows[-1].error = f"the demo customer could not sign: {problem}"
             if rows[-1].status == STATUS_COMPLETED:
                 await completed_copy_sent(daemon.outbox, rows[-1].transaction_id)
             rows[-1].timeline = await timeline(daemon.outbox, rows[-1].transaction_id)

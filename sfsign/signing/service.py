@@ -20,14 +20,14 @@ from collections.abc import Callable
 
 import structlog
 
-from sfsign.config import ConfigError, Rules, Settings
+from sfsign.config import Rules, Settings
 from sfsign.config.smtp import SmtpRelay
 from sfsign.outbox.async_face import Outbox
 from sfsign.private_files import private_dir
 from sfsign.signing.listener import SigningListener, start_listener
 from sfsign.signing.mailer import Mailer
 from sfsign.signing.postman import MailCounters, Postman, PostmanConfig
-from sfsign.signing.tokens import LinkKeyError, LinkKeys
+from sfsign.signing.tokens import LinkKeys
 
 log = structlog.get_logger("sfsign.signing")
 
@@ -48,12 +48,9 @@ async def needed(rules: Rules, outbox: Outbox) -> bool:
 class SigningService:
     """The listener and the postman of one daemon; `pages` and `mail` are its two parts' entry points."""
 
-    def __init__(self, outbox: Outbox, settings: Settings, relay: SmtpRelay, rules: Callable[[], Rules], *,
-                 counters: MailCounters | None = None, stop: asyncio.Event | None = None) -> None:
-        try:
-            self.keys = LinkKeys.load(settings.data_dir)
-        except LinkKeyError as exc:
-            raise ConfigError(str(exc)) from None
+    def __init__(self, outbox: Outbox, settings: Settings, relay: SmtpRelay, rules: Callable[[], Rules],
+                 keys: LinkKeys, *, counters: MailCounters | None = None, stop: asyncio.Event | None = None) -> None:
+        self.keys = keys  # the daemon's, which the worker makes the links with
         self.outbox = outbox
         self.settings = settings
         self.artifacts_dir = settings.data_dir / "artifacts"
