@@ -89,6 +89,7 @@ LAYERS: dict[str, int] = {
     "sfsign.salesforce.names": 10,
     "sfsign.signing.model": 10,  # envelope and recipient states, shared by rules, outbox, mailer, listener
     "sfsign.metadata": 10,
+    "sfsign.pubsub_proto.*": 10,  # Salesforce's Pub/Sub proto and its generated stubs, shared with the emulator
     "sfsign.aio": 10,
     "sfsign.private_files": 10,
     "sfsign": 10,  # the package itself: __version__
@@ -97,7 +98,9 @@ LAYERS: dict[str, int] = {
 #: Parts that may import only the listed modules of sfsign (besides their own).
 ONLY_IMPORTS: dict[str, frozenset[str]] = {
     # The emulator plays Salesforce; sharing the daemon's code would let the two agree on a mistake.
-    "sfsign.emulator.*": frozenset({"sfsign.metadata"}),
+    # Salesforce's own Pub/Sub contract (the proto and its stubs) is the wire, not our code.
+    "sfsign.emulator.*": frozenset({"sfsign.metadata", "sfsign.pubsub_proto", "sfsign.pubsub_proto.pubsub_api_pb2",
+                                    "sfsign.pubsub_proto.pubsub_api_pb2_grpc"}),
 }
 
 #: Sideways arrows between parts of one rank, allowed on purpose: (importer's pattern, imported pattern).

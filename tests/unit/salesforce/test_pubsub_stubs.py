@@ -1,0 +1,40 @@
+"""The Pub/Sub stubs in the repository are exactly what grpcio-tools makes of Salesforce's proto, and the
+proto is Salesforce's file unchanged (its service and messages as the published contract names them)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sfsign.pubsub_proto import pubsub_api_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[3]
+PACKAGE = ROOT / "sfsign" / "pubsub_proto"
+GENERATED = ("pubsub_api_pb2.py", "pubsub_api_pb2.pyi", "pubsub_api_pb2_grpc.py")
+
+
+def test_checked_in_stubs_are_what_grpcio_tools_generates(tmp_path: Path) -> None:
+    target = tmp_path / "sfsign" / "pubsub_proto"
+    target.mkdir(parents=True)
+    shutil.copy(PACKAGE / "pubsub_api.proto", target)
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--pyi_out=.",
+         "--grpc_python_out=.", "sfsign/pubsub_proto/pubsub_api.proto"],
+        cwd=tmp_path, check=True,
+    )
+    for name in GENERATED:
+        assert (target / name).read_text() == (PACKAGE / name).read_text(), f"{name} is stale: regenerate it"
+
+
+def test_the_proto_is_salesforces_eventbus_v1_contract() -> None:
+    service = pb.DESCRIPTOR.services_by_name["PubSub"]
+    assert service.full_name == "eventbus.v1.PubSub"
+    assert {m.name for m in service.methods} == {
+        "Subscribe", "GetSchema", "GetTopic", "Publish", "PublishStream", "ManagedSubscribe"}
+    fetch = pb.FetchRequest.DESCRIPTOR.fields_by_name
+    assert [(f, fetch[f].number) for f in ("topic_name", "replay_preset", "replay_id", "num_requested",
+                                           "auth_refresh")] == [
+        ("topic_name", 1), ("replay_preset", 2), ("replay_id", 3), ("num_requested", 4), ("auth_refresh", 5)]
+    assert pb.ReplayPreset.Value("LATEST") == 0 and pb.ReplayPreset.Value("CUSTOM") == 2
