@@ -119,6 +119,9 @@ async def test_b_lt_with_a_chain_naming_no_ocsp_or_crl_stops_run(
     result = await asyncio.to_thread(_run, settings, path)
     _assert_refused(result, "FAIL  revocation data", "profile 'company-seal' is level B-LT",
                     "name no OCSP responder and no CRL", "fix: set `level: B-T` in profile 'company-seal'")
+    checked = await asyncio.to_thread(_check, settings, path)
+    assert checked.returncode == 1, checked.stdout
+    assert "FAIL  revocation data" in checked.stdout and "name no OCSP responder and no CRL" in checked.stdout
 
 
 async def test_a_signing_key_file_that_cannot_be_read_stops_run_with_exit_code_3(
