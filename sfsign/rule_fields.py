@@ -69,11 +69,17 @@ def record_type_problems(rules: Rules, sobject: str, describe: Mapping[str, Any]
     return problems
 
 
-def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
-    """What in the rules for `sobject` does not match the org's describe of it, each with line and fix."""
-    fields = {str(f.get("name")): f for f in describe.get("fields") or [] if isinstance(f, Mapping)}
+def _fields(describe: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(f.get("name")): f for f in describe.get("fields") or [] if isinstance(f, Mapping)}
+
+
+def watch_problems(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
+    """The rules for `sobject` whose watched field the org lacks (or hides) or whose trigger values its picklist
+    lacks, each with line and fix: such a rule would start "ready" and never fire. The one place this is
+    judged, for `check`, `run` and a reload alike (record types are `record_type_problems`)."""
+    fields = _fields(describe)
     by_lower = {name.lower(): name for name in fields}
-    problems: list[str] = []  # record types are their own check (check._record_types_check)
+    problems: list[str] = []
     for rule in rules.for_object(sobject):
         field = fields.get(rule.field)
         if field is None:
@@ -88,6 +94,15 @@ def problems_in_describe(rules: Rules, sobject: str, describe: Mapping[str, Any]
             )
             continue
         problems += _value_problems(rules, rule.name, field, rule.values)
+    return problems
+
+
+def template_field_problems(rules: Rules, sobject: str, describe: Mapping[str, Any]) -> list[str]:
+    """The fields the rules for `sobject` list for their templates (`fields:`) that the org lacks, hides or
+    cannot give as one value, each with line and fix; a parent's field is left to a query."""
+    fields = _fields(describe)
+    by_lower = {name.lower(): name for name in fields}
+    problems: list[str] = []
     for rule in rules.for_object(sobject):
         for name in rule.fields:
             if "." in name:

@@ -17,7 +17,7 @@ from sfsign.check.signers import check_signers
 from sfsign.config import SFSIGN_OWNED_FIELDS, Rules, Settings
 from sfsign.connections import SalesforceSession
 from sfsign.metadata import MetadataError, load_schema
-from sfsign.rule_fields import problems_in_describe
+from sfsign.rule_fields import template_field_problems, watch_problems
 from sfsign.salesforce.errors import AuthError, SalesforceError
 from sfsign.salesforce.names import File, SignatureEvent, SignRequest
 from sfsign.salesforce.notifications import NotificationTypeMissing
@@ -233,25 +233,8 @@ async def check_notification_type(rest: SalesforceRest, developer_name: str) -> 
     return ok(NOTIFICATION_CHECK, f"{ntype.developer_name} ({ntype.label}, {ntype.id})")
 
 
-def rule_value_problems(rules: Rules, sobject: str, fields: dict[str, dict[str, Any]]) -> list[str]:
-    """A rule waiting for a value its picklist does not have never fires: a typo would look "ready" forever."""
-    problems = []
-    for rule in rules.for_object(sobject):
-        field = fields.get(rule.field)
-        if field is None:
-            problems.append(f"rule {rule.name}: field {rule.field} does not exist "
-                            "(or is not visible to the integration user)")
-            continue
-        allowed = {v.get("value") for v in field.get("picklistValues") or []}
-        missing = [v for v in rule.values if allowed and v not in allowed]
-        if missing:
-            problems.append(f"rule {rule.name}: {rule.field} has no value {', '.join(map(repr, missing))}"
-                            f" (the org's values: {', '.join(sorted(map(repr, allowed - {None})))})")
-    return problems
-
-
-RULE_VALUES_FIX = ("correct the rule's values to the picklist's API values (rules file), "
-                   "or add the value to the picklist")
+RULE_VALUES_FIX = ("correct the rule's values to the picklist's API values, or its field to the org's API "
+                   "name, at the lines named (rules file); or add the value to the picklist")
 
 
 RULE_FIELDS_FIX = "correct the rules file at the lines named, or deploy the fields"
@@ -273,15 +256,14 @@ async def check_rules(rest: SalesforceRest, rules: Rules) -> list[Check]:
                 raise  # an outage says nothing about the rules: the caller waits it out or reports it
             out.append(fail(f"rules on {sobject}", str(exc), f"give the integration user access to {sobject}"))
             continue
-        fields = {f["name"]: f for f in describe.get("fields", [])}
-        problems = rule_value_problems(rules, sobject, fields)
+        problems = watch_problems(rules, sobject, describe)
         if problems:
-            out.append(fail(f"rules on {sobject}", "; ".join(problems), RULE_VALUES_FIX))
+            out.append(fail(f"rules on {sobject}", "\n".join(problems), RULE_VALUES_FIX))
         else:
             out.append(ok(f"rules on {sobject}", "every rule's field and values exist"))
         if rules.uses_record_types(sobject):
             out.append(_record_types_check(rules, sobject, describe))
-        found = problems_in_describe(rules, sobject, describe)
+        found = template_field_problems(rules, sobject, describe)
         field_problems += found
         paths = [f for f in rules.fields_for(sobject) if "." in f]
         if paths and not found:

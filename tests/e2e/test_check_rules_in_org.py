@@ -41,6 +41,11 @@ async def test_check_reports_a_rule_value_the_picklist_lacks_once_not_per_check(
     path = _rules_file(tmp_path, pki, '["Proposal/Price Quote"]', '["Proposal/Price Qoute"]')
     checked = await asyncio.to_thread(run_cli, ["check"], settings, SFSIGN_RULES_FILE=str(path))
     assert checked.returncode == 1, checked.stdout + checked.stderr
-    problem = "rule opportunity-proposal: StageName has no value 'Proposal/Price Qoute'"
-    assert checked.stdout.count(problem) == 1, checked.stdout
-    assert "FAIL  rules on Opportunity" in checked.stdout
+    line = load_rules(path).lines[("opportunity-proposal", "values")]
+    problem = (f"{path}:{line}: rule 'opportunity-proposal': StageName has no active value 'Proposal/Price Qoute' "
+               "in this org; use one of: ")
+    assert problem in checked.stdout, checked.stdout
+    # One judgement of the watched field and its values (sfsign.rule_fields.watch_problems), one line: the
+    # typo is named once in all of check's output, under the rules of its object, not again as a rule field.
+    assert checked.stdout.count("'Proposal/Price Qoute'") == 1, checked.stdout
+    assert "FAIL  rules on Opportunity" in checked.stdout and "FAIL  rule fields" not in checked.stdout

@@ -9,7 +9,7 @@ these tests drive the client and the checks directly, and the CLI as ops would.
 from __future__ import annotations
 
 import pytest
-from e2e_support import record_id
+from e2e_support import record_id, run_daemon
 
 from sfsign.check import StartupRefused, render_failures
 from sfsign.check.org import check_access, check_notification_type, check_org
@@ -91,3 +91,20 @@ async def test_check_and_run_refuse_a_missing_type_and_check_names_the_new_field
     assert str(refused.value) == render_failures([checks["notification type"]])
     assert "fix: deploy salesforce-metadata/ (it holds the notification type)" in str(refused.value)
     assert not (settings.data_dir / "artifacts").exists()  # no worker ever started
+
+
+async def test_an_empty_notification_type_setting_is_not_checked_and_does_not_stop_run(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    """The type is checked only when one is configured (issue 12 part 1): an empty SFSIGN_NOTIFICATION_TYPE
+    means no notifications, so neither `check` nor `run` looks one up (a lookup of '' would find none and
+    refuse to start)."""
+    await control.post("/_control/users/access", {"user": settings.username, "permissionSets": ["sfsign_Integration"]})
+    none = settings.model_copy(update={"notification_type": ""})
+    async with SalesforceSession(none) as session:
+        checks = {c.name: c for c in await check_org(none, rules, session)}
+    skipped = checks["notification type"]
+    assert skipped.ok is None and "SFSIGN_NOTIFICATION_TYPE is empty: no custom notifications" in skipped.detail
+    assert not [c for c in checks.values() if c.ok is False], [c for c in checks.values() if c.ok is False]
+    async with run_daemon(none, rules) as daemon:
+        assert daemon.ready.is_set()

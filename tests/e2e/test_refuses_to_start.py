@@ -52,7 +52,7 @@ async def test_a_rule_value_missing_from_the_picklist_stops_run_as_check_reports
     typo = RULES_TEMPLATE.replace('["Proposal/Price Quote"]', '["Proposal/Price Qoute"]').format(
         p12=pki.signer_p12_path, root=pki.root_cert_pem_path, passphrase_env=PASSPHRASE_ENV)
     path = _write_rules(tmp_path, pki, typo)
-    problem = "rule opportunity-proposal: StageName has no value 'Proposal/Price Qoute'"
+    problem = "rule 'opportunity-proposal': StageName has no active value 'Proposal/Price Qoute' in this org"
 
     result = await asyncio.to_thread(_run, settings, path)
     _assert_refused(result, problem, "'Proposal/Price Quote'",
@@ -73,9 +73,9 @@ async def test_a_quote_status_missing_from_the_picklist_stops_run_too(
     path = _write_rules(tmp_path, pki, typo)
 
     result = await asyncio.to_thread(_run, settings, path)
-    _assert_refused(result, "rule quote-approved: Status has no value 'Aproved'", "'Approved'",
+    _assert_refused(result, "rule 'quote-approved': Status has no active value 'Aproved'", "'Approved'",
                     "fix: correct the rule's values to the picklist's API values")
-    assert "StageName has no value" not in result.stderr
+    assert "StageName has no active value" not in result.stderr
     assert not (settings.data_dir / "artifacts").exists()
 
 
@@ -119,6 +119,9 @@ async def test_b_lt_with_a_chain_naming_no_ocsp_or_crl_stops_run(
     result = await asyncio.to_thread(_run, settings, path)
     _assert_refused(result, "FAIL  revocation data", "profile 'company-seal' is level B-LT",
                     "name no OCSP responder and no CRL", "fix: set `level: B-T` in profile 'company-seal'")
+    checked = await asyncio.to_thread(_check, settings, path)
+    assert checked.returncode == 1, checked.stdout
+    assert "FAIL  revocation data" in checked.stdout and "name no OCSP responder and no CRL" in checked.stdout
 
 
 async def test_a_signing_key_file_that_cannot_be_read_stops_run_with_exit_code_3(

@@ -1,4 +1,4 @@
-"""Exactly one document per trigger does not rest on the local outbox alone: a trigger replayed into an
+"""Exactly one document per trigger does not rest on the local outbox alone: a trigger replayed or reconciled into an
 outbox that no longer knows its job (a restored backup, purged rows, a fresh data directory) finds the File
 by transaction id in Salesforce and signs nothing again. Real daemon, real SQLite file, emulator over HTTPS."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
@@ -17,6 +17,9 @@ TRIGGER = {"StageName": "Proposal/Price Quote"}
 
 
 OUTBOX_FILES = ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm")
+# What the write-back puts on the record: cleared, the record looks as if it never arrived.
+WRITTEN_BACK = ("Sign_Status__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c", "Signed_Document_Url__c",
+                "Signed_At__c", "Sign_Error__c", "Sign_Document_Hash__c", "Sign_Level__c")
 
 
 async def test_a_trigger_replayed_into_a_restored_outbox_finds_the_file_and_does_not_sign_again(
@@ -59,3 +62,33 @@ async def test_a_trigger_replayed_into_a_restored_outbox_finds_the_file_and_does
     assert "already in Salesforce: not signed again" in audit[-1][1]
     after = await control.get("Opportunity", second, ["Sign_Transaction_Id__c", "Signed_Document_Id__c"])
     assert after["Sign_Transaction_Id__c"] == tx and after["Signed_Document_Id__c"] == signed["Signed_Document_Id__c"]
+
+
+async def test_a_reconciled_trigger_on_a_fresh_data_directory_finds_the_file_and_does_not_sign_again(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    """A record moved while no daemon listened is queued by reconciliation (`sfsign reconcile`), signed, and
+    its write-back is lost together with the data directory (the daemon died between upload and write-back,
+    and its volume went too): the record still sits in its trigger state without a transaction id, so the
+    next reconciliation queues it again. The job derives the same transaction id, finds the File by it and
+    signs nothing."""
+    opp = await record_id(control, "Opportunity", "Globex - Enterprise Rollout")
+    await control.update("Opportunity", opp, TRIGGER, user=REP)
+    queued = await asyncio.to_thread(run_cli, ["reconcile"], settings)
+    assert queued.returncode == 0 and "1 job(s) queued" in queued.stdout, queued.stdout + queued.stderr
+    async with run_daemon(settings, rules):
+        signed = await wait_for_status(control, "Opportunity", opp)
+    assert signed["Sign_Status__c"] == "Signed", signed
+    tx = signed["Sign_Transaction_Id__c"]
+    await control.update("Opportunity", opp, dict.fromkeys(WRITTEN_BACK), user=REP)
+    shutil.rmtree(settings.data_dir)
+    again = await asyncio.to_thread(run_cli, ["reconcile"], settings)
+    assert again.returncode == 0 and "1 job(s) queued" in again.stdout, again.stdout + again.stderr
+    async with run_daemon(settings, rules) as daemon:
+        record = await wait_for_status(control, "Opportunity", opp)
+        [job] = await settled_jobs(daemon)
+    files = [f for f in await control.files() if f["Sign_Transaction_Id__c"] == tx]
+    assert len(files) == 1 and len([f for f in await control.files() if f.get("FirstPublishLocationId") == opp]) == 1
+    assert job.transaction_id == tx and job.state is JobState.DONE and job.sha256 is None  # found, not signed
+    assert record["Sign_Status__c"] == "Signed" and record["Sign_Transaction_Id__c"] == tx
+    assert record["Signed_Document_Id__c"] == signed["Signed_Document_Id__c"]

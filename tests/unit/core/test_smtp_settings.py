@@ -126,3 +126,20 @@ def test_the_relay_ca_bundle_defaults_to_sfsign_ca_bundle(monkeypatch: pytest.Mo
     monkeypatch.setenv("SFSIGN_SMTP_CA_BUNDLE", str(relay_ca))
     relay = load_settings().smtp_relay()
     assert relay is not None and relay.ca_bundle == relay_ca
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_the_relay_ca_bundle_resolves_as_every_path_setting_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str
+) -> None:
+    """README: a path setting is relative to the directory sfsign starts in, fixed at start (the other path
+    settings are run both ways through the command line in tests/e2e/test_relative_paths.py)."""
+    relay_ca = ensure_tls(tmp_path / "relay").ca_file.resolve()
+    monkeypatch.setenv("SFSIGN_SMTP_URL", "smtps://relay.northwind.example")
+    monkeypatch.setenv("SFSIGN_MAIL_FROM", FROM)
+    monkeypatch.setenv("SFSIGN_SMTP_CA_BUNDLE",
+                       str(relay_ca.relative_to(tmp_path.resolve())) if kind == "relative" else str(relay_ca))
+    settings = load_settings()  # started in tmp_path (the autouse fixture)
+    monkeypatch.chdir(tmp_path / "relay")  # a later change of directory changes nothing
+    relay = settings.smtp_relay()
+    assert relay is not None and relay.ca_bundle == relay_ca and relay.ca_bundle.is_file()

@@ -113,6 +113,19 @@ def test_pyhanko_current_time_validation_offline_needs_the_network(offline: Offl
     assert "no revocation information could be found" in result.stderr
 
 
+def test_pyhanko_sign_validate_offline_cannot_trust_the_file_adesverify_trusts(
+    offline: Offline, tmp_path: Path
+) -> None:
+    """Why docs/verifying.md sends recipients of B-LT/B-LTA files to `adesverify`: the older `sign validate`
+    checks revocation online only, so offline it cannot trust the same file (passed above)."""
+    assert PYHANKO.exists(), f"{PYHANKO} missing: install the test extras (pip install -e '.[test]')"
+    result = _run([str(PYHANKO), "sign", "validate", "--trust", str(offline.pki.root_cert_pem_path), "--trust-replace",
+                   str(offline.files["B-LT"])], cwd=tmp_path)
+    assert result.returncode != 0, result.stdout
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("SellerSignature:")]
+    assert ":INTACT:UNTRUSTED," in line, line
+
+
 def _nss_db_with_root(pki: DemoPki, tmp_path: Path) -> str:
     db = tmp_path / "nssdb"
     db.mkdir()
