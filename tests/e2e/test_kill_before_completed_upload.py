@@ -1,8 +1,9 @@
-"""kill -9 of `sfsign run` after the customer's signature was applied and before the completed document
-reached the record (issue 14 §8). The emulator refuses every upload of a PDF (an outage on the upload),
-the customer signs over HTTP from their mailbox, the daemon applies the signature, completes the document
-and fails to upload it; it is killed (SIGKILL) there, the outage ends, and it is started again on the same
-data directory. Nothing is lost and nothing happens twice: one completed File and one certificate File on
+"""kill -9 of `sfsign run` after the customer's signature was applied and before the completed document's
+upload was committed (issue 14 §8). The customer signs over HTTP from their mailbox, the daemon applies the
+signature and completes the document, and its upload does not come back: either Salesforce refuses every
+upload of a PDF (an outage), or it stores the document and never answers (the daemon cannot know it is
+there). The daemon is killed (SIGKILL) there, the outage ends, and it is started again on the same data
+directory. Nothing is lost and nothing happens twice: one completed File and one certificate File on
 the record, which shows `Completed`; one customer signature in the PDF, valid by pyHanko (and pdfsig); each
 mail once (a mail sent again would carry the same Message-ID); the audit trail without a duplicate.
 
@@ -18,6 +19,7 @@ import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,24 @@ QUOTE = "Globex Enterprise Rollout - Proposal"  # the demo's customer document: 
 FIELDS = ["Sign_Status__c", "Sign_Progress__c", "Sign_Transaction_Id__c", "Signed_Document_Id__c",
           "Sign_Document_Hash__c", "Sign_Level__c", "Sign_Error__c"]
 SIGNATURE_FIELDS = ("SellerSignature", "CustomerSignature")
+
+
+@dataclass(frozen=True)
+class Outage:
+    """An emulator fault on the completed document's upload, and whether the document reaches Salesforce."""
+
+    fault: dict[str, Any]
+    stored: bool
+
+
+OUTAGES = {
+    # Every ContentVersion insert carries the PDF's bytes (a lone file: sobjects/ContentVersion; a batch:
+    # composite/sobjects), and no other request does: the outage hits the uploads only.
+    "refused": Outage({"prefix": "/services/data/", "method": "POST", "bodyContains": "%PDF-"}, stored=False),
+    # The first lone upload (the completed document's) is stored and its answer held until the kill.
+    "stored-unanswered": Outage({"prefix": "/services/data/v68.0/sobjects/ContentVersion", "method": "POST",
+                                 "mode": "hold_after", "count": 1}, stored=True),
+}
 
 
 @pytest.fixture
@@ -89,13 +109,16 @@ def _applied(outbox: Path) -> bool:
     return bool(row and row[0])
 
 
-async def _upload_refused(control: ControlClient, fault_id: str, outbox: Path, proc: Any, log: Path) -> None:
-    """Until the signature is applied and the completed document's upload has been refused at least once."""
+async def _upload_failed(control: ControlClient, fault_id: str, outbox: Path, proc: Any, log: Path, quote: str,
+                         stored: bool) -> None:
+    """Until the signature is applied and the fault hit the completed document's upload (and, when the upload
+    is stored, the document is on the record)."""
     async with asyncio.timeout(WAIT_S * 3):
         while True:
             assert proc.returncode is None, _tail(log)
             [fault] = [f for f in (await control.faults())["errors"] if f["id"] == fault_id]
-            if fault["hits"] >= 1 and await asyncio.to_thread(_applied, outbox):
+            if fault["hits"] >= 1 and await asyncio.to_thread(_applied, outbox) and (
+                    not stored or await _record_files(control, quote)):
                 return
             await asyncio.sleep(0.1)
 
@@ -127,16 +150,16 @@ async def _until_audited(control: ControlClient, quote: str, event_type: str) ->
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("outage", list(OUTAGES))
 async def test_a_kill_9_between_the_applied_signature_and_the_upload_loses_nothing_and_signs_nothing_twice(
     settings: Settings, rules_file: Path, control: ControlClient, rest: SalesforceRest,
-    services_pki: tuple[DemoPki, PkiServices], tmp_path: Path,
+    services_pki: tuple[DemoPki, PkiServices], tmp_path: Path, outage: str,
 ) -> None:
     quote = await record_id(control, "Quote", QUOTE)
     email, name = await quote_contact(control, quote)
     outbox_file = settings.data_dir / "outbox.sqlite"
-    # Every ContentVersion insert carries the PDF's bytes (a lone file: sobjects/ContentVersion; a batch:
-    # composite/sobjects), and no other request does: the outage hits the uploads only.
-    fault_id = await control.add_error_fault(prefix="/services/data/", method="POST", bodyContains="%PDF-")
+    stored = OUTAGES[outage].stored
+    fault_id = await control.add_error_fault(**OUTAGES[outage].fault)
     with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
         env = run_env(settings, rules_file, relay, free_port(), tmp_path, SFSIGN_RETRY_BASE_S="0.2",
                       SFSIGN_RETRY_CAP_S="1", SFSIGN_AUDIT_FLUSH_S="0.2")
@@ -147,12 +170,13 @@ async def test_a_kill_9_between_the_applied_signature_and_the_upload_loses_nothi
             await control.update("Quote", quote, {"Status": "Presented"}, user=REP)
             signed = await DemoCustomer(relay.directory, email, name, timeout_s=WAIT_S * 2).sign()
             assert signed.final_state in ("signed", "completed"), signed
-            await _upload_refused(control, fault_id, outbox_file, first, log)
+            await _upload_failed(control, fault_id, outbox_file, first, log, quote, stored)
             await kill(first)
             assert first.returncode == -signal.SIGKILL
         finally:
             await kill(first)
-        assert await _record_files(control, quote) == []  # killed before anything reached the record
+        before = await _record_files(control, quote)  # the completed document only if stored, no certificate
+        assert len(before) == stored and all(not f["Sign_Transaction_Id__c"].endswith("-certificate") for f in before)
         assert (await control.get("Quote", quote, FIELDS))["Sign_Status__c"] != "Completed"
         await control.remove_fault(fault_id)  # the outage is over
 
