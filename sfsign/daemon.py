@@ -302,7 +302,7 @@ class Daemon:
         intake = Intake(
             self.outbox, rest, self.stream, rules=rules, org_id=token.org_id, reconciler=reconciler,
             wake=worker.wake, health=self.health, metrics=self.metrics, ready=self.ready,
-            max_attempts=settings.intake_max_attempts, stop=stop,
+            max_attempts=settings.intake_max_attempts, stop=stop, clock=self.clock,
         )
         audit = AuditRelay(self.outbox, rest, flush_s=settings.audit_flush_s, governor=self.governor, stop=stop)
         worker.audit_lock = audit.lock  # the relay owns the lock its rows are sent under; the write-back takes it
@@ -357,8 +357,7 @@ class Daemon:
             refuse_on_failures([relay_missing("the outbox holds live envelopes or queued mails")])
             return []
         self.signing = SigningService(self.outbox, self.settings, relay, self._current_rules, self._link_keys(),
-                                      counters=self.metrics,
-                                      stop=self._stop)
+                                      counters=self.metrics, stop=self._stop, clock=self.clock)
         return [Part("signing-pages", self.signing.pages, close=self.signing.close_pages),
                 Part("mail", self.signing.mail, drain=self.signing.drain_mail)]
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import structlog
 
+from sfsign.adoption import CERTIFICATE_SUFFIX
 from sfsign.config import ProfileConfig, RuleConfig, Rules, SignersConfig
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents import signer_jobs
@@ -53,7 +54,6 @@ from sfsign.steps import Steps, recorded
 log = structlog.get_logger("sfsign.worker")
 
 Step = Callable[[Job, Rules], Awaitable[Job]]
-CERTIFICATE_SUFFIX = "-certificate"  # the certificate's file carries `<tx>-certificate`: found apart from the PDF
 CERTIFICATE_TITLE = "Certificate of completion"
 
 

@@ -39,6 +39,7 @@ from sfsign.salesforce.names import ACTION_VOID, AUDIT_ALREADY_SIGNED, AUDIT_REF
 from sfsign.salesforce.record_fields import already_signed_note, note_fields
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
+from sfsign.signing.lifecycle import Clock, SystemClock
 from sfsign.triggers import (
     Decision,
     EnvelopeRequest,
@@ -89,7 +90,7 @@ class Intake:
     def __init__(
         self, outbox: Outbox, rest: SalesforceRest, stream: StreamClient, *, rules: Callable[[], Rules],
         org_id: str | None, reconciler: Reconciler, wake: Callable[[], None], health: Health, metrics: Metrics,
-        ready: asyncio.Event, max_attempts: int, stop: asyncio.Event,
+        ready: asyncio.Event, max_attempts: int, stop: asyncio.Event, clock: Clock | None = None,
     ) -> None:
         self.outbox = outbox
         self.rest = rest
@@ -103,6 +104,9 @@ class Intake:
         self.ready = ready
         self.max_attempts = max_attempts
         self.stop = stop
+        # "Now" of a rep's Void or Resend: the envelopes' clock, so their timeline, due times and mails
+        # agree with the reminders and expiry (`EnvelopeDue`), which a test moves by days.
+        self.clock = clock or SystemClock()
 
     async def run(self) -> None:
         await self._reconcile_channels_without_position()
@@ -331,7 +335,7 @@ class Intake:
             decision.refused.append(replace(request.refusal, detail=request.refusal.detail + why))
             return
         actor = f"rep {request.requested_by}" if request.requested_by else "rep"
-        now = time.time()
+        now = self.clock.now()
         for envelope in live:
             if request.action == ACTION_VOID:
                 await self.outbox.void(envelope.transaction_id, request.reason or "", now, actor)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from sfsign.adoption import Adopted, envelope_file
 from sfsign.artifacts import Artifacts
 from sfsign.config import ProfileConfig, RuleConfig, Rules
 from sfsign.documents import jobs as doc_jobs
@@ -117,7 +118,7 @@ class Steps:
         rule = _rule(job, rules)
         fetched = await self.sf.fetch(job)
         if fetched.existing_file is not None:
-            return await self._adopt_existing_file(job, fetched.existing_file, fetched.record)
+            return await self._adopt_existing_file(job, rule, fetched.existing_file, fetched.record)
         record = fetched.record
         if record is None:
             raise PermanentFailure(f"{job.sobject} {job.record_id} was not found (deleted?)", "NOT_FOUND")
@@ -239,25 +240,33 @@ class Steps:
         log.info("record type not covered by the rule: nothing signed", source=job.source, reason=why)
         return await self.outbox.mark_skipped(job, why)
 
-    async def _adopt_existing_file(self, job: Job, file: ContentVersionRef, record: SignableRecord | None) -> Job:
+    async def _adopt_existing_file(self, job: Job, rule: RuleConfig, file: ContentVersionRef,
+                                   record: SignableRecord | None) -> Job:
         """A file with this job's transaction id is in Salesforce already: the trigger was handled before
         this outbox knew of it (job rows purged, a fresh or restored data directory). Exactly one document
-        per trigger does not rest on the outbox: nothing is signed again. The record (as read with the file,
-        in the same call) is completed only when it shows no signature or this one (an upload whose
-        write-back never happened); a record that shows a newer transaction is left as it is."""
+        per trigger does not rest on the outbox: nothing is signed or sent for signature again. The record (as
+        read with the file, in the same call) is completed only when it shows no signature or this one (an
+        upload whose write-back never happened); a record that shows a newer transaction is left as it is.
+        A seal-only rule's file shows `Signed`; a rule with signers' shows what `adoption` finds it is."""
         shown = record.sign_transaction_id if record is not None else None
         status = record.sign_status if record is not None else None
         detail = f"file {file.content_document_id or file.id} with this transaction id is already in Salesforce: " \
                  "not signed again"
-        if record is not None and (not shown or shown == job.transaction_id) and status != STATUS_SIGNED:
+        adopted = Adopted(STATUS_SIGNED)
+        if rule.signers is not None:
+            adopted = await envelope_file(self.sf, self.in_pool, job.transaction_id, file)
+            detail += f" nor sent for signature ({adopted.status})"
+        if record is not None and (not shown or shown == job.transaction_id) and (
+                status != adopted.status or adopted.note is not None):
             await self.pending.before_record_write(job.id)
             await self.sf.update(job.sobject, job.record_id, adopted_fields(
-                job.transaction_id, self.instance_url(), file.content_document_id))
-            detail += "; the record now shows it"
+                job.transaction_id, self.instance_url(), file.content_document_id, status=adopted.status,
+                note=adopted.note))
+            detail += "; the record now shows it" + (f": {adopted.note}" if adopted.note else "")
         elif shown and shown != job.transaction_id:
             detail += f"; the record shows transaction {shown} and is left as it is"
         log.warning("trigger already handled before this outbox knew of it; not signed again",
-                    content_version_id=file.id, record_transaction_id=shown)
+                    content_version_id=file.id, record_transaction_id=shown, status=adopted.status)
         return await self.outbox.mark_adopted(job, version_id=file.id, document_id=file.content_document_id,
                                               detail=detail)
 

@@ -95,3 +95,12 @@ class ControlClient:
     async def faults(self) -> dict[str, Any]:
         """The armed faults, each with how many requests it has hit so far."""
         return dict(await self._json("GET", "/_control/faults"))
+
+    async def add_error_fault(self, **fault: Any) -> str:
+        """Arm an error fault (the control API's fields: prefix, method, status, errorCode, message, count,
+        rate, mode, bodyContains); its id, for `remove_fault`."""
+        return str((await self._json("POST", "/_control/faults/errors", fault))["id"])
+
+    async def remove_fault(self, fault_id: str) -> None:
+        """Lift one armed fault, leaving the others (the outage is over)."""
+        await self._json("DELETE", f"/_control/faults/{fault_id}")

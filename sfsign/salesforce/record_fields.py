@@ -95,9 +95,12 @@ def document_fields(instance_url: str, document_id: str | None) -> dict[str, Any
     return {Record.DOCUMENT_ID: document_id, Record.DOCUMENT_URL: document_url(instance_url, document_id)}
 
 
-def adopted_fields(transaction_id: str, instance_url: str, document_id: str | None) -> dict[str, Any]:
-    """A file found in Salesforce with this transaction id, shown as the record's signed document."""
-    return {Record.TRANSACTION_ID: transaction_id, Record.STATUS: STATUS_SIGNED, Record.ERROR: None,
+def adopted_fields(transaction_id: str, instance_url: str, document_id: str | None, *, status: str = STATUS_SIGNED,
+                   note: str | None = None) -> dict[str, Any]:
+    """A file found in Salesforce with this transaction id, shown as the record's signed document: `Signed`, or
+    `Completed` (every customer signed), with a note for the rep (None clears an earlier one)."""
+    return {Record.TRANSACTION_ID: transaction_id, Record.STATUS: status,
+            Record.ERROR: None if note is None else note[:LONG_TEXT_WRITE_MAX],
             **document_fields(instance_url, document_id)}
 
 

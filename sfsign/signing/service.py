@@ -24,6 +24,7 @@ from sfsign.config import Rules, Settings
 from sfsign.config.smtp import SmtpRelay
 from sfsign.outbox.async_face import Outbox
 from sfsign.private_files import private_dir
+from sfsign.signing.lifecycle import Clock, SystemClock
 from sfsign.signing.listener import SigningListener, start_listener
 from sfsign.signing.mailer import Mailer
 from sfsign.signing.postman import MailCounters, Postman, PostmanConfig
@@ -49,23 +50,27 @@ class SigningService:
     """The listener and the postman of one daemon; `pages` and `mail` are its two parts' entry points."""
 
     def __init__(self, outbox: Outbox, settings: Settings, relay: SmtpRelay, rules: Callable[[], Rules],
-                 keys: LinkKeys, *, counters: MailCounters | None = None, stop: asyncio.Event | None = None) -> None:
+                 keys: LinkKeys, *, counters: MailCounters | None = None, stop: asyncio.Event | None = None,
+                 clock: Clock | None = None) -> None:
         self.keys = keys  # the daemon's, which the worker makes the links with
         self.outbox = outbox
         self.settings = settings
         self.artifacts_dir = settings.data_dir / "artifacts"
         self.listener: SigningListener | None = None
         self._stop = stop or asyncio.Event()
+        self.clock = clock or SystemClock()  # the daemon's: codes, links and mails agree with the due times
         self.postman = Postman(
             outbox, Mailer(relay), self.keys,
             PostmanConfig(settings.signing_url, self.artifacts_dir, settings.signing_download_days),
             attach_completed=lambda name: _attach_completed(rules(), name), counters=counters, stop=self._stop,
+            clock=self.clock,
         )
         outbox.mail_hooks.append(self.postman.wake)
 
     async def pages(self) -> None:
         """Serve the signing pages until the daemon stops (`close_pages` closes the port)."""
-        self.listener = await start_listener(self.outbox, self.keys, self.settings, private_dir(self.artifacts_dir))
+        self.listener = await start_listener(self.outbox, self.keys, self.settings, private_dir(self.artifacts_dir),
+                                             clock=self.clock)
         if self.listener is None:
             log.warning("signing pages are off (SFSIGN_SIGNING_PORT=-1): signers' links do not answer here")
         await self._stop.wait()

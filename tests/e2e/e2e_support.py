@@ -15,24 +15,28 @@ from sfsign.commands.demo import local_relay
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
+from sfsign.signing.lifecycle import Clock
 
 REP = "lena.hoffmann@northwind.example"
 
 
 @contextlib.asynccontextmanager
-async def run_daemon(settings: Settings, rules: Rules) -> AsyncIterator[Daemon]:
+async def run_daemon(settings: Settings, rules: Rules, *, clock: Clock | None = None) -> AsyncIterator[Daemon]:
     """The daemon, ready; when a rule has signers and no relay is set, with the demo's embedded relay (its
-    mailbox is `<data dir>/mailbox`, `Mailbox(daemon.settings.data_dir / MAILBOX)`)."""
+    mailbox is `<data dir>/mailbox`, `Mailbox(daemon.settings.data_dir / MAILBOX)`). `clock`: the envelope
+    parts' "now" (a fake one the test moves), set before the daemon runs."""
     with contextlib.ExitStack() as relay:
         if any(r.signers is not None for r in rules.rules):
             settings, _ = relay.enter_context(local_relay(settings))
-        async with _running(settings, rules) as daemon:
+        async with _running(settings, rules, clock) as daemon:
             yield daemon
 
 
 @contextlib.asynccontextmanager
-async def _running(settings: Settings, rules: Rules) -> AsyncIterator[Daemon]:
+async def _running(settings: Settings, rules: Rules, clock: Clock | None = None) -> AsyncIterator[Daemon]:
     daemon = Daemon(settings, rules)
+    if clock is not None:
+        daemon.clock = clock
     task = asyncio.create_task(daemon.run(), name="daemon")
     ready = asyncio.create_task(daemon.ready.wait())
     try:

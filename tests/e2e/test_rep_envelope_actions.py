@@ -13,11 +13,12 @@ from typing import Any
 
 from e2e_support import REP, record_id, run_daemon
 
-from sfsign.commands.demo import local_relay
+from sfsign.commands.demo import MAILBOX, local_relay
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
-from sfsign.outbox import NewJob, Outbox
+from sfsign.localmail.mailbox import Mailbox
+from sfsign.outbox import NewJob, Outbox, audit_time
 from sfsign.outbox.envelope_models import Envelope, MailState
 from sfsign.private_files import private_dir
 from sfsign.signing.lifecycle import DAY, EnvelopePolicy, EventType
@@ -32,7 +33,8 @@ SIGNERS = (ResolvedSigner(1, "Anna Buyer", "anna@acme-industries.example", Signe
                           "003000000000002AAA", "Legal"))
 
 
-async def _envelope_before_start(settings: Settings, opportunity: str) -> None:
+async def _envelope_before_start(settings: Settings, opportunity: str, now: float | None = None) -> None:
+    now = time.time() if now is None else now
     outbox = Outbox(private_dir(settings.data_dir) / "outbox.sqlite")
     await outbox.open()
     try:
@@ -41,7 +43,7 @@ async def _envelope_before_start(settings: Settings, opportunity: str) -> None:
         job = await outbox.mark_fetched(job, document_json="{}", file_title="Proposal Acme", file_name="P.pdf")
         job = await outbox.defer(job, time.time() + 365 * DAY)
         await outbox.mark_pending_shown([job.id], time.time())
-        await outbox.create_envelope(job, SIGNERS, EnvelopePolicy(), time.time(), LinkKeys(b"a" * 32))
+        await outbox.create_envelope(job, SIGNERS, EnvelopePolicy(), now, LinkKeys(b"a" * 32))
     finally:
         await outbox.close()
 
@@ -144,3 +146,76 @@ async def _resent(daemon: Daemon, envelope: Envelope) -> dict[MailState, int] | 
 async def _at_least(control: ControlClient, opportunity: str, event_type: str, count: int) -> list[dict[str, Any]]:
     rows = await _events(control, opportunity, event_type)
     return rows if len(rows) >= count else []
+
+
+class FakeClock:
+    """The daemon's envelope clock, moved by the test (by days, without sleeping)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+
+async def test_void_and_resend_from_salesforce_take_their_time_from_the_envelope_clock(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    """The daemon's clock moved by days: a rep's Resend and Void are stamped with the clock's time, not the
+    system's, so the timeline stays in order with the reminder the scheduler sent on day 3, the resent
+    invitations go out when that clock says they are due, and the record's `voided` row carries that time."""
+    settings = settings.model_copy(update={"audit_flush_s": 0.2})
+    opportunity = await record_id(control, "Opportunity", ACME)
+    [rep] = await control.query(f"SELECT Id FROM User WHERE Username = '{REP}'")
+    clock = FakeClock(time.time())
+    start = clock.t
+    await _envelope_before_start(settings, opportunity, start)
+
+    async def request(**fields: str) -> None:
+        await control.publish("Sign_Request__e", {"RecordId__c": opportunity, "RequestedById__c": rep["Id"],
+                                                  **fields}, user=REP)
+
+    with local_relay(settings) as (settings, _relay):
+        mailbox = Mailbox(settings.data_dir / MAILBOX)
+        async with run_daemon(settings, rules, clock=clock) as daemon:
+            envelope = await daemon.outbox.envelope(TX)
+            assert envelope is not None
+            await _until(lambda: _mails_to(mailbox, SIGNERS[0].email, 1))  # the invitation, sent at `start`
+
+            clock.t = start + 1 * DAY  # the rep asks again a day later
+            await request(Action__c="Resend")
+            resent = await _until(lambda: _timeline(daemon, envelope, EventType.RESENT, 2))
+            assert [e.at for e in resent] == [start + DAY] * 2
+            # Queued at the clock's time, so the postman (on the same clock) finds them due and sends them.
+            await _until(lambda: _mails_to(mailbox, SIGNERS[0].email, 2))
+
+            clock.t = start + 3.5 * DAY  # the first reminder (day 3) falls due
+            assert daemon.envelope_due is not None
+            daemon.envelope_due.wake()
+            reminded = await _until(lambda: _timeline(daemon, envelope, EventType.REMINDED, 2))
+            assert [e.at for e in reminded] == [start + 3.5 * DAY] * 2
+
+            clock.t = start + 4 * DAY
+            await request(Action__c="Void", Reason__c="Prices changed")
+            [voided] = await _until(lambda: _timeline(daemon, envelope, EventType.VOIDED, 1))
+            assert voided.at == start + 4 * DAY
+            ended = await daemon.outbox.envelope(TX)
+            assert ended is not None and ended.state is EnvelopeState.VOIDED and ended.ended_at == start + 4 * DAY
+            times = [e.at for e in await daemon.outbox.timeline(envelope.id)]
+            assert times == sorted(times), times  # system time would put the Void days before the reminder
+            [row] = await _until(lambda: _occurred(control, opportunity, "voided"))
+            assert row["Occurred_At__c"][:19] == audit_time(start + 4 * DAY)[:19], row
+
+
+async def _mails_to(mailbox: Mailbox, address: str, count: int) -> bool:
+    return len(await asyncio.to_thread(mailbox.to, address)) >= count
+
+
+async def _timeline(daemon: Daemon, envelope: Envelope, kind: EventType, count: int) -> list[Any]:
+    events = [e for e in await daemon.outbox.timeline(envelope.id) if e.type is kind]
+    return events if len(events) >= count else []
+
+
+async def _occurred(control: ControlClient, opportunity: str, event_type: str) -> list[dict[str, Any]]:
+    return await control.query(f"SELECT Occurred_At__c FROM Signature_Event__c WHERE Opportunity__c = "
+                               f"'{opportunity}' AND Event_Type__c = '{event_type}'")

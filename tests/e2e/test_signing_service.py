@@ -5,7 +5,6 @@ and a mail the outbox queues goes out through the relay, its link opening on the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from e2e_support import REP, cli_env, record_id, run_cli, run_daemon
+from daemon_process import WAIT_S, kill, run_env, start_run, subscribed
+from e2e_support import REP, record_id, run_cli, run_daemon
 
 from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, RULES_TEMPLATE, free_port
 from sfsign.config import Settings, load_rules
@@ -34,7 +34,6 @@ QUOTE_SIGNERS = """\
         - [{user: emily.carter@northwind.example}]
       on_expiry: {status: Rejected}
 """
-WAIT_S = 60.0
 
 
 def _rules_with_signers(tmp_path: Path, pki: DemoPki) -> Path:
@@ -72,9 +71,9 @@ async def test_sfsign_run_serves_the_signing_pages_until_sigterm(settings: Setti
     path = _rules_with_signers(tmp_path, pki)
     port = free_port()
     with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
-        env = _run_env(settings, path, relay, port, tmp_path)
+        env = run_env(settings, path, relay, port, tmp_path)
         log = tmp_path / "daemon.log"
-        proc = await _start_run(env, log)
+        proc = await start_run(env, log)
         try:
             async with asyncio.timeout(WAIT_S):
                 while (status := await _answer(f"http://127.0.0.1:{port}/s/no-such-link")) is None:
@@ -86,7 +85,7 @@ async def test_sfsign_run_serves_the_signing_pages_until_sigterm(settings: Setti
                 assert await proc.wait() == 0, log.read_text()[-3000:]
             assert await _answer(f"http://127.0.0.1:{port}/s/no-such-link") is None
         finally:
-            await _kill(proc)
+            await kill(proc)
     sys.stdout.write(log.read_text())  # into the capture the secret scan reads
 
 
@@ -130,7 +129,7 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
     quote = await record_id(control, "Quote", "Enterprise Upgrade - Angebot")
     contact = (await control.query(f"SELECT Contact.Email FROM Quote WHERE Id = '{quote}'"))[0]["Contact"]["Email"]
     with LocalMailServer(tmp_path / "relay", security=ServerSecurity.PLAIN) as relay:
-        env = _run_env(settings, path, relay, port, tmp_path)
+        env = run_env(settings, path, relay, port, tmp_path)
         log = tmp_path / "daemon.log"
         killed: list[int] = []
 
@@ -140,9 +139,9 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
                 os.killpg(first.pid, signal.SIGKILL)
 
         relay.after_store = kill_before_the_250
-        first = await _start_run(env, log)
+        first = await start_run(env, log)
         try:
-            await _subscribed(first, log)  # the stage change must come after: a first start reads new events
+            await subscribed(first, log)  # the stage change must come after: a first start reads new events
             await control.update("Quote", quote, {"Status": "Approved"}, user=REP)
             try:
                 async with asyncio.timeout(WAIT_S * 2):
@@ -153,7 +152,7 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
             assert code == -signal.SIGKILL, log.read_text()[-3000:]
             assert killed
             relay.after_store = None
-            second = await _start_run(env, log)
+            second = await start_run(env, log)
             try:
                 mailbox = Mailbox(relay.directory)
                 async with asyncio.timeout(WAIT_S * 2):
@@ -164,9 +163,9 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
                 async with asyncio.timeout(WAIT_S):
                     assert await second.wait() == 0, log.read_text()[-3000:]
             finally:
-                await _kill(second)
+                await kill(second)
         finally:
-            await _kill(first)
+            await kill(first)
     mails = Mailbox(relay.directory).to(contact)
     assert len(mails) == 2 and mails[0].message_id == mails[1].message_id, [m.message_id for m in mails]
     store = OutboxStore(settings.data_dir / "outbox.sqlite")
@@ -178,32 +177,3 @@ async def test_an_invitation_the_relay_kept_before_a_kill_9_goes_again_with_the_
     finally:
         store.close()
     sys.stdout.write(log.read_text())  # into the capture the secret scan reads
-
-
-def _run_env(settings: Settings, rules_file: Path, relay: LocalMailServer, port: int, tmp_path: Path) -> dict[str, str]:
-    """`sfsign run`'s environment: the rules with signers, the test's relay, the signing pages on `port`."""
-    return cli_env(settings, SFSIGN_RULES_FILE=str(rules_file), SFSIGN_SMTP_URL=relay.url,
-                   SFSIGN_MAIL_FROM="Northwind Contracts <contracts@northwind.example>",
-                   SFSIGN_SIGNING_PORT=str(port), SFSIGN_SIGNING_URL=f"http://127.0.0.1:{port}",
-                   SFSIGN_SECRETS_DIR=str(tmp_path / "no-secrets"), SFSIGN_CPU_WORKERS="1")
-
-
-async def _start_run(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sfsign.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-
-
-async def _subscribed(proc: asyncio.subprocess.Process, log: Path) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while '"ready: subscribed"' not in (text := await asyncio.to_thread(log.read_text)):
-            assert proc.returncode is None, text[-3000:]
-            await asyncio.sleep(0.1)
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()

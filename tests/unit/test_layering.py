@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     # The worker's steps, one per job state, over the gateway, the profiles and the Pending notes.
     "sfsign.steps": 45,
     "sfsign.envelope_steps": 46,  # a rule with signers: its own steps, beside (and reusing) the seal-only ones
+    "sfsign.adoption": 44,  # what a trigger's File found in Salesforce shows (the fetch step's, for both kinds)
     "sfsign.profiles": 40,
     "sfsign.gateway*": 40,
     "sfsign.pending": 40,  # the worker's Pending announcements
