@@ -195,7 +195,7 @@ class EventSchemas:
             else:
                 self._ids[schema_id(f"{obj.name}ChangeEvent")] = ("cdc", obj.name)
         self._built: dict[str, EventSchema] = {}
-        self._encoded: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._encoded: OrderedDict[tuple[int, str, str], bytes] = OrderedDict()
 
     def by_id(self, sid: str) -> EventSchema | None:
         known = self._ids.get(sid)
@@ -229,12 +229,14 @@ class EventSchemas:
         given = meta.get("EventUuid") if isinstance(meta, dict) else None
         return str(given) if given else str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self._org_id}/{event.replay_id}"))
 
-    def encode(self, event: BusEvent) -> tuple[str, bytes]:
-        """(schema id, Avro binary payload). An injected event that fits no schema goes out as its JSON
-        bytes under the schema id it names: a payload the subscriber cannot decode, as a corrupt one."""
-        data = event.data if isinstance(event.data, dict) else {}
+    def encode(self, event: BusEvent, data: Any = None, *, viewer: str = "") -> tuple[str, bytes]:
+        """(schema id, Avro binary payload) of `data` (the event's, or what `viewer` may see of it).
+        An injected event that fits no schema goes out as its JSON bytes under the schema id it names:
+        a payload the subscriber cannot decode, as a corrupt one."""
+        data = event.data if data is None else data
+        data = data if isinstance(data, dict) else {}
         sid = str(data.get("schema", ""))
-        key = (event.replay_id, sid)
+        key = (event.replay_id, sid, viewer)
         cached = self._encoded.get(key)
         if cached is not None:
             return sid, cached

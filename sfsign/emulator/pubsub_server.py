@@ -46,6 +46,7 @@ import grpc.aio
 from sfsign.emulator.avro_schemas import EventSchemas
 from sfsign.emulator.bus import BusEvent
 from sfsign.emulator.errors import ApiError
+from sfsign.emulator.event_access import may_subscribe, visible_data
 from sfsign.emulator.org import Org, Session
 from sfsign.emulator.tls import TlsMaterial
 from sfsign.pubsub_proto import pubsub_api_pb2 as pb
@@ -317,6 +318,9 @@ class PubSubServer(pb_grpc.PubSubServicer):
             if first is None:
                 return
             self._check_topic(first.topic_name)
+            if not may_subscribe(self.org, session.user_id, first.topic_name):
+                raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, "subscription.topic.cannot.subscribe",
+                                 f"The user doesn't have permission to subscribe to {first.topic_name}.")  # [inferred]
             events, mark, position = self._start_point(first)
             stream = _Stream(rpc_id, session.token, session.user_id, first.topic_name, mark, position)
             stream.queue.extend(events)
@@ -349,7 +353,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
                 stream.delivered += len(batch)
                 self.delivered += len(batch)
                 stream.position = batch[-1].replay_id
-                yield pb.FetchResponse(events=[self._consumer_event(e) for e in batch],
+                yield pb.FetchResponse(events=[self._consumer_event(e, stream.user_id) for e in batch],
                                        latest_replay_id=encode_replay_id(batch[-1].replay_id),
                                        rpc_id=stream.rpc_id, pending_num_requested=stream.requested)
                 last_sent = time.monotonic()
@@ -365,7 +369,12 @@ class PubSubServer(pb_grpc.PubSubServicer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.wake.wait(), remaining)
 
-    def _consumer_event(self, event: BusEvent) -> pb.ConsumerEvent:
-        schema_id, payload = self.schemas.encode(event)
+    def _consumer_event(self, event: BusEvent, user_id: str) -> pb.ConsumerEvent:
+        """The event as this subscriber may see it: a restricted user gets only the fields it can read."""
+        if self.org.store.access_for(user_id) is None:
+            schema_id, payload = self.schemas.encode(event)
+        else:
+            schema_id, payload = self.schemas.encode(event, visible_data(self.org, user_id, event.data),
+                                                     viewer=user_id)
         producer = pb.ProducerEvent(id=self.schemas.event_id(event), schema_id=schema_id, payload=payload)
         return pb.ConsumerEvent(event=producer, replay_id=encode_replay_id(event.replay_id))

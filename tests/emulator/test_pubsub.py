@@ -427,6 +427,7 @@ async def test_a_compound_address_change_is_a_nested_record_and_a_parent_positio
 ) -> None:
     await ctl.post("/_control/streaming/cdc-entities", {"entities": ["Opportunity", "Account"]})
     [account] = await ctl.query("SELECT Id FROM Account LIMIT 1")
+    await ctl.update("Account", account["Id"], {"BillingPostalCode": "69001"})
     sub = Subscription(stub, auth)
     await sub.fetch(topic_name="/data/AccountChangeEvent", num_requested=1)
     await wait_for_streams(ctl, 1)
@@ -440,8 +441,9 @@ async def test_a_compound_address_change_is_a_nested_record_and_a_parent_positio
     changed = decode_bitmaps(schema, header["changedFields"])
     assert "BillingAddress.City" in changed and "LastModifiedDate" in changed
     assert "BillingCity" not in [f["name"] for f in schema["fields"]]
-    nulled = decode_bitmaps(schema, header["nulledFields"])
-    assert nulled == [] or nulled == ["BillingAddress.PostalCode"]  # nulled only if it had a value
+    assert "BillingAddress.PostalCode" in changed
+    assert header["nulledFields"] == [f"{position}-0x08"]  # PostalCode is the 4th field of Address
+    assert decode_bitmaps(schema, header["nulledFields"]) == ["BillingAddress.PostalCode"]
     assert record["BillingAddress"]["City"] == "Lyon" and record["BillingAddress"]["Street"] is None
     assert record["ShippingAddress"] is None
     sub.close()
@@ -508,3 +510,55 @@ async def test_publish_over_grpc_reaches_cometd_subscribers(
     bad = await stub.Publish(pb.PublishRequest(topic_name=PE, events=[
         pb.ProducerEvent(id="corr-2", schema_id="wrong", payload=b"")]), metadata=auth)
     assert bad.results[0].error.code == pb.ErrorCode.PUBLISH and bad.results[0].correlation_key == "corr-2"
+
+
+# -- field-level security, as on CometD
+
+
+async def test_a_restricted_subscriber_gets_only_readable_fields_and_needs_view_all(
+    stub: Any, auth: Any, ctl: Any, emulator: Emulator
+) -> None:
+    opp = await ctl.an_opportunity()
+    await ctl.post("/_control/users/access", {"user": emulator.login.username,
+                                              "permissionSets": ["sfsign_Integration"],
+                                              "revokeFields": ["Opportunity.Description"]})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.update("Opportunity", opp, {"StageName": "Needs Analysis", "Description": "secret"})
+    [event], _ = await sub.events(1)
+    schema = await schema_of(stub, auth, event.event.schema_id)
+    record = avro_decode(schema, event.event.payload)
+    changed = decode_bitmaps(schema, record["ChangeEventHeader"]["changedFields"])
+    assert "StageName" in changed and "Description" not in changed
+    assert record["StageName"] == "Needs Analysis" and record["Description"] is None
+    sub.close()
+
+    generic = Subscription(stub, auth)  # all entities: View All Data, which the permission set lacks
+    await generic.fetch(topic_name="/data/ChangeEvents", num_requested=1)
+    error = await generic.error()
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert trailer(error, "error-code") == ERR + "subscription.topic.cannot.subscribe"
+
+
+async def test_the_server_keeps_its_port_and_the_bus_across_a_restart(
+    stub: Any, auth: Any, ctl: Any, emulator: Emulator
+) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    [before], _ = await sub.events(1)
+    target = emulator.pubsub_target
+    await emulator.restart()
+    error = await sub.error()  # a killed server ends the stream
+    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert emulator.pubsub_target == target
+    await ctl.touch(opp, 2)
+    again = Subscription(stub, auth)
+    await again.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=before.replay_id,
+                      num_requested=1)
+    [after], _ = await again.events(1)
+    assert replay_number(after.replay_id) > replay_number(before.replay_id)
+    again.close()
