@@ -111,6 +111,7 @@ class Control:
             web.post("/_control/streaming/cdc-entities", g(self.cdc_entities)),
             web.get("/_control/pubsub/streams", g(self.pubsub_streams)),
             web.post("/_control/pubsub/drop-streams", g(self.drop_pubsub_streams)),
+            web.post("/_control/pubsub/hold-streams", g(self.hold_pubsub_streams)),
         ]
 
     def _guard(self, handler: Handler) -> Handler:
@@ -341,6 +342,8 @@ class Control:
         self.org.faults.clear()
         self.org.store.unlock_all()
         self.bayeux.wake_all("fault")
+        if self.pubsub is not None:
+            self.pubsub.set_hold(False)
         return web.json_response(self.org.faults.describe())
 
     async def add_error_fault(self, request: web.Request) -> web.Response:
@@ -531,6 +534,13 @@ class Control:
     async def drop_pubsub_streams(self, request: web.Request) -> web.Response:
         """End every Subscribe stream with UNAVAILABLE (service.unavailable)."""
         return web.json_response({"dropped": self._pubsub().drop_streams()})
+
+    async def hold_pubsub_streams(self, request: web.Request) -> web.Response:
+        """Half-open Subscribe streams (no events, no keepalives) until `{"enabled": false}`."""
+        body = await _json(request)
+        pubsub = self._pubsub()
+        pubsub.set_hold(bool(body.get("enabled", True)))
+        return web.json_response({"holdStreams": pubsub.hold})
 
 
 def _records(result: QueryResult) -> list[dict[str, Any]]:

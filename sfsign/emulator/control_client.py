@@ -97,6 +97,10 @@ class ControlClient:
         """End every Subscribe stream with UNAVAILABLE, as a Salesforce outage does; how many were open."""
         return int((await self._json("POST", "/_control/pubsub/drop-streams", {}))["dropped"])
 
+    async def hold_pubsub_streams(self, enabled: bool = True) -> None:
+        """Half-open Subscribe streams: no events and no keepalives until released."""
+        await self._json("POST", "/_control/pubsub/hold-streams", {"enabled": enabled})
+
     async def revoke_tokens(self, token: str | None = None) -> int:
         """Revoke one access token or all of them (CometD and Pub/Sub clients must log in again)."""
         body = {"token": token} if token else {}

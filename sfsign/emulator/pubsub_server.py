@@ -113,6 +113,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
         self.schemas = EventSchemas(org.store.schema, org.org_id)
         self.streams: dict[str, _Stream] = {}
         self.delivered = 0
+        self.hold = False  # half-open: streams stay open but deliver nothing, not even keepalives
         self._server: grpc.aio.Server | None = None
         org.on_revoke(self._revalidate)
 
@@ -146,6 +147,13 @@ class PubSubServer(pb_grpc.PubSubServicer):
             stream.failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, "service.unavailable", SERVICE_UNAVAILABLE)
             stream.wake.set()
         return len(self.streams)
+
+    def set_hold(self, enabled: bool) -> None:
+        """Half-open streams: accepted requests, no events and no keepalives until released, as a
+        connection a proxy silently dropped looks from the client; only a keepalive watchdog notices."""
+        self.hold = enabled
+        for stream in self.streams.values():
+            stream.wake.set()
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"rpcId": s.rpc_id, "topic": s.topic, "pendingNumRequested": s.requested, "queued": len(s.queue),
@@ -347,6 +355,11 @@ class PubSubServer(pb_grpc.PubSubServicer):
                 raise stream.failure
             if self.org.session_for_token(stream.token) is None:
                 raise RpcFailure(grpc.StatusCode.UNAUTHENTICATED, "service.auth.error", AUTH_MESSAGE)
+            if self.hold:
+                stream.wake.clear()
+                await stream.wake.wait()
+                last_sent = time.monotonic()
+                continue
             if stream.requested > 0 and stream.queue:
                 batch = [stream.queue.popleft() for _ in range(min(stream.requested, len(stream.queue)))]
                 stream.requested -= len(batch)

@@ -562,3 +562,19 @@ async def test_the_server_keeps_its_port_and_the_bus_across_a_restart(
     [after], _ = await again.events(1)
     assert replay_number(after.replay_id) > replay_number(before.replay_id)
     again.close()
+
+
+async def test_held_streams_send_nothing_until_released(stub: Any, auth: Any, ctl: Any) -> None:
+    opp = await ctl.an_opportunity()
+    await ctl.post("/_control/pubsub/hold-streams", {"enabled": True})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    read = asyncio.ensure_future(sub.call.read())
+    done, _ = await asyncio.wait({read}, timeout=KEEPALIVE_S * 5)  # five keepalive periods: silence
+    assert not done
+    await ctl.http.delete("/_control/faults", headers=ctl.headers)
+    response = await asyncio.wait_for(read, BOUND_S)
+    assert isinstance(response, pb.FetchResponse) and len(response.events) == 1
+    sub.close()
