@@ -99,7 +99,6 @@ class _Stream:
     delivered: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     failure: RpcFailure | None = None
-    started: float = field(default_factory=time.time)
 
 
 class PubSubServer(pb_grpc.PubSubServicer):
