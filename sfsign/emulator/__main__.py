@@ -1,8 +1,8 @@
 """`python -m sfsign.emulator serve`: run the emulator until SIGINT/SIGTERM.
 
-Prints what a client needs (URL, CA file, username, consumer key, key file) and writes the same, plus
-the consumer secret and the control token, to a 0600 JSON file for tools; secrets are never printed
-(the demo password is a fake and is printed on purpose).
+Prints what a client needs (URL, Pub/Sub API target, CA file, username, consumer key, key file) and
+writes the same, plus the consumer secret and the control token, to a 0600 JSON file for tools; secrets
+are never printed (the demo password is a fake and is printed on purpose).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--long-poll-timeout-ms", type=int, default=110000)
     serve.add_argument("--client-timeout-s", type=float, default=40.0)
     serve.add_argument("--no-seed", action="store_true", help="start with an empty org")
+    serve.add_argument("--pubsub-port", type=int, default=0, help="Pub/Sub API (gRPC) port (0: any free port)")
+    serve.add_argument("--pubsub-keepalive-s", type=float, default=270.0,
+                       help="seconds between the Pub/Sub API's empty keepalive FetchResponses")
     return parser
 
 
@@ -41,6 +44,7 @@ def connection_details(emulator: Emulator) -> dict[str, Any]:
     login = emulator.login
     return {
         "url": emulator.url,
+        "pubsub_target": emulator.pubsub_target,
         "ca_file": str(emulator.ca_file),
         "username": login.username,
         "consumer_key": login.consumer_key,
@@ -71,6 +75,8 @@ async def _serve(args: argparse.Namespace, data_dir: Path) -> None:
         port=args.port,
         seed=not args.no_seed,
         state_file=args.state_file,
+        pubsub_port=args.pubsub_port,
+        pubsub_keepalive_s=args.pubsub_keepalive_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,6 +86,7 @@ async def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     async with emulator:
         login = emulator.login
         print(f"Salesforce emulator: {emulator.url}")
+        print(f"Pub/Sub API (gRPC):  {emulator.pubsub_target} (TLS, same CA)")
         print(f"CA file:             {emulator.ca_file}")
         print(f"Username:            {login.username}")
         print(f"Consumer key:        {login.consumer_key}")

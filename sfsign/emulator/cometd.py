@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from sfsign.emulator.bus import BusEvent
+from sfsign.emulator.event_access import may_subscribe, visible_data
 from sfsign.emulator.org import INVALID_SESSION_BODY, Org, Session
 from sfsign.emulator.versions import streaming_version_served
 
@@ -185,53 +186,15 @@ class BayeuxServer:
             for c in self.clients.values()
         ]
 
-    # -- field-level security
+    # -- field-level security (event_access.py, shared with the Pub/Sub API)
 
     def _may_subscribe(self, client: BayeuxClient, channel: str) -> bool:
-        """A restricted user needs View All on the entity of a CDC channel (reference 1.6)."""
-        access = self.org.store.access_for(client.user_id)
-        if access is None or not channel.startswith("/data/"):
-            return True
-        entity = channel.removeprefix("/data/").removesuffix("ChangeEvent").removesuffix("__Change")
-        if channel == "/data/ChangeEvents" or entity not in self.org.store.schema.objects:
-            return False  # all entities: View All Data, which no permission set of ours grants
-        perm = access.objects.get(entity)
-        return perm is not None and perm.allow_read and perm.view_all_records
+        return may_subscribe(self.org, client.user_id, channel)
 
     def _message_for(self, client: BayeuxClient, event: BusEvent, channel: str) -> dict[str, Any]:
-        """The event as this subscriber may see it: a change event carries only the fields the subscribed
-        user can read (in the payload and in changedFields), as Salesforce filters it."""
+        """The event as this subscriber may see it (only the fields the subscribed user can read)."""
         message = event.message(channel)
-        access = self.org.store.access_for(client.user_id)
-        payload = message["data"].get("payload") if isinstance(message["data"], dict) else None
-        header = payload.get("ChangeEventHeader") if isinstance(payload, dict) else None
-        if access is None or not isinstance(payload, dict) or not isinstance(header, dict):
-            return message
-        obj = self.org.store.schema.get(str(header.get("entityName")))
-        if obj is None:
-            return message
-
-        components = {(c.compound_field_name, c.compound_component): c for c in obj.fields.values()
-                      if c.compound_field_name}
-
-        def visible(name: str) -> bool:
-            """`Amount`, or `BillingAddress.City` for a component of a compound field."""
-            head, _, part = name.partition(".")
-            spec = components.get((head, part)) if part else obj.field(head)
-            if spec is None or spec.type == "address":
-                return True  # compound values are filtered by their components
-            return access.can_read_field(obj, spec)
-
-        kept: dict[str, Any] = {}
-        for key, value in payload.items():
-            if key == "ChangeEventHeader" or not visible(key):
-                continue
-            if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if visible(f"{key}.{k}")}
-            kept[key] = value
-        changed = [f for f in header.get("changedFields") or [] if visible(str(f))]
-        data = {**message["data"], "payload": {**kept, "ChangeEventHeader": {**header, "changedFields": changed}}}
-        return {**message, "data": data}
+        return {**message, "data": visible_data(self.org, client.user_id, message["data"])}
 
     # -- fan-out
 

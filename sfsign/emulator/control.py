@@ -2,8 +2,9 @@
 
 A sales rep moving a stage, an admin publishing an event, an ops person reading API usage, and the
 fault switches (errors, latency, forgotten Bayeux clients, revoked tokens, dropped, half-open or torn
-long polls, shrunk retention, gap and overflow events). The server binds 127.0.0.1 only and every call
-needs the `X-Control-Token` generated at start, so nothing here is reachable from elsewhere.
+long polls, dropped Pub/Sub streams, shrunk retention, gap and overflow events). The server binds
+127.0.0.1 only and every call needs the `X-Control-Token` generated at start, so nothing here is
+reachable from elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sfsign.emulator.bus import GAP_TYPES
 from sfsign.emulator.cometd import BayeuxServer
 from sfsign.emulator.errors import ApiError
 from sfsign.emulator.org import Org
+from sfsign.emulator.pubsub_server import PubSubServer
 from sfsign.emulator.soql import QueryResult
 
 TOKEN_HEADER = "X-Control-Token"
@@ -55,9 +57,11 @@ async def _json(request: web.Request) -> dict[str, Any]:
 class Control:
     """Handlers of the control API; `default_user` acts when a call names no user."""
 
-    def __init__(self, org: Org, bayeux: BayeuxServer, token: str, *, default_user: str | None = None) -> None:
+    def __init__(self, org: Org, bayeux: BayeuxServer, token: str, *, default_user: str | None = None,
+                 pubsub: PubSubServer | None = None) -> None:
         self.org = org
         self.bayeux = bayeux
+        self.pubsub = pubsub
         self._token = token
         self.default_user = default_user
 
@@ -105,6 +109,9 @@ class Control:
             web.post("/_control/streaming/overflow", g(self.overflow)),
             web.post("/_control/streaming/raw", g(self.raw_event)),
             web.post("/_control/streaming/cdc-entities", g(self.cdc_entities)),
+            web.get("/_control/pubsub/streams", g(self.pubsub_streams)),
+            web.post("/_control/pubsub/drop-streams", g(self.drop_pubsub_streams)),
+            web.post("/_control/pubsub/hold-streams", g(self.hold_pubsub_streams)),
         ]
 
     def _guard(self, handler: Handler) -> Handler:
@@ -335,6 +342,8 @@ class Control:
         self.org.faults.clear()
         self.org.store.unlock_all()
         self.bayeux.wake_all("fault")
+        if self.pubsub is not None:
+            self.pubsub.set_hold(False)
         return web.json_response(self.org.faults.describe())
 
     async def add_error_fault(self, request: web.Request) -> web.Response:
@@ -509,6 +518,29 @@ class Control:
         except ValueError as exc:
             raise ControlError(400, str(exc)) from exc
         return web.json_response({"entities": sorted(self.org.bus.cdc_entities)})
+
+    # -- Pub/Sub API
+
+    def _pubsub(self) -> PubSubServer:
+        if self.pubsub is None:
+            raise ControlError(404, "this emulator runs no Pub/Sub API server")
+        return self.pubsub
+
+    async def pubsub_streams(self, request: web.Request) -> web.Response:
+        """The open Subscribe streams: topic, outstanding requested events, queued and delivered counts."""
+        pubsub = self._pubsub()
+        return web.json_response({"streams": pubsub.describe(), "delivered": pubsub.delivered})
+
+    async def drop_pubsub_streams(self, request: web.Request) -> web.Response:
+        """End every Subscribe stream with UNAVAILABLE (service.unavailable)."""
+        return web.json_response({"dropped": self._pubsub().drop_streams()})
+
+    async def hold_pubsub_streams(self, request: web.Request) -> web.Response:
+        """Half-open Subscribe streams (no events, no keepalives) until `{"enabled": false}`."""
+        body = await _json(request)
+        pubsub = self._pubsub()
+        pubsub.set_hold(bool(body.get("enabled", True)))
+        return web.json_response({"holdStreams": pubsub.hold})
 
 
 def _records(result: QueryResult) -> list[dict[str, Any]]:

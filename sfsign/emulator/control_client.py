@@ -89,6 +89,23 @@ class ControlClient:
         result = await self._json("GET", "/_control/streaming/clients")
         return list(result["clients"])
 
+    async def pubsub_streams(self) -> list[dict[str, Any]]:
+        """The Pub/Sub API's open Subscribe streams (topic, pendingNumRequested, queued, delivered)."""
+        return list((await self._json("GET", "/_control/pubsub/streams"))["streams"])
+
+    async def drop_pubsub_streams(self) -> int:
+        """End every Subscribe stream with UNAVAILABLE, as a Salesforce outage does; how many were open."""
+        return int((await self._json("POST", "/_control/pubsub/drop-streams", {}))["dropped"])
+
+    async def hold_pubsub_streams(self, enabled: bool = True) -> None:
+        """Half-open Subscribe streams: no events and no keepalives until released."""
+        await self._json("POST", "/_control/pubsub/hold-streams", {"enabled": enabled})
+
+    async def revoke_tokens(self, token: str | None = None) -> int:
+        """Revoke one access token or all of them (CometD and Pub/Sub clients must log in again)."""
+        body = {"token": token} if token else {}
+        return int((await self._json("POST", "/_control/auth/revoke", body))["revoked"])
+
     async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return await self._json("POST", path, body or {})
 

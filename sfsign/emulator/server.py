@@ -38,6 +38,7 @@ from sfsign.emulator.control import Control
 from sfsign.emulator.notifications import deploy_notification_types
 from sfsign.emulator.oauth import oauth_routes
 from sfsign.emulator.org import HOLD_AFTER_MAX_S, ConnectedApp, Org
+from sfsign.emulator.pubsub_server import DEFAULT_KEEPALIVE_S, PubSubServer
 from sfsign.emulator.rest import rest_routes
 from sfsign.emulator.schema import build_org_schema
 from sfsign.emulator.store import OrgStore
@@ -126,8 +127,13 @@ class Emulator:
         seed: bool = True,
         state_file: Path | None = None,
         cdc_entities: tuple[str, ...] | None = None,
+        pubsub_port: int = 0,
+        pubsub_keepalive_s: float = DEFAULT_KEEPALIVE_S,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.pubsub_port = pubsub_port
+        self.pubsub_keepalive_s = pubsub_keepalive_s
+        self._pubsub: PubSubServer | None = None
         self.metadata_dir = metadata_dir
         self.long_poll_timeout_ms = long_poll_timeout_ms
         self.client_timeout_s = client_timeout_s
@@ -151,6 +157,15 @@ class Emulator:
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
+
+    @property
+    def pubsub_target(self) -> str:
+        """The Pub/Sub API's gRPC target (`localhost:PORT`, TLS with the same CA as `url`)."""
+        return f"localhost:{self.pubsub_port}"
+
+    @property
+    def pubsub(self) -> PubSubServer:
+        return self._require(self._pubsub)
 
     @property
     def ca_file(self) -> Path:
@@ -219,7 +234,11 @@ class Emulator:
         app = web.Application(middlewares=[self._fault_middleware], client_max_size=CLIENT_MAX_SIZE)
         app.add_routes(oauth_routes(org))
         app.add_routes(self._bayeux.routes())
-        control = Control(org, self._bayeux, self.control_token, default_user=self._rep_username)
+        pubsub = PubSubServer(org, self._tls, port=self.pubsub_port, keepalive_s=self.pubsub_keepalive_s)
+        await pubsub.start()
+        self.pubsub_port = pubsub.port
+        self._pubsub = pubsub
+        control = Control(org, self._bayeux, self.control_token, default_user=self._rep_username, pubsub=pubsub)
         app.add_routes(control.routes())
         app.add_routes(rest_routes(org))
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
@@ -228,7 +247,7 @@ class Emulator:
         await site.start()
         self._runner = runner
         self._bayeux.start()
-        log.info("emulator listening on %s", self.url)
+        log.info("emulator listening on %s, Pub/Sub API on %s", self.url, self.pubsub_target)
 
     async def stop(self) -> None:
         """Stop serving, like a killed server: held long polls see their connection drop."""
@@ -237,6 +256,8 @@ class Emulator:
         bayeux, runner = self._require(self._bayeux), self._runner
         bayeux.drop_connections()
         await bayeux.stop()
+        if self._pubsub is not None:
+            await self._pubsub.stop()
         await runner.cleanup()
         self._runner = None
         self._state = await asyncio.get_running_loop().run_in_executor(None, self._save_state)
@@ -434,6 +455,10 @@ class EmulatorThread:
     @property
     def ca_file(self) -> Path:
         return self.emulator.ca_file
+
+    @property
+    def pubsub_target(self) -> str:
+        return self.emulator.pubsub_target
 
     @property
     def org(self) -> Org:

@@ -230,6 +230,7 @@ def test_serve_prints_details_and_writes_them_to_a_private_json_file(tmp_path: P
         stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert details["url"] in stdout and details["consumer_key"] in stdout
+    assert details["pubsub_target"].startswith("localhost:") and details["pubsub_target"] in stdout
     assert details["consumer_secret"] not in stdout and details["control_token"] not in stdout
     assert details["security_token"] not in stdout
     assert Path(details["private_key_file"]).stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,580 @@
+"""The Pub/Sub API over real gRPC and TLS: auth, GetTopic/GetSchema, flow control, replay, keepalives, Avro.
+
+The client here is raw grpcio on Salesforce's stubs (sfsign.pubsub_proto), not sfsign's Pub/Sub client:
+the emulator must answer what Salesforce documents, whatever our client expects. The bitmap decoder is
+written here from Salesforce's ChangeEventHeaderUtility.py (hex → bit string, reversed, bit i = field i of
+the Avro schema, `parentPos-bitmap` for compound fields), independently of the emulator's encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import grpc
+import grpc.aio
+import pytest
+
+from sfsign.emulator.server import Emulator
+from sfsign.pubsub_proto import pubsub_api_pb2 as pb
+from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
+
+OPP = "/data/OpportunityChangeEvent"
+PE = "/event/Sign_Request__e"
+KEEPALIVE_S = 0.4
+BOUND_S = 15.0  # an upper bound for one answer, never a timing assertion
+ERR = "sfdc.platform.eventbus.grpc."
+AUTH_MESSAGE = "An authentication exception occurred. Provide valid authentication via metadata headers."
+
+
+@pytest.fixture
+async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
+    """This module's emulator: keepalives every KEEPALIVE_S so a test sees one without waiting 270 s."""
+    emu = Emulator(data_dir=tmp_path / "emulator", long_poll_timeout_ms=1500, client_timeout_s=3.0,
+                   pubsub_keepalive_s=KEEPALIVE_S)
+    async with emu:
+        yield emu
+
+
+@pytest.fixture
+async def stub(emulator: Emulator) -> AsyncIterator[pb_grpc.PubSubStub]:
+    credentials = grpc.ssl_channel_credentials(emulator.ca_file.read_bytes())
+    async with grpc.aio.secure_channel(emulator.pubsub_target, credentials) as channel:
+        yield pb_grpc.PubSubStub(channel)
+
+
+@pytest.fixture
+def auth(emulator: Emulator, token: str) -> tuple[tuple[str, str], ...]:
+    return (("accesstoken", token), ("instanceurl", emulator.url), ("tenantid", emulator.org.org_id))
+
+
+class Subscription:
+    """One Subscribe stream, written to with `call.write` (no request iterator, so no task to clean up)."""
+
+    def __init__(self, stub: pb_grpc.PubSubStub, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.call = stub.Subscribe(metadata=metadata)
+
+    async def fetch(self, **fields: Any) -> None:
+        await self.call.write(pb.FetchRequest(**fields))
+
+    async def next(self) -> pb.FetchResponse:
+        response = await asyncio.wait_for(self.call.read(), BOUND_S)
+        assert isinstance(response, pb.FetchResponse), response
+        return response
+
+    async def events(self, count: int) -> tuple[list[pb.ConsumerEvent], list[pb.FetchResponse]]:
+        events: list[pb.ConsumerEvent] = []
+        responses: list[pb.FetchResponse] = []
+        while len(events) < count:
+            response = await self.next()
+            responses.append(response)
+            events.extend(response.events)
+        return events, responses
+
+    async def error(self) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            while True:
+                await self.next()
+        return info.value
+
+    def close(self) -> None:
+        self.call.cancel()
+
+
+async def wait_for_streams(ctl: Any, count: int) -> list[dict[str, Any]]:
+    """Poll the control API until `count` Subscribe streams are set up (their first request was read)."""
+    for _ in range(200):
+        streams = list((await ctl.get("/_control/pubsub/streams"))["streams"])
+        if len(streams) >= count:
+            return streams
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} open streams")
+
+
+def replay_number(replay_id: bytes) -> int:
+    """The bus position in a delivered id: 8 bytes big-endian (as the Node client reads it), then 00 00."""
+    assert len(replay_id) == 10 and replay_id[8:] == b"\x00\x00", replay_id.hex()
+    return int.from_bytes(replay_id[:8], "big")
+
+
+def trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
+    return dict(error.trailing_metadata() or ()).get(key)
+
+
+# -- an independent bitmap decoder, after Salesforce's ChangeEventHeaderUtility.py
+
+
+def _bits(bitmap: str) -> str:
+    digits = bitmap[2:]
+    return bin(int(digits, 16))[2:].zfill(len(digits) * 4)[::-1]  # BitArray(hex=...).bin, reversed
+
+
+def _named_records(schema: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    if isinstance(schema, dict):
+        if schema.get("type") == "record":
+            found[schema["name"]] = schema
+        for value in schema.values():
+            _named_records(value, found)
+    elif isinstance(schema, list):
+        for item in schema:
+            _named_records(item, found)
+    return found
+
+
+def decode_bitmaps(schema: dict[str, Any], bitmaps: list[str]) -> list[str]:
+    fields = schema["fields"]
+    records = _named_records(schema, {})
+    names: list[str] = []
+    items = list(bitmaps)
+    if items and items[0].startswith("0x"):
+        names += [fields[i]["name"] for i, bit in enumerate(_bits(items.pop(0))) if bit == "1"]
+    for item in items:
+        if "-" not in item:
+            continue
+        position, bitmap = item.split("-")
+        parent = fields[int(position)]
+        value = next(t for t in parent["type"] if t != "null") if isinstance(parent["type"], list) else parent["type"]
+        child = records[value] if isinstance(value, str) else value
+        assert child["type"] == "record"
+        names += [f"{parent['name']}.{child['fields'][i]['name']}" for i, bit in enumerate(_bits(bitmap))
+                  if bit == "1"]
+    return names
+
+
+async def schema_of(stub: pb_grpc.PubSubStub, auth: Any, schema_id: str) -> dict[str, Any]:
+    info = await stub.GetSchema(pb.SchemaRequest(schema_id=schema_id), metadata=auth)
+    assert info.schema_id == schema_id
+    return dict(json.loads(info.schema_json))
+
+
+def avro_decode(schema: dict[str, Any], payload: bytes) -> dict[str, Any]:
+    return dict(fastavro.schemaless_reader(io.BytesIO(payload), fastavro.parse_schema(schema), None))
+
+
+# -- auth
+
+
+@pytest.mark.parametrize("drop", ["accesstoken", "instanceurl", "tenantid"])
+async def test_a_call_without_a_session_header_is_unauthenticated(stub: Any, auth: Any, drop: str) -> None:
+    metadata = tuple((k, v) for k, v in auth if k != drop)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetTopic(pb.TopicRequest(topic_name=OPP), metadata=metadata)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert trailer(info.value, "error-code") == ERR + "service.auth.headers.invalid"
+
+
+@pytest.mark.parametrize("bad", ["token", "tenant"])
+async def test_an_invalid_token_or_another_orgs_id_is_unauthenticated_as_salesforce_says(
+    stub: Any, auth: Any, bad: str
+) -> None:
+    metadata = dict(auth)
+    metadata["accesstoken" if bad == "token" else "tenantid"] = "00Dxx0000000001!AQbogus"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetSchema(pb.SchemaRequest(schema_id="x"), metadata=tuple(metadata.items()))
+    error = info.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    rpc_id = trailer(error, "rpc-id")
+    assert rpc_id and error.details() == f"{AUTH_MESSAGE} rpcId: {rpc_id}"
+    assert trailer(error, "error-code") == ERR + "service.auth.error"
+
+
+async def test_revoking_the_token_ends_an_open_stream_unauthenticated(
+    stub: Any, auth: Any, ctl: Any, token: str
+) -> None:
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.post("/_control/auth/revoke", {"token": token})
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert trailer(error, "error-code") == ERR + "service.auth.error"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetTopic(pb.TopicRequest(topic_name=OPP), metadata=auth)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- topics and schemas
+
+
+async def test_get_topic_names_cometd_channels_and_unknown_topics_are_not_found(
+    stub: Any, auth: Any, emulator: Emulator
+) -> None:
+    org_id = emulator.org.org_id
+    cdc = await stub.GetTopic(pb.TopicRequest(topic_name=OPP), metadata=auth)
+    assert (cdc.topic_name, cdc.tenant_guid, cdc.can_subscribe, cdc.can_publish) == (OPP, org_id, True, False)
+    assert cdc.schema_id and cdc.rpc_id
+    event = await stub.GetTopic(pb.TopicRequest(topic_name=PE), metadata=auth)
+    assert event.can_publish and event.schema_id and event.schema_id != cdc.schema_id
+    generic = await stub.GetTopic(pb.TopicRequest(topic_name="/data/ChangeEvents"), metadata=auth)
+    assert generic.can_subscribe
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetTopic(pb.TopicRequest(topic_name="/data/AccountChangeEvent"), metadata=auth)  # not selected
+    error = info.value
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details().startswith(
+        f"The topic information for org CORE/prod/{org_id} and topic /data/AccountChangeEvent not found. "
+        "Ensure the topic name is correct and that the topic exists. rpcId: ")
+    assert trailer(error, "error-code") == ERR + "topic.not.found"
+
+
+async def test_schemas_are_salesforces_avro_records_and_unknown_ids_are_refused(stub: Any, auth: Any) -> None:
+    topic = await stub.GetTopic(pb.TopicRequest(topic_name=OPP), metadata=auth)
+    schema = await schema_of(stub, auth, topic.schema_id)
+    assert (schema["name"], schema["namespace"], schema["uuid"]) == (
+        "OpportunityChangeEvent", "com.sforce.eventbus", topic.schema_id)
+    header = schema["fields"][0]
+    assert header["name"] == "ChangeEventHeader"
+    assert [f["name"] for f in header["type"]["fields"]] == [
+        "entityName", "recordIds", "changeType", "changeOrigin", "transactionKey", "sequenceNumber",
+        "commitTimestamp", "commitNumber", "commitUser", "nulledFields", "diffFields", "changedFields"]
+    change_type = header["type"]["fields"][2]["type"]
+    assert change_type["type"] == "enum" and change_type["name"] == "ChangeType"
+    by_name = {f["name"]: f for f in schema["fields"]}
+    assert by_name["StageName"]["type"] == ["null", "string"] and by_name["StageName"]["default"] is None
+    assert by_name["CloseDate"]["type"] == ["null", "int"] and by_name["CreatedDate"]["type"] == ["null", "long"]
+    assert "Id" not in by_name and "SystemModstamp" not in by_name
+    fastavro.parse_schema(schema)  # a valid Avro schema
+
+    event = await schema_of(stub, auth, (await stub.GetTopic(pb.TopicRequest(topic_name=PE), metadata=auth)).schema_id)
+    assert [f["name"] for f in event["fields"]][:2] == ["CreatedDate", "CreatedById"]
+    assert event["fields"][0]["type"] == "long" and "EventUuid" not in [f["name"] for f in event["fields"]]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetSchema(pb.SchemaRequest(schema_id="AAAAAAAAAAAAAAAAAAAAAA"), metadata=auth)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- Subscribe: flow control, keepalives, replay
+
+
+async def test_flow_control_delivers_no_more_than_requested_and_keepalives_carry_the_position(
+    stub: Any, auth: Any, ctl: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    for n in range(3):
+        await ctl.touch(opp, n)
+    first = await sub.next()
+    assert len(first.events) == 1 and first.pending_num_requested == 0
+    assert first.latest_replay_id == first.events[0].replay_id
+    keepalive = await sub.next()  # two events wait, none requested: only a keepalive comes
+    assert list(keepalive.events) == [] and keepalive.latest_replay_id == first.events[0].replay_id
+    await sub.fetch(num_requested=5)
+    events, responses = await sub.events(2)
+    assert len(events) == 2 and responses[-1].pending_num_requested == 3
+    ids = [replay_number(e.replay_id) for e in [*first.events, *events]]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    quiet = await sub.next()
+    assert list(quiet.events) == [] and quiet.latest_replay_id == events[-1].replay_id
+    [stream] = await wait_for_streams(ctl, 1)
+    assert stream["pendingNumRequested"] == 3 and stream["delivered"] == 3
+    sub.close()
+
+
+async def test_requested_events_add_up_to_at_most_100(stub: Any, auth: Any, ctl: Any) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=80)
+    await sub.fetch(num_requested=80)
+    await ctl.touch(opp, 1)
+    _, responses = await sub.events(1)
+    assert responses[-1].pending_num_requested == 99
+    sub.close()
+
+
+async def test_a_non_positive_request_or_another_topic_ends_the_stream(stub: Any, auth: Any, ctl: Any) -> None:
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=0)
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailer(error, "error-code") == ERR + "subscription.fetch.requested.events.invalid"
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await sub.fetch(topic_name=PE, num_requested=1)
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailer(error, "error-code") == ERR + "subscription.fetch.topic.mismatch"
+
+
+async def test_replay_presets_earliest_latest_and_custom_after_a_stored_id(stub: Any, auth: Any, ctl: Any) -> None:
+    opp = await ctl.an_opportunity()
+    for n in range(3):
+        await ctl.touch(opp, n)
+    earliest = Subscription(stub, auth)
+    await earliest.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.EARLIEST, num_requested=100)
+    retained, _ = await earliest.events(3)
+    earliest.close()
+
+    custom = Subscription(stub, auth)
+    await custom.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=retained[-3].replay_id,
+                 num_requested=100)
+    after, _ = await custom.events(2)
+    assert [e.replay_id for e in after[:2]] == [e.replay_id for e in retained[-2:]]
+    custom.close()
+
+    eight_bytes = Subscription(stub, auth)  # the bare 8-byte big-endian number, as the Node client sends it
+    await eight_bytes.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=retained[-2].replay_id[:8],
+                      num_requested=100)
+    [last], _ = await eight_bytes.events(1)
+    assert last.replay_id == retained[-1].replay_id
+    eight_bytes.close()
+
+    latest = Subscription(stub, auth)
+    await latest.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.LATEST, num_requested=100)
+    keepalive = await latest.next()
+    assert list(keepalive.events) == []
+    await ctl.touch(opp, 9)
+    [new], _ = await latest.events(1)
+    assert replay_number(new.replay_id) > replay_number(retained[-1].replay_id)
+    latest.close()
+
+
+@pytest.mark.parametrize("replay_id", [b"\x01\x02\x03", (2**62).to_bytes(8, "big") + b"\x00\x00"])
+async def test_an_invalid_replay_id_is_refused_as_corrupted(stub: Any, auth: Any, replay_id: bytes) -> None:
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=replay_id, num_requested=1)
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rpc_id = trailer(error, "rpc-id")
+    assert error.details() == (
+        "The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is valid and "
+        f"refers to an event that is within the retention window. rpcId: {rpc_id}")
+    assert trailer(error, "error-code") == ERR + "subscription.fetch.replayid.corrupted"
+
+
+async def test_custom_without_an_id_fails_validation(stub: Any, auth: Any) -> None:
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, num_requested=1)
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailer(error, "error-code") == ERR + "subscription.fetch.replayid.validation.failed"
+
+
+async def test_an_id_purged_from_the_bus_is_refused_on_both_transports(
+    stub: Any, auth: Any, ctl: Any, bayeux: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=2)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    await ctl.touch(opp, 2)
+    events, _ = await sub.events(2)
+    sub.close()
+    await ctl.post("/_control/streaming/purge", {"upToReplayId": replay_number(events[-1].replay_id)})
+    stale = Subscription(stub, auth)
+    await stale.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=events[0].replay_id,
+                num_requested=1)
+    error = await stale.error()
+    assert trailer(error, "error-code") == ERR + "subscription.fetch.replayid.corrupted"
+    await bayeux.handshake()
+    reply = await bayeux.subscribe(OPP, replay_number(events[0].replay_id))
+    assert reply["successful"] is False and "you provided was invalid" in reply["error"]
+
+
+async def test_dropped_streams_end_unavailable(stub: Any, auth: Any, ctl: Any) -> None:
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=PE, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    assert (await ctl.post("/_control/pubsub/drop-streams"))["dropped"] == 1
+    error = await sub.error()
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert trailer(error, "error-code") == ERR + "service.unavailable"
+
+
+# -- Avro payloads
+
+
+async def test_a_cdc_update_carries_every_field_and_bitmaps_salesforces_decoder_reads(
+    stub: Any, auth: Any, ctl: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    await ctl.update("Opportunity", opp, {"Description": "to be cleared"})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.update("Opportunity", opp, {"StageName": "Negotiation/Review", "Description": None})
+    [event], _ = await sub.events(1)
+    schema = await schema_of(stub, auth, event.event.schema_id)
+    record = avro_decode(schema, event.event.payload)
+    header = record["ChangeEventHeader"]
+    assert header["changeType"] == "UPDATE" and header["recordIds"] == [opp] and header["entityName"] == "Opportunity"
+    assert all(b.startswith("0x") and len(b) % 2 == 0 and b[2:] == b[2:].upper() for b in header["changedFields"])
+    changed = decode_bitmaps(schema, header["changedFields"])
+    assert {"StageName", "Description", "LastModifiedDate"} <= set(changed)
+    assert decode_bitmaps(schema, header["nulledFields"]) == ["Description"]
+    assert header["diffFields"] == []
+    assert set(record) == {f["name"] for f in schema["fields"]}  # every field is there
+    assert record["StageName"] == "Negotiation/Review" and record["Description"] is None
+    unchanged = [name for name in ("Name", "CloseDate", "AccountId", "CreatedDate") if name not in changed]
+    assert unchanged and all(record[name] is None for name in unchanged)
+    assert isinstance(record["LastModifiedDate"], int)  # epoch milliseconds
+    assert abs(record["LastModifiedDate"] - header["commitTimestamp"]) < 1000
+    sub.close()
+
+
+async def test_a_compound_address_change_is_a_nested_record_and_a_parent_position_bitmap(
+    stub: Any, auth: Any, ctl: Any
+) -> None:
+    await ctl.post("/_control/streaming/cdc-entities", {"entities": ["Opportunity", "Account"]})
+    [account] = await ctl.query("SELECT Id FROM Account LIMIT 1")
+    await ctl.update("Account", account["Id"], {"BillingPostalCode": "69001"})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name="/data/AccountChangeEvent", num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.update("Account", account["Id"], {"BillingCity": "Lyon", "BillingPostalCode": None})
+    [event], _ = await sub.events(1)
+    schema = await schema_of(stub, auth, event.event.schema_id)
+    record = avro_decode(schema, event.event.payload)
+    header = record["ChangeEventHeader"]
+    position = [f["name"] for f in schema["fields"]].index("BillingAddress")
+    assert any(b.startswith(f"{position}-0x") for b in header["changedFields"])
+    changed = decode_bitmaps(schema, header["changedFields"])
+    assert "BillingAddress.City" in changed and "LastModifiedDate" in changed
+    assert "BillingCity" not in [f["name"] for f in schema["fields"]]
+    assert "BillingAddress.PostalCode" in changed
+    assert header["nulledFields"] == [f"{position}-0x08"]  # PostalCode is the 4th field of Address
+    assert decode_bitmaps(schema, header["nulledFields"]) == ["BillingAddress.PostalCode"]
+    assert record["BillingAddress"]["City"] == "Lyon" and record["BillingAddress"]["Street"] is None
+    assert record["ShippingAddress"] is None
+    sub.close()
+
+
+async def test_a_platform_event_published_once_is_the_same_event_on_cometd_and_pubsub(
+    stub: Any, auth: Any, ctl: Any, bayeux: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    await bayeux.start((PE, -1))
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=PE, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    published = await ctl.post("/_control/events/Sign_Request__e", {"fields": {"RecordId__c": opp}})
+    [cometd] = await bayeux.events(1)
+    [grpc_event], _ = await sub.events(1)
+    data = cometd["data"]
+    assert data["event"]["replayId"] == replay_number(grpc_event.replay_id)
+    assert data["event"]["EventUuid"] == grpc_event.event.id == published["eventUuid"]
+    assert data["schema"] == grpc_event.event.schema_id
+    record = avro_decode(await schema_of(stub, auth, grpc_event.event.schema_id), grpc_event.event.payload)
+    assert record["RecordId__c"] == data["payload"]["RecordId__c"] == opp
+    assert record["CreatedById"] == data["payload"]["CreatedById"]
+    iso = dt.datetime.fromisoformat(data["payload"]["CreatedDate"])
+    assert record["CreatedDate"] == int(iso.timestamp() * 1000)
+    sub.close()
+
+
+async def test_a_cdc_event_has_the_same_replay_number_and_schema_on_both_transports(
+    stub: Any, auth: Any, ctl: Any, bayeux: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    await bayeux.start((OPP, -1))
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    [cometd] = await bayeux.events(1)
+    [grpc_event], _ = await sub.events(1)
+    assert cometd["data"]["event"]["replayId"] == replay_number(grpc_event.replay_id)
+    assert cometd["data"]["schema"] == grpc_event.event.schema_id
+    sub.close()
+
+
+async def test_publish_over_grpc_reaches_cometd_subscribers(
+    stub: Any, auth: Any, ctl: Any, bayeux: Any
+) -> None:
+    opp = await ctl.an_opportunity()
+    await bayeux.start((PE, -1))
+    topic = await stub.GetTopic(pb.TopicRequest(topic_name=PE), metadata=auth)
+    schema = await schema_of(stub, auth, topic.schema_id)
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {
+        "CreatedDate": 0, "CreatedById": "005000000000000", "RecordId__c": opp, "Action__c": None,
+        "Reason__c": "over gRPC", "RequestedById__c": None, "Rule__c": None})
+    response = await stub.Publish(pb.PublishRequest(topic_name=PE, events=[
+        pb.ProducerEvent(id="corr-1", schema_id=topic.schema_id, payload=out.getvalue())]), metadata=auth)
+    [result] = response.results
+    assert result.correlation_key == "corr-1" and not result.HasField("error")
+    [cometd] = await bayeux.events(1)
+    assert cometd["data"]["event"]["replayId"] == replay_number(result.replay_id)
+    assert cometd["data"]["payload"]["RecordId__c"] == opp and cometd["data"]["payload"]["Reason__c"] == "over gRPC"
+
+    bad = await stub.Publish(pb.PublishRequest(topic_name=PE, events=[
+        pb.ProducerEvent(id="corr-2", schema_id="wrong", payload=b"")]), metadata=auth)
+    assert bad.results[0].error.code == pb.ErrorCode.PUBLISH and bad.results[0].correlation_key == "corr-2"
+
+
+# -- field-level security, as on CometD
+
+
+async def test_a_restricted_subscriber_gets_only_readable_fields_and_needs_view_all(
+    stub: Any, auth: Any, ctl: Any, emulator: Emulator
+) -> None:
+    opp = await ctl.an_opportunity()
+    await ctl.post("/_control/users/access", {"user": emulator.login.username,
+                                              "permissionSets": ["sfsign_Integration"],
+                                              "revokeFields": ["Opportunity.Description"]})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.update("Opportunity", opp, {"StageName": "Needs Analysis", "Description": "secret"})
+    [event], _ = await sub.events(1)
+    schema = await schema_of(stub, auth, event.event.schema_id)
+    record = avro_decode(schema, event.event.payload)
+    changed = decode_bitmaps(schema, record["ChangeEventHeader"]["changedFields"])
+    assert "StageName" in changed and "Description" not in changed
+    assert record["StageName"] == "Needs Analysis" and record["Description"] is None
+    sub.close()
+
+    generic = Subscription(stub, auth)  # all entities: View All Data, which the permission set lacks
+    await generic.fetch(topic_name="/data/ChangeEvents", num_requested=1)
+    error = await generic.error()
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert trailer(error, "error-code") == ERR + "subscription.topic.cannot.subscribe"
+
+
+async def test_the_server_keeps_its_port_and_the_bus_across_a_restart(
+    stub: Any, auth: Any, ctl: Any, emulator: Emulator
+) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    [before], _ = await sub.events(1)
+    target = emulator.pubsub_target
+    await emulator.restart()
+    error = await sub.error()  # a killed server ends the stream
+    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert emulator.pubsub_target == target
+    await ctl.touch(opp, 2)
+    again = Subscription(stub, auth)
+    await again.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=before.replay_id,
+                      num_requested=1)
+    [after], _ = await again.events(1)
+    assert replay_number(after.replay_id) > replay_number(before.replay_id)
+    again.close()
+
+
+async def test_held_streams_send_nothing_until_released(stub: Any, auth: Any, ctl: Any) -> None:
+    opp = await ctl.an_opportunity()
+    await ctl.post("/_control/pubsub/hold-streams", {"enabled": True})
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    read = asyncio.ensure_future(sub.call.read())
+    done, _ = await asyncio.wait({read}, timeout=KEEPALIVE_S * 5)  # five keepalive periods: silence
+    assert not done
+    await ctl.http.delete("/_control/faults", headers=ctl.headers)
+    response = await asyncio.wait_for(read, BOUND_S)
+    assert isinstance(response, pb.FetchResponse) and len(response.events) == 1
+    sub.close()
