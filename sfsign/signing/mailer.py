@@ -148,7 +148,8 @@ class Mailer:
 
     def _scrub(self, text: str, address: str) -> str:
         """`text` without the recipient's address and the relay password, for a log line."""
-        masked = _replace_folded(text, address, "<recipient>")
+        bracketed = f"<{address}>" if address else ""  # "<a@b>" as one: "<recipient>", not "<<recipient>>"
+        masked = _replace_folded(_replace_folded(text, bracketed, "<recipient>"), address, "<recipient>")
         if self.relay.password is not None and self.relay.password.get_secret_value():
             masked = masked.replace(self.relay.password.get_secret_value(), MASK)
         return masked
