@@ -191,7 +191,8 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {rows.job_rows} job row(s) older than {settings.job_retention_days:g} days ({per_state}), "
           f"{rows.audit_rows} audit row(s) and {len(result.artifacts)} artifact file(s) of finished jobs "
-          f"(grace {settings.artifact_grace_s:g} s)")
+          f"(grace {settings.artifact_grace_s:g} s); {'would purge' if args.dry_run else 'purged'} the personal "
+          f"data of {result.envelopes} envelope(s) that ended more than {settings.job_retention_days:g} days ago")
     return 0
 
 

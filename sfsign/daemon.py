@@ -62,6 +62,7 @@ from sfsign.worker_config import message_domain
 
 if TYPE_CHECKING:
     from sfsign.check import Check
+    from sfsign.config.smtp import SmtpRelay
     from sfsign.signing.service import SigningService
 
 log = structlog.get_logger("sfsign.daemon")
@@ -356,10 +357,25 @@ class Daemon:
 
             refuse_on_failures([relay_missing("the outbox holds live envelopes or queued mails")])
             return []
+        await self._check_relay(relay)
         self.signing = SigningService(self.outbox, self.settings, relay, self._current_rules, self._link_keys(),
                                       counters=self.metrics, stop=self._stop, clock=self.clock)
         return [Part("signing-pages", self.signing.pages, close=self.signing.close_pages),
                 Part("mail", self.signing.mail, drain=self.signing.drain_mail)]
+
+    async def _check_relay(self, relay: SmtpRelay) -> None:
+        """A session with the relay, no mail sent: one that refuses sfsign's settings (login, certificate,
+        STARTTLS, sender) refuses start with `check`'s words; one that cannot be reached now is waited out by
+        the mail queue, so the daemon says so and starts."""
+        from sfsign.check import refuse_on_failures
+        from sfsign.check.relay import relay_startup_finding
+
+        finding, fatal = await relay_startup_finding(relay)
+        if fatal:
+            refuse_on_failures([finding])
+        elif finding.ok is False:
+            log.error("the mail relay cannot be reached; mails stay queued until it answers", relay=relay.url,
+                      error=finding.detail, fix=finding.fix)
 
     def _current_rules(self) -> Rules:
         """The rules in force: parts read them through this, so a reload applies to their next step."""

@@ -24,7 +24,9 @@ move, with a note saying so.
 The record owner (a Quote's: its opportunity's owner) gets a custom notification (`SFSIGN_NOTIFICATION_TYPE`)
 when the customer declined, when the envelope expired (both once the record shows it), and when it completed
 and the job is `done`: once each, the `notified_at` flag set in the outbox. A send whose outcome is
-uncertain is not repeated (it may have been delivered; the record shows the outcome in any case).
+uncertain is not repeated (it may have been delivered; the record shows the outcome in any case). While an
+envelope is live, a signer whose address the relay refused puts a note on the record (`Sign_Error__c`) and
+their owner is told once (`sfsign.envelope_notices`).
 
 Knobs: `poll_s` (1 s: how soon a change in the outbox reaches the record; `wake()` for sooner); the API
 governor: while the org is near its daily allocation a pass waits `CONSTRAINED_WAIT_S`, so one call carries
@@ -41,9 +43,10 @@ import structlog
 
 from sfsign.aio import wait_any
 from sfsign.config import Rules
+from sfsign.envelope_notices import rejection_note, rejection_notification
 from sfsign.governor import ApiGovernor
 from sfsign.outbox import Outbox, audit_time
-from sfsign.outbox.envelope_models import MirrorView
+from sfsign.outbox.envelope_models import Envelope, MirrorView, Recipient
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.names import (
     STATUS_EXPIRED,
@@ -116,6 +119,8 @@ def record_write(view: MirrorView, rules: Rules) -> WriteBack:
     stage = on_expiry_value(rules, view) if envelope.state is EnvelopeState.EXPIRED else None
     if stage is not None:
         fields.update(expiry_fields(envelope.sobject, stage))
+    if view.rejected and not envelope.ended:  # a signer the relay refused: what the rep must fix
+        fields.update(note_fields(rejection_note(view)))
     return WriteBack(envelope.sobject, envelope.record_id, fields)
 
 
@@ -181,6 +186,7 @@ class EnvelopeMirror:
             if len(views) < BATCH_MAX:
                 break
         await self._notify()
+        await self._notify_rejections()
 
     # ------------------------------------------------------------------------------------ record writes
 
@@ -295,23 +301,72 @@ class EnvelopeMirror:
             return
         stage = on_expiry_value(rules, view) if envelope.state is EnvelopeState.EXPIRED else None
         title, body = notification_text(view, stage, shown)
+        note, retry = await self._send_notification(envelope, owner, title, body)
+        if retry is not None:
+            await self._notify_failed(view, retry)
+            return
+        await self.outbox.mark_notified(envelope.id, now, note)
+        if note is None:
+            log.info("record owner notified", transaction_id=envelope.transaction_id, record_id=envelope.record_id,
+                     outcome=envelope.state.value)
+
+    async def _send_notification(self, envelope: Envelope, owner: str, title: str, body: str
+                                 ) -> tuple[str | None, SalesforceError | None]:
+        """Send one notification: (None, None) delivered; (why, None) not delivered and not to be sent again (it
+        may have arrived, or Salesforce refused it for good); (None, error) to be tried again after a backoff."""
         try:
             await self.rest.send_notification(self.notification_type, [owner], title, body, envelope.record_id)
         except SalesforceError as exc:
             if exc.uncertain:  # it may have been delivered: once at most rather than twice
                 log.warning("notification outcome unknown; not sent again", transaction_id=envelope.transaction_id,
                             error=str(exc)[:300])
-                await self.outbox.mark_notified(envelope.id, now, f"outcome unknown: {exc}")
-            elif exc.transient:
-                await self._notify_failed(view, exc)
-            else:
-                log.error("notification refused by Salesforce; not sent", transaction_id=envelope.transaction_id,
-                          error=str(exc)[:300])
-                await self.outbox.mark_notified(envelope.id, now, f"not sent: {exc}")
+                return f"outcome unknown: {exc}", None
+            if exc.transient:
+                return None, exc
+            log.error("notification refused by Salesforce; not sent", transaction_id=envelope.transaction_id,
+                      error=str(exc)[:300])
+            return f"not sent: {exc}", None
+        return None, None
+
+    async def _notify_rejections(self) -> None:
+        """The owner of each record whose signer's address the relay refused, told once per such signer."""
+        now = self.clock.now()
+        notices = await self.outbox.rejections_to_notify(now)
+        if not notices:
             return
-        await self.outbox.mark_notified(envelope.id, now)
-        log.info("record owner notified", transaction_id=envelope.transaction_id, record_id=envelope.record_id,
-                 outcome=envelope.state.value)
+        if not self.notification_type:
+            for notice in notices:
+                await self.outbox.mark_rejection_notified(notice.recipient.id, now)
+            return
+        try:
+            owners = await self._owners([n.view for n in notices])
+        except SalesforceError as exc:
+            for notice in notices:
+                await self._rejection_failed(notice.recipient, exc)
+            return
+        for notice in notices:
+            envelope, recipient = notice.view.envelope, notice.recipient
+            owner = owners.get(envelope.record_id, (None, None))[0]
+            if owner is None:
+                log.warning("no owner to notify of a refused address", transaction_id=envelope.transaction_id,
+                            record_id=envelope.record_id, recipient=recipient.id)
+                await self.outbox.mark_rejection_notified(recipient.id, now)
+                continue
+            title, body = rejection_notification(notice.view, recipient)
+            note, retry = await self._send_notification(envelope, owner, title, body)
+            if retry is not None:
+                await self._rejection_failed(recipient, retry)
+                continue
+            await self.outbox.mark_rejection_notified(recipient.id, now)
+            if note is None:  # the recipient by id: their address never reaches a log line
+                log.info("record owner notified of a refused address", transaction_id=envelope.transaction_id,
+                         record_id=envelope.record_id, recipient=recipient.id)
+
+    async def _rejection_failed(self, recipient: Recipient, error: SalesforceError) -> None:
+        delay = retry_delay(recipient.rejection_notify_attempts)
+        await self.outbox.mark_rejection_notify_failed(recipient.id, self.clock.now() + delay)
+        log.warning("notification of a refused address not sent yet; retrying", recipient=recipient.id,
+                    error=str(error)[:300], retry_in_s=delay)
 
     async def _notify_failed(self, view: MirrorView, error: SalesforceError) -> None:
         delay = retry_delay(view.envelope.notify_attempts)

@@ -2,8 +2,9 @@
 
 Every check uses the same code path the daemon uses — the same login, the same SOQL, the same
 subscription, the same key loading and rendering — so "check passes" means "the daemon will work",
-not "the fields look right". The checks that need no org are in `local.py`, those against the org in
-`org.py`, the findings and their printing in `report.py`; `run_checks` makes them all, in order.
+not "the fields look right". The checks that need no org are in `local.py` (the session with the mail relay
+in `relay.py`), those against the org in `org.py`, the findings and their printing in `report.py`;
+`run_checks` makes them all, in order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sfsign.check.local import check_timestamps as check_timestamps
 from sfsign.check.local import local_checks as local_checks
 from sfsign.check.org import check_org
 from sfsign.check.org import check_rules as check_rules
+from sfsign.check.relay import check_relay_connection
 from sfsign.check.report import Check as Check
 from sfsign.check.report import StartupRefused as StartupRefused
 from sfsign.check.report import as_json as as_json
@@ -34,6 +36,7 @@ from sfsign.connections import SalesforceSession
 async def run_checks(settings: Settings, rules: Rules) -> list[Check]:
     checks = await asyncio.to_thread(check_data_dir, settings)
     checks += check_mail_relay(settings, rules)
+    checks += await check_relay_connection(settings)
     checks += await asyncio.to_thread(check_signing, rules)
     checks += await asyncio.to_thread(check_revocation_sources, rules)
     checks += await asyncio.to_thread(check_templates, rules)

@@ -68,6 +68,10 @@ def show_envelope(store: OutboxStore, args: argparse.Namespace) -> str:
     ]
     if envelope.reason:
         head.append(f"reason: {envelope.reason}")
+    if envelope.purged_at is not None:
+        head.append(f"personal data purged {_time(envelope.purged_at)} (SFSIGN_JOB_RETENTION_DAYS after it ended): "
+                    "the recipients' names, addresses and Salesforce ids, IP addresses, user agents, reasons and "
+                    "relay replies are gone; states, counts, times and hashes are kept, the evidence is in Salesforce")
     people = tabulate([_recipient_row(r) for r in store.recipients(envelope.id)],
                       headers=["#", "step", "state", "source", "salesforce id", "invited", "signed", "mail error"])
     events = tabulate([_event_row(e) for e in store.timeline(envelope.id)],

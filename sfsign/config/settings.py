@@ -112,7 +112,8 @@ class Settings(BaseSettings):
         2.0, ge=0, description="B-LT/B-LTA: wait before the background upgrade, so fresh documents go first"
     )
     job_retention_days: float = Field(
-        30.0, gt=0, description="done/error/dead job rows (and their sent audit rows) are purged after this (GDPR)"
+        30.0, gt=0, description="done/error/dead job rows (and their sent audit rows) are purged after this, and "
+        "the personal data of envelopes that ended this long ago (GDPR: docs/signing-flow.md, Personal data)"
     )
     artifact_grace_s: float = Field(
         0.0, ge=0, description="rendered/signed PDFs of finished jobs are kept this long on disk, then deleted"

@@ -1,9 +1,11 @@
-"""Data minimisation (GDPR): finished job rows go after `job_retention_days`, and rendered or signed PDFs
-of finished jobs after `artifact_grace_s`.
+"""Data minimisation (GDPR): finished job rows go after `job_retention_days`, ended envelopes lose their
+recipients' personal data after the same time (`outbox.envelope_retention`), and rendered or signed PDFs
+of finished jobs go after `artifact_grace_s`.
 
-The signed file lives in Salesforce; sfsign's copy on disk and its job rows only serve retries and
-support, so they are kept no longer than that needs. Active jobs and their artifacts are never touched,
-and an `error`/`dead` job keeps its artifacts (a `sfsign retry` resumes from them) until its row expires.
+The signed file lives in Salesforce; sfsign's copy on disk, its job rows and its envelopes' people only
+serve retries, the signing links and support, so they are kept no longer than that needs. Active jobs,
+live envelopes and their artifacts are never touched, and an `error`/`dead` job keeps its artifacts and its
+envelope (a `sfsign retry` resumes from them) until its row expires.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DAY_S = 86400.0
 class RetentionResult:
     rows: PurgeResult
     artifacts: list[Path]  # files deleted (or, dry run, that would be)
+    envelopes: int = 0  # ended envelopes whose personal data was purged (or would be)
 
 
 def artifacts_dir(settings: Settings) -> Path:
@@ -84,14 +87,17 @@ def _expired(files: list[Path], states: dict[str, tuple[JobState, float | None]]
 
 def purge(store: OutboxStore, settings: Settings, now: float | None = None, *, dry_run: bool = False
           ) -> RetentionResult:
-    """Expired job rows first, then artifacts, so files of the rows just purged go in the same pass."""
+    """Expired job rows first, then envelopes and artifacts, so what the rows just purged leave goes in the
+    same pass."""
     now = time.time() if now is None else now
     rows = store.purge(now, settings.job_retention_days * DAY_S, dry_run=dry_run)
+    envelopes = store.purge_envelopes(now, settings.job_retention_days * DAY_S,
+                                      settings.signing_download_days * DAY_S, dry_run=dry_run)
     files = expired_artifacts(artifacts_dir(settings), store, now, settings.artifact_grace_s,
                               settings.signing_download_days * DAY_S)
     if not dry_run:
         _unlink_all(files)
-    return RetentionResult(rows, files)
+    return RetentionResult(rows, files, envelopes)
 
 
 async def purge_outbox(outbox: Outbox, settings: Settings, now: float | None = None) -> RetentionResult:
@@ -99,13 +105,15 @@ async def purge_outbox(outbox: Outbox, settings: Settings, now: float | None = N
     neither the event loop nor the outbox thread waits on the artifacts directory."""
     now = time.time() if now is None else now
     rows = await outbox.purge(now, settings.job_retention_days * DAY_S)
+    envelopes = await outbox.purge_envelopes(now, settings.job_retention_days * DAY_S,
+                                             settings.signing_download_days * DAY_S)
     loop = asyncio.get_running_loop()
     files = await loop.run_in_executor(None, _artifact_files, artifacts_dir(settings))
     states = await outbox.job_states(_transaction_ids(files))
     expired = await loop.run_in_executor(None, _expired, files, states, now, settings.artifact_grace_s,
                                          settings.signing_download_days * DAY_S)
     await loop.run_in_executor(None, _unlink_all, expired)
-    return RetentionResult(rows, expired)
+    return RetentionResult(rows, expired, envelopes)
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -121,10 +129,10 @@ async def purge_loop(outbox: Outbox, settings: Settings, stop: asyncio.Event, in
     while not stop.is_set():
         try:
             result = await purge_outbox(outbox, settings)
-            if result.rows.job_rows or result.rows.audit_rows or result.artifacts:
+            if result.rows.job_rows or result.rows.audit_rows or result.artifacts or result.envelopes:
                 # Counts only: the rows and files name records and customers.
                 log.info("retention purge", jobs=result.rows.jobs, audit_rows=result.rows.audit_rows,
-                         artifacts=len(result.artifacts))
+                         artifacts=len(result.artifacts), envelopes_anonymised=result.envelopes)
         except Exception as exc:
             log.error("retention purge failed; will retry", error=f"{type(exc).__name__}: {exc}")
         await wait_any(stop, within_s=every)

@@ -14,6 +14,7 @@ from sfsign.outbox.envelope_models import (
     MirrorView,
     QueuedMail,
     Recipient,
+    RejectionNotice,
     SignerEvidence,
     SignOutcome,
     TokenMatch,
@@ -172,8 +173,21 @@ class EnvelopeFace:
     async def mark_notify_failed(self, envelope_id: int, error: str, retry_at: float) -> Envelope:
         return await self.call(lambda s: s.mark_notify_failed(envelope_id, error, retry_at))
 
+    async def rejections_to_notify(self, now: float, limit: int = 100) -> list[RejectionNotice]:
+        return await self.call(lambda s: s.rejections_to_notify(now, limit))
+
+    async def mark_rejection_notified(self, recipient_id: int, now: float) -> None:
+        await self.call(lambda s: s.mark_rejection_notified(recipient_id, now))
+
+    async def mark_rejection_notify_failed(self, recipient_id: int, retry_at: float) -> Recipient:
+        return await self.call(lambda s: s.mark_rejection_notify_failed(recipient_id, retry_at))
+
     async def live_envelopes(self, sobject: str, record_id: str, rule: str | None = None) -> list[Envelope]:
         return await self.call(lambda s: s.live_envelopes(sobject, record_id, rule))
+
+    async def purge_envelopes(self, now: float, retention_s: float, download_s: float = 0.0, *,
+                              dry_run: bool = False) -> int:
+        return await self.call(lambda s: s.purge_envelopes(now, retention_s, download_s, dry_run=dry_run))
 
     async def resend_all(self, transaction_id: str, now: float, actor: str, request: str) -> list[int]:
         return await self.call(lambda s: s.resend_all(transaction_id, now, actor, request))

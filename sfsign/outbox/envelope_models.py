@@ -66,6 +66,7 @@ class Envelope:
     notify_attempts: int = 0
     notify_next_at: float | None = None
     notify_error: str | None = None
+    purged_at: float | None = None  # its personal data was purged (`outbox.envelope_retention`)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Envelope:
@@ -92,6 +93,15 @@ class MirrorView:
     file_title: str | None = None
     job_state: str | None = None
     decliner: str | None = None
+    rejected: tuple[Recipient, ...] = ()  # of a live envelope: recipients whose address the relay refused
+
+
+@dataclass(frozen=True)
+class RejectionNotice:
+    """A recipient whose address the relay refused, whose record owner has not been told yet."""
+
+    view: MirrorView  # their envelope, as its record shows it
+    recipient: Recipient
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,10 @@ class Recipient:
     reminders_sent: int = 0
     mail_error: str | None = None
     applied_at: float | None = None  # their signature is in the job's PDF
+    mail_rejected_at: float | None = None  # the relay refused their address (the owner is told once)
+    rejection_notified_at: float | None = None
+    rejection_notify_attempts: int = 0
+    rejection_notify_next_at: float | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Recipient:

@@ -8,6 +8,8 @@ same Message-ID, which lets the receiving side see it as the same message.
 
 from __future__ import annotations
 
+import sqlite3
+
 from sfsign.outbox.envelope_base import EnvelopeBase
 from sfsign.outbox.envelope_models import DueOutcome, Envelope, MailState, QueuedMail
 from sfsign.signing.lifecycle import EventType, mail_retry_at, may_remind, next_reminder_at
@@ -62,13 +64,28 @@ class EnvelopeQueue(EnvelopeBase):
                 return self._mail(mail_id)
             self._update(conn, "mails", mail_id, {"attempts": attempts, "last_error": error, "sealed": None,
                                                   "state": MailState.REJECTED.value})
-            if mail.recipient_id is not None:
-                self._update(conn, "recipients", mail.recipient_id, {"mail_error": error})
             envelope = self._envelope(mail.envelope_id)
+            if mail.recipient_id is not None:
+                self._record_rejection(conn, envelope, mail.recipient_id, error, now)
             self._event(conn, envelope, EventType.MAIL_REJECTED, now, recipient_id=mail.recipient_id,
                         detail=f"{mail.kind.value}: {error}")
             self._update(conn, "envelopes", envelope.id, {"updated_at": now})
             return self._mail(mail_id)
+
+    def _record_rejection(self, conn: sqlite3.Connection, envelope: Envelope, recipient_id: int, error: str,
+                          now: float) -> None:
+        """The relay refused a recipient's address: kept on the recipient; while the envelope is live, the first
+        refusal is also for the record (a new `version`: the mirror writes the note) and for its owner (told
+        once: `mail_rejected_at` without `rejection_notified_at`). A later refusal of the same address (a
+        reminder) changes only the reply kept."""
+        recipient = self._recipient(recipient_id)
+        changes: dict[str, object] = {"mail_error": error}
+        first = recipient.mail_rejected_at is None and not envelope.ended
+        if first:
+            changes["mail_rejected_at"] = now
+        self._update(conn, "recipients", recipient_id, changes)
+        if first:
+            conn.execute("UPDATE envelopes SET version = version + 1 WHERE id = ?", (envelope.id,))
 
     # ------------------------------------------------------------------------------- due envelopes
 

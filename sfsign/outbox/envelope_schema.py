@@ -52,6 +52,8 @@ ENVELOPE_TABLES: dict[str, dict[str, str]] = {
         "notify_attempts": "INTEGER NOT NULL DEFAULT 0",
         "notify_next_at": "REAL",
         "notify_error": "TEXT",
+        # The retention purge anonymised it (`sfsign.outbox.envelope_retention`): no personal data is left.
+        "purged_at": "REAL",
     },
     "recipients": {
         "id": "INTEGER PRIMARY KEY",
@@ -83,6 +85,12 @@ ENVELOPE_TABLES: dict[str, dict[str, str]] = {
         "reminders_sent": "INTEGER NOT NULL DEFAULT 0",
         "mail_error": "TEXT",  # the relay refused this address for good
         "applied_at": "REAL",  # their signature is in the job's PDF (the worker's signature step)
+        # The relay refused their address (since their last mail that went through): the record owner is told
+        # once per such refusal (`sfsign.envelope_mirror`); a failed notification waits for its next time.
+        "mail_rejected_at": "REAL",
+        "rejection_notified_at": "REAL",
+        "rejection_notify_attempts": "INTEGER NOT NULL DEFAULT 0",
+        "rejection_notify_next_at": "REAL",
     },
     # The timeline: what the certificate of completion lists.
     "envelope_events": {
@@ -120,6 +128,9 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS envelopes_unsynced ON envelopes (mirror_next_at) WHERE version > synced_version",
     "CREATE INDEX IF NOT EXISTS envelopes_unnotified ON envelopes (state) WHERE notified_at IS NULL",
     "CREATE INDEX IF NOT EXISTS recipients_envelope ON recipients (envelope_id, step)",
+    "CREATE INDEX IF NOT EXISTS recipients_unnotified_rejection ON recipients (rejection_notify_next_at) "
+    "WHERE mail_rejected_at IS NOT NULL AND rejection_notified_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS envelopes_unpurged ON envelopes (ended_at) WHERE purged_at IS NULL",
     "CREATE INDEX IF NOT EXISTS envelope_events_envelope ON envelope_events (envelope_id, id)",
     "CREATE INDEX IF NOT EXISTS mails_queue ON mails (state, next_attempt_at)",
 )

@@ -10,8 +10,10 @@ what is still to write, and what is still to tell.
 
 from __future__ import annotations
 
+import json
+
 from sfsign.outbox.envelope_base import EnvelopeBase
-from sfsign.outbox.envelope_models import Envelope, MirrorView
+from sfsign.outbox.envelope_models import Envelope, MirrorView, Recipient, RejectionNotice
 from sfsign.outbox.models import JobState
 from sfsign.signing.lifecycle import EventType
 from sfsign.signing.model import ENVELOPE_FINAL, EnvelopeState, RecipientState
@@ -34,8 +36,22 @@ class EnvelopeSync(EnvelopeBase):
 
     def _views(self, where: str, args: list[object], limit: int) -> list[MirrorView]:
         rows = self._dicts(f"{_VIEW} WHERE {where} ORDER BY e.id LIMIT ?", [*args, limit])
-        return [MirrorView(Envelope.from_row(r), int(r["signed"]), int(r["total"]), r["file_title"],
-                           r["job_state"], r["decliner"]) for r in rows]
+        envelopes = [Envelope.from_row(r) for r in rows]
+        rejected = self._rejected([e.id for e in envelopes if not e.ended])
+        return [MirrorView(e, int(r["signed"]), int(r["total"]), r["file_title"], r["job_state"], r["decliner"],
+                           tuple(rejected.get(e.id, ()))) for e, r in zip(envelopes, rows, strict=True)]
+
+    def _rejected(self, envelope_ids: list[int]) -> dict[int, list[Recipient]]:
+        """Envelope id → its recipients whose address the relay refused (one query for all)."""
+        if not envelope_ids:
+            return {}
+        found: dict[int, list[Recipient]] = {}
+        for row in self._dicts("SELECT * FROM recipients WHERE mail_rejected_at IS NOT NULL AND envelope_id IN "
+                               "(SELECT value FROM json_each(?)) ORDER BY step, position",
+                               [json.dumps(envelope_ids)]):
+            recipient = Recipient.from_row(row)
+            found.setdefault(recipient.envelope_id, []).append(recipient)
+        return found
 
     # ------------------------------------------------------------------------------ the record mirror
 
@@ -78,6 +94,33 @@ class EnvelopeSync(EnvelopeBase):
             conn.execute("UPDATE envelopes SET notify_attempts = notify_attempts + 1, notify_next_at = ?, "
                          "notify_error = ? WHERE id = ?", (retry_at, error[:ERROR_MAX], envelope_id))
             return self._envelope(envelope_id)
+
+    # ------------------------------------------------------------------------- refused addresses
+
+    def rejections_to_notify(self, now: float, limit: int = 100) -> list[RejectionNotice]:
+        """Recipients whose address the relay refused and whose record owner was not told yet, once the
+        record shows the note (as a refusal's notification waits for the record), not waiting for a retry."""
+        rows = self._dicts(
+            "SELECT r.* FROM recipients r JOIN envelopes e ON e.id = r.envelope_id WHERE r.mail_rejected_at IS NOT "
+            "NULL AND r.rejection_notified_at IS NULL AND (r.rejection_notify_next_at IS NULL OR "
+            "r.rejection_notify_next_at <= ?) AND e.synced_version >= e.version ORDER BY r.id LIMIT ?", [now, limit])
+        recipients = [Recipient.from_row(r) for r in rows]
+        ids = sorted({r.envelope_id for r in recipients})
+        views = {v.envelope.id: v for v in self._views(
+            "e.id IN (SELECT value FROM json_each(?))", [json.dumps(ids)], len(ids))} if ids else {}
+        return [RejectionNotice(views[r.envelope_id], r) for r in recipients]
+
+    def mark_rejection_notified(self, recipient_id: int, now: float) -> None:
+        """Told (or given up on for good): never again for this refusal."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE recipients SET rejection_notified_at = ?, rejection_notify_next_at = NULL "
+                         "WHERE id = ?", (now, recipient_id))
+
+    def mark_rejection_notify_failed(self, recipient_id: int, retry_at: float) -> Recipient:
+        with self._transaction() as conn:
+            conn.execute("UPDATE recipients SET rejection_notify_attempts = rejection_notify_attempts + 1, "
+                         "rejection_notify_next_at = ? WHERE id = ?", (retry_at, recipient_id))
+            return self._recipient(recipient_id)
 
     # ------------------------------------------------------------------------------ the rep's requests
 

@@ -16,6 +16,7 @@ from typing import Any
 from sfsign.outbox.envelope_codes import EnvelopeCodes
 from sfsign.outbox.envelope_jobs import EnvelopeJobs
 from sfsign.outbox.envelope_queue import EnvelopeQueue
+from sfsign.outbox.envelope_retention import EnvelopeRetention
 from sfsign.outbox.envelope_sync import EnvelopeSync
 from sfsign.outbox.intake import IntakeStore
 from sfsign.outbox.meta import FIRST_SUBSCRIBED_KEY, OPS_PROBE_KEY, RECONCILE_PREFIX, reconcile_key
@@ -31,10 +32,10 @@ from sfsign.outbox.models import (
 from sfsign.outbox.schema import open_database
 
 
-class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, EnvelopeSync):
+class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, EnvelopeSync, EnvelopeRetention):
     """Synchronous SQLite access; use it from one thread (see `Outbox` for the async face). Customer
     signing's envelopes come from `envelopes`, `envelope_codes`, `envelope_queue` and `envelope_sync`, their
-    jobs' moves from `envelope_jobs`."""
+    jobs' moves from `envelope_jobs`, their retention from `envelope_retention`."""
 
     def __init__(self, path: Path) -> None:
         self.db = open_database(path)

@@ -21,6 +21,7 @@ flattened on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.policy
 import ssl
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from sfsign.signing.mail_messages import MailRequest, Party, compose
 
 log = get_logger(__name__)
 
-FIX_CREDENTIALS = "check SFSIGN_SMTP_USERNAME and SFSIGN_SMTP_PASSWORD (the relay's login)"
+FIX_CREDENTIALS = ("check SFSIGN_SMTP_USERNAME and SFSIGN_SMTP_PASSWORD (the relay's login; the password is "
+                   "the file SFSIGN_SMTP_PASSWORD in the secrets directory, SFSIGN_SECRETS_DIR)")
 FIX_TRUST = ("the relay's certificate is not trusted for this host name: set SFSIGN_SMTP_CA_BUNDLE to the CA that "
              "issued it, or fix the host in SFSIGN_SMTP_URL to the name the certificate carries")
 FIX_STARTTLS = ("the relay offers no STARTTLS: use smtps://HOST:465 in SFSIGN_SMTP_URL if it speaks implicit TLS, "
@@ -91,16 +93,35 @@ class Mailer:
         self._log(outcome, request, log_id)
         return outcome
 
+    async def probe(self, *, timeout_s: float | None = None) -> SendOutcome:
+        """Open a session as `send` does (connect, EHLO, STARTTLS or implicit TLS as the URL says, AUTH when a
+        login is configured), offer the sender (MAIL FROM, then RSET: a relay that wants a login or refuses
+        the sender says so there) and QUIT, sending no mail. DELIVERED means the relay would take a mail;
+        otherwise the outcome says why, as for a mail (`fix`: the setting to change)."""
+        client = self._client(timeout_s)
+        try:
+            await client.connect()
+            await client.ehlo()
+            await client.mail(self.relay.mail_from.address)
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            outcome = classify(exc, self.relay.security)
+        else:
+            outcome = SendOutcome(SendStatus.DELIVERED, reply="the relay accepts the sender; no mail was sent")
+        finally:
+            await _quit_quietly(client)
+        return dataclasses.replace(outcome, reply=self._scrub(outcome.reply, ""))  # a relay may echo the password
+
     def _flatten(self, request: MailRequest) -> bytes:
         """The wire bytes: CRLF lines, headers in ASCII (RFC 2047 words for names)."""
         message: EmailMessage = compose(request, self.relay.mail_from)
         return message.as_bytes(policy=email.policy.SMTP)
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self, timeout_s: float | None = None) -> aiosmtplib.SMTP:
         relay = self.relay
         password = relay.password.get_secret_value() if relay.password is not None else None
         return aiosmtplib.SMTP(
-            hostname=relay.host, port=relay.port, timeout=relay.timeout_s, tls_context=self._tls,
+            hostname=relay.host, port=relay.port, timeout=timeout_s or relay.timeout_s, tls_context=self._tls,
             use_tls=relay.security is SmtpSecurity.IMPLICIT_TLS,
             start_tls=relay.security is SmtpSecurity.STARTTLS,  # required, never opportunistic
             username=relay.username, password=password,
@@ -127,7 +148,8 @@ class Mailer:
 
     def _scrub(self, text: str, address: str) -> str:
         """`text` without the recipient's address and the relay password, for a log line."""
-        masked = _replace_folded(text, address, "<recipient>")
+        bracketed = f"<{address}>" if address else ""  # "<a@b>" as one: "<recipient>", not "<<recipient>>"
+        masked = _replace_folded(_replace_folded(text, bracketed, "<recipient>"), address, "<recipient>")
         if self.relay.password is not None and self.relay.password.get_secret_value():
             masked = masked.replace(self.relay.password.get_secret_value(), MASK)
         return masked
