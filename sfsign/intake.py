@@ -103,6 +103,7 @@ class Intake:
         self.ready = ready
         self.max_attempts = max_attempts
         self.stop = stop
+        self._gaps: set[str] = set()  # channels resubscribed from -1 whose reconciliation is not requested yet
 
     async def run(self) -> None:
         await self._reconcile_channels_without_position()
@@ -232,7 +233,28 @@ class Intake:
             if subscribed and not self.ready.is_set():
                 self.ready.set()
                 await self.outbox.mark_first_subscribed()
+            await self._reconcile_gaps()
             await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def _reconcile_gaps(self) -> None:
+        """Reconcile the objects of channels the stream had to resubscribe from -1 (see
+        `StreamClient.take_gaps`): the events the lost session held, or that were published before the new
+        one, are never delivered. Requested after the new subscription is live, so a record that moves
+        after the query arrives on the stream; a request that cannot be persisted yet is tried again."""
+        self._gaps.update(self.stream.take_gaps())
+        objects = sorted({o for c in self._gaps if (o := _channel_object(c))})
+        if not objects:
+            self._gaps.clear()
+            return
+        try:
+            await self.reconciler.request(objects)
+        except Exception as exc:  # the outbox is busy: the next tick asks again
+            log.warning("could not request the reconciliation of a stream gap; retrying", objects=objects,
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        log.info("resubscribed without a replay position: reconciling what the lost session may have held",
+                    channels=sorted(self._gaps), objects=objects)
+        self._gaps.clear()
 
     async def _reconcile_channels_without_position(self) -> None:
         """A change-event channel without a stored replay id subscribes from -1 (new events only). On the

@@ -166,7 +166,7 @@ class Reconciler:
             while pending and not self.subscribed() and not self.stop.is_set():
                 await wait_any(self.stop, within_s=0.1)
             failed = False
-            for sobject in pending:
+            for sobject, requested_at in pending.items():
                 try:
                     await self._pass([sobject])
                 except Exception as exc:
@@ -174,7 +174,8 @@ class Reconciler:
                     log.error("reconciliation failed; will retry", sobject=sobject,
                               error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                     continue
-                await self.outbox.reconcile_done(sobject)
+                if not await self.outbox.reconcile_done(sobject, requested_at):
+                    self._requested.set()  # asked again during the pass: another pass, after this one's query
             timeout = delay if failed else None
             delay = min(delay * 2, RETRY_CAP_S) if failed else 1.0
             await wait_any(self.stop, self._requested, within_s=timeout)

@@ -358,8 +358,8 @@ class Outbox(EnvelopeFace):
     async def request_reconcile(self, sobject: str, at: str | None = None) -> None:
         await self.call(lambda s: s.request_reconcile(sobject, at))
 
-    async def pending_reconciles(self) -> list[str]:
+    async def pending_reconciles(self) -> dict[str, str]:
         return await self.call(OutboxStore.pending_reconciles)
 
-    async def reconcile_done(self, sobject: str) -> None:
-        await self.call(lambda s: s.reconcile_done(sobject))
+    async def reconcile_done(self, sobject: str, requested_at: str) -> bool:
+        return await self.call(lambda s: s.reconcile_done(sobject, requested_at))

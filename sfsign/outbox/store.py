@@ -255,12 +255,17 @@ class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, Envel
         about it."""
         self.set_meta(reconcile_key(sobject), at or _now_iso())
 
-    def pending_reconciles(self) -> list[str]:
-        """The objects whose requested reconciliation has not been done yet, by name."""
-        return [key.removeprefix(RECONCILE_PREFIX) for key in self.meta_with_prefix(RECONCILE_PREFIX)]
+    def pending_reconciles(self) -> dict[str, str]:
+        """The objects whose requested reconciliation has not been done yet, by name, each with the time of
+        its latest request (what `reconcile_done` must be given)."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ? ORDER BY key", (RECONCILE_PREFIX + "%",))
+        return {str(key).removeprefix(RECONCILE_PREFIX): str(value) for key, value in rows.fetchall()}
 
-    def reconcile_done(self, sobject: str) -> None:
-        self.delete_meta(reconcile_key(sobject))
+    def reconcile_done(self, sobject: str, requested_at: str) -> bool:
+        """Clear the request the pass answered, unless a newer one came meanwhile: a record that moved after
+        the pass's query (a later stream gap, an overflow event) must get a pass of its own."""
+        cursor = self.db.execute("DELETE FROM meta WHERE key = ? AND value = ?", (reconcile_key(sobject), requested_at))
+        return cursor.rowcount > 0
 
 
 def _now_iso() -> str:

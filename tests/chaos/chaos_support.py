@@ -713,6 +713,29 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     return await _finish(org, result, ids, daemon, started)
 
 
+async def scenario_torn_before_first_commit(org: ChaosOrg, rng: random.Random) -> ChaosResult:
+    """A fresh install's first connect answer that carries events is torn: no replay id is committed yet, so
+    the new session subscribes from -1 and the torn events (and any published before it) never come back
+    on the stream. No periodic reconciliation: the gap's own reconciliation must find them."""
+    ids = await org.create_opportunities(max(3, org.scale.records // 10))
+    result = ChaosResult("torn before the first commit", len(ids))
+    started = time.monotonic()
+    daemon = await org.start_daemon(env={"SFSIGN_RECONCILE_INTERVAL_S": "0"})
+    await org.control_post("/_control/streaming/torn-connects", {"kind": rng.choice(TORN_KINDS), "count": 1})
+    await org.trigger(ids)
+
+    async def torn() -> bool:
+        fault = (await org.control_call("GET", "/_control/faults")).get("cometd_torn")
+        return fault is not None and fault["hits"] > 0
+
+    await _until(torn, 30.0, "the first answer carrying events to be torn")
+    result.faults["torn connect answer"] = 1
+    await _finish(org, result, ids, daemon, started, settle_s=60.0)
+    result.notes["log: gap reconciliations"] = await asyncio.to_thread(
+        _count_in_logs, org, "resubscribed without a replay position: reconciling what the lost session may have held")
+    return result
+
+
 async def scenario_retention(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     """(c) the daemon is down longer than the retention window while records move: its stored replay id
     is invalid on restart, and reconciliation must sign every record it missed."""
@@ -893,6 +916,7 @@ def _log_has(path: Path, event: str) -> bool:
 SCENARIOS: dict[str, Callable[[ChaosOrg, random.Random], Awaitable[ChaosResult]]] = {
     "kill": scenario_kill,
     "fault-mix": scenario_fault_mix,
+    "torn-before-first-commit": scenario_torn_before_first_commit,
     "retention": scenario_retention,
     "emulator-restart": scenario_emulator_restart,
     "uncertain-upload": scenario_uncertain_upload,
