@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import chaos_diagnostics
+
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.config import load_rules
 from sfsign.connections import auth_config
@@ -127,6 +129,7 @@ class ChaosResult:
     verdict: Verdict | None = None
     wall_s: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    diagnostics: str = ""  # filled when the invariant is broken (see chaos_diagnostics)
 
     @property
     def faults_injected(self) -> int:
@@ -134,7 +137,8 @@ class ChaosResult:
 
     def assert_invariant(self) -> None:
         assert self.verdict is not None, "the scenario did not reach its verdict"
-        assert self.verdict.ok, f"{self.scenario}: invariant broken:\n" + "\n".join(self.verdict.problems)
+        assert self.verdict.ok, (f"{self.scenario}: invariant broken:\n" + "\n".join(self.verdict.problems)
+                                 + f"\n\n{self.diagnostics}")
 
     def row(self) -> dict[str, Any]:
         v = self.verdict
@@ -479,6 +483,21 @@ class ChaosOrg:
         problems += [f"{rid}: no job" for rid in ids if rid not in per_record]
         return problems
 
+    async def diagnostics(self, ids: list[str]) -> str:
+        """The evidence of a failed run (outbox, emulator's Bayeux side, daemon logs), saved beside the logs."""
+        subscriptions = (await self.control_call("GET", "/_control/streaming/subscriptions"))["subscriptions"]
+        clients = (await self.control_call("GET", "/_control/streaming/clients"))["clients"]
+        logs = sorted(self.work.glob("daemon-*.log"))
+        report = "\n".join([
+            "chaos diagnostics",
+            *await asyncio.to_thread(chaos_diagnostics.outbox_report, self.data_dir / "outbox.sqlite", ids),
+            *chaos_diagnostics.streaming_report(subscriptions, clients),
+            *await asyncio.to_thread(chaos_diagnostics.log_report, logs),
+        ])
+        path = self.work / "chaos-diagnostics.txt"
+        await asyncio.to_thread(path.write_text, report)
+        return f"{report}\n(saved in {path})"
+
     # -- faults
 
     async def control_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -555,6 +574,8 @@ async def _finish(org: ChaosOrg, result: ChaosResult, ids: list[str], daemon: Da
     verdict.problems += org.outbox_problems(ids)
     result.verdict = verdict
     result.wall_s = time.monotonic() - started
+    if not verdict.ok:
+        result.diagnostics = await org.diagnostics(ids)
     rows = await asyncio.to_thread(org.outbox_rows)
     result.notes["max attempts of a job"] = max((r["attempts"] for r in rows), default=0)
     result.notes["log: uploads found by transaction id"] = await asyncio.to_thread(
