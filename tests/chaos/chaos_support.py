@@ -581,6 +581,7 @@ async def _finish(org: ChaosOrg, result: ChaosResult, ids: list[str], daemon: Da
     result.notes["log: uploads found by transaction id"] = await asyncio.to_thread(
         _count_in_logs, org, "upload already happened; reusing it")
     result.notes["log: step retries"] = await asyncio.to_thread(_count_in_logs, org, "step failed; will retry")
+    result.notes["log: gap reconciliations"] = await asyncio.to_thread(_count_in_logs, org, GAP_EVENT)
     return result
 
 
@@ -649,6 +650,8 @@ async def scenario_kill(org: ChaosOrg, rng: random.Random) -> ChaosResult:
 
 
 TORN_KINDS = ("truncated", "html", "html-502", "not-array")
+# The daemon's log event when a channel had to resubscribe from -1 and its objects are reconciled.
+GAP_EVENT = "resubscribed without a replay position: reconciling what the lost session may have held"
 
 
 class FaultSchedule:
@@ -751,10 +754,7 @@ async def scenario_torn_before_first_commit(org: ChaosOrg, rng: random.Random) -
 
     await _until(torn, 30.0, "the first answer carrying events to be torn")
     result.faults["torn connect answer"] = 1
-    await _finish(org, result, ids, daemon, started, settle_s=60.0)
-    result.notes["log: gap reconciliations"] = await asyncio.to_thread(
-        _count_in_logs, org, "resubscribed without a replay position: reconciling what the lost session may have held")
-    return result
+    return await _finish(org, result, ids, daemon, started, settle_s=60.0)
 
 
 async def scenario_retention(org: ChaosOrg, rng: random.Random) -> ChaosResult:
