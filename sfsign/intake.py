@@ -23,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -53,6 +54,8 @@ log = structlog.get_logger("sfsign.intake")
 RETRY_FIRST_S = 0.5
 RETRY_CAP_S = 30.0
 WATCH_INTERVAL_S = 0.05
+# A stream gap's reconciliation reaches this far before the process start (Salesforce's clock may differ).
+GAP_RECONCILE_MARGIN_S = 120.0
 
 
 @dataclass
@@ -246,8 +249,11 @@ class Intake:
         if not objects:
             self._gaps.clear()
             return
+        # Records changed before this process started are not the gap's: a channel without a position at
+        # start was reconciled then, and what sat in a trigger state before sfsign ever ran is the operator's.
+        since = datetime.fromtimestamp(self.health.started_at - GAP_RECONCILE_MARGIN_S, UTC)
         try:
-            await self.reconciler.request(objects)
+            await self.reconciler.request(objects, since)
         except Exception as exc:  # the outbox is busy: the next tick asks again
             log.warning("could not request the reconciliation of a stream gap; retrying", objects=objects,
                         error=f"{type(exc).__name__}: {exc}"[:300])

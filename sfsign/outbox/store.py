@@ -18,7 +18,14 @@ from sfsign.outbox.envelope_jobs import EnvelopeJobs
 from sfsign.outbox.envelope_queue import EnvelopeQueue
 from sfsign.outbox.envelope_sync import EnvelopeSync
 from sfsign.outbox.intake import IntakeStore
-from sfsign.outbox.meta import FIRST_SUBSCRIBED_KEY, OPS_PROBE_KEY, RECONCILE_PREFIX, reconcile_key
+from sfsign.outbox.meta import (
+    FIRST_SUBSCRIBED_KEY,
+    OPS_PROBE_KEY,
+    RECONCILE_PREFIX,
+    reconcile_key,
+    reconcile_since,
+    reconcile_value,
+)
 from sfsign.outbox.models import (
     ACTIVE_STATES,
     ARCHIVE_SOURCE,
@@ -250,14 +257,21 @@ class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, Envel
         """A write that proves the outbox takes one right now (the readiness probe)."""
         self.set_meta(OPS_PROBE_KEY, _now_iso())
 
-    def request_reconcile(self, sobject: str, at: str | None = None) -> None:
-        """Persist that `sobject` needs reconciling (since `at`, default now), before anything else is done
-        about it."""
-        self.set_meta(reconcile_key(sobject), at or _now_iso())
+    def request_reconcile(self, sobject: str, at: str | None = None, since: datetime | None = None) -> None:
+        """Persist that `sobject` needs reconciling (requested `at`, default now; only records changed
+        `since`, or all), before anything else is done about it. A request pending already is widened:
+        every record if either asks for all, else the earlier bound."""
+        key = reconcile_key(sobject)
+        with self._transaction():
+            pending = self.get_meta(key)
+            if pending is not None:
+                earlier = reconcile_since(pending)
+                since = None if earlier is None or since is None else min(earlier, since)
+            self.set_meta(key, reconcile_value(at or _now_iso(), since))
 
     def pending_reconciles(self) -> dict[str, str]:
-        """The objects whose requested reconciliation has not been done yet, by name, each with the time of
-        its latest request (what `reconcile_done` must be given)."""
+        """The objects whose requested reconciliation has not been done yet, by name, each with its request
+        (what `reconcile_done` must be given; `reconcile_since` reads its bound)."""
         rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ? ORDER BY key", (RECONCILE_PREFIX + "%",))
         return {str(key).removeprefix(RECONCILE_PREFIX): str(value) for key, value in rows.fetchall()}
 

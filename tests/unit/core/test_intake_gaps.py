@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from sfsign.intake import Health, Intake
+from sfsign.intake import GAP_RECONCILE_MARGIN_S, Health, Intake
 
 CDC = "/data/OpportunityChangeEvent"
 QUOTE = "/data/QuoteChangeEvent"
@@ -30,12 +31,14 @@ class FakeReconciler:
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.requests: list[list[str]] = []
+        self.since: list[datetime | None] = []
 
-    async def request(self, sobjects: list[str]) -> None:
+    async def request(self, sobjects: list[str], since: datetime | None = None) -> None:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database is locked")
         self.requests.append(sobjects)
+        self.since.append(since)
 
 
 def _intake(stream: FakeStream, reconciler: FakeReconciler) -> Intake:
@@ -54,6 +57,11 @@ async def test_gaps_of_change_event_channels_request_their_objects_with_fake_str
     await intake._reconcile_gaps()
     await intake._reconcile_gaps()
     assert reconciler.requests == [["Opportunity", "Quote"]]
+    # only what changed since this process started (with a margin for Salesforce's clock): the backlog from
+    # before sfsign ran is not the gap's
+    started = datetime.fromtimestamp(intake.health.started_at, UTC)
+    assert [started - since for since in reconciler.since if since] == [
+        datetime.fromtimestamp(GAP_RECONCILE_MARGIN_S, UTC) - datetime.fromtimestamp(0, UTC)]
 
 
 async def test_a_gap_whose_request_cannot_be_persisted_is_requested_again_with_fake_stream_and_reconciler() -> None:
