@@ -259,7 +259,7 @@ class Intake:
                         error=f"{type(exc).__name__}: {exc}"[:300])
             return
         log.info("resubscribed without a replay position: reconciling what the lost session may have held",
-                    channels=sorted(self._gaps), objects=objects)
+                 channels=sorted(self._gaps), objects=objects, since=since.isoformat())
         self._gaps.clear()
 
     async def _reconcile_channels_without_position(self) -> None:
