@@ -23,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -54,6 +55,8 @@ log = structlog.get_logger("sfsign.intake")
 RETRY_FIRST_S = 0.5
 RETRY_CAP_S = 30.0
 WATCH_INTERVAL_S = 0.05
+# A stream gap's reconciliation reaches this far before the process start (Salesforce's clock may differ).
+GAP_RECONCILE_MARGIN_S = 120.0
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Intake:
         # "Now" of a rep's Void or Resend: the envelopes' clock, so their timeline, due times and mails
         # agree with the reminders and expiry (`EnvelopeDue`), which a test moves by days.
         self.clock = clock or SystemClock()
+        self._gaps: set[str] = set()  # channels resubscribed from -1 whose reconciliation is not requested yet
 
     async def run(self) -> None:
         await self._reconcile_channels_without_position()
@@ -236,7 +240,31 @@ class Intake:
             if subscribed and not self.ready.is_set():
                 self.ready.set()
                 await self.outbox.mark_first_subscribed()
+            await self._reconcile_gaps()
             await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def _reconcile_gaps(self) -> None:
+        """Reconcile the objects of channels the stream had to resubscribe from -1 (see
+        `StreamClient.take_gaps`): the events the lost session held, or that were published before the new
+        one, are never delivered. Requested after the new subscription is live, so a record that moves
+        after the query arrives on the stream; a request that cannot be persisted yet is tried again."""
+        self._gaps.update(self.stream.take_gaps())
+        objects = sorted({o for c in self._gaps if (o := _channel_object(c))})
+        if not objects:
+            self._gaps.clear()
+            return
+        # Records changed before this process started are not the gap's: a channel without a position at
+        # start was reconciled then, and what sat in a trigger state before sfsign ever ran is the operator's.
+        since = datetime.fromtimestamp(self.health.started_at - GAP_RECONCILE_MARGIN_S, UTC)
+        try:
+            await self.reconciler.request(objects, since)
+        except Exception as exc:  # the outbox is busy: the next tick asks again
+            log.warning("could not request the reconciliation of a stream gap; retrying", objects=objects,
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        log.info("resubscribed without a replay position: reconciling what the lost session may have held",
+                 channels=sorted(self._gaps), objects=objects, since=since.isoformat())
+        self._gaps.clear()
 
     async def _reconcile_channels_without_position(self) -> None:
         """A change-event channel without a stored replay id subscribes from -1 (new events only). On the

@@ -27,6 +27,7 @@ from sfsign.aio import wait_any
 from sfsign.config import Rules, Settings
 from sfsign.governor import ApiGovernor
 from sfsign.outbox import NewJob, Outbox
+from sfsign.outbox.meta import reconcile_since
 from sfsign.salesforce.names import Record
 from sfsign.salesforce.records import record_type_filter
 from sfsign.salesforce.rest import QueryPage, SalesforceRest
@@ -140,15 +141,16 @@ class Reconciler:
             loops.append(self._periodic_loop())
         await asyncio.gather(*loops)
 
-    async def request(self, sobjects: list[str]) -> None:
-        """Remember (in SQLite) that these objects need reconciling, then wake the loop.
+    async def request(self, sobjects: list[str], since: datetime | None = None) -> None:
+        """Remember (in SQLite) that these objects need reconciling (only records changed `since`, or all),
+        then wake the loop.
 
         Persisted first, so a crash between an overflow event's commit and the reconciliation
         cannot lose it: the next start runs what is pending.
         """
         now = datetime.now(UTC).isoformat()
         for sobject in sobjects:
-            await self.outbox.request_reconcile(sobject, now)
+            await self.outbox.request_reconcile(sobject, now, since)
         self._requested.set()
 
     async def _pass(self, sobjects: list[str], since: datetime | None = None, *, until: datetime | None = None,
@@ -166,15 +168,16 @@ class Reconciler:
             while pending and not self.subscribed() and not self.stop.is_set():
                 await wait_any(self.stop, within_s=0.1)
             failed = False
-            for sobject in pending:
+            for sobject, requested in pending.items():
                 try:
-                    await self._pass([sobject])
+                    await self._pass([sobject], reconcile_since(requested))
                 except Exception as exc:
                     failed = True
                     log.error("reconciliation failed; will retry", sobject=sobject,
                               error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                     continue
-                await self.outbox.reconcile_done(sobject)
+                if not await self.outbox.reconcile_done(sobject, requested):
+                    self._requested.set()  # asked again during the pass: another pass, after this one's query
             timeout = delay if failed else None
             delay = min(delay * 2, RETRY_CAP_S) if failed else 1.0
             await wait_any(self.stop, self._requested, within_s=timeout)

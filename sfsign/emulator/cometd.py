@@ -160,7 +160,9 @@ class BayeuxServer:
         return len(targets)
 
     def drop_connections(self) -> int:
-        """Abort the TCP connection of every held long poll (events stay queued for the client)."""
+        """Abort the TCP connection of every held long poll. Events still queued stay for the client; a held
+        poll already woken by events (its answer not yet written) takes them down with the connection, as a
+        real server's answer in flight does: only a resubscription from the committed replay id gets them."""
         count = 0
         for client in self.clients.values():
             pending = client.pending

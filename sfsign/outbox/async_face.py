@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -355,11 +356,11 @@ class Outbox(EnvelopeFace):
     async def probe_write(self) -> None:
         await self.call(OutboxStore.probe_write)
 
-    async def request_reconcile(self, sobject: str, at: str | None = None) -> None:
-        await self.call(lambda s: s.request_reconcile(sobject, at))
+    async def request_reconcile(self, sobject: str, at: str | None = None, since: datetime | None = None) -> None:
+        await self.call(lambda s: s.request_reconcile(sobject, at, since))
 
-    async def pending_reconciles(self) -> list[str]:
+    async def pending_reconciles(self) -> dict[str, str]:
         return await self.call(OutboxStore.pending_reconciles)
 
-    async def reconcile_done(self, sobject: str) -> None:
-        await self.call(lambda s: s.reconcile_done(sobject))
+    async def reconcile_done(self, sobject: str, requested_at: str) -> bool:
+        return await self.call(lambda s: s.reconcile_done(sobject, requested_at))

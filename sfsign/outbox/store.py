@@ -19,7 +19,14 @@ from sfsign.outbox.envelope_queue import EnvelopeQueue
 from sfsign.outbox.envelope_retention import EnvelopeRetention
 from sfsign.outbox.envelope_sync import EnvelopeSync
 from sfsign.outbox.intake import IntakeStore
-from sfsign.outbox.meta import FIRST_SUBSCRIBED_KEY, OPS_PROBE_KEY, RECONCILE_PREFIX, reconcile_key
+from sfsign.outbox.meta import (
+    FIRST_SUBSCRIBED_KEY,
+    OPS_PROBE_KEY,
+    RECONCILE_PREFIX,
+    reconcile_key,
+    reconcile_since,
+    reconcile_value,
+)
 from sfsign.outbox.models import (
     ACTIVE_STATES,
     ARCHIVE_SOURCE,
@@ -251,17 +258,29 @@ class OutboxStore(IntakeStore, EnvelopeJobs, EnvelopeCodes, EnvelopeQueue, Envel
         """A write that proves the outbox takes one right now (the readiness probe)."""
         self.set_meta(OPS_PROBE_KEY, _now_iso())
 
-    def request_reconcile(self, sobject: str, at: str | None = None) -> None:
-        """Persist that `sobject` needs reconciling (since `at`, default now), before anything else is done
-        about it."""
-        self.set_meta(reconcile_key(sobject), at or _now_iso())
+    def request_reconcile(self, sobject: str, at: str | None = None, since: datetime | None = None) -> None:
+        """Persist that `sobject` needs reconciling (requested `at`, default now; only records changed
+        `since`, or all), before anything else is done about it. A request pending already is widened:
+        every record if either asks for all, else the earlier bound."""
+        key = reconcile_key(sobject)
+        with self._transaction():
+            pending = self.get_meta(key)
+            if pending is not None:
+                earlier = reconcile_since(pending)
+                since = None if earlier is None or since is None else min(earlier, since)
+            self.set_meta(key, reconcile_value(at or _now_iso(), since))
 
-    def pending_reconciles(self) -> list[str]:
-        """The objects whose requested reconciliation has not been done yet, by name."""
-        return [key.removeprefix(RECONCILE_PREFIX) for key in self.meta_with_prefix(RECONCILE_PREFIX)]
+    def pending_reconciles(self) -> dict[str, str]:
+        """The objects whose requested reconciliation has not been done yet, by name, each with its request
+        (what `reconcile_done` must be given; `reconcile_since` reads its bound)."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE ? ORDER BY key", (RECONCILE_PREFIX + "%",))
+        return {str(key).removeprefix(RECONCILE_PREFIX): str(value) for key, value in rows.fetchall()}
 
-    def reconcile_done(self, sobject: str) -> None:
-        self.delete_meta(reconcile_key(sobject))
+    def reconcile_done(self, sobject: str, requested_at: str) -> bool:
+        """Clear the request the pass answered, unless a newer one came meanwhile: a record that moved after
+        the pass's query (a later stream gap, an overflow event) must get a pass of its own."""
+        cursor = self.db.execute("DELETE FROM meta WHERE key = ? AND value = ?", (reconcile_key(sobject), requested_at))
+        return cursor.rowcount > 0
 
 
 def _now_iso() -> str:

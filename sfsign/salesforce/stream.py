@@ -5,7 +5,9 @@ Why our own (reference/streaming-notes.md): the available libraries either do no
 body). This client makes every such case explicit:
 
 * every (re)subscribe asks `replay_source(channel)` for the last *committed* replay id, so events
-  that were yielded but not committed are replayed rather than lost;
+  that were yielded but not committed are replayed rather than lost; a channel with no committed id
+  can only resubscribe from -1, which skips what the lost session had: `take_gaps()` names such
+  channels, and the daemon reconciles their objects;
 * an invalid replay id raises `ReplayIdInvalid` out of `messages()`; the daemon calls
   `reset_replay(channel)` (subscribe from -1, or -2 for `replay_all` channels) and reconciles: no
   silent fallback;
@@ -175,6 +177,12 @@ class StreamClient:
     def backoff_delay(self, failures: int) -> float:
         """Capped exponential backoff with equal jitter: half fixed, half random."""
         return self._health.delay(failures)
+
+    def take_gaps(self) -> list[str]:
+        """Channels resubscribed from -1 after an earlier subscription, since the last call: what they
+        published meanwhile may never be delivered, so the caller must reconcile their objects (the
+        subscription is live by then: anything that moves after the reconciliation's query arrives)."""
+        return self._replay.take_gaps()
 
     def reset_replay(self, channel: str) -> None:
         """Subscribe `channel` from -1 (new events only) instead of the refused replay id.

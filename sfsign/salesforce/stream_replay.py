@@ -6,6 +6,12 @@ yielded but not committed are replayed rather than lost. When Salesforce refuses
 (outside the window), the daemon resets the channel and reconciles the gap; the reset holds until
 the daemon commits a newer event, so a later outage does not retry the refused id. Kept out of the
 protocol code because it is the part that decides whether an event can be lost.
+
+A channel with no committed id subscribes from -1 (new events only). That is right once; subscribing
+from -1 *again* (a new session after a torn connect answer, a forgotten client, a revoked token) skips
+whatever the previous session had dequeued but not delivered and whatever was published in between:
+Salesforce keeps those events, but a -1 subscription never asks for them. Such a resubscription is a
+gap, recorded here for the daemon to reconcile (`take_gaps`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class ReplayBook:
         self._reset: dict[str, int | None] = {}
         self._last_invalid: dict[str, int] = {}
         self.subscribed: dict[str, int] = {}  # replay id sent on the last successful subscribe
+        self._gaps: list[str] = []  # channels resubscribed from -1, not yet taken
 
     def start_for(self, channel: str) -> int:
         """The replay id to subscribe `channel` from now."""
@@ -36,8 +43,16 @@ class ReplayBook:
         return start if stored is None else int(stored)
 
     def accepted(self, channel: str, replay_id: int) -> None:
-        """Salesforce accepted a subscription from `replay_id`."""
+        """Salesforce accepted a subscription from `replay_id`; from -1 after an earlier subscription of
+        the channel, that is a gap (see the module's doc)."""
+        if replay_id == -1 and channel in self.subscribed and channel not in self._gaps:
+            self._gaps.append(channel)
         self.subscribed[channel] = replay_id
+
+    def take_gaps(self) -> list[str]:
+        """The channels resubscribed from -1 since the last call (each once)."""
+        gaps, self._gaps = self._gaps, []
+        return gaps
 
     def refused(self, channel: str, replay_id: int) -> None:
         """Salesforce refused `replay_id` for `channel`: `reset` will start past it."""

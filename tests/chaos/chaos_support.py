@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import chaos_diagnostics
+
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
 from sfsign.config import load_rules
 from sfsign.connections import auth_config
@@ -127,6 +129,7 @@ class ChaosResult:
     verdict: Verdict | None = None
     wall_s: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    diagnostics: str = ""  # filled when the invariant is broken (see chaos_diagnostics)
 
     @property
     def faults_injected(self) -> int:
@@ -134,7 +137,8 @@ class ChaosResult:
 
     def assert_invariant(self) -> None:
         assert self.verdict is not None, "the scenario did not reach its verdict"
-        assert self.verdict.ok, f"{self.scenario}: invariant broken:\n" + "\n".join(self.verdict.problems)
+        assert self.verdict.ok, (f"{self.scenario}: invariant broken:\n" + "\n".join(self.verdict.problems)
+                                 + f"\n\n{self.diagnostics}")
 
     def row(self) -> dict[str, Any]:
         v = self.verdict
@@ -479,6 +483,21 @@ class ChaosOrg:
         problems += [f"{rid}: no job" for rid in ids if rid not in per_record]
         return problems
 
+    async def diagnostics(self, ids: list[str]) -> str:
+        """The evidence of a failed run (outbox, emulator's Bayeux side, daemon logs), saved beside the logs."""
+        subscriptions = (await self.control_call("GET", "/_control/streaming/subscriptions"))["subscriptions"]
+        clients = (await self.control_call("GET", "/_control/streaming/clients"))["clients"]
+        logs = sorted(self.work.glob("daemon-*.log"))
+        report = "\n".join([
+            "chaos diagnostics",
+            *await asyncio.to_thread(chaos_diagnostics.outbox_report, self.data_dir / "outbox.sqlite", ids),
+            *chaos_diagnostics.streaming_report(subscriptions, clients),
+            *await asyncio.to_thread(chaos_diagnostics.log_report, logs),
+        ])
+        path = self.work / "chaos-diagnostics.txt"
+        await asyncio.to_thread(path.write_text, report)
+        return f"{report}\n(saved in {path})"
+
     # -- faults
 
     async def control_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -555,11 +574,14 @@ async def _finish(org: ChaosOrg, result: ChaosResult, ids: list[str], daemon: Da
     verdict.problems += org.outbox_problems(ids)
     result.verdict = verdict
     result.wall_s = time.monotonic() - started
+    if not verdict.ok:
+        result.diagnostics = await org.diagnostics(ids)
     rows = await asyncio.to_thread(org.outbox_rows)
     result.notes["max attempts of a job"] = max((r["attempts"] for r in rows), default=0)
     result.notes["log: uploads found by transaction id"] = await asyncio.to_thread(
         _count_in_logs, org, "upload already happened; reusing it")
     result.notes["log: step retries"] = await asyncio.to_thread(_count_in_logs, org, "step failed; will retry")
+    result.notes["log: gap reconciliations"] = await asyncio.to_thread(_count_in_logs, org, GAP_EVENT)
     return result
 
 
@@ -628,6 +650,8 @@ async def scenario_kill(org: ChaosOrg, rng: random.Random) -> ChaosResult:
 
 
 TORN_KINDS = ("truncated", "html", "html-502", "not-array")
+# The daemon's log event when a channel had to resubscribe from -1 and its objects are reconciled.
+GAP_EVENT = "resubscribed without a replay position: reconciling what the lost session may have held"
 
 
 class FaultSchedule:
@@ -695,7 +719,9 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
         "message": "unable to obtain exclusive access to this record"})
     locked = frozenset(rng.sample(ids, min(scale.lock_records, len(ids))))
     started = time.monotonic()
-    # no periodic reconciliation: what the stream lost in a torn answer must come back by replay alone
+    # no periodic reconciliation: what the stream lost in a torn answer must come back by replay, or, before
+    # the channel's first committed event (seed 2545358395 on a loaded machine: the first chunk), by the
+    # reconciliation of the gap that the resubscription from -1 leaves
     daemon = await org.start_daemon(env={"SFSIGN_RECONCILE_INTERVAL_S": "0"})
     schedule = FaultSchedule(org, rng)
     stop = asyncio.Event()
@@ -711,6 +737,26 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     result.faults.update(await org.fault_hits())
     await org.control_call("DELETE", "/_control/faults")
     return await _finish(org, result, ids, daemon, started)
+
+
+async def scenario_torn_before_first_commit(org: ChaosOrg, rng: random.Random) -> ChaosResult:
+    """A fresh install's first connect answer that carries events is torn: no replay id is committed yet, so
+    the new session subscribes from -1 and the torn events (and any published before it) never come back
+    on the stream. No periodic reconciliation: the gap's own reconciliation must find them."""
+    ids = await org.create_opportunities(max(3, org.scale.records // 10))
+    result = ChaosResult("torn before the first commit", len(ids))
+    started = time.monotonic()
+    daemon = await org.start_daemon(env={"SFSIGN_RECONCILE_INTERVAL_S": "0"})
+    await org.control_post("/_control/streaming/torn-connects", {"kind": rng.choice(TORN_KINDS), "count": 1})
+    await org.trigger(ids)
+
+    async def torn() -> bool:
+        fault = (await org.control_call("GET", "/_control/faults")).get("cometd_torn")
+        return fault is not None and fault["hits"] > 0
+
+    await _until(torn, 30.0, "the first answer carrying events to be torn")
+    result.faults["torn connect answer"] = 1
+    return await _finish(org, result, ids, daemon, started, settle_s=60.0)
 
 
 async def scenario_retention(org: ChaosOrg, rng: random.Random) -> ChaosResult:
@@ -893,6 +939,7 @@ def _log_has(path: Path, event: str) -> bool:
 SCENARIOS: dict[str, Callable[[ChaosOrg, random.Random], Awaitable[ChaosResult]]] = {
     "kill": scenario_kill,
     "fault-mix": scenario_fault_mix,
+    "torn-before-first-commit": scenario_torn_before_first_commit,
     "retention": scenario_retention,
     "emulator-restart": scenario_emulator_restart,
     "uncertain-upload": scenario_uncertain_upload,

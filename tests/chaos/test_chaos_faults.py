@@ -8,6 +8,7 @@ from chaos_support import (
     ChaosOrg,
     Scale,
     scenario_fault_mix,
+    scenario_torn_before_first_commit,
     scenario_uncertain_batch_upload,
     scenario_uncertain_upload,
 )
@@ -24,6 +25,19 @@ async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_f
     assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
     assert result.faults["torn connect answer"] >= 1  # an answer carrying events was torn, and nothing lost
     result.assert_invariant()
+
+
+async def test_answer_torn_before_any_replay_id_was_committed_loses_no_trigger(
+    org: ChaosOrg, rng: random.Random, scale: Scale
+) -> None:
+    """The seed 2545358395 failure (8 of 30 records never got a job): the first connect answer carrying
+    events was torn on a loaded machine, before the daemon had committed any replay id on the channel.
+    The new session could only subscribe from -1, which never replays them; reconciliation must."""
+    result = await scenario_torn_before_first_commit(org, rng)
+    print(result.row(), result.notes)
+    assert result.faults["torn connect answer"] == 1
+    result.assert_invariant()
+    assert result.notes["log: gap reconciliations"] >= 1
 
 
 async def test_batch_upload_cut_after_the_insert_leaves_every_file_once(

@@ -7,6 +7,7 @@ import inspect
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from sfsign.outbox import (
     StepAudit,
 )
 from sfsign.outbox import meta as meta_keys
+from sfsign.outbox.meta import reconcile_since
 
 
 def _store(tmp_path: Path) -> OutboxStore:
@@ -261,9 +263,37 @@ def test_meta_helpers_write_under_their_keys(tmp_path: Path) -> None:
     assert store.get_meta(FIRST_SUBSCRIBED_KEY) == store.first_subscribed_at() == "2026-03-14T15:00:00+00:00"
     store.probe_write()
     assert store.get_meta(OPS_PROBE_KEY) is not None
-    store.request_reconcile("Quote")
-    store.request_reconcile("Opportunity")
+    store.request_reconcile("Quote", "2026-03-14T15:00:01+00:00")
+    store.request_reconcile("Opportunity", "2026-03-14T15:00:02+00:00")
     assert store.meta_with_prefix(RECONCILE_PREFIX) == ["reconcile:Opportunity", "reconcile:Quote"]
-    assert store.pending_reconciles() == ["Opportunity", "Quote"]
-    store.reconcile_done("Quote")
-    assert store.pending_reconciles() == ["Opportunity"]
+    assert store.pending_reconciles() == {"Opportunity": "2026-03-14T15:00:02+00:00",
+                                          "Quote": "2026-03-14T15:00:01+00:00"}
+    assert store.reconcile_done("Quote", "2026-03-14T15:00:01+00:00")
+    assert list(store.pending_reconciles()) == ["Opportunity"]
+
+
+def test_a_reconcile_request_made_during_the_pass_survives_the_pass_being_done(tmp_path: Path) -> None:
+    """The pass answers the request it read; one made after its query (a later stream gap) stays pending."""
+    store = _store(tmp_path)
+    store.request_reconcile("Opportunity", "2026-03-14T15:00:01+00:00")
+    read = store.pending_reconciles()["Opportunity"]
+    store.request_reconcile("Opportunity", "2026-03-14T15:00:05+00:00")  # while the pass runs
+    assert not store.reconcile_done("Opportunity", read)
+    assert store.pending_reconciles() == {"Opportunity": "2026-03-14T15:00:05+00:00"}
+    assert store.reconcile_done("Opportunity", "2026-03-14T15:00:05+00:00")
+    assert store.pending_reconciles() == {}
+
+
+def test_reconcile_requests_merge_to_the_widest_bound(tmp_path: Path) -> None:
+    """A stream gap asks only for records changed since the process started; any request for all wins."""
+    store = _store(tmp_path)
+    early, late = datetime(2026, 12, 6, 0, 0, tzinfo=UTC), datetime(2026, 12, 6, 1, 0, tzinfo=UTC)
+    store.request_reconcile("Quote", "2026-12-06T02:00:00+00:00", late)
+    store.request_reconcile("Quote", "2026-12-06T02:00:01+00:00", early)
+    store.request_reconcile("Quote", "2026-12-06T02:00:02+00:00", late)
+    assert reconcile_since(store.pending_reconciles()["Quote"]) == early
+    store.request_reconcile("Quote", "2026-12-06T02:00:03+00:00")
+    store.request_reconcile("Quote", "2026-12-06T02:00:04+00:00", late)
+    assert reconcile_since(store.pending_reconciles()["Quote"]) is None
+    store.set_meta("reconcile:Opportunity", "2026-03-14T15:00:00+00:00")  # as written before bounds existed
+    assert reconcile_since(store.pending_reconciles()["Opportunity"]) is None

@@ -536,6 +536,30 @@ async def test_torn_connect_answer_starts_a_new_session_from_the_committed_id_wi
     assert [m["data"]["event"]["replayId"] for m in got] == [43, 44]
     assert [s["ext"]["replay"] for s in server.sent("/meta/subscribe")] == [{CDC: 42}, {CDC: 43}]
     assert [c["clientId"] for c in server.sent("/meta/connect")] == ["client1", "client1", "client2"]
+    assert client.take_gaps() == []  # the replay brought 44 back: nothing to reconcile
+    await client.aclose()
+
+
+async def test_torn_answer_before_any_commit_reports_the_blind_resubscription_as_a_gap_with_fake_transport(
+    fake_auth: FakeAuth,
+) -> None:
+    """Nothing committed on the channel yet (a fresh install): the new session can only subscribe from -1,
+    which never brings back the events of the torn answer, so the channel is named for reconciliation,
+    once; the platform-event channel replays from -2 and is no gap."""
+    server = FakeBayeux()
+    server.connect_script.extend([
+        [ok_connect(first=True)],
+        httpx.Response(200, json={"message": "upstream request timeout"}),  # carried events 43 and 44
+        [ok_connect(first=True), event(CDC, 45)],
+        [ok_connect(), event(CDC, 46)],
+    ])
+    client = make_client(server, fake_auth, {}, Sleeps(), replay_all=[PE])
+    gaps: list[list[str]] = []
+    got = await take(client, 2, on_message=lambda _: gaps.append(client.take_gaps()))
+    assert [m["data"]["event"]["replayId"] for m in got] == [45, 46]
+    assert [(s["subscription"], s["ext"]["replay"]) for s in server.sent("/meta/subscribe")] == [
+        (CDC, {CDC: -1}), (PE, {PE: -2}), (CDC, {CDC: -1}), (PE, {PE: -2})]
+    assert gaps == [[CDC], []]
     await client.aclose()
 
 
