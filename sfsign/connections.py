@@ -28,6 +28,7 @@ from typing import Self
 from sfsign.config import Settings, read_secret
 from sfsign.governor import ApiGovernor
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
+from sfsign.salesforce.events import ReplayId
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
 
@@ -68,7 +69,7 @@ class SalesforceSession:
         return await self.authenticator.token()
 
     def open_stream(
-        self, channels: Sequence[str], replay_source: Callable[[str], int | None], *, replay_all: Sequence[str] = ()
+        self, channels: Sequence[str], replay_source: Callable[[str], ReplayId | None], *, replay_all: Sequence[str] = ()
     ) -> StreamClient:
         """A stream client on `channels` with the settings' long-poll and backoff knobs, the daemon's own,
         so a check subscribes as the daemon will. It connects when first iterated; the session closes it."""
