@@ -69,7 +69,8 @@ class SalesforceSession:
         return await self.authenticator.token()
 
     def open_stream(
-        self, channels: Sequence[str], replay_source: Callable[[str], ReplayId | None], *, replay_all: Sequence[str] = ()
+        self, channels: Sequence[str], replay_source: Callable[[str], ReplayId | None], *,
+        replay_all: Sequence[str] = (),
     ) -> StreamClient:
         """A stream client on `channels` with the settings' long-poll and backoff knobs, the daemon's own,
         so a check subscribes as the daemon will. It connects when first iterated; the session closes it."""

@@ -201,7 +201,8 @@ class Intake:
         parked = await self.outbox.park_event(channel, replay_id, message, reason, attempts)
         self.metrics.events_parked.labels(channel).inc()
         log.error("event parked: intake moves on; `sfsign status` lists it", channel=channel,
-                  replay_id=_shown(replay_id), parked_id=parked.id, reason=reason, attempts=attempts, reconciling=objects)
+                  replay_id=_shown(replay_id), parked_id=parked.id, reason=reason, attempts=attempts,
+                  reconciling=objects)
 
     def _event_objects(self, message: dict[str, Any]) -> tuple[list[str], ReplayId | None]:
         """The objects whose records a (failed or malformed) event may have been about, and its replay id."""

@@ -5,7 +5,8 @@ CometD wire shape (facts §2.3, §3): `{"channel", "data": {"schema", "payload":
 changed fields. The Pub/Sub client hands over the same shape (`pubsub_decoding`), its replay id being
 Salesforce's opaque bytes where CometD's is an integer: `ReplayId` is either, and which one it is says
 which transport delivered the event (the outbox keeps them apart). Anything that does not have that
-shape raises `MalformedEvent`, never another exception, so the intake loop can park one bad message and keep its replay position honest.
+shape raises `MalformedEvent`, never another exception, so the intake loop can park one bad message and
+keep its replay position honest.
 """
 
 from __future__ import annotations
