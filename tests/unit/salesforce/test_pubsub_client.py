@@ -235,7 +235,7 @@ async def test_an_unknown_topic_is_a_subscription_failure_with_a_fake_pubsub_ser
     stream = PubSubStream(fake_auth, channels=["/data/Nope__ChangeEvent"], replay_source=lambda _c: None,
                           target=f"localhost:{port}", ca_bundle=ca)
     try:
-        with pytest.raises(SubscriptionFailed, match="NOT_FOUND.*topic.not.found"):
+        with pytest.raises(SubscriptionFailed, match=r"NOT_FOUND.*topic\.not\.found"):
             await asyncio.wait_for(take(stream, 1), 10)
     finally:
         await stream.aclose()
