@@ -286,13 +286,17 @@ class PubSubStream:
                 sub.last_response_at = time.monotonic()
                 sub.delivered += len(response.events)
                 sub.buffer.extend(response.events)
-                self._health.connect_ok()
+                if all(s.open for s in self._subs.values()):
+                    self._health.connect_ok()  # a stream that answers: the failure count starts again
                 self._wake.set()
             sub.failure = Recover("retry", f"{sub.channel}: the server ended the subscription", immediate=True)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and (self._closed or sub.call is not call):
                 return  # we cancelled it
             sub.failure = self._failure(sub.channel, failure_of(exc), token, replay_id)
+        except Exception as exc:  # anything else the stream raises: never a silently dead subscription
+            if sub.call is call and not self._closed:
+                sub.failure = Recover("retry", f"{sub.channel}: {type(exc).__name__}: {exc}")
         finally:
             self._wake.set()
 
