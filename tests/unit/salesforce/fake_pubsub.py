@@ -81,6 +81,13 @@ class FakePubSub(pb_grpc.PubSubServicer):
         self.keepalive_s: float | None = None
         self.changed = asyncio.Condition()
         self.schema_requests = 0
+        self.failures: list[tuple[str, grpc.StatusCode, str]] = []  # (method, status, error code): next calls fail
+        self.cut: tuple[grpc.StatusCode, str] | None = None  # end the open subscriptions with this, once
+
+    async def cut_streams(self, status: grpc.StatusCode, code: str) -> None:
+        self.cut = (status, code)
+        async with self.changed:
+            self.changed.notify_all()
 
     async def publish(self, topic: str, schema_id: str, payload: bytes, event_id: str = "") -> bytes:
         replay_id = (len(self.bus[topic]) + 1000).to_bytes(8, "big")
@@ -94,6 +101,10 @@ class FakePubSub(pb_grpc.PubSubServicer):
     async def _authorized(self, method: str, context: grpc.aio.ServicerContext) -> dict[str, str]:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         self.calls.append((method, metadata))
+        if self.failures and self.failures[0][0] == method:
+            _, status, code = self.failures.pop(0)
+            context.set_trailing_metadata((("error-code", ERR + code),))
+            await context.abort(status, f"{code}. rpcId: 5")
         if metadata.get("accesstoken") not in self.valid_tokens or not metadata.get("instanceurl") \
                 or not metadata.get("tenantid"):
             context.set_trailing_metadata((("error-code", ERR + "service.auth.error"),))
@@ -146,11 +157,15 @@ class FakePubSub(pb_grpc.PubSubServicer):
                 at = position
 
                 def deliverable(at: int = at) -> bool:
-                    return stream.credit > 0 and at < len(events) and not self.silent
+                    return (stream.credit > 0 and at < len(events) and not self.silent) or self.cut is not None
 
                 async with self.changed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.changed.wait_for(deliverable), self.keepalive_s)
+                if self.cut is not None:
+                    (status, code), self.cut = self.cut, None
+                    context.set_trailing_metadata((("error-code", ERR + code),))
+                    await context.abort(status, f"{code}. rpcId: 6")
                 if self.silent:
                     continue
                 if stream.credit > 0 and position < len(events):

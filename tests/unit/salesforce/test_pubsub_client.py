@@ -12,6 +12,7 @@ import pytest
 from fake_pubsub import FakePubSub, start, tls_files
 from pubsub_schemas import ACCOUNT_CDC, account, encode
 from sf_fakes import FakeAuth
+from structlog.testing import capture_logs
 
 from sfsign.pubsub_proto import pubsub_api_pb2 as pb
 from sfsign.salesforce.events import ChangeEvent, parse_event
@@ -250,5 +251,54 @@ async def test_an_untrusted_server_certificate_is_never_accepted_with_a_fake_pub
     try:
         with pytest.raises(grpc.aio.AioRpcError):
             await stream._pubsub().GetTopic(pb.TopicRequest(topic_name=CDC), timeout=2)
+    finally:
+        await stream.aclose()
+
+
+async def test_an_outage_is_one_disconnected_and_one_reconnected_with_a_fake_pubsub_server(
+    pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
+) -> None:
+    fake = pubsub[0]
+    stream = client(pubsub, fake_auth)
+    try:
+        reading = asyncio.create_task(take(stream, 2))
+        await until(lambda: bool(fake.streams), "a subscription")
+        await update(fake, "Negotiation")
+        await until(lambda: fake.streams[0].delivered == 1, "the first event")
+        assert stream.connected
+        with capture_logs() as logs:
+            fake.failures = [("GetTopic", grpc.StatusCode.UNAVAILABLE, "service.unavailable")] * 3
+            await fake.cut_streams(grpc.StatusCode.UNAVAILABLE, "service.unavailable")  # the service goes away
+            await until(lambda: not stream.connected, "the outage seen")
+            await until(lambda: len(fake.streams) == 2, "a subscription once the service is back")
+            assert stream.connected
+            await update(fake, "Closed Won")
+            await asyncio.wait_for(reading, 10)
+        events = [e["event"] for e in logs]
+        assert events.count("salesforce.stream.disconnected") == 1
+        assert events.count("salesforce.stream.reconnected") == 1
+        assert events.count("salesforce.stream.failure") == 4  # the cut stream, then three refused GetTopic
+        assert stream.reconnects == 1
+    finally:
+        await stream.aclose()
+
+
+async def test_the_daily_delivery_limit_waits_the_long_backoff_with_a_fake_pubsub_server(
+    pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
+) -> None:
+    fake = pubsub[0]
+    fake.failures = [("Subscribe", grpc.StatusCode.RESOURCE_EXHAUSTED, "subscription.limit.exceeded")]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    stream = client(pubsub, fake_auth, long_backoff_s=600.0, sleep=sleep)
+    try:
+        reading = asyncio.create_task(take(stream, 1))
+        await until(lambda: bool(waits) and bool(fake.streams), "a subscription after the wait")
+        assert waits == [600.0]
+        await update(fake, "Closed Won")
+        await asyncio.wait_for(reading, 10)
     finally:
         await stream.aclose()
