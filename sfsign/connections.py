@@ -23,16 +23,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from sfsign.config import Settings, read_secret
 from sfsign.governor import ApiGovernor
 from sfsign.salesforce.auth import AccessToken, AuthConfig, Authenticator
 from sfsign.salesforce.event_stream import EventStream
 from sfsign.salesforce.events import ReplayId
-from sfsign.salesforce.pubsub_client import PubSubStream
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import StreamClient
+
+if TYPE_CHECKING:
+    from sfsign.salesforce.pubsub_client import PubSubStream
 
 PASSPHRASE_ENV = "SFSIGN_PRIVATE_KEY_PASSPHRASE"
 
@@ -98,7 +100,10 @@ class SalesforceSession:
         self, channels: Sequence[str], replay_source: Callable[[str], ReplayId | None], *,
         replay_all: Sequence[str] = (),
     ) -> PubSubStream:
-        """A Pub/Sub client (also for `sfsign check`'s GetTopic and GetSchema), trusting what REST trusts."""
+        """A Pub/Sub client (also for `sfsign check`'s GetTopic and GetSchema), trusting what REST trusts.
+        grpc and fastavro (12 MB) are imported here, so a daemon on CometD never loads them."""
+        from sfsign.salesforce.pubsub_client import PubSubStream
+
         stream = PubSubStream(
             self.authenticator, channels=channels, replay_source=replay_source, replay_all=replay_all,
             target=self.settings.pubsub_url, ca_bundle=self.settings.ca_bundle, batch_size=self.settings.pubsub_batch,
