@@ -141,3 +141,13 @@ def test_a_payload_or_bitmap_that_does_not_decode_is_undecodable() -> None:
         message(account("UPDATE", changed=["0xFFFFFF"]))
     with pytest.raises(UndecodableEvent):
         EventSchema("x", "{not json")
+
+
+def test_a_switchable_person_name_is_a_compound_field_too() -> None:
+    # Person accounts: Name is [null, string, record] (Salesforce's "optional Switchable_PersonName").
+    name = {"type": "record", "name": "Switchable_PersonName", "fields": [
+        {"name": "Salutation", "type": ["null", "string"]}, {"name": "FirstName", "type": ["null", "string"]},
+        {"name": "LastName", "type": ["null", "string"]}]}
+    fields = SchemaFields({"type": "record", "name": "AccountChangeEvent", "fields": [
+        {"name": "ChangeEventHeader", "type": "string"}, {"name": "Name", "type": ["null", "string", name]}]})
+    assert fields.decode(["0x02", "1-0x02"]) == ["Name", "Name.FirstName"]
