@@ -53,8 +53,8 @@ from sfsign.profiles import preflight_profiles
 from sfsign.reconcile import Reconciler
 from sfsign.salesforce.auth import AccessToken, Authenticator
 from sfsign.salesforce.errors import AuthError, SalesforceError
+from sfsign.salesforce.event_stream import EventStream
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.stream import StreamClient
 from sfsign.signing.lifecycle import Clock, SystemClock
 from sfsign.signing.tokens import LinkKeyError, LinkKeys
 from sfsign.worker import Worker, WorkerConfig
@@ -108,7 +108,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self.worker: Worker | None = None
-        self.stream: StreamClient | None = None
+        self.stream: EventStream | None = None
         self.stopped_by: signal.Signals | None = None
         self.authenticator: Authenticator | None = None
         self.metrics = Metrics()

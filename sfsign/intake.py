@@ -35,11 +35,12 @@ from sfsign.outbox import AuditEvent, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
-from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, parse_event
+from sfsign.salesforce.event_stream import EventStream
+from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, ReplayId, parse_event, replay_label
 from sfsign.salesforce.names import ACTION_VOID, AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
 from sfsign.salesforce.record_fields import already_signed_note, note_fields
 from sfsign.salesforce.rest import SalesforceRest
-from sfsign.salesforce.stream import ReplayIdInvalid, StreamClient
+from sfsign.salesforce.stream import ReplayIdInvalid
 from sfsign.signing.lifecycle import Clock, SystemClock
 from sfsign.triggers import (
     Decision,
@@ -91,7 +92,7 @@ class Intake:
     """Turns each event of the stream into outbox jobs, in order, exactly once per trigger."""
 
     def __init__(
-        self, outbox: Outbox, rest: SalesforceRest, stream: StreamClient, *, rules: Callable[[], Rules],
+        self, outbox: Outbox, rest: SalesforceRest, stream: EventStream, *, rules: Callable[[], Rules],
         org_id: str | None, reconciler: Reconciler, wake: Callable[[], None], health: Health, metrics: Metrics,
         ready: asyncio.Event, max_attempts: int, stop: asyncio.Event, clock: Clock | None = None,
     ) -> None:
@@ -127,7 +128,7 @@ class Intake:
                     "stored replay id is outside the retention window; subscribing from new events "
                     "and reconciling",
                     channel=exc.channel,
-                    replay_id=exc.replay_id,
+                    replay_id=replay_label(exc.replay_id),
                 )
                 sobject = _channel_object(exc.channel)
                 if sobject:
@@ -207,10 +208,11 @@ class Intake:
             await self.reconciler.request(objects)
         parked = await self.outbox.park_event(channel, replay_id, message, reason, attempts)
         self.metrics.events_parked.labels(channel).inc()
-        log.error("event parked: intake moves on; `sfsign status` lists it", channel=channel, replay_id=replay_id,
-                  parked_id=parked.id, reason=reason, attempts=attempts, reconciling=objects)
+        log.error("event parked: intake moves on; `sfsign status` lists it", channel=channel,
+                  replay_id=_shown(replay_id), parked_id=parked.id, reason=reason, attempts=attempts,
+                  reconciling=objects)
 
-    def _event_objects(self, message: dict[str, Any]) -> tuple[list[str], int | None]:
+    def _event_objects(self, message: dict[str, Any]) -> tuple[list[str], ReplayId | None]:
         """The objects whose records a (failed or malformed) event may have been about, and its replay id."""
         channel = str(message.get("channel") or "")
         try:
@@ -274,8 +276,8 @@ class Intake:
         `Sign_Request__e` carries no state to query, so every retained one is read, deduped by EventUuid.)"""
         if await self.outbox.first_subscribed_at() is None:
             return
-        objects = [o for c in self.stream.channels
-                   if self.outbox.committed_replay_id(c) is None and (o := _channel_object(c))]
+        objects = [o for c in self.stream.channels  # a position of the other transport is none for this one
+                   if self.stream.stored_position(c) is None and (o := _channel_object(c))]
         if objects:
             log.info("no replay position for these objects' channels yet: reconciling them", objects=objects)
             await self.reconciler.request(objects)
@@ -295,7 +297,7 @@ class Intake:
             return
         decision = await self._decide(event)
         if decision is None:
-            log.info("event ignored", channel=channel, replay_id=getattr(event, "replay_id", None))
+            log.info("event ignored", channel=channel, replay_id=_shown(getattr(event, "replay_id", None)))
             decision = Decision()
         if decision.reconcile:
             await self.reconciler.request(decision.reconcile)
@@ -306,7 +308,7 @@ class Intake:
                 not decision.envelope_requests:
             await self.outbox.pass_event(event.channel, event.replay_id)
             for why in decision.ignored:
-                log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
+                log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
             return
         result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
         for job in result.created:
@@ -317,7 +319,7 @@ class Intake:
             log.info("duplicate trigger ignored", transaction_id=dup.transaction_id, record_id=dup.record_id,
                      reason=why)
         for why in decision.ignored:
-            log.warning("event not acted upon", channel=channel, replay_id=event.replay_id, reason=why)
+            log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
         if result.created:
             self.wake()
 
@@ -470,7 +472,12 @@ def _replay_id_of(message: dict[str, Any]) -> Any:
     """The replay id of a raw message, as it came (it may be what made the message malformed)."""
     data = message.get("data")
     event = data.get("event") if isinstance(data, dict) else None
-    return event.get("replayId") if isinstance(event, dict) else None
+    return _shown(event.get("replayId")) if isinstance(event, dict) else None
+
+
+def _shown(replay_id: Any) -> Any:
+    """A replay id for a log line: Pub/Sub's bytes in hex, anything else as it is."""
+    return replay_label(replay_id) if isinstance(replay_id, bytes) else replay_id
 
 
 def _event_label(message: dict[str, Any]) -> str:

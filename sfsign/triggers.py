@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from sfsign.config import RuleConfig, Rules
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
 from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE, REISSUE_ANY_RULE_SOURCE
-from sfsign.salesforce.events import ChangeEvent, PlatformEvent
+from sfsign.salesforce.events import ChangeEvent, PlatformEvent, replay_label
 from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.names import (
     ACTION_REISSUE,
@@ -128,7 +128,7 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     if isinstance(target, str):
         return Decision(ignored=[target])
     sobject, record_id = target
-    identity = event.event_uuid or f"replay:{event.channel}:{event.replay_id}"
+    identity = event.event_uuid or f"replay:{event.channel}:{replay_label(event.replay_id)}"
     requested_by = str(event.fields.get(SignRequest.REQUESTED_BY_ID) or event.created_by_id or "") or None
     raw_reason = event.fields.get(SignRequest.REASON)
     reason = raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None

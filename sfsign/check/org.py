@@ -33,6 +33,8 @@ DESCRIBE_TYPES = {
     "Currency": "currency", "Percent": "percent", "AutoNumber": "string",
 }
 SELECTS = {"Opportunity": opportunity_select, "Quote": quote_select}
+CHANNEL_FIX = ("select the object for Change Data Capture in Setup (or deploy the PlatformEventChannelMember files) "
+               "and grant the integration user View All on it")
 
 
 async def check_org(settings: Settings, rules: Rules, session: SalesforceSession) -> list[Check]:
@@ -300,6 +302,8 @@ async def _check_queries(rest: SalesforceRest, rules: Rules, multi_currency: boo
 
 async def _check_streaming(rules: Rules, session: SalesforceSession) -> list[Check]:
     """Subscribe as the daemon does (its stream settings); only from the live position, as nothing is read."""
+    if session.settings.transport == "pubsub":
+        return await _check_pubsub(rules, session)
     stream = session.open_stream(rules.channels(), replay_source=lambda _c: None)
 
     async def first_message() -> dict[str, Any]:
@@ -314,14 +318,43 @@ async def _check_streaming(rules: Rules, session: SalesforceSession) -> list[Che
                 if reader.done():
                     reader.result()
                 await asyncio.sleep(0.05)
-        return [ok("streaming", f"subscribed to {', '.join(stream.channels)}")]
+        return [ok("streaming", f"CometD (SFSIGN_TRANSPORT=cometd): subscribed to {', '.join(stream.channels)}")]
     except SubscriptionFailed as exc:
-        return [fail("streaming", str(exc), "select the object for Change Data Capture in Setup (or deploy the "
-                      "PlatformEventChannelMember files) and grant the integration user View All on it")]
+        return [fail("streaming", str(exc), CHANNEL_FIX)]
     except (ReplayIdInvalid, AuthError, TimeoutError, Exception) as exc:
         return [fail("streaming", f"{type(exc).__name__}: {exc}", "check network access to /cometd/")]
     finally:
         reader.cancel()
         with contextlib.suppress(BaseException):
             await reader
+        await stream.aclose()
+
+
+async def _check_pubsub(rules: Rules, session: SalesforceSession) -> list[Check]:
+    """Pub/Sub: each channel's topic exists and this user may subscribe (`GetTopic`), and its event schema is
+    readable (`GetSchema`), over the TLS connection and session headers the daemon uses; one line per channel."""
+    target = session.settings.pubsub_url
+    stream = session.open_pubsub(rules.channels(), replay_source=lambda _c: None)
+    out: list[Check] = []
+    try:
+        for channel in stream.channels:
+            name = f"streaming {channel}"
+            try:
+                topic = await stream.get_topic(channel)
+                if not topic.can_subscribe:
+                    out.append(fail(name, f"Pub/Sub GetTopic: this user cannot subscribe to {channel}", CHANNEL_FIX))
+                    continue
+                schema = await stream.get_schema(topic.schema_id)
+            except SubscriptionFailed as exc:
+                out.append(fail(name, str(exc), CHANNEL_FIX))
+                continue
+            except Exception as exc:  # Recover (retry, auth, long) and anything the network says
+                out.append(fail(name, f"{type(exc).__name__}: {exc}",
+                                f"check network access to {target} (gRPC over TLS; port 7443, or 443) and "
+                                "that the org has the Pub/Sub API"))
+                continue
+            out.append(ok(name, f"Pub/Sub (SFSIGN_TRANSPORT=pubsub) at {target}: topic can be subscribed to, "
+                                f"event schema {schema.name} ({topic.schema_id}) readable"))
+        return out
+    finally:
         await stream.aclose()

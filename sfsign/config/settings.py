@@ -77,6 +77,21 @@ class Settings(BaseSettings):
     max_attempts: int | None = Field(None, description="replaced by SFSIGN_RETRY_FOR_H; refused when set")
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
     retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
+    transport: Literal["cometd", "pubsub"] = Field(
+        "cometd", description="how events arrive: cometd (Streaming API) or pubsub (Pub/Sub API, gRPC); "
+        "docs/streaming.md says what a switch does"
+    )
+    pubsub_url: str = Field(
+        "api.pubsub.salesforce.com:7443", description="host:port of the Pub/Sub API (443 also works; the emulator's)"
+    )
+    pubsub_batch: int = Field(
+        100, ge=1, le=100, description="events requested per Pub/Sub subscription at a time (Salesforce's maximum "
+        "is 100): the most a burst can put in memory per channel"
+    )
+    pubsub_keepalive_s: float = Field(
+        300.0, gt=0, description="no Pub/Sub answer this long while events are requested → a new subscription "
+        "(Salesforce sends a keepalive within 270 s)"
+    )
     stream_long_poll_margin_s: float = Field(15.0, gt=0, description="watchdog: advice.timeout + this")
     stream_backoff_base_s: float = Field(0.5, gt=0)
     stream_backoff_cap_s: float = Field(60.0, gt=0)
@@ -208,6 +223,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not a DeveloperName (letters, digits and underscores, e.g. "
                              f"{NotificationType.SIGNATURE_OUTCOME}); leave it empty to send no notifications")
         return v
+
+    @field_validator("pubsub_url")
+    @classmethod
+    def _pubsub_url(cls, v: str) -> str:
+        target = v.strip().removeprefix("https://").rstrip("/")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+:\d{1,5}", target):
+            raise ValueError(f"{v!r} is not host:port: give the Pub/Sub API's address, e.g. "
+                             "api.pubsub.salesforce.com:7443 (always TLS)")
+        return target
 
     @field_validator("signing_url")
     @classmethod

@@ -32,6 +32,7 @@ from sfsign.outbox.models import (
     UpgradeEvidence,
 )
 from sfsign.outbox.store import OutboxStore
+from sfsign.salesforce.events import ReplayId
 
 T = TypeVar("T")
 log = structlog.get_logger("sfsign.outbox")
@@ -47,8 +48,8 @@ class Outbox(EnvelopeFace):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfsign-outbox")
         self._store: OutboxStore | None = None
-        self._replay: dict[str, int] = {}
-        self._unsaved_replay: dict[str, int] = {}  # positions of events that asked for nothing (`pass_event`)
+        self._replay: dict[str, ReplayId] = {}
+        self._unsaved_replay: dict[str, ReplayId] = {}  # positions of events that asked for nothing (`pass_event`)
         self._replay_saver: asyncio.Task[None] | None = None
         self.wake = no_wake  # the daemon sets the worker's: a signature or an envelope's end may make a job due
         #: Called (on the loop) after a call that queued a mail: the mail loop's `wake` (sfsign.signing.postman).
@@ -93,11 +94,12 @@ class Outbox(EnvelopeFace):
 
     # ------------------------------------------------------------------------------------- intake
 
-    def committed_replay_id(self, channel: str) -> int | None:
-        """The last replay id committed for `channel` (cached; safe to call from the event loop)."""
+    def committed_replay_id(self, channel: str) -> ReplayId | None:
+        """The last replay id committed for `channel` (cached; safe to call from the event loop): an int if
+        CometD delivered the event, bytes if Pub/Sub did (each client resumes only from its own kind)."""
         return self._replay.get(channel)
 
-    async def pass_event(self, channel: str | None, replay_id: int | None) -> None:
+    async def pass_event(self, channel: str | None, replay_id: ReplayId | None) -> None:
         """An event that asks for nothing (no job, no audit row, nothing to reconcile), such as the change
         event of sfsign's own write-back, which is two of every three events in a burst: its position is
         saved within `REPLAY_SAVE_DELAY_S` or by the channel's next commit, not in a transaction of its own.
@@ -122,13 +124,18 @@ class Outbox(EnvelopeFace):
         if positions:
             await self.advance_replay_ids(positions)
 
-    async def advance_replay_ids(self, positions: dict[str, int]) -> None:
+    async def advance_replay_ids(self, positions: dict[str, ReplayId]) -> None:
         await self.call(lambda s: s.advance_replay_ids(dict(positions)))
         for channel, replay_id in positions.items():
-            self._replay[channel] = max(replay_id, self._replay.get(channel, replay_id))
+            cached = self._replay.get(channel)
+            if isinstance(replay_id, int) and isinstance(cached, int):
+                self._replay[channel] = max(replay_id, cached)
+            else:  # Pub/Sub's ids are opaque: the store kept this one (see `IntakeStore.advance_replay_ids`)
+                self._replay[channel] = replay_id
 
     async def commit_event(
-        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent] = ()
+        self, channel: str | None, replay_id: ReplayId | None, jobs: Iterable[NewJob],
+        audit: Iterable[AuditEvent] = (),
     ) -> CommitResult:
         jobs, events = list(jobs), list(audit)
         if channel is not None and replay_id is not None:
@@ -139,7 +146,7 @@ class Outbox(EnvelopeFace):
         return result
 
     async def park_event(
-        self, channel: str, replay_id: int | None, message: Any, reason: str, attempts: int
+        self, channel: str, replay_id: ReplayId | None, message: Any, reason: str, attempts: int
     ) -> ParkedEvent:
         parked = await self.call(lambda s: s.park_event(channel, replay_id, message, reason, attempts))
         if replay_id is not None:
@@ -151,11 +158,11 @@ class Outbox(EnvelopeFace):
         await self.call(lambda s: s.reset_replay(channel))
         self._replay.pop(channel, None)
 
-    async def replay_id(self, channel: str) -> int | None:
+    async def replay_id(self, channel: str) -> ReplayId | None:
         """The channel's committed replay id as stored (`committed_replay_id` answers from the cache)."""
         return await self.call(lambda s: s.replay_id(channel))
 
-    async def replay_ids(self) -> dict[str, int]:
+    async def replay_ids(self) -> dict[str, ReplayId]:
         return await self.call(OutboxStore.replay_ids)
 
     async def has_transaction(self, transaction_id: str) -> bool:

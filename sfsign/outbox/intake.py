@@ -30,14 +30,23 @@ from sfsign.outbox.models import (
     audit_time,
 )
 from sfsign.outbox.steps import JobSteps
+from sfsign.salesforce.events import ReplayId, replay_label
 from sfsign.salesforce.names import AUDIT_RETRIED, AUDIT_SUPERSEDED, LONG_TEXT_WRITE_MAX
+
+#: A channel's position, either transport's (schema `_replay_transport`): the row replaces the other's.
+_UPSERT_REPLAY = (
+    "INSERT INTO replay (channel, replay_id, pubsub_replay_id, transport, updated_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, pubsub_replay_id = excluded.pubsub_replay_id, "
+    "transport = excluded.transport, updated_at = excluded.updated_at"
+)
 
 
 class IntakeStore(JobSteps):
     """Jobs in, replay positions, parked events, and the record's current signed document."""
 
     def commit_event(
-        self, channel: str | None, replay_id: int | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent] = ()
+        self, channel: str | None, replay_id: ReplayId | None, jobs: Iterable[NewJob],
+        audit: Iterable[AuditEvent] = (),
     ) -> CommitResult:
         """Insert an event's jobs (and audit rows of what it was refused) and advance the channel's replay
         id, atomically."""
@@ -61,7 +70,7 @@ class IntakeStore(JobSteps):
             self._set_replay(channel, replay_id, now)
         return CommitResult(created, duplicates)
 
-    def _insert_job(self, job: NewJob, channel: str | None, replay_id: int | None, now: float) -> Job | str:
+    def _insert_job(self, job: NewJob, channel: str | None, replay_id: ReplayId | None, now: float) -> Job | str:
         """One job of an event, inside its transaction: the job created, or why it was not."""
         reason = self._duplicate_reason(job)
         superseded: SignedDocument | None = None
@@ -79,7 +88,8 @@ class IntakeStore(JobSteps):
             "transaction_id": job.transaction_id, "rule": job.rule, "sobject": job.sobject,
             "record_id": job.record_id, "source": job.source, "state": JobState.QUEUED.value, "attempts": 0,
             "next_attempt_at": now, "created_at": now, "updated_at": now, "event_time_ms": job.event_time_ms,
-            "requested_by": job.requested_by, "reason": job.reason, "channel": channel, "replay_id": replay_id,
+            "requested_by": job.requested_by, "reason": job.reason, "channel": channel,
+            "replay_id": _replay_note(replay_id),
             "upload_uncertain": 0,
         }
         cur = self.db.conn.execute(
@@ -111,30 +121,26 @@ class IntakeStore(JobSteps):
                         f"Superseded by Re-issue transaction {job.transaction_id}; reason: "
                         f"{job.reason or '(none given)'}")
 
-    def _set_replay(self, channel: str | None, replay_id: int | None, now: float) -> None:
+    def _set_replay(self, channel: str | None, replay_id: ReplayId | None, now: float) -> None:
         if channel is not None and replay_id is not None:
-            self.db.conn.execute(
-                "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
-                "updated_at = excluded.updated_at",
-                (channel, replay_id, now),
-            )
+            self.db.conn.execute(_UPSERT_REPLAY, _replay_row(channel, replay_id, now))
 
     def park_event(
-        self, channel: str, replay_id: int | None, message: Any, reason: str, attempts: int
+        self, channel: str, replay_id: ReplayId | None, message: Any, reason: str, attempts: int
     ) -> ParkedEvent:
         """Keep an event intake gives up on (its payload and why) and move the channel's replay id past
         it, atomically: the stream goes on, and the event stays for operators (`sfsign status`)."""
         now = time.time()
-        payload = json.dumps(message, ensure_ascii=False, default=str)
+        payload = json.dumps(message, ensure_ascii=False, default=_json_value)
+        note = _replay_note(replay_id)
         with self._transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO parked_events (channel, replay_id, reason, attempts, parked_at, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (channel, replay_id, reason[:32000], attempts, now, payload),
+                (channel, note, reason[:32000], attempts, now, payload),
             )
             self._set_replay(channel, replay_id, now)
-        return ParkedEvent(int(cur.lastrowid or 0), channel, replay_id, reason, attempts, now, payload)
+        return ParkedEvent(int(cur.lastrowid or 0), channel, note, reason, attempts, now, payload)
 
     def parked_events(self, limit: int = 20) -> list[ParkedEvent]:
         """Newest first."""
@@ -148,25 +154,33 @@ class IntakeStore(JobSteps):
     def parked_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM parked_events").fetchone()[0])
 
-    def replay_id(self, channel: str) -> int | None:
-        row = self.db.execute("SELECT replay_id FROM replay WHERE channel = ?", (channel,)).fetchone()
-        return int(row[0]) if row else None
+    def replay_id(self, channel: str) -> ReplayId | None:
+        """The channel's position: an int (CometD's) or bytes (Pub/Sub's), by the transport that wrote it."""
+        return self.replay_ids().get(channel)
 
-    def replay_ids(self) -> dict[str, int]:
+    def replay_ids(self) -> dict[str, ReplayId]:
         """Every channel's committed replay id (the async face caches them at open)."""
-        return {str(c): int(r) for c, r in self.db.execute("SELECT channel, replay_id FROM replay").fetchall()}
+        rows = self.db.execute("SELECT channel, replay_id, pubsub_replay_id, transport FROM replay").fetchall()
+        positions: dict[str, ReplayId] = {}
+        for channel, cometd, pubsub, transport in rows:
+            if transport == "pubsub" and pubsub:
+                positions[str(channel)] = bytes(pubsub)
+            elif transport != "pubsub" and cometd is not None:
+                positions[str(channel)] = int(cometd)
+        return positions
 
-    def advance_replay_ids(self, positions: dict[str, int]) -> None:
+    def advance_replay_ids(self, positions: dict[str, ReplayId]) -> None:
         """Save replay ids of events that asked for nothing, never moving a channel back (a commit of a
-        later event may have landed first)."""
+        later event may have landed first). CometD's integers are compared; Pub/Sub's are opaque, so the
+        order is the async face's: it drops a waiting position when the channel commits a later event, and
+        runs every call on one thread in the order they were made."""
         now = time.time()
         with self._transaction() as conn:
             for channel, replay_id in positions.items():
                 conn.execute(
-                    "INSERT INTO replay (channel, replay_id, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(channel) DO UPDATE SET replay_id = excluded.replay_id, "
-                    "updated_at = excluded.updated_at WHERE excluded.replay_id > replay.replay_id",
-                    (channel, replay_id, now),
+                    _UPSERT_REPLAY + " WHERE excluded.transport = 'pubsub' OR replay.transport IS NOT 'cometd' "
+                    "OR replay.replay_id IS NULL OR excluded.replay_id > replay.replay_id",
+                    _replay_row(channel, replay_id, now),
                 )
 
     def reset_replay(self, channel: str) -> None:
@@ -302,6 +316,22 @@ class IntakeStore(JobSteps):
         if signed is not None and signed.transaction_id != job.transaction_id:  # its job row was purged
             raise ValueError(f"job {job.transaction_id} cannot be retried: the record was signed in transaction "
                              f"{signed.transaction_id} for rule {job.rule}")
+
+
+def _replay_row(channel: str, replay_id: ReplayId, now: float) -> tuple[Any, ...]:
+    if isinstance(replay_id, bytes):
+        return channel, None, replay_id, "pubsub", now
+    return channel, int(replay_id), None, "cometd", now
+
+
+def _replay_note(replay_id: ReplayId | None) -> int | str | None:
+    """How a job or a parked event records the event's position (for people): bytes as `0x` hex."""
+    return replay_label(replay_id) if isinstance(replay_id, bytes) else replay_id
+
+
+def _json_value(value: Any) -> Any:
+    """A parked message's JSON: a Pub/Sub replay id (bytes) as `0x` hex, anything else as text."""
+    return replay_label(value) if isinstance(value, bytes) else str(value)
 
 
 def _resume_state(job: Job) -> JobState:

@@ -148,7 +148,7 @@ class ParkedEvent:
 
     id: int
     channel: str
-    replay_id: int | None
+    replay_id: int | str | None  # CometD's integer, or Pub/Sub's bytes in hex
     reason: str
     attempts: int
     parked_at: float
@@ -171,7 +171,7 @@ class Job:
     event_time_ms: int | None = None
     requested_by: str | None = None
     channel: str | None = None
-    replay_id: int | None = None
+    replay_id: int | str | None = None  # the event's position: CometD's integer, or Pub/Sub's bytes in hex
     last_error: str | None = None
     error_code: str | None = None
     document_json: str | None = None

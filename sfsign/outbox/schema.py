@@ -119,6 +119,7 @@ def migrate(db: sqlite_utils.Database) -> None:
                 jobs.add_column(name, kind)  # type: ignore[union-attr]
     if not db["replay"].exists():
         db.create_table("replay", {"channel": str, "replay_id": int, "updated_at": float}, pk="channel")
+    _replay_transport(db)
     if not db["meta"].exists():
         db.create_table("meta", {"key": str, "value": str}, pk="key")
     if not db["audit"].exists():
@@ -149,6 +150,21 @@ def migrate(db: sqlite_utils.Database) -> None:
     if not db["signed_documents"].exists():
         create_signed_memory(db.conn)
     migrate_envelopes(db.conn)  # customer signing (issue 14): its own module
+
+
+def _replay_transport(db: sqlite_utils.Database) -> None:
+    """Migration for Pub/Sub (issue 15): a channel's position is CometD's integer (`replay_id`) or Pub/Sub's
+    opaque bytes (`pubsub_replay_id`), and `transport` says which. One row per channel: committing a position
+    of one transport replaces the other's, so a client never resumes from a position the other wrote (it
+    starts as on a first start instead, and intake reconciles; docs/streaming.md). Rows written before are
+    CometD's."""
+    replay = db["replay"]
+    have = set(replay.columns_dict)
+    if "pubsub_replay_id" not in have:
+        replay.add_column("pubsub_replay_id", bytes)  # type: ignore[union-attr]
+    if "transport" not in have:
+        replay.add_column("transport", str)  # type: ignore[union-attr]
+        db.execute("UPDATE replay SET transport = 'cometd' WHERE transport IS NULL")
 
 
 def _canonical_record_ids(conn: sqlite3.Connection) -> None:

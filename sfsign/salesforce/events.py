@@ -2,8 +2,11 @@
 
 CometD wire shape (facts §2.3, §3): `{"channel", "data": {"schema", "payload": {...}, "event":
 {"replayId", "EventUuid"?}}}`; CDC payloads carry a `ChangeEventHeader` and, for UPDATE, only the
-changed fields. Anything that does not have that shape raises `MalformedEvent`, never another
-exception, so the intake loop can park one bad message and keep its replay position honest.
+changed fields. The Pub/Sub client hands over the same shape (`pubsub_decoding`), its replay id being
+Salesforce's opaque bytes where CometD's is an integer: `ReplayId` is either, and which one it is says
+which transport delivered the event (the outbox keeps them apart). Anything that does not have that
+shape raises `MalformedEvent`, never another exception, so the intake loop can park one bad message and
+keep its replay position honest.
 """
 
 from __future__ import annotations
@@ -18,19 +21,23 @@ from sfsign.salesforce.ids import InvalidId, canonical_id
 
 GAP_TYPES = frozenset({"GAP_CREATE", "GAP_UPDATE", "GAP_DELETE", "GAP_UNDELETE"})
 OVERFLOW_TYPE = "GAP_OVERFLOW"
+#: A position in a channel's event stream: CometD's integer, or Pub/Sub's opaque bytes.
+ReplayId = int | bytes
+
 CHANGE_TYPES = frozenset({"CREATE", "UPDATE", "DELETE", "UNDELETE", "SNAPSHOT"}) | GAP_TYPES | {OVERFLOW_TYPE}
 
 
 class MalformedEvent(Exception):
     """A data message that is not a CDC or platform event we can read."""
 
-    def __init__(self, reason: str, channel: str | None, replay_id: int | None, entity: str | None = None) -> None:
+    def __init__(self, reason: str, channel: str | None, replay_id: ReplayId | None,
+                 entity: str | None = None) -> None:
         self.reason = reason
         self.channel = channel
         self.replay_id = replay_id
         #: the CDC entity the event was about, when its header said so: that object gets reconciled
         self.entity = entity
-        super().__init__(f"malformed event on {channel or '?'} (replay id {replay_id}): {reason}")
+        super().__init__(f"malformed event on {channel or '?'} (replay id {replay_label(replay_id)}): {reason}")
 
 
 class ChangeEvent(BaseModel):
@@ -39,7 +46,7 @@ class ChangeEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     channel: str
-    replay_id: int
+    replay_id: ReplayId
     entity: str
     change_type: str
     record_ids: tuple[str, ...]
@@ -74,7 +81,7 @@ class PlatformEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     channel: str
-    replay_id: int
+    replay_id: ReplayId
     event_uuid: str | None
     name: str
     fields: dict[str, Any] = Field(default_factory=dict)
@@ -86,12 +93,20 @@ class PlatformEvent(BaseModel):
 Event = ChangeEvent | PlatformEvent
 
 
-def _replay_id(event: Any) -> int | None:
+def replay_label(replay_id: ReplayId | None) -> str:
+    """A replay id for logs and labels: the integer, or the bytes in hex with `0x` (never read as a number, so
+    SQLite keeps the leading zeros where a job or a parked event records it)."""
+    return f"0x{replay_id.hex()}" if isinstance(replay_id, bytes) else str(replay_id)
+
+
+def _replay_id(event: Any) -> ReplayId | None:
     if not isinstance(event, Mapping):
         return None
     value = event.get("replayId")
     if isinstance(value, bool):
         return None
+    if isinstance(value, bytes):
+        return value or None
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.lstrip("-").isdigit():
@@ -99,7 +114,7 @@ def _replay_id(event: Any) -> int | None:
     return None
 
 
-def _str_list(value: Any, what: str, channel: str, replay: int) -> tuple[str, ...]:
+def _str_list(value: Any, what: str, channel: str, replay: ReplayId) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -107,7 +122,7 @@ def _str_list(value: Any, what: str, channel: str, replay: int) -> tuple[str, ..
     return tuple(value)
 
 
-def _record_ids(value: Any, channel: str, replay: int, entity: str) -> tuple[str, ...]:
+def _record_ids(value: Any, channel: str, replay: ReplayId, entity: str) -> tuple[str, ...]:
     """Every id in its canonical 18-character form: ids are compared, indexed and put into SOQL later,
     so one that is not an id must stop the event here, not fail its handling over and over."""
     try:
@@ -122,7 +137,7 @@ def _record_ids(value: Any, channel: str, replay: int, entity: str) -> tuple[str
         raise MalformedEvent(f"recordIds: {exc}", channel, replay, entity) from None
 
 
-def _opt_int(value: Any, what: str, channel: str, replay: int) -> int | None:
+def _opt_int(value: Any, what: str, channel: str, replay: ReplayId) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -133,13 +148,13 @@ def _opt_int(value: Any, what: str, channel: str, replay: int) -> int | None:
         raise MalformedEvent(f"{what} is not a number", channel, replay) from None
 
 
-def _opt_str(value: Any, what: str, channel: str, replay: int) -> str | None:
+def _opt_str(value: Any, what: str, channel: str, replay: ReplayId) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise MalformedEvent(f"{what} is not a string", channel, replay)
 
 
-def _parse_change(channel: str, replay: int, schema: str | None, payload: Mapping[str, Any]) -> ChangeEvent:
+def _parse_change(channel: str, replay: ReplayId, schema: str | None, payload: Mapping[str, Any]) -> ChangeEvent:
     header = payload.get("ChangeEventHeader")
     if not isinstance(header, Mapping):
         raise MalformedEvent("ChangeEventHeader is not an object", channel, replay)
@@ -168,7 +183,7 @@ def _parse_change(channel: str, replay: int, schema: str | None, payload: Mappin
 
 
 def _parse_platform(
-    channel: str, replay: int, schema: str | None, event: Mapping[str, Any], payload: Mapping[str, Any]
+    channel: str, replay: ReplayId, schema: str | None, event: Mapping[str, Any], payload: Mapping[str, Any]
 ) -> PlatformEvent:
     created: datetime | None = None
     raw_created = payload.get("CreatedDate")
@@ -194,7 +209,7 @@ def _parse_platform(
 def parse_event(message: Any) -> Event:
     """Raw Bayeux data message → ChangeEvent | PlatformEvent; raises only MalformedEvent."""
     channel: str | None = None
-    replay: int | None = None
+    replay: ReplayId | None = None
     try:
         if not isinstance(message, Mapping):
             raise MalformedEvent("message is not an object", None, None)
@@ -208,7 +223,8 @@ def parse_event(message: Any) -> Event:
         if channel is None or not channel.startswith("/"):
             raise MalformedEvent("channel missing", channel, replay)
         if replay is None:
-            raise MalformedEvent("data.event.replayId missing or not an integer", channel, None)
+            raise MalformedEvent("data.event.replayId missing or not an integer (CometD) or bytes (Pub/Sub)",
+                                 channel, None)
         assert isinstance(event, Mapping)
         payload = data.get("payload")
         if not isinstance(payload, Mapping):

@@ -63,6 +63,7 @@ from sfsign.salesforce.bayeux import (
     reply_on,
 )
 from sfsign.salesforce.errors import AuthError
+from sfsign.salesforce.events import ReplayId, replay_label
 from sfsign.salesforce.stream_health import StreamHealth
 from sfsign.salesforce.stream_replay import ReplayBook
 
@@ -78,11 +79,11 @@ class StreamError(Exception):
 class ReplayIdInvalid(StreamError):
     """Salesforce refused the stored replay id (outside the retention window, or unknown)."""
 
-    def __init__(self, channel: str, replay_id: int, error: str = "") -> None:
+    def __init__(self, channel: str, replay_id: ReplayId, error: str = "") -> None:
         self.channel = channel
-        self.replay_id = replay_id
+        self.replay_id = replay_id  # CometD's integer, or (raised by the Pub/Sub client) its opaque bytes
         self.error = error
-        super().__init__(f"replay id {replay_id} refused for {channel}: {error}")
+        super().__init__(f"replay id {replay_label(replay_id)} refused for {channel}: {error}")
 
 
 class SubscriptionFailed(StreamError):
@@ -102,7 +103,7 @@ class StreamClient:
         authenticator: TokenProvider,
         *,
         channels: Sequence[str],
-        replay_source: Callable[[str], int | None],
+        replay_source: Callable[[str], ReplayId | None],
         replay_all: Sequence[str] = (),
         api_version: str = "68.0",
         long_poll_margin_s: float = 15.0,
@@ -183,6 +184,10 @@ class StreamClient:
         published meanwhile may never be delivered, so the caller must reconcile their objects (the
         subscription is live by then: anything that moves after the reconciliation's query arrives)."""
         return self._replay.take_gaps()
+
+    def stored_position(self, channel: str) -> int | None:
+        """The committed replay id this client resumes `channel` from (None: a first start for CometD)."""
+        return self._replay.stored(channel)
 
     def reset_replay(self, channel: str) -> None:
         """Subscribe `channel` from -1 (new events only) instead of the refused replay id.

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from sfsign.salesforce.events import ReplayId
+
 
 class ReplayBook:
     """The replay id each channel subscribes from, and the one each subscription was accepted with."""
 
-    def __init__(self, replay_source: Callable[[str], int | None], replay_all: Sequence[str]) -> None:
+    def __init__(self, replay_source: Callable[[str], ReplayId | None], replay_all: Sequence[str]) -> None:
         self._source = replay_source
         # Channels subscribed from -2 (every retained event) rather than -1 when there is no position to
         # resume from: requests that carry no state to query later (platform events), deduped downstream.
@@ -32,9 +34,15 @@ class ReplayBook:
         self.subscribed: dict[str, int] = {}  # replay id sent on the last successful subscribe
         self._gaps: list[str] = []  # channels resubscribed from -1, not yet taken
 
+    def stored(self, channel: str) -> int | None:
+        """The committed position CometD can resume from: its own integers only, never a Pub/Sub id (after a
+        switch of transport the channel starts as on a first start, and intake reconciles)."""
+        stored = self._source(channel)
+        return stored if isinstance(stored, int) and not isinstance(stored, bool) else None
+
     def start_for(self, channel: str) -> int:
         """The replay id to subscribe `channel` from now."""
-        stored = self._source(channel)
+        stored = self.stored(channel)
         start = -2 if channel in self._replay_all else -1
         if channel in self._reset:
             if stored is None or stored == self._reset[channel]:
@@ -60,4 +68,4 @@ class ReplayBook:
 
     def reset(self, channel: str) -> None:
         """Start `channel` fresh until the daemon commits an id other than the refused (or current) one."""
-        self._reset[channel] = self._last_invalid.pop(channel, self._source(channel))
+        self._reset[channel] = self._last_invalid.pop(channel, self.stored(channel))

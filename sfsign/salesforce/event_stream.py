@@ -1,0 +1,49 @@
+"""What intake, the daemon and `sfsign check` need from an event stream, whichever transport carries it.
+
+Two clients implement it: `stream.StreamClient` (CometD, the Streaming API) and
+`pubsub_client.PubSubStream` (the Pub/Sub API), chosen by `SFSIGN_TRANSPORT`. Both yield CometD-shaped
+messages (`{"channel", "data": {"schema", "payload", "event": {"replayId"}}}`), resume each channel from
+the position intake committed (`replay_source`, their own kind of replay id only), raise `ReplayIdInvalid`
+when Salesforce refuses it, and report one "disconnected" per outage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from sfsign.salesforce.events import ReplayId
+
+
+class EventStream(Protocol):
+    @property
+    def channels(self) -> list[str]: ...
+
+    @property
+    def connected(self) -> bool:
+        """Readiness: every subscription is up (False once per outage, not per hiccup)."""
+        ...
+
+    @property
+    def subscribed_replay(self) -> Mapping[str, ReplayId]:
+        """The channels subscribed now, each with the position its subscription started from."""
+        ...
+
+    def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError."""
+        ...
+
+    def stored_position(self, channel: str) -> ReplayId | None:
+        """The committed position this client resumes `channel` from; None is a first start for it."""
+        ...
+
+    def take_gaps(self) -> list[str]:
+        """Channels started afresh again after an earlier subscription (CometD -1, Pub/Sub LATEST), each
+        once: the caller reconciles their objects."""
+        ...
+
+    def reset_replay(self, channel: str) -> None:
+        """Start `channel` afresh after a refused replay id (the caller reconciles the gap)."""
+        ...
+
+    async def aclose(self) -> None: ...
