@@ -59,6 +59,7 @@ class Stream:
 
     metadata: dict[str, str]
     requests: list[pb.FetchRequest] = field(default_factory=list)
+    started: bool = False  # its first request is read and its start position set: events published now reach it
     delivered: int = 0
     credit: int = 0
     ended: bool = False
@@ -83,6 +84,10 @@ class FakePubSub(pb_grpc.PubSubServicer):
         self.schema_requests = 0
         self.failures: list[tuple[str, grpc.StatusCode, str]] = []  # (method, status, error code): next calls fail
         self.cut: tuple[grpc.StatusCode, str] | None = None  # end the open subscriptions with this, once
+
+    def subscribed(self) -> bool:
+        """A subscription has started: an event published from now on is after its start position."""
+        return any(s.started for s in self.streams)
 
     async def cut_streams(self, status: grpc.StatusCode, code: str) -> None:
         self.cut = (status, code)
@@ -143,6 +148,7 @@ class FakePubSub(pb_grpc.PubSubServicer):
             position = ids.index(first.replay_id) + 1
         else:
             position = 0 if first.replay_preset == pb.EARLIEST else len(events)
+        stream.started = True
 
         async def more() -> None:
             async for request in request_iterator:

@@ -75,7 +75,7 @@ async def test_events_arrive_in_cometd_shape_with_the_session_metadata_on_every_
     stream = client(pubsub, fake_auth)
     try:
         reading = asyncio.create_task(take(stream, 2))
-        await until(lambda: bool(fake.streams), "a subscription")
+        await until(fake.subscribed, "a subscription")
         first_id = await update(fake, "Negotiation")
         await update(fake, "Closed Won")
         messages = await asyncio.wait_for(reading, 10)
@@ -147,7 +147,7 @@ async def test_a_cometd_position_is_never_sent_to_pubsub_with_a_fake_pubsub_serv
     assert stream.stored_position(CDC) is None  # intake reconciles the channel, as on a first start
     try:
         reading = asyncio.create_task(take(stream, 1))
-        await until(lambda: bool(fake.streams), "a subscription")
+        await until(fake.subscribed, "a subscription")
         assert fake.streams[0].requests[0].replay_preset == pb.LATEST
         await update(fake, "Closed Won")
         await asyncio.wait_for(reading, 10)
@@ -199,12 +199,16 @@ async def test_a_silent_stream_is_dropped_by_the_keepalive_watchdog_and_resubscr
     pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
 ) -> None:
     fake = pubsub[0]
+    # A committed position, so every resubscription resumes after it (CUSTOM): on a slow machine the watchdog
+    # may fire again after the connection heals, and a start from LATEST would then rightly skip the event.
+    positions: dict[str, Any] = {CDC: await update(fake, "Prospecting")}
     fake.silent = True  # the connection is half-open: no event, no keepalive
-    stream = client(pubsub, fake_auth, keepalive_s=0.2)
+    stream = client(pubsub, fake_auth, positions, keepalive_s=0.2)
     try:
         reading = asyncio.create_task(take(stream, 1))
         await until(lambda: len(fake.streams) >= 2, "a new subscription after the watchdog fired")
         assert fake.streams[0].ended
+        assert all(r.replay_preset == pb.CUSTOM for s in fake.streams for r in s.requests[:1])
         fake.silent = False
         await update(fake, "Closed Won")
         await asyncio.wait_for(reading, 10)
@@ -220,7 +224,7 @@ async def test_keepalives_keep_a_quiet_subscription_without_reconnecting_with_a_
     stream = client(pubsub, fake_auth, keepalive_s=0.5)
     try:
         reading = asyncio.create_task(take(stream, 1))
-        await until(lambda: bool(fake.streams), "a subscription")
+        await until(fake.subscribed, "a subscription")
         await asyncio.sleep(1.0)  # quiet: only keepalives (this wait is the scenario, nothing is timed)
         await update(fake, "Closed Won")
         await asyncio.wait_for(reading, 10)
@@ -262,7 +266,7 @@ async def test_an_outage_is_one_disconnected_and_one_reconnected_with_a_fake_pub
     stream = client(pubsub, fake_auth)
     try:
         reading = asyncio.create_task(take(stream, 2))
-        await until(lambda: bool(fake.streams), "a subscription")
+        await until(fake.subscribed, "a subscription")
         await update(fake, "Negotiation")
         await until(lambda: fake.streams[0].delivered == 1, "the first event")
         assert stream.connected
