@@ -13,9 +13,10 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
 import test_customer_signing_jobs as job_tests
@@ -71,6 +72,8 @@ def _document_swapped(error: Exception) -> bool:
     return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
 
 
+T = TypeVar("T")
+
 # The daemon with a signer rule, as the job tests run it (their fixtures, used here by name).
 services_pki, rules, settings = job_tests.services_pki, job_tests.rules, job_tests.settings
 
@@ -112,25 +115,38 @@ class Person:
         WebDriverWait(self.driver, 10, poll_frequency=0.05).until(
             lambda d: d.execute_script("return document.readyState") == "complete")
 
+    def _steady(self, action: Callable[[], T]) -> T:
+        """Run `action` on the loaded page, again if Chromium swapped the document under it (the same race
+        as in `click`: an element found in the old document). Typing and reading are safe to repeat."""
+        for attempt in range(5):
+            self._loaded()
+            try:
+                return action()
+            except (StaleElementReferenceException, WebDriverException) as e:
+                if attempt == 4 or not _document_swapped(e):
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
     async def type(self, field_id: str, text: str) -> None:
         def go() -> None:
-            self._loaded()
             box = self.driver.find_element(By.ID, field_id)
             box.clear()
             box.send_keys(text)
-        await asyncio.to_thread(go)
+        await asyncio.to_thread(self._steady, go)
 
     async def tick(self, field_id: str) -> None:
-        await asyncio.to_thread(lambda: self.driver.find_element(By.ID, field_id).click())
+        await asyncio.to_thread(self._steady, lambda: self.driver.find_element(By.ID, field_id).click())
 
     async def state(self) -> str:
         """The page's state (never asked from the loop's own thread: chromedriver answers once the page has
         loaded, which needs the loop to serve its images)."""
-        return await asyncio.to_thread(
-            lambda: str(self.driver.find_element(By.CSS_SELECTOR, "[data-state]").get_attribute("data-state")))
+        return await asyncio.to_thread(self._steady, lambda: str(
+            self.driver.find_element(By.CSS_SELECTOR, "[data-state]").get_attribute("data-state")))
 
     async def text(self) -> str:
-        return await asyncio.to_thread(lambda: str(self.driver.find_element(By.TAG_NAME, "main").text))
+        return await asyncio.to_thread(self._steady,
+                                       lambda: str(self.driver.find_element(By.TAG_NAME, "main").text))
 
     async def shot(self, name: str, scroll_to: str | None = None) -> None:
         def go() -> None:
