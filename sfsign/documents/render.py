@@ -295,6 +295,10 @@ def _replace_texts(value: Any, texts: frozenset[str], path: str = "", changed: s
 def _page_count(pdf: bytes) -> int:
     from pyhanko.pdf_utils.reader import PdfFileReader
 
+    from sfsign.documents import hexstrings
+
+    hexstrings.install()
+
     reader = PdfFileReader(BytesIO(pdf))
     return int(reader.root["/Pages"]["/Count"])
 
