@@ -326,6 +326,31 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def process_role(root: int, pid: int) -> str:
+    """What a process of the daemon's tree is, from its command line (forkserver children share it)."""
+    if pid == root:
+        return "daemon"
+    cmdline = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+    if "resource_tracker" in cmdline:
+        return "resource tracker"
+    if "forkserver" in cmdline and _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()[1:2] == [str(root)]:
+        return "fork server"
+    return "pool process"
+
+
+def pss_by_role(root: int, each: dict[int, int]) -> dict[str, list[int]]:
+    roles: dict[str, list[int]] = {}
+    for pid, kib in each.items():
+        roles.setdefault(process_role(root, pid), []).append(kib)
+    return roles
+
+
+def describe_pss(roles: dict[str, list[int]]) -> str:
+    """`daemon 140, fork server 30, pool process 90 + 88, …` in MiB."""
+    return ", ".join(f"{role} {' + '.join(f'{k / 1024:.0f}' for k in sorted(kibs, reverse=True))}"
+                     for role, kibs in sorted(roles.items()))
+
+
 class RssSampler:
     """Every `interval_s`, the sum of VmRSS over the process tree; keeps the peak and the process count.
 
@@ -340,6 +365,7 @@ class RssSampler:
         self.interval_s = interval_s
         self.pss_every = pss_every
         self.peak_pss_kib = 0
+        self.peak_pss_by_role: dict[str, list[int]] = {}  # at the peak: role → each process's Pss
         self.peak_kib = 0
         self.peak_processes = 0
         self.samples = 0
@@ -353,7 +379,10 @@ class RssSampler:
             if total > self.peak_kib:
                 self.peak_kib, self.peak_processes = total, len(pids)
             if self.samples % self.pss_every == 0:
-                self.peak_pss_kib = max(self.peak_pss_kib, sum(pss_kib(p) for p in pids))
+                each = {p: pss_kib(p) for p in pids}
+                if sum(each.values()) > self.peak_pss_kib:
+                    self.peak_pss_kib = sum(each.values())
+                    self.peak_pss_by_role = pss_by_role(self.pid, each)
             self.samples += 1
             self._stop.wait(self.interval_s)
 

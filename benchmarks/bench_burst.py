@@ -34,6 +34,7 @@ from _support import (
     bench_stack,
     cpu_seconds,
     create_opportunities,
+    describe_pss,
     note,
     process_tree,
     running_daemon,
@@ -61,6 +62,7 @@ class BurstResult:
     peak_pss_kib: int  # sum of Pss over the process tree, sampled every 0.5 s
     main_hwm_kib: int  # VmHWM of the daemon process
     main_idle_kib: int = 0  # VmRSS of the daemon process before the burst
+    peak_pss_by_role: dict[str, list[int]] = field(default_factory=dict)  # at the tree's peak, KiB
     cpu_s: tuple[float, float, float] = (0.0, 0.0, 0.0)  # CPU seconds: daemon process, pool, bench + emulator
     # Small bursts only (≤ VISIBLE_POLL_MAX records): seconds from the first bulk call until each record was
     # first seen Signed, polled every 0.1 s from outside, as a rep's list view would show it.
@@ -141,7 +143,7 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
             signed = size - errors
             calls = await settled_api_calls(stack.control) - before
     return BurstResult(size, level, seconds, moved, signed, errors, calls, rss.peak_kib, rss.peak_processes,
-                       rss.peak_pss_kib, hwm, idle_kib, cpu, sorted(seen.values()))
+                       rss.peak_pss_kib, hwm, idle_kib, rss.peak_pss_by_role, cpu, sorted(seen.values()))
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -186,11 +188,17 @@ def burst_table(results: list[BurstResult]) -> list[str]:
     return lines
 
 
+def pss_lines(results: list[BurstResult]) -> list[str]:
+    """Each process's Pss at the sample where the tree's sum peaked, in MiB."""
+    return [f"- {r.size:,} records: {describe_pss(r.peak_pss_by_role)}" for r in results]
+
+
 async def _main(sizes: list[int], level: str, warmup_s: float) -> None:
     with tempfile.TemporaryDirectory(prefix="sfsign-bench-") as tmp:
         async with bench_stack(Path(tmp)) as stack:
             results = [await run_burst(stack, size, level, warmup_s=warmup_s) for size in sizes]
-    print("\n".join([*burst_table(results), "", "CPU per document:", "", *cpu_table(results), "",
+    print("\n".join([*burst_table(results), "", "Peak PSS by process:", "", *pss_lines(results), "",
+                     "CPU per document:", "", *cpu_table(results), "",
                      "Records first seen Signed (polled every 0.1 s; bursts up to "
                      f"{VISIBLE_POLL_MAX} records):", "", *visible_table(results)]))
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sfsign.documents.sign import CUSTOMER_FIELD
-from sfsign.documents.signer_signature import signature_fields
+from sfsign.documents.jobs import signature_fields_job
+from sfsign.documents.specs import CUSTOMER_FIELD
 from sfsign.gateway import SalesforceGateway
 from sfsign.salesforce.files import ContentVersionRef
 from sfsign.salesforce.names import STATUS_COMPLETED, STATUS_SIGNED
@@ -58,6 +58,6 @@ async def envelope_file(gateway: SalesforceGateway, in_pool: InPool, transaction
     if await gateway.find_file(transaction_id + CERTIFICATE_SUFFIX) is not None:
         return Adopted(STATUS_COMPLETED)
     pdf = await gateway.download(file.id)
-    if completed(await in_pool(signature_fields, pdf)):
+    if completed(await in_pool(signature_fields_job, pdf)):
         return Adopted(STATUS_COMPLETED, NO_CERTIFICATE)
     return Adopted(STATUS_SIGNED, SEALED_ONLY)

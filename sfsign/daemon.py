@@ -116,7 +116,9 @@ class Daemon:
             lambda: self._rest.api_usage if self._rest is not None else None, settings.api_budget_share
         )
         self.certificates = CertificateExpiry()
-        self.certificate_watch = CertificateWatch(self.certificates, lambda: self.rules, self._stop)
+        self._pool: ProcessPoolExecutor | None = None
+        self.certificate_watch = CertificateWatch(self.certificates, lambda: self.rules, self._stop,
+                                                  pool=lambda: self._pool)
         self.ops_server: OpsServer | None = None
         self._rest: SalesforceRest | None = None
         self._session: SalesforceSession | None = None
@@ -219,6 +221,7 @@ class Daemon:
             return  # stopped while Salesforce was unavailable
         refuse_on_failures(findings)
         pool, warm_up = self._start_pool()
+        self._pool = pool
         opened.callback(partial(pool.shutdown, wait=True, cancel_futures=True))
         self.worker = self._build_worker(rest, pool, token)
         parts = [*self._parts(rest, token), *await self._signing_parts()]

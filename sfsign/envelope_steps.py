@@ -35,8 +35,8 @@ from sfsign.config import ProfileConfig, RuleConfig, Rules, SignersConfig
 from sfsign.documents import jobs as doc_jobs
 from sfsign.documents import signer_jobs
 from sfsign.documents.completion_certificate import CompletionCertificate, RecipientEvent, RecipientSummary
-from sfsign.documents.sign import SIGNATURE_FIELD, SignatureLevel, customer_field
-from sfsign.documents.signer_signature import FieldAlreadySigned, SignerEvidence
+from sfsign.documents.errors import FieldAlreadySigned
+from sfsign.documents.specs import SIGNATURE_FIELD, SignatureLevel, SignerEvidence, customer_field
 from sfsign.failures import PermanentFailure, TransientFailure
 from sfsign.mapping import file_name_for
 from sfsign.outbox import Job, JobState, audit_time

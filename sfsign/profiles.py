@@ -16,17 +16,8 @@ from typing import Any
 
 from sfsign.config import ProfileConfig, Rules, read_secret
 from sfsign.documents import jobs as doc_jobs
-from sfsign.documents.sign import (
-    Appearance,
-    KeySource,
-    KeySpec,
-    Pkcs11KeySpec,
-    SignatureLevel,
-    SigningError,
-    check_certificate_validity,
-    load_signer,
-)
-from sfsign.documents.tsa import TsaAuth
+from sfsign.documents.errors import SigningError
+from sfsign.documents.specs import Appearance, KeySource, KeySpec, Pkcs11KeySpec, SignatureLevel, TsaAuth
 from sfsign.failures import PermanentFailure
 
 
@@ -104,6 +95,10 @@ def preflight_profiles(rules: Rules) -> list[str]:
     Loads each key (so a wrong passphrase or a missing file shows at start, not on the first
     record) and checks the certificate's validity; messages name the profile and never a secret.
     """
+    # pyHanko parses the keys: imported here, since this runs in `sfsign check`'s and `sfsign run`'s
+    # throw-away process at start, and in the daemon process only when the rules are reloaded (SIGHUP).
+    from sfsign.documents.sign import check_certificate_validity, load_signer
+
     problems: list[str] = []
     for name in sorted({r.profile for r in rules.rules}):
         profile = rules.profiles[name]

@@ -33,7 +33,7 @@ from sfsign.adoption import Adopted, envelope_file
 from sfsign.artifacts import Artifacts
 from sfsign.config import ProfileConfig, RuleConfig, Rules
 from sfsign.documents import jobs as doc_jobs
-from sfsign.documents.sign import SignatureLevel
+from sfsign.documents.specs import SignatureLevel
 from sfsign.failures import PermanentFailure, TransientFailure
 from sfsign.gateway import SalesforceGateway
 from sfsign.mapping import NotRenderable, build_document, file_name_for, file_title_for

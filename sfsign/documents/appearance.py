@@ -13,31 +13,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from pyhanko.pdf_utils import layout
 from pyhanko.pdf_utils.font.api import FontEngine, FontEngineFactory
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.pdf_utils.writer import BasePdfFileWriter
 from pyhanko.stamp import TextStampStyle
 
+from sfsign.documents.specs import Appearance as Appearance
+
 STAMP_FONT = Path(__file__).resolve().parent / "fonts" / "sfsign-stamp-sans.ttf"
 STAMP_FONT_SIZE = 9  # same value for the glyph accumulator and the text box (pitfall 2)
 _STAMP_COLOR = (0.12, 0.23, 0.37)
-
-
-class Appearance(BaseModel):
-    """What the visible stamp and the signature dictionary say."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str  # the person signing for the seller
-    reason: str = ""
-    location: str = ""
-    contact_info: str = ""  # the signer's e-mail for a signer's signature
-    # A line under the name that says how the person signed (a signer's stamp, e.g. "Signed electronically
-    # via e-mail code"). When set, the stamp shows name, contact, this line and the time; reason and location
-    # stay in the signature dictionary only.
-    statement: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

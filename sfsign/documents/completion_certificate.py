@@ -14,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sfsign.documents.render import TEMPLATES_DIR, RenderError, compile_template
-from sfsign.documents.sign import Appearance, KeySource, SignatureLevel, SignedPdf, TsaAuth, sign_pdf_bytes
+from sfsign.documents.specs import Appearance, KeySource, SignatureLevel, TsaAuth
+
+if TYPE_CHECKING:
+    from sfsign.documents.sign import SignedPdf
 
 # Not beside the contract templates: a rule naming `template: completion` must not find it.
 TEMPLATE = TEMPLATES_DIR / "internal" / "completion.typ"
@@ -125,6 +128,8 @@ def sealed_certificate(
     cert: CompletionCertificate, key: KeySource, *, tsa_urls: Sequence[str], tsa_auth: TsaAuth | None = None
 ) -> SignedPdf:
     """Render and seal the certificate at B-T. Pool-safe: picklable arguments and result."""
+    from sfsign.documents.sign import sign_pdf_bytes  # in the pool process, where pyHanko is loaded
+
     pdf, box = render_certificate(cert, timestamp=cert.completed_at)
     appearance = Appearance(name=cert.organisation, reason=f"Certificate of completion {cert.transaction_id}")
     return sign_pdf_bytes(pdf, box, key, appearance, level=SignatureLevel.B_T, tsa_urls=tsa_urls, tsa_auth=tsa_auth,

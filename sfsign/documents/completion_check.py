@@ -20,8 +20,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sfsign.documents.verify import ValidationError, validate_signed_pdf
-
 #: pyHanko's modification levels a completed document may show: form filling covers filling a signature
 #: field; LTA_UPDATES the DSS and document timestamps. ANNOTATIONS and OTHER are refused.
 ALLOWED_MODIFICATIONS = frozenset({"NONE", "LTA_UPDATES", "FORM_FILLING"})
@@ -98,6 +96,8 @@ def check_completed(
     """Validate every approval signature of `pdf` with pyHanko (offline, against `trust_roots`) and pdfsig,
     and check that each of `expected_fields` is signed. Synchronous (runs its own event loop, a subprocess):
     call it in a pool process or an executor."""
+    from sfsign.documents.verify import ValidationError, validate_signed_pdf  # pyHanko: pool processes only
+
     report = validate_signed_pdf(pdf, trust_roots)
     pdfsig = pdfsig_results(pdf)
     if pdfsig is None and require_pdfsig:

@@ -24,3 +24,11 @@ class ValidationInfoUnavailable(SigningError):
     Transient like `TimestampUnavailable`: the upgrade writes nothing and the job retries later. The
     message names the OCSP/CRL URLs involved (credentials stripped) and why fetching failed.
     """
+
+
+class FieldAlreadySigned(SigningError):
+    """The field carries a signature already: this signer's signature was applied before."""
+
+
+class UnknownSignatureField(SigningError):
+    """The document has no such signature field; creating one now would invalidate earlier signatures."""

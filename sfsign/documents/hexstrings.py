@@ -7,7 +7,8 @@ validating a B-T document. This reader finds the closing `>` in blocks and decod
 `binascii`; anything unusual (a comment, a stray character, a truncated file) is handed back to
 pyHanko's own reader from the same position, so results and errors stay pyHanko's.
 
-`install()` is idempotent and runs when `sfsign.documents` is imported. pyproject pins pyHanko to
+`install()` is idempotent and runs when a module that reads PDFs with pyHanko is imported (`sign`,
+`verify`, and so everything built on them; `render` before it counts pages). pyproject pins pyHanko to
 0.38.x; tests/unit/documents/test_documents_hexstrings.py checks both readers agree.
 """
 

@@ -3,6 +3,9 @@
 They keep the pool boundary narrow: JSON and bytes go in, bytes and small records come out, and
 every failure a person must fix becomes one picklable `DocumentFailure` with a readable message.
 Keys are parsed once per pool process (cached in `sign.load_signer`), not once per document.
+The daemon process imports this module for the request types and to name the entry points; pyHanko is
+imported by the entry points that sign or validate (the pool's fork server has it loaded already), so
+the daemon process never loads it for them.
 A failure that time can heal (no timestamp authority or revocation responder answered) is a
 `TransientDocumentFailure` instead, which the worker retries with backoff and never turns into a
 weaker signature unless the profile explicitly allows a downgrade.
@@ -17,20 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfsign.documents import ltv
-from sfsign.documents.errors import TimestampUnavailable, ValidationInfoUnavailable
+from sfsign.documents.errors import SigningError, TimestampUnavailable, ValidationInfoUnavailable
 from sfsign.documents.model import sample_contract
 from sfsign.documents.render import RenderError, SignatureBox, render_pdf
-from sfsign.documents.sign import (
-    Appearance,
-    KeySource,
-    SignatureLevel,
-    SigningError,
-    sign_pdf_bytes,
-)
-from sfsign.documents.signer_signature import customer_fields
-from sfsign.documents.tsa import TsaAuth
-from sfsign.documents.verify import ValidationError, validate_signed_pdf
+from sfsign.documents.specs import Appearance, KeySource, SignatureLevel, TsaAuth
 from sfsign.salesforce.names import VALIDATION_LENGTH
 
 
@@ -95,6 +88,8 @@ def salesforce_datetime(moment: dt.datetime | None) -> str | None:
 
 
 def _validate(pdf: bytes, trust_roots: Sequence[Path]) -> str:
+    from sfsign.documents.verify import ValidationError, validate_signed_pdf
+
     if not trust_roots:
         return "not validated: no trust_roots configured in the signing profile"
     try:
@@ -145,6 +140,9 @@ def sign_job(pdf: bytes, boxes: dict[str, Any], request: SigningRequest) -> Sign
     after the first signature would invalidate it (signing-notes pitfall 7). Fields that exist already
     (signed by the customers first, `signer_jobs`) are left as they are.
     """
+    from sfsign.documents.sign import sign_pdf_bytes
+    from sfsign.documents.signer_signature import customer_fields
+
     empty = customer_fields(boxes)
     level, downgraded = request.level, None
     while True:
@@ -191,6 +189,9 @@ def render_and_sign_job(document_json: str, template: str, request: SigningReque
 
 def upgrade_job(pdf: bytes, request: UpgradeRequest) -> UpgradedResult:
     """Bring a signed B-T file to B-LT/B-LTA, or give a B-LTA file a new archive timestamp."""
+    from sfsign.documents import ltv
+    from sfsign.documents.verify import ValidationError, validate_signed_pdf
+
     try:
         current = validate_signed_pdf(pdf, request.trust_roots)
         if current.level == SignatureLevel.B_LTA.value:
@@ -215,3 +216,28 @@ def upgrade_job(pdf: bytes, request: UpgradeRequest) -> UpgradedResult:
         # Only a B-LTA file is renewed by archive timestamps; a B-LT file just ages out.
         archive_due=salesforce_datetime(upgraded.newest_timestamp_expiry) if upgraded.level == "B-LTA" else None,
     )
+
+
+def signature_fields_job(pdf: bytes) -> dict[str, bool]:
+    """`signer_signature.signature_fields` in the pool: every signature field of `pdf`, signed or not."""
+    from sfsign.documents.signer_signature import signature_fields
+
+    return signature_fields(pdf)
+
+
+def certificate_expiry_job(keys: Mapping[str, KeySource]) -> tuple[dict[str, dt.datetime], dict[str, str]]:
+    """Each named key's certificate `not_after`, and why a key could not be loaded (`Type: message`), for
+    the daemon's expiry gauge: loading a key takes pyHanko, which only the pool processes have."""
+    from sfsign.documents.sign import load_signer
+
+    found: dict[str, dt.datetime] = {}
+    unreadable: dict[str, str] = {}
+    for name, key in keys.items():
+        try:
+            signer = load_signer(key)
+        except Exception as exc:  # any reason: the gauge leaves the profile out and the daemon logs why
+            unreadable[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if signer.signing_cert is not None:
+            found[name] = signer.signing_cert["tbs_certificate"]["validity"]["not_after"].native
+    return found, unreadable

@@ -23,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from pyhanko.keys.internal import (
     translate_pyca_cryptography_cert_to_asn1,
     translate_pyca_cryptography_key_to_asn1,
@@ -35,39 +34,8 @@ from pyhanko_certvalidator.util import process_pss_params
 
 from sfsign.documents.errors import SigningError
 from sfsign.documents.pkcs11 import Pkcs11KeySpec, load_pkcs11_signer
-
-
-class KeySpec(BaseModel):
-    """Where the signing key lives: a PKCS#12 file, or a PEM/DER key + certificate (+ chain).
-
-    `passphrase` decrypts the PKCS#12 file or the private key. `chain_paths` lists extra
-    certificates (issuing CAs) to embed; PKCS#12 files usually carry them already.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    pkcs12_path: Path | None = None
-    key_path: Path | None = None
-    cert_path: Path | None = None
-    chain_paths: tuple[Path, ...] = ()
-    passphrase: SecretStr | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> KeySpec:
-        pem = self.key_path is not None or self.cert_path is not None
-        if self.pkcs12_path is not None and pem:
-            raise ValueError("give either pkcs12_path or key_path + cert_path, not both")
-        if self.pkcs12_path is None and (self.key_path is None or self.cert_path is None):
-            raise ValueError("give pkcs12_path, or both key_path and cert_path")
-        return self
-
-    def files(self) -> tuple[Path, ...]:
-        main = (self.pkcs12_path,) if self.pkcs12_path else (self.key_path, self.cert_path)
-        return tuple(p for p in (*main, *self.chain_paths) if p is not None)
-
-
-KeySource = KeySpec | Pkcs11KeySpec
-
+from sfsign.documents.specs import KeySource as KeySource
+from sfsign.documents.specs import KeySpec as KeySpec
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 

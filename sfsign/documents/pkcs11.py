@@ -41,11 +41,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
 from pyhanko.keys import load_certs_from_pemder
 from pyhanko.sign.pkcs11 import PKCS11Signer
 
 from sfsign.documents.errors import SigningError
+from sfsign.documents.specs import Pkcs11KeySpec as Pkcs11KeySpec
 
 _PROCESS_SALT = secrets.token_bytes(32)
 _PROBE = b"sfsign: does this key belong to its certificate?"
@@ -62,27 +63,6 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
 )
 _HASHED_MECHANISM = {"rsa": Mechanism.SHA256_RSA_PKCS, "ec": Mechanism.ECDSA_SHA256}
 _RAW_MECHANISM = {"rsa": Mechanism.RSA_PKCS, "ec": Mechanism.ECDSA}
-
-
-class Pkcs11KeySpec(BaseModel):
-    """A signing key on a PKCS#11 token, found by labels.
-
-    The certificate comes from the token under `cert_label` (default: `key_label`), or from
-    `cert_path`. Issuing CA certificates are taken from `chain_paths` and from the token.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    module_path: Path
-    token_label: str
-    key_label: str
-    cert_label: str | None = None
-    cert_path: Path | None = None
-    chain_paths: tuple[Path, ...] = ()
-    pin: SecretStr | None = None
-
-    def files(self) -> tuple[Path, ...]:
-        return tuple(p for p in (self.cert_path, *self.chain_paths) if p is not None)
 
 
 def _pin_tag(pin: SecretStr | None) -> bytes | None:

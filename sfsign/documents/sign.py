@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import enum
 import functools
 import hashlib
 from collections.abc import Sequence
@@ -38,6 +37,8 @@ from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
 from pyhanko.sign.timestamps import TimeStamper
 
+from sfsign.documents import hexstrings
+
 # Re-exported (`X as X`): callers import the signing API from here, the keys and the stamp included.
 from sfsign.documents.appearance import STAMP_STYLE, stamp_params, stamp_text
 from sfsign.documents.appearance import Appearance as Appearance
@@ -49,24 +50,14 @@ from sfsign.documents.keys import KeySpec as KeySpec
 from sfsign.documents.keys import load_signer as load_signer
 from sfsign.documents.pkcs11 import Pkcs11KeySpec as Pkcs11KeySpec
 from sfsign.documents.render import SignatureBox
+from sfsign.documents.specs import CUSTOMER_FIELD as CUSTOMER_FIELD
+from sfsign.documents.specs import SIGNATURE_FIELD as SIGNATURE_FIELD
+from sfsign.documents.specs import SignatureLevel as SignatureLevel
+from sfsign.documents.specs import customer_field as customer_field
 from sfsign.documents.tsa import TsaAuth as TsaAuth
 from sfsign.documents.tsa import get_timestamper, run_on_process_loop
 
-SIGNATURE_FIELD = "SellerSignature"
-CUSTOMER_FIELD = "CustomerSignature"
-
-
-def customer_field(index: int) -> str:
-    """The PDF field of the signer at 0-based `index` in signing order: the first keeps `CUSTOMER_FIELD`
-    (documents sealed before there were several signers have it), then CustomerSignature2, 3, ..."""
-    return CUSTOMER_FIELD if index == 0 else f"{CUSTOMER_FIELD}{index + 1}"
-
-
-class SignatureLevel(enum.StrEnum):
-    B_B = "B-B"
-    B_T = "B-T"
-    B_LT = "B-LT"
-    B_LTA = "B-LTA"
+hexstrings.install()  # this module reads PDFs with pyHanko
 
 
 class SignedPdf(BaseModel):

@@ -13,6 +13,9 @@ revisions only filled fields, signed or added validation data.
 Failures map as in `jobs.py`: `TransientDocumentFailure` when a TSA or responder did not answer (retry),
 `DocumentFailure` for what retrying cannot fix. `FieldAlreadySigned` is passed through unchanged: the
 signature was applied before (a retried job, a double click), which the worker records as done.
+
+pyHanko is imported inside the entry points, not here: the daemon process imports this module for the
+request and result types (see `jobs`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfsign.documents import ltv
 from sfsign.documents.completion_certificate import CompletionCertificate, sealed_certificate
 from sfsign.documents.completion_check import CompletionVerdict, check_completed
-from sfsign.documents.errors import TimestampUnavailable, ValidationInfoUnavailable
+from sfsign.documents.errors import FieldAlreadySigned, SigningError, TimestampUnavailable, ValidationInfoUnavailable
 from sfsign.documents.jobs import (
     DocumentFailure,
     RenderFailure,
@@ -35,15 +37,7 @@ from sfsign.documents.jobs import (
     salesforce_datetime,
 )
 from sfsign.documents.render import RenderError, SignatureBox
-from sfsign.documents.sign import SIGNATURE_FIELD, KeySource, SignatureLevel, SigningError, TsaAuth
-from sfsign.documents.signer_signature import (
-    FieldAlreadySigned,
-    SignerEvidence,
-    add_signature_fields,
-    customer_fields,
-    sign_for_signer,
-)
-from sfsign.documents.verify import ValidationError
+from sfsign.documents.specs import SIGNATURE_FIELD, KeySource, SignatureLevel, SignerEvidence, TsaAuth
 
 
 @dataclass(frozen=True)
@@ -85,6 +79,8 @@ class CompletedResult:
 
 def fields_job(pdf: bytes, boxes: Mapping[str, Any]) -> bytes:
     """Seal after the signers: the rendered PDF with the seller's and every signer's empty field."""
+    from sfsign.documents.signer_signature import add_signature_fields, customer_fields
+
     wanted = ((SIGNATURE_FIELD, SignatureBox.model_validate(boxes["seller"])), *customer_fields(boxes))
     try:
         return add_signature_fields(pdf, wanted)
@@ -101,6 +97,8 @@ def render_with_fields_job(document_json: str, template: str) -> tuple[bytes, di
 
 def signer_sign_job(pdf: bytes, request: SignerRequest) -> SignerResult:
     """One signer's signature in their field, B-T."""
+    from sfsign.documents.signer_signature import sign_for_signer
+
     try:
         signed = sign_for_signer(pdf, request.field_name, request.key, request.evidence,
                                  tsa_urls=request.tsa_urls, tsa_auth=request.tsa_auth)
@@ -122,6 +120,9 @@ def signer_sign_job(pdf: bytes, request: SignerRequest) -> SignerResult:
 def complete_job(pdf: bytes, request: CompletionRequest) -> CompletedResult:
     """After the last signature (and the seal): long-term validation data at the profile's level, then the
     verdict of pyHanko and pdfsig on every signature."""
+    from sfsign.documents import ltv
+    from sfsign.documents.verify import ValidationError
+
     try:
         upgraded = ltv.upgrade_pdf(pdf, request.target, trust_roots=request.trust_roots,
                                    tsa_urls=request.tsa_urls, tsa_auth=request.tsa_auth)

@@ -17,7 +17,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from io import BytesIO
@@ -26,10 +25,11 @@ from typing import Any
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import fields
 
+from sfsign.documents.errors import FieldAlreadySigned as FieldAlreadySigned
 from sfsign.documents.errors import SigningError
+from sfsign.documents.errors import UnknownSignatureField as UnknownSignatureField
 from sfsign.documents.render import SignatureBox
 from sfsign.documents.sign import (
-    Appearance,
     KeySource,
     MetadataPreservingWriter,
     SignatureLevel,
@@ -39,46 +39,11 @@ from sfsign.documents.sign import (
     field_rect,
     sign_pdf_bytes,
 )
+from sfsign.documents.specs import STATEMENTS as STATEMENTS
+from sfsign.documents.specs import SignerEvidence as SignerEvidence
 
-#: What the stamp says about how a person signed, per language and authentication method (`AuthMethod`).
-STATEMENTS: dict[str, dict[str, str]] = {
-    "en": {"email_otp": "Signed electronically via e-mail code", "none": "Signed electronically via e-mail link"},
-    "de": {"email_otp": "Elektronisch signiert per E-Mail-Code", "none": "Elektronisch signiert per E-Mail-Link"},
-}
 #: A claimed signing time may lie this far ahead of our clock (the web listener's and the pool's clocks).
 _CLOCK_SKEW = dt.timedelta(seconds=30)
-
-
-class FieldAlreadySigned(SigningError):
-    """The field carries a signature already: this signer's signature was applied before."""
-
-
-class UnknownSignatureField(SigningError):
-    """The document has no such signature field; creating one now would invalidate earlier signatures."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SignerEvidence:
-    """Who signed and how, as the signing page saw it. `auth_method` is an `AuthMethod` value."""
-
-    name: str
-    email: str
-    auth_method: str
-    signed_at: dt.datetime  # when the signer pressed "Sign" (aware)
-    ip: str
-    authenticated_at: dt.datetime | None = None  # when the e-mail code was accepted (aware)
-    language: str = "en"  # the rule's language: the stamp's statement (the dictionary's /Reason stays English)
-
-    def appearance(self) -> Appearance:
-        english = STATEMENTS["en"].get(self.auth_method, f"Signed electronically ({self.auth_method})")
-        statement = STATEMENTS.get(self.language, {}).get(self.auth_method, english)
-        reason = f"{english}; authentication: {self.auth_method}; IP address: {self.ip}"
-        return Appearance(name=self.name, contact_info=self.email, statement=statement, reason=reason)
-
-    def auth_seconds(self) -> int | None:
-        if self.authenticated_at is None:
-            return None
-        return max(0, int((self.signed_at - self.authenticated_at).total_seconds()))
 
 
 def signature_fields(pdf: bytes) -> dict[str, bool]:

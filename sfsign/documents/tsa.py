@@ -29,23 +29,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from asn1crypto import cms
-from pydantic import BaseModel, ConfigDict, SecretStr
 from pyhanko.sign.timestamps import HTTPTimeStamper, TimeStamper
 
 from sfsign.documents.errors import TimestampUnavailable
+from sfsign.documents.specs import TsaAuth as TsaAuth
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 _T = TypeVar("_T")
 _PROCESS_SALT = secrets.token_bytes(32)
-
-
-class TsaAuth(BaseModel):
-    """HTTP basic credentials for the TSAs (the password never appears in a repr or message)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    username: str
-    password: SecretStr
 
 
 def redact_url(url: str) -> str:

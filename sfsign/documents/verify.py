@@ -44,7 +44,10 @@ from pyhanko_certvalidator.ltv.types import ValidationTimingInfo
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy, FreshnessReqType
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
+from sfsign.documents import hexstrings
 from sfsign.salesforce.names import VALIDATION_LENGTH
+
+hexstrings.install()  # this module reads PDFs with pyHanko
 
 PADES_SUBFILTER = "/ETSI.CAdES.detached"
 # A document signature is acceptable if the certificate allows either of these (RFC 5280 names).

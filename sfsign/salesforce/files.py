@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,64 @@ def version_document_query(content_version_id: str) -> str:
     return f"SELECT ContentDocumentId FROM ContentVersion WHERE Id = '{validate_id(content_version_id)}'"
 
 
+class CollectionBody:
+    """The multipart body of an sObject Collections insert with binary parts, streamed: each file is read
+    while its part is sent, so a batch of 100 PDFs never sits in the daemon's memory as parts plus a
+    joined copy (twice 8 MB per burst batch; the sampled process tree's peak). The same bytes as urllib3's
+    `encode_multipart_formdata` of those parts; `len()` is known up front, so requests sends a
+    Content-Length (no chunked encoding), and each iteration starts over, so a retried call resends it
+    whole. Building it stats the files (blocking: off the event loop)."""
+
+    def __init__(self, files: list[NewFile]) -> None:
+        if sum(f.size() for f in files) > COLLECTION_BINARY_LIMIT:
+            raise ValueError("the files of one collection request must stay under 500 MB")
+        self._boundary = f"sfsign-{uuid.uuid4().hex}"
+        self.content_type = f"multipart/form-data; boundary={self._boundary}"
+        records = [_collection_record(i, file) for i, file in enumerate(files)]
+        meta = RequestField(name="collection", data=dump_json({"allOrNone": False, "records": records}).encode())
+        meta.make_multipart(content_type="application/json")
+        self._meta = self._head(meta) + meta.data + b"\r\n"  # type: ignore[operator]
+        self._files = [(self._part_head(i, file), file, file.size()) for i, file in enumerate(files)]
+        self._tail = f"--{self._boundary}--\r\n".encode()
+
+    def _head(self, field: RequestField) -> bytes:
+        return f"--{self._boundary}\r\n".encode() + field.render_headers().encode("latin-1")
+
+    def _part_head(self, i: int, file: NewFile) -> bytes:
+        blob = RequestField(name=f"file{i}", data=b"", filename=file.path_on_client)
+        blob.make_multipart(content_type=file.content_type)
+        return self._head(blob)
+
+    def __len__(self) -> int:
+        return len(self._meta) + sum(len(head) + size + 2 for head, _f, size in self._files) + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._meta
+        for head, file, size in self._files:
+            data = file.content()
+            if len(data) != size:  # the Content-Length sent already counted `size`
+                raise ValueError(f"file {file.path_on_client!r} changed size while it was uploaded")
+            yield head + data + b"\r\n"
+        yield self._tail
+
+
+def _collection_record(i: int, file: NewFile) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "attributes": {"type": "ContentVersion", "binaryPartName": f"file{i}",
+                       "binaryPartNameAlias": "VersionData"},
+        "Title": file.title,
+        "PathOnClient": file.path_on_client,
+        File.TRANSACTION_ID: file.transaction_id,
+    }
+    if file.content_document_id is not None:
+        entity["ContentDocumentId"] = validate_id(file.content_document_id)
+        if file.reason_for_change:
+            entity["ReasonForChange"] = file.reason_for_change[:1000]
+    elif file.first_publish_location_id is not None:
+        entity["FirstPublishLocationId"] = validate_id(file.first_publish_location_id)
+    return entity
+
+
 class FileCalls(RestSession):
     """The ContentVersion calls of `SalesforceRest`."""
 
@@ -89,8 +147,8 @@ class FileCalls(RestSession):
         """
         if not 0 < len(files) <= COLLECTION_LIMIT:
             raise ValueError(f"1 to {COLLECTION_LIMIT} files per call, not {len(files)}")
-        body, multipart_type = await asyncio.get_running_loop().run_in_executor(
-            None, self._collection_body, list(files))
+        body = await asyncio.get_running_loop().run_in_executor(None, CollectionBody, list(files))
+        multipart_type = body.content_type
         raw = await self._call(
             lambda sf: sf.restful("composite/sobjects", method="POST", data=body,
                                   headers={"Content-Type": multipart_type}),
@@ -108,35 +166,6 @@ class FileCalls(RestSession):
                 errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
                 out.append(RecordResult("ContentVersion", "", False, SalesforceError.from_record_error(errors[0])))
         return out
-
-    @staticmethod
-    def _collection_body(files: list[NewFile]) -> tuple[bytes, str]:
-        """The multipart body of an sObject Collections insert with binary parts (blocking: reads files)."""
-        if sum(f.size() for f in files) > COLLECTION_BINARY_LIMIT:
-            raise ValueError("the files of one collection request must stay under 500 MB")
-        records = []
-        parts = []
-        for i, file in enumerate(files):
-            entity: dict[str, Any] = {
-                "attributes": {"type": "ContentVersion", "binaryPartName": f"file{i}",
-                               "binaryPartNameAlias": "VersionData"},
-                "Title": file.title,
-                "PathOnClient": file.path_on_client,
-                File.TRANSACTION_ID: file.transaction_id,
-            }
-            if file.content_document_id is not None:
-                entity["ContentDocumentId"] = validate_id(file.content_document_id)
-                if file.reason_for_change:
-                    entity["ReasonForChange"] = file.reason_for_change[:1000]
-            elif file.first_publish_location_id is not None:
-                entity["FirstPublishLocationId"] = validate_id(file.first_publish_location_id)
-            records.append(entity)
-            blob = RequestField(name=f"file{i}", data=file.content(), filename=file.path_on_client)
-            blob.make_multipart(content_type=file.content_type)
-            parts.append(blob)
-        meta = RequestField(name="collection", data=dump_json({"allOrNone": False, "records": records}).encode())
-        meta.make_multipart(content_type="application/json")
-        return encode_multipart_formdata([meta, *parts], boundary=f"sfsign-{uuid.uuid4().hex}")
 
     async def insert_content_version(
         self,

@@ -42,3 +42,17 @@ def test_importing_the_command_line_module_loads_no_salesforce_client_outbox_or_
     code = f"import sys, sfsign.cli; print(','.join(m for m in {unwanted!r} if m in sys.modules) or 'none')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "none"
+
+
+def test_the_daemon_process_does_not_load_the_signing_stack() -> None:
+    """Nor pyHanko, its certificate validator, asn1crypto or the PKCS#11 binding (~10 MiB of the daemon's
+    PSS): it describes signatures as plain data (`documents.specs`) and names the pool's entry points
+    (`documents.jobs`, `documents.signer_jobs`), which import the signing stack when they run in a pool
+    process (the fork server has it preloaded). The start check and the signing service included."""
+    stack = ("pyhanko", "pyhanko_certvalidator", "asn1crypto", "pkcs11")
+    code = (
+        "import sys, sfsign.cli, sfsign.daemon, sfsign.worker, sfsign.check, sfsign.signing.service;"
+        f"print(','.join(m for m in {stack!r} if m in sys.modules) or 'none')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "none"

@@ -50,7 +50,18 @@ def test_both_readers_agree_on_signature_sized_strings() -> None:
         assert _read(hexstrings.read_hex_string_from_stream, data) == _read(hexstrings._original, data)
 
 
-def test_importing_the_documents_package_installs_it() -> None:
-    import sfsign.documents  # noqa: F401
+def test_the_modules_that_read_pdfs_install_it_and_the_package_alone_loads_no_pyhanko() -> None:
+    """In fresh interpreters: here, some earlier import has installed it already."""
+    import subprocess
+    import sys
 
+    check = ("from pyhanko.pdf_utils import generic; from sfsign.documents import hexstrings; "
+             "print(generic.read_hex_string_from_stream is hexstrings.read_hex_string_from_stream)")
+    for module in ("sfsign.documents.sign", "sfsign.documents.verify"):
+        out = subprocess.run([sys.executable, "-c", f"import {module}; {check}"], capture_output=True, text=True,
+                             check=True, timeout=120)
+        assert out.stdout.strip() == "True", module
+    alone = "import sys, sfsign.documents, sfsign.documents.model; print('pyhanko' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
     assert generic.read_hex_string_from_stream is hexstrings.read_hex_string_from_stream

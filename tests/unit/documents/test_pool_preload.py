@@ -16,7 +16,8 @@ def test_the_preload_imports_the_signing_stack_and_starts_nothing_fork_unsafe() 
         "import gc, json, sys, threading\n"
         f"import {POOL_PRELOAD}\n"
         "print(json.dumps({'threads': threading.active_count(), 'frozen': gc.get_freeze_count(),"
-        " 'typst': 'typst' in sys.modules, 'pyhanko': 'pyhanko.sign.signers' in sys.modules}))"
+        " 'typst': 'typst' in sys.modules, 'pyhanko': 'pyhanko.sign.signers' in sys.modules,"
+        " 'stamp font': 'fontTools.subset' in sys.modules and 'uharfbuzz' in sys.modules}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     found = json.loads(out.stdout)
@@ -24,6 +25,7 @@ def test_the_preload_imports_the_signing_stack_and_starts_nothing_fork_unsafe() 
     assert found["frozen"] > 10_000  # the imported modules' objects are in the permanent generation
     assert not found["typst"]
     assert found["pyhanko"]
+    assert found["stamp font"]  # the first signature's font engine, shared rather than imported per process
 
 
 def test_a_pool_process_forked_from_the_preloaded_server_starts_with_the_stack_loaded() -> None:

@@ -438,3 +438,43 @@ def test_a_new_file_reads_its_path_only_when_asked(tmp_path: Path) -> None:
     assert NewFile(title="t", path_on_client="t.pdf", transaction_id="tx", data=b"abc").content() == b"abc"
     with pytest.raises(ValueError, match="neither data nor a path"):
         NewFile(title="t", path_on_client="t.pdf", transaction_id="tx").content()
+
+
+def test_a_collection_body_streams_what_urllib3_would_have_joined(tmp_path: Path) -> None:
+    """The batch upload's body is read file by file while it is sent: the bytes and their count must be
+    what one joined multipart body holds (the emulator's e2e uploads parse it as Salesforce would), and a
+    second pass (a retried call) must send it all again."""
+    from urllib3.fields import RequestField
+    from urllib3.filepost import encode_multipart_formdata
+
+    from sfsign.salesforce.files import CollectionBody
+
+    on_disk = tmp_path / "a.pdf"
+    on_disk.write_bytes(b"%PDF-1.7 signed on disk\r\n--not-a-boundary")
+    files = [NewFile(title="A", path_on_client="A.pdf", transaction_id="tx-a", path=on_disk,
+                     first_publish_location_id="006000000000001AAA"),
+             NewFile(title="B", path_on_client="B.pdf", transaction_id="tx-b", data=b"%PDF in memory",
+                     content_document_id="069000000000001AAA", reason_for_change="re-signed")]
+    body = CollectionBody(files)
+    boundary = body.content_type.split("boundary=")[1]
+    meta = RequestField(name="collection", data=json.dumps({"allOrNone": False, "records": [
+        {"attributes": {"type": "ContentVersion", "binaryPartName": "file0", "binaryPartNameAlias": "VersionData"},
+         "Title": "A", "PathOnClient": "A.pdf", "Sign_Transaction_Id__c": "tx-a",
+         "FirstPublishLocationId": "006000000000001AAA"},
+        {"attributes": {"type": "ContentVersion", "binaryPartName": "file1", "binaryPartNameAlias": "VersionData"},
+         "Title": "B", "PathOnClient": "B.pdf", "Sign_Transaction_Id__c": "tx-b",
+         "ContentDocumentId": "069000000000001AAA", "ReasonForChange": "re-signed"}]}).encode())
+    meta.make_multipart(content_type="application/json")
+    parts = [meta]
+    for i, f in enumerate(files):
+        part = RequestField(name=f"file{i}", data=f.content(), filename=f.path_on_client)
+        part.make_multipart(content_type="application/pdf")
+        parts.append(part)
+    joined, content_type = encode_multipart_formdata(parts, boundary=boundary)
+    assert content_type == body.content_type
+    assert b"".join(body) == joined
+    assert b"".join(body) == joined  # again, whole
+    assert len(body) == len(joined)
+    on_disk.write_bytes(b"%PDF-1.7 shorter")
+    with pytest.raises(ValueError, match="changed size"):
+        b"".join(body)
