@@ -14,8 +14,10 @@ rarely costs a call of its own.
 
 Knobs (`WorkerConfig`): `batch_linger_s` (0.05 s, SFSIGN_BATCH_LINGER_S) and `batch_linger_burst_s`
 (8 s, SFSIGN_BATCH_LINGER_BURST_S); while the org's daily API use is below `api_latency_share` (0.5,
-SFSIGN_API_LATENCY_SHARE) a burst's batches start at `batch_linger_burst_first_s` (0.25 s,
-SFSIGN_BATCH_LINGER_BURST_FIRST_S) and double; `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
+SFSIGN_API_LATENCY_SHARE) a burst's fetches and uploads go when `early` says (a small first fetch, which
+waits at most `batch_linger_burst_first_s`, 0.25 s, SFSIGN_BATCH_LINGER_BURST_FIRST_S, for its records; the
+next ones as the pool runs out of work; the first upload at once, the second once it holds half of what is
+left); `batch_settle_s` (0.25 s), `fetch_batch_max` (200),
 `upload_batch_max` (100), `write_batch_max` (800), `cpu_slots` (what "a burst" is measured against),
 `multi_currency`; the API governor's share (SFSIGN_API_BUDGET_SHARE) through `constrained`.
 """
@@ -63,6 +65,10 @@ _BEFORE_FETCH = frozenset({JobState.QUEUED})
 _BEFORE_UPLOAD = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED, JobState.SIGNED,
                             JobState.LTV_PENDING, JobState.LTV_UPGRADED})
 _BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
+_BEFORE_SIGNED = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED})
+_FETCHED = frozenset({JobState.FETCHED, JobState.RENDERED})  # fetched, not yet signed: the pool's work at hand
+_FETCH = "fetch"
+_UPLOAD = "upload"
 _WRITE_BACK = "write-back"
 
 
@@ -92,10 +98,13 @@ class SalesforceGateway:
         self._per_state: Counter[JobState] = Counter()  # the same, counted (read on every batcher wake-up)
         self._last_claim = 0.0
         self._burst_batches: Counter[str] = Counter()  # batches each batcher sent in the current burst
+        self._burst_since: float | None = None  # when the current burst began (None: no burst)
+        self._signed_in_burst = 0  # documents the pool signed since then: its pace, for `written_within`
+        self._call_s: dict[str, float] = {}  # how long each batcher's last call took, in this burst
         self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
-            "fetch", self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
+            _FETCH, self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
         self.uploader: Batcher[NewFile, str] = self._batcher(
-            "upload", partial(upload_many, rest), min(config.upload_batch_max, COLLECTION_LIMIT), _BEFORE_UPLOAD)
+            _UPLOAD, partial(upload_many, rest), min(config.upload_batch_max, COLLECTION_LIMIT), _BEFORE_UPLOAD)
         self.writer: Batcher[WriteBack, Written] = self._batcher(
             _WRITE_BACK, self.write_now, config.write_batch_max, _BEFORE_WRITE)
         self._batchers: list[Batcher[Any, Any]] = [self.fetcher, self.uploader, self.writer]
@@ -103,14 +112,25 @@ class SalesforceGateway:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _batcher(self, name: str, handler: Any, max_size: int, upstream: frozenset[JobState]) -> Any:
-        return Batcher(name, handler, max_size=max_size, linger_s=partial(self.linger_for, name),
+        async def timed(items: list[Any]) -> Any:
+            started = time.monotonic()
+            try:
+                return await handler(items)
+            finally:
+                self.note_call(name, time.monotonic() - started)
+
+        return Batcher(name, timed, max_size=max_size, linger_s=partial(self.linger_for, name),
                        waiting_for=lambda: self._count(upstream), on_batch=partial(self.note_batch, name),
-                       settle_s=self._settle, split_on=refused_as_a_whole)
+                       settle_s=self._settle, split_on=refused_as_a_whole, early=partial(self.early, name))
 
     def note_batch(self, name: str, size: int) -> None:
         """Batcher `name` sent a call for `size` items: the metric, and the burst's count for `linger_for`."""
         self._metrics.batch_size.labels(name).observe(size)
         self._burst_batches[name] += 1
+
+    def note_call(self, name: str, seconds: float) -> None:
+        """Batcher `name`'s call took `seconds`: what a record waits beyond the pool, for `written_within`."""
+        self._call_s[name] = seconds
 
     # ------------------------------------------------------------------------------ when batches go
 
@@ -119,6 +139,9 @@ class SalesforceGateway:
         previous = self._state_of.pop(job_id, None)
         if previous is not None:
             self._per_state[previous] -= 1
+            if (self._burst_since is not None and previous in _BEFORE_SIGNED and state is not None
+                    and state not in _BEFORE_SIGNED):
+                self._signed_in_burst += 1
         if state is not None:
             self._state_of[job_id] = state
             self._per_state[state] += 1
@@ -147,25 +170,77 @@ class SalesforceGateway:
             return 0.0
         return max(0.0, self._last_claim + self._config.batch_settle_s - time.monotonic())
 
+    def _in_burst(self) -> bool:
+        """More jobs run than the CPU signs at once. When a burst ends its counts go, so the next one
+        starts fast again."""
+        if self._running() <= self._config.cpu_slots:
+            if self._burst_since is not None or self._burst_batches:
+                self._burst_batches.clear()
+                self._burst_since, self._signed_in_burst = None, 0
+                self._call_s.clear()
+            return False
+        if self._burst_since is None:
+            self._burst_since = time.monotonic()
+        return True
+
     def linger_for(self, name: str) -> float:
         """How long batcher `name`'s oldest item may wait. Short while documents trickle in. During a burst
         (more jobs than the CPU signs at once) it depends on the org's API budget: below
-        `api_latency_share` of the daily allocation the first batches go soon and each next one waits twice
-        as long (a rep sees records turn Signed from the first second, and a long burst still ends up at
-        the long linger's few calls); above it, or when the governor says the budget is tight, every batch
-        waits the long burst linger (bigger batches, fewer calls). Write-backs then follow the uploads: a
-        returning upload batch is written back as one."""
+        `api_latency_share` of the daily allocation `early` sends the fetches and uploads (the burst's first
+        fetch waits at most `batch_linger_burst_first_s` for its records, any other batch at most the long
+        burst linger), and write-backs follow the uploads: a returning upload batch is written back as one.
+        Above that share, or when the governor says the budget is tight, every batch waits the long burst
+        linger (bigger batches, fewer calls)."""
         config = self._config
         tight = self.constrained()
-        if self._running() <= config.cpu_slots and not tight:
-            self._burst_batches.clear()  # the burst is over; the next one starts fast again
+        if not self._in_burst() and not tight:
             return config.batch_linger_s
         if tight or not self._budget_allows_latency():
             return config.batch_linger_burst_s
         if name == _WRITE_BACK:
             return config.batch_linger_s
-        return min(config.batch_linger_burst_s,
-                   config.batch_linger_burst_first_s * 2 ** min(self._burst_batches[name], 16))
+        if name == _FETCH and self._burst_batches[name] == 0:
+            return config.batch_linger_burst_first_s
+        return config.batch_linger_burst_s
+
+    def early(self, name: str, size: int, waiting_for: int) -> bool | None:
+        """Whether batcher `name`'s `size` items go now (True), wait for their linger (False), or follow the
+        batcher's own rules (None). During a burst while the budget allows latency, so that a 100-record
+        burst costs about 8 to 10 calls and a rep sees records turn Signed from the first second:
+        - a fetch goes once the pool has a free slot and the batch holds enough to fill the pool: the first
+          goes with the burst's first records, so the pool starts while the rest is still arriving; while
+          the pool has work at hand the next one waits, and the jobs arriving meanwhile join it, rather
+          than costing a call each;
+        - the first upload goes at once, with the first document signed;
+        - the second once it holds as many documents as are still to come (`waiting_for` counts the jobs
+          upstream, these included): half the burst shows Signed when the pool has signed half of it, and
+          the rest follows in one more round (or rounds of `upload_batch_max`)."""
+        if not self._in_burst() or self.constrained() or not self._budget_allows_latency():
+            return None
+        sent = self._burst_batches[name]
+        if name == _FETCH:
+            at_hand = self._count(_FETCHED)
+            if at_hand >= self._config.cpu_slots:
+                return False  # the pool is busy: later arrivals join this batch rather than costing a call
+            return True if size >= self._config.cpu_slots - at_hand else None
+        if name == _UPLOAD:
+            return True if sent == 0 or (sent == 1 and 2 * size >= waiting_for) else None
+        return None
+
+    def written_within(self, horizon_s: float) -> bool:
+        """Whether every running job of the burst will have written its record within `horizon_s`, by the
+        pace the pool has kept since the burst began and the last upload and write-back calls' durations.
+        False while that is not known yet (no such call yet, fewer documents signed than CPU slots)."""
+        if not self._in_burst() or self._burst_since is None or self._signed_in_burst < self._config.cpu_slots:
+            return False
+        calls = [self._call_s.get(_UPLOAD), self._call_s.get(_WRITE_BACK)]
+        if None in calls:
+            return False
+        elapsed = time.monotonic() - self._burst_since
+        pace = self._signed_in_burst / elapsed if elapsed > 0 else 0.0
+        if pace <= 0:
+            return False
+        return self._count(_BEFORE_SIGNED) / pace + sum(c for c in calls if c is not None) <= horizon_s
 
     def _budget_allows_latency(self) -> bool:
         share = self._governor.share() if self._governor is not None else None

@@ -6,8 +6,11 @@ A record whose trigger is older than `pending_after_s` and whose job still waits
 - a claimed job during a burst (more jobs running than CPU slots), when it queues for a CPU slot or
   lingers in a batch of Salesforce calls.
 A lone document is claimed at once and never queues (fewer jobs than CPU slots), so it is never written
-`Pending`: its record is written once, and it costs 3 API calls. A retrying job is left out: it shows
-its own reason (`Worker._show_pending`).
+`Pending`: its record is written once, and it costs 3 API calls. Nor is a claimed job of a short burst
+(`soon`: every running job will have written its record within another three times `pending_after_s`, by
+the pace the pool keeps, so no record waits much more than four times it without news): its `Pending`
+would show for a few seconds before `Signed`, and cost a call. A retrying job is left out: it shows its own
+reason (`Worker._show_pending`).
 
 Each round writes up to `write_batch_max` records in one write-back call of its own, at once rather
 than in the write-back batcher, whose burst linger would let the note arrive after the document.
@@ -54,6 +57,7 @@ class PendingNotes:
         cpu_busy: Callable[[], bool],
         constrained: Callable[[], bool],
         announced: Callable[[], None],
+        soon: Callable[[float], bool] = lambda _horizon_s: False,
     ) -> None:
         self._outbox = outbox
         self._write = write
@@ -64,6 +68,7 @@ class PendingNotes:
         self._cpu_busy = cpu_busy  # more jobs run than CPU slots: claimed jobs queue
         self._constrained = constrained
         self._announced = announced  # wakes the dispatcher: the jobs in `announcing` may be claimed
+        self._soon = soon  # whether every running job will have written its record within that many seconds
         self.claim_lock = asyncio.Lock()
         self.announcing: set[int] = set()  # unclaimed jobs whose Pending write is in flight
         self._in_flight: dict[int, asyncio.Future[None]] = {}  # claimed jobs whose Pending write is in flight
@@ -133,7 +138,7 @@ class PendingNotes:
     def _choose_claimed(self, limit: int) -> list[Job]:
         """Running jobs whose record has waited long enough, not written yet by this job nor announced.
         Synchronous: `before_record_write` cannot run between the choice and `_in_flight`."""
-        if limit <= 0 or not self._cpu_busy():
+        if limit <= 0 or not self._cpu_busy() or self._soon(3 * self._after_s):
             return []
         older_than = time.time() - self._after_s
         chosen = [job for job in self._claimed()

@@ -39,6 +39,7 @@ from sfsign.salesforce.record_fields import audit_records, document_url
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.soql import IN_LIMIT, validate_api_name, validate_id
 
+
 @dataclass(frozen=True)
 class SignedFile:
     """The signed file a record is to show (`Signed_Document_Id__c` and its link, `Signed_Document_Url__c`).
