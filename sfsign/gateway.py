@@ -207,10 +207,10 @@ class SalesforceGateway:
         """Whether batcher `name`'s `size` items go now (True), wait for their linger (False), or follow the
         batcher's own rules (None). During a burst while the budget allows latency, so that a 100-record
         burst costs about 8 to 10 calls and a rep sees records turn Signed from the first second:
-        - a fetch goes once the pool has a free slot and the batch holds enough to fill the pool: the first
-          goes with the burst's first records, so the pool starts while the rest is still arriving; while
-          the pool has work at hand the next one waits, and the jobs arriving meanwhile join it, rather
-          than costing a call each;
+        - a fetch goes once the pool has less than twice its slots' worth of fetched documents at hand
+          and the batch holds enough to fill it: the first goes with the burst's first records, so the pool
+          starts while the rest is still arriving; while the pool has work at hand the next one waits, and
+          the jobs arriving meanwhile join it, rather than costing a call each;
         - the first upload goes at once, with the first document signed;
         - the second once it holds as many documents as are still to come (`waiting_for` counts the jobs
           upstream, these included): half the burst shows Signed when the pool has signed half of it, and
@@ -219,10 +219,12 @@ class SalesforceGateway:
             return None
         sent = self._burst_batches[name]
         if name == _FETCH:
-            at_hand = self._count(_FETCHED)
-            if at_hand >= self._config.cpu_slots:
-                return False  # the pool is busy: later arrivals join this batch rather than costing a call
-            return True if size >= self._config.cpu_slots - at_hand else None
+            slots, at_hand = self._config.cpu_slots, self._count(_FETCHED)
+            if at_hand >= 2 * slots:
+                return False  # the pool has work for a while: later arrivals join this batch, not a call each
+            if size >= slots or (at_hand < slots and size >= slots - at_hand):
+                return True  # the pool is about to run dry (the call takes less than a document), and this fills it
+            return None
         if name == _UPLOAD:
             return True if sent == 0 or (sent == 1 and 2 * size >= waiting_for) else None
         return None

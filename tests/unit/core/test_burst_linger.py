@@ -50,12 +50,14 @@ def test_a_burst_fetches_a_few_records_first_then_while_the_pool_runs_dry_with_f
     assert gateway.early("fetch", 2, 100) is None  # fewer than the CPU signs at once: the batcher's own rules
     assert gateway.early("fetch", 4, 100) is True  # enough to fill the idle pool: go now
     gateway.note_batch("fetch", 4)
-    _jobs_in(gateway, JobState.FETCHED, range(4))
-    assert gateway.early("fetch", 90, 96) is False  # the pool is busy: later arrivals join this batch
+    _jobs_in(gateway, JobState.FETCHED, range(8))
+    assert gateway.early("fetch", 90, 92) is False  # the pool has work for a while: later arrivals join this batch
     assert gateway.linger_for("fetch") == 8.0  # at the latest
-    gateway.track(0, JobState.SIGNED)  # a slot frees up
-    assert gateway.early("fetch", 90, 96) is True
-    assert gateway.early("fetch", 0, 96) is None  # (an empty batcher never asks; nothing to fill the slot with)
+    gateway.track(0, JobState.SIGNED)  # less than twice the slots' worth left
+    assert gateway.early("fetch", 90, 92) is True
+    assert gateway.early("fetch", 2, 92) is None  # too few to fill the pool: the batcher's own rules
+    _jobs_in(gateway, JobState.SIGNED, range(1, 6))  # two left: the pool is running dry
+    assert gateway.early("fetch", 2, 92) is True
 
 
 def test_a_burst_uploads_the_first_document_at_once_then_half_then_the_rest_with_fake_usage(tmp_path: Path) -> None:
