@@ -68,6 +68,7 @@ _BEFORE_WRITE = _BEFORE_UPLOAD | {JobState.UPLOADED, JobState.LTV_UPLOADED}
 _BEFORE_SIGNED = frozenset({JobState.QUEUED, JobState.FETCHED, JobState.RENDERED})
 _FETCHED = frozenset({JobState.FETCHED, JobState.RENDERED})  # fetched, not yet signed: the pool's work at hand
 _FETCH = "fetch"
+_WRITE_BACK_BURST_S = 1.0  # during a burst, the longest a write-back waits for its upload batch's others
 _UPLOAD = "upload"
 _WRITE_BACK = "write-back"
 
@@ -101,6 +102,7 @@ class SalesforceGateway:
         self._burst_since: float | None = None  # when the current burst began (None: no burst)
         self._signed_in_burst = 0  # documents the pool signed since then: its pace, for `written_within`
         self._call_s: dict[str, float] = {}  # how long each batcher's last call took, in this burst
+        self._uploaded = 0  # files of the last upload batch, until their write-back batch goes
         self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
             _FETCH, self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
         self.uploader: Batcher[NewFile, str] = self._batcher(
@@ -115,9 +117,12 @@ class SalesforceGateway:
         async def timed(items: list[Any]) -> Any:
             started = time.monotonic()
             try:
-                return await handler(items)
+                results = await handler(items)
             finally:
                 self.note_call(name, time.monotonic() - started)
+            if name == _UPLOAD:
+                self.note_uploaded(sum(1 for r in results if not isinstance(r, BaseException)))
+            return results
 
         return Batcher(name, timed, max_size=max_size, linger_s=partial(self.linger_for, name),
                        waiting_for=lambda: self._count(upstream), on_batch=partial(self.note_batch, name),
@@ -127,6 +132,12 @@ class SalesforceGateway:
         """Batcher `name` sent a call for `size` items: the metric, and the burst's count for `linger_for`."""
         self._metrics.batch_size.labels(name).observe(size)
         self._burst_batches[name] += 1
+        if name == _WRITE_BACK:
+            self._uploaded = 0
+
+    def note_uploaded(self, files: int) -> None:
+        """An upload batch came back with `files` uploaded: their write-backs go together (`early`)."""
+        self._uploaded = files
 
     def note_call(self, name: str, seconds: float) -> None:
         """Batcher `name`'s call took `seconds`: what a record waits beyond the pool, for `written_within`."""
@@ -178,6 +189,7 @@ class SalesforceGateway:
                 self._burst_batches.clear()
                 self._burst_since, self._signed_in_burst = None, 0
                 self._call_s.clear()
+                self._uploaded = 0
             return False
         if self._burst_since is None:
             self._burst_since = time.monotonic()
@@ -198,35 +210,43 @@ class SalesforceGateway:
         if tight or not self._budget_allows_latency():
             return config.batch_linger_burst_s
         if name == _WRITE_BACK:
-            return config.batch_linger_s
+            return _WRITE_BACK_BURST_S  # at the latest: `early` sends an upload batch's write-backs as one
         if name == _FETCH and self._burst_batches[name] == 0:
             return config.batch_linger_burst_first_s
         return config.batch_linger_burst_s
 
     def early(self, name: str, size: int, waiting_for: int) -> bool | None:
         """Whether batcher `name`'s `size` items go now (True), wait for their linger (False), or follow the
-        batcher's own rules (None). During a burst while the budget allows latency, so that a 100-record
-        burst costs about 8 to 10 calls and a rep sees records turn Signed from the first second:
-        - a fetch goes once the pool has less than twice its slots' worth of fetched documents at hand
-          and the batch holds enough to fill it: the first goes with the burst's first records, so the pool
-          starts while the rest is still arriving; while the pool has work at hand the next one waits, and
-          the jobs arriving meanwhile join it, rather than costing a call each;
-        - the first upload goes at once, with the first document signed;
-        - the second once it holds as many documents as are still to come (`waiting_for` counts the jobs
-          upstream, these included): half the burst shows Signed when the pool has signed half of it, and
-          the rest follows in one more round (or rounds of `upload_batch_max`)."""
-        if not self._in_burst() or self.constrained() or not self._budget_allows_latency():
+        batcher's own rules (None). While the budget allows latency, so that a 100-record burst costs about
+        8 to 10 calls and a rep sees records turn Signed from the first second:
+        - a fetch goes at once while the pool has nothing fetched at hand (a lone document never waits; a
+          burst's first records start the pool while the rest still arrives). Otherwise, outside a burst
+          it lingers its short linger (the jobs of a burst's first moment, claimed one by one before it
+          counts as a burst, share a call); during a burst it waits while the pool has twice its slots'
+          worth at hand (the jobs arriving meanwhile join it, rather than costing a call each), else
+          follows the batcher's rules (once the arrivals settle);
+        - during a burst, the first upload goes at once, with the first document signed, and the second
+          once it holds as many documents as are still to come (`waiting_for` counts the jobs upstream,
+          these included): half the burst shows Signed when the pool has signed half of it, and the rest
+          follows in one more round (or rounds of `upload_batch_max`);
+        - during a burst, the write-backs of an upload batch go as one call once all its uploaded files'
+          jobs have joined (each first records its upload in the outbox, one after the other: on a busy
+          machine that takes a moment), at the latest after `_WRITE_BACK_BURST_S`."""
+        if self.constrained() or not self._budget_allows_latency():
             return None
-        sent = self._burst_batches[name]
+        burst = self._in_burst()
         if name == _FETCH:
             slots, at_hand = self._config.cpu_slots, self._count(_FETCHED)
-            if at_hand >= 2 * slots:
-                return False  # the pool has work for a while: later arrivals join this batch, not a call each
-            if size >= slots or (at_hand < slots and size >= slots - at_hand):
-                return True  # the pool is about to run dry (the call takes less than a document), and this fills it
-            return None
-        if name == _UPLOAD:
+            if at_hand == 0:
+                return True if burst else None
+            if not burst:
+                return False
+            return False if at_hand >= 2 * slots else None
+        if name == _UPLOAD and burst:
+            sent = self._burst_batches[name]
             return True if sent == 0 or (sent == 1 and 2 * size >= waiting_for) else None
+        if name == _WRITE_BACK and burst:
+            return True if self._uploaded and size >= self._uploaded else None
         return None
 
     def written_within(self, horizon_s: float) -> bool:

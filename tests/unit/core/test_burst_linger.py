@@ -42,22 +42,22 @@ def test_a_trickle_never_waits_long_with_fake_usage(tmp_path: Path) -> None:
     assert quiet.linger_for("fetch") == 0.05
     assert quiet.linger_for("write-back") == 0.05
     assert [quiet.early(n, 1, 1) for n in ("fetch", "upload", "write-back")] == [None, None, None]
+    quiet.track(1, JobState.FETCHED)  # a document in the pool: the next fetch lingers the short linger
+    assert quiet.early("fetch", 1, 1) is False
 
 
 def test_a_burst_fetches_a_few_records_first_then_while_the_pool_runs_dry_with_fake_usage(tmp_path: Path) -> None:
     gateway = _gateway_with_fake_usage(tmp_path, used=40_000, running=100)
     assert gateway.linger_for("fetch") == 0.25  # the first fetch waits at most this long for its records
-    assert gateway.early("fetch", 2, 100) is None  # fewer than the CPU signs at once: the batcher's own rules
-    assert gateway.early("fetch", 4, 100) is True  # enough to fill the idle pool: go now
-    gateway.note_batch("fetch", 4)
-    _jobs_in(gateway, JobState.FETCHED, range(8))
-    assert gateway.early("fetch", 90, 92) is False  # the pool has work for a while: later arrivals join this batch
+    assert gateway.early("fetch", 2, 100) is True  # the pool is idle: the first records go at once
+    gateway.note_batch("fetch", 2)
+    _jobs_in(gateway, JobState.FETCHED, range(2))
+    assert gateway.early("fetch", 20, 98) is None  # the pool has work: once the arrivals settle (or linger)
     assert gateway.linger_for("fetch") == 8.0  # at the latest
-    gateway.track(0, JobState.SIGNED)  # less than twice the slots' worth left
-    assert gateway.early("fetch", 90, 92) is True
-    assert gateway.early("fetch", 2, 92) is None  # too few to fill the pool: the batcher's own rules
-    _jobs_in(gateway, JobState.SIGNED, range(1, 6))  # two left: the pool is running dry
-    assert gateway.early("fetch", 2, 92) is True
+    _jobs_in(gateway, JobState.FETCHED, range(2, 8))
+    assert gateway.early("fetch", 90, 92) is False  # twice the slots at hand: later arrivals join this batch
+    _jobs_in(gateway, JobState.SIGNED, range(8))  # the pool has nothing fetched left
+    assert gateway.early("fetch", 3, 92) is True
 
 
 def test_a_burst_uploads_the_first_document_at_once_then_half_then_the_rest_with_fake_usage(tmp_path: Path) -> None:
@@ -69,8 +69,17 @@ def test_a_burst_uploads_the_first_document_at_once_then_half_then_the_rest_with
     assert gateway.early("upload", 50, 99) is True  # ... until it holds as many as are still to come
     gateway.note_batch("upload", 50)
     assert gateway.early("upload", 45, 49) is None  # the rest in one more round, once every job has joined
-    assert gateway.linger_for("write-back") == 0.05  # write-backs follow the uploads as they return
     assert gateway.early("write-back", 1, 100) is None
+
+
+def test_a_burst_writes_an_upload_batch_back_as_one_with_fake_usage(tmp_path: Path) -> None:
+    gateway = _gateway_with_fake_usage(tmp_path, used=40_000, running=100)
+    gateway.note_uploaded(48)  # 50 files sent, 2 refused: 48 jobs go on to their write-back
+    assert gateway.early("write-back", 40, 100) is None  # the others are still recording their upload ...
+    assert gateway.linger_for("write-back") == 1.0  # ... for at most this long
+    assert gateway.early("write-back", 48, 100) is True  # all there: one call
+    gateway.note_batch("write-back", 48)
+    assert gateway.early("write-back", 1, 100) is None  # (an LTV write-back, say: the batcher's own rules)
 
 
 def test_a_burst_above_half_the_budget_waits_the_long_linger_with_fake_usage(tmp_path: Path) -> None:
