@@ -103,6 +103,7 @@ class SalesforceGateway:
         self._signed_in_burst = 0  # documents the pool signed since then: its pace, for `written_within`
         self._call_s: dict[str, float] = {}  # how long each batcher's last call took, in this burst
         self._uploaded = 0  # files of the last upload batch, until their write-back batch goes
+        self._fetched: set[int] = set()  # jobs whose fetch came back, until their next step is tracked
         self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
             _FETCH, self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
         self.uploader: Batcher[NewFile, str] = self._batcher(
@@ -147,6 +148,7 @@ class SalesforceGateway:
 
     def track(self, job_id: int, state: JobState | None) -> None:
         """The job now runs the step of `state` (None: it ended); batches waiting on it re-check."""
+        self._fetched.discard(job_id)
         previous = self._state_of.pop(job_id, None)
         if previous is not None:
             self._per_state[previous] -= 1
@@ -236,7 +238,7 @@ class SalesforceGateway:
             return None
         burst = self._in_burst()
         if name == _FETCH:
-            slots, at_hand = self._config.cpu_slots, self._count(_FETCHED)
+            slots, at_hand = self._config.cpu_slots, self._count(_FETCHED) + len(self._fetched)
             if at_hand == 0:
                 return True if burst else None
             if not burst:
@@ -280,7 +282,9 @@ class SalesforceGateway:
     # ---------------------------------------------------------------------------------- batched calls
 
     async def fetch(self, job: Job) -> Fetched:
-        return await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
+        fetched = await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
+        self._fetched.add(job.id)  # at hand for the pool already, though its step has not ended yet
+        return fetched
 
     async def upload(self, file: NewFile) -> str:
         return await self.uploader.submit(file)
