@@ -122,3 +122,31 @@ async def test_claimed_jobs_of_a_burst_soon_written_are_left_alone_until_it_runs
     assert await notes.announce_some() is False
     [call] = write.calls
     assert [w.record_id for w in call] == [j.record_id for j in jobs]
+
+
+async def test_a_round_also_announces_the_jobs_due_by_the_next_round_with_fake_write(outbox: Outbox) -> None:
+    """Rounds every second (half of pending_after_s 2 s): a job 1.5 s old is due before the next round, so
+    it goes now, with the others of its burst, rather than costing a call of its own a second later."""
+    created = await _jobs(outbox, 2)
+    jobs = [replace(created[0], created_at=created[0].created_at - 1.5),  # due in 0.5 s
+            replace(created[1], created_at=created[1].created_at - 0.5)]  # due in 1.5 s: the round after
+    write = HeldFakeWrite()
+    write.release.set()
+    rounds: list[int] = []  # how many rounds had looked at the claimed jobs when each write came
+
+    def claimed() -> list[Job]:
+        rounds.append(len(write.calls))
+        return jobs
+
+    notes = PendingNotes(outbox=outbox, write=write, after_s=2.0, batch_max=800, claimed=claimed,
+                         workers_busy=lambda: False, cpu_busy=lambda: True, constrained=lambda: False,
+                         announced=lambda: None)
+    stop = asyncio.Event()
+    task = asyncio.create_task(notes.run(stop, poll_interval_s=5.0))
+    try:
+        await asyncio.wait_for(write.arrived.wait(), 10)
+    finally:
+        stop.set()
+        await task
+    assert [[w.record_id for w in call] for call in write.calls] == [[jobs[0].record_id]]
+    assert rounds[0] == 0 and rounds.count(0) == 1  # written by the first round, not one a second later
