@@ -224,9 +224,9 @@ class SalesforceGateway:
         - a fetch goes at once while the pool has nothing fetched at hand (a lone document never waits; a
           burst's first records start the pool while the rest still arrives). Otherwise, outside a burst
           it lingers its short linger (the jobs of a burst's first moment, claimed one by one before it
-          counts as a burst, share a call); during a burst it waits while the pool has twice its slots'
-          worth at hand (the jobs arriving meanwhile join it, rather than costing a call each), else
-          follows the batcher's rules (once the arrivals settle);
+          counts as a burst, share a call); during a burst a few (less than four times the slots) wait
+          while the pool has twice its slots' worth at hand (the jobs arriving meanwhile join them, rather
+          than costing a call each), else it follows the batcher's rules (once the arrivals settle);
         - during a burst, the first upload goes at once, with the first document signed, and the second
           once it holds as many documents as are still to come (`waiting_for` counts the jobs upstream,
           these included): half the burst shows Signed when the pool has signed half of it, and the rest
@@ -243,7 +243,9 @@ class SalesforceGateway:
                 return True if burst else None
             if not burst:
                 return False
-            return False if at_hand >= 2 * slots else None
+            if at_hand >= 2 * slots and size < 4 * slots:
+                return False  # a few late arrivals: they wait for more while the pool has work
+            return None
         if name == _UPLOAD and burst:
             sent = self._burst_batches[name]
             return True if sent == 0 or (sent == 1 and 2 * size >= waiting_for) else None
