@@ -101,6 +101,7 @@ class SalesforceGateway:
         self._burst_batches: Counter[str] = Counter()  # batches each batcher sent in the current burst
         self._burst_since: float | None = None  # when the current burst began (None: no burst)
         self._signed_in_burst = 0  # documents the pool signed since then: its pace, for `written_within`
+        self._first_signed_at = 0.0  # when the first of them was (the pace counts from there)
         self._call_s: dict[str, float] = {}  # how long each batcher's last call took, in this burst
         self._uploaded = 0  # files of the last upload batch, until their write-back batch goes
         self._fetched: set[int] = set()  # jobs whose fetch came back, until their next step is tracked
@@ -155,6 +156,8 @@ class SalesforceGateway:
             if (self._burst_since is not None and previous in _BEFORE_SIGNED and state is not None
                     and state not in _BEFORE_SIGNED):
                 self._signed_in_burst += 1
+                if self._signed_in_burst == 1:
+                    self._first_signed_at = time.monotonic()
         if state is not None:
             self._state_of[job_id] = state
             self._per_state[state] += 1
@@ -255,15 +258,16 @@ class SalesforceGateway:
 
     def written_within(self, horizon_s: float) -> bool:
         """Whether every running job of the burst will have written its record within `horizon_s`, by the
-        pace the pool has kept since the burst began and the last upload and write-back calls' durations.
+        pace the pool has kept since it signed the burst's first document and the last upload and
+        write-back calls' durations.
         False while that is not known yet (no such call yet, fewer documents signed than CPU slots)."""
         if not self._in_burst() or self._burst_since is None or self._signed_in_burst < self._config.cpu_slots:
             return False
         calls = [self._call_s.get(_UPLOAD), self._call_s.get(_WRITE_BACK)]
         if None in calls:
             return False
-        elapsed = time.monotonic() - self._burst_since
-        pace = self._signed_in_burst / elapsed if elapsed > 0 else 0.0
+        elapsed = time.monotonic() - self._first_signed_at
+        pace = (self._signed_in_burst - 1) / elapsed if elapsed > 0 else 0.0
         if pace <= 0:
             return False
         return self._count(_BEFORE_SIGNED) / pace + sum(c for c in calls if c is not None) <= horizon_s
