@@ -105,6 +105,7 @@ class SalesforceGateway:
         self._call_s: dict[str, float] = {}  # how long each batcher's last call took, in this burst
         self._uploaded = 0  # files of the last upload batch, until their write-back batch goes
         self._fetched: set[int] = set()  # jobs whose fetch came back, until their next step is tracked
+        self._fetching: dict[str, int] = {}  # the job of each transaction waiting for its fetch
         self.fetcher: Batcher[FetchKey, Fetched] = self._batcher(
             _FETCH, self._fetch_batch, config.fetch_batch_max, _BEFORE_FETCH)
         self.uploader: Batcher[NewFile, str] = self._batcher(
@@ -288,9 +289,11 @@ class SalesforceGateway:
     # ---------------------------------------------------------------------------------- batched calls
 
     async def fetch(self, job: Job) -> Fetched:
-        fetched = await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
-        self._fetched.add(job.id)  # at hand for the pool already, though its step has not ended yet
-        return fetched
+        self._fetching[job.transaction_id] = job.id
+        try:
+            return await self.fetcher.submit((job.sobject, job.record_id, job.transaction_id))
+        finally:
+            self._fetching.pop(job.transaction_id, None)
 
     async def upload(self, file: NewFile) -> str:
         return await self.uploader.submit(file)
@@ -303,7 +306,11 @@ class SalesforceGateway:
     async def _fetch_batch(self, keys: list[FetchKey]) -> list[Fetched]:
         rules = self._rules()
         extras = {sobject: rules.fields_for(sobject) for sobject, _r, _tx in keys}
-        return await fetch_many(self.rest, keys, extras=extras, multi_currency=self._config.multi_currency)
+        fetched = await fetch_many(self.rest, keys, extras=extras, multi_currency=self._config.multi_currency)
+        # At hand for the pool from now on, though their jobs have yet to take the result and move on:
+        # the fetcher must not take the moment in between for an idle pool (`early`).
+        self._fetched.update(job_id for _s, _r, tx in keys if (job_id := self._fetching.get(tx)) is not None)
+        return fetched
 
     async def write_now(self, items: list[WriteBack]) -> list[Written | BaseException]:
         """Write the records back in one call now, with pending audit events along when the flusher is not
