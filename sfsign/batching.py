@@ -11,6 +11,9 @@ When to send, which is the whole trade-off between API calls and latency:
   once no new job has arrived for a moment (`settle_s()`), or the batches would follow the arrival of
   the streaming events one by one;
 - when the batch is full;
+- when its owner says so (`early(size, waiting_for)`: True, go now; False, hold, as only the owner
+  knows that waiting costs nothing now; None, these rules): a burst's first batches, small so the first
+  records show their outcome soon, or a fetch held while the process pool is busy anyway;
 - when the oldest item has waited `linger_s()`: short while work trickles in, long during a burst,
   when bigger batches save API calls and the process pool, not the network, sets the pace.
 
@@ -60,6 +63,7 @@ class Batcher(Generic[T, R]):
         on_batch: Callable[[int], None] | None = None,
         settle_s: Callable[[], float] | None = None,
         split_on: Callable[[BaseException], bool] | None = None,
+        early: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self.name = name
         self._handler = handler
@@ -69,6 +73,7 @@ class Batcher(Generic[T, R]):
         self._on_batch = on_batch
         self._settle_s = settle_s or (lambda: 0.0)
         self._split_on = split_on or (lambda _exc: False)
+        self._early = early or (lambda _size, _waiting_for: None)
         self._queue: list[_Waiting[T, R]] = []
         self._changed = asyncio.Event()
         self.calls = 0  # handler calls made: what the API budget pays for
@@ -100,8 +105,12 @@ class Batcher(Generic[T, R]):
             return float("inf")
         if len(self._queue) >= self.max_size:
             return 0.0
+        waiting_for = self._waiting_for()
+        early = self._early(len(self._queue), waiting_for)
+        if early:
+            return 0.0
         lingered = max(0.0, self._queue[0].since + self._linger_s() - time.monotonic())
-        if len(self._queue) >= self._waiting_for():
+        if early is None and len(self._queue) >= waiting_for:
             return min(self._settle_s(), lingered)  # nobody else can join, unless new jobs are still arriving
         return lingered
 

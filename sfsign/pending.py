@@ -6,11 +6,16 @@ A record whose trigger is older than `pending_after_s` and whose job still waits
 - a claimed job during a burst (more jobs running than CPU slots), when it queues for a CPU slot or
   lingers in a batch of Salesforce calls.
 A lone document is claimed at once and never queues (fewer jobs than CPU slots), so it is never written
-`Pending`: its record is written once, and it costs 3 API calls. A retrying job is left out: it shows
-its own reason (`Worker._show_pending`).
+`Pending`: its record is written once, and it costs 3 API calls. Nor is a claimed job of a short burst
+(`soon`: every running job will have written its record within another three times `pending_after_s`, by
+the pace the pool keeps, so no record waits much more than four times it without news): its `Pending`
+would show for a few seconds before `Signed`, and cost a call. A retrying job is left out: it shows its own
+reason (`Worker._show_pending`).
 
 Each round writes up to `write_batch_max` records in one write-back call of its own, at once rather
-than in the write-back batcher, whose burst linger would let the note arrive after the document.
+than in the write-back batcher, whose burst linger would let the note arrive after the document. A round
+takes the claimed jobs that will be due by the next round too (up to `pending_after_s / 2`, at most the
+poll interval, early), so a burst whose jobs were claimed over a second costs one call, not one a round.
 
 A `Pending` write never lands after the job's own record write (`Signed`, `Error`, a note):
 - an unclaimed job is not claimed while its write is in flight: the claim and the choice of jobs to
@@ -54,6 +59,7 @@ class PendingNotes:
         cpu_busy: Callable[[], bool],
         constrained: Callable[[], bool],
         announced: Callable[[], None],
+        soon: Callable[[float], bool] = lambda _horizon_s: False,
     ) -> None:
         self._outbox = outbox
         self._write = write
@@ -64,11 +70,13 @@ class PendingNotes:
         self._cpu_busy = cpu_busy  # more jobs run than CPU slots: claimed jobs queue
         self._constrained = constrained
         self._announced = announced  # wakes the dispatcher: the jobs in `announcing` may be claimed
+        self._soon = soon  # whether every running job will have written its record within that many seconds
         self.claim_lock = asyncio.Lock()
         self.announcing: set[int] = set()  # unclaimed jobs whose Pending write is in flight
         self._in_flight: dict[int, asyncio.Future[None]] = {}  # claimed jobs whose Pending write is in flight
         self._writing: set[int] = set()  # claimed jobs that began writing their record: never announced
         self._shown: set[int] = set()  # claimed jobs announced by this process (their `Job` predates it)
+        self._round_s = 0.0  # between two rounds: a round announces the claimed jobs due by the next one
 
     async def before_record_write(self, job_id: int) -> None:
         """The job is about to write its record: no `Pending` for it from now on, and one in flight lands
@@ -86,6 +94,7 @@ class PendingNotes:
     async def run(self, stop: asyncio.Event, poll_interval_s: float) -> None:
         """Announce rounds until `stop`; a failure is a note, logged and tried again next round."""
         interval = max(0.1, min(self._after_s / 2, poll_interval_s))
+        self._round_s = interval
         while not stop.is_set():
             try:
                 while not stop.is_set() and await self.announce_some():
@@ -133,9 +142,9 @@ class PendingNotes:
     def _choose_claimed(self, limit: int) -> list[Job]:
         """Running jobs whose record has waited long enough, not written yet by this job nor announced.
         Synchronous: `before_record_write` cannot run between the choice and `_in_flight`."""
-        if limit <= 0 or not self._cpu_busy():
+        if limit <= 0 or not self._cpu_busy() or self._soon(3 * self._after_s):
             return []
-        older_than = time.time() - self._after_s
+        older_than = time.time() - self._after_s + self._round_s
         chosen = [job for job in self._claimed()
                   if job.attempts == 0 and job.pending_shown_at is None and job.signed_visible_at is None
                   and job.created_at <= older_than and job.id not in self._writing and job.id not in self._shown]

@@ -90,7 +90,7 @@ class Worker:
             batch_max=config.write_batch_max, claimed=self._claimed.values,
             workers_busy=lambda: len(self._running) >= config.concurrency,
             cpu_busy=lambda: len(self._running) > config.cpu_slots, constrained=self.gateway.constrained,
-            announced=self._wake.set,
+            announced=self._wake.set, soon=self.gateway.written_within,
         )
         self._announcer: asyncio.Task[None] | None = None
         steps = Steps(outbox=outbox, gateway=self.gateway, pending=self.pending,

@@ -35,8 +35,9 @@ class WorkerConfig:
     batch_linger_s: float = 0.05  # a batch waits at most this long while work trickles in ...
     batch_linger_burst_s: float = 8.0  # ... and this long during a burst, when bigger batches save API calls
     # While the org's daily API use is below `api_latency_share`, a burst spends calls on latency: its first
-    # fetch/upload batch waits `batch_linger_burst_first_s`, each next one twice as long (up to the burst
-    # linger), and write-backs go as the uploads return, so a rep sees the first records Signed at once.
+    # fetch waits at most `batch_linger_burst_first_s` for as many records as the CPU signs at once, its
+    # first upload goes at once and its second with half of what is left (`SalesforceGateway.early`), and
+    # write-backs go as the uploads return, so a rep sees the first records Signed within about a second.
     batch_linger_burst_first_s: float = 0.25
     api_latency_share: float = 0.5
     batch_settle_s: float = 0.25  # during a burst, a batch is complete once no job arrived for this long

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     batch_linger_burst_s: float = Field(8.0, ge=0, le=60, description="longest wait to fill a batch during a burst")
     batch_linger_burst_first_s: float = Field(
         0.25, ge=0, le=60, description="while the org's daily API use is below SFSIGN_API_LATENCY_SHARE: how long "
-        "a burst's first batch waits; each next batch waits twice as long, up to SFSIGN_BATCH_LINGER_BURST_S")
+        "a burst's first fetch waits at most for as many records as the CPU signs at once")
     api_latency_share: float = Field(
         0.5, ge=0, le=1, description="below this share of the org's daily API allocation, bursts spend calls on "
         "latency (0: never, always the long burst linger)")

@@ -1,9 +1,12 @@
 """Writing many records' signature fields back, and the audit trail with them, in as few calls as possible.
 
 A first version's write-back needs its ContentDocumentId (069), which the upload does not return:
-- a few records (a lone document, a trickle): one `/composite` call per batch. For each record a
-  query reads the 069 of its 068 and the record's PATCH uses it through a reference
-  (`@{qN.records[0].ContentDocumentId}`), so upload + write-back + audit cost two calls in all;
+- a lone record: one `/composite` call. A query reads the 069 of its 068 and the record's PATCH uses
+  it through a reference (`@{q0.records[0].ContentDocumentId}`), so upload + write-back + audit cost two
+  calls in all;
+- a few records (up to 23 files, a trickle or the early rounds of a burst): one `/composite` call too.
+  Each 068's row is read by id (a GET, which is not among the five queries a composite allows) and one
+  sObject Collections PATCH takes every record, each 069 a reference to its own row (`@{vN.ContentDocumentId}`);
 - many records (a burst): one call reads every 069 (five queries of 200 ids per `/composite`),
   then one `/composite` carries up to four sObject Collections PATCHes of 200 records.
 Pending audit events (`Signature_Event__c`) ride along as one more Collections subrequest when there
@@ -35,8 +38,6 @@ from sfsign.salesforce.names import Record, SignatureEvent
 from sfsign.salesforce.record_fields import audit_records, document_url
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.soql import IN_LIMIT, validate_api_name, validate_id
-
-_PER_RECORD_QUERY_MAX = 4  # records whose 069 is read in the same composite (≤ 5 queries/collections)
 
 
 @dataclass(frozen=True)
@@ -183,15 +184,18 @@ def _audit_results(body: Any, count: int, error: SalesforceError | None) -> list
 async def write_back_many(
     rest: SalesforceRest, items: Sequence[WriteBack], audit: Sequence[Mapping[str, Any]] = ()
 ) -> WriteBackOutcome:
-    """Write `items` (and the `audit` records, ≤ 200) in one or two API calls; see the module docstring."""
+    """Write `items` (and the `audit` records, ≤ 200) in one call, or two for more than 23 files; see the
+    module docstring."""
     audit = list(audit)[:COLLECTION_LIMIT]
     lookups = [i for i in items if _lookup(i) is not None]
-    if len(lookups) <= _PER_RECORD_QUERY_MAX and 2 * len(items) + 1 <= COMPOSITE_LIMIT:
+    if len(items) == 1:
         answers = await _one_composite(rest, items, audit)
         first = answers.results[0] if answers.results else None
         if isinstance(first, SalesforceError) and first.error_code == _AUDIT_HALT:
             # The events could not be inserted, and took the update down with them: write it alone.
             answers = await _one_composite(rest, [replace(items[0], event=None)], [])
+    elif len(items) <= COLLECTION_LIMIT and len(lookups) + 2 <= COMPOSITE_LIMIT:
+        answers = await _rows_then_collection(rest, items, audit)
     else:
         answers = await _lookup_then_collections(rest, items, audit)
     return WriteBackOutcome(_written(items, answers), answers.audit_results)
@@ -275,6 +279,55 @@ async def _one_composite(
     if outcome_record is not None:
         sent = [audit_results.pop() is True]
     return _Answers(results, audit_results, sent)
+
+
+async def _rows_then_collection(
+    rest: SalesforceRest, items: Sequence[WriteBack], audit: list[Mapping[str, Any]]
+) -> _Answers:
+    """A few records (up to 23 files to look up): one `/composite`. Each 068's row is read by id
+    (`GET sobjects/ContentVersion/068…`, not a query, so it does not count among the five), and one
+    Collections PATCH takes every record, its 069 a reference to its own row's answer: no answer is matched
+    to a record by its position. Should a row not be found, its reference fails the PATCH as a whole and
+    nothing is written; the records then go the two-call way, which gives each its own error."""
+    subs: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    for n, item in enumerate(items):
+        version = _lookup(item)
+        document_id = item.file.document_id if item.file is not None else None
+        if version is not None:
+            subs.append({"method": "GET", "referenceId": f"v{n}", "url": rest.subrequest_url(
+                f"sobjects/ContentVersion/{validate_id(version)}?fields=ContentDocumentId")})
+            document_id = f"@{{v{n}.ContentDocumentId}}"
+        records.append({"attributes": {"type": validate_api_name(item.sobject)}, "id": validate_id(item.record_id),
+                        **_patch_body(item, document_id)})
+    subs.append({"method": "PATCH", "url": rest.subrequest_url("composite/sobjects"), "referenceId": "records",
+                 "body": {"allOrNone": False, "records": records}})
+    if audit:
+        subs.append(_audit_subrequest(rest, audit))
+    answers = {a.reference_id: a for a in await rest.composite(subs, all_or_none=False)}
+    rows = {n: answers[f"v{n}"] for n in range(len(items)) if f"v{n}" in answers}
+    if any(row.error is not None for row in rows.values()):
+        return await _lookup_then_collections(rest, items, audit)  # nothing was written (see above)
+    answer = answers["records"]
+    body = answer.body if isinstance(answer.body, list) else None
+    results: list[str | SalesforceError | None] = []
+    for n, item in enumerate(items):
+        if answer.error is not None or body is None or n >= len(body):
+            results.append(answer.error or SalesforceError(200, "UNEXPECTED_RESPONSE", "no result for record",
+                                                           transient=True))
+            continue
+        entry = body[n] if isinstance(body[n], Mapping) else {}
+        if not entry.get("success"):
+            errors = entry.get("errors") or [{"statusCode": "UNKNOWN", "message": "no error detail"}]
+            results.append(SalesforceError.from_record_error(errors[0]))
+        elif n in rows:
+            row = rows[n].body
+            results.append(str(row["ContentDocumentId"]) if isinstance(row, Mapping) else None)
+        else:
+            results.append(item.file.document_id if item.file is not None else None)
+    audit_answer = answers.get("audit")
+    audit_results = _audit_results(audit_answer.body, len(audit), audit_answer.error) if audit_answer else []
+    return _Answers(results, audit_results)
 
 
 async def _lookup_then_collections(

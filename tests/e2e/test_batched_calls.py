@@ -104,7 +104,7 @@ async def test_files_upload_in_one_collections_call_and_write_back_with_audit_in
             await rest.query(f"SELECT Checksum FROM ContentVersion WHERE Id = '{cv}'"))[0]["Checksum"]
 
 
-async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
+async def test_a_few_files_write_back_in_one_call_and_a_bad_record_fails_alone(
     emulator: Emulator, rest: SalesforceRest
 ) -> None:
     ids = await _ids(rest, 6)
@@ -118,7 +118,7 @@ async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
     items.append(WriteBack("Opportunity", ids[0], {"Sign_Status__c": "Not a picklist value"}))
     before = _calls(emulator)
     outcome = await write_back_many(rest, items)
-    assert _calls(emulator) - before == 2  # one lookup call, one composite of collections
+    assert _calls(emulator) - before == 1  # six rows read by id and one collections PATCH, in one composite
     good = outcome.records[:6]
     assert all(isinstance(w, Written) and (w.document_id or "").startswith("069") for w in good), outcome.records
     for w in good:  # in a batch of several, each outcome event is built with its 069 and left to the relay
@@ -127,6 +127,44 @@ async def test_large_write_back_is_two_calls_and_a_bad_record_fails_alone(
     assert await _events(rest, "tx-large-0") == []
     bad = outcome.records[6]
     assert not isinstance(bad, Written) and bad.error_code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+
+
+async def test_a_file_not_found_fails_its_record_alone_and_writes_no_other_record_wrongly(
+    emulator: Emulator, rest: SalesforceRest
+) -> None:
+    first, second = await _ids(rest, 2)
+    [version] = await rest.insert_content_versions([NewFile(
+        title="d", path_on_client="d.pdf", data=b"%PDF-1.7 found", first_publish_location_id=first,
+        transaction_id="tx-found")])
+    missing = to18("068Zz0000000001")  # well formed, but no such version
+    items = [WriteBack("Opportunity", first, {"Sign_Status__c": "Signed"}, file=SignedFile("u", version_id=version.id)),
+             WriteBack("Opportunity", second, {"Sign_Status__c": "Signed"}, file=SignedFile("u", version_id=missing))]
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, items)
+    # The one composite wrote nothing (its PATCH referenced a row not found); the two-call way then did.
+    assert _calls(emulator) - before == 3
+    found, lost = outcome.records
+    assert isinstance(found, Written) and (found.document_id or "").startswith("069")
+    assert not isinstance(lost, Written) and lost.error_code == "NOT_FOUND"
+    rows = {r["Id"]: r for r in await rest.query(
+        f"SELECT Id, Sign_Status__c, Signed_Document_Id__c FROM Opportunity WHERE Id IN ('{first}', '{second}')")}
+    assert rows[first]["Signed_Document_Id__c"] == found.document_id and rows[first]["Sign_Status__c"] == "Signed"
+    assert rows[second]["Signed_Document_Id__c"] is None
+
+
+async def test_a_write_back_of_more_than_23_files_is_two_calls(emulator: Emulator, rest: SalesforceRest) -> None:
+    ids = await _ids(rest, 24)
+    ids = (ids * 24)[:24]  # each record is written once per file, in order
+    uploaded = await rest.insert_content_versions([
+        NewFile(title="d", path_on_client="d.pdf", data=b"%PDF-1.7 many", first_publish_location_id=rid,
+                transaction_id=f"tx-many-{n}") for n, rid in enumerate(ids)])
+    items = [WriteBack("Opportunity", rid, {"Sign_Status__c": "Signed"}, file=SignedFile("u", version_id=r.id))
+             for rid, r in zip(ids, uploaded, strict=True)]
+    before = _calls(emulator)
+    outcome = await write_back_many(rest, items)
+    assert _calls(emulator) - before == 2  # one lookup call, one composite of collections
+    assert all(isinstance(w, Written) and (w.document_id or "").startswith("069") for w in outcome.records)
+    assert len({w.document_id for w in outcome.records if isinstance(w, Written)}) == 24
 
 
 async def test_a_thousand_audit_events_cost_one_call(emulator: Emulator, rest: SalesforceRest) -> None:

@@ -143,3 +143,34 @@ async def test_failure_that_may_have_been_applied_is_never_split_with_fake_handl
     assert handler.calls == [[1, 2]]
     stop.set()
     await task
+
+
+async def test_the_owner_sends_a_batch_early_or_holds_it_with_fake_handler(stop: asyncio.Event) -> None:
+    """`early`: True sends before the linger though upstream jobs could still join; False holds a batch that
+    every job has joined (waiting costs nothing now, says the owner); None leaves it to the batcher's rules."""
+    handler = FakeHandler()
+    verdict: dict[str, bool | None] = {"v": True}
+    upstream = {"n": 5}
+    asked: list[tuple[int, int]] = []
+
+    def early(size: int, waiting_for: int) -> bool | None:
+        asked.append((size, waiting_for))
+        return verdict["v"]
+
+    batcher: Batcher[int, int] = Batcher("t", handler, max_size=10, linger_s=lambda: 60.0,
+                                         waiting_for=lambda: upstream["n"], early=early)
+    task = await _run(batcher, stop)
+    assert await asyncio.wait_for(batcher.submit(1), 5) == 10  # four more could join: sent anyway
+    assert asked[-1] == (1, 5)
+    verdict["v"], upstream["n"] = False, 1
+    held = asyncio.create_task(batcher.submit(2))
+    for _ in range(50):  # the loop turns; the batcher looks at the new item
+        await asyncio.sleep(0)
+    assert len(asked) >= 2 and asked[-1] == (1, 1)
+    assert handler.calls == [[1]] and not held.done()  # held, though no other job can join
+    verdict["v"] = None  # the batcher's own rules: every job has joined, so it goes
+    batcher.poke()
+    assert await asyncio.wait_for(held, 5) == 20
+    assert handler.calls == [[1], [2]]
+    stop.set()
+    await task

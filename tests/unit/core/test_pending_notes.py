@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,55 @@ async def test_no_pending_while_no_job_queues_with_fake_write(outbox: Outbox) ->
     write.release.set()
     assert await _notes(outbox, write, jobs, cpu_busy=False).announce_some() is False
     assert write.calls == []
+
+
+async def test_claimed_jobs_of_a_burst_soon_written_are_left_alone_until_it_runs_late_with_fake_write(
+    outbox: Outbox,
+) -> None:
+    jobs = [replace(job, created_at=job.created_at - 10) for job in await _jobs(outbox, 3)]  # waited long enough
+    write = HeldFakeWrite()
+    write.release.set()
+    horizons: list[float] = []
+    soon = [True]
+
+    def written_within(horizon_s: float) -> bool:
+        horizons.append(horizon_s)
+        return soon[0]
+
+    notes = PendingNotes(outbox=outbox, write=write, after_s=2.0, batch_max=800, claimed=lambda: jobs,
+                         workers_busy=lambda: False, cpu_busy=lambda: True, constrained=lambda: False,
+                         announced=lambda: None, soon=written_within)
+    assert await notes.announce_some() is False
+    assert write.calls == [] and horizons == [6.0]  # all written within three times pending_after_s: no call
+    soon[0] = False  # the pool slowed down: the burst runs late
+    assert await notes.announce_some() is False
+    [call] = write.calls
+    assert [w.record_id for w in call] == [j.record_id for j in jobs]
+
+
+async def test_a_round_also_announces_the_jobs_due_by_the_next_round_with_fake_write(outbox: Outbox) -> None:
+    """Rounds every second (half of pending_after_s 2 s): a job 1.5 s old is due before the next round, so
+    it goes now, with the others of its burst, rather than costing a call of its own a second later."""
+    created = await _jobs(outbox, 2)
+    jobs = [replace(created[0], created_at=created[0].created_at - 1.5),  # due in 0.5 s
+            replace(created[1], created_at=created[1].created_at - 0.5)]  # due in 1.5 s: the round after
+    write = HeldFakeWrite()
+    write.release.set()
+    rounds: list[int] = []  # how many rounds had looked at the claimed jobs when each write came
+
+    def claimed() -> list[Job]:
+        rounds.append(len(write.calls))
+        return jobs
+
+    notes = PendingNotes(outbox=outbox, write=write, after_s=2.0, batch_max=800, claimed=claimed,
+                         workers_busy=lambda: False, cpu_busy=lambda: True, constrained=lambda: False,
+                         announced=lambda: None)
+    stop = asyncio.Event()
+    task = asyncio.create_task(notes.run(stop, poll_interval_s=5.0))
+    try:
+        await asyncio.wait_for(write.arrived.wait(), 10)
+    finally:
+        stop.set()
+        await task
+    assert [[w.record_id for w in call] for call in write.calls] == [[jobs[0].record_id]]
+    assert rounds[0] == 0 and rounds.count(0) == 1  # written by the first round, not one a second later
