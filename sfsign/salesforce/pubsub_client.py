@@ -75,6 +75,8 @@ class _Subscription:
     delivered: int = 0  # events the server sent on it
     handled: int = 0  # events the consumer came back from
     last_response_at: float = 0.0
+    answered: bool = False  # the stream sent at least one FetchResponse (it was established)
+    subscribed_at: float = 0.0  # monotonic
 
     @property
     def open(self) -> bool:
@@ -123,6 +125,7 @@ class PubSubStream:
         self._schemas: dict[str, EventSchema] = {}
         self._wake = asyncio.Event()
         self._turn = 0
+        self._incident: float | None = None  # when the recovery under way began (monotonic), until all are open
         self._closed = False
         self.last_message_at: float | None = None
 
@@ -247,10 +250,14 @@ class PubSubStream:
             if sub.failure is not None:
                 failure, sub.failure = sub.failure, None
                 await self._drop(sub)
-                raise failure
+                if not self._same_incident(sub, failure):
+                    raise failure
+                log.info("salesforce.stream.resubscribing", transport="pubsub", channel=sub.channel,
+                         reason=str(failure))
             if sub.call is None:
                 await self._subscribe(sub)
                 if all(s.open for s in self._subs.values()):
+                    self._incident = None
                     self._health.mark_connected()
         self._wake.clear()
         if self._ready() is not None or any(s.failure for s in self._subs.values()):
@@ -266,6 +273,14 @@ class PubSubStream:
                     sub.failure = Recover("retry", f"{sub.channel}: no FetchResponse for {self._keepalive_s:.0f} s "
                                                    "(Salesforce sends a keepalive within 270 s)", immediate=True)
 
+    def _same_incident(self, sub: _Subscription, failure: Exception) -> bool:
+        """Whether a stream's end is part of the recovery under way, so it is resubscribed without counting
+        another failure: the streams of one channel each end on their own when one cause (a network cut, a
+        revoked token, a silent proxy) hits them all, and the client learns it stream by stream. Only a
+        stream subscribed before that recovery began qualifies; waiting out an org limit never does."""
+        return (self._incident is not None and sub.subscribed_at < self._incident and isinstance(failure, Recover)
+                and failure.kind in ("retry", "auth"))
+
     async def _subscribe(self, sub: _Subscription) -> None:
         info = await self.get_topic(sub.channel)
         if not info.can_subscribe:
@@ -278,7 +293,8 @@ class PubSubStream:
             first.replay_id = replay_id
         requests.put_nowait(first)
         sub.requests, sub.granted, sub.delivered, sub.handled = requests, self._batch, 0, 0
-        sub.last_response_at = time.monotonic()
+        sub.last_response_at = sub.subscribed_at = time.monotonic()
+        sub.answered = False
         sub.call = self._pubsub().Subscribe(_drain(requests), metadata=call_metadata(token))
         sub.reader = asyncio.create_task(self._read(sub, sub.call, token, replay_id), name=f"pubsub:{sub.channel}")
         self._replay.started(sub.channel, preset, replay_id)
@@ -289,6 +305,7 @@ class PubSubStream:
         try:
             async for response in call:
                 sub.last_response_at = time.monotonic()
+                sub.answered = True
                 sub.delivered += len(response.events)
                 sub.buffer.extend(response.events)
                 if all(s.open for s in self._subs.values()):
@@ -298,7 +315,7 @@ class PubSubStream:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and (self._closed or sub.call is not call):
                 return  # we cancelled it
-            sub.failure = self._failure(sub.channel, failure_of(exc), token, replay_id)
+            sub.failure = self._failure(sub.channel, failure_of(exc), token, replay_id, established=sub.answered)
         except Exception as exc:  # anything else the stream raises: never a silently dead subscription
             if sub.call is call and not self._closed:
                 sub.failure = Recover("retry", f"{sub.channel}: {type(exc).__name__}: {exc}")
@@ -323,8 +340,11 @@ class PubSubStream:
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
 
-    def _failure(self, what: str, failure: CallFailure, token: AccessToken, replay_id: bytes | None) -> Exception:
-        """The exception for a failed call (see `pubsub_errors`)."""
+    def _failure(self, what: str, failure: CallFailure, token: AccessToken, replay_id: bytes | None, *,
+                 established: bool = False) -> Exception:
+        """The exception for a failed call (see `pubsub_errors`). A stream that was answering and ends with a
+        retryable status (a reset connection, a server restarting for maintenance) is resubscribed at once,
+        routinely, as CometD's cut long poll; only when that fails too is it an outage, with backoff."""
         reason = f"{what}: {failure}"
         if failure.action == "reconcile" and replay_id:
             self._replay.refused(what, replay_id)
@@ -335,7 +355,9 @@ class PubSubStream:
             return SubscriptionFailed(what, str(failure))
         if failure.action == "auth":
             return Recover("auth", reason, immediate=True, token=token)
-        return Recover("long" if failure.action == "long" else "retry", reason)
+        if failure.action == "long":
+            return Recover("long", reason)
+        return Recover("retry", reason, immediate=established)
 
     async def _message(self, sub: _Subscription, event: pb.ConsumerEvent) -> dict[str, Any]:
         schema_id = event.event.schema_id
@@ -349,6 +371,7 @@ class PubSubStream:
                                                      "error": str(exc)}}
 
     async def _recover(self, failure: Recover) -> None:
+        self._incident = time.monotonic()
         delay = self._health.failed(failure)
         if delay > 0 and not self._closed:
             await self._sleep(delay)

@@ -104,7 +104,8 @@ def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
         "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
         "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": str(settings.ops_port), **overrides,
+        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": str(settings.ops_port),
+        "SFSIGN_TRANSPORT": settings.transport, "SFSIGN_PUBSUB_URL": settings.pubsub_url, **overrides,
     })
     return env
 
