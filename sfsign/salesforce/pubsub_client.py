@@ -22,8 +22,9 @@ CometD). From Salesforce's Pub/Sub documentation and `pubsub_api.proto` (sfsign.
 * a subscription that fails is reopened when the consumer has drained what it delivered, after the
   backoff of `StreamHealth`; what each gRPC status means is `pubsub_errors`' table. `UNAUTHENTICATED` →
   one token refresh (the Authenticator logs in once for REST and streams), then a new subscription;
-* `GetSchema` answers are cached by schema id; a payload that does not decode is handed over without a
-  payload, which intake parks as a malformed event and reconciles.
+* `GetSchema` answers are cached by schema id; a payload that does not decode, or whose schema id
+  `GetSchema` refuses for good (NOT_FOUND, INVALID_ARGUMENT), is handed over without a payload, which
+  intake parks as a malformed event and reconciles: one bad event never stops the channel.
 """
 
 from __future__ import annotations
@@ -362,7 +363,10 @@ class PubSubStream:
     async def _message(self, sub: _Subscription, event: pb.ConsumerEvent) -> dict[str, Any]:
         schema_id = event.event.schema_id
         try:
-            schema = await self.get_schema(schema_id)
+            try:
+                schema = await self.get_schema(schema_id)
+            except SubscriptionFailed as exc:  # no such schema: this event's fault, not the channel's
+                raise UndecodableEvent(str(exc)) from None
             return cometd_message(sub.channel, schema, event.event.payload, event.replay_id, event.event.id)
         except UndecodableEvent as exc:
             log.error("salesforce.stream.undecodable_event", transport="pubsub", channel=sub.channel,
