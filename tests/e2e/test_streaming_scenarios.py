@@ -718,6 +718,13 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
 
         await on_emulator(emulator, outage_past_retention)
         missed = await wait_for_job(settings, probes[2], "reconcile")
+
+        async def subscribed_afresh() -> bool:  # the reconciliation can finish before the new subscription
+            opp = [e for e in await subscribe_log(ops) if e["channel"] == OPP_CDC]
+            refused = [i for i, e in enumerate(opp) if e["replay"] == stored[OPP_CDC] and not e.get("successful")]
+            return bool(refused) and any(e["replay"] == -1 and e.get("successful") for e in opp[refused[0]:])
+
+        await until(subscribed_afresh)  # a change made before it would be found by the gap's reconciliation
         await control.update("Opportunity", probes[3], {"StageName": PROPOSAL}, user=REP)
         await wait_for_job(settings, probes[3], "cdc")
         log = await subscribe_log(ops)
