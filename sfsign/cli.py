@@ -241,7 +241,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from sfsign.commands.demo import run_demo
 
     return run_demo(output_dir=Path(args.output), keep_dir=Path(args.work_dir) if args.work_dir else None,
-                    interactive=args.interactive)
+                    interactive=args.interactive, transport=args.transport)
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
@@ -280,6 +280,8 @@ def _add_start_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     demo.add_argument("--work-dir", help="keep the emulator and daemon data here (default: a temporary folder)")
     demo.add_argument("--interactive", action="store_true",
                       help="sign the customer's document yourself: print its link and the mailbox, and wait")
+    demo.add_argument("--transport", choices=("cometd", "pubsub"),
+                      help="how the daemon receives events (default: $SFSIGN_TRANSPORT, else cometd)")
     demo.set_defaults(func=_cmd_demo)
 
     keys = sub.add_parser("demo-keys", help="generate a throw-away signing key and CA for trying sfsign")

@@ -248,7 +248,8 @@ def daemon_settings(emulator: EmulatorThread, work: Path, rules_file: Path, **ov
         consumer_key=login.consumer_key,
         username=login.username,
         private_key_file=login.private_key_file,
-        ca_bundle=emulator.ca_file,
+        ca_bundle=emulator.ca_file,  # the emulator's CA signs its HTTPS and its Pub/Sub (gRPC) server alike
+        pubsub_url=emulator.pubsub_target,  # used when SFSIGN_TRANSPORT (or an override) says pubsub
         data_dir=work / "daemon",
         rules_file=rules_file,
         log_level=os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"),
@@ -461,6 +462,7 @@ def print_table(rows: list[DemoRow], out: object = sys.stdout) -> None:
 
 
 DEMO_ROOT_NAME = "demo-root-ca.pem"
+_TRANSPORT_NAMES = {"cometd": "CometD (the Streaming API)", "pubsub": "the Pub/Sub API (gRPC)"}
 
 
 def publish_root(pki: DemoPki, output_dir: Path) -> None:
@@ -472,7 +474,9 @@ def publish_root(pki: DemoPki, output_dir: Path) -> None:
     target.chmod(0o644)
 
 
-def run_demo(output_dir: Path, keep_dir: Path | None = None, *, interactive: bool = False) -> int:
+def run_demo(output_dir: Path, keep_dir: Path | None = None, *, interactive: bool = False,
+             transport: str | None = None) -> int:
+    """`transport`: cometd or pubsub (None: SFSIGN_TRANSPORT, default cometd), the daemon's event transport."""
     configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
     # Absolute: the demo writes these paths into its rules file, where relative ones would be read
     # relative to the rules file's folder (wd/wd/pki/signer.p12) instead of the working directory.
@@ -487,7 +491,10 @@ def run_demo(output_dir: Path, keep_dir: Path | None = None, *, interactive: boo
         with demo_pki(work) as (pki, services):
             print(f"  demo PKI with TSA, OCSP and CRLs at {services.base_url}", flush=True)
             rules = write_demo_config(work, pki, services, customer=True)
-            with local_relay(daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2)) as (settings, mail):
+            chosen = {"transport": transport} if transport else {}
+            settings = daemon_settings(emulator, work, rules.source, ltv_delay_s=0.2, **chosen)
+            print(f"  events over {_TRANSPORT_NAMES[settings.transport]}", flush=True)
+            with local_relay(settings) as (settings, mail):
                 if mail is not None:
                     kept = "" if keep_dir is not None else " (deleted at the end; keep it with --work-dir)"
                     print(f"  mails to signers go to {mail.directory} as .eml files{kept}", flush=True)

@@ -110,6 +110,7 @@ class Control:
             web.post("/_control/streaming/raw", g(self.raw_event)),
             web.post("/_control/streaming/cdc-entities", g(self.cdc_entities)),
             web.get("/_control/pubsub/streams", g(self.pubsub_streams)),
+            web.get("/_control/pubsub/subscriptions", g(self.pubsub_subscriptions)),
             web.post("/_control/pubsub/drop-streams", g(self.drop_pubsub_streams)),
             web.post("/_control/pubsub/hold-streams", g(self.hold_pubsub_streams)),
         ]
@@ -530,6 +531,10 @@ class Control:
         """The open Subscribe streams: topic, outstanding requested events, queued and delivered counts."""
         pubsub = self._pubsub()
         return web.json_response({"streams": pubsub.describe(), "delivered": pubsub.delivered})
+
+    async def pubsub_subscriptions(self, request: web.Request) -> web.Response:
+        """Every Subscribe the Pub/Sub server saw, oldest first."""
+        return web.json_response({"subscriptions": list(self._pubsub().subscribe_log)})
 
     async def drop_pubsub_streams(self, request: web.Request) -> web.Response:
         """End every Subscribe stream with UNAVAILABLE (service.unavailable)."""

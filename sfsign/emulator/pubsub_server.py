@@ -53,6 +53,7 @@ from sfsign.pubsub_proto import pubsub_api_pb2 as pb
 from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
 
 MAX_REQUESTED = 100
+SUBSCRIBE_LOG_MAX = 10000
 DEFAULT_KEEPALIVE_S = 270.0
 CODE = "sfdc.platform.eventbus.grpc."
 AUTH_MESSAGE = "An authentication exception occurred. Provide valid authentication via metadata headers."
@@ -113,6 +114,8 @@ class PubSubServer(pb_grpc.PubSubServicer):
         self.streams: dict[str, _Stream] = {}
         self.delivered = 0
         self.hold = False  # half-open: streams stay open but deliver nothing, not even keepalives
+        # every Subscribe seen (for tests and diagnostics; not a Salesforce API): where it asked to start
+        self.subscribe_log: deque[dict[str, Any]] = deque(maxlen=SUBSCRIBE_LOG_MAX)
         self._server: grpc.aio.Server | None = None
         org.on_revoke(self._revalidate)
 
@@ -319,11 +322,17 @@ class PubSubServer(pb_grpc.PubSubServicer):
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FetchResponse]:
         rpc_id = str(uuid.uuid4())
         reader: asyncio.Task[None] | None = None
+        entry: dict[str, Any] = {}
         try:
             session = self._session(context)
             first = await anext(aiter(request_iterator), None)
             if first is None:
                 return
+            entry = {"rpcId": rpc_id, "topic": first.topic_name, "at": time.time(),
+                     "preset": pb.ReplayPreset.Name(first.replay_preset),
+                     "replayId": first.replay_id.hex() if first.replay_id else None,
+                     "position": decode_replay_id(first.replay_id) if first.replay_id else None}
+            self.subscribe_log.append(entry)
             self._check_topic(first.topic_name)
             if not may_subscribe(self.org, session.user_id, first.topic_name):
                 raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, "subscription.topic.cannot.subscribe",
@@ -332,7 +341,10 @@ class PubSubServer(pb_grpc.PubSubServicer):
             stream = _Stream(rpc_id, session.token, session.user_id, first.topic_name, mark, position)
             stream.queue.extend(events)
             self._add_requested(stream, first)
+            entry["successful"] = True
         except RpcFailure as failure:
+            if entry:
+                entry.update(successful=False, error=f"{failure.status.name} [{failure.code}]: {failure.message}")
             await self._abort(context, failure, rpc_id)
         self.streams[rpc_id] = stream
         reader = asyncio.get_running_loop().create_task(self._read(stream, request_iterator))

@@ -22,8 +22,9 @@ CometD). From Salesforce's Pub/Sub documentation and `pubsub_api.proto` (sfsign.
 * a subscription that fails is reopened when the consumer has drained what it delivered, after the
   backoff of `StreamHealth`; what each gRPC status means is `pubsub_errors`' table. `UNAUTHENTICATED` →
   one token refresh (the Authenticator logs in once for REST and streams), then a new subscription;
-* `GetSchema` answers are cached by schema id; a payload that does not decode is handed over without a
-  payload, which intake parks as a malformed event and reconciles.
+* `GetSchema` answers are cached by schema id; a payload that does not decode, or whose schema id
+  `GetSchema` refuses for good (NOT_FOUND, INVALID_ARGUMENT), is handed over without a payload, which
+  intake parks as a malformed event and reconciles: one bad event never stops the channel.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class _Subscription:
     delivered: int = 0  # events the server sent on it
     handled: int = 0  # events the consumer came back from
     last_response_at: float = 0.0
+    answered: bool = False  # the stream sent at least one FetchResponse (it was established)
+    subscribed_at: float = 0.0  # monotonic
 
     @property
     def open(self) -> bool:
@@ -123,6 +126,7 @@ class PubSubStream:
         self._schemas: dict[str, EventSchema] = {}
         self._wake = asyncio.Event()
         self._turn = 0
+        self._incident: float | None = None  # when the recovery under way began (monotonic), until all are open
         self._closed = False
         self.last_message_at: float | None = None
 
@@ -247,10 +251,14 @@ class PubSubStream:
             if sub.failure is not None:
                 failure, sub.failure = sub.failure, None
                 await self._drop(sub)
-                raise failure
+                if not self._same_incident(sub, failure):
+                    raise failure
+                log.info("salesforce.stream.resubscribing", transport="pubsub", channel=sub.channel,
+                         reason=str(failure))
             if sub.call is None:
                 await self._subscribe(sub)
                 if all(s.open for s in self._subs.values()):
+                    self._incident = None
                     self._health.mark_connected()
         self._wake.clear()
         if self._ready() is not None or any(s.failure for s in self._subs.values()):
@@ -266,6 +274,14 @@ class PubSubStream:
                     sub.failure = Recover("retry", f"{sub.channel}: no FetchResponse for {self._keepalive_s:.0f} s "
                                                    "(Salesforce sends a keepalive within 270 s)", immediate=True)
 
+    def _same_incident(self, sub: _Subscription, failure: Exception) -> bool:
+        """Whether a stream's end is part of the recovery under way, so it is resubscribed without counting
+        another failure: the streams of one channel each end on their own when one cause (a network cut, a
+        revoked token, a silent proxy) hits them all, and the client learns it stream by stream. Only a
+        stream subscribed before that recovery began qualifies; waiting out an org limit never does."""
+        return (self._incident is not None and sub.subscribed_at < self._incident and isinstance(failure, Recover)
+                and failure.kind in ("retry", "auth"))
+
     async def _subscribe(self, sub: _Subscription) -> None:
         info = await self.get_topic(sub.channel)
         if not info.can_subscribe:
@@ -278,7 +294,8 @@ class PubSubStream:
             first.replay_id = replay_id
         requests.put_nowait(first)
         sub.requests, sub.granted, sub.delivered, sub.handled = requests, self._batch, 0, 0
-        sub.last_response_at = time.monotonic()
+        sub.last_response_at = sub.subscribed_at = time.monotonic()
+        sub.answered = False
         sub.call = self._pubsub().Subscribe(_drain(requests), metadata=call_metadata(token))
         sub.reader = asyncio.create_task(self._read(sub, sub.call, token, replay_id), name=f"pubsub:{sub.channel}")
         self._replay.started(sub.channel, preset, replay_id)
@@ -289,6 +306,7 @@ class PubSubStream:
         try:
             async for response in call:
                 sub.last_response_at = time.monotonic()
+                sub.answered = True
                 sub.delivered += len(response.events)
                 sub.buffer.extend(response.events)
                 if all(s.open for s in self._subs.values()):
@@ -298,7 +316,7 @@ class PubSubStream:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and (self._closed or sub.call is not call):
                 return  # we cancelled it
-            sub.failure = self._failure(sub.channel, failure_of(exc), token, replay_id)
+            sub.failure = self._failure(sub.channel, failure_of(exc), token, replay_id, established=sub.answered)
         except Exception as exc:  # anything else the stream raises: never a silently dead subscription
             if sub.call is call and not self._closed:
                 sub.failure = Recover("retry", f"{sub.channel}: {type(exc).__name__}: {exc}")
@@ -323,8 +341,11 @@ class PubSubStream:
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
 
-    def _failure(self, what: str, failure: CallFailure, token: AccessToken, replay_id: bytes | None) -> Exception:
-        """The exception for a failed call (see `pubsub_errors`)."""
+    def _failure(self, what: str, failure: CallFailure, token: AccessToken, replay_id: bytes | None, *,
+                 established: bool = False) -> Exception:
+        """The exception for a failed call (see `pubsub_errors`). A stream that was answering and ends with a
+        retryable status (a reset connection, a server restarting for maintenance) is resubscribed at once,
+        routinely, as CometD's cut long poll; only when that fails too is it an outage, with backoff."""
         reason = f"{what}: {failure}"
         if failure.action == "reconcile" and replay_id:
             self._replay.refused(what, replay_id)
@@ -335,12 +356,17 @@ class PubSubStream:
             return SubscriptionFailed(what, str(failure))
         if failure.action == "auth":
             return Recover("auth", reason, immediate=True, token=token)
-        return Recover("long" if failure.action == "long" else "retry", reason)
+        if failure.action == "long":
+            return Recover("long", reason)
+        return Recover("retry", reason, immediate=established)
 
     async def _message(self, sub: _Subscription, event: pb.ConsumerEvent) -> dict[str, Any]:
         schema_id = event.event.schema_id
         try:
-            schema = await self.get_schema(schema_id)
+            try:
+                schema = await self.get_schema(schema_id)
+            except SubscriptionFailed as exc:  # no such schema: this event's fault, not the channel's
+                raise UndecodableEvent(str(exc)) from None
             return cometd_message(sub.channel, schema, event.event.payload, event.replay_id, event.event.id)
         except UndecodableEvent as exc:
             log.error("salesforce.stream.undecodable_event", transport="pubsub", channel=sub.channel,
@@ -349,6 +375,7 @@ class PubSubStream:
                                                      "error": str(exc)}}
 
     async def _recover(self, failure: Recover) -> None:
+        self._incident = time.monotonic()
         delay = self._health.failed(failure)
         if delay > 0 and not self._closed:
             await self._sleep(delay)

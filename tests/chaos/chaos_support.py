@@ -82,6 +82,11 @@ class Scale:
     retry_for_h: float = 72.0  # the default: no job of a run may go dead
 
 
+#: Pub/Sub keepalives: the emulator's every PUBSUB_KEEPALIVE_S (Salesforce: within 270 s), and the daemon
+#: gives a silent subscription up after PUBSUB_WATCHDOG_S (production: 300 s), so a half-open spell is seconds.
+PUBSUB_KEEPALIVE_S = 1.0
+PUBSUB_WATCHDOG_S = 4.0
+
 SHORT = Scale(
     name="short", records=30, kill_cycles=3, kill_window_s=(0.1, 1.5), emulator_restarts=2, rate_503=0.10,
     rate_lock=0.05, revoke_every_s=5.0, drop_every_s=3.0, lock_records=2, lock_hold_s=8.0, burst_chunks=4,
@@ -248,7 +253,8 @@ class ChaosOrg:
     """The emulated org, its control client, the daemon's configuration, and helpers over them."""
 
     def __init__(self, emulator: EmulatorThread, control: ControlClient, work: Path, pki: PkiMaterial,
-                 scale: Scale) -> None:
+                 scale: Scale, transport: str = "cometd") -> None:
+        self.transport = transport
         self.emulator = emulator
         self.control = control
         self.work = work
@@ -289,6 +295,9 @@ class ChaosOrg:
             "SFSIGN_WORKERS": "4",
             "SFSIGN_SHUTDOWN_GRACE_S": "10",
             "SFSIGN_RETRY_FOR_H": str(self.scale.retry_for_h),
+            "SFSIGN_TRANSPORT": self.transport,
+            "SFSIGN_PUBSUB_URL": self.emulator.pubsub_target,
+            "SFSIGN_PUBSUB_KEEPALIVE_S": str(PUBSUB_WATCHDOG_S),
             PASSPHRASE_ENV: self.pki.passphrase,
         })
         env.update(extra)
@@ -298,7 +307,7 @@ class ChaosOrg:
         self, *, wait_ready: bool = True, ready_within_s: float = 90.0, env: dict[str, str] | None = None
     ) -> DaemonProcess:
         self.starts += 1
-        known = await self._subscribed_clients() if wait_ready else set()
+        known = await self._subscribed_clients() if wait_ready and self.transport == "cometd" else set()
         daemon = DaemonProcess(self.daemon_env(**(env or {})), self.work, self.work / f"daemon-{self.starts:02d}.log")
         self.daemons.append(daemon)
         await daemon.start()
@@ -316,12 +325,16 @@ class ChaosOrg:
         return {cid for cid, chans in ok.items() if set(self.channels) <= chans}
 
     async def wait_ready(self, daemon: DaemonProcess, known: set[str], within_s: float) -> None:
-        """Until a new Bayeux client has subscribed to every channel (the daemon's intake is live)."""
+        """Until a new Bayeux client has subscribed to every channel, or on Pub/Sub until the daemon logs it is
+        subscribed (the daemon's intake is live)."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             if (message := daemon.died()) is not None:
                 raise ChaosFailure(message)
-            if await self._subscribed_clients() - known:
+            if self.transport == "pubsub":
+                if '"ready: subscribed"' in await asyncio.to_thread(daemon.log_tail, 10_000):
+                    return
+            elif await self._subscribed_clients() - known:
                 return
             await asyncio.sleep(0.1)
         raise ChaosFailure(f"the daemon did not subscribe within {within_s:.0f} s:\n{daemon.log_tail()}")
@@ -546,14 +559,15 @@ async def rest_client(
 
 
 @contextlib.asynccontextmanager
-async def chaos_org(work: Path, pki: PkiMaterial, scale: Scale) -> AsyncIterator[ChaosOrg]:
+async def chaos_org(work: Path, pki: PkiMaterial, scale: Scale, transport: str = "cometd") -> AsyncIterator[ChaosOrg]:
     """An emulator on its own thread and a `ChaosOrg` over it; the emulator's loop must end clean."""
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-    emulator = EmulatorThread(data_dir=work / "emulator", long_poll_timeout_ms=5000, client_timeout_s=15.0)
+    emulator = EmulatorThread(data_dir=work / "emulator", long_poll_timeout_ms=5000, client_timeout_s=15.0,
+                              pubsub_keepalive_s=PUBSUB_KEEPALIVE_S)
     await asyncio.to_thread(emulator.start)
     try:
         async with ControlClient(emulator.url, emulator.control_token, emulator.ca_file) as control:
-            org = ChaosOrg(emulator, control, work, pki, scale)
+            org = ChaosOrg(emulator, control, work, pki, scale, transport)
             try:
                 yield org
             finally:
@@ -676,6 +690,9 @@ class FaultSchedule:
             await self.org.control_post("/_control/streaming/torn-connects", {"kind": kind, "count": 1})
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.org.transport == "pubsub":
+            await self._run_pubsub(stop)
+            return
         scale = self.org.scale
         now = time.monotonic()
         next_revoke, next_drop = now + scale.revoke_every_s, now + scale.drop_every_s
@@ -697,14 +714,49 @@ class FaultSchedule:
                 await self.org.control_post("/_control/streaming/forget-clients")
                 self.done["403::Unknown client"] += 1
                 forget_at = 0.0
-            due = [rid for rid, at in self.org.locked_at.items() if now >= at + scale.lock_hold_s]
-            if due:
-                await self.org.control_call("DELETE", "/_control/faults/row-locks", {"recordIds": due})
-                for rid in due:
-                    del self.org.locked_at[rid]
-                self.done["row lock held"] += len(due)
+            await self._release_row_locks(now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
+
+
+    async def _run_pubsub(self, stop: asyncio.Event) -> None:
+        """The Pub/Sub faults: revoked tokens, Subscribe streams ended with UNAVAILABLE, and once a half-open
+        spell (streams open, silent) long enough for the daemon's keepalive watchdog to give up on them."""
+        scale = self.org.scale
+        now = time.monotonic()
+        next_revoke, next_drop = now + scale.revoke_every_s, now + scale.drop_every_s
+        hold_at, release_at = now + 1.5 * scale.drop_every_s, 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_revoke:
+                await self.org.control_post("/_control/auth/revoke")
+                self.done["token revoked"] += 1
+                next_revoke = now + scale.revoke_every_s
+            if now >= next_drop and not release_at:
+                await self.org.control_post("/_control/pubsub/drop-streams")
+                self.done["stream dropped"] += 1
+                next_drop = now + scale.drop_every_s
+            if hold_at and now >= hold_at:
+                await self.org.control_post("/_control/pubsub/hold-streams", {"enabled": True})
+                hold_at, release_at = 0.0, now + PUBSUB_WATCHDOG_S + 1.0
+            if release_at and now >= release_at:
+                await self.org.control_post("/_control/pubsub/hold-streams", {"enabled": False})
+                self.done["half-open streams"] += 1
+                release_at = 0.0
+            await self._release_row_locks(now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+        if release_at:
+            await self.org.control_post("/_control/pubsub/hold-streams", {"enabled": False})
+
+    async def _release_row_locks(self, now: float) -> None:
+        """The records row-locked at their trigger are released after `lock_hold_s`."""
+        due = [rid for rid, at in self.org.locked_at.items() if now >= at + self.org.scale.lock_hold_s]
+        if due:
+            await self.org.control_call("DELETE", "/_control/faults/row-locks", {"recordIds": due})
+            for rid in due:
+                del self.org.locked_at[rid]
+            self.done["row lock held"] += len(due)
 
 
 async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
@@ -732,7 +784,8 @@ async def scenario_fault_mix(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     finally:
         stop.set()
         await runner
-    await schedule.tear_next_connect()  # counts the last one if it fired
+    if org.transport == "cometd":
+        await schedule.tear_next_connect()  # counts the last one if it fired
     result.faults.update(schedule.done)
     result.faults.update(await org.fault_hits())
     await org.control_call("DELETE", "/_control/faults")

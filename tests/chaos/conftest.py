@@ -33,6 +33,12 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 
 
 @pytest.fixture
-async def org(tmp_path: Path, chaos_pki: PkiMaterial, scale: Scale) -> AsyncIterator[ChaosOrg]:
-    async with chaos_org(tmp_path / "run", chaos_pki, scale) as chaos:
+def transport() -> str:
+    """The daemon's event transport (a test parametrises it to run on Pub/Sub)."""
+    return "cometd"
+
+
+@pytest.fixture
+async def org(tmp_path: Path, chaos_pki: PkiMaterial, scale: Scale, transport: str) -> AsyncIterator[ChaosOrg]:
+    async with chaos_org(tmp_path / "run", chaos_pki, scale, transport) as chaos:
         yield chaos

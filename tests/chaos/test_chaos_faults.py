@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from chaos_support import (
     ChaosOrg,
     Scale,
@@ -24,6 +25,18 @@ async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_f
     assert result.faults["token revoked"] >= 1 and result.faults["stream dropped"] >= 1
     assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
     assert result.faults["torn connect answer"] >= 1  # an answer carrying events was torn, and nothing lost
+    result.assert_invariant()
+
+
+@pytest.mark.parametrize("transport", ["pubsub"])
+async def test_burst_on_pubsub_under_503s_row_locks_revoked_tokens_dropped_and_half_open_streams(
+    org: ChaosOrg, rng: random.Random, scale: Scale
+) -> None:
+    result = await scenario_fault_mix(org, rng)
+    print(result.row(), result.notes)
+    assert result.faults["token revoked"] >= 1 and result.faults["stream dropped"] >= 1
+    assert result.faults["half-open streams"] == 1
+    assert result.faults["503 SERVER_UNAVAILABLE"] >= 1
     result.assert_invariant()
 
 

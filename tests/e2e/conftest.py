@@ -4,6 +4,7 @@ event loop, a demo PKI generated per session, and a control client that acts as 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
@@ -59,9 +60,16 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
 
 
 @pytest.fixture
-def settings(emulator: EmulatorThread, tmp_path: Path, rules: Rules) -> Settings:
+def transport() -> str:
+    """The daemon's event transport: SFSIGN_TRANSPORT (default cometd), so `SFSIGN_TRANSPORT=pubsub pytest
+    tests/e2e` runs the suite on Pub/Sub; a test parametrises `transport` to run on both."""
+    return os.environ.get("SFSIGN_TRANSPORT", "cometd")
+
+
+@pytest.fixture
+def settings(emulator: EmulatorThread, tmp_path: Path, rules: Rules, transport: str) -> Settings:
     return daemon_settings(emulator, tmp_path, rules.source, cpu_workers=1, shutdown_grace_s=10,
-                           log_level="INFO")
+                           log_level="INFO", transport=transport)
 
 
 @pytest.fixture

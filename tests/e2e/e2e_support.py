@@ -11,13 +11,40 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from sfsign.commands.demo import local_relay
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
+from sfsign.emulator.pubsub_server import decode_replay_id, encode_replay_id
+from sfsign.salesforce.events import ReplayId, replay_label
 from sfsign.signing.lifecycle import Clock
 
 REP = "lena.hoffmann@northwind.example"
+
+#: Runs a test once per event transport (the `transport` fixture of conftest.py).
+both_transports = pytest.mark.parametrize("transport", ["cometd", "pubsub"])
+
+
+def replay_shown(position: int, transport: str) -> str:
+    """How the daemon labels the event at bus `position` delivered over `transport` (`replay_label`)."""
+    return str(position) if transport == "cometd" else replay_label(encode_replay_id(position))
+
+
+def replay_position(replay_id: ReplayId | str | None) -> int:
+    """The emulator's bus position of a replay id of either transport (0 for none): CometD's integer, or the
+    Pub/Sub bytes the emulator issues (its position, 8 bytes big-endian, then two zero bytes), also as the
+    `0x…` label jobs, parked events and logs show them with."""
+    if replay_id is None:
+        return 0
+    if isinstance(replay_id, int):
+        return replay_id
+    if isinstance(replay_id, str):
+        return int(replay_id) if not replay_id.startswith("0x") else replay_position(bytes.fromhex(replay_id[2:]))
+    position = decode_replay_id(replay_id)
+    assert position is not None, replay_id
+    return position
 
 
 @contextlib.asynccontextmanager
@@ -104,7 +131,8 @@ def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "SFSIGN_LOGIN_URL": settings.login_url, "SFSIGN_CONSUMER_KEY": settings.consumer_key,
         "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
         "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
-        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": str(settings.ops_port), **overrides,
+        "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": str(settings.ops_port),
+        "SFSIGN_TRANSPORT": settings.transport, "SFSIGN_PUBSUB_URL": settings.pubsub_url, **overrides,
     })
     return env
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
+from e2e_support import REP, both_transports, record_id, replay_position, run_cli, run_daemon, wait_for_status
 
 from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings, load_rules
@@ -51,6 +51,7 @@ async def _jobs(daemon: Daemon) -> dict[str, Any]:
         ("/event/Sign_Request__e", {"payload": {"RecordId__c": {"nested": "object"}}}),
     ],
 )
+@both_transports
 async def test_malformed_events_are_skipped(
     settings: Settings, rules: Rules, control: ControlClient, channel: str, data: dict[str, Any]
 ) -> None:
@@ -60,7 +61,7 @@ async def test_malformed_events_are_skipped(
         assert len(await _jobs(daemon)) == 1
         async with asyncio.timeout(10):
             while True:
-                if (daemon.outbox.committed_replay_id(channel) or 0) >= injected["replayId"]:
+                if replay_position(daemon.outbox.committed_replay_id(channel)) >= injected["replayId"]:
                     break
                 await asyncio.sleep(0.05)
 
@@ -74,6 +75,7 @@ async def test_malformed_events_are_skipped(
         {"RecordId__c": "006", "Reason__c": "truncated id"},
     ],
 )
+@both_transports
 async def test_bad_sign_requests_are_skipped_or_fail_cleanly(
     settings: Settings, rules: Rules, control: ControlClient, fields: dict[str, str]
 ) -> None:
@@ -249,6 +251,7 @@ async def test_unreachable_login_url_keeps_retrying_and_stops_cleanly(
     await asyncio.wait_for(task, 10)
 
 
+@both_transports
 async def test_a_channel_the_org_does_not_offer_ends_the_daemon_with_the_fix(
     settings: Settings, control: ControlClient
 ) -> None:

@@ -14,7 +14,17 @@ import json
 from typing import Any
 
 import httpx
-from e2e_support import REP, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
+from e2e_support import (
+    REP,
+    both_transports,
+    record_id,
+    replay_position,
+    replay_shown,
+    run_cli,
+    run_daemon,
+    settled_jobs,
+    wait_for_status,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfsign.config import Rules, Settings
@@ -48,7 +58,7 @@ async def _metrics(daemon: Daemon) -> dict[str, float]:
 async def _committed_past(daemon: Daemon, channel: str, replay_id: int, within_s: float = 60.0) -> None:
     async with asyncio.timeout(within_s):
         while True:
-            if (daemon.outbox.committed_replay_id(channel) or 0) >= replay_id:
+            if replay_position(daemon.outbox.committed_replay_id(channel)) >= replay_id:
                 return
             await asyncio.sleep(0.05)
 
@@ -76,6 +86,7 @@ def _status(settings: Settings) -> dict[str, Any]:
     return status
 
 
+@both_transports
 async def test_a_gap_event_with_a_bad_record_id_is_parked_and_intake_moves_on(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
@@ -99,7 +110,7 @@ async def test_a_gap_event_with_a_bad_record_id_is_parked_and_intake_moves_on(
     parked = status["parked_events"]
     assert parked["count"] == 1
     [entry] = parked["newest"]
-    assert entry["channel"] == CHANNEL and entry["replay_id"] == poison["replayId"]
+    assert entry["channel"] == CHANNEL and replay_position(entry["replay_id"]) == poison["replayId"]
     assert "malformed" in entry["reason"] and "recordIds" in entry["reason"]
 
     # A restart does not replay the parked event, stall on it or park it again.
@@ -115,6 +126,7 @@ async def test_a_gap_event_with_a_bad_record_id_is_parked_and_intake_moves_on(
         assert (await _metrics(daemon)).get("sfsign_events_parked_total", 0) == 0
 
 
+@both_transports
 async def test_an_event_failing_while_salesforce_answers_is_parked_and_its_record_reconciled(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
@@ -136,6 +148,7 @@ async def test_an_event_failing_while_salesforce_answers_is_parked_and_its_recor
     assert parked.attempts == 2 and "UNKNOWN_EXCEPTION" in parked.reason
 
 
+@both_transports
 async def test_intake_stuck_in_an_outage_shows_in_readyz_and_never_parks_the_event(
     settings: Settings, rules: Rules, control: ControlClient
 ) -> None:
@@ -157,7 +170,8 @@ async def test_intake_stuck_in_an_outage_shows_in_readyz_and_never_parks_the_eve
 
     body = stuck.json()
     assert body["intake_moving"] is False
-    assert any(r.startswith("intake stuck") and str(event["replayId"]) in r for r in body["reasons"])
+    shown = replay_shown(event["replayId"], settings.transport)
+    assert any(r.startswith("intake stuck") and f"replay id {shown} has been" in r for r in body["reasons"]), body
     assert metrics["sfsign_intake_stalled_seconds"] >= 1.0 and metrics["sfsign_ready"] == 0
     assert after.json()["intake_moving"] is True
     assert parked == 0  # an outage is waited out, however long: only the event's own failures count

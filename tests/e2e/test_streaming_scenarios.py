@@ -30,13 +30,14 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import structlog
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, both_transports, record_id, replay_position, run_daemon, wait_for_status
 from structlog.testing import LogCapture
 
 from sfsign.commands.demo import PASSPHRASE_ENV
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import TOKEN_HEADER, ControlClient
+from sfsign.emulator.pubsub_server import encode_replay_id
 from sfsign.emulator.server import Emulator, EmulatorThread
 from sfsign.outbox import OutboxStore
 
@@ -143,10 +144,22 @@ def request_signature(emu: Emulator, opp: str) -> None:
     emu.org.store.insert("Sign_Request__e", {"RecordId__c": opp, "Reason__c": "probe"}, user_id=rep_id(emu))
 
 
+PRESETS = {"LATEST": -1, "EARLIEST": -2}  # a Pub/Sub start without a replay id, in CometD's numbers
+
+
 async def subscribe_log(ops: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Every subscribe the org saw, on either transport (one is in use per test), in CometD's terms:
+    `channel`, `replay` (the position it resumed after, -1 new events only, -2 all retained), `successful`."""
     response = await ops.get("/_control/streaming/subscriptions")
     response.raise_for_status()
-    return list(response.json()["subscriptions"])
+    log = list(response.json()["subscriptions"])
+    response = await ops.get("/_control/pubsub/subscriptions")
+    response.raise_for_status()
+    for entry in response.json()["subscriptions"]:
+        replay = entry["position"] if entry["preset"] == "CUSTOM" else PRESETS[entry["preset"]]
+        log.append({"clientId": entry["rpcId"], "channel": entry["topic"], "replay": replay,
+                    "successful": entry.get("successful", False), "error": entry.get("error")})
+    return log
 
 
 async def last_event_ids(ops: httpx.AsyncClient) -> dict[str, int]:
@@ -195,8 +208,12 @@ def read_outbox(path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
     conn = sqlite3.connect(str(path), timeout=30)
     try:
         conn.row_factory = sqlite3.Row
-        replay = {str(r["channel"]): int(r["replay_id"]) for r in conn.execute("SELECT channel, replay_id FROM replay")}
+        replay = {str(r["channel"]): replay_position(r["replay_id"] if r["replay_id"] is not None
+                                                     else r["pubsub_replay_id"])
+                  for r in conn.execute("SELECT channel, replay_id, pubsub_replay_id FROM replay")}
         jobs = [dict(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
+        for job in jobs:  # a Pub/Sub job records its replay id as `0x…`: its bus position, as CometD's
+            job["replay_id"] = None if job["replay_id"] is None else replay_position(job["replay_id"])
         return replay, jobs
     finally:
         conn.close()
@@ -226,8 +243,9 @@ async def settle(daemon: Daemon, ops: httpx.AsyncClient, control: ControlClient,
         while True:
             await asyncio.sleep(0.2)  # write-backs of the worker are change events too: let them land
             latest = await last_event_ids(ops)
-            if all(daemon.outbox.committed_replay_id(c) == latest.get(c) for c in CHANNELS):
-                return {c: r for c in CHANNELS if (r := daemon.outbox.committed_replay_id(c)) is not None}
+            committed = {c: replay_position(r) for c in CHANNELS if (r := daemon.outbox.committed_replay_id(c))}
+            if all(committed.get(c) == latest.get(c) for c in CHANNELS):
+                return committed
 
 
 def resubscribes(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,6 +303,7 @@ def assert_silent(logs: Logs, health: list[bool]) -> None:
 # ------------------------------------------------------------------------------------------ S1 - S3
 
 
+@both_transports
 async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_after_the_outbox_commit(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
 ) -> None:
@@ -309,12 +328,12 @@ async def test_s1_cdc_and_platform_events_arrive_and_replay_ids_are_stored_only_
             await control.publish("Sign_Request__e", {"RecordId__c": probes[1]}, user=REP)
             await until(lambda: _true(received(daemon)[PE] > counted[PE]))
             await asyncio.sleep(0.5)  # give a premature advance time to show (the commit is blocked anyway)
-            cached_while_locked = daemon.outbox.committed_replay_id(PE)
+            cached_while_locked = replay_position(daemon.outbox.committed_replay_id(PE))
             on_file_while_locked = await asyncio.to_thread(lock.replay_id, PE)
         finally:
             await asyncio.to_thread(lock.release)
         job = await wait_for_job(settings, probes[1], "event")
-        cached_after = daemon.outbox.committed_replay_id(PE)
+        cached_after = replay_position(daemon.outbox.committed_replay_id(PE))
         await settle(daemon, ops, control, [probes[0], probes[1]])
         await assert_each_delivered_once_after(ops, daemon, {c: before.get(c, 0) for c in CHANNELS})
     on_file, jobs = await outbox_file(settings)
@@ -340,8 +359,9 @@ class OutboxLock:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def replay_id(self, channel: str) -> int | None:
-        row = self._conn.execute("SELECT replay_id FROM replay WHERE channel = ?", (channel,)).fetchone()
-        return None if row is None else int(row[0])
+        row = self._conn.execute("SELECT replay_id, pubsub_replay_id FROM replay WHERE channel = ?",
+                                 (channel,)).fetchone()
+        return None if row is None else replay_position(row[0] if row[0] is not None else row[1])
 
     def release(self) -> None:
         self._conn.execute("ROLLBACK")
@@ -362,6 +382,7 @@ async def daemon_process(settings: Settings, ops: httpx.AsyncClient, work: Path)
         "SFSIGN_USERNAME": settings.username, "SFSIGN_PRIVATE_KEY_FILE": str(settings.private_key_file),
         "SFSIGN_CA_BUNDLE": str(settings.ca_bundle), "SFSIGN_DATA_DIR": str(settings.data_dir),
         "SFSIGN_RULES_FILE": str(settings.rules_file), "SFSIGN_OPS_PORT": "0",
+        "SFSIGN_TRANSPORT": settings.transport, "SFSIGN_PUBSUB_URL": settings.pubsub_url,
         "SFSIGN_SECRETS_DIR": str(work / "no-secrets"),
         "SFSIGN_CPU_WORKERS": "1", "SFSIGN_LOG_LEVEL": "INFO", "SFSIGN_LOG_FORMAT": "json",
     })
@@ -383,6 +404,7 @@ async def daemon_process(settings: Settings, ops: httpx.AsyncClient, work: Path)
         await proc.wait()
 
 
+@both_transports
 async def test_s2_restart_after_a_crash_resumes_from_the_stored_ids_and_nothing_arrives_twice(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, tmp_path: Path,
@@ -414,6 +436,7 @@ async def test_s2_restart_after_a_crash_resumes_from_the_stored_ids_and_nothing_
     assert [j["transaction_id"] for j in jobs[: len(jobs_before)]] == [j["transaction_id"] for j in jobs_before]
 
 
+@both_transports
 async def test_s2_a_channel_that_had_no_event_yet_still_gets_what_was_published_while_away(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
 ) -> None:
@@ -434,6 +457,7 @@ async def test_s2_a_channel_that_had_no_event_yet_still_gets_what_was_published_
     assert quote in {j["record_id"] for j in jobs}, "the quote approved while the daemon was down was never signed"
 
 
+@both_transports
 async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redelivered_after_restart(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     logs: Logs,
@@ -449,7 +473,8 @@ async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redel
         gap = (await control.post("/_control/streaming/gap", {"entity": "Opportunity", "recordIds": [gap_opp]}))
 
         async def retried_twice() -> bool:
-            return len([e for e in logs if "max_attempts" in e and e.get("replay_id") == gap["replayId"]]) >= 2
+            tries = [e for e in logs if "max_attempts" in e and replay_position(e.get("replay_id")) == gap["replayId"]]
+            return len(tries) >= 2
 
         await until(retried_twice)
         assert daemon.outbox.committed_replay_id(OPP_CDC) is not None
@@ -500,6 +525,7 @@ async def test_s4_unknown_client_rehandshakes_and_resubscribes_from_the_stored_i
     assert_silent(logs, health)
 
 
+@both_transports
 async def test_s5_server_killed_and_restarted_reconnects_with_backoff_and_replays_what_was_published(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
@@ -563,6 +589,7 @@ async def test_s6_tcp_connection_cut_mid_long_poll_loses_nothing_and_raises_no_a
     assert still_subscribed
 
 
+@both_transports
 async def test_s7_server_unreachable_gives_one_disconnected_signal_capped_backoff_and_recovery_with_replay(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
@@ -644,13 +671,15 @@ async def test_s8_s9_revoked_token_reauthenticates_once_and_resubscribes_from_th
 # ----------------------------------------------------------------------------------------- S10 - S12
 
 
+@both_transports
 async def test_s10_stored_id_outside_retention_at_start_subscribes_new_events_and_reconciles(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
 ) -> None:
     await control.update("Opportunity", probes[1], {"Description": "seen by an earlier run"}, user=REP)
     old = (await last_event_ids(ops))[OPP_CDC]
     store = await asyncio.to_thread(OutboxStore, settings.data_dir / "outbox.sqlite")
-    await asyncio.to_thread(store.commit_event, OPP_CDC, old, [])  # what an earlier run left in the outbox
+    left = old if settings.transport == "cometd" else encode_replay_id(old)  # the emulator's Pub/Sub id of it
+    await asyncio.to_thread(store.commit_event, OPP_CDC, left, [])  # what an earlier run left in the outbox
     await asyncio.to_thread(store.close)
     await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)  # missed
     assert (await control.post("/_control/streaming/purge", {}))["purged"] >= 2  # both fell out of retention
@@ -664,11 +693,13 @@ async def test_s10_stored_id_outside_retention_at_start_subscribes_new_events_an
 
     opp_log = [e for e in log if e["channel"] == OPP_CDC]
     assert (opp_log[0]["replay"], opp_log[0]["successful"]) == (old, False)
-    assert "you provided was invalid" in opp_log[0]["error"]
+    refusal = "you provided was invalid" if settings.transport == "cometd" else "replayid.corrupted"
+    assert refusal in opp_log[0]["error"]
     assert (opp_log[1]["replay"], opp_log[1]["successful"]) == (-1, True)
     assert missed["replay_id"] is None and probe["replay_id"] <= stored[OPP_CDC]
 
 
+@both_transports
 async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_new_events_and_reconciliation(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
@@ -687,6 +718,13 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
 
         await on_emulator(emulator, outage_past_retention)
         missed = await wait_for_job(settings, probes[2], "reconcile")
+
+        async def subscribed_afresh() -> bool:  # the reconciliation can finish before the new subscription
+            opp = [e for e in await subscribe_log(ops) if e["channel"] == OPP_CDC]
+            refused = [i for i, e in enumerate(opp) if e["replay"] == stored[OPP_CDC] and not e.get("successful")]
+            return bool(refused) and any(e["replay"] == -1 and e.get("successful") for e in opp[refused[0]:])
+
+        await until(subscribed_afresh)  # a change made before it would be found by the gap's reconciliation
         await control.update("Opportunity", probes[3], {"StageName": PROPOSAL}, user=REP)
         await wait_for_job(settings, probes[3], "cdc")
         log = await subscribe_log(ops)
@@ -700,7 +738,8 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
     assert {e["channel"] for e in stream_events(logs, "replay_id_invalid")} == {OPP_CDC, PE}
     refused = [e for e in logs if e["log_level"] == "error" and {"channel", "replay_id"} <= e.keys()]
     assert {e["channel"] for e in refused} == {OPP_CDC, PE}  # loudly: the operator sees an error per channel
-    assert any(set(c["subscriptions"]) == set(CHANNELS) for c in clients), clients  # no subscription dropped
+    if settings.transport == "cometd":  # one Bayeux client holds them all (Pub/Sub: a stream per channel)
+        assert any(set(c["subscriptions"]) == set(CHANNELS) for c in clients), clients  # none dropped
 
 
 async def test_s12_half_open_long_poll_is_abandoned_after_advice_timeout_plus_margin_and_nothing_is_lost(
