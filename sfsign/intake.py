@@ -31,7 +31,7 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.config import Rules
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import AuditEvent, NewJob, Outbox, OutboxStore
+from sfsign.outbox import AuditEvent, CommitResult, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
@@ -303,25 +303,32 @@ class Intake:
             await self.reconciler.request(decision.reconcile)
         for request in decision.envelope_requests:
             await self._envelope_request(request, decision)
-        jobs, told = await self._tell_already_signed(decision.jobs)
-        if not jobs and not decision.refused and not told and not decision.reconcile and \
-                not decision.envelope_requests:
-            await self.outbox.pass_event(event.channel, event.replay_id)
-            for why in decision.ignored:
-                log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
-            return
-        result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
-        for job in result.created:
+        result = await self._commit(event, decision)
+        for job in result.created if result is not None else ():
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
                      source=job.source)
-        for dup, why in result.duplicates:
+        for dup, why in result.duplicates if result is not None else ():
             log.info("duplicate trigger ignored", transaction_id=dup.transaction_id, record_id=dup.record_id,
                      reason=why)
         for why in decision.ignored:
             log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
-        if result.created:
+        if result is not None and result.created:
             self.wake()
+
+    async def _commit(self, event: ChangeEvent | PlatformEvent, decision: Decision) -> CommitResult | None:
+        """Commit what the event asks for with its replay id (None: it asks for nothing). The usual trigger is
+        looked at and committed in one outbox call; a record signed already is told so first."""
+        if decision.jobs and (result := await self.outbox.commit_unless_signed(
+                event.channel, event.replay_id, decision.jobs, decision.refused,
+                check=[job for job in decision.jobs if job.source not in REISSUE_SOURCES])) is not None:
+            return result
+        jobs, told = await self._tell_already_signed(decision.jobs)
+        if not jobs and not decision.refused and not told and not decision.reconcile and \
+                not decision.envelope_requests:
+            await self.outbox.pass_event(event.channel, event.replay_id)
+            return None
+        return await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
 
     async def _decide(self, event: ChangeEvent | PlatformEvent | Any) -> Decision | None:
         """What the rules make of a parsed event; None for an event no rule is about."""
@@ -483,8 +490,6 @@ def _shown(replay_id: Any) -> Any:
 def _event_label(message: dict[str, Any]) -> str:
     """`<channel> replay id <n>` of a raw message, for /readyz."""
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
-
-
 
 
 def _channel_object(channel: str) -> str | None:
