@@ -31,6 +31,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from sfsign.aio import Wakeup
+
 log = structlog.get_logger("sfsign.batching")
 
 T = TypeVar("T")
@@ -68,10 +70,7 @@ class Batcher(Generic[T, R]):
         self._settle_s = settle_s or (lambda: 0.0)
         self._split_on = split_on or (lambda _exc: False)
         self._queue: list[_Waiting[T, R]] = []
-        # Set by `poke` while `run` sleeps. A future, not an Event waited on with `wait_any`: every step of
-        # every job pokes the three batchers, and two waiter tasks per wake-up cost more daemon CPU than
-        # the decision they lead to.
-        self._wakeup: asyncio.Future[None] | None = None
+        self._changed = Wakeup()  # every step of every job pokes the three batchers: a cheap wake-up
         self.calls = 0  # handler calls made: what the API budget pays for
         self.items = 0
 
@@ -83,7 +82,7 @@ class Batcher(Generic[T, R]):
         """Queue `item` and wait for its own result (or exception)."""
         entry: _Waiting[T, R] = _Waiting(item, asyncio.get_running_loop().create_future())
         self._queue.append(entry)
-        self.poke()
+        self._changed.set()
         try:
             return await entry.future
         except asyncio.CancelledError:
@@ -93,7 +92,7 @@ class Batcher(Generic[T, R]):
 
     def poke(self) -> None:
         """Something upstream changed (a job finished or failed): re-check whether to send now."""
-        _wake(self._wakeup)
+        self._changed.set()
 
     def _due_in(self) -> float:
         """Seconds until the batch should go (0: now)."""
@@ -108,13 +107,13 @@ class Batcher(Generic[T, R]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send batches until `stop`; one handler call at a time per batcher (bounded memory and calls)."""
-        stopping = asyncio.ensure_future(stop.wait())
-        stopping.add_done_callback(lambda _: self.poke())
+        stopping = self._changed.follow(stop)
         try:
             while not stop.is_set():
+                self._changed.clear()
                 due = self._due_in()
                 if due > 0:
-                    await self._sleep(due)
+                    await self._changed.wait(None if due == float("inf") else due)
                     continue
                 batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size:]
                 batch = [entry for entry in batch if not entry.future.done()]
@@ -123,18 +122,6 @@ class Batcher(Generic[T, R]):
         finally:
             stopping.cancel()
             await asyncio.gather(stopping, return_exceptions=True)
-
-    async def _sleep(self, due: float) -> None:
-        """Until `poke` (an item, a change upstream, the stop) or `due` seconds pass."""
-        loop = asyncio.get_running_loop()
-        self._wakeup = wakeup = loop.create_future()
-        timer = None if due == float("inf") else loop.call_later(due, _wake, wakeup)
-        try:
-            await wakeup
-        finally:
-            self._wakeup = None
-            if timer is not None:
-                timer.cancel()
 
     async def _send(self, batch: list[_Waiting[T, R]]) -> None:
         self.items += len(batch)
@@ -179,7 +166,3 @@ class Batcher(Generic[T, R]):
             raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(items)} items")
         return results
 
-
-def _wake(wakeup: asyncio.Future[None] | None) -> None:
-    if wakeup is not None and not wakeup.done():
-        wakeup.set_result(None)
