@@ -48,6 +48,7 @@ from sfsign.triggers import (
     decide_change,
     decide_current_state,
     decide_sign_request,
+    quiet_update,
     reissue_rule,
 )
 
@@ -287,6 +288,11 @@ class Intake:
         self.health.last_event_at = time.time()
         channel = str(message.get("channel", ""))
         self.metrics.events_received.labels(channel).inc()
+        if (quiet := quiet_update(message, self.rules())) is not None:  # asks for nothing: nothing to build
+            if quiet.commit_timestamp_ms is not None:
+                self.health.last_event_commit[quiet.channel] = quiet.commit_timestamp_ms / 1000
+            await self.outbox.pass_event(quiet.channel, quiet.replay_id)
+            return
         try:
             event = parse_event(message)
             committed = _commit_time(event)
@@ -304,30 +310,28 @@ class Intake:
         for request in decision.envelope_requests:
             await self._envelope_request(request, decision)
         result = await self._commit(event, decision)
-        for job in result.created if result is not None else ():
+        for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
                      source=job.source)
-        for dup, why in result.duplicates if result is not None else ():
+        for dup, why in result.duplicates:
             log.info("duplicate trigger ignored", transaction_id=dup.transaction_id, record_id=dup.record_id,
                      reason=why)
         for why in decision.ignored:
             log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
-        if result is not None and result.created:
+        if result.created:
             self.wake()
 
-    async def _commit(self, event: ChangeEvent | PlatformEvent, decision: Decision) -> CommitResult | None:
-        """Commit what the event asks for with its replay id (None: it asks for nothing). The usual trigger is
-        looked at and committed in one outbox call; a record signed already is told so first."""
+    async def _commit(self, event: ChangeEvent | PlatformEvent, decision: Decision) -> CommitResult:
+        """Commit what the event asks for with its replay id; the usual trigger in one look-and-commit call."""
         if decision.jobs and (result := await self.outbox.commit_unless_signed(
                 event.channel, event.replay_id, decision.jobs, decision.refused,
                 check=[job for job in decision.jobs if job.source not in REISSUE_SOURCES])) is not None:
             return result
         jobs, told = await self._tell_already_signed(decision.jobs)
-        if not jobs and not decision.refused and not told and not decision.reconcile and \
-                not decision.envelope_requests:
-            await self.outbox.pass_event(event.channel, event.replay_id)
-            return None
+        if not (jobs or told or decision.refused or decision.reconcile or decision.envelope_requests):
+            await self.outbox.pass_event(event.channel, event.replay_id)  # it asks for nothing
+            return CommitResult([], [])
         return await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
 
     async def _decide(self, event: ChangeEvent | PlatformEvent | Any) -> Decision | None:
