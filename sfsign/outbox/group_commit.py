@@ -1,5 +1,5 @@
-"""Group commit: the outbox calls that queue up while the outbox thread is busy (or within one turn of the
-event loop) go to that thread as one hand-off and share one SQLite transaction.
+"""Group commit: the outbox calls made within one turn of the event loop go to the outbox thread as one
+hand-off and share one SQLite transaction.
 
 In a burst, a batched Salesforce call returns for a hundred jobs at once and each job then writes its step
 (`mark_uploaded`, `mark_done`, …): one executor hand-off and one `BEGIN IMMEDIATE … COMMIT` each cost more
@@ -75,21 +75,21 @@ def _rolled_back(outcomes: list[Outcome]) -> BaseException:
 
 
 class GroupCommit(Generic[S]):
-    """The event loop's side: queue a call, hand queued calls to the thread as one group, at most one group
-    in flight (calls made meanwhile form the next group)."""
+    """The event loop's side: queue a call; on the next turn of the loop the calls queued by then go to the
+    thread as one group. Groups are not held back while another runs: the thread takes them in order, and
+    holding them left it idle while the busy loop came round to send the next one (a burst ran slower)."""
 
     def __init__(self, executor: Executor, run: Callable[[list[Callable[[S], Any]]], list[Outcome]]) -> None:
         self._executor = executor
         self._run = run
         self._queued: list[tuple[Callable[[S], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
-        self._in_flight = False
 
     async def call(self, fn: Callable[[S], T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queued.append((fn, future))
-        if not self._scheduled and not self._in_flight:
+        if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._send)  # next turn: the calls made in this one go together
         return await future
@@ -100,12 +100,10 @@ class GroupCommit(Generic[S]):
         self._queued = []
         if not group:
             return
-        self._in_flight = True
         loop = asyncio.get_running_loop()
         try:
             done = self._executor.submit(self._run, [fn for fn, _ in group])
         except Exception as exc:  # the executor is shut down
-            self._in_flight = False
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)
@@ -114,7 +112,6 @@ class GroupCommit(Generic[S]):
 
     def _deliver(self, group: list[tuple[Callable[[S], Any], asyncio.Future[Any]]],
                  finished: ThreadFuture[list[Outcome]]) -> None:
-        self._in_flight = False
         try:
             outcomes = finished.result()
         except BaseException as exc:
@@ -126,5 +123,3 @@ class GroupCommit(Generic[S]):
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        if self._queued and not self._scheduled:
-            self._send()
