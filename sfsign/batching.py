@@ -91,10 +91,8 @@ class Batcher(Generic[T, R]):
             raise
 
     def poke(self) -> None:
-        """Something upstream changed (a job finished or failed): re-check whether to send now. With nothing
-        queued there is nothing to re-check (the next `submit` wakes the batcher): no wake-up."""
-        if self._queue:
-            self._changed.set()
+        """Something upstream changed (a job finished or failed): re-check whether to send now."""
+        self._changed.set()
 
     def _due_in(self) -> float:
         """Seconds until the batch should go (0: now)."""
