@@ -34,7 +34,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from sfsign.aio import wait_any
+from sfsign.aio import Wakeup
 
 log = structlog.get_logger("sfsign.batching")
 
@@ -75,7 +75,7 @@ class Batcher(Generic[T, R]):
         self._split_on = split_on or (lambda _exc: False)
         self._early = early or (lambda _size, _waiting_for: None)
         self._queue: list[_Waiting[T, R]] = []
-        self._changed = asyncio.Event()
+        self._changed = Wakeup()  # every step of every job pokes the three batchers: a cheap wake-up
         self.calls = 0  # handler calls made: what the API budget pays for
         self.items = 0
 
@@ -116,16 +116,21 @@ class Batcher(Generic[T, R]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send batches until `stop`; one handler call at a time per batcher (bounded memory and calls)."""
-        while not stop.is_set():
-            self._changed.clear()
-            due = self._due_in()
-            if due > 0:
-                await wait_any(self._changed, stop, within_s=None if due == float("inf") else due)
-                continue
-            batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size:]
-            batch = [entry for entry in batch if not entry.future.done()]
-            if batch:
-                await self._send(batch)
+        stopping = self._changed.follow(stop)
+        try:
+            while not stop.is_set():
+                self._changed.clear()
+                due = self._due_in()
+                if due > 0:
+                    await self._changed.wait(None if due == float("inf") else due)
+                    continue
+                batch, self._queue = self._queue[: self.max_size], self._queue[self.max_size:]
+                batch = [entry for entry in batch if not entry.future.done()]
+                if batch:
+                    await self._send(batch)
+        finally:
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
 
     async def _send(self, batch: list[_Waiting[T, R]]) -> None:
         self.items += len(batch)
@@ -169,3 +174,4 @@ class Batcher(Generic[T, R]):
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(items)} items")
         return results
+

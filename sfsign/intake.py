@@ -31,7 +31,7 @@ import structlog
 from sfsign.aio import wait_any
 from sfsign.config import Rules
 from sfsign.ops.metrics import Metrics
-from sfsign.outbox import AuditEvent, NewJob, Outbox, OutboxStore
+from sfsign.outbox import AuditEvent, CommitResult, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
@@ -48,6 +48,7 @@ from sfsign.triggers import (
     decide_change,
     decide_current_state,
     decide_sign_request,
+    quiet_update,
     reissue_rule,
 )
 
@@ -287,6 +288,11 @@ class Intake:
         self.health.last_event_at = time.time()
         channel = str(message.get("channel", ""))
         self.metrics.events_received.labels(channel).inc()
+        if (quiet := quiet_update(message, self.rules())) is not None:  # asks for nothing: nothing to build
+            if quiet.commit_timestamp_ms is not None:
+                self.health.last_event_commit[quiet.channel] = quiet.commit_timestamp_ms / 1000
+            await self.outbox.pass_event(quiet.channel, quiet.replay_id)
+            return
         try:
             event = parse_event(message)
             committed = _commit_time(event)
@@ -303,14 +309,7 @@ class Intake:
             await self.reconciler.request(decision.reconcile)
         for request in decision.envelope_requests:
             await self._envelope_request(request, decision)
-        jobs, told = await self._tell_already_signed(decision.jobs)
-        if not jobs and not decision.refused and not told and not decision.reconcile and \
-                not decision.envelope_requests:
-            await self.outbox.pass_event(event.channel, event.replay_id)
-            for why in decision.ignored:
-                log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
-            return
-        result = await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
+        result = await self._commit(event, decision)
         for job in result.created:
             self.metrics.jobs_created.labels(job.rule, job.source).inc()
             log.info("job queued", transaction_id=job.transaction_id, record_id=job.record_id, rule=job.rule,
@@ -322,6 +321,18 @@ class Intake:
             log.warning("event not acted upon", channel=channel, replay_id=_shown(event.replay_id), reason=why)
         if result.created:
             self.wake()
+
+    async def _commit(self, event: ChangeEvent | PlatformEvent, decision: Decision) -> CommitResult:
+        """Commit what the event asks for with its replay id; the usual trigger in one look-and-commit call."""
+        if decision.jobs and (result := await self.outbox.commit_unless_signed(
+                event.channel, event.replay_id, decision.jobs, decision.refused,
+                check=[job for job in decision.jobs if job.source not in REISSUE_SOURCES])) is not None:
+            return result
+        jobs, told = await self._tell_already_signed(decision.jobs)
+        if not (jobs or told or decision.refused or decision.reconcile or decision.envelope_requests):
+            await self.outbox.pass_event(event.channel, event.replay_id)  # it asks for nothing
+            return CommitResult([], [])
+        return await self.outbox.commit_event(event.channel, event.replay_id, jobs, [*decision.refused, *told])
 
     async def _decide(self, event: ChangeEvent | PlatformEvent | Any) -> Decision | None:
         """What the rules make of a parsed event; None for an event no rule is about."""
@@ -483,8 +494,6 @@ def _shown(replay_id: Any) -> Any:
 def _event_label(message: dict[str, Any]) -> str:
     """`<channel> replay id <n>` of a raw message, for /readyz."""
     return f"{message.get('channel')} replay id {_replay_id_of(message)}"
-
-
 
 
 def _channel_object(channel: str) -> str | None:

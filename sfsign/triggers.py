@@ -11,11 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sfsign.config import RuleConfig, Rules
 from sfsign.outbox import REISSUE_SOURCE, AuditEvent, NewJob
 from sfsign.record_types import EVENT_ANY_RULE_SOURCE, EVENT_SOURCE, REISSUE_ANY_RULE_SOURCE
-from sfsign.salesforce.events import ChangeEvent, PlatformEvent, replay_label
+from sfsign.salesforce.events import ChangeEvent, PlatformEvent, UpdateHeader, replay_label, update_header
 from sfsign.salesforce.ids import InvalidId, canonical_id
 from sfsign.salesforce.names import (
     ACTION_REISSUE,
@@ -69,6 +70,19 @@ class Decision:
     ignored: list[str] = field(default_factory=list)  # why parts of the event were not acted upon
     refused: list[AuditEvent] = field(default_factory=list)  # requests refused, for the record's audit trail
     envelope_requests: list[EnvelopeRequest] = field(default_factory=list)  # Void, Resend
+
+
+def quiet_update(message: Any, rules: Rules) -> UpdateHeader | None:
+    """The header of a CDC update that changed no field a rule of its object watches (sfsign's own write-backs,
+    two of every three events in a burst): it fires nothing and needs no word in the log, so intake saves its
+    position (`Outbox.pass_event`) without building the event. None for every other message."""
+    header = update_header(message)
+    if header is None:
+        return None
+    object_rules = rules.for_object(header.entity)
+    if not object_rules or any(rule.field in header.changed_fields for rule in object_rules):
+        return None  # no rule (logged as such), or one may fire: `decide_change` decides
+    return header
 
 
 def _fires(rule: RuleConfig, event: ChangeEvent) -> bool:

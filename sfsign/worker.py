@@ -35,7 +35,7 @@ from functools import partial
 
 import structlog
 
-from sfsign.aio import wait_any
+from sfsign.aio import Wakeup
 from sfsign.artifacts import Artifacts
 from sfsign.config import Rules
 from sfsign.envelope_steps import EnvelopeSteps
@@ -78,7 +78,7 @@ class Worker:
         self.rules = rules
         self.config = config
         self.metrics = metrics or Metrics()
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._claimed: dict[int, Job] = {}  # each running job as it was claimed
         self.gateway = SalesforceGateway(
@@ -136,6 +136,14 @@ class Worker:
         if self._announcer is None:
             self._announcer = asyncio.create_task(self.pending.run(stop, self.config.poll_interval_s),
                                                   name="pending-announcer")
+        stopping = self._wake.follow(stop)
+        try:
+            await self._dispatch(stop)
+        finally:
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
             free = self.config.concurrency - len(self._running)
@@ -152,7 +160,7 @@ class Worker:
                 if next_due is not None:
                     timeout = min(timeout, max(0.0, next_due - time.time()))
             if free <= 0 or timeout > 0:
-                await wait_any(stop, self._wake, within_s=max(timeout, 0.01))
+                await self._wake.wait(max(timeout, 0.01))
 
     async def _claim(self, free: int) -> int:
         """Claim up to `free` due jobs and start them, never one whose Pending write is in flight; return

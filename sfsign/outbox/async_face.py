@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import structlog
 
 from sfsign.outbox.envelope_face import EnvelopeFace, no_wake
+from sfsign.outbox.group_commit import GroupCommit, Outcome, run_together
 from sfsign.outbox.models import (
     AuditEvent,
     CommitResult,
@@ -48,6 +49,7 @@ class Outbox(EnvelopeFace):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfsign-outbox")
         self._store: OutboxStore | None = None
+        self._group: GroupCommit[OutboxStore] = GroupCommit(self._executor, self._together)
         self._replay: dict[str, ReplayId] = {}
         self._unsaved_replay: dict[str, ReplayId] = {}  # positions of events that asked for nothing (`pass_event`)
         self._replay_saver: asyncio.Task[None] | None = None
@@ -79,13 +81,19 @@ class Outbox(EnvelopeFace):
             raise RuntimeError("outbox is not open")
         return self._store
 
+    def _together(self, calls: list[Callable[[OutboxStore], Any]]) -> list[Outcome]:
+        store = self.store
+        return run_together(store.db.conn, store, calls)
+
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def call(self, fn: Callable[[OutboxStore], T]) -> T:
+        """`fn(store)` on the outbox thread; calls made together share one hand-off and one transaction
+        (`sfsign.outbox.group_commit`)."""
         store = self.store
         try:
-            return await self._run(lambda: fn(store))
+            return await self._group.call(fn)
         finally:
             if store.mails_queued != self._mails_seen:  # committed: the next call runs after it on the one thread
                 self._mails_seen = store.mails_queued
@@ -143,6 +151,20 @@ class Outbox(EnvelopeFace):
         result = await self.call(lambda s: s.commit_event(channel, replay_id, jobs, events))
         if channel is not None and replay_id is not None:
             self._replay[channel] = replay_id
+        return result
+
+    async def commit_unless_signed(
+        self, channel: str | None, replay_id: ReplayId | None, jobs: Iterable[NewJob], audit: Iterable[AuditEvent],
+        check: Iterable[NewJob],
+    ) -> CommitResult | None:
+        jobs, events, checked = list(jobs), list(audit), list(check)
+        unsaved = self._unsaved_replay.pop(channel, None) if channel is not None and replay_id is not None else None
+        result = await self.call(lambda s: s.commit_unless_signed(channel, replay_id, jobs, events, checked))
+        if channel is not None and replay_id is not None:
+            if result is not None:
+                self._replay[channel] = replay_id
+            elif unsaved is not None:
+                self._unsaved_replay.setdefault(channel, unsaved)  # nothing committed: it is still to be saved
         return result
 
     async def park_event(

@@ -27,8 +27,13 @@ class JobChanges:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """`BEGIN IMMEDIATE` (the writer lock up front, so a read-then-write never deadlocks) … COMMIT, or
-        ROLLBACK on anything, including a cancelled caller's KeyboardInterrupt."""
+        ROLLBACK on anything, including a cancelled caller's KeyboardInterrupt. Inside a transaction already
+        (the async face's group commit, `sfsign.outbox.group_commit`) it is a savepoint: all or nothing
+        still, committed with the group."""
         conn = self.db.conn
+        if conn.in_transaction:
+            yield from _savepoint(conn)
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -105,3 +110,16 @@ class JobChanges:
             (transaction_id, sobject, record_id, event_type, occurred or audit_time(), actor,
              (detail or "")[:LONG_TEXT_WRITE_MAX], status),
         )
+
+
+def _savepoint(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`JobChanges._transaction` nested in an open transaction."""
+    conn.execute("SAVEPOINT job_change")
+    try:
+        yield conn
+        conn.execute("RELEASE job_change")
+    except BaseException:
+        if conn.in_transaction:  # else SQLite rolled the whole transaction back already (disk full)
+            conn.execute("ROLLBACK TO job_change")
+            conn.execute("RELEASE job_change")
+        raise

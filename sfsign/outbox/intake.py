@@ -215,6 +215,18 @@ class IntakeStore(JobSteps):
         ).fetchone()
         return SignedDocument(sobject, record_id, rule, str(row[0]), row[1], row[2]) if row else None
 
+    def commit_unless_signed(
+        self, channel: str | None, replay_id: ReplayId | None, jobs: list[NewJob], audit: list[AuditEvent],
+        check: list[NewJob],
+    ) -> CommitResult | None:
+        """`commit_event`, unless a job of `check` is a new trigger for a record signed already
+        (`signed_unless_known`): then nothing is committed and None returned, for intake to tell the rep first.
+        The usual event (no such record) costs one call, not a look and then a commit."""
+        with self._transaction():
+            if any(self.signed_unless_known(job) is not None for job in check):
+                return None
+            return self.commit_event(channel, replay_id, jobs, audit)
+
     def signed_unless_known(self, job: NewJob) -> SignedDocument | None:
         """The record's signed document when `job` is a new trigger for it (not a replay of a known one, whose
         job row may be purged while the memory of its document is not)."""
