@@ -16,7 +16,6 @@ daemon drops a silent subscription after WATCHDOG_S (production: 300 s).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, MutableMapping
@@ -24,10 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import structlog
 from daemon_process import kill, start_run, subscribed
 from e2e_support import REP, cli_env, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
-from structlog.testing import LogCapture
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
@@ -77,18 +74,6 @@ def settings(settings: Settings) -> Settings:
     assert settings.transport == "pubsub"
     return settings.model_copy(update={"pubsub_keepalive_s": WATCHDOG_S, "stream_backoff_base_s": 0.25,
                                        "stream_backoff_cap_s": 2.0})
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 @pytest.fixture

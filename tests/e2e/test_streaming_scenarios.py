@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import os
 import signal
@@ -29,9 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import structlog
 from e2e_support import REP, both_transports, record_id, replay_position, run_daemon, wait_for_status
-from structlog.testing import LogCapture
 
 from sfsign.commands.demo import PASSPHRASE_ENV
 from sfsign.config import Rules, Settings
@@ -80,19 +77,6 @@ def settings(settings: Settings) -> Settings:
     """The e2e settings with CI stream timings (watchdog margin, backoff)."""
     return settings.model_copy(update={"stream_long_poll_margin_s": MARGIN_S, "stream_backoff_base_s": BACKOFF_BASE_S,
                                        "stream_backoff_cap_s": BACKOFF_CAP_S})
-
-
-@pytest.fixture
-def logs() -> Iterator[Logs]:
-    """Every structlog event (INFO and up), whatever an earlier test configured."""
-    previous = structlog.get_config()
-    capture = LogCapture()
-    structlog.configure(processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-                        cache_logger_on_first_use=False)
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**previous)
 
 
 @pytest.fixture
