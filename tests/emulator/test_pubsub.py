@@ -69,12 +69,15 @@ class Subscription:
         return response
 
     async def events(self, count: int) -> tuple[list[pb.ConsumerEvent], list[pb.FetchResponse]]:
+        """The next `count` events. Bounded as a whole: keepalives answer every `next`, so a missing event
+        would otherwise be waited for forever."""
         events: list[pb.ConsumerEvent] = []
         responses: list[pb.FetchResponse] = []
-        while len(events) < count:
-            response = await self.next()
-            responses.append(response)
-            events.extend(response.events)
+        async with asyncio.timeout(BOUND_S):
+            while len(events) < count:
+                response = await self.next()
+                responses.append(response)
+                events.extend(response.events)
         return events, responses
 
     async def error(self) -> grpc.aio.AioRpcError:
@@ -95,6 +98,16 @@ async def wait_for_streams(ctl: Any, count: int) -> list[dict[str, Any]]:
             return streams
         await asyncio.sleep(0.05)
     raise AssertionError(f"expected {count} open streams")
+
+
+async def wait_for_requested(ctl: Any, requested: int) -> None:
+    """Poll the control API until the one open stream has read requests for `requested` events in all."""
+    for _ in range(200):
+        streams = list((await ctl.get("/_control/pubsub/streams"))["streams"])
+        if streams and streams[0]["pendingNumRequested"] == requested:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected one stream with {requested} events requested")
 
 
 def replay_number(replay_id: bytes) -> int:
@@ -284,6 +297,7 @@ async def test_requested_events_add_up_to_at_most_100(stub: Any, auth: Any, ctl:
     sub = Subscription(stub, auth)
     await sub.fetch(topic_name=OPP, num_requested=80)
     await sub.fetch(num_requested=80)
+    await wait_for_requested(ctl, 100)  # both requests read (the second after the first set the start position)
     await ctl.touch(opp, 1)
     _, responses = await sub.events(1)
     assert responses[-1].pending_num_requested == 99
