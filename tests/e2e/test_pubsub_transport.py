@@ -169,8 +169,9 @@ async def retained(control: ControlClient) -> dict[str, list[int]]:
     return out
 
 
-async def settle(daemon: Daemon, control: ControlClient) -> dict[str, int]:
-    """Until every retained event of each channel is committed (write-backs are change events too)."""
+async def settle(daemon: Daemon, control: ControlClient) -> tuple[dict[str, int], dict[str, bytes]]:
+    """Until every retained event of each channel is committed (write-backs are change events too): the
+    newest bus position of each channel, and the opaque replay id committed for it."""
     async with asyncio.timeout(WAIT_S):
         while True:
             await asyncio.sleep(0.2)
@@ -178,7 +179,7 @@ async def settle(daemon: Daemon, control: ControlClient) -> dict[str, int]:
             newest = {c: ids[-1] for c, ids in (await retained(control)).items() if ids}
             committed = {c: r for c in CHANNELS if (r := daemon.outbox.committed_replay_id(c)) is not None}
             if {c: position(r) for c, r in committed.items()} == newest:
-                return newest
+                return newest, {c: r for c, r in committed.items() if isinstance(r, bytes)}
 
 
 def received(daemon: Daemon) -> dict[str, int]:
@@ -301,8 +302,7 @@ async def test_a_dropped_stream_resubscribes_after_the_stored_ids_and_loses_noth
         await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)
         await control.publish("Sign_Request__e", {"RecordId__c": probes[1]}, user=REP)
         await wait_for_job(daemon, probes[1], "event")
-        stored = await settle(daemon, control)
-        stored_raw = {c: daemon.outbox.committed_replay_id(c) for c in stored}
+        stored, stored_raw = await settle(daemon, control)
         counted = received(daemon)
         logs.clear()
 
@@ -320,7 +320,7 @@ async def test_a_dropped_stream_resubscribes_after_the_stored_ids_and_loses_noth
         readiness = ("ready: subscribed", "streaming disconnected; reconnecting")
         health = [e["event"] for e in logs if e["event"] in readiness]
 
-    assert subscriptions(logs) == resumed_from({c: r for c, r in stored_raw.items() if isinstance(r, bytes)})
+    assert subscriptions(logs) == resumed_from(stored_raw)
     # A routine recovery, as CometD's cut long poll: one "recovering" for the three streams, no outage.
     [recovering] = stream_events(logs, "recovering")
     assert "UNAVAILABLE [sfdc.platform.eventbus.grpc.service.unavailable]" in recovering["reason"]
@@ -336,8 +336,7 @@ async def test_a_half_open_stream_is_abandoned_by_the_keepalive_watchdog_and_not
     async with run_daemon(settings, rules) as daemon:
         await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)
         await wait_for_job(daemon, probes[0], "cdc")
-        stored = await settle(daemon, control)
-        stored_raw = {c: daemon.outbox.committed_replay_id(c) for c in stored}
+        stored, stored_raw = await settle(daemon, control)
         counted = received(daemon)
         logs.clear()
 
@@ -354,7 +353,7 @@ async def test_a_half_open_stream_is_abandoned_by_the_keepalive_watchdog_and_not
 
     [first, *_] = stream_events(logs, "recovering") + stream_events(logs, "failure")
     assert f"no FetchResponse for {WATCHDOG_S:.0f} s" in first["reason"]
-    expected = resumed_from({c: r for c, r in stored_raw.items() if isinstance(r, bytes)})
+    expected = resumed_from(stored_raw)
     resumed = subscriptions(logs)
     assert resumed and resumed == {c: expected[c] for c in resumed}  # each after its stored id, if it had one
 
@@ -371,8 +370,7 @@ async def test_a_revoked_token_reauthenticates_once_and_resubscribes_after_the_s
         await control.update("Opportunity", probes[0], {"StageName": PROPOSAL}, user=REP)
         await control.publish("Sign_Request__e", {"RecordId__c": probes[1]}, user=REP)
         await wait_for_job(daemon, probes[1], "event")
-        stored = await settle(daemon, control)
-        stored_raw = {c: daemon.outbox.committed_replay_id(c) for c in stored}
+        _, stored_raw = await settle(daemon, control)
         assert daemon.authenticator is not None
         logins = daemon.authenticator.logins
         logs.clear()
@@ -391,7 +389,7 @@ async def test_a_revoked_token_reauthenticates_once_and_resubscribes_after_the_s
     assert not stream_events(logs, "disconnected")
     auth = [e for e in stream_events(logs, "recovering") + stream_events(logs, "failure") if e["kind"] == "auth"]
     assert auth and all("UNAUTHENTICATED" in e["reason"] for e in auth), auth
-    assert subscriptions(logs) == resumed_from({c: r for c, r in stored_raw.items() if isinstance(r, bytes)})
+    assert subscriptions(logs) == resumed_from(stored_raw)
 
 
 async def test_an_undecodable_event_is_logged_parked_and_skipped(
