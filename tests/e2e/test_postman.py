@@ -50,6 +50,17 @@ class PostOffice:
         mails = await self.site.outbox.envelope_mails(self.site.envelope.id)
         return [m for m in mails if kind is None or m.kind is kind]
 
+    async def sent(self, kind: MailKind, within_s: float = 20.0) -> list[QueuedMail]:
+        """The rows of `kind` once every one is SENT: the relay holds a message before the postman commits
+        its row, so a test that read the row on arrival would race that commit."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            rows = await self.mails(kind)
+            if rows and all(m.state is MailState.SENT for m in rows):
+                return rows
+            assert asyncio.get_running_loop().time() < deadline, f"{kind} rows not all sent: {rows}"
+            await asyncio.sleep(0.05)
+
 
 def to(address: str) -> Callable[[StoredMail], bool]:
     return lambda mail: mail.recipients == [address]
@@ -91,7 +102,7 @@ async def test_invitation_link_and_code_reach_the_signer_and_work_on_the_listene
     async with post_office(tmp_path, run=True) as office, browser() as client:
         site = office.site
         invitation = await office.arrived(to(ANNA.email))
-        [row] = await office.mails(MailKind.INVITATION)
+        [row] = await office.sent(MailKind.INVITATION)
         assert invitation.message_id == row.message_id
         assert invitation.message["To"].addresses[0].addr_spec == ANNA.email
         assert invitation.message["Reply-To"].addresses[0].addr_spec == ABOUT.rep_email
@@ -108,7 +119,7 @@ async def test_invitation_link_and_code_reach_the_signer_and_work_on_the_listene
         code = code_mail.one_time_code
         assert code is not None and re.fullmatch(r"\d{6}", code)
         register_secret(code)
-        [code_row] = await office.mails(MailKind.CODE)
+        [code_row] = await office.sent(MailKind.CODE)
         assert code_mail.message_id == code_row.message_id and code_row.sealed is None  # forgotten once sent
         async with client.post(f"{link}/verify", data={"csrf": form, "code": code}, allow_redirects=False) as ok:
             assert ok.status == 303
@@ -121,6 +132,7 @@ async def test_invitation_link_and_code_reach_the_signer_and_work_on_the_listene
         # Her signature invites step 2 in the listener's transaction; the outbox wakes the loop.
         cara = await office.arrived(to(CARA.email))
         assert [u for u in cara.links if "/s/" in u] == [site.url + site.links["Cara"]]
+        assert len(await office.sent(MailKind.INVITATION)) == 2  # counted as the relay answered, before this
         assert office.metrics.mails_sent.labels("invitation")._value.get() == 2
         assert office.metrics.mails_sent.labels("code")._value.get() == 1
     _no_secrets_in(logs, code, *(v.removeprefix("/s/") for v in site.links.values()))
