@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sfsign.commands.demo import DEMO_RULES_TAIL, PASSPHRASE_ENV, demo_pki, demo_rules_text
+from sfsign.commands.demo import demo_pki
+from sfsign.commands.demo_rules import DEMO_RULES_TAIL, PASSPHRASE_ENV, demo_rules_text
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki

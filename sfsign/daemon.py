@@ -22,10 +22,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from enum import IntEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,6 +46,7 @@ from sfsign.ops.http import OpsServer, Readiness
 from sfsign.ops.metrics import CertificateExpiry, Metrics, ScrapeSources, take_snapshot
 from sfsign.ops.retention import purge_loop
 from sfsign.outbox import Outbox
+from sfsign.parts import Part, Stop, stop_parts
 from sfsign.private_files import private_dir
 from sfsign.profiles import preflight_profiles
 from sfsign.reconcile import Reconciler
@@ -69,29 +68,6 @@ log = structlog.get_logger("sfsign.daemon")
 T = TypeVar("T")
 
 OUTBOX_PROBE_TIMEOUT_S = 2.0
-
-
-class Stop(IntEnum):
-    """When a part stops: lower first; parts of one value stop together, in the reverse of their start order."""
-
-    NEW_WORK = 0  # intake and the loops that create or send work: cancelled at once, so no new job arrives
-    IN_FLIGHT = 1  # the worker: drained up to `shutdown_grace_s`, then cancelled
-
-
-@dataclass(frozen=True)
-class Part:
-    """One long-running part of the daemon, as the supervisor starts and stops it.
-
-    `run` is its entry point (a task named `name`); it should return only when the daemon stops, and an
-    exception from it stops the daemon. `drain` is awaited before the task is cancelled (let in-flight
-    work finish), `close` after (release what the part holds, such as the stream).
-    """
-
-    name: str
-    run: Callable[[], Coroutine[Any, Any, object]]
-    stop: Stop = Stop.NEW_WORK
-    drain: Callable[[], Awaitable[None]] | None = None
-    close: Callable[[], Awaitable[None]] | None = None
 
 
 class Daemon:
@@ -528,22 +504,3 @@ class Daemon:
                                 channels=missing)
             await self.certificate_watch.refresh(rules)
             return True
-
-
-async def stop_parts(running: list[tuple[Part, asyncio.Task[object]]]) -> None:
-    """Stop the parts in the order they declare: per `Stop` value, drain, cancel, then close each part
-    (in the reverse of the start order); wait for every task once all are cancelled."""
-    for when in sorted({part.stop for part, _ in running}):
-        stopping = [(part, task) for part, task in reversed(running) if part.stop == when]
-        for part, _ in stopping:
-            if part.drain is not None:
-                await part.drain()
-        for _, task in stopping:
-            task.cancel()
-        for part, _ in stopping:
-            if part.close is not None:
-                await part.close()
-    tasks = [task for _, task in running]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -141,62 +141,81 @@ def decide_sign_request(event: PlatformEvent, rules: Rules, org_id: str) -> Deci
     target = _record_of(event)
     if isinstance(target, str):
         return Decision(ignored=[target])
-    sobject, record_id = target
-    identity = event.event_uuid or f"replay:{event.channel}:{replay_label(event.replay_id)}"
-    requested_by = str(event.fields.get(SignRequest.REQUESTED_BY_ID) or event.created_by_id or "") or None
-    raw_reason = event.fields.get(SignRequest.REASON)
-    reason = raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None
-    action = event.fields.get(SignRequest.ACTION) or ACTION_SIGN
-
-    def refused_row(why: str) -> AuditEvent:
-        return AuditEvent(
-            transaction_id=transaction_id(org_id, sobject, record_id, "refused", f"pe:{identity}"),
-            sobject=sobject, record_id=record_id, event_type=AUDIT_REFUSED,
-            actor=requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
-        )
-
-    def refusal(why: str) -> Decision:
-        """Logged, and an audit event on the record, so whoever asked can see why nothing was signed."""
-        return Decision(ignored=[why], refused=[refused_row(why)])
-
-    if action not in SIGN_REQUEST_ACTIONS:
+    asked = _Asked.read(event, *target, org_id)
+    if asked.action not in SIGN_REQUEST_ACTIONS:
         known = ", ".join(repr(a) for a in SIGN_REQUEST_ACTIONS)
-        return refusal(f"{SignRequest.ACTION} {repr(action)[:60]} is not one of {known}")
-    wanted = event.fields.get(SignRequest.RULE)
-    named = wanted is not None and wanted != ""
-    if named:
-        rule = rules.by_name(wanted) if isinstance(wanted, str) else None
-        if rule is None or rule.object != sobject:
-            return refusal(f"{SignRequest.RULE} {repr(wanted)[:120]} is not a rule for {sobject} " + (
-                f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)"))
-    if action in ENVELOPE_ACTIONS:
-        if action == ACTION_VOID and reason is None:
-            return refusal(f"{ACTION_VOID} needs a reason in {SignRequest.REASON}: the signers are told why the "
-                           "document was withdrawn")
+        return asked.refusal(f"{SignRequest.ACTION} {repr(asked.action)[:60]} is not one of {known}")
+    rule = rules.by_name(asked.wanted) if isinstance(asked.wanted, str) and asked.named else None
+    if asked.named and (rule is None or rule.object != asked.sobject):
+        return asked.refusal(f"{SignRequest.RULE} {repr(asked.wanted)[:120]} is not a rule for {asked.sobject} " + (
+            f"(it is a rule for {rule.object})" if rule is not None else "(no rule has that name)"))
+    if asked.action in ENVELOPE_ACTIONS:
+        if asked.action == ACTION_VOID and asked.reason is None:
+            return asked.refusal(f"{ACTION_VOID} needs a reason in {SignRequest.REASON}: the signers are told why "
+                                 "the document was withdrawn")
         return Decision(envelope_requests=[EnvelopeRequest(
-            action=action, sobject=sobject, record_id=record_id, rule=str(wanted) if named else None, reason=reason,
-            requested_by=requested_by, request=f"pe:{identity}", refusal=refused_row(f"{action}: "))])
-    if named:
-        rule = rules.by_name(str(wanted))
-        assert rule is not None  # checked above
-    else:
-        candidates = rules.for_object(sobject)
+            action=asked.action, sobject=asked.sobject, record_id=asked.record_id,
+            rule=str(asked.wanted) if asked.named else None, reason=asked.reason, requested_by=asked.requested_by,
+            request=f"pe:{asked.identity}", refusal=asked.refused_row(f"{asked.action}: "))])
+    if rule is None:
+        candidates = rules.for_object(asked.sobject)
         if not candidates:
-            return Decision(ignored=[f"no rule for {sobject}"])
+            return Decision(ignored=[f"no rule for {asked.sobject}"])
         rule = candidates[0]
     created_ms = int(event.created_date.timestamp() * 1000) if event.created_date else None
     return Decision(jobs=[
         NewJob(
-            transaction_id=transaction_id(org_id, sobject, record_id, rule.name, f"pe:{identity}"),
+            transaction_id=transaction_id(org_id, asked.sobject, asked.record_id, rule.name, f"pe:{asked.identity}"),
             rule=rule.name,
-            sobject=sobject,
-            record_id=record_id,
-            source=_sign_request_source(action, named, rule),
+            sobject=asked.sobject,
+            record_id=asked.record_id,
+            source=_sign_request_source(asked.action, asked.named, rule),
             event_time_ms=created_ms,
-            requested_by=requested_by,
-            reason=reason,
+            requested_by=asked.requested_by,
+            reason=asked.reason,
         )
     ])
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What one `Sign_Request__e` asks, read once from its fields, and how to refuse it."""
+
+    org_id: str
+    sobject: str
+    record_id: str
+    identity: str  # the EventUuid, or the channel and replay id of an event without one
+    requested_by: str | None
+    reason: str | None
+    action: Any  # Action__c as sent (checked against SIGN_REQUEST_ACTIONS first)
+    wanted: Any  # Rule__c as sent
+
+    @classmethod
+    def read(cls, event: PlatformEvent, sobject: str, record_id: str, org_id: str) -> _Asked:
+        raw_reason = event.fields.get(SignRequest.REASON)
+        return cls(
+            org_id=org_id, sobject=sobject, record_id=record_id,
+            identity=event.event_uuid or f"replay:{event.channel}:{replay_label(event.replay_id)}",
+            requested_by=str(event.fields.get(SignRequest.REQUESTED_BY_ID) or event.created_by_id or "") or None,
+            reason=raw_reason.strip()[:REASON_LENGTH] or None if isinstance(raw_reason, str) else None,
+            action=event.fields.get(SignRequest.ACTION) or ACTION_SIGN,
+            wanted=event.fields.get(SignRequest.RULE),
+        )
+
+    @property
+    def named(self) -> bool:
+        return self.wanted is not None and self.wanted != ""
+
+    def refused_row(self, why: str) -> AuditEvent:
+        return AuditEvent(
+            transaction_id=transaction_id(self.org_id, self.sobject, self.record_id, "refused", f"pe:{self.identity}"),
+            sobject=self.sobject, record_id=self.record_id, event_type=AUDIT_REFUSED,
+            actor=self.requested_by or "sfsign", detail=f"{SignRequest.NAME} refused: {why}",
+        )
+
+    def refusal(self, why: str) -> Decision:
+        """Logged, and an audit event on the record, so whoever asked can see why nothing was signed."""
+        return Decision(ignored=[why], refused=[self.refused_row(why)])
 
 
 def _record_of(event: PlatformEvent) -> tuple[str, str] | str:

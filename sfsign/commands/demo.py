@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from sfsign.commands.demo_customer import DemoCustomer, completed_copy_sent, quote_contact, timeline
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.connections import SalesforceSession
 from sfsign.daemon import Daemon
@@ -51,8 +52,6 @@ from sfsign.salesforce.names import (
 
 log = structlog.get_logger("sfsign.demo")
 
-PASSPHRASE_ENV = "SFSIGN_DEMO_SIGNER_PASSPHRASE"
-
 # (object, seeded record name, acting rep, how the record gets to signature)
 SCENARIO: list[tuple[str, str, str, str]] = [
     ("Opportunity", "Acme Industries - Platform Renewal 2027", "marc.dubois@northwind.example", "stage"),
@@ -66,143 +65,6 @@ CUSTOMER_ROW = ("Quote", "Globex Enterprise Rollout - Proposal", "emily.carter@n
 _ENDED = (STATUS_ERROR, STATUS_REFUSED, STATUS_EXPIRED, STATUS_VOIDED)  # a record that will not be signed
 INTERACTIVE_WAIT_S = 900.0
 _STAGE_FOR = {"stage": "Proposal/Price Quote", "negotiation": "Negotiation/Review", "won": "Closed Won"}
-
-_SELLER = """\
-version: 1
-seller:
-  name: Northwind Cloud GmbH
-  street: Friedrichstrasse 68
-  postal_code: "10117"
-  city: Berlin
-  country: Germany
-  vat_id: DE 312 456 789
-  email: contracts@northwind.example
-  phone: +49 30 1234 5678
-"""
-
-# The tests' rules: one B-B profile, so most tests need no timestamp authority.
-RULES_TEMPLATE = _SELLER + """\
-signing_profiles:
-  company-seal:
-    key:
-      pkcs12: {p12}
-      passphrase_env: {passphrase_env}
-    level: B-B
-    trust_roots: [{root}]
-    appearance:
-      name: Northwind Cloud GmbH
-      reason: Offer approved and signed by Northwind Cloud GmbH
-      location: Berlin, Germany
-rules:
-  - name: opportunity-proposal
-    object: Opportunity
-    field: StageName
-    values: ["Proposal/Price Quote"]
-    template: proposal
-    profile: company-seal
-    file_name: "Proposal {{number}} {{date}}.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-      - Payment within 30 days of invoice date.
-  - name: quote-approved
-    object: Quote
-    field: Status
-    values: ["Approved"]
-    template: quote
-    profile: company-seal
-    file_name: "Quote {{number}} {{date}}.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-"""
-
-_PROFILE = """\
-  seal-{slug}:
-    key:
-      pkcs12: {p12}
-      passphrase_env: {passphrase_env}
-    level: {level}
-{tsa}    eidas_level: AES
-    trust_roots: [{root}]
-    appearance:
-      name: Northwind Cloud GmbH
-      reason: Offer approved and signed by Northwind Cloud GmbH
-      location: Berlin, Germany
-"""
-
-# The demo's rules: one profile per PAdES level, all with the same key and the local TSA.
-DEMO_RULES_TAIL = """\
-rules:
-  - name: opportunity-proposal
-    object: Opportunity
-    field: StageName
-    values: ["Proposal/Price Quote"]
-    template: proposal
-    profile: seal-b-lta
-    file_name: "Proposal {number} {date}.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-      - Payment within 30 days of invoice date.
-  - name: opportunity-negotiation
-    object: Opportunity
-    field: StageName
-    values: ["Negotiation/Review"]
-    template: proposal
-    profile: seal-b-lt
-    file_name: "Final offer {number} {date}.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-  - name: opportunity-won
-    object: Opportunity
-    field: StageName
-    values: ["Closed Won"]
-    template: order
-    profile: seal-b-b
-    file_name: "Order confirmation {number} {date}.pdf"
-  - name: quote-approved
-    object: Quote
-    field: Status
-    values: ["Approved"]
-    template: quote
-    profile: seal-b-t
-    file_name: "Quote {number} {date}.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-"""
-
-
-# The demo's sixth document: the customer signs it (issue 14). Only `sfsign demo` adds it: with signers, a
-# daemon needs a mail relay, which the tests that reuse the demo's rules do not all start.
-DEMO_CUSTOMER_RULE = """\
-  - name: quote-presented
-    object: Quote
-    field: Status
-    values: ["Presented"]
-    template: quote
-    profile: seal-b-lt
-    file_name: "Quote {number} {date} for signature.pdf"
-    terms:
-      - Prices are exclusive of VAT unless stated otherwise.
-    signers:
-      authentication: email_otp
-      steps:
-        - [{quote_contact: true}]
-"""
-
-
-def demo_rules_text(pki: DemoPki, tsa_url: str, *, customer: bool = False) -> str:
-    profiles = "".join(
-        _PROFILE.format(
-            slug=level.lower(),
-            p12=pki.signer_p12_path,
-            passphrase_env=PASSPHRASE_ENV,
-            level=level,
-            tsa="" if level == "B-B" else f"    tsa:\n      urls: [{tsa_url}]\n",
-            root=pki.root_cert_pem_path,
-        )
-        for level in ("B-B", "B-T", "B-LT", "B-LTA")
-    )
-    return _SELLER + "signing_profiles:\n" + profiles + DEMO_RULES_TAIL + (DEMO_CUSTOMER_RULE if customer else "")
-
 
 @dataclass
 class DemoRow:
@@ -335,28 +197,7 @@ async def run_scenario(
             signer = asyncio.create_task(_customer_signs(control, rows[-1], settings, interactive))
             if interactive:
                 timeout_s = max(timeout_s, INTERACTIVE_WAIT_S)
-        deadline = time.monotonic() + timeout_s
-        pending = list(rows)
-        while pending and time.monotonic() < deadline:
-            if runner.done():
-                _stopped(daemon, runner)
-            for row in list(pending):
-                record = await control.get(
-                    row.sobject, row.record_id,
-                    [Record.STATUS, Record.TRANSACTION_ID, Record.DOCUMENT_ID, Record.ERROR, Record.LEVEL],
-                )
-                status = record.get(Record.STATUS)
-                reached = record.get(Record.LEVEL) == targets[row.record_id] or bool(record.get(Record.ERROR))
-                if status in _ENDED or (status in (STATUS_SIGNED, STATUS_COMPLETED) and reached):
-                    row.status = str(record[Record.STATUS])
-                    row.level = str(record.get(Record.LEVEL) or "")
-                    row.transaction_id = str(record.get(Record.TRANSACTION_ID) or "")
-                    row.document_id = str(record.get(Record.DOCUMENT_ID) or "")
-                    row.error = str(record.get(Record.ERROR) or "")
-                    pending.remove(row)
-            await asyncio.sleep(0.1)
-        for row in pending:
-            row.status = "Timeout"
+        await _wait_for_rows(control, daemon, runner, rows, targets, time.monotonic() + timeout_s)
         if signer is not None:
             signer.cancel()  # a customer still waiting at the timeout (done: no effect)
             [problem] = await asyncio.gather(signer, return_exceptions=True)
@@ -372,6 +213,33 @@ async def run_scenario(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner, 60)
     return rows
+
+
+async def _wait_for_rows(control: ControlClient, daemon: Daemon, runner: asyncio.Task[None], rows: list[DemoRow],
+                         targets: dict[str, str], deadline: float) -> None:
+    """Poll each record until it ended (signed at its profile's level, or a status that will not change)
+    or the deadline passed (`Timeout`), filling in what the record shows."""
+    pending = list(rows)
+    while pending and time.monotonic() < deadline:
+        if runner.done():
+            _stopped(daemon, runner)
+        for row in list(pending):
+            record = await control.get(
+                row.sobject, row.record_id,
+                [Record.STATUS, Record.TRANSACTION_ID, Record.DOCUMENT_ID, Record.ERROR, Record.LEVEL],
+            )
+            status = record.get(Record.STATUS)
+            reached = record.get(Record.LEVEL) == targets[row.record_id] or bool(record.get(Record.ERROR))
+            if status in _ENDED or (status in (STATUS_SIGNED, STATUS_COMPLETED) and reached):
+                row.status = str(record[Record.STATUS])
+                row.level = str(record.get(Record.LEVEL) or "")
+                row.transaction_id = str(record.get(Record.TRANSACTION_ID) or "")
+                row.document_id = str(record.get(Record.DOCUMENT_ID) or "")
+                row.error = str(record.get(Record.ERROR) or "")
+                pending.remove(row)
+        await asyncio.sleep(0.1)
+    for row in pending:
+        row.status = "Timeout"
 
 
 async def _customer_signs(control: ControlClient, row: DemoRow, settings: Settings, interactive: bool) -> None:

@@ -30,7 +30,8 @@ from typing import IO, Any
 
 import chaos_diagnostics
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
+from sfsign.commands.demo import daemon_settings
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import load_rules
 from sfsign.connections import auth_config
 from sfsign.emulator.control_client import ControlClient

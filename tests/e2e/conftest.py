@@ -15,7 +15,8 @@ import structlog
 from secret_scan import register_secret
 from structlog.testing import LogCapture
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE, daemon_settings
+from sfsign.commands.demo import daemon_settings
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
 from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient

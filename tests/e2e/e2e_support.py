@@ -124,7 +124,7 @@ def pdfsig_required() -> bool:
 
 def cli_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment ops would give `sfsign` to run like `settings` (SFSIGN_* variables)."""
-    from sfsign.commands.demo import PASSPHRASE_ENV
+    from sfsign.commands.demo_rules import PASSPHRASE_ENV
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFSIGN_") or k == PASSPHRASE_ENV}
     env.update({

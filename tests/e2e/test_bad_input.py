@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from e2e_support import REP, both_transports, record_id, replay_position, run_cli, run_daemon, wait_for_status
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient

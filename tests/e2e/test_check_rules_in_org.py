@@ -8,7 +8,7 @@ from pathlib import Path
 
 from e2e_support import run_cli
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Settings, load_rules
 from sfsign.localpki.pki import DemoPki
 

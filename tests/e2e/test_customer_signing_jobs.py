@@ -23,8 +23,9 @@ import pytest
 from e2e_support import REP, pdfsig_required, record_id, run_daemon, wait_for_status
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, daemon_settings, demo_rules_text
+from sfsign.commands.demo import MAILBOX, daemon_settings
 from sfsign.commands.demo_customer import DemoCustomer
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
 from sfsign.documents.completion_check import check_completed, pdfsig_results

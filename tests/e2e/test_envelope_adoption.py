@@ -22,7 +22,8 @@ import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 
 from sfsign.adoption import NO_CERTIFICATE, SEALED_ONLY
-from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, daemon_settings, demo_rules_text
+from sfsign.commands.demo import MAILBOX, daemon_settings
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient

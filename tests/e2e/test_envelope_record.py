@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from e2e_support import record_id
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.emulator.control_client import ControlClient
 from sfsign.envelope_due import EnvelopeDue

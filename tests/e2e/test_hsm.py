@@ -19,7 +19,7 @@ import pytest
 from e2e_support import REP, cli_env, pdfsig_required, record_id
 from secret_scan import register_secret
 
-from sfsign.commands.demo import RULES_TEMPLATE
+from sfsign.commands.demo_rules import RULES_TEMPLATE
 from sfsign.config import Settings
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient

@@ -29,8 +29,9 @@ from daemon_process import WAIT_S, kill, run_env, start_run, subscribed
 from e2e_support import REP, pdfsig_required, record_id
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from sfsign.commands.demo import PASSPHRASE_ENV, daemon_settings, demo_rules_text, free_port
+from sfsign.commands.demo import daemon_settings, free_port
 from sfsign.commands.demo_customer import DemoCustomer, quote_contact
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Settings
 from sfsign.documents.completion_check import check_completed, pdfsig_results
 from sfsign.emulator.control_client import ControlClient

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from e2e_support import REP, pdfsig_required, record_id, run_cli, run_daemon
 
-from sfsign.commands.demo import PASSPHRASE_ENV, demo_rules_text
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
 from sfsign.config import Rules, Settings, load_rules
 from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient

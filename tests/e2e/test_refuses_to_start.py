@@ -12,7 +12,7 @@ from pathlib import Path
 
 from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localpki.pki import DemoPki

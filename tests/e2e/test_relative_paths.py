@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from e2e_support import cli_env, echo_output
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
 from sfsign.localpki.pki import DemoPki
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from e2e_support import REP, record_id, run_daemon, wait_for_status
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import ConfigError, Rules, Settings, load_rules
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient

@@ -14,7 +14,7 @@ from e2e_support import REP, record_id, run_cli
 
 from sfsign.check import StartupRefused, check_rules, refuse_on_failures
 from sfsign.check.org import check_access
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Settings, SignersConfig, load_rules
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localpki.pki import DemoPki

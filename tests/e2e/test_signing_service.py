@@ -16,7 +16,8 @@ import pytest
 from daemon_process import WAIT_S, kill, run_env, start_run, subscribed
 from e2e_support import REP, record_id, run_cli, run_daemon
 
-from sfsign.commands.demo import MAILBOX, PASSPHRASE_ENV, RULES_TEMPLATE, free_port
+from sfsign.commands.demo import MAILBOX, free_port
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Settings, load_rules
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from e2e_support import run_cli
 
-from sfsign.commands.demo import PASSPHRASE_ENV, RULES_TEMPLATE
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Rules, Settings
 from sfsign.localpki.pki import DemoPki
 

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from e2e_support import REP, both_transports, record_id, replay_position, run_daemon, wait_for_status
 
-from sfsign.commands.demo import PASSPHRASE_ENV
+from sfsign.commands.demo_rules import PASSPHRASE_ENV
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import TOKEN_HEADER, ControlClient

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "sfsign.localmail.*": 80,  # the embedded SMTP sink (demo and tests), as the local PKI is for signing
     # The supervisor: builds the parts, starts and stops them.
     "sfsign.daemon": 70,
+    "sfsign.parts": 69,  # its model of a part (run, stop order, drain, close)
     # The start check (run by the daemon and by `sfsign check`) needs the read list, which is derived
     # from the SOQL of the parts below, so both sit above those parts.
     "sfsign.check.*": 60,  # the package: local checks, checks against the org, the report

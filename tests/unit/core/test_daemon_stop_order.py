@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sfsign.daemon import Part, Stop, stop_parts
+from sfsign.parts import Part, Stop, stop_parts
 
 
 async def _stop_parts_in_order_with_fake_parts(names: list[str], stops: dict[str, Stop]) -> list[str]:
