@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pubsub-port", type=int, default=0, help="Pub/Sub API (gRPC) port (0: any free port)")
     serve.add_argument("--pubsub-keepalive-s", type=float, default=270.0,
                        help="seconds between the Pub/Sub API's empty keepalive FetchResponses")
+    serve.add_argument("--pubsub-fetch-idle-s", type=float, default=60.0,
+                       help="seconds a Subscribe stream with nothing requested stays open without a FetchRequest")
     return parser
 
 
@@ -77,6 +79,7 @@ async def _serve(args: argparse.Namespace, data_dir: Path) -> None:
         state_file=args.state_file,
         pubsub_port=args.pubsub_port,
         pubsub_keepalive_s=args.pubsub_keepalive_s,
+        pubsub_fetch_idle_s=args.pubsub_fetch_idle_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,8 +10,12 @@ Written from Salesforce's proto comments and the Pub/Sub API guide, not from our
 - Subscribe: pull-based flow control. num_requested adds up across FetchRequests, capped at 100
   outstanding; at most that many events are delivered, `pending_num_requested` says what is left. The
   replay preset and id are read from the first FetchRequest only; CUSTOM starts *after* the given id.
-  With nothing to deliver the server sends an empty FetchResponse with `latest_replay_id` every
-  `keepalive_s` (Salesforce: within 270 s). A revoked token ends the stream with UNAUTHENTICATED.
+  While events are requested and none is there to deliver, the server sends an empty FetchResponse with
+  `latest_replay_id` every `keepalive_s` (Salesforce: "If there are pending requested events to deliver but
+  no events are available … within 270 seconds"). With nothing requested (pending_num_requested 0) no
+  keepalive is sent, and a client that sends no FetchRequest within `fetch_idle_s` (Salesforce: 60 s) of the
+  last FetchResponse has its stream closed (the RPC ends with status OK [inferred]: the guide says only that
+  the stream does not stay open). A revoked token ends the stream with UNAUTHENTICATED.
 - Publish: platform events, decoded with the topic's schema and published through the org's store, so
   they reach CometD subscribers too.
 
@@ -55,6 +59,7 @@ from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
 MAX_REQUESTED = 100
 SUBSCRIBE_LOG_MAX = 10000
 DEFAULT_KEEPALIVE_S = 270.0
+DEFAULT_FETCH_IDLE_S = 60.0
 CODE = "sfdc.platform.eventbus.grpc."
 AUTH_MESSAGE = "An authentication exception occurred. Provide valid authentication via metadata headers."
 HEADERS_MESSAGE = ("The auth header value is invalid or blank. "  # [inferred]
@@ -105,11 +110,13 @@ class _Stream:
 class PubSubServer(pb_grpc.PubSubServicer):
     """The Pub/Sub API of one running emulator: `start()` binds 127.0.0.1, `target` is what clients dial."""
 
-    def __init__(self, org: Org, tls: TlsMaterial, *, port: int = 0, keepalive_s: float = DEFAULT_KEEPALIVE_S) -> None:
+    def __init__(self, org: Org, tls: TlsMaterial, *, port: int = 0, keepalive_s: float = DEFAULT_KEEPALIVE_S,
+                 fetch_idle_s: float = DEFAULT_FETCH_IDLE_S) -> None:
         self.org = org
         self.tls = tls
         self.port = port
         self.keepalive_s = keepalive_s
+        self.fetch_idle_s = fetch_idle_s
         self.schemas = EventSchemas(org.store.schema, org.org_id)
         self.streams: dict[str, _Stream] = {}
         self.delivered = 0
@@ -382,13 +389,18 @@ class PubSubServer(pb_grpc.PubSubServicer):
                                        rpc_id=stream.rpc_id, pending_num_requested=stream.requested)
                 last_sent = time.monotonic()
                 continue
-            remaining = last_sent + self.keepalive_s - time.monotonic()
-            if remaining <= 0:
-                if stream.position is not None:
-                    yield pb.FetchResponse(latest_replay_id=encode_replay_id(stream.position),
-                                           rpc_id=stream.rpc_id, pending_num_requested=stream.requested)
-                last_sent = time.monotonic()
-                continue
+            if stream.requested == 0:  # nothing pending: no keepalive; the client must ask within fetch_idle_s
+                remaining = last_sent + self.fetch_idle_s - time.monotonic()
+                if remaining <= 0:
+                    return
+            else:
+                remaining = last_sent + self.keepalive_s - time.monotonic()
+                if remaining <= 0:
+                    if stream.position is not None:
+                        yield pb.FetchResponse(latest_replay_id=encode_replay_id(stream.position),
+                                               rpc_id=stream.rpc_id, pending_num_requested=stream.requested)
+                    last_sent = time.monotonic()
+                    continue
             stream.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stream.wake.wait(), remaining)

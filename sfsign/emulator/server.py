@@ -38,7 +38,7 @@ from sfsign.emulator.control import Control
 from sfsign.emulator.notifications import deploy_notification_types
 from sfsign.emulator.oauth import oauth_routes
 from sfsign.emulator.org import HOLD_AFTER_MAX_S, ConnectedApp, Org
-from sfsign.emulator.pubsub_server import DEFAULT_KEEPALIVE_S, PubSubServer
+from sfsign.emulator.pubsub_server import DEFAULT_FETCH_IDLE_S, DEFAULT_KEEPALIVE_S, PubSubServer
 from sfsign.emulator.rest import rest_routes
 from sfsign.emulator.schema import build_org_schema
 from sfsign.emulator.store import OrgStore
@@ -129,10 +129,12 @@ class Emulator:
         cdc_entities: tuple[str, ...] | None = None,
         pubsub_port: int = 0,
         pubsub_keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        pubsub_fetch_idle_s: float = DEFAULT_FETCH_IDLE_S,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.pubsub_port = pubsub_port
         self.pubsub_keepalive_s = pubsub_keepalive_s
+        self.pubsub_fetch_idle_s = pubsub_fetch_idle_s
         self._pubsub: PubSubServer | None = None
         self.metadata_dir = metadata_dir
         self.long_poll_timeout_ms = long_poll_timeout_ms
@@ -234,7 +236,8 @@ class Emulator:
         app = web.Application(middlewares=[self._fault_middleware], client_max_size=CLIENT_MAX_SIZE)
         app.add_routes(oauth_routes(org))
         app.add_routes(self._bayeux.routes())
-        pubsub = PubSubServer(org, self._tls, port=self.pubsub_port, keepalive_s=self.pubsub_keepalive_s)
+        pubsub = PubSubServer(org, self._tls, port=self.pubsub_port, keepalive_s=self.pubsub_keepalive_s,
+                              fetch_idle_s=self.pubsub_fetch_idle_s)
         await pubsub.start()
         self.pubsub_port = pubsub.port
         self._pubsub = pubsub

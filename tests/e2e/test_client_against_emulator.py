@@ -19,6 +19,7 @@ pytest.importorskip("sfsign.emulator.server", reason="the emulator is not import
 from sfsign.emulator.server import Emulator
 from sfsign.salesforce.auth import AuthConfig, Authenticator
 from sfsign.salesforce.events import ChangeEvent, PlatformEvent, parse_event
+from sfsign.salesforce.pubsub_client import PubSubStream
 from sfsign.salesforce.record_parsing import fetch_records
 from sfsign.salesforce.records import OpportunityRecord, find_records_in_state
 from sfsign.salesforce.rest import SalesforceRest
@@ -295,3 +296,52 @@ async def test_dropped_and_unanswered_long_polls_recover_against_emulator(
         assert client.connected
     finally:
         await consumer.stop()
+
+
+async def test_pubsub_stream_closed_while_the_consumer_holds_its_window_resumes_after_the_committed_id(
+    tmp_path: Path,
+) -> None:
+    """Salesforce closes a Subscribe stream that has nothing requested and gets no FetchRequest for 60 s (here
+    0.5 s). The client holds a full window while its consumer is busy, so that close must cost nothing: the
+    client subscribes again after the id the consumer committed and every event arrives once, in order."""
+    async with Emulator(data_dir=tmp_path / "emulator", pubsub_fetch_idle_s=0.5) as emulator:
+        auth = Authenticator(jwt_config(emulator))
+        rest = SalesforceRest(auth, api_version="68.0")
+        committed: dict[str, bytes] = {}
+        stream = PubSubStream(auth, channels=[CDC], replay_source=committed.get, target=emulator.pubsub_target,
+                              ca_bundle=emulator.ca_file, batch_size=2, backoff_base_s=0.05, backoff_cap_s=0.2)
+        opp = (await opportunity_ids(rest, 1))[0]
+        seen: list[str] = []
+
+        async def consume() -> None:
+            async for message in stream.messages():
+                event = parse_event(message)
+                assert isinstance(event, ChangeEvent)
+                seen.append(str(event.fields.get("Description")))
+                committed[CDC] = event.replay_id  # type: ignore[assignment]
+                if len(seen) == 2:  # busy with the window: nothing requested until the server closed the stream
+                    async with asyncio.timeout(WAIT_S):
+                        while emulator.pubsub.streams:  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                if len(seen) == 5:
+                    return
+
+        task = asyncio.create_task(consume())
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not emulator.pubsub.streams:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            for n in range(5):
+                emulator.org.store.update("Opportunity", opp, {"Description": f"change {n}"},
+                                          user_id=rep_user_id(emulator))
+            await asyncio.wait_for(task, WAIT_S)
+            assert seen == [f"change {n}" for n in range(5)]
+            subscribes = [e for e in emulator.pubsub.subscribe_log if e["topic"] == CDC]
+            assert len(subscribes) == 2 and subscribes[1]["preset"] == "CUSTOM"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await stream.aclose()
+            await rest.close()
+            await auth.aclose()

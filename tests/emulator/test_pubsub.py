@@ -28,6 +28,7 @@ from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
 OPP = "/data/OpportunityChangeEvent"
 PE = "/event/Sign_Request__e"
 KEEPALIVE_S = 0.4
+FETCH_IDLE_S = 3.0  # Salesforce: 60 s
 BOUND_S = 15.0  # an upper bound for one answer, never a timing assertion
 ERR = "sfdc.platform.eventbus.grpc."
 AUTH_MESSAGE = "An authentication exception occurred. Provide valid authentication via metadata headers."
@@ -35,9 +36,10 @@ AUTH_MESSAGE = "An authentication exception occurred. Provide valid authenticati
 
 @pytest.fixture
 async def emulator(tmp_path: Path) -> AsyncIterator[Emulator]:
-    """This module's emulator: keepalives every KEEPALIVE_S so a test sees one without waiting 270 s."""
+    """This module's emulator: keepalives every KEEPALIVE_S so a test sees one without waiting 270 s, and a
+    stream with nothing requested closed after FETCH_IDLE_S instead of 60 s."""
     emu = Emulator(data_dir=tmp_path / "emulator", long_poll_timeout_ms=1500, client_timeout_s=3.0,
-                   pubsub_keepalive_s=KEEPALIVE_S)
+                   pubsub_keepalive_s=KEEPALIVE_S, pubsub_fetch_idle_s=FETCH_IDLE_S)
     async with emu:
         yield emu
 
@@ -266,7 +268,7 @@ async def test_schemas_are_salesforces_avro_records_and_unknown_ids_are_refused(
 # -- Subscribe: flow control, keepalives, replay
 
 
-async def test_flow_control_delivers_no_more_than_requested_and_keepalives_carry_the_position(
+async def test_flow_control_delivers_no_more_than_requested_and_keepalives_only_while_events_are_pending(
     stub: Any, auth: Any, ctl: Any
 ) -> None:
     opp = await ctl.an_opportunity()
@@ -278,11 +280,15 @@ async def test_flow_control_delivers_no_more_than_requested_and_keepalives_carry
     first = await sub.next()
     assert len(first.events) == 1 and first.pending_num_requested == 0
     assert first.latest_replay_id == first.events[0].replay_id
-    keepalive = await sub.next()  # two events wait, none requested: only a keepalive comes
-    assert list(keepalive.events) == [] and keepalive.latest_replay_id == first.events[0].replay_id
-    await sub.fetch(num_requested=5)
-    events, responses = await sub.events(2)
-    assert len(events) == 2 and responses[-1].pending_num_requested == 3
+    read = asyncio.ensure_future(sub.call.read())  # two events wait, none requested: nothing comes, not even
+    done, _ = await asyncio.wait({read}, timeout=KEEPALIVE_S * 3)  # a keepalive (only while events are pending)
+    assert not done
+    await sub.fetch(num_requested=5)  # within FETCH_IDLE_S: the stream is still open
+    response = await asyncio.wait_for(read, BOUND_S)
+    assert isinstance(response, pb.FetchResponse) and len(response.events) >= 1
+    more, responses = await sub.events(2 - len(response.events))
+    events = [*response.events, *more]
+    assert len(events) == 2 and [response, *responses][-1].pending_num_requested == 3
     ids = [replay_number(e.replay_id) for e in [*first.events, *events]]
     assert ids == sorted(ids) and len(set(ids)) == 3
     quiet = await sub.next()
@@ -290,6 +296,22 @@ async def test_flow_control_delivers_no_more_than_requested_and_keepalives_carry
     [stream] = await wait_for_streams(ctl, 1)
     assert stream["pendingNumRequested"] == 3 and stream["delivered"] == 3
     sub.close()
+
+
+async def test_a_stream_with_nothing_requested_and_no_fetch_request_is_closed(stub: Any, auth: Any, ctl: Any) -> None:
+    """Salesforce: with pending_num_requested 0 "the client must send a new FetchRequest within 60 seconds from
+    when the last FetchResponse" was sent, or the stream does not stay open."""
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=OPP, num_requested=1)
+    await wait_for_streams(ctl, 1)
+    await ctl.touch(opp, 1)
+    first = await sub.next()
+    assert len(first.events) == 1 and first.pending_num_requested == 0
+    ended = await asyncio.wait_for(sub.call.read(), FETCH_IDLE_S + BOUND_S)  # no keepalive: the end of the stream
+    assert ended is grpc.aio.EOF
+    assert await sub.call.code() == grpc.StatusCode.OK
+    assert list((await ctl.get("/_control/pubsub/streams"))["streams"]) == []
 
 
 async def test_requested_events_add_up_to_at_most_100(stub: Any, auth: Any, ctl: Any) -> None:
