@@ -35,7 +35,7 @@ from sfsign.outbox import AuditEvent, CommitResult, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
-from sfsign.salesforce.event_stream import EventStream
+from sfsign.salesforce.event_stream import EventStream, position_of
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, ReplayId, parse_event, replay_label
 from sfsign.salesforce.names import ACTION_VOID, AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
 from sfsign.salesforce.record_fields import already_signed_note, note_fields
@@ -284,6 +284,9 @@ class Intake:
             await self.reconciler.request(objects)
 
     async def _handle(self, message: dict[str, Any]) -> None:
+        if (replay_id := position_of(message)) is not None:  # a keepalive's position: no event to count
+            await self.outbox.pass_event(str(message.get("channel", "")), replay_id)
+            return
         self.health.events_received += 1
         self.health.last_event_at = time.time()
         channel = str(message.get("channel", ""))

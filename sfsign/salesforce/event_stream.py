@@ -4,7 +4,9 @@ Two clients implement it: `stream.StreamClient` (CometD, the Streaming API) and
 `pubsub_client.PubSubStream` (the Pub/Sub API), chosen by `SFSIGN_TRANSPORT`. Both yield CometD-shaped
 messages (`{"channel", "data": {"schema", "payload", "event": {"replayId"}}}`), resume each channel from
 the position intake committed (`replay_source`, their own kind of replay id only), raise `ReplayIdInvalid`
-when Salesforce refuses it, and report one "disconnected" per outage.
+when Salesforce refuses it, and report one "disconnected" per outage. The Pub/Sub client also yields
+position messages (`position_message`): a keepalive's replay id, to be committed like an event that asks for
+nothing once everything before it is committed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from sfsign.salesforce.events import ReplayId
+
+POSITION = "position"
+
+
+def position_message(channel: str, replay_id: ReplayId) -> dict[str, Any]:
+    """A message that carries no event, only a position to commit for `channel`."""
+    return {"channel": channel, POSITION: replay_id}
+
+
+def position_of(message: Mapping[str, Any]) -> ReplayId | None:
+    """The position a position message carries; None for an event."""
+    replay_id = message.get(POSITION)
+    return replay_id if isinstance(replay_id, (int, bytes)) else None
 
 
 class EventStream(Protocol):

@@ -17,7 +17,10 @@ CometD). From Salesforce's Pub/Sub documentation and `pubsub_api.proto` (sfsign.
   outrun the daemon's memory;
 * keepalive: Salesforce sends an empty `FetchResponse` within 270 s while events are requested; none
   within `keepalive_s` (270 s + margin) means a half-open connection: the stream is dropped and a new one
-  subscribes from the committed replay id. With nothing requested (the consumer still holds a full
+  subscribes from the committed replay id. A keepalive's `latest_replay_id` is handed to the consumer as a
+  position message (`event_stream.position_message`) once every event before it is handled, so it is
+  committed like an event that asks for nothing (Salesforce: "save the replay_id from each empty
+  FetchResponse"). With nothing requested (the consumer still holds a full
   window) Salesforce closes an idle stream after 60 s; it is reopened when the consumer asks for more;
 * a subscription that fails is reopened when the consumer has drained what it delivered, after the
   backoff of `StreamHealth`; what each gRPC status means is `pubsub_errors`' table. `UNAUTHENTICATED` →
@@ -47,6 +50,7 @@ from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
 from sfsign.salesforce.auth import AccessToken, TokenProvider
 from sfsign.salesforce.bayeux import Recover
 from sfsign.salesforce.errors import AuthError
+from sfsign.salesforce.event_stream import position_message
 from sfsign.salesforce.events import ReplayId
 from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message
 from sfsign.salesforce.pubsub_errors import CallFailure, failure_of
@@ -77,6 +81,7 @@ class _Subscription:
     handled: int = 0  # events the consumer came back from
     last_response_at: float = 0.0
     answered: bool = False  # the stream sent at least one FetchResponse (it was established)
+    keepalive_at: bytes = b""  # a keepalive's latest_replay_id, handed over once everything before is handled
     subscribed_at: float = 0.0  # monotonic
 
     @property
@@ -181,6 +186,9 @@ class PubSubStream:
                     self.last_message_at = time.time()
                     yield message
                     continue
+                if (position := self._keepalive_position()) is not None:
+                    yield position
+                    continue
                 await self._step()
             except Recover as failure:
                 await self._recover(failure)
@@ -243,6 +251,16 @@ class PubSubStream:
             if sub.buffer:
                 self._turn = (self._turn + i + 1) % len(subs)
                 return sub
+        return None
+
+    def _keepalive_position(self) -> dict[str, Any] | None:
+        """A position message for a channel whose keepalive carried `latest_replay_id` once every event it
+        delivered is handled: Salesforce recommends saving it, and storing it keeps a quiet channel's position
+        inside the 72 h retention, so a restart after days without events does not start with a refused id."""
+        for sub in self._subs.values():
+            if sub.keepalive_at and not sub.buffer and sub.handled == sub.delivered:
+                replay_id, sub.keepalive_at = sub.keepalive_at, b""
+                return position_message(sub.channel, replay_id)
         return None
 
     async def _step(self) -> None:
@@ -309,6 +327,7 @@ class PubSubStream:
                 sub.answered = True
                 sub.delivered += len(response.events)
                 sub.buffer.extend(response.events)
+                sub.keepalive_at = b"" if response.events else response.latest_replay_id
                 if all(s.open for s in self._subs.values()):
                     self._health.connect_ok()  # a stream that answers: the failure count starts again
                 self._wake.set()
