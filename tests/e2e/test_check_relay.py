@@ -17,7 +17,8 @@ from secret_scan import register_secret
 from test_envelope_record import SIGNERS
 
 from sfsign.check.relay import FIX_UNREACHABLE, check_relay_connection, relay_startup_finding
-from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE, free_port
+from sfsign.commands.demo import free_port
+from sfsign.commands.demo_rules import PASSPHRASE_ENV, RULES_TEMPLATE
 from sfsign.config import Settings
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox
