@@ -277,8 +277,12 @@ class Intake:
         `Sign_Request__e` carries no state to query, so every retained one is read, deduped by EventUuid.)"""
         if await self.outbox.first_subscribed_at() is None:
             return
-        objects = [o for c in self.stream.channels  # a position of the other transport is none for this one
-                   if self.stream.stored_position(c) is None and (o := _channel_object(c))]
+        fresh = [c for c in self.stream.channels if self.stream.stored_position(c) is None]
+        if switched := [c for c in fresh if self.outbox.committed_replay_id(c) is not None]:
+            log.warning("the stored replay positions are the other transport's: these channels start afresh and "
+                        "their objects are reconciled once (SFSIGN_TRANSPORT sets the transport; see "
+                        "docs/streaming.md)", channels=switched)
+        objects = [o for c in fresh if (o := _channel_object(c))]  # another transport's position is none here
         if objects:
             log.info("no replay position for these objects' channels yet: reconciling them", objects=objects)
             await self.reconciler.request(objects)
