@@ -17,7 +17,9 @@ Written from Salesforce's proto comments and the Pub/Sub API guide, not from our
   last FetchResponse has its stream closed (the RPC ends with status OK [inferred]: the guide says only that
   the stream does not stay open). A revoked token ends the stream with UNAUTHENTICATED.
 - Publish: platform events, decoded with the topic's schema and published through the org's store, so
-  they reach CometD subscribers too.
+  they reach CometD subscribers too. PublishStream: the same per batch on one stream, the topic fixed by the
+  first request; without a request for `publish_idle_s` (Salesforce: 70 s) the stream is closed.
+- ManagedSubscribe (beta): the org defines no ManagedEventSubscription, so any name is NOT_FOUND.
 
 Replay ids. Salesforce calls them opaque bytes, but its own clients show what they hold: the Node client
 (pozil/pub-sub-api-node-client) reads a delivered id with `readBigUInt64BE` and writes one to send with
@@ -60,6 +62,7 @@ MAX_REQUESTED = 100
 SUBSCRIBE_LOG_MAX = 10000
 DEFAULT_KEEPALIVE_S = 270.0
 DEFAULT_FETCH_IDLE_S = 60.0
+DEFAULT_PUBLISH_IDLE_S = 70.0
 CODE = "sfdc.platform.eventbus.grpc."
 AUTH_MESSAGE = "An authentication exception occurred. Provide valid authentication via metadata headers."
 HEADERS_MESSAGE = ("The auth header value is invalid or blank. "  # [inferred]
@@ -111,12 +114,13 @@ class PubSubServer(pb_grpc.PubSubServicer):
     """The Pub/Sub API of one running emulator: `start()` binds 127.0.0.1, `target` is what clients dial."""
 
     def __init__(self, org: Org, tls: TlsMaterial, *, port: int = 0, keepalive_s: float = DEFAULT_KEEPALIVE_S,
-                 fetch_idle_s: float = DEFAULT_FETCH_IDLE_S) -> None:
+                 fetch_idle_s: float = DEFAULT_FETCH_IDLE_S, publish_idle_s: float = DEFAULT_PUBLISH_IDLE_S) -> None:
         self.org = org
         self.tls = tls
         self.port = port
         self.keepalive_s = keepalive_s
         self.fetch_idle_s = fetch_idle_s
+        self.publish_idle_s = publish_idle_s
         self.schemas = EventSchemas(org.store.schema, org.org_id)
         self.streams: dict[str, _Stream] = {}
         self.delivered = 0
@@ -233,20 +237,73 @@ class PubSubServer(pb_grpc.PubSubServicer):
         rpc_id = str(uuid.uuid4())
         try:
             session = self._session(context)
-            if not request.topic_name:
-                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "publish.topic.validation.empty",
-                                 "The topic name is blank. Provide a topic name.")  # [inferred]
-            self._check_topic(request.topic_name)
-            schema = self.schemas.for_topic(request.topic_name)
-            if schema is None or schema.kind != "event":
-                raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, "topic.meta.permission",  # [inferred]
-                                 f"Publishing to topic {request.topic_name} isn't allowed.")
-            if not request.events:
-                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "publish.event.count.invalid",
-                                 "The publish request contains no events.")  # [inferred]
+            return self._publish_batch(request, request.topic_name, session, rpc_id)
         except RpcFailure as failure:
             await self._abort(context, failure, rpc_id)
-        results = [self._publish_one(schema.name, request.topic_name, schema.schema_id, event, session)
+
+    async def PublishStream(self, request_iterator: AsyncIterator[pb.PublishRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PublishResponse]:
+        """Batches on one stream, each answered when published. The first request names the topic; a later one
+        may omit it, and one naming another topic ends the stream with INVALID_ARGUMENT (Salesforce's
+        PublishStream page). A stream without a request for `publish_idle_s` (Salesforce: 70 s) is closed."""
+        rpc_id = str(uuid.uuid4())
+        topic = ""
+        requests = aiter(request_iterator)
+        try:
+            session = self._session(context)
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(requests, None), self.publish_idle_s)
+                except TimeoutError:
+                    return  # closed (status OK [inferred]: the guide says only that the stream closes)
+                if request is None:
+                    return
+                if self.org.session_for_token(session.token) is None:
+                    raise RpcFailure(grpc.StatusCode.UNAUTHENTICATED, "service.auth.error", AUTH_MESSAGE)
+                if topic and request.topic_name and request.topic_name != topic:
+                    raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "publish.topic.mismatch",  # [inferred] code
+                                     f"The topic name {request.topic_name} doesn't match the topic name {topic} "
+                                     "of the first publish request in this stream.")  # [inferred] message
+                topic = topic or request.topic_name
+                yield self._publish_batch(request, topic, session, rpc_id)
+        except RpcFailure as failure:
+            await self._abort(context, failure, rpc_id)
+
+    async def ManagedSubscribe(self, request_iterator: AsyncIterator[pb.ManagedFetchRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ManagedFetchResponse]:
+        """Managed subscriptions (beta) name a ManagedEventSubscription record of the org's metadata; this org
+        defines none, so every name is unknown (sfsign stores its positions itself and never calls this)."""
+        rpc_id = str(uuid.uuid4())
+        try:
+            self._session(context)
+            first = await anext(aiter(request_iterator), None)
+            if first is None:
+                return
+            name = first.developer_name or first.subscription_id
+            if not name:
+                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "managed.subscription.validation.failed",
+                                 "Provide a subscription_id or a developer_name.")  # [inferred]
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, "managed.subscription.not.found",  # [inferred]
+                             f"The managed subscription {name} wasn't found. Ensure that a "
+                             "ManagedEventSubscription with this ID or developer name exists.")
+        except RpcFailure as failure:
+            await self._abort(context, failure, rpc_id)
+        yield pb.ManagedFetchResponse()  # never reached: makes this a streaming handler
+
+    def _publish_batch(self, request: pb.PublishRequest, topic: str, session: Session,
+                       rpc_id: str) -> pb.PublishResponse:
+        if not topic:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "publish.topic.validation.empty",
+                             "The topic name is blank. Provide a topic name.")  # [inferred]
+        self._check_topic(topic)
+        schema = self.schemas.for_topic(topic)
+        if schema is None or schema.kind != "event":
+            raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, "topic.meta.permission",  # [inferred]
+                             f"Publishing to topic {topic} isn't allowed.")
+        if not request.events:
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "publish.event.count.invalid",
+                             "The publish request contains no events.")  # [inferred]
+        results = [self._publish_one(schema.name, topic, schema.schema_id, event, session)
                    for event in request.events]
         return pb.PublishResponse(results=results, schema_id=schema.schema_id, rpc_id=rpc_id)
 

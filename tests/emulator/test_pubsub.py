@@ -548,6 +548,55 @@ async def test_publish_over_grpc_reaches_cometd_subscribers(
     assert bad.results[0].error.code == pb.ErrorCode.PUBLISH and bad.results[0].correlation_key == "corr-2"
 
 
+async def sign_request_event(stub: Any, auth: Any, opp: str, correlation: str) -> pb.ProducerEvent:
+    topic = await stub.GetTopic(pb.TopicRequest(topic_name=PE), metadata=auth)
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(await schema_of(stub, auth, topic.schema_id)), {
+        "CreatedDate": 0, "CreatedById": "005000000000000", "RecordId__c": opp, "Action__c": None,
+        "Reason__c": correlation, "RequestedById__c": None, "Rule__c": None})
+    return pb.ProducerEvent(id=correlation, schema_id=topic.schema_id, payload=out.getvalue())
+
+
+async def test_publish_stream_answers_each_batch_keeps_its_first_topic_and_closes_when_idle(
+    stub: Any, auth: Any, ctl: Any, emulator: Emulator
+) -> None:
+    opp = await ctl.an_opportunity()
+    sub = Subscription(stub, auth)
+    await sub.fetch(topic_name=PE, num_requested=10)
+    await wait_for_streams(ctl, 1)
+    emulator.pubsub.publish_idle_s = 1.0  # Salesforce: 70 s
+
+    stream = stub.PublishStream(metadata=auth)
+    await stream.write(pb.PublishRequest(topic_name=PE, events=[await sign_request_event(stub, auth, opp, "a")]))
+    first = await asyncio.wait_for(stream.read(), BOUND_S)
+    await stream.write(pb.PublishRequest(events=[await sign_request_event(stub, auth, opp, "b")]))  # topic omitted
+    second = await asyncio.wait_for(stream.read(), BOUND_S)
+    assert [r.correlation_key for r in [*first.results, *second.results]] == ["a", "b"]
+    assert not any(r.HasField("error") for r in [*first.results, *second.results])
+    events, _ = await sub.events(2)
+    assert [e.replay_id for e in events] == [first.results[0].replay_id, second.results[0].replay_id]
+    assert await asyncio.wait_for(stream.read(), 1.0 + BOUND_S) is grpc.aio.EOF  # no request for publish_idle_s
+    assert await stream.code() == grpc.StatusCode.OK
+
+    other = stub.PublishStream(metadata=auth)
+    await other.write(pb.PublishRequest(topic_name=PE, events=[await sign_request_event(stub, auth, opp, "c")]))
+    await asyncio.wait_for(other.read(), BOUND_S)
+    await other.write(pb.PublishRequest(topic_name=OPP, events=[await sign_request_event(stub, auth, opp, "d")]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(other.read(), BOUND_S)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    sub.close()
+
+
+async def test_managed_subscribe_names_an_unknown_subscription_not_found(stub: Any, auth: Any) -> None:
+    call = stub.ManagedSubscribe(metadata=auth)
+    await call.write(pb.ManagedFetchRequest(developer_name="Sfsign_Events", num_requested=10))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(call.read(), BOUND_S)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert trailer(info.value, "error-code") == ERR + "managed.subscription.not.found"
+
+
 # -- field-level security, as on CometD
 
 
