@@ -1,6 +1,10 @@
-"""A person signs in a real browser: Debian's chromium driven by Selenium through chromedriver, against the
-signing pages on 127.0.0.1 over a real outbox (the mailer is not wired yet, so the code is read from the
-queued code mail through the library, as the mailer will read it).
+"""A person signs in a real browser: Debian's chromium driven by Selenium through chromedriver.
+
+`test_a_person_signs_from_the_invitation_mail_in_chromium` goes the whole way through `run_daemon`: the stage
+change sends the invitation through the daemon's relay into the embedded mailbox, and the person opens its link
+and types the code from the next .eml. `test_a_person_signs_in_chromium` walks every page state against the
+signing pages over a real outbox (codes read from the queued code mail through the library): two signers, the
+second at a phone's width with the keyboard only (Tab order, no sideways scrolling).
 
 Each page state is saved as a screenshot under the test's tmp dir so a person can look at them; with
 SFSIGN_WRITE_SCREENSHOTS=1 they are copied to docs/screenshots/ too. CI installs chromium and chromium-driver
@@ -45,7 +49,9 @@ if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("SFSIGN_REQUIRE_CHROMI
 from selenium import webdriver  # noqa: E402  (only once the browser is known to be there)
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
@@ -148,6 +154,42 @@ class Person:
         return await asyncio.to_thread(self._steady,
                                        lambda: str(self.driver.find_element(By.TAG_NAME, "main").text))
 
+    async def press(self, keys: str, submits: bool = False) -> str:
+        """Keys as a keyboard user presses them, into whatever has the focus; with `submits`, wait for the page
+        the form answers with. Returns what has the focus afterwards (see `focused`)."""
+        def go() -> str:
+            self._loaded()
+            old = self.driver.find_element(By.TAG_NAME, "html")
+            ActionChains(self.driver).send_keys(keys).perform()
+            if submits:
+                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+                self._loaded()
+            return self._focused()
+        return await asyncio.to_thread(go)
+
+    async def tab_until(self, target: str, limit: int = 12) -> list[str]:
+        """Press Tab until `target` has the focus: the focus order a keyboard user goes through, in order."""
+        order: list[str] = []
+        while target not in order:
+            assert len(order) < limit, f"Tab never reached {target}: {order}"
+            order.append(await self.press(Keys.TAB))
+        return order
+
+    async def focused(self) -> str:
+        return await asyncio.to_thread(self._steady, self._focused)
+
+    def _focused(self) -> str:
+        """The focused element as a test names it: its id, or tag and text ("button:Sign", "a:Skip…")."""
+        return str(self.driver.execute_script(
+            "const e = document.activeElement;"
+            "return e.id || (e.tagName.toLowerCase() + ':' + e.textContent.trim());"))
+
+    async def fits_the_width(self) -> tuple[int, int]:
+        """The page's width and the window's: a page wider than the window scrolls sideways on a phone."""
+        widths = await asyncio.to_thread(self._steady, lambda: self.driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth];"))
+        return int(widths[0]), int(widths[1])
+
     async def shot(self, name: str, scroll_to: str | None = None) -> None:
         def go() -> None:
             if scroll_to:
@@ -197,13 +239,7 @@ async def test_a_person_signs_in_chromium(tmp_path: Path, chrome: WebDriver) -> 
         assert await person.state() == "signed"
         await person.shot("signed")
 
-        await person.open(site.links["Cara"])  # Cara's turn now, in the same browser (her own session)
-        await person.click("Send me a code")
-        await person.type("code", await site.code("Cara"))
-        await person.click("Confirm code")
-        await person.type("name", "Cara Seller")
-        await person.tick("consent")
-        await person.click("Sign")
+        await _cara_signs_by_keyboard_on_a_phone(person, site)
         (site.artifacts / f"{site.envelope.transaction_id}.ltv.pdf").write_bytes(contract_pdf())
         await person.open(site.links["Cara"])
         assert await person.state() == "completed" and "Download the signed document" in await person.text()
@@ -215,6 +251,36 @@ async def test_a_person_signs_in_chromium(tmp_path: Path, chrome: WebDriver) -> 
         DOCS.mkdir(parents=True, exist_ok=True)
         for png in shots.glob("*.png"):
             shutil.copy(png, DOCS / png.name)
+
+
+async def _cara_signs_by_keyboard_on_a_phone(person: Person, site: Site) -> None:
+    """Cara's turn, in the same browser (her own session), at a phone's width and with the keyboard only:
+    Tab from the top of each page reaches the controls in reading order, Enter and Space work them, and no page
+    is wider than the phone (scrolling sideways loses the text's line ends)."""
+    await asyncio.to_thread(person.driver.set_window_size, 390, 844)
+    await person.open(site.links["Cara"])
+    scroll_width, inner_width = await person.fits_the_width()
+    assert inner_width == 390 and scroll_width <= inner_width
+    order = await person.tab_until("button:Send me a code")
+    assert order[0].startswith("a:") and order.count("button:Send me a code") == 1  # the skip link comes first
+    await person.press(Keys.ENTER, submits=True)
+    assert await person.focused() == "code"  # the code field takes the focus when the page opens
+    scroll_width, inner_width = await person.fits_the_width()
+    assert scroll_width <= inner_width
+    await person.press(await site.code("Cara"))
+    await person.press(Keys.ENTER, submits=True)  # Enter in the field sends its form
+    assert await person.state() == "sign"
+    scroll_width, inner_width = await person.fits_the_width()
+    assert scroll_width <= inner_width
+    order = await person.tab_until("name")
+    assert order[0].startswith("a:") and "consent" not in order and "button:Sign" not in order
+    await person.press("Cara Seller")
+    assert await person.press(Keys.TAB) == "consent"
+    await person.press(Keys.SPACE)
+    assert await person.press(Keys.TAB) == "button:Sign"
+    await person.press(Keys.ENTER, submits=True)
+    assert await person.state() == "completed"  # hers was the last signature
+    await asyncio.to_thread(person.driver.set_window_size, 800, 1000)
 
 
 async def _more_states(person: Person, site: Site) -> None:
@@ -233,6 +299,8 @@ async def _more_states(person: Person, site: Site) -> None:
     rid, link = await _other_envelope(site, "tx-declined-4", EnvelopePolicy(auth=AuthMethod.NONE, language="de"))
     await asyncio.to_thread(person.driver.set_window_size, 390, 844)  # a phone
     await person.open(link)
+    scroll_width, inner_width = await person.fits_the_width()
+    assert inner_width == 390 and scroll_width <= inner_width  # the German page's long words wrap too
     await person.shot("document-de-phone")
     await asyncio.to_thread(person.driver.set_window_size, 800, 1000)
     await site.outbox.mark_recipient_refused(rid, "Der Preis ist zu hoch.", T0)
