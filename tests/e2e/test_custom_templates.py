@@ -1,7 +1,8 @@
 """Admins use their own fields: a rule on the org's own custom field, checked against the org at start.
 
-The emulated org here has a field the sfsign package does not ship (`Deal_Desk_Status__c` on
-Opportunity), deployed as an admin would deploy it to their org; the daemon talks to it over real HTTPS.
+The emulated org here has fields the sfsign package does not ship (`Deal_Desk_Status__c` on Opportunity,
+`Legal_Review__c` on Quote), deployed as an admin would deploy them to their org; the daemon talks to it over
+real HTTPS.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ DEAL_DESK_FIELD = """\
 </CustomField>
 """
 
+LEGAL_REVIEW_FIELD = DEAL_DESK_FIELD.replace("Deal_Desk_Status__c", "Legal_Review__c").replace(
+    "Deal Desk Status", "Legal Review").replace("Draft", "Open").replace("Cleared", "Passed")
+
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
@@ -54,6 +58,8 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     shutil.copytree(default_metadata_dir(), metadata)
     fields = metadata / "force-app" / "main" / "default" / "objects" / "Opportunity" / "fields"
     (fields / "Deal_Desk_Status__c.field-meta.xml").write_text(DEAL_DESK_FIELD)
+    (fields.parents[1] / "Quote" / "fields").mkdir(parents=True, exist_ok=True)
+    (fields.parents[1] / "Quote" / "fields" / "Legal_Review__c.field-meta.xml").write_text(LEGAL_REVIEW_FIELD)
     emu = EmulatorThread(data_dir=tmp_path / "emulator", metadata_dir=metadata, long_poll_timeout_ms=3000,
                          client_timeout_s=10.0)
     emu.start()
@@ -89,6 +95,51 @@ async def test_rule_on_the_orgs_own_custom_field_signs_when_a_rep_sets_it(
         await control.update("Opportunity", opp, {"Deal_Desk_Status__c": "Cleared"}, user=REP)
         record = await wait_for_status(control, "Opportunity", opp)
     assert record["Sign_Status__c"] == "Signed", record
+
+
+def _quote_rule_on(rules: Rules, field: str, value: str) -> Rules:
+    """The same rules with the Quote rule watching `field` for `value` instead of Status."""
+    rules.source.write_text(rules.source.read_text().replace(
+        '    object: Quote\n    field: Status\n    values: ["Approved"]\n',
+        f'    object: Quote\n    field: {field}\n    values: ["{value}"]\n'))
+    return load_rules(rules.source)
+
+
+async def test_rule_on_a_quote_custom_field_signs_when_a_rep_sets_it(
+    settings: Settings, rules: Rules, control: ControlClient
+) -> None:
+    """Issue 12 4a names Quote too: a rule on the org's own Quote picklist signs the Quote."""
+    rules = _quote_rule_on(rules, "Legal_Review__c", "Passed")
+    assert any(r.object == "Quote" and r.field == "Legal_Review__c" for r in rules.rules)
+    quote = await record_id(control, "Quote", ACME_QUOTE)
+    async with run_daemon(settings, rules):
+        await control.update("Quote", quote, {"Legal_Review__c": "Passed"}, user=REP)
+        record = await wait_for_status(control, "Quote", quote)
+    assert record["Sign_Status__c"] == "Signed", record
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "key", "expected"),
+    [
+        ("Legal_Reveiw__c", "Passed", "field",
+         "rule 'quote-approved' watches Quote.Legal_Reveiw__c, which this org does not have or the integration "
+         "user cannot see; check the API name in Setup > Object Manager > Quote"),
+        ("Legal_Review__c", "Cleared", "values",
+         "rule 'quote-approved': Legal_Review__c has no active value 'Cleared' in this org; "
+         "use one of: 'Open', 'Passed'"),
+    ],
+    ids=["quote-typo", "quote-picklist-value"],
+)
+async def test_a_quote_rule_on_a_field_or_value_the_org_lacks_refuses_to_start_with_line_and_fix(
+    settings: Settings, rules: Rules, field: str, value: str, key: str, expected: str,
+) -> None:
+    rules = _quote_rule_on(rules, field, value)
+    where = f"{rules.source}:{rules.lines.get(('quote-approved', key))}"
+    daemon = Daemon(settings, rules)
+    with pytest.raises(ConfigError) as caught:
+        await daemon.run()
+    assert f"{where}: " in str(caught.value) and expected in str(caught.value), str(caught.value)
+    assert not daemon.ready.is_set()
 
 
 @pytest.mark.parametrize(
