@@ -1,8 +1,8 @@
 """Who signs (issue 14, part 1), end to end: the signers of a seeded Opportunity and Quote read through the
 emulator over HTTPS with the daemon's own client and SOQL, as a minimum-access integration user with the
 package's permission set, and the start check `run` refuses on (exit code
-3) finding a rule's expiry stage, contact role or counter-signer the org does not have. Nothing sends
-envelopes yet."""
+3) finding a rule's expiry stage, contact role or counter-signer the org does not have. Sending the envelopes
+to the signers found here is tested in test_customer_signing_jobs.py."""
 
 from __future__ import annotations
 
