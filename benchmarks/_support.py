@@ -87,8 +87,9 @@ class Stack:
     control: ControlClient
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
-    def daemon_env(self, data_dir: Path) -> dict[str, str]:
-        """The environment ops would give `sfsign run` (only SFSIGN_* variables, no .env file)."""
+    def daemon_env(self, data_dir: Path, transport: str = "cometd") -> dict[str, str]:
+        """The environment ops would give `sfsign run` (only SFSIGN_* variables, no .env file); `transport`
+        is SFSIGN_TRANSPORT, the Pub/Sub API being the emulator's."""
         login = self.emulator.login
         # Tuning knobs may be passed through for experiments; everything else SFSIGN_* is set here.
         tuning = ("SFSIGN_WORKERS", "SFSIGN_BATCH_LINGER_S", "SFSIGN_BATCH_LINGER_BURST_S",
@@ -101,7 +102,7 @@ class Stack:
             "SFSIGN_PRIVATE_KEY_FILE": str(login.private_key_file), "SFSIGN_CA_BUNDLE": str(self.emulator.ca_file),
             "SFSIGN_DATA_DIR": str(data_dir), "SFSIGN_RULES_FILE": str(self.rules_file),
             "SFSIGN_CPU_WORKERS": str(self.cores), "SFSIGN_LOG_LEVEL": "WARNING", "SFSIGN_LOG_FORMAT": "console",
-            "SFSIGN_OPS_PORT": "0",
+            "SFSIGN_OPS_PORT": "0", "SFSIGN_TRANSPORT": transport, "SFSIGN_PUBSUB_URL": self.emulator.pubsub_target,
         })
         return env
 
@@ -178,9 +179,11 @@ async def settled_api_calls(control: ControlClient, *, quiet_s: float = 7.0, cap
 class DaemonProcess:
     """`python -m sfsign.cli run` with a fresh data directory; its output goes to a log file."""
 
-    def __init__(self, stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, stack: Stack, name: str, extra_env: dict[str, str] | None = None,
+                 transport: str = "cometd") -> None:
         self.stack = stack
         self.extra_env = extra_env or {}
+        self.transport = transport
         self.data_dir = stack.work / f"daemon-{name}"
         self.log_path = stack.work / f"daemon-{name}.log"
         self._log: IO[bytes] | None = None
@@ -210,11 +213,10 @@ class DaemonProcess:
     async def start(self, *, warmup_s: float) -> None:
         """Start, wait until a new streaming client of the emulator is subscribed to the channel, then
         give the process pool `warmup_s` to finish its warm-up renders, as a long-running daemon has."""
-        before = {c["clientId"] for c in await self._clients()}
+        before = await self._subscribers()
         self.proc = await asyncio.to_thread(self._spawn)
         deadline = time.monotonic() + 90
-        while not any(c["clientId"] not in before and CDC_CHANNEL in c["subscriptions"]
-                      for c in await self._clients()):
+        while not await self._subscribers() - before:
             self.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sfsign run did not subscribe within 90 s; see {self.log_path}")
@@ -230,7 +232,7 @@ class DaemonProcess:
         # the daemon's CPU per document goes, never for the figures (cProfile slows it down).
         profile = os.environ.get("SFSIGN_BENCH_PROFILE")
         prefix = ["-m", "cProfile", "-o", profile] if profile else []
-        env = self.stack.daemon_env(self.data_dir)
+        env = self.stack.daemon_env(self.data_dir, self.transport)
         env["SFSIGN_OPS_PORT"] = str(self.ops_port)
         env.update(self.extra_env)
         return subprocess.Popen(
@@ -238,8 +240,13 @@ class DaemonProcess:
             stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stack.work,
         )
 
-    async def _clients(self) -> list[dict[str, Any]]:
-        return await self.stack.control.streaming_clients()
+    async def _subscribers(self) -> set[str]:
+        """The emulator's subscriptions to the CDC channel on this daemon's transport: Bayeux client ids, or
+        the rpc ids of Pub/Sub `Subscribe` streams (one stream per channel)."""
+        control = self.stack.control
+        if self.transport == "pubsub":
+            return {s["rpcId"] for s in await control.pubsub_streams() if s["topic"] == CDC_CHANNEL}
+        return {c["clientId"] for c in await control.streaming_clients() if CDC_CHANNEL in c["subscriptions"]}
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -270,9 +277,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(stack: Stack, name: str, *, warmup_s: float,
-                         extra_env: dict[str, str] | None = None) -> AsyncIterator[DaemonProcess]:
-    daemon = DaemonProcess(stack, name, extra_env)
+async def running_daemon(stack: Stack, name: str, *, warmup_s: float, extra_env: dict[str, str] | None = None,
+                         transport: str = "cometd") -> AsyncIterator[DaemonProcess]:
+    daemon = DaemonProcess(stack, name, extra_env, transport)
     try:
         await daemon.start(warmup_s=warmup_s)
         yield daemon
