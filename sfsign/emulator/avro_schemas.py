@@ -58,6 +58,20 @@ def _epoch_ms(value: Any) -> int:
     return int(dt.datetime.fromisoformat(str(value)).timestamp() * 1000)
 
 
+#: A field's type as the schemas' `doc` spells it (`Data:DateTime`, as in the CreatedDate of platform events;
+#: Salesforce's public clients key datetime conversion on that suffix). Names other than DateTime, Date and
+#: EntityId are [inferred]: the describe type in Salesforce's capitalisation.
+DOC_TYPES = {"datetime": "DateTime", "date": "Date", "time": "Time", "reference": "EntityId", "id": "EntityId",
+             "string": "Text", "textarea": "TextArea", "picklist": "Picklist", "multipicklist": "MultiPicklist",
+             "boolean": "Boolean", "int": "Int", "double": "Double", "currency": "Currency", "percent": "Percent",
+             "email": "Email", "phone": "Phone", "url": "Url"}
+COMPOUND_DOC = {"address": "Address", "name": "PersonName"}  # [inferred]
+
+
+def doc_type(kind: str) -> str:
+    return DOC_TYPES.get(kind, kind[:1].upper() + kind[1:])
+
+
 def _epoch_days(value: Any) -> int:
     return (dt.date.fromisoformat(str(value)) - EPOCH_DAY).days
 
@@ -138,7 +152,7 @@ def _cdc_schema(obj: ObjectSpec) -> tuple[dict[str, Any], list[_Slot]]:
         compound = spec.compound_field_name or (spec.name if spec.name in compounds else None)
         if compound is None:
             avro_type, convert = _avro(spec)
-            fields.append({"name": spec.name, "type": ["null", avro_type], "doc": f"Data:{spec.type}",
+            fields.append({"name": spec.name, "type": ["null", avro_type], "doc": f"Data:{doc_type(spec.type)}",
                            "default": None})
             slots.append(_Slot(SchemaField(spec.name), _nullable(convert)))
             continue
@@ -162,7 +176,7 @@ def _cdc_schema(obj: ObjectSpec) -> tuple[dict[str, Any], list[_Slot]]:
                 return None
             return {child: convert(value.get(child)) for child, convert in converts.items()}
 
-        fields.append({"name": compound, "type": ["null", record], "doc": f"Data:{kind or 'compound'}",
+        fields.append({"name": compound, "type": ["null", record], "doc": f"Data:{COMPOUND_DOC.get(kind, 'Compound')}",
                        "default": None})
         slots.append(_Slot(SchemaField(compound, tuple(children)), fill))
     return {"name": f"{obj.name}ChangeEvent", "namespace": NAMESPACE, "type": "record", "fields": fields}, slots

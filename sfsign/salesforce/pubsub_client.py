@@ -155,7 +155,11 @@ class PubSubStream:
 
     @property
     def subscribed_replay(self) -> dict[str, ReplayId]:
-        return {c: r for c, r in self._replay.subscribed.items() if self._subs[c].open}
+        """The channels subscribed now. While the connection counts as up, a stream being resubscribed
+        routinely (a cut stream, a revoked token) still counts, as CometD's channels do across a cut long
+        poll: readiness flips once per outage, not for each stream's few milliseconds without a call."""
+        up = self._health.connected
+        return {c: r for c, r in self._replay.subscribed.items() if up or self._subs[c].open}
 
     def stored_position(self, channel: str) -> bytes | None:
         return self._replay.stored(channel)

@@ -61,9 +61,6 @@ def test_both_transports_are_timed_stage_by_stage(comparison: object) -> None:
     assert pubsub.total_us == pytest.approx(pubsub.wire_us + pubsub.shape_us + pubsub.model_us)
 
 
-@pytest.mark.xfail(strict=True, reason="the emulator's Avro schemas document datetimes as `Data:datetime` where "
-                   "Salesforce writes `Data:DateTime`, so the Pub/Sub client leaves LastModifiedDate in epoch ms "
-                   "(sfsign/emulator/avro_schemas.py); remove this mark once they match")
 def test_both_transports_give_the_same_event_model(comparison: object) -> None:
     assert comparison.differ == {}  # type: ignore[attr-defined]
     assert comparison.agree == 10  # type: ignore[attr-defined]

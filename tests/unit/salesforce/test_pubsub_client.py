@@ -186,7 +186,7 @@ async def test_unauthenticated_refreshes_the_token_once_and_subscribes_again_wit
     stream = client(pubsub, fake_auth)
     try:
         reading = asyncio.create_task(take(stream, 1))
-        await until(lambda: bool(fake.streams), "a subscription with the new token")
+        await until(fake.subscribed, "a subscription with the new token")  # started: the event is after it
         await update(fake, "Closed Won")
         await asyncio.wait_for(reading, 10)
         assert fake_auth.refresh_calls == 1
