@@ -259,7 +259,7 @@ class Daemon:
         return Worker(
             outbox=self.outbox, rest=rest, rules=self.rules, cpu_pool=pool, config=config,
             instance_url=lambda: (authenticator.current or token).instance_url, metrics=self.metrics,
-            governor=self.governor,
+            governor=self.governor, clock=self.clock,
         )
 
     def _parts(self, rest: SalesforceRest, token: AccessToken) -> list[Part]:

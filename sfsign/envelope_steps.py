@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ from sfsign.profiles import key_source, signing_request, tsa_of
 from sfsign.salesforce.files import NewFile
 from sfsign.salesforce.record_fields import completed_fields
 from sfsign.salesforce.writeback import OutcomeEvent, SignedFile
-from sfsign.signing.lifecycle import DAY, EnvelopePolicy, ReminderPolicy
+from sfsign.signing.lifecycle import DAY, Clock, EnvelopePolicy, ReminderPolicy, SystemClock
 from sfsign.signing.listener.documents import About, write_about
 from sfsign.signing.recipients import load_signers
 from sfsign.signing.tokens import LinkKeys
@@ -80,8 +79,11 @@ def _signers_of(rule: RuleConfig) -> SignersConfig:
 class EnvelopeSteps:
     """The customer-signing steps; `step_for` picks a job's next one (None: the seal-only table's)."""
 
-    def __init__(self, steps: Steps, keys: LinkKeys | None, message_domain: str) -> None:
+    def __init__(self, steps: Steps, keys: LinkKeys | None, message_domain: str, clock: Clock | None = None) -> None:
         self.steps = steps
+        # The daemon's envelope clock: the envelope's sent time, which its reminders and expiry count from, and
+        # its completion, which the download link counts from, agree with the scheduler's and the pages' "now".
+        self.clock = clock or SystemClock()
         self.outbox = steps.outbox
         self.sf = steps.sf
         self.artifacts = steps.artifacts
@@ -147,7 +149,7 @@ class EnvelopeSteps:
         sha256 = job.sha256 or await asyncio.to_thread(lambda: hashlib.sha256(pdf).hexdigest())
         policy = envelope_policy(signers, rule.language, self.message_domain)
         job, envelope = await self.outbox.send_envelope(job, load_signers(job.signers_json or "[]"), policy,
-                                                        time.time(), self.keys, document_sha256=sha256)
+                                                        self.clock.now(), self.keys, document_sha256=sha256)
         log.info("envelope sent", envelope_id=envelope.id, steps=envelope.steps, auth=envelope.auth_method.value)
         return job
 
@@ -188,11 +190,11 @@ class EnvelopeSteps:
                 except doc_jobs.DocumentFailure as exc:
                     raise PermanentFailure(str(exc), "SIGN_FAILED") from None
                 if signed is None:
-                    await self.outbox.mark_applied(recipient.id, time.time())
+                    await self.outbox.mark_applied(recipient.id, self.clock.now())
                     continue
                 pdf = signed.pdf
                 await self.artifacts.write(job.transaction_id, "signed.pdf", pdf)
-                await self.outbox.mark_applied(recipient.id, time.time(), signed_at=signed.signed_at,
+                await self.outbox.mark_applied(recipient.id, self.clock.now(), signed_at=signed.signed_at,
                                                timestamp_time=signed.timestamp_time)
                 log.info("signer's signature applied", recipient_id=recipient.id, field=signed.field_name)
         job, complete = await self.outbox.settle_signatures(job)
@@ -237,7 +239,7 @@ class EnvelopeSteps:
         if not done.verdict.ok:
             raise PermanentFailure(f"the completed document does not validate: {'; '.join(done.verdict.lines())}",
                                    "COMPLETION_INVALID")
-        envelope = await self.outbox.record_signed_document(job.transaction_id, sha_after, time.time())
+        envelope = await self.outbox.record_signed_document(job.transaction_id, sha_after, self.clock.now())
         certificate = await self._certificate(job, envelope, rules)
         try:
             cert_pdf, cert_sha = await self.steps.in_pool(signer_jobs.certificate_job, certificate, key_source(profile),

@@ -49,6 +49,7 @@ from sfsign.pending import PendingNotes
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.record_fields import error_fields, pending_fields, upgrade_failed_fields
 from sfsign.salesforce.rest import SalesforceRest
+from sfsign.signing.lifecycle import Clock
 from sfsign.steps import Steps
 from sfsign.worker_config import WorkerConfig
 
@@ -73,6 +74,7 @@ class Worker:
         instance_url: Callable[[], str],
         metrics: Metrics | None = None,
         governor: ApiGovernor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.outbox = outbox
         self.rules = rules
@@ -97,7 +99,7 @@ class Worker:
                       artifacts=Artifacts(config.artifacts_dir, config.artifact_grace_s), cpu_pool=cpu_pool,
                       config=config, metrics=self.metrics, instance_url=instance_url)
         # Jobs whose rule has signers take their own steps where theirs differ (`EnvelopeSteps.step_for`).
-        self._envelope_steps = EnvelopeSteps(steps, config.link_keys, config.message_domain)
+        self._envelope_steps = EnvelopeSteps(steps, config.link_keys, config.message_domain, clock)
         self._steps: dict[JobState, Callable[[Job, Rules], Awaitable[Job]]] = {
             JobState.QUEUED: steps.fetch,
             JobState.FETCHED: steps.render_and_sign,

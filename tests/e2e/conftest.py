@@ -22,6 +22,7 @@ from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.server import EmulatorThread
 from sfsign.localpki.pki import DemoPki, create_demo_pki
+from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
 from sfsign.salesforce.rest import SalesforceRest
 
 
@@ -36,6 +37,20 @@ def pki_passphrase() -> str:
 def pki(tmp_path_factory: pytest.TempPathFactory, pki_passphrase: str) -> DemoPki:
     return create_demo_pki(tmp_path_factory.mktemp("pki"), org_name="Northwind Cloud GmbH",
                            passphrase=pki_passphrase)
+
+
+@pytest.fixture
+def services_pki(tmp_path: Path) -> Iterator[tuple[DemoPki, PkiServices, str]]:
+    """A demo PKI of the test's own with its TSA and OCSP responder running: what the customer signatures
+    and the long-term levels (B-LT, B-LTA) of a completed envelope need (the session's `pki` has no services)."""
+    passphrase = secrets.token_urlsafe(18)
+    register_secret(passphrase)
+    pki, services = start_demo_pki_services(tmp_path / "pki", passphrase=passphrase,
+                                            org_name="Northwind Cloud GmbH", key_algorithm="ec-p256")
+    try:
+        yield pki, services, passphrase
+    finally:
+        services.stop()
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,6 +22,7 @@ from sfsign.salesforce.events import ReplayId, replay_label
 from sfsign.signing.lifecycle import Clock
 
 REP = "lena.hoffmann@northwind.example"
+T = TypeVar("T")
 
 #: Runs a test once per event transport (the `transport` fixture of conftest.py).
 both_transports = pytest.mark.parametrize("transport", ["cometd", "pubsub"])
@@ -77,6 +78,16 @@ async def _running(settings: Settings, rules: Rules, clock: Clock | None = None)
         ready.cancel()
         daemon.request_stop()
         await asyncio.wait_for(task, 60)
+
+
+async def until(check: Callable[[], Awaitable[T | None]], within_s: float = 30.0) -> T:
+    """`check`'s first truthy answer, polled (bounded: a missing one fails the test, it does not hang it)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(0.05)
 
 
 async def wait_for_status(

@@ -11,30 +11,26 @@ responder; the final PDF is validated by pyHanko and, each signature, by poppler
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REP, pdfsig_required, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_daemon, wait_for_status
 from pyhanko.pdf_utils.reader import PdfFileReader
+from signer_support import RECORD_FIELDS, check_final, record_files, signer_rules
 
 from sfsign.commands.demo import MAILBOX, daemon_settings
 from sfsign.commands.demo_customer import DemoCustomer
-from sfsign.commands.demo_rules import PASSPHRASE_ENV, demo_rules_text
-from sfsign.config import Rules, Settings, load_rules
+from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
-from sfsign.documents.completion_check import check_completed, pdfsig_results
 from sfsign.documents.signer_signature import signature_fields
-from sfsign.documents.verify import validate_signed_pdf
 from sfsign.emulator.control_client import ControlClient
 from sfsign.localmail.mailbox import Mailbox
 from sfsign.localpki.pki import DemoPki
-from sfsign.localpki.pkiserver import PkiServices, start_demo_pki_services
+from sfsign.localpki.pkiserver import PkiServices
 from sfsign.outbox import Job, JobState
 from sfsign.outbox.envelope_models import CodeResult, Envelope, MailState, Recipient, SignerEvidence, SignResult, Visit
 from sfsign.salesforce.rest import SalesforceRest
@@ -72,36 +68,13 @@ TWO_IN_PARALLEL = """\
         - [{contact_role: primary}]
         - [{contact_role: "Technical Buyer"}]
 """
-RECORD_FIELDS = ["Sign_Status__c", "Sign_Progress__c", "Sign_Completed_At__c", "Signed_Document_Id__c",
-                 "Signed_Document_Url__c", "Sign_Document_Hash__c", "Sign_Level__c", "Sign_Error__c",
-                 "Sign_Transaction_Id__c", "Signed_At__c", "Sign_Timestamp__c"]
-
-
-@pytest.fixture
-def services_pki(tmp_path: Path) -> Iterator[tuple[DemoPki, PkiServices, str]]:
-    import secrets
-
-    passphrase = secrets.token_urlsafe(18)
-    pki, services = start_demo_pki_services(tmp_path / "pki", passphrase=passphrase,
-                                            org_name="Northwind Cloud GmbH", key_algorithm="ec-p256")
-    try:
-        yield pki, services, passphrase
-    finally:
-        services.stop()
 
 
 @pytest.fixture
 def rules(request: pytest.FixtureRequest, tmp_path: Path, services_pki: tuple[DemoPki, PkiServices, str],
           monkeypatch: pytest.MonkeyPatch) -> Rules:
     """The demo's rules on the local TSA, the B-LTA proposal rule with the test's `signers:` block."""
-    pki, services, passphrase = services_pki
-    monkeypatch.setenv(PASSPHRASE_ENV, passphrase)
-    text = demo_rules_text(pki, services.tsa_url)
-    anchor = "  - name: opportunity-negotiation\n"
-    assert anchor in text
-    path = tmp_path / "rules.yaml"
-    path.write_text(text.replace(anchor, getattr(request, "param", ONE_SIGNER) + anchor))
-    return load_rules(path)
+    return signer_rules(tmp_path / "rules.yaml", services_pki, getattr(request, "param", ONE_SIGNER), monkeypatch)
 
 
 @pytest.fixture
@@ -146,57 +119,11 @@ async def _applied(daemon: Daemon, recipient: Recipient, within_s: float = 60.0)
             await asyncio.sleep(0.05)
 
 
-async def _record_files(control: ControlClient, opportunity: str) -> list[dict[str, Any]]:
-    return [f for f in await control.files() if any(link["LinkedEntityId"] == opportunity for link in f["links"])]
-
-
-async def _completed(control: ControlClient, opportunity: str, within_s: float = 120.0) -> dict[str, Any]:
-    async with asyncio.timeout(within_s):
-        while True:
-            record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
-            assert record["Sign_Status__c"] != "Error", record
-            if record["Sign_Status__c"] == "Completed":
-                return record
-            await asyncio.sleep(0.1)
-
-
 def _signature_order(pdf: bytes) -> list[str]:
     """The approval signatures' fields in the order they were made (each covers more of the file)."""
     reader = PdfFileReader(BytesIO(pdf))
     signatures = sorted(reader.embedded_regular_signatures, key=lambda s: s.signed_revision)
     return [s.field_name for s in signatures]
-
-
-async def _check_final(control: ControlClient, rest: SalesforceRest, pki: DemoPki, opportunity: str,
-                       fields: tuple[str, ...], signers: int) -> bytes:
-    """The record shows Completed with the final PDF and the certificate as its two Files, and the final PDF
-    holds every signature intact and valid, by pyHanko and by pdfsig."""
-    record = await _completed(control, opportunity)
-    assert record["Sign_Progress__c"] == f"{signers} of {signers} signed" and record["Sign_Completed_At__c"], record
-    assert record["Sign_Error__c"] is None and record["Sign_Level__c"] == "B-LTA", record
-    files = await _record_files(control, opportunity)
-    assert len(files) == 2, files
-    [final] = [f for f in files if f["ContentDocumentId"] == record["Signed_Document_Id__c"]]
-    [certificate] = [f for f in files if f is not final]
-    assert final["Sign_Transaction_Id__c"] == record["Sign_Transaction_Id__c"]
-    assert certificate["Sign_Transaction_Id__c"] == f"{record['Sign_Transaction_Id__c']}-certificate"
-    assert "Certificate of completion" in certificate["Title"]
-    pdf = await rest.download_version_data(str(final["Id"]))
-    assert hashlib.sha256(pdf).hexdigest() == record["Sign_Document_Hash__c"]
-    roots = [pki.root_cert_pem_path]
-    verdict = await asyncio.to_thread(check_completed, pdf, roots, fields)
-    assert verdict.ok and not verdict.missing, verdict.lines()
-    assert {s.field_name for s in verdict.signatures} == set(fields)
-    assert all(s.intact and s.valid and s.trusted for s in verdict.signatures), verdict.lines()
-    assert verdict.level == "B-LTA" and verdict.document_timestamps >= 1
-    if pdfsig_required():
-        by_field = await asyncio.to_thread(pdfsig_results, pdf)
-        assert by_field is not None and {f: by_field.get(f) for f in fields} == {
-            f: "Signature is Valid." for f in fields}, by_field
-    sealed = await rest.download_version_data(str(certificate["Id"]))
-    report = await asyncio.to_thread(validate_signed_pdf, sealed, roots)
-    assert report.intact and report.valid and report.trusted, report
-    return pdf
 
 
 @pytest.mark.parametrize("rules", [ONE_SIGNER, ONE_SIGNER_OTP_SEALED_AFTER], indirect=True,
@@ -215,7 +142,7 @@ async def test_one_signer_gets_an_envelope_and_their_signature_completes_the_rec
         assert claire.email == "claire.lefevre@acme-industries.example" and envelope.auth_method.value == (
             signers.authentication.value)
         assert job.signers_json and "claire.lefevre@acme-industries.example" in job.signers_json
-        assert await _record_files(control, opportunity) == []  # nothing on the record until it is completed
+        assert await record_files(control, opportunity) == []  # nothing on the record until it is completed
         about = settings.data_dir / "artifacts" / f"{job.transaction_id}.about.json"
         assert "Marc Dubois" in about.read_text()  # the record owner: the rep the page names
         if signers.authentication.value == "email_otp":
@@ -231,7 +158,7 @@ async def test_one_signer_gets_an_envelope_and_their_signature_completes_the_rec
             checked = await daemon.outbox.check_code(claire.id, code, time.time(), keys, VISIT)
             assert checked.result is CodeResult.VERIFIED
         await _sign(daemon, claire)
-        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+        pdf = await check_final(control, rest, services_pki[0], opportunity,
                                  ("SellerSignature", "CustomerSignature"), 1)
         order = _signature_order(pdf)
         assert order == (["CustomerSignature", "SellerSignature"] if signers.seal == "after_signing"
@@ -287,7 +214,7 @@ async def test_two_signers_in_sequence_each_signature_once_even_when_its_step_ru
         assert _signature_order(after_first) == ["SellerSignature", "CustomerSignature"]
 
         await _sign(daemon, thomas)
-        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+        pdf = await check_final(control, rest, services_pki[0], opportunity,
                                  ("SellerSignature", "CustomerSignature", "CustomerSignature2"), 2)
         assert _signature_order(pdf) == ["SellerSignature", "CustomerSignature", "CustomerSignature2"]
         assert pdf.startswith(after_first)  # the second signature is an increment on the first
@@ -309,7 +236,7 @@ async def test_two_signers_in_parallel_are_invited_at_once_and_sign_in_either_or
         await _sign(daemon, thomas)  # the second in the list signs first: nobody waits for anybody
         await _applied(daemon, thomas)
         await _sign(daemon, claire)
-        pdf = await _check_final(control, rest, services_pki[0], opportunity,
+        pdf = await check_final(control, rest, services_pki[0], opportunity,
                                  ("SellerSignature", "CustomerSignature", "CustomerSignature2"), 2)
         # Each signature in its signer's own field, applied in the order they signed.
         assert _signature_order(pdf) == ["SellerSignature", "CustomerSignature2", "CustomerSignature"]
@@ -330,7 +257,7 @@ async def test_a_refusal_ends_the_job_and_puts_no_file_on_the_record(
         assert ended.id == job.id and ended.content_version_id is None
         assert await daemon.outbox.signed_unapplied(job.transaction_id) == []
         assert await daemon.outbox.claim_due(time.time() + 3600, 10) == []
-    assert await _record_files(control, opportunity) == []
+    assert await record_files(control, opportunity) == []
     record = await control.get("Opportunity", opportunity, RECORD_FIELDS)
     assert record["Sign_Status__c"] != "Completed" and record["Signed_Document_Id__c"] is None, record
 
@@ -349,7 +276,7 @@ async def test_a_record_that_names_no_signer_is_an_error_saying_what_to_fix(
         [job] = await daemon.outbox.jobs()
         assert (job.state, job.error_code, job.signers_json) == (JobState.ERROR, "NOT_RENDERABLE", None)
         assert await daemon.outbox.envelope(job.transaction_id) is None
-    assert await _record_files(control, opportunity) == []
+    assert await record_files(control, opportunity) == []
 
 
 @pytest.mark.parametrize("rules", [ONE_SIGNER_OTP_SEALED_AFTER], indirect=True)
@@ -368,7 +295,7 @@ async def test_the_customer_signs_from_their_mailbox_over_http_and_the_record_is
         signed = await DemoCustomer(mailbox, claire, "Claire Lefèvre", timeout_s=90).sign()
         assert signed.steps == ("code", "code", "sign", "completed") or signed.steps[-1] == "signed", signed
         assert signed.link.startswith(f"{daemon.settings.signing_url}/s/")
-        final = await _check_final(control, rest, services_pki[0], opportunity,
+        final = await check_final(control, rest, services_pki[0], opportunity,
                                    ("SellerSignature", "CustomerSignature"), 1)
         box = Mailbox(mailbox)
         completed = await asyncio.to_thread(

@@ -1,8 +1,8 @@
 """An envelope on its record (issue 14 part B), against the emulator over HTTPS with a real outbox file: the
 record mirror and the reminder/expiry scheduler run as the daemon runs them, on a fake clock the tests move
-by days. Envelopes are made through the outbox library on a job committed as intake commits one, so each state
-is reached directly; the daemon's own way there (a signer rule's job steps, `sfsign.envelope_steps`) is tested
-through `run_daemon` in test_customer_signing_jobs.py and test_rep_envelope_actions.py."""
+by days. Envelopes are made through the outbox library on a job committed as intake commits one, so each
+state can be set up directly; the same scenarios through the running daemon, with people on the signing
+pages, are in test_customer_scenarios.py (and a signer rule's job steps in test_customer_signing_jobs.py).
 
 from __future__ import annotations
 

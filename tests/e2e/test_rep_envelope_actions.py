@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from e2e_support import REP, record_id, run_daemon
+from e2e_support import until as _until
 
 from sfsign.commands.demo import MAILBOX, local_relay
 from sfsign.config import Rules, Settings
@@ -46,15 +47,6 @@ async def _envelope_before_start(settings: Settings, opportunity: str, now: floa
         await outbox.create_envelope(job, SIGNERS, EnvelopePolicy(), now, LinkKeys(b"a" * 32))
     finally:
         await outbox.close()
-
-
-async def _until(check: Callable[[], Awaitable[Any]], within_s: float = 30.0) -> Any:
-    async with asyncio.timeout(within_s):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.05)
 
 
 async def _events(control: ControlClient, opportunity: str, event_type: str) -> list[dict[str, Any]]:
