@@ -2,7 +2,7 @@
 record mirror and the reminder/expiry scheduler run as the daemon runs them, on a fake clock the tests move
 by days. Envelopes are made through the outbox library on a job committed as intake commits one, so each
 state can be set up directly; the same scenarios through the running daemon, with people on the signing
-pages, are in test_customer_scenarios.py (and a signer rule's job steps in test_customer_signing_jobs.py).
+pages, are in test_customer_scenarios.py (and a signer rule's job steps in test_customer_signing_jobs.py)."""
 
 from __future__ import annotations
 
