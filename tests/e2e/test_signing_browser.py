@@ -25,8 +25,9 @@ from typing import TypeVar
 import pytest
 import test_customer_signing_jobs as job_tests
 from e2e_support import REP, record_id, run_daemon
+from signer_support import completed
 from signing_site import ABOUT, ANNA, CARA, KEYS, T0, Site, contract_pdf, signing_site
-from test_customer_signing_jobs import ACME, ONE_SIGNER_OTP_SEALED_AFTER, STAGE, _completed
+from test_customer_signing_jobs import ACME, ONE_SIGNER_OTP_SEALED_AFTER, STAGE
 
 from sfsign.commands.demo import MAILBOX
 from sfsign.config import Rules, Settings
@@ -81,7 +82,7 @@ def _document_swapped(error: Exception) -> bool:
 T = TypeVar("T")
 
 # The daemon with a signer rule, as the job tests run it (their fixtures, used here by name).
-services_pki, rules, settings = job_tests.services_pki, job_tests.rules, job_tests.settings
+rules, settings = job_tests.rules, job_tests.settings  # services_pki: tests/e2e/conftest.py
 
 
 class Person:
@@ -352,5 +353,5 @@ async def test_a_person_signs_from_the_invitation_mail_in_chromium(
         await person.click("Sign")
         assert await person.state() == "completed"
         await person.shot("from-mail-completed")
-        record = await _completed(control, opportunity)
+        record = await completed(control, opportunity)
         assert record["Sign_Progress__c"] == "1 of 1 signed"
