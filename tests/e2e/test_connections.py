@@ -40,6 +40,8 @@ async def _stop(reader: asyncio.Future[Any]) -> None:
         await reader
 
 
+# CometD by nature: counts the org's Bayeux clients
+@pytest.mark.parametrize("transport", ["cometd"])
 async def test_a_session_logs_in_once_for_rest_and_stream_and_closes_everything_it_opened(
     settings: Settings, control: ControlClient
 ) -> None:
@@ -59,6 +61,8 @@ async def test_a_session_logs_in_once_for_rest_and_stream_and_closes_everything_
     assert not _rest_threads() - before
 
 
+# CometD by nature: counts the org's Bayeux clients
+@pytest.mark.parametrize("transport", ["cometd"])
 async def test_a_session_closes_what_it_opened_when_the_callers_block_fails(
     settings: Settings, control: ControlClient
 ) -> None:
