@@ -1,6 +1,6 @@
 """The connection factory against the emulator over HTTPS: one login shared by REST and the stream, and
-nothing left open once the session is closed (no REST thread, no Bayeux client the org still holds),
-also when the caller's block fails."""
+nothing left open once the session is closed (no REST thread, no Bayeux client or Pub/Sub stream the org
+still holds), also when the caller's block fails."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import threading
 from typing import Any
 
 import pytest
+from e2e_support import both_transports
 
 from sfsign.config import Settings
 from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient
-from sfsign.salesforce.stream import StreamClient
+from sfsign.salesforce.event_stream import EventStream
 
 CHANNEL = "/data/OpportunityChangeEvent"
 
@@ -23,7 +24,7 @@ def _rest_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("sf-rest") and t.is_alive()}
 
 
-async def _subscribe(stream: StreamClient) -> asyncio.Future[Any]:
+async def _subscribe(stream: EventStream) -> asyncio.Future[Any]:
     """Start reading `stream` and return once the org confirmed the subscription; the reader goes on."""
     reader = asyncio.ensure_future(stream.messages().__anext__())
     async with asyncio.timeout(30):
@@ -34,12 +35,29 @@ async def _subscribe(stream: StreamClient) -> asyncio.Future[Any]:
     return reader
 
 
+async def _open_in_org(control: ControlClient, transport: str) -> list[list[str]]:
+    """The channels of each subscription the org holds open: a Bayeux client's, or a Pub/Sub Subscribe stream's."""
+    if transport == "cometd":
+        return [list(c["subscriptions"]) for c in await control.streaming_clients()]
+    return [[s["topic"]] for s in await control.pubsub_streams()]
+
+
+async def _closed_in_org(control: ControlClient, transport: str) -> list[list[str]]:
+    """What the org still holds open once the session closed. CometD's /meta/disconnect is answered before
+    close returns; a gRPC stream's cancellation reaches the server on its own, so wait for it there."""
+    async with asyncio.timeout(30):
+        while (held := await _open_in_org(control, transport)) and transport == "pubsub":  # noqa: ASYNC110 - the org's state
+            await asyncio.sleep(0.05)
+    return held
+
+
 async def _stop(reader: asyncio.Future[Any]) -> None:
     reader.cancel()
     with contextlib.suppress(BaseException):
         await reader
 
 
+@both_transports
 async def test_a_session_logs_in_once_for_rest_and_stream_and_closes_everything_it_opened(
     settings: Settings, control: ControlClient
 ) -> None:
@@ -51,14 +69,15 @@ async def test_a_session_logs_in_once_for_rest_and_stream_and_closes_everything_
         share = session.governor.share()  # the governor reads the org's usage from REST's responses
         assert share is not None and 0 < share < session.governor.threshold
         reader = await _subscribe(session.open_stream([CHANNEL], replay_source=lambda _c: None))
-        assert [list(c["subscriptions"]) for c in await control.streaming_clients()] == [[CHANNEL]]
+        assert await _open_in_org(control, settings.transport) == [[CHANNEL]]
         assert _rest_threads() - before  # the REST pool is in use
         assert session.authenticator.logins == 1  # the stream used REST's token
         await _stop(reader)
-    assert await control.streaming_clients() == []  # the stream said /meta/disconnect
+    assert await _closed_in_org(control, settings.transport) == []  # /meta/disconnect, or the stream cancelled
     assert not _rest_threads() - before
 
 
+@both_transports
 async def test_a_session_closes_what_it_opened_when_the_callers_block_fails(
     settings: Settings, control: ControlClient
 ) -> None:
@@ -69,5 +88,5 @@ async def test_a_session_closes_what_it_opened_when_the_callers_block_fails(
             reader = await _subscribe(session.open_stream([CHANNEL], replay_source=lambda _c: None))
             await _stop(reader)
             raise RuntimeError("the caller failed")
-    assert await control.streaming_clients() == []
+    assert await _closed_in_org(control, settings.transport) == []
     assert not _rest_threads() - before

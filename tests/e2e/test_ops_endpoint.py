@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, replay_position, run_daemon, wait_for_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfsign.config import Rules, Settings
@@ -93,7 +93,8 @@ async def test_metrics_agree_with_the_emulators_own_counts_of_files_updates_even
                 usage = await control.api_usage()
                 samples = await scrape(client)
                 pending = await daemon.outbox.call(lambda s: s.pending_audit())
-                if (all(daemon.outbox.committed_replay_id(c) == r for c, r in latest.items() if r is not None)
+                committed = {c: replay_position(daemon.outbox.committed_replay_id(c)) for c in CHANNELS}
+                if (all(committed[c] == r for c, r in latest.items() if r is not None)  # either transport's ids
                         and not pending and samples.get("sfsign_api_requests_used", {}).get(()) == usage["used"]
                         and (await control.api_usage())["used"] == usage["used"]):
                     break

@@ -481,6 +481,8 @@ async def test_s3_an_event_whose_handling_fails_is_not_acknowledged_and_is_redel
 # ------------------------------------------------------------------------------------------ S4 - S9
 
 
+# CometD by nature: drives the Bayeux client registry (Pub/Sub: a dropped stream, test_pubsub_transport)
+@pytest.mark.parametrize("transport", ["cometd"])
 async def test_s4_unknown_client_rehandshakes_and_resubscribes_from_the_stored_ids_silently(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
@@ -541,6 +543,8 @@ async def test_s5_server_killed_and_restarted_reconnects_with_backoff_and_replay
     assert len(stream_events(logs, "disconnected")) == len(stream_events(logs, "reconnected")) == 1
 
 
+# CometD by nature: cuts a held /meta/connect (Pub/Sub: UNAVAILABLE, test_pubsub_transport)
+@pytest.mark.parametrize("transport", ["cometd"])
 async def test_s6_tcp_connection_cut_mid_long_poll_loses_nothing_and_raises_no_alarm(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
@@ -616,6 +620,8 @@ async def test_s7_server_unreachable_gives_one_disconnected_signal_capped_backof
     assert resubscribes(log) == expected_replay(stored)
 
 
+# CometD by nature: Bayeux 401 / HTTP 401 on /meta/connect (Pub/Sub: UNAUTHENTICATED, test_pubsub_transport)
+@pytest.mark.parametrize("transport", ["cometd"])
 @pytest.mark.parametrize("mode", ["bayeux", "http"], ids=["S8-bayeux-401", "S9-raw-http-401"])
 async def test_s8_s9_revoked_token_reauthenticates_once_and_resubscribes_from_the_stored_ids(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
@@ -726,6 +732,8 @@ async def test_s11_stored_id_expiring_during_an_outage_is_refused_loudly_then_ne
         assert any(set(c["subscriptions"]) == set(CHANNELS) for c in clients), clients  # none dropped
 
 
+# CometD by nature: holds /meta/connect unanswered (Pub/Sub: no keepalive, test_pubsub_transport)
+@pytest.mark.parametrize("transport", ["cometd"])
 async def test_s12_half_open_long_poll_is_abandoned_after_advice_timeout_plus_margin_and_nothing_is_lost(
     settings: Settings, rules: Rules, control: ControlClient, ops: httpx.AsyncClient, probes: list[str],
     emulator: EmulatorThread, logs: Logs,
