@@ -982,7 +982,9 @@ async def scenario_reconcile_before_subscribe(org: ChaosOrg, rng: random.Random)
     slow = "/eventbus.v1.PubSub/Subscribe" if org.transport == "pubsub" else "/cometd/"
     await org.control_post("/_control/faults/latency", {"prefix": slow, "ms": 3000})
     result.faults["slow handshake"] = 1
-    daemon = await org.start_daemon(wait_ready=False)
+    # A watchdog (4 s here) shorter than the slowed Subscribe plus a keepalive would resubscribe and reconcile
+    # the gap, hiding the window: production's is 300 s, so the window must close without it.
+    daemon = await org.start_daemon(wait_ready=False, env={"SFSIGN_PUBSUB_KEEPALIVE_S": "60"})
     await _until(lambda: asyncio.to_thread(_log_has, daemon.log_file, "reconciliation done"), 60.0,
                  "the start-up reconciliation")
     await org.trigger(ids[1:])  # after the reconciliation's query, before the subscription
