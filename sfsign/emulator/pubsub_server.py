@@ -72,6 +72,8 @@ TOPIC_NOT_FOUND = ("The topic information for org CORE/prod/{org} and topic {top
 REPLAY_CORRUPTED = ("The Replay ID validation failed. Ensure that the replay_id field value in FetchRequest is "
                     "valid and refers to an event that is within the retention window.")
 SERVICE_UNAVAILABLE = "The Pub/Sub API service is unavailable."
+#: gRPC's HTTP/2 path of a method: what a latency fault's prefix matches (`/eventbus.v1.PubSub/Subscribe`)
+METHOD_PATH = "/eventbus.v1.PubSub/"
 
 
 class RpcFailure(Exception):
@@ -172,6 +174,13 @@ class PubSubServer(pb_grpc.PubSubServicer):
         return [{"rpcId": s.rpc_id, "topic": s.topic, "pendingNumRequested": s.requested, "queued": len(s.queue),
                  "delivered": s.delivered, "userId": s.user_id} for s in self.streams.values()]
 
+    async def _latency(self, method: str) -> None:
+        """Armed latency faults hold a call before it is handled, as the HTTP middleware holds a request:
+        matched on the gRPC path (HTTP/2 POST), so a slow network can be put on Pub/Sub alone."""
+        delay = self.org.faults.latency_for("POST", METHOD_PATH + method)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     def _revalidate(self) -> None:
         for stream in self.streams.values():
             stream.wake.set()
@@ -206,6 +215,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
 
     async def GetTopic(self, request: pb.TopicRequest, context: grpc.aio.ServicerContext) -> pb.TopicInfo:
         rpc_id = str(uuid.uuid4())
+        await self._latency("GetTopic")
         try:
             self._session(context)
             self._check_topic(request.topic_name)
@@ -218,6 +228,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
 
     async def GetSchema(self, request: pb.SchemaRequest, context: grpc.aio.ServicerContext) -> pb.SchemaInfo:
         rpc_id = str(uuid.uuid4())
+        await self._latency("GetSchema")
         try:
             self._session(context)
             if not request.schema_id.strip():
@@ -235,6 +246,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
 
     async def Publish(self, request: pb.PublishRequest, context: grpc.aio.ServicerContext) -> pb.PublishResponse:
         rpc_id = str(uuid.uuid4())
+        await self._latency("Publish")
         try:
             session = self._session(context)
             return self._publish_batch(request, request.topic_name, session, rpc_id)
@@ -387,6 +399,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
         rpc_id = str(uuid.uuid4())
         reader: asyncio.Task[None] | None = None
         entry: dict[str, Any] = {}
+        await self._latency("Subscribe")  # before the first FetchRequest is read: where the stream starts
         try:
             session = self._session(context)
             first = await anext(aiter(request_iterator), None)

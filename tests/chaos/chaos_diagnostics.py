@@ -58,14 +58,17 @@ def outbox_report(db_path: Path, ids: list[str]) -> list[str]:
     return lines
 
 
-def streaming_report(subscriptions: list[dict[str, Any]], clients: list[dict[str, Any]]) -> list[str]:
-    """The emulator's side: the last subscriptions (client, channel, replay id, answer) and the clients left."""
+def streaming_report(subscriptions: list[dict[str, Any]], clients: Any) -> list[str]:
+    """The emulator's side: the last subscriptions (Bayeux client or Pub/Sub rpc, channel, where it started,
+    answer) and the clients (CometD) or open streams (Pub/Sub) left."""
     lines = [f"emulator subscriptions (last {SUBSCRIPTIONS_SHOWN} of {len(subscriptions)}):"]
     for entry in subscriptions[-SUBSCRIPTIONS_SHOWN:]:
         outcome = "ok" if entry.get("successful") else f"refused: {entry.get('error')}"
-        lines.append(f"  {entry.get('at', 0):.3f} client {str(entry.get('clientId'))[:8]} {entry.get('channel')} "
-                     f"from {entry.get('replay')}: {outcome}")
-    lines.append(f"emulator clients: {clients}")
+        who = entry.get("clientId") or entry.get("rpcId")
+        start = entry["replay"] if "replay" in entry else f"{entry.get('preset')} {entry.get('position')}"
+        lines.append(f"  {entry.get('at', 0):.3f} client {str(who)[:8]} {entry.get('channel') or entry.get('topic')} "
+                     f"from {start}: {outcome}")
+    lines.append(f"emulator clients or streams: {clients}")
     return lines
 
 

@@ -316,6 +316,12 @@ class ChaosOrg:
             await self.wait_ready(daemon, known, ready_within_s)
         return daemon
 
+    async def subscription_log(self) -> list[dict[str, Any]]:
+        """Every subscribe the emulator saw on the daemon's transport (Bayeux /meta/subscribe or Pub/Sub
+        Subscribe), oldest first, each with `successful` and, when refused, `error`."""
+        path = "/_control/pubsub/subscriptions" if self.transport == "pubsub" else "/_control/streaming/subscriptions"
+        return list((await self.control_call("GET", path))["subscriptions"])
+
     async def _subscribed_clients(self) -> set[str]:
         """Bayeux clients that subscribed successfully to every channel the rules need."""
         log = (await self.control_call("GET", "/_control/streaming/subscriptions"))["subscriptions"]
@@ -499,8 +505,9 @@ class ChaosOrg:
 
     async def diagnostics(self, ids: list[str]) -> str:
         """The evidence of a failed run (outbox, emulator's Bayeux side, daemon logs), saved beside the logs."""
-        subscriptions = (await self.control_call("GET", "/_control/streaming/subscriptions"))["subscriptions"]
-        clients = (await self.control_call("GET", "/_control/streaming/clients"))["clients"]
+        subscriptions = await self.subscription_log()
+        clients = (await self.control_call("GET", "/_control/pubsub/streams" if self.transport == "pubsub"
+                                           else "/_control/streaming/clients"))
         logs = sorted(self.work.glob("daemon-*.log"))
         report = "\n".join([
             "chaos diagnostics",
@@ -841,9 +848,9 @@ async def scenario_retention(org: ChaosOrg, rng: random.Random) -> ChaosResult:
     await _finish(org, result, ids, daemon, started)
     sources = Counter(r["source"] for r in org.outbox_rows() if r["record_id"] in set(missed))
     result.notes["jobs of missed records by source"] = dict(sources)
-    log = (await org.control_call("GET", "/_control/streaming/subscriptions"))["subscriptions"]
+    # CometD: 400 on the replayId; Pub/Sub: INVALID_ARGUMENT [...subscription.fetch.replayid.corrupted]
     result.notes["invalid replay id refused"] = any(
-        not e.get("successful") and "replayId" in str(e.get("error")) for e in log)
+        not e.get("successful") and "replayid" in str(e.get("error")).lower() for e in await org.subscription_log())
     return result
 
 
@@ -971,9 +978,13 @@ async def scenario_reconcile_before_subscribe(org: ChaosOrg, rng: random.Random)
     await daemon.kill()
     result.kills += 1
     await org.trigger(ids[:1])  # moved while down: the reconciliation finds it
-    await org.control_post("/_control/faults/latency", {"prefix": "/cometd/", "ms": 3000})
+    # the handshake on CometD; on Pub/Sub each Subscribe, before the server reads where it starts (LATEST)
+    slow = "/eventbus.v1.PubSub/Subscribe" if org.transport == "pubsub" else "/cometd/"
+    await org.control_post("/_control/faults/latency", {"prefix": slow, "ms": 3000})
     result.faults["slow handshake"] = 1
-    daemon = await org.start_daemon(wait_ready=False)
+    # A watchdog (4 s here) shorter than the slowed Subscribe plus a keepalive would resubscribe and reconcile
+    # the gap, hiding the window: production's is 300 s, so the window must close without it.
+    daemon = await org.start_daemon(wait_ready=False, env={"SFSIGN_PUBSUB_KEEPALIVE_S": "60"})
     await _until(lambda: asyncio.to_thread(_log_has, daemon.log_file, "reconciliation done"), 60.0,
                  "the start-up reconciliation")
     await org.trigger(ids[1:])  # after the reconciliation's query, before the subscription

@@ -15,6 +15,7 @@ from chaos_support import (
 )
 
 
+@pytest.mark.parametrize("transport", ["cometd"])  # forgotten clients and torn connect answers are Bayeux's
 async def test_burst_under_503s_row_locks_revoked_tokens_dropped_streams_and_a_forgotten_client(
     org: ChaosOrg, rng: random.Random, scale: Scale
 ) -> None:
@@ -40,6 +41,7 @@ async def test_burst_on_pubsub_under_503s_row_locks_revoked_tokens_dropped_and_h
     result.assert_invariant()
 
 
+@pytest.mark.parametrize("transport", ["cometd"])  # a torn /meta/connect answer exists on Bayeux only
 async def test_answer_torn_before_any_replay_id_was_committed_loses_no_trigger(
     org: ChaosOrg, rng: random.Random, scale: Scale
 ) -> None:
