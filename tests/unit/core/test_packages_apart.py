@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3] / "sfsign"
 # `sfsign demo` runs on it, `sfsign demo-keys` (in the command line module) writes a demo key from it.
-MAY_IMPORT_LOCALPKI = ("localpki/", "commands/demo.py", "cli.py")
+MAY_IMPORT_LOCALPKI = ("localpki/", "commands/demo", "cli.py")  # the demo command's modules: demo.py, demo_rules.py
 MAY_IMPORT_COMMANDS = ("commands/", "cli.py")
 # The embedded SMTP relay, like the local PKI: for the demo and the tests only.
 MAY_IMPORT_LOCALMAIL = ("localmail/", "commands/demo.py", "commands/demo_customer.py", "cli.py")
