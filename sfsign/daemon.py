@@ -277,7 +277,7 @@ class Daemon:
         reconciler = Reconciler(
             self.outbox, rest, rules=rules, org_id=token.org_id, wake=worker.wake,
             subscribed=lambda: self.health.subscribed, interval_s=settings.reconcile_interval_s,
-            governor=self.governor, stop=stop,
+            governor=self.governor, stop=stop, unconfirmed=lambda: intake.unconfirmed_objects(),
         )
         intake = Intake(
             self.outbox, rest, self.stream, rules=rules, org_id=token.org_id, reconciler=reconciler,

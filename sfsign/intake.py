@@ -118,6 +118,10 @@ class Intake:
         await self._reconcile_channels_without_position()
         await asyncio.gather(self._read(), self._watch_stream())
 
+    def unconfirmed_objects(self) -> set[str]:
+        """The objects whose change-event stream may not have started yet (`EventStream.unconfirmed_starts`)."""
+        return {o for c in self.stream.unconfirmed_starts if (o := _channel_object(c))}
+
     async def _read(self) -> None:
         while not self.stop.is_set():
             try:

@@ -13,6 +13,13 @@ periodic safety net), and `reconcile_once()` for `sfsign reconcile`. Knobs:
 - `PERIODIC_RECONCILE_GRACE_S` (120 s): the periodic pass leaves a record changed this recently (at
   most one interval) to the stream, whose event says who moved the record and when;
 - the API governor: near the daily allocation the periodic pass is skipped (requested ones still run).
+
+A requested reconciliation queries once the stream is subscribed, so that what moves after the query
+arrives as an event. A Pub/Sub stream started for new events only (LATEST) is subscribed before Salesforce
+has fixed where it starts, and says so only with its first answer (an event, or a keepalive within
+270 s): an object queried before that is queried once more after it, and its request stays pending (in
+SQLite) until then. The first query still runs at once, so what moved while sfsign was down is signed
+without waiting for the keepalive.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ log = structlog.get_logger("sfsign.reconcile")
 
 PERIODIC_RECONCILE_GRACE_S = 120.0
 RETRY_CAP_S = 300.0
+#: How often a reconciliation waiting for a stream to confirm where it starts looks again (a SQLite read).
+UNCONFIRMED_POLL_S = 1.0
 
 #: Called with each query page a reconciliation reads, and whether it is the first page of its query
 #: (whose `total_size` announces the query's work): `sfsign reconcile` draws its progress line from it.
@@ -122,7 +131,7 @@ class Reconciler:
     def __init__(
         self, outbox: Outbox, rest: SalesforceRest, *, rules: Callable[[], Rules], org_id: str | None,
         wake: Callable[[], None], subscribed: Callable[[], bool], interval_s: float, governor: ApiGovernor,
-        stop: asyncio.Event,
+        stop: asyncio.Event, unconfirmed: Callable[[], set[str]] = set,
     ) -> None:
         self.outbox = outbox
         self.rest = rest
@@ -130,6 +139,7 @@ class Reconciler:
         self.org_id = org_id
         self.wake = wake
         self.subscribed = subscribed
+        self.unconfirmed = unconfirmed  # objects whose stream may not have started yet (Pub/Sub LATEST)
         self.interval_s = interval_s
         self.governor = governor
         self.stop = stop
@@ -160,6 +170,9 @@ class Reconciler:
 
     async def _requested_loop(self) -> None:
         delay = 1.0
+        # Objects queried while their stream's start was not confirmed yet (see `unconfirmed`), with the
+        # request that pass answered: the request stays pending, and is passed again once confirmed.
+        early: dict[str, str] = {}
         while not self.stop.is_set():
             self._requested.clear()
             pending = await self.outbox.pending_reconciles()
@@ -167,8 +180,12 @@ class Reconciler:
             # the (re)subscription from -1 would be seen by neither.
             while pending and not self.subscribed() and not self.stop.is_set():
                 await wait_any(self.stop, within_s=0.1)
+            early = {o: r for o, r in early.items() if pending.get(o) == r}
             failed = False
             for sobject, requested in pending.items():
+                unconfirmed = sobject in self.unconfirmed()  # read before the query, never after
+                if unconfirmed and early.get(sobject) == requested:
+                    continue  # queried already: once more when the stream has started, not on every tick
                 try:
                     await self._pass([sobject], reconcile_since(requested))
                 except Exception as exc:
@@ -176,9 +193,14 @@ class Reconciler:
                     log.error("reconciliation failed; will retry", sobject=sobject,
                               error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                     continue
+                if unconfirmed:
+                    early[sobject] = requested
+                    log.info("reconciling again once the stream shows where it starts", sobject=sobject)
+                    continue
+                early.pop(sobject, None)
                 if not await self.outbox.reconcile_done(sobject, requested):
                     self._requested.set()  # asked again during the pass: another pass, after this one's query
-            timeout = delay if failed else None
+            timeout = delay if failed else (UNCONFIRMED_POLL_S if early else None)
             delay = min(delay * 2, RETRY_CAP_S) if failed else 1.0
             await wait_any(self.stop, self._requested, within_s=timeout)
 

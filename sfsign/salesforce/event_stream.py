@@ -48,6 +48,12 @@ class EventStream(Protocol):
         """Messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError."""
         ...
 
+    @property
+    def unconfirmed_starts(self) -> set[str]:
+        """Channels subscribed for new events only whose server has not yet shown where they start: a
+        reconciliation queried meanwhile is run again once they are confirmed."""
+        ...
+
     def stored_position(self, channel: str) -> ReplayId | None:
         """The committed position this client resumes `channel` from; None is a first start for it."""
         ...

@@ -81,6 +81,7 @@ class _Subscription:
     handled: int = 0  # events the consumer came back from
     last_response_at: float = 0.0
     answered: bool = False  # the stream sent at least one FetchResponse (it was established)
+    latest: bool = False  # the current (or last) stream started from LATEST
     keepalive_at: bytes = b""  # a keepalive's latest_replay_id, handed over once everything before is handled
     subscribed_at: float = 0.0  # monotonic
 
@@ -160,6 +161,17 @@ class PubSubStream:
         poll: readiness flips once per outage, not for each stream's few milliseconds without a call."""
         up = self._health.connected
         return {c: r for c, r in self._replay.subscribed.items() if up or self._subs[c].open}
+
+    @property
+    def unconfirmed_starts(self) -> set[str]:
+        """Channels whose subscription started from new events only (LATEST) and has not answered yet.
+
+        Salesforce fixes where a LATEST stream starts when it reads the first FetchRequest and says nothing
+        until it delivers an event or a keepalive (within 270 s): until then an event published after the
+        `Subscribe` call may still fall before the stream's start. A reconciliation queried in that time can
+        miss a record that moves in between, so it is run again once the channel is no longer listed here
+        (`Reconciler`). CometD has no such time: its `/meta/subscribe` reply fixes the start."""
+        return {c for c, sub in self._subs.items() if sub.latest and not sub.answered}
 
     def stored_position(self, channel: str) -> bytes | None:
         return self._replay.stored(channel)
@@ -317,7 +329,7 @@ class PubSubStream:
         requests.put_nowait(first)
         sub.requests, sub.granted, sub.delivered, sub.handled = requests, self._batch, 0, 0
         sub.last_response_at = sub.subscribed_at = time.monotonic()
-        sub.answered = False
+        sub.answered, sub.latest = False, preset == pb.LATEST
         sub.call = self._pubsub().Subscribe(_drain(requests), metadata=call_metadata(token))
         sub.reader = asyncio.create_task(self._read(sub, sub.call, token, replay_id), name=f"pubsub:{sub.channel}")
         self._replay.started(sub.channel, preset, replay_id)

@@ -185,6 +185,11 @@ class StreamClient:
         subscription is live by then: anything that moves after the reconciliation's query arrives)."""
         return self._replay.take_gaps()
 
+    @property
+    def unconfirmed_starts(self) -> set[str]:
+        """Always empty: a successful `/meta/subscribe` reply is where a CometD subscription starts."""
+        return set()
+
     def stored_position(self, channel: str) -> int | None:
         """The committed replay id this client resumes `channel` from (None: a first start for CometD)."""
         return self._replay.stored(channel)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from chaos_support import (
     ChaosOrg,
     Scale,
@@ -46,14 +45,10 @@ async def test_records_moved_while_down_before_any_position_was_stored_are_signe
 
 
 async def test_record_moved_between_the_startup_reconciliation_and_the_subscription_is_signed(
-    org: ChaosOrg, rng: random.Random, request: pytest.FixtureRequest
+    org: ChaosOrg, rng: random.Random
 ) -> None:
     # A slow handshake (3 s latency on /cometd/, on Pub/Sub on Subscribe) widens the window, as a flaky
     # network would.
-    if org.transport == "pubsub":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "open bug: a LATEST Subscribe counts as live once the call is made, before the server fixed where "
-            "it starts; the reconciliation can query before that, and a record moved in between is lost")))
     result = await scenario_reconcile_before_subscribe(org, rng)
     print(result.row(), result.notes)
     result.assert_invariant()

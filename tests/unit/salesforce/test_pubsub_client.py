@@ -308,3 +308,37 @@ async def test_the_daily_delivery_limit_waits_the_long_backoff_with_a_fake_pubsu
         await asyncio.wait_for(reading, 10)
     finally:
         await stream.aclose()
+
+
+async def test_a_latest_start_is_unconfirmed_until_the_server_first_answers_with_a_fake_pubsub_server(
+    pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
+) -> None:
+    # Salesforce fixes a LATEST stream's start when it reads the first FetchRequest and says nothing until
+    # an event or a keepalive: until then the channel is listed, so a reconciliation runs again after it.
+    fake = pubsub[0]
+    stream = client(pubsub, fake_auth)  # no stored position: LATEST
+    try:
+        reading = asyncio.create_task(take(stream, 1))
+        await until(fake.subscribed, "a subscription")
+        assert stream.unconfirmed_starts == {CDC}  # the fake sends no keepalive: silent until an event
+        await update(fake, "Closed Won")
+        await asyncio.wait_for(reading, 10)
+        assert stream.unconfirmed_starts == set()
+    finally:
+        await stream.aclose()
+
+
+async def test_a_start_after_a_stored_position_is_never_unconfirmed_with_a_fake_pubsub_server(
+    pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
+) -> None:
+    fake = pubsub[0]
+    first = await update(fake, "Prospecting")
+    stream = client(pubsub, fake_auth, positions={CDC: first})  # CUSTOM: the id fixes where it starts
+    try:
+        reading = asyncio.create_task(take(stream, 1))
+        await until(fake.subscribed, "a subscription")
+        assert stream.unconfirmed_starts == set()
+        await update(fake, "Closed Won")
+        await asyncio.wait_for(reading, 10)
+    finally:
+        await stream.aclose()
