@@ -1,7 +1,7 @@
 """The long chaos run of issue 3, by hand: every scenario at full scale, then a table of the figures.
 
 Run: python benchmarks/chaos_long.py [--scale long|short] [--only kill,fault-mix,...] [--seed N]
-                                     [--work-dir DIR] [--json FILE]
+                                     [--transport pubsub|cometd] [--work-dir DIR] [--json FILE]
 
 Each scenario gets a fresh emulated org and a real `sfsign run` process (see tests/chaos/chaos_support.py):
 (a) kill -9 during a 200-record burst, 12 cycles; (b) the burst under 10 % 503, 5 % UNABLE_TO_LOCK_ROW,
@@ -38,14 +38,14 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-async def run(names: list[str], scale: cs.Scale, seed: int, work: Path) -> list[cs.ChaosResult]:
+async def run(names: list[str], scale: cs.Scale, seed: int, work: Path, transport: str) -> list[cs.ChaosResult]:
     pki = await asyncio.to_thread(cs.make_pki, work / "pki")
     results = []
     for n, name in enumerate(names):
         rng = random.Random(f"{seed}/{name}")
         print(f"[{time.strftime('%H:%M:%S')}] {name} ({scale.name}) ...", flush=True)
         try:
-            async with cs.chaos_org(work / f"{n:02d}-{name}", pki, scale) as org:
+            async with cs.chaos_org(work / f"{n:02d}-{name}", pki, scale, transport) as org:
                 result = await cs.SCENARIOS[name](org, rng)
         except cs.ChaosFailure as exc:
             result = cs.ChaosResult(name, 0)
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=["long", "short"], default="long")
     parser.add_argument("--only", help=f"comma-separated scenarios among {', '.join(cs.SCENARIOS)}")
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
+    parser.add_argument("--transport", choices=["pubsub", "cometd"],
+                        default=os.environ.get("SFSIGN_TRANSPORT", "pubsub"),
+                        help="the daemon's event transport (default: $SFSIGN_TRANSPORT, else pubsub, as sfsign's)")
     parser.add_argument("--work-dir", help="keep emulator data and daemon logs here")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -70,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     scale = cs.LONG if args.scale == "long" else cs.SHORT
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sfsign-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"seed {args.seed}, work dir {work}, {os.cpu_count()} cores", flush=True)
+    print(f"seed {args.seed}, transport {args.transport}, work dir {work}, {os.cpu_count()} cores", flush=True)
     started = time.monotonic()
-    results = asyncio.run(run(names, scale, args.seed, work))
+    results = asyncio.run(run(names, scale, args.seed, work, args.transport))
     rows = [r.row() for r in results]
     print()
     print(_table(rows, ["scenario", "records", "kills", "faults injected", "lost", "duplicated", "wall time"]))

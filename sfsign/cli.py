@@ -281,7 +281,7 @@ def _add_start_commands(sub: Subcommands[argparse.ArgumentParser]) -> None:
     demo.add_argument("--interactive", action="store_true",
                       help="sign the customer's document yourself: print its link and the mailbox, and wait")
     demo.add_argument("--transport", choices=("cometd", "pubsub"),
-                      help="how the daemon receives events (default: $SFSIGN_TRANSPORT, else cometd)")
+                      help="how the daemon receives events (default: $SFSIGN_TRANSPORT, else pubsub)")
     demo.set_defaults(func=_cmd_demo)
 
     keys = sub.add_parser("demo-keys", help="generate a throw-away signing key and CA for trying sfsign")

@@ -344,7 +344,7 @@ def publish_root(pki: DemoPki, output_dir: Path) -> None:
 
 def run_demo(output_dir: Path, keep_dir: Path | None = None, *, interactive: bool = False,
              transport: str | None = None) -> int:
-    """`transport`: cometd or pubsub (None: SFSIGN_TRANSPORT, default cometd), the daemon's event transport."""
+    """`transport`: cometd or pubsub (None: SFSIGN_TRANSPORT, default pubsub), the daemon's event transport."""
     configure_logging(os.environ.get("SFSIGN_LOG_LEVEL", "WARNING"), "console")
     # Absolute: the demo writes these paths into its rules file, where relative ones would be read
     # relative to the rules file's folder (wd/wd/pki/signer.p12) instead of the working directory.

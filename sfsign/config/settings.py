@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt, with jitter")
     retry_cap_s: float = Field(600.0, gt=0, description="longest delay between two attempts")
     transport: Literal["cometd", "pubsub"] = Field(
-        "cometd", description="how events arrive: cometd (Streaming API) or pubsub (Pub/Sub API, gRPC); "
-        "docs/streaming.md says what a switch does"
+        "pubsub", description="how events arrive: pubsub (Pub/Sub API, gRPC; Salesforce's recommended) or cometd "
+        "(Streaming API); docs/streaming.md says what a switch does"
     )
     pubsub_url: str = Field(
         "api.pubsub.salesforce.com:7443", description="host:port of the Pub/Sub API (443 also works; the emulator's)"

@@ -254,7 +254,7 @@ class ChaosOrg:
     """The emulated org, its control client, the daemon's configuration, and helpers over them."""
 
     def __init__(self, emulator: EmulatorThread, control: ControlClient, work: Path, pki: PkiMaterial,
-                 scale: Scale, transport: str = "cometd") -> None:
+                 scale: Scale, transport: str = "pubsub") -> None:
         self.transport = transport
         self.emulator = emulator
         self.control = control
@@ -567,7 +567,7 @@ async def rest_client(
 
 
 @contextlib.asynccontextmanager
-async def chaos_org(work: Path, pki: PkiMaterial, scale: Scale, transport: str = "cometd") -> AsyncIterator[ChaosOrg]:
+async def chaos_org(work: Path, pki: PkiMaterial, scale: Scale, transport: str = "pubsub") -> AsyncIterator[ChaosOrg]:
     """An emulator on its own thread and a `ChaosOrg` over it; the emulator's loop must end clean."""
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     emulator = EmulatorThread(data_dir=work / "emulator", long_poll_timeout_ms=5000, client_timeout_s=15.0,

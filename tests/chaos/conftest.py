@@ -34,10 +34,10 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 
 @pytest.fixture
 def transport() -> str:
-    """The daemon's event transport: SFSIGN_TRANSPORT (default cometd), as in tests/e2e/conftest.py, so
-    `SFSIGN_TRANSPORT=pubsub pytest tests/chaos` runs the suite on Pub/Sub; a test parametrises `transport`
-    to pin one (a Bayeux-only fault) or to run on Pub/Sub in the default run."""
-    return os.environ.get("SFSIGN_TRANSPORT", "cometd")
+    """The daemon's event transport: SFSIGN_TRANSPORT (default pubsub, as the daemon's), as in
+    tests/e2e/conftest.py, so `SFSIGN_TRANSPORT=cometd pytest tests/chaos` runs the suite on CometD; a test
+    parametrises `transport` to pin one (a Bayeux-only fault, or a Pub/Sub one)."""
+    return os.environ.get("SFSIGN_TRANSPORT", "pubsub")
 
 
 @pytest.fixture

@@ -77,9 +77,9 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
 
 @pytest.fixture
 def transport() -> str:
-    """The daemon's event transport: SFSIGN_TRANSPORT (default cometd), so `SFSIGN_TRANSPORT=pubsub pytest
-    tests/e2e` runs the suite on Pub/Sub; a test parametrises `transport` to run on both."""
-    return os.environ.get("SFSIGN_TRANSPORT", "cometd")
+    """The daemon's event transport: SFSIGN_TRANSPORT (default pubsub, as the daemon's), so `SFSIGN_TRANSPORT=cometd
+    pytest tests/e2e` runs the suite on CometD; a test parametrises `transport` to run on both."""
+    return os.environ.get("SFSIGN_TRANSPORT", "pubsub")
 
 
 @pytest.fixture

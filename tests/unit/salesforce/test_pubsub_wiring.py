@@ -26,8 +26,8 @@ def settings(**values: object) -> Settings:
 
 
 async def test_the_transport_setting_chooses_the_client() -> None:
-    assert settings().transport == "cometd"  # the default until the parity suites pass on Pub/Sub
-    async with SalesforceSession(settings()) as session:
+    assert settings().transport == "pubsub"  # Salesforce's recommended transport, since both pass the suites
+    async with SalesforceSession(settings(transport="cometd")) as session:
         assert isinstance(session.open_stream(["/data/OpportunityChangeEvent"], lambda _c: None), StreamClient)
     async with SalesforceSession(settings(transport="pubsub", pubsub_batch=25)) as session:
         stream = session.open_stream(["/data/OpportunityChangeEvent"], lambda _c: None)
