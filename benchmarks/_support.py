@@ -87,7 +87,7 @@ class Stack:
     control: ControlClient
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
-    def daemon_env(self, data_dir: Path, transport: str = "cometd") -> dict[str, str]:
+    def daemon_env(self, data_dir: Path, transport: str = "pubsub") -> dict[str, str]:
         """The environment ops would give `sfsign run` (only SFSIGN_* variables, no .env file); `transport`
         is SFSIGN_TRANSPORT, the Pub/Sub API being the emulator's."""
         login = self.emulator.login
@@ -180,7 +180,7 @@ class DaemonProcess:
     """`python -m sfsign.cli run` with a fresh data directory; its output goes to a log file."""
 
     def __init__(self, stack: Stack, name: str, extra_env: dict[str, str] | None = None,
-                 transport: str = "cometd") -> None:
+                 transport: str = "pubsub") -> None:
         self.stack = stack
         self.extra_env = extra_env or {}
         self.transport = transport
@@ -278,7 +278,7 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def running_daemon(stack: Stack, name: str, *, warmup_s: float, extra_env: dict[str, str] | None = None,
-                         transport: str = "cometd") -> AsyncIterator[DaemonProcess]:
+                         transport: str = "pubsub") -> AsyncIterator[DaemonProcess]:
     daemon = DaemonProcess(stack, name, extra_env, transport)
     try:
         await daemon.start(warmup_s=warmup_s)

@@ -21,7 +21,7 @@ until [ -s "$connection" ]; do
   waited=$((waited + 1))
 done
 
-# URL, CA, consumer key, user and JWT key file of the emulator's connected app. The file also holds
+# URL, Pub/Sub API target, CA, consumer key, user and JWT key file of the emulator's connected app. The file also holds
 # the emulator's secrets; only these non-secret values are read.
 eval "$(python - "$connection" <<'PY'
 import json
@@ -30,8 +30,9 @@ import sys
 
 with open(sys.argv[1], encoding="utf-8") as fh:
     details = json.load(fh)
-for var, key in (("LOGIN_URL", "url"), ("CA_BUNDLE", "ca_file"), ("CONSUMER_KEY", "consumer_key"),
-                 ("USERNAME", "username"), ("PRIVATE_KEY_FILE", "private_key_file")):
+for var, key in (("LOGIN_URL", "url"), ("PUBSUB_URL", "pubsub_target"), ("CA_BUNDLE", "ca_file"),
+                 ("CONSUMER_KEY", "consumer_key"), ("USERNAME", "username"),
+                 ("PRIVATE_KEY_FILE", "private_key_file")):
     print(f"export SFSIGN_{var}={shlex.quote(str(details[key]))}")
 print("export SFSIGN_AUTH_FLOW=jwt")
 PY
