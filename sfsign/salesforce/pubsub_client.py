@@ -54,7 +54,7 @@ from sfsign.salesforce.event_stream import position_message
 from sfsign.salesforce.events import ReplayId
 from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message
 from sfsign.salesforce.pubsub_errors import CallFailure, failure_of
-from sfsign.salesforce.pubsub_replay import PubSubReplayBook
+from sfsign.salesforce.pubsub_replay import PRESET_POSITION, PubSubReplayBook
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
 from sfsign.salesforce.stream_health import StreamHealth
 
@@ -81,7 +81,6 @@ class _Subscription:
     handled: int = 0  # events the consumer came back from
     last_response_at: float = 0.0
     answered: bool = False  # the stream sent at least one FetchResponse (it was established)
-    latest: bool = False  # the current (or last) stream started from LATEST
     keepalive_at: bytes = b""  # a keepalive's latest_replay_id, handed over once everything before is handled
     subscribed_at: float = 0.0  # monotonic
 
@@ -171,7 +170,8 @@ class PubSubStream:
         `Subscribe` call may still fall before the stream's start. A reconciliation queried in that time can
         miss a record that moves in between, so it is run again once the channel is no longer listed here
         (`Reconciler`). CometD has no such time: its `/meta/subscribe` reply fixes the start."""
-        return {c for c, sub in self._subs.items() if sub.latest and not sub.answered}
+        latest = PRESET_POSITION[pb.LATEST]  # how the replay book records a start from LATEST
+        return {c for c, r in self._replay.subscribed.items() if r == latest and not self._subs[c].answered}
 
     def stored_position(self, channel: str) -> bytes | None:
         return self._replay.stored(channel)
@@ -329,7 +329,7 @@ class PubSubStream:
         requests.put_nowait(first)
         sub.requests, sub.granted, sub.delivered, sub.handled = requests, self._batch, 0, 0
         sub.last_response_at = sub.subscribed_at = time.monotonic()
-        sub.answered, sub.latest = False, preset == pb.LATEST
+        sub.answered = False
         sub.call = self._pubsub().Subscribe(_drain(requests), metadata=call_metadata(token))
         sub.reader = asyncio.create_task(self._read(sub, sub.call, token, replay_id), name=f"pubsub:{sub.channel}")
         self._replay.started(sub.channel, preset, replay_id)
