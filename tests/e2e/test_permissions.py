@@ -149,6 +149,15 @@ async def _first_change(settings: Settings, channel: str, change: Any = None) ->
                 await reader
 
 
+async def _first_message(settings: Settings, channel: str) -> dict[str, Any]:
+    """The stream's first message, or what it raises. A Pub/Sub `Subscribe` counts as subscribed once it is
+    called, before the server has answered (a refusal comes later), so a refusal is awaited, not polled for."""
+    async with SalesforceSession(settings) as session:
+        stream = session.open_stream([channel], replay_source=lambda _c: None)
+        async with asyncio.timeout(60):
+            return dict(await anext(aiter(stream.messages())))
+
+
 async def test_change_events_carry_only_the_fields_the_integration_user_can_read(
     settings: Settings, control: ControlClient
 ) -> None:
@@ -171,7 +180,7 @@ async def test_a_change_event_subscription_needs_view_all(settings: Settings, co
     await _first_change(settings, "/data/QuoteChangeEvent")  # Integration: View All
     await _restrict(control, settings, permission_sets=["sfsign_Viewer"])
     with pytest.raises(SubscriptionFailed) as refused:
-        await _first_change(settings, "/data/QuoteChangeEvent")
+        await _first_message(settings, "/data/QuoteChangeEvent")
     refusal = ("User not allowed to subscribe CDC without View All Data permissions" if settings.transport == "cometd"
                else "PERMISSION_DENIED")  # Pub/Sub refuses the topic itself (GetTopic or Subscribe)
     assert refusal in str(refused.value)
