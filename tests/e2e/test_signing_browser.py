@@ -54,7 +54,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
@@ -77,6 +77,20 @@ def chrome(tmp_path: Path) -> Iterator[WebDriver]:
 def _document_swapped(error: Exception) -> bool:
     """Chromium replaced the document between finding the button and pressing it: the press never landed."""
     return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
+
+
+def _replaced(old: WebElement) -> Callable[[WebDriver], bool]:
+    """Selenium's `staleness_of`, also when Chromium reports the swap as "does not belong to the document"
+    instead of a stale reference (CI saw that while the next page replaced this one)."""
+    def gone(_driver: WebDriver) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException as e:
+            if _document_swapped(e):
+                return True
+            raise
+        return False
+    return gone
 
 
 T = TypeVar("T")
@@ -113,7 +127,7 @@ class Person:
                         raise
                     time.sleep(0.1)
                     continue
-                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(_replaced(old))
                 self._loaded()
                 return
         await asyncio.to_thread(go)
@@ -163,7 +177,7 @@ class Person:
             old = self.driver.find_element(By.TAG_NAME, "html")
             ActionChains(self.driver).send_keys(keys).perform()
             if submits:
-                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(staleness_of(old))
+                WebDriverWait(self.driver, 10, poll_frequency=0.05).until(_replaced(old))
                 self._loaded()
             return self._focused()
         return await asyncio.to_thread(go)
