@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
 from sfsign.config import Rules, Settings
 from sfsign.connections import SalesforceSession
 from sfsign.emulator.control_client import ControlClient
+from sfsign.emulator.server import EmulatorThread
 from sfsign.salesforce.errors import SalesforceError
 from sfsign.salesforce.rest import SalesforceRest
 from sfsign.salesforce.stream import SubscriptionFailed
@@ -126,23 +129,41 @@ async def test_the_emulator_hides_fields_as_salesforce_does(
     assert await rest.query(f"SELECT Id, Amount FROM Opportunity WHERE Id = '{opportunity}'")
 
 
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
+    """The e2e emulator with a 1 s Pub/Sub keepalive: a stream from LATEST starts where the server read the
+    first FetchRequest, which the client learns only from the first answer (event or keepalive, 270 s by
+    default). `_first_change` waits for that answer so the change cannot land before the stream's start."""
+    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=3000, client_timeout_s=10.0,
+                         pubsub_keepalive_s=1.0)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
+
+
 async def _first_change(settings: Settings, channel: str, change: Any = None) -> dict[str, Any]:
     """Subscribe as the integration user with the real stream client, make `change` and return the first
-    event (without a change: return once subscribed)."""
+    event (without a change: return once subscribed). The change is made only once the stream's start is
+    fixed (`unconfirmed_starts`; always at once on CometD, after the first keepalive on Pub/Sub)."""
     async with SalesforceSession(settings) as session:
         stream = session.open_stream([channel], replay_source=lambda _c: None)
         messages = stream.messages()
         reader = asyncio.ensure_future(messages.__anext__())
         try:
             async with asyncio.timeout(60):
-                while channel not in stream.subscribed_replay:
+                while channel not in stream.subscribed_replay or channel in stream.unconfirmed_starts:
                     if reader.done():
                         reader.result()
                     await asyncio.sleep(0.05)
                 if change is None:
                     return {}
                 await change()
-                return dict(await reader)
+                while "data" not in (message := await reader):  # a keepalive's position message
+                    reader = asyncio.ensure_future(messages.__anext__())
+                return dict(message)
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
