@@ -95,7 +95,8 @@ async def _signed_ids(stack: Stack, prefix: str) -> set[str]:
     return {r["Id"] for r in rows}
 
 
-async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: float = 3.0) -> BurstResult:
+async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: float = 3.0,
+                    transport: str = "pubsub") -> BurstResult:
     prefix = f"Burst{size}"
     with step(f"burst {size}: creating {size} opportunities with line items"):
         ids = await create_opportunities(stack.control, size, prefix)
@@ -104,7 +105,7 @@ async def run_burst(stack: Stack, size: int, level: str = "B-T", *, warmup_s: fl
     if per_record:
         poll_s = 0.1
     seen: dict[str, float] = {}
-    async with running_daemon(stack, f"burst-{size}", warmup_s=warmup_s) as daemon:
+    async with running_daemon(stack, f"burst-{size}", warmup_s=warmup_s, transport=transport) as daemon:
         with step(f"burst {size}: moving {size} records in bulk transactions of {CHUNK} at {level}"):
             idle_kib = status_kib(daemon.pid, "VmRSS")  # warmed up, subscribed, nothing to do yet
             pool = [p for p in process_tree(daemon.pid) if p != daemon.pid]
@@ -193,10 +194,11 @@ def pss_lines(results: list[BurstResult]) -> list[str]:
     return [f"- {r.size:,} records: {describe_pss(r.peak_pss_by_role)}" for r in results]
 
 
-async def _main(sizes: list[int], level: str, warmup_s: float) -> None:
+async def _main(sizes: list[int], level: str, warmup_s: float, transport: str) -> None:
     with tempfile.TemporaryDirectory(prefix="sfsign-bench-") as tmp:
         async with bench_stack(Path(tmp)) as stack:
-            results = [await run_burst(stack, size, level, warmup_s=warmup_s) for size in sizes]
+            results = [await run_burst(stack, size, level, warmup_s=warmup_s, transport=transport)
+                       for size in sizes]
     print("\n".join([*burst_table(results), "", "Peak PSS by process:", "", *pss_lines(results), "",
                      "CPU per document:", "", *cpu_table(results), "",
                      "Records first seen Signed (polled every 0.1 s; bursts up to "
@@ -208,8 +210,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, nargs="+", default=[1000], help="burst sizes, one run each")
     parser.add_argument("--level", choices=list(STAGES), default="B-T")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between subscription and the burst")
+    parser.add_argument("--transport", choices=["pubsub", "cometd"], default="pubsub", help="SFSIGN_TRANSPORT")
     args = parser.parse_args()
-    asyncio.run(_main(args.records, args.level, args.warmup))
+    asyncio.run(_main(args.records, args.level, args.warmup, args.transport))
     return 0
 
 

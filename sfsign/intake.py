@@ -35,7 +35,7 @@ from sfsign.outbox import AuditEvent, CommitResult, NewJob, Outbox, OutboxStore
 from sfsign.reconcile import Reconciler, current_values_query, known_org
 from sfsign.record_types import REISSUE_ANY_RULE_SOURCE, REISSUE_SOURCES
 from sfsign.salesforce.errors import AuthError, SalesforceError
-from sfsign.salesforce.event_stream import EventStream, position_of
+from sfsign.salesforce.event_stream import EventStream, complete_message, position_of
 from sfsign.salesforce.events import ChangeEvent, MalformedEvent, PlatformEvent, ReplayId, parse_event, replay_label
 from sfsign.salesforce.names import ACTION_VOID, AUDIT_ALREADY_SIGNED, AUDIT_REFUSED, Record, SignRequest
 from sfsign.salesforce.record_fields import already_signed_note, note_fields
@@ -125,7 +125,7 @@ class Intake:
     async def _read(self) -> None:
         while not self.stop.is_set():
             try:
-                async for message in self.stream.messages():
+                async for message in self.stream.messages(header_first=True):  # `_handle` completes them
                     if not await self._handle_until_done(message):
                         return  # stopping: the event was not committed and is replayed on the next start
             except ReplayIdInvalid as exc:
@@ -207,6 +207,7 @@ class Intake:
     async def _park(self, message: dict[str, Any], reason: str, attempts: int) -> None:
         """Give up on an event without losing what it asked for: reconcile its objects (persisted
         first), then keep the event with its reason and move the replay id past it, in one commit."""
+        complete_message(message)  # the whole event is kept, never a header-only one
         channel = str(message.get("channel") or "?")
         objects, replay_id = self._event_objects(message)
         if objects:
@@ -304,6 +305,7 @@ class Intake:
                 self.health.last_event_commit[quiet.channel] = quiet.commit_timestamp_ms / 1000
             await self.outbox.pass_event(quiet.channel, quiet.replay_id)
             return
+        complete_message(message)  # a Pub/Sub change event may have come with its header only
         try:
             event = parse_event(message)
             committed = _commit_time(event)

@@ -6,7 +6,9 @@ messages (`{"channel", "data": {"schema", "payload", "event": {"replayId"}}}`), 
 the position intake committed (`replay_source`, their own kind of replay id only), raise `ReplayIdInvalid`
 when Salesforce refuses it, and report one "disconnected" per outage. The Pub/Sub client also yields
 position messages (`position_message`): a keepalive's replay id, to be committed like an event that asks for
-nothing once everything before it is committed.
+nothing once everything before it is committed. Asked for `header_first`, the Pub/Sub client may yield a
+change event with only its `ChangeEventHeader` in `payload`: `complete_message` decodes the rest, so a reader
+decodes the whole record only for the events it acts on (CometD's JSON comes whole, and stays so).
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from typing import Any, Protocol
 from sfsign.salesforce.events import ReplayId
 
 POSITION = "position"
+COMPLETE = "complete"  # in `data` of a header-only message: returns the whole message
+
+
+def complete_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The whole message, decoded in place if it came with its header only (see the module docstring), so
+    whoever holds it afterwards (a retry, the parking of a failing event) holds the whole message."""
+    data = message.get("data")
+    if isinstance(data, dict) and callable(finish := data.get(COMPLETE)):
+        message.update(finish())
+    return message
 
 
 def position_message(channel: str, replay_id: ReplayId) -> dict[str, Any]:
@@ -44,8 +56,9 @@ class EventStream(Protocol):
         """The channels subscribed now, each with the position its subscription started from."""
         ...
 
-    def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError."""
+    def messages(self, *, header_first: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError. With
+        `header_first`, a change event may come with its header only (`complete_message`)."""
         ...
 
     @property

@@ -33,6 +33,7 @@ CometD). From Salesforce's Pub/Sub documentation and `pubsub_api.proto` (sfsign.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import deque
@@ -50,9 +51,9 @@ from sfsign.pubsub_proto import pubsub_api_pb2_grpc as pb_grpc
 from sfsign.salesforce.auth import AccessToken, TokenProvider
 from sfsign.salesforce.bayeux import Recover
 from sfsign.salesforce.errors import AuthError
-from sfsign.salesforce.event_stream import position_message
+from sfsign.salesforce.event_stream import COMPLETE, position_message
 from sfsign.salesforce.events import ReplayId
-from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message
+from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message, header_message
 from sfsign.salesforce.pubsub_errors import CallFailure, failure_of
 from sfsign.salesforce.pubsub_replay import PRESET_POSITION, PubSubReplayBook
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
@@ -186,8 +187,10 @@ class PubSubStream:
             raise ValueError(f"not subscribed to {channel!r}")
         self._replay.reset(channel)
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Messages in order per channel, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError."""
+    async def messages(self, *, header_first: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Messages in order per channel, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError.
+        With `header_first`, a change event comes with its `ChangeEventHeader` only and `complete_message`
+        decodes the rest (`EventStream`)."""
         previous: _Subscription | None = None
         while not self._closed:
             if previous is not None:
@@ -196,7 +199,7 @@ class PubSubStream:
             try:
                 ready = self._ready()
                 if ready is not None:
-                    message = await self._message(ready, ready.buffer[0])
+                    message = await self._message(ready, ready.buffer[0], header_first)
                     ready.buffer.popleft()
                     previous = ready
                     self.last_message_at = time.time()
@@ -395,19 +398,20 @@ class PubSubStream:
             return Recover("long", reason)
         return Recover("retry", reason, immediate=established)
 
-    async def _message(self, sub: _Subscription, event: pb.ConsumerEvent) -> dict[str, Any]:
+    async def _message(self, sub: _Subscription, event: pb.ConsumerEvent, header_first: bool) -> dict[str, Any]:
         schema_id = event.event.schema_id
         try:
             try:
                 schema = await self.get_schema(schema_id)
             except SubscriptionFailed as exc:  # no such schema: this event's fault, not the channel's
                 raise UndecodableEvent(str(exc)) from None
+            if header_first and (head := header_message(sub.channel, schema, event.event.payload,
+                                                        event.replay_id)) is not None:
+                head["data"][COMPLETE] = functools.partial(_whole, sub.channel, schema, event)
+                return head
             return cometd_message(sub.channel, schema, event.event.payload, event.replay_id, event.event.id)
         except UndecodableEvent as exc:
-            log.error("salesforce.stream.undecodable_event", transport="pubsub", channel=sub.channel,
-                      replay_id=event.replay_id.hex(), error=str(exc))
-            return {"channel": sub.channel, "data": {"schema": schema_id, "event": {"replayId": event.replay_id},
-                                                     "error": str(exc)}}
+            return _undecodable(sub.channel, schema_id, event, exc)
 
     async def _recover(self, failure: Recover) -> None:
         self._incident = time.monotonic()
@@ -421,6 +425,22 @@ class PubSubStream:
                 if not exc.transient:
                     raise
                 log.warning("salesforce.stream.refresh_failed", error=str(exc))
+
+
+def _whole(channel: str, schema: EventSchema, event: pb.ConsumerEvent) -> dict[str, Any]:
+    """The whole message of an event first handed over with its header only (`complete_message`)."""
+    try:
+        return cometd_message(channel, schema, event.event.payload, event.replay_id, event.event.id)
+    except UndecodableEvent as exc:
+        return _undecodable(channel, schema.schema_id, event, exc)
+
+
+def _undecodable(channel: str, schema_id: str, event: pb.ConsumerEvent, exc: UndecodableEvent) -> dict[str, Any]:
+    """The message of an event that does not decode: no payload, which intake parks as malformed."""
+    log.error("salesforce.stream.undecodable_event", transport="pubsub", channel=channel,
+              replay_id=event.replay_id.hex(), error=str(exc))
+    return {"channel": channel, "data": {"schema": schema_id, "event": {"replayId": event.replay_id},
+                                         "error": str(exc)}}
 
 
 async def _drain(requests: asyncio.Queue[pb.FetchRequest | None]) -> AsyncIterator[pb.FetchRequest]:

@@ -21,6 +21,10 @@ Salesforce's "Event Deserialization Considerations"):
   CometD's integers) and a platform event's `EventUuid` is the `ProducerEvent.id` ("For Pub/Sub API
   clients, the event id field contains the event UUID value").
 
+For a reader that passes most change events over on their header alone (intake: sfsign's own write-backs, two
+of every three events in a burst), `header_message` decodes only the `ChangeEventHeader`, the first field of
+Salesforce's change event schemas, so the rest of the record is decoded only for events that may fire a rule.
+
 A payload or bitmap that cannot be decoded raises `UndecodableEvent`; the client hands intake a message
 without a payload then, which intake parks as malformed (its object reconciled), as for a bad CometD one.
 """
@@ -62,6 +66,22 @@ class EventSchema:
         except (BitmapError, KeyError, TypeError) as exc:
             raise UndecodableEvent(f"schema {schema_id}: {exc}") from None
         self.temporal = _temporal_fields(raw)
+        self.header_parsed = _header_schema(raw)
+
+    def decode_header(self, payload: bytes) -> Mapping[str, Any] | None:
+        """Only the `ChangeEventHeader` of a change event whose schema starts with it (Salesforce's do): Avro
+        binary has no framing, so reading stops after the header's bytes. None for other schemas."""
+        if self.header_parsed is None:
+            return None
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(payload), self.header_parsed)
+        except Exception as exc:  # as in `decode`
+            raise UndecodableEvent(f"ChangeEventHeader does not decode with schema {self.schema_id}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        header = record.get(HEADER) if isinstance(record, dict) else None
+        if not isinstance(header, Mapping):
+            raise UndecodableEvent(f"ChangeEventHeader of schema {self.schema_id} is not a record")
+        return header
 
     def decode(self, payload: bytes) -> dict[str, Any]:
         try:
@@ -89,7 +109,18 @@ def cometd_message(channel: str, schema: EventSchema, payload: bytes, replay_id:
     return {"channel": channel, "data": {"schema": schema.schema_id, "payload": body, "event": event}}
 
 
-def _change_payload(schema: EventSchema, record: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, Any]:
+def header_message(channel: str, schema: EventSchema, payload: bytes, replay_id: bytes) -> dict[str, Any] | None:
+    """The CometD-shaped message of a change event with only its `ChangeEventHeader` (bitmaps decoded), for
+    a reader that passes most events over on their header; None when the schema does not start with one."""
+    header = schema.decode_header(payload)
+    if header is None:
+        return None
+    return {"channel": channel, "data": {"schema": schema.schema_id, "payload": {HEADER: _header(schema, header)},
+                                         "event": {"replayId": replay_id}}}
+
+
+def _header(schema: EventSchema, header: Mapping[str, Any]) -> dict[str, Any]:
+    """The header as CometD sends it: the bitmaps as field names."""
     decoded: dict[str, list[str]] = {}
     try:
         for name in BITMAP_FIELDS:
@@ -99,9 +130,14 @@ def _change_payload(schema: EventSchema, record: Mapping[str, Any], header: Mapp
             decoded[name] = schema.fields.decode(entries)
     except BitmapError as exc:
         raise UndecodableEvent(f"ChangeEventHeader: {exc}") from None
-    nulled = set(decoded["nulledFields"])
-    diffs = set(decoded["diffFields"])
-    body: dict[str, Any] = {HEADER: {**header, **decoded}}
+    return {**header, **decoded}
+
+
+def _change_payload(schema: EventSchema, record: Mapping[str, Any], header: Mapping[str, Any]) -> dict[str, Any]:
+    full_header = _header(schema, header)
+    nulled = set(full_header["nulledFields"])
+    diffs = set(full_header["diffFields"])
+    body: dict[str, Any] = {HEADER: full_header}
     for name, value in record.items():
         if name == HEADER or name in diffs:
             continue
@@ -141,6 +177,18 @@ def _iso_datetime(value: datetime) -> str:
     """`2020-12-15T23:09:18.000Z`, CometD's form (milliseconds, UTC)."""
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _header_schema(schema: Mapping[str, Any]) -> Any:
+    """The parsed schema of a record holding only the first field, when that field is `ChangeEventHeader`."""
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or not fields or not isinstance(fields[0], Mapping) \
+            or fields[0].get("name") != HEADER:
+        return None
+    try:
+        return fastavro.parse_schema({**schema, "fields": fields[:1]})
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _temporal_fields(schema: Mapping[str, Any]) -> dict[str, str]:

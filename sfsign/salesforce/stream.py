@@ -204,8 +204,9 @@ class StreamClient:
             raise ValueError(f"not subscribed to {channel!r}")
         self._replay.reset(channel)
 
-    async def messages(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield data messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError."""
+    async def messages(self, *, header_first: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """Yield data messages in order, forever; raises ReplayIdInvalid / SubscriptionFailed / AuthError.
+        Always whole: CometD's JSON is parsed before it is read (`header_first` changes nothing)."""
         pending = self._wire.pending
         while True:
             while pending:

@@ -15,6 +15,7 @@ from sf_fakes import FakeAuth
 from structlog.testing import capture_logs
 
 from sfsign.pubsub_proto import pubsub_api_pb2 as pb
+from sfsign.salesforce.event_stream import COMPLETE, complete_message
 from sfsign.salesforce.events import ChangeEvent, parse_event
 from sfsign.salesforce.pubsub_client import PubSubStream
 from sfsign.salesforce.stream import ReplayIdInvalid, SubscriptionFailed
@@ -89,6 +90,45 @@ async def test_events_arrive_in_cometd_shape_with_the_session_metadata_on_every_
             assert metadata["instanceurl"] == "https://org.example.com" and metadata["tenantid"] == "00D000000000001AAA"
         assert {m for m, _ in fake.calls} == {"GetTopic", "GetSchema", "Subscribe"}
         assert fake.schema_requests == 1  # cached by schema id
+    finally:
+        await stream.aclose()
+
+
+async def test_header_first_messages_carry_the_header_and_complete_to_the_whole_event_with_a_fake_pubsub_server(
+    pubsub: tuple[FakePubSub, int, Path], fake_auth: FakeAuth,
+) -> None:
+    """What intake reads: the header alone until it asks for the rest, and then the same message as without."""
+    fake = pubsub[0]
+    stream = client(pubsub, fake_auth)
+    try:
+        got: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async for message in stream.messages(header_first=True):
+                got.append(message)
+                if len(got) == 3:
+                    return
+        reading = asyncio.create_task(read())
+        await until(fake.subscribed, "a subscription")
+        first_id = await update(fake, "Negotiation")
+        await fake.publish(CDC, SCHEMA_ID, b"\x02")  # cut inside the header: not even that decodes
+        header = account("UPDATE", changed=["0x400"])["ChangeEventHeader"]  # cut after the header
+        await fake.publish(CDC, SCHEMA_ID, encode({**ACCOUNT_CDC, "fields": ACCOUNT_CDC["fields"][:1]},
+                                                  {"ChangeEventHeader": header}))
+        await asyncio.wait_for(reading, 10)
+        head, broken, cut = got
+        assert set(head["data"]["payload"]) == {"ChangeEventHeader"}
+        assert head["data"]["payload"]["ChangeEventHeader"]["changedFields"] == ["Stage__c"]
+        assert callable(head["data"][COMPLETE])
+        whole = complete_message(head)
+        assert whole is head and COMPLETE not in head["data"]  # completed in place, for whoever holds it
+        event = parse_event(whole)
+        assert isinstance(event, ChangeEvent)
+        assert event.fields["Stage__c"] == "Negotiation" and event.replay_id == first_id
+        assert "payload" not in broken["data"] and "error" in broken["data"]  # parked by intake as malformed
+        assert set(cut["data"]["payload"]) == {"ChangeEventHeader"}  # intake may pass it over on its header
+        complete_message(cut)
+        assert "payload" not in cut["data"] and "error" in cut["data"]  # or it finds it malformed
     finally:
         await stream.aclose()
 

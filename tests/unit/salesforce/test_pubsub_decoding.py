@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pubsub_schemas import ACCOUNT_CDC, SIGN_REQUEST, account, encode
 
-from sfsign.salesforce.events import ChangeEvent, PlatformEvent, parse_event
+from sfsign.salesforce.events import ChangeEvent, PlatformEvent, parse_event, update_header
 from sfsign.salesforce.pubsub_bitmaps import BitmapError, SchemaFields
-from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message
+from sfsign.salesforce.pubsub_decoding import EventSchema, UndecodableEvent, cometd_message, header_message
 
 CDC = "/data/AccountChangeEvent"
 REPLAY = bytes.fromhex("00000000000a1b2c")
@@ -151,3 +151,43 @@ def test_a_switchable_person_name_is_a_compound_field_too() -> None:
     fields = SchemaFields({"type": "record", "name": "AccountChangeEvent", "fields": [
         {"name": "ChangeEventHeader", "type": "string"}, {"name": "Name", "type": ["null", "string", name]}]})
     assert fields.decode(["0x02", "1-0x02"]) == ["Name", "Name.FirstName"]
+
+
+def test_the_header_alone_decodes_as_the_whole_event_s_header() -> None:
+    """Intake passes its own write-backs over on the header: it must be the header the whole decode gives."""
+    record = account("UPDATE", changed=["0x628", "3-0x02"], nulled=["0x20"], Stage__c="Closed Won",
+                     LastModifiedDate=1712693965123, BillingAddress={"Street": None, "City": "Paris", "State": None,
+                                                                     "PostalCode": None, "Country": None})
+    payload = encode(ACCOUNT_CDC, record)
+    head = header_message(CDC, schema(), payload, REPLAY)
+    assert head is not None
+    assert head == {"channel": CDC, "data": {"schema": "IeRuaY6cbI_HsV8Rv1Mc5g", "event": {"replayId": REPLAY},
+                                             "payload": {"ChangeEventHeader": message(record)["data"]["payload"][
+                                                 "ChangeEventHeader"]}}}
+    header = update_header(head)
+    assert header is not None
+    assert list(header.changed_fields) == ["BillingAddress", "Phone", "LastModifiedDate", "Stage__c",
+                                           "BillingAddress.City"]
+
+
+def test_only_the_header_s_bytes_are_read() -> None:
+    """A payload cut after its header: the header decodes, the whole event does not (it would be parked)."""
+    full = encode(ACCOUNT_CDC, account("UPDATE", changed=["0x400"], Stage__c="Closed Won"))
+    header_only = encode({**ACCOUNT_CDC, "fields": ACCOUNT_CDC["fields"][:1]},
+                         {"ChangeEventHeader": account("UPDATE", changed=["0x400"])["ChangeEventHeader"]})
+    assert full.startswith(header_only) and len(full) > len(header_only)
+    head = header_message(CDC, schema(), header_only, REPLAY)
+    assert head is not None and head["data"]["payload"]["ChangeEventHeader"]["changedFields"] == ["Stage__c"]
+    with pytest.raises(UndecodableEvent):
+        cometd_message(CDC, schema(), header_only, REPLAY, "")
+
+
+def test_no_header_message_for_a_platform_event_or_a_schema_that_does_not_start_with_the_header() -> None:
+    pe = EventSchema("dffQ2QLzDNHqwB8_sHMxdA", json.dumps(SIGN_REQUEST))
+    record = {"CreatedDate": 1680978700517, "CreatedById": "005D0000001cSZsIAM", "Record_Id__c": "006000000000001AAA",
+              "Rule__c": None}
+    assert header_message("/event/Sign_Request__e", pe, encode(SIGN_REQUEST, record), REPLAY) is None
+    fields = ACCOUNT_CDC["fields"]
+    reordered = {**ACCOUNT_CDC, "fields": [*fields[1:], fields[0]]}
+    late = EventSchema("late", json.dumps(reordered))
+    assert header_message(CDC, late, encode(reordered, account("UPDATE", changed=["0x400"])), REPLAY) is None
