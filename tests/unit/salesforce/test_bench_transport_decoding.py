@@ -64,3 +64,9 @@ def test_both_transports_are_timed_stage_by_stage(comparison: object) -> None:
 def test_both_transports_give_the_same_event_model(comparison: object) -> None:
     assert comparison.differ == {}  # type: ignore[attr-defined]
     assert comparison.agree == 10  # type: ignore[attr-defined]
+
+
+def test_an_event_passed_over_on_its_header_is_timed_and_reads_the_same_header(comparison: object) -> None:
+    assert set(comparison.passed_over_us) == {"CometD", "Pub/Sub"}  # type: ignore[attr-defined]
+    assert all(us > 0 for us in comparison.passed_over_us.values())  # type: ignore[attr-defined]
+    assert comparison.headers_agree == 10  # type: ignore[attr-defined]
