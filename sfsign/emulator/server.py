@@ -257,6 +257,8 @@ class Emulator:
         if self._runner is None:
             return
         bayeux, runner = self._require(self._bayeux), self._runner
+        for site in list(runner.sites):  # no new connection first: a client must not reconnect to a dying server
+            await site.stop()
         bayeux.drop_connections()
         await bayeux.stop()
         if self._pubsub is not None:
