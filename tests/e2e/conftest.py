@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from e2e_support import running_emulator
 from secret_scan import register_secret
 from structlog.testing import LogCapture
 
@@ -66,13 +67,8 @@ def rules(tmp_path: Path, pki: DemoPki, pki_passphrase: str, monkeypatch: pytest
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=3000, client_timeout_s=10.0)
-    emu.start()
-    try:
+    with running_emulator(tmp_path) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 @pytest.fixture

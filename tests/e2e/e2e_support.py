@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -18,6 +19,7 @@ from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.pubsub_server import decode_replay_id, encode_replay_id
+from sfsign.emulator.server import EmulatorThread
 from sfsign.salesforce.events import ReplayId, replay_label
 from sfsign.signing.lifecycle import Clock
 
@@ -161,3 +163,17 @@ def run_cli(args: list[str], settings: Settings, *, timeout: float = 120,
                             capture_output=True, text=True, timeout=timeout, check=False)
     echo_output(result)
     return result
+
+
+@contextlib.contextmanager
+def running_emulator(tmp_path: Path, **knobs: Any) -> Iterator[EmulatorThread]:
+    """The e2e emulator on its own thread (3 s long polls, 10 s client timeout unless `knobs` say otherwise),
+    stopped afterwards; an error in its loop fails the test."""
+    emu = EmulatorThread(**{"data_dir": tmp_path / "emulator", "long_poll_timeout_ms": 3000,
+                            "client_timeout_s": 10.0, **knobs})
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"

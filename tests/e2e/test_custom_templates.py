@@ -14,7 +14,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_daemon, running_emulator, wait_for_status
 from pdf_glyphs import pdftotext
 from pyhanko.pdf_utils.reader import PdfFileReader
 
@@ -60,14 +60,8 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     (fields / "Deal_Desk_Status__c.field-meta.xml").write_text(DEAL_DESK_FIELD)
     (fields.parents[1] / "Quote" / "fields").mkdir(parents=True, exist_ok=True)
     (fields.parents[1] / "Quote" / "fields" / "Legal_Review__c.field-meta.xml").write_text(LEGAL_REVIEW_FIELD)
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", metadata_dir=metadata, long_poll_timeout_ms=3000,
-                         client_timeout_s=10.0)
-    emu.start()
-    try:
+    with running_emulator(tmp_path, metadata_dir=metadata) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 def _rules(tmp_path: Path, pki: DemoPki, *, field: str, value: str, template: str = "template: proposal") -> Rules:

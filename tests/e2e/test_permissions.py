@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import REP, record_id, run_cli, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_cli, run_daemon, running_emulator, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.connections import SalesforceSession
@@ -134,14 +134,8 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     """The e2e emulator with a 1 s Pub/Sub keepalive: a stream from LATEST starts where the server read the
     first FetchRequest, which the client learns only from the first answer (event or keepalive, 270 s by
     default). `_first_change` waits for that answer so the change cannot land before the stream's start."""
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=3000, client_timeout_s=10.0,
-                         pubsub_keepalive_s=1.0)
-    emu.start()
-    try:
+    with running_emulator(tmp_path, pubsub_keepalive_s=1.0) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 async def _first_change(settings: Settings, channel: str, change: Any = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from daemon_process import kill, start_run, subscribed
-from e2e_support import REP, cli_env, record_id, run_cli, run_daemon, settled_jobs, wait_for_status
+from e2e_support import REP, cli_env, record_id, run_cli, run_daemon, running_emulator, settled_jobs, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
@@ -54,14 +54,8 @@ WAIT_S = 45.0
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=3000, client_timeout_s=10.0,
-                         pubsub_keepalive_s=KEEPALIVE_S)
-    emu.start()
-    try:
+    with running_emulator(tmp_path, pubsub_keepalive_s=KEEPALIVE_S) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import REP, record_id, run_daemon, wait_for_status
+from e2e_support import REP, record_id, run_daemon, running_emulator, wait_for_status
 
 from sfsign.config import Rules, Settings
 from sfsign.daemon import Daemon
@@ -36,13 +36,8 @@ WAIT_S = 60.0
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     """A short long poll, so the daemon is in a held connect whenever a stage moves."""
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=1500, client_timeout_s=10.0)
-    emu.start()
-    try:
+    with running_emulator(tmp_path, long_poll_timeout_ms=1500) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 @pytest.fixture

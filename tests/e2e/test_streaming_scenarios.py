@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from e2e_support import REP, both_transports, record_id, replay_position, run_daemon, wait_for_status
+from e2e_support import REP, both_transports, record_id, replay_position, run_daemon, running_emulator, wait_for_status
 
 from sfsign.commands.demo_rules import PASSPHRASE_ENV
 from sfsign.config import Rules, Settings
@@ -63,13 +63,8 @@ WAIT_S = 45.0
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorThread]:
     """A short long poll, so watchdog and quiet-period checks take seconds, not minutes."""
-    emu = EmulatorThread(data_dir=tmp_path / "emulator", long_poll_timeout_ms=LONG_POLL_MS, client_timeout_s=10.0)
-    emu.start()
-    try:
+    with running_emulator(tmp_path, long_poll_timeout_ms=LONG_POLL_MS) as emu:
         yield emu
-    finally:
-        emu.stop()
-    assert not emu.loop_errors, f"errors in the emulator's loop: {emu.loop_errors}"
 
 
 @pytest.fixture
