@@ -671,6 +671,12 @@ async def test_s10_stored_id_outside_retention_at_start_subscribes_new_events_an
 
     async with run_daemon(settings, rules):
         missed = await wait_for_job(settings, probes[0], "reconcile")
+
+        async def subscribed_afresh() -> bool:  # the reconciliation can finish before the new subscription
+            return any(e["channel"] == OPP_CDC and e["replay"] == -1 and e.get("successful")
+                       for e in await subscribe_log(ops))
+
+        await until(subscribed_afresh)  # a change made before it would be found by the gap's reconciliation
         await control.update("Opportunity", probes[2], {"StageName": PROPOSAL}, user=REP)
         probe = await wait_for_job(settings, probes[2], "cdc")
         log = await subscribe_log(ops)
