@@ -368,7 +368,7 @@ class PubSubServer(pb_grpc.PubSubServicer):
                 raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "subscription.fetch.replayid.corrupted",
                                  REPLAY_CORRUPTED)
             events, mark = bus.subscribe_point(request.topic_name, after)
-            return events, mark, after
+            return events, mark, after if events else mark  # nothing of this topic to send: served up to the bus
         mark = bus.last_replay_id
         return [], mark, mark
 

@@ -32,7 +32,7 @@ from sfsign.emulator.bus import schema_id
 from sfsign.emulator.control_client import ControlClient
 from sfsign.emulator.pubsub_server import decode_replay_id
 from sfsign.emulator.server import Emulator, EmulatorThread
-from sfsign.outbox import OutboxStore
+from sfsign.outbox import ACTIVE_STATES, OutboxStore
 
 T = TypeVar("T")
 Logs = list[MutableMapping[str, Any]]
@@ -164,14 +164,16 @@ async def retained(control: ControlClient) -> dict[str, list[int]]:
 
 
 async def settle(daemon: Daemon, control: ControlClient) -> tuple[dict[str, int], dict[str, bytes]]:
-    """Until every retained event of each channel is committed (write-backs are change events too) and the
-    keepalives have carried every channel's position to the same place (the bus's newest event: a keepalive's
-    latest_replay_id is committed too, so a quiet channel's position follows the bus): the committed bus
-    position of each channel, and the opaque replay id committed for it."""
+    """Until every job has finished (its write-backs, change events too, are on the bus), every retained event
+    of each channel is committed and the keepalives have carried every channel's position to the same place
+    (the bus's newest event: a keepalive's latest_replay_id is committed too, so a quiet channel's position
+    follows the bus): the committed bus position of each channel, and the opaque replay id committed for it.
+    Nothing moves the bus after that until the test does, so a resubscription must resume from exactly there."""
     async with asyncio.timeout(WAIT_S):
         while True:
             await asyncio.sleep(0.2)
-            await settled_jobs(daemon)
+            if any(j.state in ACTIVE_STATES for j in await settled_jobs(daemon)):
+                continue
             newest = {c: ids[-1] for c, ids in (await retained(control)).items() if ids}
             committed = {c: r for c in CHANNELS if isinstance(r := daemon.outbox.committed_replay_id(c), bytes)}
             positions = {c: position(r) for c, r in committed.items()}

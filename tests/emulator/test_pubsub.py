@@ -374,6 +374,30 @@ async def test_replay_presets_earliest_latest_and_custom_after_a_stored_id(stub:
     latest.close()
 
 
+async def test_a_quiet_topic_resumed_after_a_stored_id_keeps_alive_with_the_newest_id_not_the_stored_one(
+    stub: Any, auth: Any, ctl: Any
+) -> None:
+    """Salesforce's keepalive carries "the latest replay id", so a quiet channel's stored position moves on
+    even when it resubscribes after events of other topics: a client that saves it never resumes from far back."""
+    opp = await ctl.an_opportunity()
+    await ctl.touch(opp, 0)
+    earliest = Subscription(stub, auth)
+    await earliest.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.EARLIEST, num_requested=100)
+    before, _ = await earliest.events(1)
+    stored = before[-1].replay_id  # nothing on PE after it: on its topic, the newest event before the ones below
+    for n in range(1, 3):
+        await ctl.touch(opp, n)
+    after, _ = await earliest.events(2)
+    earliest.close()
+
+    quiet = Subscription(stub, auth)
+    await quiet.fetch(topic_name=PE, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=stored, num_requested=100)
+    keepalive = await quiet.next()
+    assert list(keepalive.events) == []
+    assert replay_number(keepalive.latest_replay_id) >= replay_number(after[-1].replay_id)
+    quiet.close()
+
+
 @pytest.mark.parametrize("replay_id", [b"\x01\x02\x03", (2**62).to_bytes(8, "big") + b"\x00\x00"])
 async def test_an_invalid_replay_id_is_refused_as_corrupted(stub: Any, auth: Any, replay_id: bytes) -> None:
     sub = Subscription(stub, auth)
