@@ -380,15 +380,16 @@ async def test_a_quiet_topic_resumed_after_a_stored_id_keeps_alive_with_the_newe
     """Salesforce's keepalive carries "the latest replay id", so a quiet channel's stored position moves on
     even when it resubscribes after events of other topics: a client that saves it never resumes from far back."""
     opp = await ctl.an_opportunity()
+    busy = Subscription(stub, auth)
+    await busy.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.LATEST, num_requested=100)
+    await wait_for_streams(ctl, 1)
     await ctl.touch(opp, 0)
-    earliest = Subscription(stub, auth)
-    await earliest.fetch(topic_name=OPP, replay_preset=pb.ReplayPreset.EARLIEST, num_requested=100)
-    before, _ = await earliest.events(1)
-    stored = before[-1].replay_id  # nothing on PE after it: on its topic, the newest event before the ones below
+    [first], _ = await busy.events(1)
+    stored = first.replay_id  # what a client stored for PE too: no platform event comes after it
     for n in range(1, 3):
         await ctl.touch(opp, n)
-    after, _ = await earliest.events(2)
-    earliest.close()
+    after, _ = await busy.events(2)
+    busy.close()
 
     quiet = Subscription(stub, auth)
     await quiet.fetch(topic_name=PE, replay_preset=pb.ReplayPreset.CUSTOM, replay_id=stored, num_requested=100)
