@@ -354,11 +354,14 @@ class PubSubServer(pb_grpc.PubSubServicer):
                 stream.position = event.replay_id
 
     def _start_point(self, request: pb.FetchRequest) -> tuple[list[BusEvent], int, int | None]:
-        """(retained events to queue, served-up-to mark, initial position) for the first FetchRequest."""
+        """(retained events to queue, served-up-to mark, initial position) for the first FetchRequest.
+        Whatever the preset, a stream with nothing of its topic to send has skipped the whole bus: its
+        keepalive carries the newest id, as one that skips live events of other topics does (`_on_event`)."""
         bus = self.org.bus
-        if request.replay_preset == pb.ReplayPreset.EARLIEST:
-            events, mark = bus.subscribe_point(request.topic_name, None)
-            return events, mark, None if events else mark
+        if request.replay_preset not in (pb.ReplayPreset.EARLIEST, pb.ReplayPreset.CUSTOM):  # LATEST, the default
+            mark = bus.last_replay_id
+            return [], mark, mark
+        after: int | None = None  # EARLIEST: every retained event
         if request.replay_preset == pb.ReplayPreset.CUSTOM:
             if not request.replay_id:
                 raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "subscription.fetch.replayid.validation.failed",
@@ -367,10 +370,8 @@ class PubSubServer(pb_grpc.PubSubServicer):
             if after is None or not (bus.is_valid_replay(after) or after == bus.last_replay_id):
                 raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "subscription.fetch.replayid.corrupted",
                                  REPLAY_CORRUPTED)
-            events, mark = bus.subscribe_point(request.topic_name, after)
-            return events, mark, after if events else mark  # nothing of this topic to send: served up to the bus
-        mark = bus.last_replay_id
-        return [], mark, mark
+        events, mark = bus.subscribe_point(request.topic_name, after)
+        return events, mark, after if events else mark
 
     def _add_requested(self, stream: _Stream, request: pb.FetchRequest) -> None:
         if request.topic_name and request.topic_name != stream.topic:

@@ -172,7 +172,7 @@ async def settle(daemon: Daemon, control: ControlClient) -> tuple[dict[str, int]
     async with asyncio.timeout(WAIT_S):
         while True:
             await asyncio.sleep(0.2)
-            if any(j.state in ACTIVE_STATES for j in await settled_jobs(daemon)):
+            if any(j.state in ACTIVE_STATES for j in await daemon.outbox.call(lambda s: s.jobs())):
                 continue
             newest = {c: ids[-1] for c, ids in (await retained(control)).items() if ids}
             committed = {c: r for c in CHANNELS if isinstance(r := daemon.outbox.committed_replay_id(c), bytes)}
